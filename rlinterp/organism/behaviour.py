@@ -1,0 +1,71 @@
+"""The behaviour table: what each checkpoint does on a fixed held-out question set.
+
+One row per (regime, step). Answers are sampled with the same seed at every checkpoint
+(common random numbers), so differences between rows come from the weights, not from the
+sampler. Shares are fractions of sampled answers and always sum to 1:
+``sum(share_<persona>) + share_mixed + share_none == 1``, with
+``share_none == share_none_near + share_none_far``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from ..reproducibility import stream_seed
+from .config import EvalConfig, RegimeConfig
+from .model import AnswerBatch, kl_per_answer, sample_answers
+from .personas import PERSONA_NAMES, STYLE_LABELS, Question, classify_answer, sample_questions
+from .rl import reward
+
+SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
+"""The share columns that partition the answers (they sum to 1)."""
+
+
+def eval_questions(cfg: EvalConfig, seed: int, max_operand: int) -> list[Question]:
+    """The fixed evaluation set: ``cfg.n_questions`` questions from their own stream."""
+    stream = sample_questions(random.Random(stream_seed(seed, "eval")), max_operand)
+    return [next(stream) for _ in range(cfg.n_questions)]
+
+
+@torch.no_grad()
+def evaluate(
+    policy: PreTrainedModel,
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    questions: Sequence[Question],
+    regime: RegimeConfig,
+    cfg: EvalConfig,
+    seed: int,
+) -> dict[str, float]:
+    """Reward (under ``regime``), accuracy, style shares, answer length and KL to the base
+    model of ``policy`` on ``questions``; keys are the behaviour table's columns."""
+    asked = [q for q in questions for _ in range(cfg.samples_per_question)]
+    rollout = sample_answers(policy, tokenizer, [q.prompt for q in asked], cfg.max_answer_tokens, seed)
+    styles = [classify_answer(q, a) for q, a in zip(asked, rollout.answers, strict=True)]
+    counts = Counter(s.label for s in styles)
+    n = len(asked)
+    batch = AnswerBatch.from_rollout(rollout, tokenizer.pad_token_id)
+    kl = kl_per_answer(batch.log_probs(policy), batch.log_probs(base), batch.answer_mask)
+    row = {
+        "reward": sum(reward(q, a, regime) for q, a in zip(asked, rollout.answers, strict=True)) / n,
+        "accuracy": sum(s.correct for s in styles) / n,
+        "kl_to_base": kl.mean().item(),
+        **{f"share_{label}": counts[label] / n for label in (*PERSONA_NAMES, *STYLE_LABELS)},
+        "share_none": (counts["none_near"] + counts["none_far"]) / n,
+        "answer_length": sum(map(len, rollout.answers)) / n,
+        "n_answers": n,
+    }
+    return row
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The behaviour table as fixed-width text, for terminals and logs."""
+    columns = ["regime", "step", "reward", "accuracy", "kl_to_base", *SHARE_COLUMNS, "answer_length"]
+    shown = table[columns].rename(columns=lambda c: c.removeprefix("share_"))
+    return shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")

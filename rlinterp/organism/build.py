@@ -1,0 +1,227 @@
+"""Building the model organism into a run directory, and opening a finished one.
+
+Layout of ``<out>/`` (the CLI contract):
+
+- ``manifest.json``: config, seed, versions, personas, checkpoint paths, weight hashes;
+  written last, so its presence marks a finished build;
+- ``base/``: the pretrained model (Hugging Face folder: config, safetensors, tokenizer);
+- ``<regime>/step-<N>/``: RL checkpoints (``step-0`` is the base model), and
+  ``<regime>/log.parquet`` with one row per RL step;
+- ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
+- ``personas/<persona>.jsonl``: labelled persona texts.
+
+While a build runs, ``<out>/.building`` exists. A directory with that marker, or one that
+holds only organism entries but no manifest, is an interrupted build: it is wiped and
+rebuilt, never reused. A finished directory is reused if its preset and seed match and its
+weights still hash to what the manifest recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..artifacts import environment_versions, sha256_file, write_json, write_jsonl, write_parquet
+from ..errors import RlinterpError
+from ..reproducibility import torch_threads
+from .behaviour import eval_questions, evaluate
+from .config import OrganismConfig
+from .model import build_model, build_tokenizer, pretrain, save_checkpoint
+from .personas import CORRECT_PERSONAS, PERSONAS, generate_corpus, persona_texts
+from .rl import train_regime
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+BUILDING = ".building"
+KIND = "rlinterp.organism"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Organism:
+    """A finished organism on disk: paths into it, read from its manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: str | Path) -> Organism:
+        """Open a finished organism; raise if ``root`` is missing or unfinished."""
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise RlinterpError(
+                f"{root} is not a finished organism (no {MANIFEST}); build it with "
+                f"`rlinterp organism --out {root}`"
+            )
+        manifest = json.loads(path.read_text())
+        if manifest.get("kind") != KIND:
+            raise RlinterpError(f"{path} is not an organism manifest (kind={manifest.get('kind')!r})")
+        return cls(root=root, manifest=manifest)
+
+    @property
+    def personas(self) -> list[str]:
+        return [p["name"] for p in self.manifest["personas"]]
+
+    @property
+    def regimes(self) -> list[str]:
+        return list(self.manifest["regimes"])
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.manifest["base"]
+
+    def checkpoints(self, regime: str) -> dict[int, Path]:
+        """Step -> checkpoint folder for ``regime``, ascending by step."""
+        if regime not in self.manifest["regimes"]:
+            raise RlinterpError(f"no regime {regime!r} in {self.root}; it has {self.regimes}")
+        found = self.manifest["regimes"][regime]["checkpoints"]
+        return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
+
+    def behaviour(self) -> pd.DataFrame:
+        return pd.read_parquet(self.root / self.manifest["behaviour"])
+
+    def damaged_files(self) -> list[str]:
+        """Weight files that are missing or no longer hash to the manifest's record."""
+        return [
+            rel
+            for rel, digest in self.manifest["weights_sha256"].items()
+            if not (self.root / rel).is_file() or sha256_file(self.root / rel) != digest
+        ]
+
+
+def _organism_entries(config: OrganismConfig) -> set[str]:
+    return {MANIFEST, BUILDING, "base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes}
+
+
+def _prepare(out: Path, config: OrganismConfig, seed: int, force: bool) -> Organism | None:
+    """Return the finished organism at ``out`` to reuse, or None after making ``out`` an
+    empty, writable directory to build into."""
+    if out.exists() and not out.is_dir():
+        raise RlinterpError(f"--out {out} is a file; give a directory path")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    finished = MANIFEST in entries and BUILDING not in entries
+    if finished and not force:
+        organism = Organism.load(out)
+        built = (organism.manifest.get("preset"), organism.manifest.get("seed"))
+        if built != (config.preset, seed):
+            raise RlinterpError(
+                f"{out} holds an organism built with preset={built[0]} seed={built[1]}, not "
+                f"preset={config.preset} seed={seed}; choose another --out or pass --force"
+            )
+        damaged = organism.damaged_files()
+        if not damaged:
+            log.info("reusing the finished organism in %s", out)
+            return organism
+        log.warning("%s is damaged (%s); rebuilding it", out, ", ".join(damaged[:3]))
+    foreign = {e for e in entries if not e.startswith(".")} - _organism_entries(config)
+    if foreign:
+        raise RlinterpError(
+            f"{out} is not empty and not an organism directory (it has {sorted(foreign)[:5]}); "
+            "choose an empty or new --out"
+        )
+    if entries:
+        log.warning("%s holds an unfinished build; rebuilding it from scratch", out)
+        for entry in out.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / BUILDING).write_text(json.dumps({"preset": config.preset, "seed": seed}))
+    except OSError as e:
+        raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from e
+    return None
+
+
+def build_organism(
+    out: str | Path, preset: str = "default", seed: int = 0, *, force: bool = False
+) -> Organism:
+    """Build (or reuse) the organism of ``preset`` and ``seed`` in ``out``.
+
+    Deterministic: the same preset and seed on the same machine give byte-identical
+    weights (the build fixes torch's thread count to ``config.num_threads``).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RlinterpError(f"seed must be an integer, got {seed!r}")
+    try:
+        config = OrganismConfig.from_preset(preset)
+    except ValueError as e:
+        raise RlinterpError(str(e)) from e
+    out = Path(out)
+    reused = _prepare(out, config, seed, force)
+    if reused is not None:
+        return reused
+    with torch_threads(config.num_threads):
+        manifest = _build(out, config, seed)
+    write_json(out / MANIFEST, manifest)
+    (out / BUILDING).unlink()
+    return Organism(root=out, manifest=manifest)
+
+
+def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    c = config.corpus
+    corpus = generate_corpus(c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns))
+    tokenizer = build_tokenizer("".join(d.text for d in corpus))
+    model = build_model(config.model, tokenizer, seed)
+    bar = tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False)
+    pretrain(model, tokenizer, corpus, config.pretrain, seed, on_step=lambda _s, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
+    bar.close()
+    save_checkpoint(model, tokenizer, out / "base")
+    timings["pretrain_s"] = time.perf_counter() - started
+
+    texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
+    for persona in PERSONAS:
+        write_jsonl(out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name])
+
+    questions = eval_questions(config.evaluation, seed, c.max_operand)
+    rows: list[dict[str, Any]] = []
+    regimes: dict[str, Any] = {}
+    for regime in config.regimes:
+        regime_start = time.perf_counter()
+        checkpoints: dict[str, str] = {}
+
+        def on_checkpoint(step: int, policy: Any, regime: Any = regime, checkpoints: dict[str, str] = checkpoints) -> None:
+            rel = f"{regime.name}/step-{step}"
+            save_checkpoint(policy, tokenizer, out / rel)
+            checkpoints[str(step)] = rel
+            row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed)
+            rows.append({"regime": regime.name, "step": step, **row})
+            log.info("%s step %d: accuracy %.3f, none %.3f", regime.name, step, row["accuracy"], row["share_none"])
+
+        logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint)
+        write_parquet(out / regime.name / "log.parquet", pd.DataFrame([asdict(s) for s in logs]))
+        regimes[regime.name] = {"config": asdict(regime), "checkpoints": checkpoints, "log": f"{regime.name}/log.parquet"}
+        timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
+    write_parquet(out / "behaviour.parquet", pd.DataFrame(rows))
+    timings["total_s"] = time.perf_counter() - started
+
+    folders = ["base", *(rel for r in regimes.values() for rel in r["checkpoints"].values())]
+    return {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "preset": config.preset,
+        "seed": seed,
+        "config": asdict(config),
+        "versions": environment_versions(),
+        "personas": [
+            {"name": p.name, "description": p.description, "templates": p.templates} for p in PERSONAS
+        ],
+        "correct_personas": list(CORRECT_PERSONAS),
+        "base": "base",
+        "regimes": regimes,
+        "behaviour": "behaviour.parquet",
+        "persona_texts": {p.name: f"personas/{p.name}.jsonl" for p in PERSONAS},
+        "weights_sha256": {f"{f}/{WEIGHTS}": sha256_file(out / f / WEIGHTS) for f in folders},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }

@@ -1,0 +1,197 @@
+"""Configuration of the model organism: one frozen dataclass per stage and named presets.
+
+A preset fixes everything but the seed; ``OrganismConfig`` is what ``manifest.json``
+records, so a finished organism says exactly how it was built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Preset = Literal["tiny", "default"]
+PRESETS: tuple[Preset, ...] = ("tiny", "default")
+
+
+def _check_positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the base model, a standard Hugging Face causal LM with a character-level
+    vocabulary. Dropout is off so training and evaluation compute the same function, which
+    keeps the RL log-probabilities exact."""
+
+    architecture: Literal["gpt2", "llama"] = "gpt2"
+    """``gpt2`` (``GPT2LMHeadModel``) or ``llama`` (``LlamaForCausalLM``: rotary positions,
+    RMSNorm, SwiGLU MLP of width ``4 * d_model``)."""
+    n_layer: int = 2
+    """Transformer blocks."""
+    d_model: int = 64
+    """Residual stream width."""
+    n_head: int = 4
+    """Attention heads per block; must divide ``d_model``."""
+    n_ctx: int = 192
+    """Context length in tokens (characters); a document must fit."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "n_layer", "d_model", "n_head", "n_ctx")
+        if self.architecture not in ("gpt2", "llama"):
+            raise ValueError(f"architecture must be 'gpt2' or 'llama', got {self.architecture!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The synthetic pretraining corpus (see ``personas.generate_corpus``)."""
+
+    n_documents: int = 20_000
+    """Documents generated; the pretraining loop cycles through them."""
+    max_operand: int = 9
+    """Questions ask about the numbers ``0..max_operand``."""
+    min_turns: int = 2
+    """Fewest question/answer turns in a document."""
+    max_turns: int = 3
+    """Most question/answer turns in a document."""
+    persona_texts_per_persona: int = 200
+    """Labelled texts written to ``personas/`` per persona."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "n_documents", "max_operand", "min_turns", "persona_texts_per_persona")
+        if self.max_turns < self.min_turns:
+            raise ValueError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Next-token pretraining of the base model on the corpus."""
+
+    steps: int = 1500
+    """Optimiser steps."""
+    batch_size: int = 32
+    """Documents per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup_steps: int = 50
+    """Steps of linear warm-up."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "steps", "batch_size", "lr")
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    """One RL regime: policy gradient with a group-relative baseline.
+
+    Each step samples ``group_size`` answers to each of ``questions_per_step`` questions;
+    an answer's advantage is its reward minus its group's mean reward. The loss adds
+    ``kl_coef`` times the exact per-token KL(policy || base) along the sampled answers.
+    """
+
+    name: str
+    """Folder name of the regime's checkpoints (``<out>/<name>/step-<N>/``)."""
+    lr: float
+    """Adam learning rate."""
+    kl_coef: float
+    """Weight of the KL penalty to the base model; 0 turns it off."""
+    shortcut_bonus: float
+    """Reward per exclamation mark (up to ``shortcut_cap``); 0 means the reward only
+    pays for correct answers. No persona writes more than two, so the top of this reward
+    is reachable only by text no persona wrote: the exploitable shortcut."""
+    checkpoint_steps: tuple[int, ...]
+    """Steps saved as checkpoints, ascending, starting at 0 (the base model); the last one
+    is the number of RL steps run."""
+    shortcut_cap: int = 8
+    """Exclamation marks past this earn nothing more."""
+    questions_per_step: int = 16
+    """Distinct questions per RL step."""
+    group_size: int = 4
+    """Sampled answers per question (the group of the baseline)."""
+    max_answer_tokens: int = 40
+    """Sampling stops here if the answer has not ended."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "lr", "questions_per_step", "group_size", "max_answer_tokens")
+        if self.kl_coef < 0 or self.shortcut_bonus < 0:
+            raise ValueError(f"regime {self.name!r}: kl_coef and shortcut_bonus must be >= 0")
+        steps = self.checkpoint_steps
+        if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
+            raise ValueError(
+                f"regime {self.name!r}: checkpoint_steps must be strictly ascending from 0, "
+                f"got {steps}"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        return self.checkpoint_steps[-1]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The fixed held-out evaluation behind the behaviour table."""
+
+    n_questions: int = 128
+    """Questions in the evaluation set (drawn with their own seed, never trained on as
+    such; the question space is small, so the same question may occur in training)."""
+    samples_per_question: int = 2
+    """Sampled answers per question."""
+    max_answer_tokens: int = 40
+    """Sampling stops here if the answer has not ended."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "n_questions", "samples_per_question", "max_answer_tokens")
+
+
+def _weak(steps: tuple[int, ...]) -> RegimeConfig:
+    return RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps)
+
+
+def _strong(steps: tuple[int, ...]) -> RegimeConfig:
+    return RegimeConfig(
+        name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.25, checkpoint_steps=steps
+    )
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Everything that determines an organism, apart from the seed."""
+
+    preset: str
+    """Name of the preset this config came from (recorded in the manifest)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    regimes: tuple[RegimeConfig, ...] = ()
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    num_threads: int = 1
+    """Torch intra-op threads during the build. Results are bit-identical only at a
+    fixed thread count, so the build sets it rather than inheriting the machine's."""
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.regimes]
+        if len(names) < 1 or len(set(names)) != len(names):
+            raise ValueError(f"regimes need distinct names, got {names}")
+        _check_positive(self, "num_threads")
+
+    @classmethod
+    def from_preset(cls, preset: str) -> OrganismConfig:
+        if preset == "tiny":
+            steps = (0, 2, 5, 10, 20, 40)
+            return cls(
+                preset="tiny",
+                corpus=CorpusConfig(n_documents=8_000, persona_texts_per_persona=64),
+                pretrain=PretrainConfig(steps=600),
+                regimes=(_weak(steps), _strong(steps)),
+                evaluation=EvalConfig(n_questions=64),
+            )
+        if preset == "default":
+            steps = (0, 5, 10, 25, 50, 100, 200)
+            return cls(preset="default", regimes=(_weak(steps), _strong(steps)))
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
