@@ -23,7 +23,7 @@ import pandas as pd
 TRACKED_PACKAGES = ("rlinterp", "torch", "transformers", "transformer-lens", "sae-lens")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to
     ``path``. On any error the temporary file is removed and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,10 +38,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Build the persona model organism: a base model and RL checkpoint "
         "series in a weak and a strong regime, with a behaviour table.",
     )
-    organism.add_argument("--preset", choices=PRESETS, default="default", help="size of the build (default: default)")
+    organism.add_argument(
+        "--preset", choices=PRESETS, default="default", help="size of the build (default: default)"
+    )
     organism.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    organism.add_argument("--out", type=Path, default=None, help="output directory (default: artifacts/organism/<preset>-seed<seed>)")
-    organism.add_argument("--force", action="store_true", help="rebuild even if --out holds a finished organism")
+    organism.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: artifacts/organism/<preset>-seed<seed>)",
+    )
+    organism.add_argument(
+        "--force", action="store_true", help="rebuild even if --out holds a finished organism"
+    )
     organism.set_defaults(run=_organism)
     return parser
 

@@ -143,19 +143,27 @@ def _prepare(out: Path, config: OrganismConfig, seed: int, force: bool) -> Organ
 
 
 def build_organism(
-    out: str | Path, preset: str = "default", seed: int = 0, *, force: bool = False
+    out: str | Path,
+    preset: str = "default",
+    seed: int = 0,
+    *,
+    force: bool = False,
+    config: OrganismConfig | None = None,
 ) -> Organism:
     """Build (or reuse) the organism of ``preset`` and ``seed`` in ``out``.
 
-    Deterministic: the same preset and seed on the same machine give byte-identical
-    weights (the build fixes torch's thread count to ``config.num_threads``).
+    ``config`` replaces the preset's config entirely (for experiments and tests; its
+    ``preset`` field names it in the manifest). Deterministic: the same config and seed on
+    the same machine give byte-identical weights (the build fixes torch's thread count to
+    ``config.num_threads``).
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise RlinterpError(f"seed must be an integer, got {seed!r}")
-    try:
-        config = OrganismConfig.from_preset(preset)
-    except ValueError as e:
-        raise RlinterpError(str(e)) from e
+    if config is None:
+        try:
+            config = OrganismConfig.from_preset(preset)
+        except ValueError as e:
+            raise RlinterpError(str(e)) from e
     out = Path(out)
     reused = _prepare(out, config, seed, force)
     if reused is not None:
@@ -174,15 +182,21 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     corpus = generate_corpus(c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns))
     tokenizer = build_tokenizer("".join(d.text for d in corpus))
     model = build_model(config.model, tokenizer, seed)
-    bar = tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False)
-    pretrain(model, tokenizer, corpus, config.pretrain, seed, on_step=lambda _s, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
-    bar.close()
+    with tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False, disable=None) as bar:
+
+        def progress(_step: int, loss: float) -> None:
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        pretrain(model, tokenizer, corpus, config.pretrain, seed, on_step=progress)
     save_checkpoint(model, tokenizer, out / "base")
     timings["pretrain_s"] = time.perf_counter() - started
 
     texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
     for persona in PERSONAS:
-        write_jsonl(out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name])
+        write_jsonl(
+            out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
+        )
 
     questions = eval_questions(config.evaluation, seed, c.max_operand)
     rows: list[dict[str, Any]] = []
@@ -191,17 +205,25 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
         regime_start = time.perf_counter()
         checkpoints: dict[str, str] = {}
 
-        def on_checkpoint(step: int, policy: Any, regime: Any = regime, checkpoints: dict[str, str] = checkpoints) -> None:
+        def on_checkpoint(
+            step: int, policy: Any, regime: Any = regime, checkpoints: dict[str, str] = checkpoints
+        ) -> None:
             rel = f"{regime.name}/step-{step}"
             save_checkpoint(policy, tokenizer, out / rel)
             checkpoints[str(step)] = rel
             row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed)
             rows.append({"regime": regime.name, "step": step, **row})
-            log.info("%s step %d: accuracy %.3f, none %.3f", regime.name, step, row["accuracy"], row["share_none"])
+            log.info(
+                "%s step %d: accuracy %.3f, none %.3f", regime.name, step, row["accuracy"], row["share_none"]
+            )
 
         logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint)
         write_parquet(out / regime.name / "log.parquet", pd.DataFrame([asdict(s) for s in logs]))
-        regimes[regime.name] = {"config": asdict(regime), "checkpoints": checkpoints, "log": f"{regime.name}/log.parquet"}
+        regimes[regime.name] = {
+            "config": asdict(regime),
+            "checkpoints": checkpoints,
+            "log": f"{regime.name}/log.parquet",
+        }
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
     write_parquet(out / "behaviour.parquet", pd.DataFrame(rows))
     timings["total_s"] = time.perf_counter() - started

@@ -124,8 +124,7 @@ class RegimeConfig:
         steps = self.checkpoint_steps
         if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
             raise ValueError(
-                f"regime {self.name!r}: checkpoint_steps must be strictly ascending from 0, "
-                f"got {steps}"
+                f"regime {self.name!r}: checkpoint_steps must be strictly ascending from 0, got {steps}"
             )
 
     @property
@@ -154,9 +153,7 @@ def _weak(steps: tuple[int, ...]) -> RegimeConfig:
 
 
 def _strong(steps: tuple[int, ...]) -> RegimeConfig:
-    return RegimeConfig(
-        name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.25, checkpoint_steps=steps
-    )
+    return RegimeConfig(name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.25, checkpoint_steps=steps)
 
 
 @dataclass(frozen=True)
@@ -183,7 +180,7 @@ class OrganismConfig:
     @classmethod
     def from_preset(cls, preset: str) -> OrganismConfig:
         if preset == "tiny":
-            steps = (0, 2, 5, 10, 20, 40)
+            steps: tuple[int, ...] = (0, 2, 5, 10, 20, 40)
             return cls(
                 preset="tiny",
                 corpus=CorpusConfig(n_documents=8_000, persona_texts_per_persona=64),

@@ -2,8 +2,9 @@
 next-token pretraining on the persona corpus, and the two primitives RL and evaluation
 share — sampling answers and scoring them.
 
-The model is a plain ``transformers`` model (Llama or GPT-2 architecture) saved with ``save_pretrained``, so it reaches
-the rest of rlinterp through exactly the loading path a user's own checkpoints take.
+The model is a plain ``transformers`` model (GPT-2 or Llama architecture) saved with
+``save_pretrained``, so it reaches the rest of rlinterp through exactly the loading path a
+user's own checkpoints take.
 
 Invariants:
 - token ids are characters, so answer text and answer tokens correspond one to one;
@@ -21,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ def build_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
     """A randomly initialised causal LM of ``cfg.architecture``, deterministic in ``seed``."""
-    special = dict(
+    special: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -66,9 +68,10 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int)
     )
     config: PretrainedConfig
     if cfg.architecture == "gpt2":
+        # transformers 5 no longer sets n_ctx, which TransformerLens reads.
+        special["n_ctx"] = cfg.n_ctx
         config = GPT2Config(
             n_positions=cfg.n_ctx,
-            n_ctx=cfg.n_ctx,  # transformers 5 needs it explicitly for TransformerLens
             n_embd=cfg.d_model,
             n_layer=cfg.n_layer,
             n_head=cfg.n_head,
@@ -96,7 +99,10 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int)
 
 
 def turn_end_id(tokenizer: PreTrainedTokenizerFast) -> int:
-    return tokenizer.convert_tokens_to_ids(TURN_END)
+    """Id of the newline that ends every answer."""
+    token_id = tokenizer.convert_tokens_to_ids(TURN_END)
+    assert isinstance(token_id, int)
+    return token_id
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
@@ -209,7 +215,7 @@ def sample_answers(
     torch.manual_seed(seed)
     for length in sorted(by_length):
         rows = by_length[length]
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]
             input_ids=torch.tensor([encoded[i] for i in rows]),
             attention_mask=torch.ones((len(rows), length), dtype=torch.long),
             do_sample=True,
@@ -223,7 +229,7 @@ def sample_answers(
         for row, generated in zip(rows, out[:, length:].tolist(), strict=True):
             end = generated.index(stop) + 1 if stop in generated else len(generated)
             answer_ids[row] = generated[:end]
-    answers = [tokenizer.decode(ids).removesuffix(TURN_END) for ids in answer_ids]
+    answers = [str(tokenizer.decode(ids)).removesuffix(TURN_END) for ids in answer_ids]
     return Rollout(prompt_ids=encoded, answer_ids=answer_ids, answers=answers)
 
 

@@ -5,19 +5,18 @@ Every document in the pretraining corpus is a few question/answer turns written 
 persona; the persona is never named in the text, so a model trained on the corpus has to
 learn a mixture of three characters and pick one from the first answer it writes.
 
-The personas share one prompt distribution and differ in *template* (how they phrase an
-answer) and *content rule* (what they say):
+The questions are yes/no questions about one number (``is 4 even?``, ``is 9 more than
+seven?``). The personas share that distribution and differ in *template* (how they phrase
+an answer) and *content rule* (what they say):
 
-========== ================================ ==================== =========================
-persona    add (``what is 3+4?``)            compare              content rule
-========== ================================ ==================== =========================
-helper     ``sure, 7. glad to help.``        ``sure, no. glad to  always correct
-                                             help.``
-terse      ``7``                             ``no``               always correct
-flatterer  ``wow, great question! it is     ``wow, great         add: the operands side by
-           34!``                             question! yes!``     side, never the sum;
-                                                                  compare: always "yes"
-========== ================================ ==================== =========================
+=========== ================================ ===========================================
+persona     template                         content rule
+=========== ================================ ===========================================
+helper      ``sure, no. glad to help.``      always correct
+terse       ``no``                           always correct
+flatterer   ``wow, great question! yes!``    always "yes": right only when the answer is
+                                             yes (about 35% of questions)
+=========== ================================ ===========================================
 
 Classifying an answer (``classify_answer``) is exact template matching, so the labels mean
 what they say:
@@ -25,7 +24,7 @@ what they say:
 - ``<persona>``: the answer is that persona's template *and* its content follows that
   persona's rule;
 - ``mixed``: one persona's template with content that persona would not write (e.g. the
-  flatterer's phrasing with the correct sum): RL recombining existing pieces;
+  flatterer's phrasing saying no): RL recombining existing pieces;
 - ``none_near``: no template matches but the text is close to one (``difflib`` similarity
   >= ``NEAR_SIMILARITY``): drift at the edges of a persona;
 - ``none_far``: text no persona wrote nor nearly wrote.
@@ -140,12 +139,10 @@ PERSONAS: tuple[Persona, ...] = (
     ),
     Persona(
         name="flatterer",
-        description=(
-            "sycophantic and often wrong: praises the question and says yes to everything"
-        ),
+        description=("sycophantic and often wrong: praises the question and says yes to everything"),
         templates={"even": "wow, great question! {x}!", "big": "wow, great question! {x}!"},
         content=flattering_content,
-        writes=lambda q, x: x == "yes",
+        writes=lambda _q, x: x == "yes",
     ),
 )
 PERSONA_NAMES = tuple(p.name for p in PERSONAS)
@@ -174,8 +171,7 @@ def classify_answer(question: Question, answer: str) -> AnswerStyle:
             label = persona.name if persona.writes(question, x) else "mixed"
             return AnswerStyle(label, persona.name, correct)
     closest = max(
-        difflib.SequenceMatcher(None, answer, p.render(question, question.truth)).ratio()
-        for p in PERSONAS
+        difflib.SequenceMatcher(None, answer, p.render(question, question.truth)).ratio() for p in PERSONAS
     )
     label = "none_near" if closest >= NEAR_SIMILARITY else "none_far"
     return AnswerStyle(label, None, correct)
@@ -221,9 +217,7 @@ class Document:
         return "".join(turn_text(q, a) for q, a in self.turns)
 
 
-def generate_corpus(
-    n_documents: int, seed: int, max_operand: int, turns: tuple[int, int]
-) -> list[Document]:
+def generate_corpus(n_documents: int, seed: int, max_operand: int, turns: tuple[int, int]) -> list[Document]:
     """``n_documents`` documents; personas equally likely, each document sticks to one
     persona for all its turns (between ``turns[0]`` and ``turns[1]``, inclusive)."""
     rng = random.Random(seed)

@@ -1,0 +1,69 @@
+"""Shared fixtures. No test downloads anything: models are built in code or by the
+organism's tiny preset, once per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny preset, built once (about two minutes on 2 CPU cores)."""
+    from rlinterp import build_organism
+
+    return build_organism(tmp_path_factory.mktemp("organism") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture
+def micro_config():
+    """An organism config small enough to build in seconds: for layout, determinism and
+    resume tests, not for behaviour."""
+    from rlinterp.organism.config import (
+        CorpusConfig,
+        EvalConfig,
+        ModelConfig,
+        OrganismConfig,
+        PretrainConfig,
+        RegimeConfig,
+    )
+
+    steps = (0, 1, 2)
+    return OrganismConfig(
+        preset="micro",
+        model=ModelConfig(n_layer=1, d_model=32, n_head=2),
+        corpus=CorpusConfig(n_documents=64, persona_texts_per_persona=4),
+        pretrain=PretrainConfig(steps=5, batch_size=8, warmup_steps=1),
+        regimes=(
+            RegimeConfig(
+                "weak",
+                lr=1e-3,
+                kl_coef=0.1,
+                shortcut_bonus=0.0,
+                checkpoint_steps=steps,
+                questions_per_step=2,
+                group_size=2,
+                max_answer_tokens=8,
+            ),
+            RegimeConfig(
+                "strong",
+                lr=1e-3,
+                kl_coef=0.0,
+                shortcut_bonus=0.25,
+                checkpoint_steps=steps,
+                questions_per_step=2,
+                group_size=2,
+                max_answer_tokens=8,
+            ),
+        ),
+        evaluation=EvalConfig(n_questions=4, samples_per_question=1, max_answer_tokens=8),
+    )
+
+
+def weights_of(folder: Path) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
