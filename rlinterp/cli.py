@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import transformers
+
 from .errors import RlinterpError
 from .organism import PRESETS, build_organism, format_table
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # One bar per saved checkpoint drowns the build's own progress.
+    transformers.utils.logging.disable_progress_bar()
     try:
         args.run(args)
     except RlinterpError as e:
