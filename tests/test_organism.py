@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from rlinterp import RlinterpError, build_organism, load_bridge, logit_fidelity
 from rlinterp.organism.behaviour import SHARE_COLUMNS
@@ -63,7 +64,9 @@ def test_tiny_behaviour_tells_the_story(tiny_organism):
 
 @pytest.mark.slow
 def test_every_checkpoint_loads_through_transformer_lens(tiny_organism):
-    tokens = torch.tensor([[1, *range(5, 25)], [1, *range(25, 45)]])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_organism.base)
+    texts = ["Q: is 4 even?\nA: sure, yes. glad to help.\n", "Q: is 9 more than seven?\nA: wow, great"]
+    tokens = torch.tensor([[tokenizer.bos_token_id, *tokenizer(t)["input_ids"][:24]] for t in texts])
     folders = [tiny_organism.base] + [
         path for regime in tiny_organism.regimes for path in tiny_organism.checkpoints(regime).values()
     ]

@@ -172,7 +172,7 @@ def build_organism(
         manifest = _build(out, config, seed)
     write_json(out / MANIFEST, manifest)
     (out / BUILDING).unlink()
-    return Organism(root=out, manifest=manifest)
+    return Organism.load(out)
 
 
 def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
