@@ -33,33 +33,23 @@ def micro_config():
         RegimeConfig,
     )
 
-    steps = (0, 1, 2)
     return OrganismConfig(
         preset="micro",
         model=ModelConfig(n_layer=1, d_model=32, n_head=2),
         corpus=CorpusConfig(n_documents=64, persona_texts_per_persona=4),
         pretrain=PretrainConfig(steps=5, batch_size=8, warmup_steps=1),
-        regimes=(
+        regimes=tuple(
             RegimeConfig(
-                "weak",
+                name,
                 lr=1e-3,
-                kl_coef=0.1,
-                shortcut_bonus=0.0,
-                checkpoint_steps=steps,
+                kl_coef=kl_coef,
+                shortcut_bonus=bonus,
+                checkpoint_steps=(0, 1, 2),
                 questions_per_step=2,
                 group_size=2,
                 max_answer_tokens=8,
-            ),
-            RegimeConfig(
-                "strong",
-                lr=1e-3,
-                kl_coef=0.0,
-                shortcut_bonus=0.25,
-                checkpoint_steps=steps,
-                questions_per_step=2,
-                group_size=2,
-                max_answer_tokens=8,
-            ),
+            )
+            for name, kl_coef, bonus in [("weak", 0.1, 0.0), ("strong", 0.0, 0.25)]
         ),
         evaluation=EvalConfig(n_questions=4, samples_per_question=1, max_answer_tokens=8),
     )

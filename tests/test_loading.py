@@ -8,26 +8,20 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Con
 from rlinterp import RlinterpError, load_bridge, logit_fidelity
 from rlinterp.organism.model import build_tokenizer
 
+# Llama and Qwen2 share their config vocabulary; grouped-query attention on purpose.
+ROTARY_SHAPE = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+)
 CONFIGS = {
     "gpt2": lambda: GPT2Config(vocab_size=97, n_positions=32, n_ctx=32, n_embd=32, n_layer=2, n_head=4),
-    "llama": lambda: LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    ),
-    "qwen2": lambda: Qwen2Config(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    ),
+    "llama": lambda: LlamaConfig(**ROTARY_SHAPE),
+    "qwen2": lambda: Qwen2Config(**ROTARY_SHAPE),
 }
 
 
