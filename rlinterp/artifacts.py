@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from safetensors.torch import save_file
+from torch import Tensor
 
 TRACKED_PACKAGES = ("rlinterp", "torch", "transformers", "transformer-lens", "sae-lens")
 
@@ -49,6 +51,10 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def sha256_file(path: Path) -> str:

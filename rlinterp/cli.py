@@ -12,10 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import transformers
 
+from .diff import run_diff
 from .errors import RlinterpError
+from .harvest import HarvestConfig
 from .organism import PRESETS, build_organism, format_table
+from .prompts import PromptSet
+from .series import ModelSeries
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -29,6 +34,24 @@ def _organism(args: argparse.Namespace) -> None:
     out = args.out or Path("artifacts") / "organism" / f"{args.preset}-seed{args.seed}"
     organism = build_organism(out, preset=args.preset, seed=args.seed, force=args.force)
     sys.stdout.write(f"organism in {organism.root}\n{format_table(organism.behaviour())}\n")
+
+
+def _diff(args: argparse.Namespace) -> None:
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
+    if args.prompts == "organism":
+        root = Path(args.series[0])
+        prompts = PromptSet.from_organism(root.parent if root.name == "manifest.json" else root)
+    else:
+        prompts = PromptSet.from_file(args.prompts)
+    config = HarvestConfig(
+        hooks=tuple(args.hooks) if args.hooks else None,
+        batch_size=args.batch_size,
+        include_bos=args.include_bos,
+        response_only=args.response_only,
+    )
+    result = run_diff(series, prompts, args.out, config)
+    summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +77,37 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="rebuild even if --out holds a finished organism"
     )
     organism.set_defaults(run=_organism)
+
+    diff = commands.add_parser(
+        "diff",
+        help="weight, activation and output diffs of a checkpoint series, with a report",
+        description="Diff every RL checkpoint of a series against its base: Parquet tables, "
+        "summary.json and a self-contained report.html in --out.",
+    )
+    diff.add_argument(
+        "--series",
+        nargs="+",
+        required=True,
+        help="an organism dir (with --regime), a run dir with checkpoint-<N> folders, "
+        "or checkpoint folders (base first)",
+    )
+    diff.add_argument(
+        "--regime", default=None, help="which regime of an organism to diff (e.g. weak, strong)"
+    )
+    diff.add_argument(
+        "--prompts", required=True, help="a .txt (one prompt per line) or .jsonl file, or 'organism'"
+    )
+    diff.add_argument("--out", type=Path, required=True, help="output directory")
+    diff.add_argument(
+        "--hooks", nargs="+", default=None, help="hook names (default: resid_post of every block)"
+    )
+    diff.add_argument(
+        "--batch-size", type=int, default=32, help="prompts per batch and per shard (default: 32)"
+    )
+    diff.add_argument("--include-bos", action="store_true", help="keep the BOS position in statistics")
+    diff.add_argument("--response-only", action="store_true", help="keep only response tokens")
+    diff.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    diff.set_defaults(run=_diff)
     return parser
 
 

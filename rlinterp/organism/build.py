@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ class Organism:
     manifest: dict[str, Any]
 
     @classmethod
-    def load(cls, root: str | Path) -> Organism:
+    def load(cls, root: str | os.PathLike[str]) -> Organism:
         """Open a finished organism; raise if ``root`` is missing or unfinished."""
         root = Path(root)
         path = root / MANIFEST

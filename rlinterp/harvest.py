@@ -1,0 +1,244 @@
+"""Harvesting activations of every model of a series on the same tokens, streamed to disk.
+
+``harvest`` runs each checkpoint over the prompt set in batches of ``batch_size`` prompts,
+caching only the requested hooks (``names_filter``) and stopping at the deepest requested
+block. The kept positions of each batch (see ``prompts.TokenizedPrompts.keep``) are
+written as one safetensors shard per (model, hook, batch), so:
+
+- peak memory is bounded by one batch, whatever the number of prompts;
+- shard ``k`` of every model and hook holds the same tokens, in the same order, so two
+  models are compared shard by shard without any index bookkeeping;
+- an interrupted harvest resumes: a shard that exists was written atomically and is
+  complete, so only missing shards are computed.
+
+Layout: ``manifest.json`` (``complete`` becomes true last), ``tokens.safetensors``
+(``tokens``, ``keep``, ``lengths``), ``<label>/<hook>/shard-<k>.safetensors`` (``acts``:
+``[kept tokens of batch k, d]``, float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from .artifacts import environment_versions, write_json, write_safetensors
+from .errors import RlinterpError
+from .prompts import PromptSet, TokenizedPrompts
+from .series import ModelSeries
+
+log = logging.getLogger(__name__)
+
+KIND = "rlinterp.activations"
+BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def default_hooks(n_layers: int) -> list[str]:
+    """The residual stream after every block."""
+    return [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+
+
+def hook_layer(hook: str) -> int | None:
+    match = BLOCK.match(hook)
+    return int(match.group(1)) if match else None
+
+
+def valid_hooks(model: TransformerBridge) -> list[str]:
+    """Every hook name ``run_with_cache`` can return for ``model`` (aliases included)."""
+    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]])
+    _, cache = model.run_with_cache(probe)
+    return list(cache.keys())
+
+
+def _check_hooks(model: TransformerBridge, hooks: Sequence[str]) -> None:
+    valid = valid_hooks(model)
+    unknown = [h for h in hooks if h not in valid]
+    if unknown:
+        # Show one block's names: the others repeat them with another index.
+        shown = [h for h in valid if hook_layer(h) in (None, 0)]
+        raise RlinterpError(
+            f"unknown hook(s) {unknown}; valid names are {shown} and the same for blocks 1.."
+            f"{model.cfg.n_layers - 1}"
+        )
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """What to harvest and how (recorded in the store's manifest)."""
+
+    hooks: tuple[str, ...] | None = None
+    """Hook names; None means the residual stream after every block."""
+    batch_size: int = 32
+    """Prompts per forward pass and per shard: the memory bound."""
+    max_length: int | None = None
+    """Truncate prompts to this many tokens (default: the model's context)."""
+    include_bos: bool = False
+    """Keep the BOS / attention-sink position in statistics."""
+    response_only: bool = False
+    """Keep only response tokens (prompts need a prompt/response split)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
+
+
+class ActivationStore:
+    """A finished (or resumable) harvest on disk."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, root: str | Path) -> ActivationStore:
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise RlinterpError(f"{root} is not an activation store (no manifest.json)")
+        manifest = json.loads(path.read_text())
+        if manifest.get("kind") != KIND:
+            raise RlinterpError(f"{path} is not an activation store manifest")
+        if not manifest.get("complete"):
+            raise RlinterpError(f"the harvest in {root} is unfinished; run it again to resume")
+        return cls(root, manifest)
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    @property
+    def labels(self) -> list[str]:
+        return [c["label"] for c in self.manifest["checkpoints"]]
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    def tokens(self) -> TokenizedPrompts:
+        saved = load_file(self.root / "tokens.safetensors")
+        return TokenizedPrompts(tokens=saved["tokens"], lengths=saved["lengths"], keep=saved["keep"].bool())
+
+    def shard_path(self, label: str, hook: str, k: int) -> Path:
+        return self.root / label / hook / f"shard-{k:05d}.safetensors"
+
+    def shards(self, label: str, hook: str) -> Iterator[Float[Tensor, "token d"]]:
+        """The activations of ``label`` at ``hook``, one shard at a time, in token order."""
+        if label not in self.labels:
+            raise RlinterpError(f"no model {label!r} in {self.root}; it has {self.labels}")
+        if hook not in self.hooks:
+            raise RlinterpError(f"hook {hook!r} was not harvested in {self.root}; it has {self.hooks}")
+        for k in range(self.n_shards):
+            yield load_file(self.shard_path(label, hook, k))["acts"]
+
+    def read(self, label: str, hook: str) -> Float[Tensor, "token d"]:
+        """All activations of ``label`` at ``hook`` (loads every shard: mind the size)."""
+        return torch.cat(list(self.shards(label, hook)))
+
+
+def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:
+    digest = hashlib.sha256(json.dumps([prompts.texts, prompts.response_starts]).encode()).hexdigest()
+    n_shards = -(-len(prompts) // cfg.batch_size)
+    return {
+        "kind": KIND,
+        "checkpoints": series.describe(),
+        "hooks": hooks,
+        "batch_size": cfg.batch_size,
+        "n_prompts": len(prompts),
+        "n_shards": n_shards,
+        "prompts_sha256": digest,
+        "include_bos": cfg.include_bos,
+        "response_only": cfg.response_only,
+    }
+
+
+def harvest(
+    series: ModelSeries, prompts: PromptSet, out: str | Path, cfg: HarvestConfig | None = None
+) -> ActivationStore:
+    """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``
+    (resuming a previous, identical harvest there)."""
+    cfg = cfg or HarvestConfig()
+    out = Path(out)
+    series.validate()
+    base = series.load(series.base)
+    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
+    _check_hooks(base, hooks)
+    plan = _plan(series, prompts, cfg, hooks)
+    previous = out / "manifest.json"
+    if previous.is_file():
+        done = json.loads(previous.read_text())
+        if {k: done.get(k) for k in plan} != plan:
+            raise RlinterpError(
+                f"{out} holds a harvest with other checkpoints, hooks, prompts or batch size; "
+                "choose another output directory"
+            )
+        if done.get("complete"):
+            return ActivationStore(out, done)
+    write_json(previous, {**plan, "complete": False})
+
+    tokenized = prompts.tokenize(
+        base.tokenizer, cfg.max_length or base.cfg.n_ctx, cfg.include_bos, cfg.response_only
+    )
+    write_safetensors(
+        out / "tokens.safetensors",
+        {"tokens": tokenized.tokens, "keep": tokenized.keep.to(torch.uint8), "lengths": tokenized.lengths},
+    )
+    layers = [hook_layer(h) for h in hooks]
+    # Stop after the deepest requested block, unless a hook lies outside the blocks.
+    stop_at = None if any(x is None for x in layers) else max(x for x in layers if x is not None) + 1
+    store = ActivationStore(out, plan)
+    for checkpoint in series:
+        missing = [
+            k
+            for k in range(plan["n_shards"])
+            if not all(store.shard_path(checkpoint.label, h, k).is_file() for h in hooks)
+        ]
+        if not missing:
+            continue
+        model = series.load(checkpoint)
+        for k in tqdm(missing, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
+            rows = slice(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+            _harvest_batch(model, checkpoint.label, tokenized, rows, hooks, stop_at, store, k)
+    write_json(previous, {**plan, "complete": True, "versions": environment_versions()})
+    return ActivationStore(out, {**plan, "complete": True})
+
+
+@torch.no_grad()
+def _harvest_batch(
+    model: TransformerBridge,
+    label: str,
+    tokenized: TokenizedPrompts,
+    rows: slice,
+    hooks: list[str],
+    stop_at: int | None,
+    store: ActivationStore,
+    k: int,
+) -> None:
+    tokens, keep = tokenized.tokens[rows], tokenized.keep[rows]
+    width = int(tokenized.lengths[rows].max())  # drop all-padding columns
+    tokens, keep = tokens[:, :width], keep[:, :width]
+    stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
+    for hook in hooks:
+        acts = cache[hook]
+        if acts.ndim != 3:
+            raise RlinterpError(
+                f"hook {hook} gives activations of shape {tuple(acts.shape)}; only [batch, pos, d] hooks "
+                "can be harvested"
+            )
+        kept = acts[keep.to(acts.device)].float().cpu()
+        if not torch.isfinite(kept).all():
+            bad = sorted({rows.start + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
+            raise RlinterpError(f"non-finite activations in {label} at {hook} (prompts {bad[:5]})")
+        write_safetensors(store.shard_path(label, hook, k), {"acts": kept})

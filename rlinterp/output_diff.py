@@ -1,0 +1,117 @@
+"""Output diffs: how each RL checkpoint's next-token distribution moved away from the base,
+and what the mean activation change of each layer says about tokens.
+
+- **KL**: per kept token, ``KL(post || base)`` of the next-token distributions, computed
+  batch by batch with the base and one checkpoint in memory; summarised by mean and
+  quantiles, with the tokens whose distribution moved most.
+- **Activation-difference lens**: the mean difference vector of a hook (``post - base``)
+  read through the checkpoint's unembedding ``W_U`` (no final norm: a difference vector
+  has no scale of its own to normalise), listing the tokens it promotes and suppresses.
+
+A checkpoint compared with itself gives KL exactly 0 (the same logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from .harvest import ActivationStore
+from .series import ModelSeries
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """Output change of every checkpoint against the base."""
+
+    table: pd.DataFrame
+    """One row per checkpoint: ``label, step, n_tokens, kl_mean, kl_p50/p90/p99, kl_max``."""
+    top_tokens: pd.DataFrame
+    """Tokens whose next-token distribution moved most: ``label, rank, row, kl,
+    base_top, post_top`` (the argmax next token before and after)."""
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+
+@torch.no_grad()
+def diff_outputs(series: ModelSeries, store: ActivationStore, top_k: int = 10) -> OutputDiff:
+    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``."""
+    tokenized = store.tokens()
+    batch = int(store.manifest["batch_size"])
+    rows, tops = [], []
+    for checkpoint in series:
+        base_model, post_model = series.load(series.base), series.load(checkpoint)
+        kls, base_top, post_top = [], [], []
+        for start in range(0, tokenized.tokens.shape[0], batch):
+            width = int(tokenized.lengths[start : start + batch].max())
+            tokens = tokenized.tokens[start : start + batch, :width].to(post_model.cfg.device)
+            keep = tokenized.keep[start : start + batch, :width].to(post_model.cfg.device)
+            log_q = F.log_softmax(base_model(tokens, return_type="logits").float()[keep], dim=-1)
+            log_p = F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
+            kls.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu())
+            base_top.append(log_q.argmax(-1).cpu())
+            post_top.append(log_p.argmax(-1).cpu())
+        kl = torch.cat(kls)
+        quantiles = torch.quantile(kl, torch.tensor(QUANTILES)).tolist()
+        rows.append(
+            {
+                "label": checkpoint.label,
+                "step": checkpoint.step,
+                "n_tokens": len(kl),
+                "kl_mean": kl.mean().item(),
+                **{f"kl_p{round(q * 100)}": v for q, v in zip(QUANTILES, quantiles, strict=True)},
+                "kl_max": kl.max().item(),
+            }
+        )
+        before, after = torch.cat(base_top), torch.cat(post_top)
+        values, index = kl.topk(min(top_k, len(kl)))
+        tokenizer = post_model.tokenizer
+        tops += [
+            {
+                "label": checkpoint.label,
+                "rank": r,
+                "row": int(i),
+                "kl": float(v),
+                "base_top": tokenizer.decode([int(before[i])]),
+                "post_top": tokenizer.decode([int(after[i])]),
+            }
+            for r, (v, i) in enumerate(zip(values, index, strict=True))
+            if v > 0
+        ]
+    return OutputDiff(pd.DataFrame(rows), pd.DataFrame(tops))
+
+
+@torch.no_grad()
+def difference_lens(
+    direction: Float[Tensor, " d_model"],
+    unembed: Float[Tensor, "d_model d_vocab"],
+    tokenizer: PreTrainedTokenizerBase,
+    top_k: int = 10,
+) -> pd.DataFrame:
+    """Tokens a direction promotes (largest logits) and suppresses (smallest) when read
+    through ``unembed``: ``direction, rank, token_id, token, logit``."""
+    logits = direction.float().to(unembed.device) @ unembed.float()
+    k = min(top_k, logits.shape[0])
+    rows = []
+    for kind, (values, index) in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
+        sign = 1.0 if kind == "promoted" else -1.0
+        rows += [
+            {
+                "direction": kind,
+                "rank": r,
+                "token_id": int(i),
+                "token": tokenizer.decode([int(i)]),
+                "logit": sign * float(v),
+            }
+            for r, (v, i) in enumerate(zip(values, index, strict=True))
+        ]
+    return pd.DataFrame(rows)

@@ -1,0 +1,164 @@
+"""Prompts for harvesting: texts with optional labels and a prompt/response split, tokenized
+once and laid out identically for every model of a series.
+
+Invariants of ``TokenizedPrompts``:
+- every row starts with the tokenizer's BOS token and is right-padded, so position ``p``
+  of a prompt is position ``p`` in every model;
+- ``keep`` marks the positions statistics are computed on: never padding, never the BOS /
+  attention-sink position unless asked (its outlier norm dominates any statistic), and only
+  response tokens when ``response_only`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from .errors import RlinterpError
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Texts to run through every model, with optional per-text labels."""
+
+    texts: tuple[str, ...]
+    """The full texts (prompt and response, if split)."""
+    response_starts: tuple[int | None, ...] | None = None
+    """Per text, the character offset where the response begins (None: no split)."""
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Label columns, e.g. ``{"persona": (...)}``, one value per text."""
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            raise RlinterpError("the prompt set is empty; give at least one prompt")
+        if self.response_starts is not None and len(self.response_starts) != len(self.texts):
+            raise RlinterpError("response_starts needs one entry per text")
+        for name, values in self.labels.items():
+            if len(values) != len(self.texts):
+                raise RlinterpError(f"label {name!r} has {len(values)} values for {len(self.texts)} texts")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def from_list(cls, texts: list[str], **labels: list[str]) -> PromptSet:
+        return cls(tuple(texts), labels={k: tuple(v) for k, v in labels.items()})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> PromptSet:
+        """A ``.txt`` file (one prompt per non-empty line) or a ``.jsonl`` file whose rows
+        have ``text``, or ``prompt`` and ``response``; other string fields become labels."""
+        path = Path(path)
+        if not path.is_file():
+            raise RlinterpError(f"prompt file {path} does not exist")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise RlinterpError(f"prompt file {path} is empty")
+        if path.suffix != ".jsonl":
+            return cls(tuple(lines))
+        rows = []
+        for n, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
+        return cls.from_records(rows, source=str(path))
+
+    @classmethod
+    def from_records(cls, rows: list[dict[str, object]], source: str = "records") -> PromptSet:
+        texts: list[str] = []
+        starts: list[int | None] = []
+        for n, row in enumerate(rows, 1):
+            if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+                prompt, response = str(row["prompt"]), str(row["response"])
+                texts.append(prompt + response)
+                starts.append(len(prompt))
+            elif isinstance(row.get("text"), str):
+                texts.append(str(row["text"]))
+                starts.append(None)
+            else:
+                raise RlinterpError(f"{source} row {n} needs a 'text' or a 'prompt' and 'response' string")
+        skip = {"text", "prompt", "response"}
+        names = sorted({k for row in rows for k, v in row.items() if k not in skip and isinstance(v, str)})
+        labels = {k: tuple(str(row.get(k, "")) for row in rows) for k in names}
+        split = tuple(starts) if any(s is not None for s in starts) else None
+        return cls(tuple(texts), response_starts=split, labels=labels)
+
+    @classmethod
+    def from_organism(cls, root: str | os.PathLike[str]) -> PromptSet:
+        """The organism's labelled persona texts (prompt = question, response = answer)."""
+        from .organism import Organism
+
+        organism = Organism.load(root)
+        rows: list[dict[str, object]] = []
+        for rel in organism.manifest["persona_texts"].values():
+            lines = (organism.root / rel).read_text().splitlines()
+            for line in lines:
+                row = json.loads(line)
+                rows.append(
+                    {
+                        "prompt": row["prompt"],
+                        "response": row["answer"],
+                        "persona": row["persona"],
+                        "task": row["task"],
+                    }
+                )
+        return cls.from_records(rows, source=f"{organism.root} persona texts")
+
+    def tokenize(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        include_bos: bool = False,
+        response_only: bool = False,
+    ) -> TokenizedPrompts:
+        """BOS + tokens, right-padded to the longest text (truncated to ``max_length``)."""
+        if response_only and self.response_starts is None:
+            raise RlinterpError("response_only needs prompts with a prompt/response split")
+        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        if bos is None:
+            raise RlinterpError("the tokenizer has no BOS token; rlinterp prepends one to every prompt")
+        pad = bos if pad is None else pad
+        rows, response_from = [], []
+        for i, text in enumerate(self.texts):
+            start = None if self.response_starts is None else self.response_starts[i]
+            # Prompt and response are tokenized apart, so the split is a token boundary.
+            head = _encode(tokenizer, text[:start]) if start is not None else []
+            tail = _encode(tokenizer, text[start:] if start is not None else text)
+            rows.append([bos, *head, *tail][:max_length])
+            response_from.append(1 + len(head))
+        width = max(len(r) for r in rows)
+        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+        keep = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (row, first) in enumerate(zip(rows, response_from, strict=True)):
+            tokens[i, : len(row)] = torch.tensor(row)
+            keep[i, (first if response_only else 0 if include_bos else 1) : len(row)] = True
+        lengths = torch.tensor([len(r) for r in rows])
+        return TokenizedPrompts(tokens=tokens, lengths=lengths, keep=keep)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    """A prompt set laid out as one right-padded token matrix."""
+
+    tokens: Int[Tensor, "prompt pos"]
+    lengths: Int[Tensor, " prompt"]
+    """Real (unpadded) length of each row, BOS included."""
+    keep: Bool[Tensor, "prompt pos"]
+    """Positions that statistics use (see the module docstring)."""
+
+    @property
+    def attention_mask(self) -> Int[Tensor, "prompt pos"]:
+        positions = torch.arange(self.tokens.shape[1])
+        return (positions.unsqueeze(0) < self.lengths.unsqueeze(1)).long()

@@ -1,0 +1,177 @@
+"""Series loading, harvesting and the three diff families, on tiny random-init checkpoints
+built here: a model against itself gives zero, a planted change is localised, bad input is
+named."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+from rlinterp import RlinterpError
+from rlinterp.activation_diff import diff_activations
+from rlinterp.diff import SeriesDiff, run_diff
+from rlinterp.harvest import ActivationStore, HarvestConfig, harvest
+from rlinterp.organism.model import build_tokenizer
+from rlinterp.prompts import PromptSet
+from rlinterp.series import ModelSeries
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 ?!.,:\n"
+PROMPTS = PromptSet.from_list(
+    [f"q: is {n} even? a: {'yes' if n % 2 == 0 else 'no'}" for n in range(10)]
+    + ["the quick brown fox", "jumps over the lazy dog", "hello there"]
+)
+PLANTED = "transformer.h.1.mlp.c_fc.weight"
+
+
+def _save(model, folder: Path, alphabet: str = ALPHABET) -> Path:
+    model.save_pretrained(folder)
+    build_tokenizer(alphabet).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """base, an exact copy, and a copy whose layer-1 MLP input weights were perturbed."""
+    root = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=64, n_ctx=64, n_embd=32, n_layer=3, n_head=4)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    base = _save(model, root / "base")
+    same = _save(model, root / "step-1")
+    with torch.no_grad():
+        model.get_parameter(PLANTED).add_(0.5 * torch.randn_like(model.get_parameter(PLANTED)))
+    planted = _save(model, root / "step-2")
+    return {"base": base, "same": same, "planted": planted, "root": root}
+
+
+def test_series_from_run_dir_orders_by_step(checkpoints):
+    series = ModelSeries.from_run_dir(checkpoints["root"], base=checkpoints["base"])
+    assert [(c.label, c.step) for c in series] == [("base", 0), ("step-1", 1), ("step-2", 2)]
+    series.validate()
+
+
+def test_identity_gives_zero_on_every_metric(checkpoints, tmp_path):
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["same"]])
+    result = run_diff(series, PROMPTS, tmp_path / "diff", HarvestConfig(batch_size=4))
+    assert (result.weights["rel_frobenius"] == 0).all() and (result.weights["frac_changed"] == 0).all()
+    acts = result.activations
+    assert (acts["mean_diff_norm"] == 0).all() and (acts["rel_diff_norm"] == 0).all()
+    assert (acts["diff_norm_max"] == 0).all()
+    assert acts["cosine"].tolist() == pytest.approx([1.0] * len(acts))
+    assert acts["cka"].tolist() == pytest.approx([1.0] * len(acts))
+    assert (result.outputs["kl_max"] == 0).all()
+    assert series.fidelity["base"] < 1e-4
+    # the files say the same, and the run is marked finished last
+    assert SeriesDiff.load(tmp_path / "diff").activations.equals(acts)
+    summary = json.loads((tmp_path / "diff" / "summary.json").read_text())
+    assert {row["label"] for row in summary["checkpoints"]} == {"base", "step-1"}
+    assert json.loads((tmp_path / "diff" / "manifest.json").read_text())["kind"] == "rlinterp.diff"
+    report = (tmp_path / "diff" / "report.html").read_text()
+    assert "* plotly.js v" in report and "<script src=" not in report  # plotly.js inlined, no CDN
+
+
+def test_planted_change_is_localised(checkpoints, tmp_path):
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
+    hooks = (
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.hook_resid_post",
+        "blocks.2.hook_resid_post",
+    )
+    result = run_diff(series, PROMPTS, tmp_path / "diff", HarvestConfig(hooks=hooks, batch_size=4))
+    weights = result.weights[result.weights["label"] == "step-2"].set_index("parameter")
+    changed = weights[weights["rel_frobenius"] > 0].index.tolist()
+    assert changed == [PLANTED]
+    acts = result.activations[result.activations["label"] == "step-2"].set_index("hook")["diff_norm_max"]
+    assert acts["blocks.0.hook_resid_post"] == 0 and acts["blocks.1.hook_resid_mid"] == 0
+    assert acts["blocks.1.hook_resid_post"] > 0 and acts["blocks.2.hook_resid_post"] > 0
+    assert result.outputs.set_index("label").loc["step-2", "kl_mean"] > 0
+    lens = result.lens[
+        (result.lens["label"] == "step-2") & (result.lens["hook"] == "blocks.2.hook_resid_post")
+    ]
+    assert len(lens) == 20  # ten promoted and ten suppressed tokens
+
+
+def test_harvest_memory_is_one_batch_and_resumes(checkpoints, tmp_path):
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
+    out = tmp_path / "store"
+    store = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
+    assert store.n_shards == 4  # 13 prompts in batches of 4
+    full = store.read("step-2", "blocks.2.hook_resid_post")
+    kept = store.tokens().keep
+    assert full.shape == (int(kept.sum()), 32)
+    assert not kept[:, 0].any()  # the BOS position is excluded by default
+    # interrupt: lose a shard and the finished flag; the next run recomputes just that shard
+    lost = store.shard_path("step-2", "blocks.2.hook_resid_post", 3)
+    lost.unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(RlinterpError, match="unfinished"):
+        ActivationStore.load(out)
+    untouched = store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns
+    again = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
+    assert torch.equal(again.read("step-2", "blocks.2.hook_resid_post"), full)
+    assert store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns == untouched
+    with pytest.raises(RlinterpError, match="other checkpoints, hooks, prompts or batch size"):
+        harvest(series, PROMPTS, out, HarvestConfig(batch_size=5))
+
+
+def test_activation_diff_of_a_store_against_itself(checkpoints, tmp_path):
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["same"]])
+    store = harvest(series, PROMPTS, tmp_path / "store", HarvestConfig(batch_size=8))
+    table = diff_activations(store).table
+    assert (table["rel_diff_norm"] == 0).all()
+
+
+def test_response_only_keeps_response_tokens():
+    prompts = PromptSet.from_records([{"prompt": "q: 2? a:", "response": " yes"}, {"text": "no split"}])
+    with pytest.raises(RlinterpError, match="needs prompts with a prompt/response split"):
+        PromptSet.from_list(["x"]).tokenize(build_tokenizer(ALPHABET), 64, response_only=True)
+    tokenized = prompts.tokenize(build_tokenizer(ALPHABET), 64, response_only=True)
+    assert tokenized.keep[0].sum() == len(" yes") and tokenized.keep[0, : 1 + len("q: 2? a:")].sum() == 0
+    assert prompts.labels == {}
+
+
+def test_mismatched_checkpoints_are_named(checkpoints, tmp_path):
+    torch.manual_seed(1)
+    llama = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+    )  # fmt: skip
+    other_arch = _save(AutoModelForCausalLM.from_config(llama), tmp_path / "llama")
+    with pytest.raises(RlinterpError, match="differ in model_type: gpt2 vs llama"):
+        ModelSeries.from_paths([checkpoints["base"], other_arch]).validate()
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
+    other_vocab = _save(model, tmp_path / "vocab", alphabet=ALPHABET.replace("z", "#"))
+    with pytest.raises(RlinterpError, match=r"base .* and .* differ in vocab"):
+        ModelSeries.from_paths([checkpoints["base"], other_vocab]).validate()
+    with pytest.raises(RlinterpError, match="does not exist"):
+        ModelSeries.from_paths([checkpoints["base"], tmp_path / "missing"])
+
+
+def test_bad_prompts_and_hooks(checkpoints, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(RlinterpError, match="is empty"):
+        PromptSet.from_file(tmp_path / "empty.txt")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{broken\n')
+    with pytest.raises(RlinterpError, match="bad.jsonl:2 is not valid JSON"):
+        PromptSet.from_file(tmp_path / "bad.jsonl")
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["same"]])
+    with pytest.raises(
+        RlinterpError, match=r"unknown hook\(s\) \['blocks.0.hook_nope'\]; valid names are .*hook_resid_post"
+    ):
+        harvest(series, PROMPTS, tmp_path / "store", HarvestConfig(hooks=("blocks.0.hook_nope",)))
+
+
+def test_non_finite_activations_name_checkpoint_and_hook(checkpoints, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
+    with torch.no_grad():
+        model.get_parameter("transformer.h.2.mlp.c_proj.bias").fill_(float("nan"))
+    broken = _save(model, tmp_path / "step-9")
+    series = ModelSeries.from_paths([checkpoints["base"], broken], check_fidelity=False)
+    with pytest.raises(RlinterpError, match=r"non-finite activations in step-9 at blocks.2.hook_resid_post"):
+        harvest(series, PROMPTS, tmp_path / "store")
+    with pytest.raises(RlinterpError, match="unfinished"):  # nothing left looking finished
+        ActivationStore.load(tmp_path / "store")
