@@ -99,10 +99,16 @@ def difference_lens(
 ) -> pd.DataFrame:
     """Tokens a direction promotes (largest logits) and suppresses (smallest) when read
     through ``unembed``: ``direction, rank, token_id, token, logit``."""
-    logits = direction.float().to(unembed.device) @ unembed.float()
-    k = min(top_k, logits.shape[0])
+    all_logits = direction.float().to(unembed.device) @ unembed.float()
+    # Special tokens (padding, BOS, ...) are never predicted in text; leave them out.
+    usable = torch.ones(all_logits.shape[0], dtype=torch.bool, device=all_logits.device)
+    usable[torch.tensor(tokenizer.all_special_ids, dtype=torch.long, device=usable.device)] = False
+    ids = usable.nonzero().squeeze(1)
+    logits = all_logits[ids]
+    k = min(top_k, len(ids))
     rows = []
-    for kind, (values, index) in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
+    for kind, (values, positions) in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
+        index = ids[positions]
         sign = 1.0 if kind == "promoted" else -1.0
         rows += [
             {

@@ -75,9 +75,7 @@ def _table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 
 def _fmt(value: object) -> str:
-    return (
-        f"{value:.4g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
-    )
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _lens_section(diff: SeriesDiff) -> str:
@@ -107,18 +105,22 @@ def _top_tokens_section(diff: SeriesDiff) -> str:
         return "<p>No token changed.</p>"
     last = tops[tops["label"] == tops["label"].iloc[-1]]
     kl = last[last["source"] == "kl"]
-    shown = kl if len(kl) else last
+    shown = (kl if len(kl) else last).drop_duplicates(["source", "context", "token"])
+    is_kl = shown["source"].iloc[0] == "kl"
     rows = [
-        "<tr><td>{}</td><td>{}<mark>{}</mark></td><td>{:.4g}</td></tr>".format(
-            html.escape(str(r.source)),
+        "<tr><td>{}<mark>{}</mark></td><td>{:.4g}</td><td>{}</td></tr>".format(
             html.escape(str(r.context)),
             html.escape(str(r.token)),
-            float(r.kl if r.source == "kl" else r.diff_norm),
+            float(r.kl if is_kl else r.diff_norm),
+            html.escape(f"{r.base_top!r} -> {r.post_top!r}" if is_kl else str(r.source)),
         )
         for r in shown.itertuples()
     ]
+    label = html.escape(str(last["label"].iloc[0]))
+    value, note = ("KL (nats)", "next token: base -> post") if is_kl else ("||post - base||", "hook")
     return (
-        "<table><tr><th>source</th><th>context (changed token marked)</th><th>value</th></tr>"
+        f"<p>Checkpoint <b>{label}</b>: positions whose next-token distribution moved most.</p>"
+        f"<table><tr><th>context (position marked)</th><th>{value}</th><th>{note}</th></tr>"
         + "".join(rows)
         + "</table>"
     )

@@ -29,3 +29,24 @@ def test_unwritable_output(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     err = _one_line_error(capsys, ["organism", "--preset", "tiny", "--out", str(tmp_path / "file" / "x")])
     assert err.startswith("rlinterp organism: error: cannot write to")
+
+
+def test_diff_needs_a_regime_for_an_organism(capsys, tmp_path, micro_config):
+    from rlinterp import build_organism
+
+    build_organism(tmp_path / "org", config=micro_config)
+    err = _one_line_error(
+        capsys,
+        ["diff", "--series", str(tmp_path / "org"), "--prompts", "organism", "--out", str(tmp_path / "d")],
+    )
+    assert "say which regime to diff with --regime" in err
+
+
+def test_diff_cli_writes_a_report(capsys, tmp_path, micro_config):
+    from rlinterp import build_organism
+
+    build_organism(tmp_path / "org", config=micro_config)
+    argv = ["diff", "--series", str(tmp_path / "org"), "--regime", "strong", "--prompts", "organism"]
+    assert main([*argv, "--out", str(tmp_path / "d"), "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "strong-step-2" in out and (tmp_path / "d" / "report.html").is_file()

@@ -175,3 +175,42 @@ def test_non_finite_activations_name_checkpoint_and_hook(checkpoints, tmp_path):
         harvest(series, PROMPTS, tmp_path / "store")
     with pytest.raises(RlinterpError, match="unfinished"):  # nothing left looking finished
         ActivationStore.load(tmp_path / "store")
+
+
+@pytest.mark.slow
+def test_organism_strong_regime_changes_more_than_weak(tiny_organism, tmp_path):
+    prompts = PromptSet.from_organism(tiny_organism.root)
+    results = {
+        regime: run_diff(ModelSeries.from_organism(tiny_organism.root, regime), prompts, tmp_path / regime)
+        for regime in ("weak", "strong")
+    }
+    last_hook = "blocks.1.hook_resid_post"
+
+    def at(regime: str, table: str, column: str) -> list[float]:
+        frame = getattr(results[regime], table).sort_values("step")
+        if "hook" in frame:
+            frame = frame[frame["hook"] == last_hook]
+        return frame[column].tolist()
+
+    for table, column in (("activations", "rel_diff_norm"), ("outputs", "kl_mean")):
+        assert at("strong", table, column)[-1] > at("weak", table, column)[-1]
+        strong = at("strong", table, column)
+        assert strong[0] == 0 and strong[-1] > strong[1] > 0  # the change grows with step
+    # the strong regime's shortcut is visible through the lens: "!" is promoted at the last layer
+    lens = results["strong"].lens
+    last = lens[(lens["label"] == "strong-step-40") & (lens["hook"] == last_hook)]
+    assert "!" in last[last["direction"] == "promoted"]["token"].head(3).tolist()
+
+
+def test_difference_lens_reads_a_known_direction():
+    from rlinterp.output_diff import difference_lens
+
+    tokenizer = build_tokenizer("abc")  # ids: 4 specials, then a=4, b=5, c=6
+    unembed = torch.zeros(2, len(tokenizer))
+    unembed[0, 5], unembed[0, 6], unembed[0, 4] = 3.0, -2.0, 1.0
+    unembed[0, 1] = 100.0  # <bos>: a special token, never reported
+    lens = difference_lens(torch.tensor([1.0, 0.0]), unembed, tokenizer, top_k=2)
+    promoted = lens[lens["direction"] == "promoted"]
+    suppressed = lens[lens["direction"] == "suppressed"]
+    assert promoted["token"].tolist() == ["b", "a"] and promoted["logit"].tolist() == [3.0, 1.0]
+    assert suppressed["token"].tolist() == ["c", "a"] and suppressed["logit"].tolist() == [-2.0, 1.0]
