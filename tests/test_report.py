@@ -57,6 +57,8 @@ def _diff() -> SeriesDiff:
             "diff_norm": [float("nan")],
             "context": [EVIL],
             "token": ["<b>"],
+            "base_top": ["</td>"],
+            "post_top": ["!"],
         }
     )
     return SeriesDiff(weights, by_component, activations, outputs, lens, tops)
@@ -76,5 +78,7 @@ def test_summary_and_escaping():
     assert diff.summary()[1]["weight_rel_frobenius"] == 0.5
     page = render_report(diff, title="t")
     assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "<b>" not in page.split("<h2>Tokens that changed most</h2>")[1]
+    tokens_section = page.split("<h2>Tokens that changed most</h2>")[1]
+    assert "<b>" not in tokens_section.replace("<b>step-5</b>", "")
+    assert "&#x27;&lt;/td&gt;&#x27; -&gt; &#x27;!&#x27;" in tokens_section
     assert page.count("* plotly.js v") == 1  # plotly.js inlined, once
