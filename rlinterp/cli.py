@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import transformers
 
 from .diff import run_diff
@@ -37,7 +38,8 @@ def _organism(args: argparse.Namespace) -> None:
 
 
 def _diff(args: argparse.Namespace) -> None:
-    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device, dtype=dtype)
     if args.prompts == "organism":
         root = Path(args.series[0])
         prompts = PromptSet.from_organism(root.parent if root.name == "manifest.json" else root)
@@ -107,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--include-bos", action="store_true", help="keep the BOS position in statistics")
     diff.add_argument("--response-only", action="store_true", help="keep only response tokens")
     diff.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    diff.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
+    )
     diff.set_defaults(run=_diff)
     return parser
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from .activation_diff import diff_activations
 from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
+from .errors import RlinterpError
 from .harvest import HarvestConfig, harvest
 from .output_diff import diff_outputs, difference_lens
 from .prompts import PromptSet
@@ -82,7 +83,12 @@ class SeriesDiff:
 
     @classmethod
     def load(cls, root: str | Path) -> SeriesDiff:
+        """Read a finished ``run_diff`` output directory."""
         root = Path(root)
+        if not (root / "manifest.json").is_file():
+            raise RlinterpError(
+                f"{root} is not a finished diff (no manifest.json); run `rlinterp diff` again"
+            )
         return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
 
 

@@ -57,7 +57,7 @@ def hook_layer(hook: str) -> int | None:
 
 def valid_hooks(model: TransformerBridge) -> list[str]:
     """Every hook name ``run_with_cache`` can return for ``model`` (aliases included)."""
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]])
+    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
     _, cache = model.run_with_cache(probe)
     return list(cache.keys())
 

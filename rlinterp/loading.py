@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Int
@@ -48,17 +49,36 @@ def load_bridge(
     return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
 
 
+class Fidelity(NamedTuple):
+    """How closely a hooked model reproduces the ``transformers`` model's logits."""
+
+    max_abs_diff: float
+    """Largest absolute logit difference."""
+    max_abs_logit: float
+    """Largest absolute logit of the reference: the scale the difference is judged on."""
+
+    @property
+    def relative(self) -> float:
+        """``max_abs_diff`` over the logit scale, the scale floored at 1 so that nearly
+        uniform (random-init) models are judged on absolute error."""
+        return self.max_abs_diff / max(self.max_abs_logit, 1.0)
+
+
 @torch.no_grad()
 def logit_fidelity(
     path: str | os.PathLike[str],
     tokens: Int[Tensor, "batch pos"],
     bridge: TransformerBridge | None = None,
-) -> float:
-    """Largest absolute difference between the bridge's logits and those of
-    ``AutoModelForCausalLM.from_pretrained(path)`` on ``tokens`` (float32, CPU)."""
+) -> Fidelity:
+    """Compare the bridge's logits with those of ``AutoModelForCausalLM.from_pretrained(path)``
+    on ``tokens``, the reference loaded in the bridge's dtype and on its device (so the
+    number measures the loader, not the precision)."""
     folder = require_checkpoint(path)
     bridge = bridge if bridge is not None else load_bridge(folder)
-    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    expected = reference(input_ids=tokens).logits
-    actual = bridge(tokens.to(bridge.cfg.device), return_type="logits").float().cpu()
-    return (actual - expected).abs().max().item()
+    device = torch.device(bridge.cfg.device or "cpu")
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=bridge.cfg.dtype).eval()
+    reference.to(device)
+    expected = reference(input_ids=tokens.to(device)).logits.float()
+    actual = bridge(tokens.to(device), return_type="logits").float()
+    del reference
+    return Fidelity((actual - expected).abs().max().item(), expected.abs().max().item())

@@ -214,3 +214,10 @@ def test_difference_lens_reads_a_known_direction():
     suppressed = lens[lens["direction"] == "suppressed"]
     assert promoted["token"].tolist() == ["b", "a"] and promoted["logit"].tolist() == [3.0, 1.0]
     assert suppressed["token"].tolist() == ["c", "a"] and suppressed["logit"].tolist() == [-2.0, 1.0]
+
+
+def test_bfloat16_series_passes_the_fidelity_check_and_identity_is_zero(checkpoints, tmp_path):
+    series = ModelSeries.from_paths([checkpoints["base"], checkpoints["same"]], dtype=torch.bfloat16)
+    store = harvest(series, PROMPTS, tmp_path / "store", HarvestConfig(batch_size=8))
+    assert 0 < series.fidelity["base"] < 0.1  # half precision rounds differently, but not far
+    assert (diff_activations(store).table["diff_norm_max"] == 0).all()
