@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from .activation_diff import diff_activations
+from .activation_diff import ActivationDiff, diff_activations
 from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
-from .harvest import HarvestConfig, harvest
-from .output_diff import diff_outputs, difference_lens
+from .harvest import ActivationStore, HarvestConfig, harvest
+from .output_diff import diff_outputs
 from .prompts import PromptSet
 from .series import ModelSeries
 from .weight_diff import diff_weights
@@ -98,74 +98,85 @@ TABLES = ("weights", "weights_by_component", "activations", "outputs", "lens", "
 def run_diff(
     series: ModelSeries, prompts: PromptSet, out: str | Path, harvest_cfg: HarvestConfig | None = None
 ) -> SeriesDiff:
-    """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``."""
+    """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``.
+
+    Each checkpoint is run twice: once to harvest its activations, once beside the base for
+    the KL (next-token distributions are too large to store)."""
     out = Path(out)
     (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
     store = harvest(series, prompts, out / "activations", harvest_cfg)
-
-    weight_frames, component_frames = [], []
-    for checkpoint in series:
-        wd = diff_weights(series.base.path, checkpoint.path)
-        meta = {"label": checkpoint.label, "step": checkpoint.step}
-        weight_frames.append(wd.to_frame().assign(**meta))
-        component_frames.append(wd.by_component().assign(**meta))
+    weights, by_component = _weight_tables(series)
     activations = diff_activations(store)
-    outputs = diff_outputs(series, store)
-
-    tokenized = store.tokens()
-    row_index = tokenized.keep.nonzero()  # store row -> (prompt, position)
-    last = series.load(series.checkpoints[-1])
-    lens_frames = []
-    for (label, hook), vector in activations.mean_diffs.items():
-        if label == series.base.label:
-            continue
-        model = series.load(next(c for c in series if c.label == label))
-        lens_frames.append(difference_lens(vector, model.W_U, model.tokenizer).assign(label=label, hook=hook))
-    tokenizer = last.tokenizer
-
-    def context(row: int) -> tuple[int, int, str, str]:
-        prompt, pos = (int(v) for v in row_index[row])
-        ids = tokenized.tokens[prompt, max(1, pos - CONTEXT_TOKENS) : pos].tolist()
-        return prompt, pos, tokenizer.decode(ids), tokenizer.decode([int(tokenized.tokens[prompt, pos])])
-
-    tops = pd.concat(
-        [
-            activations.top_tokens.assign(source=activations.top_tokens.get("hook", pd.Series(dtype=str))),
-            outputs.top_tokens.assign(source="kl"),
-        ],
-        ignore_index=True,
-    )
-    if len(tops):
-        tops[["prompt", "position", "context", "token"]] = pd.DataFrame(
-            [context(int(r)) for r in tops["row"]], index=tops.index
-        )
+    outputs = diff_outputs(series, store, activations.mean_diffs)
     result = SeriesDiff(
-        weights=pd.concat(weight_frames, ignore_index=True),
-        weights_by_component=pd.concat(component_frames, ignore_index=True),
+        weights=weights,
+        weights_by_component=by_component,
         activations=activations.table,
         outputs=outputs.table,
-        lens=pd.concat(lens_frames, ignore_index=True) if lens_frames else pd.DataFrame(),
-        top_tokens=tops,
+        lens=outputs.lens,
+        top_tokens=_top_tokens_in_context(store, [activations.top_tokens, outputs.top_tokens], series),
     )
+    _write(result, out, activations, series, store, len(prompts))
+    return result
+
+
+def _weight_tables(series: ModelSeries) -> tuple[pd.DataFrame, pd.DataFrame]:
+    weights, by_component = [], []
+    for checkpoint in series:
+        diff = diff_weights(series.base.path, checkpoint.path)
+        meta = {"label": checkpoint.label, "step": checkpoint.step}
+        weights.append(diff.to_frame().assign(**meta))
+        by_component.append(diff.by_component().assign(**meta))
+    return pd.concat(weights, ignore_index=True), pd.concat(by_component, ignore_index=True)
+
+
+def _top_tokens_in_context(
+    store: ActivationStore, tops: list[pd.DataFrame], series: ModelSeries
+) -> pd.DataFrame:
+    """Top-token rows (indexed by store row) with their prompt, position, preceding text and
+    token; ``source`` is the hook, or ``kl`` for output rows."""
+    frames = [t.assign(source=t.get("hook", "kl")) for t in tops if len(t)]
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True)
+    tokenized = store.tokens()
+    where = tokenized.keep.nonzero()  # store row -> (prompt, position)
+    tokenizer = series.load(series.base).tokenizer
+    rows = []
+    for row in frame["row"]:
+        prompt, pos = (int(v) for v in where[int(row)])
+        before = tokenized.tokens[prompt, max(1, pos - CONTEXT_TOKENS) : pos].tolist()
+        token = [int(tokenized.tokens[prompt, pos])]
+        rows.append((prompt, pos, tokenizer.decode(before), tokenizer.decode(token)))
+    frame[["prompt", "position", "context", "token"]] = pd.DataFrame(rows, index=frame.index)
+    return frame
+
+
+def _write(
+    result: SeriesDiff,
+    out: Path,
+    activations: ActivationDiff,
+    series: ModelSeries,
+    store: ActivationStore,
+    n_prompts: int,
+) -> None:
+    from .report import write_report
+
     for name in TABLES:
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     vectors = {f"{label}/{hook}": v for (label, hook), v in activations.mean_diffs.items()}
     write_safetensors(out / "mean_diffs.safetensors", vectors)
     write_json(out / "summary.json", {"schema": SUMMARY_SCHEMA, "checkpoints": result.summary()})
-
-    from .report import write_report
-
     write_report(result, out / "report.html", title=f"rlinterp diff: {len(series) - 1} checkpoints vs base")
     write_json(
-        out / "manifest.json",
+        out / "manifest.json",  # last: marks the directory finished
         {
             "kind": "rlinterp.diff",
             "checkpoints": series.describe(),
             "fidelity": series.fidelity,
             "hooks": store.hooks,
-            "n_prompts": len(prompts),
+            "n_prompts": n_prompts,
             "prompts_sha256": store.manifest["prompts_sha256"],
             "versions": environment_versions(),
         },
     )
-    return result

@@ -37,19 +37,33 @@ class OutputDiff:
     top_tokens: pd.DataFrame
     """Tokens whose next-token distribution moved most: ``label, rank, row, kl,
     base_top, post_top`` (the argmax next token before and after)."""
+    lens: pd.DataFrame
+    """The activation-difference lens of each given direction: ``label, hook`` and the
+    columns of ``difference_lens``."""
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
 
 @torch.no_grad()
-def diff_outputs(series: ModelSeries, store: ActivationStore, top_k: int = 10) -> OutputDiff:
-    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``."""
+def diff_outputs(
+    series: ModelSeries,
+    store: ActivationStore,
+    directions: dict[tuple[str, str], Float[Tensor, " d_model"]] | None = None,
+    top_k: int = 10,
+) -> OutputDiff:
+    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``, and
+    the lens of each ``(label, hook) -> direction`` read through that checkpoint's ``W_U``
+    (while the checkpoint is loaded anyway)."""
     tokenized = store.tokens()
     batch = int(store.manifest["batch_size"])
-    rows, tops = [], []
+    rows, tops, lenses = [], [], []
     for checkpoint in series:
         base_model, post_model = series.load(series.base), series.load(checkpoint)
+        for (label, hook), vector in (directions or {}).items():
+            if label == checkpoint.label and checkpoint != series.base:
+                lens = difference_lens(vector, post_model.W_U, post_model.tokenizer, top_k)
+                lenses.append(lens.assign(label=label, hook=hook))
         kls, base_top, post_top = [], [], []
         for start in range(0, tokenized.tokens.shape[0], batch):
             width = int(tokenized.lengths[start : start + batch].max())
@@ -87,7 +101,11 @@ def diff_outputs(series: ModelSeries, store: ActivationStore, top_k: int = 10) -
             for r, (v, i) in enumerate(zip(values, index, strict=True))
             if v > 0
         ]
-    return OutputDiff(pd.DataFrame(rows), pd.DataFrame(tops))
+    return OutputDiff(
+        pd.DataFrame(rows),
+        pd.DataFrame(tops),
+        pd.concat(lenses, ignore_index=True) if lenses else pd.DataFrame(),
+    )
 
 
 @torch.no_grad()
