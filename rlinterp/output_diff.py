@@ -51,6 +51,7 @@ def diff_outputs(
     store: ActivationStore,
     directions: dict[tuple[str, str], Float[Tensor, " d_model"]] | None = None,
     top_k: int = 10,
+    top_positions: int = 50,
 ) -> OutputDiff:
     """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``, and
     the lens of each ``(label, hook) -> direction`` read through that checkpoint's ``W_U``
@@ -87,7 +88,7 @@ def diff_outputs(
             }
         )
         before, after = torch.cat(base_top), torch.cat(post_top)
-        values, index = kl.topk(min(top_k, len(kl)))
+        values, index = kl.topk(min(top_positions, len(kl)))
         tokenizer = post_model.tokenizer
         tops += [
             {

@@ -105,7 +105,7 @@ def _top_tokens_section(diff: SeriesDiff) -> str:
         return "<p>No token changed.</p>"
     last = tops[tops["label"] == tops["label"].iloc[-1]]
     kl = last[last["source"] == "kl"]
-    shown = (kl if len(kl) else last).drop_duplicates(["source", "context", "token"])
+    shown = (kl if len(kl) else last).drop_duplicates(["source", "context", "token"]).head(TOP_ROWS)
     is_kl = shown["source"].iloc[0] == "kl"
     rows = [
         "<tr><td>{}<mark>{}</mark></td><td>{:.4g}</td><td>{}</td></tr>".format(
@@ -126,6 +126,7 @@ def _top_tokens_section(diff: SeriesDiff) -> str:
     )
 
 
+TOP_ROWS = 12
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
