@@ -57,3 +57,31 @@ def micro_config():
 
 def weights_of(folder: Path) -> bytes:
     return (folder / "model.safetensors").read_bytes()
+
+
+def tiny_hf_config(arch: str, vocab_size: int = 64, d_model: int = 32, n_layer: int = 2, n_ctx: int = 64):
+    """A small random-init-ready Hugging Face config of a real architecture (``gpt2``,
+    ``llama`` or ``qwen2``; the rotary ones with grouped-query attention)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,
+            n_embd=d_model,
+            n_layer=n_layer,
+            n_head=4,
+            bos_token_id=0,  # GPT-2's default ids lie outside a small vocabulary
+            eos_token_id=0,
+        )
+    rotary = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return rotary(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=n_ctx,
+    )

@@ -3,33 +3,21 @@ of several real architectures saved to a temp dir (no hub access)."""
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM
 
 from rlinterp import RlinterpError, load_bridge, logit_fidelity
 from rlinterp.organism.model import build_tokenizer
 
-# Llama and Qwen2 share their config vocabulary; grouped-query attention on purpose.
-ROTARY_SHAPE = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32,
-)
-CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=97, n_positions=32, n_ctx=32, n_embd=32, n_layer=2, n_head=4),
-    "llama": lambda: LlamaConfig(**ROTARY_SHAPE),
-    "qwen2": lambda: Qwen2Config(**ROTARY_SHAPE),
-}
+from .conftest import tiny_hf_config
+
+ARCHITECTURES = ("gpt2", "llama", "qwen2")
 
 
-@pytest.mark.parametrize("arch", sorted(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_bridge_reproduces_the_transformers_logits(tmp_path, arch):
     torch.manual_seed(0)
     folder = tmp_path / f"ckpt-{arch}"
-    AutoModelForCausalLM.from_config(CONFIGS[arch]()).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(tiny_hf_config(arch, vocab_size=97, n_ctx=32)).save_pretrained(folder)
     build_tokenizer("abcdefghijklmnopqrstuvwxyz0123456789 ?!.,").save_pretrained(folder)
     bridge = load_bridge(folder)
     tokens = torch.randint(0, 97, (2, 12))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from rlinterp import RlinterpError
 from rlinterp.activation_diff import diff_activations
@@ -16,6 +16,8 @@ from rlinterp.harvest import ActivationStore, HarvestConfig, harvest
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.prompts import PromptSet
 from rlinterp.series import ModelSeries
+
+from .conftest import tiny_hf_config
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 ?!.,:\n"
 PROMPTS = PromptSet.from_list(
@@ -36,8 +38,7 @@ def checkpoints(tmp_path_factory):
     """base, an exact copy, and a copy whose layer-1 MLP input weights were perturbed."""
     root = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_positions=64, n_ctx=64, n_embd=32, n_layer=3, n_head=4)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(tiny_hf_config("gpt2", n_layer=3)).eval()
     base = _save(model, root / "base")
     same = _save(model, root / "step-1")
     with torch.no_grad():
@@ -136,10 +137,7 @@ def test_response_only_keeps_response_tokens():
 
 def test_mismatched_checkpoints_are_named(checkpoints, tmp_path):
     torch.manual_seed(1)
-    llama = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-    )  # fmt: skip
+    llama = tiny_hf_config("llama", n_layer=3)
     other_arch = _save(AutoModelForCausalLM.from_config(llama), tmp_path / "llama")
     with pytest.raises(RlinterpError, match="differ in model_type: gpt2 vs llama"):
         ModelSeries.from_paths([checkpoints["base"], other_arch]).validate()

@@ -7,27 +7,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from rlinterp.errors import RlinterpError
 from rlinterp.weight_diff import diff_weights, load_state_dict, parameter_site
+
+from .conftest import tiny_hf_config
 
 PLANTED = "transformer.h.1.mlp.c_fc.weight"
 
 
 def tiny_gpt2(seed: int) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=50,
-        n_positions=16,
-        n_ctx=16,
-        n_embd=16,
-        n_layer=3,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(tiny_hf_config("gpt2", vocab_size=50, d_model=16, n_layer=3, n_ctx=16))
 
 
 @pytest.fixture(scope="module")
