@@ -139,16 +139,8 @@ def _top_tokens_in_context(
     if not frames:
         return pd.DataFrame()
     frame = pd.concat(frames, ignore_index=True)
-    tokenized = store.tokens()
-    where = tokenized.keep.nonzero()  # store row -> (prompt, position)
-    tokenizer = series.load(series.base).tokenizer
-    rows = []
-    for row in frame["row"]:
-        prompt, pos = (int(v) for v in where[int(row)])
-        before = tokenized.tokens[prompt, max(1, pos - CONTEXT_TOKENS) : pos].tolist()
-        token = [int(tokenized.tokens[prompt, pos])]
-        rows.append((prompt, pos, tokenizer.decode(before), tokenizer.decode(token)))
-    frame[["prompt", "position", "context", "token"]] = pd.DataFrame(rows, index=frame.index)
+    contexts = store.token_contexts(frame["row"].tolist(), series.tokenizer(), CONTEXT_TOKENS)
+    frame[contexts.columns] = contexts.to_numpy()
     return frame
 
 

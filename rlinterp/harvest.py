@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import PreTrainedTokenizerBase
 
 from .artifacts import environment_versions, write_json, write_safetensors
 from .errors import RlinterpError
@@ -129,6 +131,28 @@ class ActivationStore:
     def tokens(self) -> TokenizedPrompts:
         saved = load_file(self.root / "tokens.safetensors")
         return TokenizedPrompts(tokens=saved["tokens"], lengths=saved["lengths"], keep=saved["keep"].bool())
+
+    def token_contexts(
+        self, rows: Sequence[int], tokenizer: PreTrainedTokenizerBase, context: int = 12
+    ) -> pd.DataFrame:
+        """For store rows (kept tokens, in store order): ``prompt, position``, the decoded
+        ``context`` of up to ``context`` tokens before it (BOS excluded) and the ``token``."""
+        tokenized = self.tokens()
+        where = tokenized.keep.nonzero()
+        out = []
+        for row in rows:
+            prompt, pos = (int(v) for v in where[int(row)])
+            before = tokenized.tokens[prompt, max(1, pos - context) : pos].tolist()
+            token = [int(tokenized.tokens[prompt, pos])]
+            out.append(
+                {
+                    "prompt": prompt,
+                    "position": pos,
+                    "context": tokenizer.decode(before),
+                    "token": tokenizer.decode(token),
+                }
+            )
+        return pd.DataFrame(out, columns=["prompt", "position", "context", "token"])
 
     def shard_path(self, label: str, hook: str, k: int) -> Path:
         return self.root / label / hook / f"shard-{k:05d}.safetensors"

@@ -21,12 +21,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import RlinterpError
+
+if TYPE_CHECKING:
+    from .harvest import ActivationStore
 from .loading import load_bridge, logit_fidelity, require_checkpoint
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
@@ -132,6 +136,14 @@ class ModelSeries:
         return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
 
     @classmethod
+    def from_store(cls, store: ActivationStore, **kwargs: object) -> ModelSeries:
+        """The series an activation store was harvested from (paths from its manifest)."""
+        checkpoints = [
+            Checkpoint(c["label"], c["step"], Path(c["path"])) for c in store.manifest["checkpoints"]
+        ]
+        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
     def from_organism(cls, root: str | os.PathLike[str], regime: str, **kwargs: object) -> ModelSeries:
         """The organism's base and the RL checkpoints of one regime."""
         from .organism import Organism
@@ -212,6 +224,10 @@ class ModelSeries:
             self.fidelity[checkpoint.label] = fidelity.max_abs_diff
         self._loaded[checkpoint.label] = model
         return model
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The series' tokenizer (``validate`` checks that all checkpoints share it)."""
+        return AutoTokenizer.from_pretrained(self.base.path)
 
     def describe(self) -> list[dict[str, object]]:
         """JSON-ready description for manifests."""

@@ -85,3 +85,46 @@ def tiny_hf_config(arch: str, vocab_size: int = 64, d_model: int = 32, n_layer: 
         num_key_value_heads=2,
         max_position_embeddings=n_ctx,
     )
+
+
+def synthetic_store(root: Path, acts: dict, hook: str = "blocks.0.hook_resid_post", per_prompt: int = 16):
+    """An ActivationStore written directly from ``{label: [n_tokens, d] tensor}`` (all the
+    same n_tokens, a multiple of ``per_prompt``): each prompt is BOS + ``per_prompt`` kept
+    tokens, 8 prompts a shard. For dictionary tests that need known activations."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from rlinterp.harvest import ActivationStore
+
+    n = next(iter(acts.values())).shape[0]
+    prompts, per_shard = n // per_prompt, 8
+    tokens = torch.randint(4, 30, (prompts, per_prompt + 1), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = 1
+    keep = torch.ones_like(tokens, dtype=torch.uint8)
+    keep[:, 0] = 0
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"tokens": tokens, "keep": keep, "lengths": torch.full((prompts,), per_prompt + 1)},
+        str(root / "tokens.safetensors"),
+    )
+    n_shards = -(-prompts // per_shard)
+    for label, values in acts.items():
+        (root / label / hook).mkdir(parents=True)
+        for k in range(n_shards):
+            rows = values[k * per_shard * per_prompt : (k + 1) * per_shard * per_prompt].contiguous()
+            save_file({"acts": rows}, str(root / label / hook / f"shard-{k:05d}.safetensors"))
+    manifest = {
+        "kind": "rlinterp.activations",
+        "checkpoints": [
+            {"label": label, "step": i, "path": str(root / "no-model")} for i, label in enumerate(acts)
+        ],
+        "hooks": [hook],
+        "batch_size": per_shard,
+        "n_prompts": prompts,
+        "n_shards": n_shards,
+        "prompts_sha256": "synthetic",
+        "complete": True,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return ActivationStore.load(root)

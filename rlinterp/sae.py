@@ -1,0 +1,284 @@
+"""Sparse autoencoders on harvested activations, trained and stored through SAELens.
+
+An SAE here is a SAELens training SAE (TopK, BatchTopK, JumpReLU or standard L1) fed by
+our activation store instead of a language model: ``SAETrainer.step`` takes any
+``(batch, d_in)`` tensor, so the store's shards become SAELens' data. Two sources:
+
+- ``acts``: one model's activations at one hook;
+- ``diff``: per-token activation differences, post minus base, on the same tokens (the
+  *diff-SAE*: its latents are candidate "what RL added" directions).
+
+Saved in SAELens' layout (``cfg.json`` + ``sae_weights.safetensors``, opened by
+``sae_lens.SAE.load_from_disk``) plus ``rlinterp.json`` recording what it was trained on.
+Training checkpoints every ``checkpoint_every`` steps to ``<out>/checkpoint/`` in
+safetensors + JSON (SAELens' own trainer checkpoints are pickles, which rlinterp never
+writes or loads), and a run started again on the same ``out`` resumes from there.
+Deterministic from ``seed`` at a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from sae_lens import (
+    SAE,
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+    LoggingConfig,
+    SAETrainer,
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+    TrainingSAE,
+)
+from sae_lens.config import SAETrainerConfig
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .artifacts import write_json, write_safetensors
+from .errors import RlinterpError
+from .harvest import ActivationStore
+
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
+Source = Literal["acts", "diff"]
+MANIFEST = "rlinterp.json"
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """How to train one SAE (recorded in ``rlinterp.json``)."""
+
+    architecture: Architecture = "topk"
+    """SAELens architecture."""
+    d_sae: int = 256
+    """Number of latents."""
+    k: int = 8
+    """Active latents per token (TopK) or per token on average (BatchTopK)."""
+    sparsity_coefficient: float = 1.0
+    """L1 coefficient (standard) or L0 coefficient (JumpReLU); unused by the TopK kinds."""
+    n_tokens: int = 300_000
+    """Training samples (tokens seen, repeats included)."""
+    batch_size: int = 256
+    """Tokens per step."""
+    lr: float = 3e-3
+    """Adam learning rate, annealed (cosine) to a tenth."""
+    seed: int = 0
+    """Initialisation and data order."""
+    checkpoint_every: int = 500
+    """Steps between resumable checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("topk", "batchtopk", "jumprelu", "standard"):
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}")
+        for name in ("d_sae", "k", "n_tokens", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
+    common: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": cfg.d_sae,
+        "normalize_activations": "expected_average_only_in",
+    }
+    torch.manual_seed(cfg.seed)
+    if cfg.architecture == "topk":
+        return TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+    if cfg.architecture == "batchtopk":
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=cfg.k, **common))
+    if cfg.architecture == "jumprelu":
+        return JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient, **common)
+        )
+    return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.sparsity_coefficient, **common))
+
+
+def activation_shards(
+    store: ActivationStore, label: str, hook: str, source: Source = "acts", base: str | None = None
+) -> Iterator[Float[Tensor, "token d"]]:
+    """The training data of one SAE, shard by shard: ``label``'s activations at ``hook``,
+    or (``source="diff"``) their difference from ``base``'s on the same tokens."""
+    if source == "diff":
+        base = base or store.labels[0]
+        if base == label:
+            raise RlinterpError(f"a diff-SAE needs two different models; both are {label!r}")
+        pairs = zip(store.shards(base, hook), store.shards(label, hook), strict=True)
+        shards: Iterator[Tensor] = (post - pre for pre, post in pairs)
+    else:
+        shards = store.shards(label, hook)
+    for k, shard in enumerate(shards):
+        if shard.shape[0] == 0:
+            continue
+        if not torch.isfinite(shard).all():
+            raise RlinterpError(f"shard {k} of {label} at {hook} in {store.root} holds NaN or Inf")
+        yield shard
+
+
+def batches(
+    store: ActivationStore,
+    label: str,
+    hook: str,
+    batch_size: int,
+    seed: int,
+    source: Source = "acts",
+    base: str | None = None,
+    skip: int = 0,
+) -> Iterator[Float[Tensor, "batch d"]]:
+    """An endless, seeded stream of shuffled batches over all of the data (epoch after
+    epoch); ``skip`` batches are dropped first, which is how a resumed run continues where
+    the interrupted one stopped."""
+    data = torch.cat(list(activation_shards(store, label, hook, source, base)))
+    if len(data) < batch_size:
+        raise RlinterpError(f"{label} at {hook} has {len(data)} tokens, fewer than one batch of {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = len(data) // batch_size
+    epoch = 0
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for i in range(per_epoch):
+            if epoch * per_epoch + i >= skip:
+                yield data[order[i * batch_size : (i + 1) * batch_size]]
+        epoch += 1
+
+
+@dataclass(frozen=True)
+class TrainedSAE:
+    """A trained SAE on disk and in memory."""
+
+    path: Path
+    sae: SAE[Any]
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrainedSAE:
+        path = Path(path)
+        if not (path / MANIFEST).is_file() or not (path / "sae_weights.safetensors").is_file():
+            raise RlinterpError(
+                f"{path} is not a finished rlinterp SAE (needs {MANIFEST} and sae_weights.safetensors)"
+            )
+        return cls(path, SAE.load_from_disk(str(path)), json.loads((path / MANIFEST).read_text()))
+
+
+def train_sae(
+    store: ActivationStore,
+    label: str,
+    hook: str,
+    out: str | os.PathLike[str],
+    cfg: SAETrainConfig | None = None,
+    source: Source = "acts",
+    base: str | None = None,
+) -> TrainedSAE:
+    """Train an SAE on ``store`` (see the module docstring) and save it in ``out``."""
+    cfg = cfg or SAETrainConfig()
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        raise RlinterpError(f"{out} already holds a trained SAE; choose another output directory")
+    d_in = next(activation_shards(store, label, hook, source, base)).shape[1]
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.n_tokens,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr / 10,
+        lr_scheduler_name="cosineannealing",
+        n_batches_for_norm_estimate=min(100, max(1, cfg.n_tokens // cfg.batch_size)),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = SAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(()))
+    checkpoint = out / "checkpoint"
+    done = _restore(trainer, checkpoint) if (checkpoint / "trainer_state.json").is_file() else 0
+    norm_batches = trainer_cfg.n_batches_for_norm_estimate
+    data = batches(
+        store, label, hook, cfg.batch_size, cfg.seed, source, base, skip=done + (norm_batches if done else 0)
+    )
+    if trainer.activation_scaler.scaling_factor is None:
+        trainer.activation_scaler.estimate_scaling_factor(d_in, data, norm_batches)
+    total = trainer_cfg.total_training_steps
+    with tqdm(total=total, initial=done, desc=f"SAE {label} {hook}", disable=None, leave=False) as bar:
+        while trainer.n_training_steps < total:
+            trainer.maybe_reset_sparsity()
+            trainer.step(next(data))
+            trainer.n_training_steps += 1
+            bar.update()
+            if trainer.n_training_steps % cfg.checkpoint_every == 0 and trainer.n_training_steps < total:
+                _checkpoint(trainer, checkpoint)
+    sae = trainer.sae
+    if trainer.activation_scaler.scaling_factor is not None:
+        sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    trainer.set_final_sae_metadata()
+    sae.save_inference_model(str(out))  # e.g. BatchTopK becomes a JumpReLU with its threshold
+    manifest = {
+        "kind": "diff_sae" if source == "diff" else "sae",
+        "store": str(store.root),
+        "model": label,
+        "base": (base or store.labels[0]) if source == "diff" else None,
+        "hook": hook,
+        "prompts_sha256": store.manifest.get("prompts_sha256"),
+        "config": asdict(cfg),
+    }
+    write_json(out / MANIFEST, manifest)  # last: marks the SAE finished
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return TrainedSAE.load(out)
+
+
+def _checkpoint(trainer: SAETrainer[Any], path: Path) -> None:
+    """Everything a resumed run needs, as safetensors + JSON (no pickles)."""
+    optimizer = trainer.optimizer.state_dict()
+    tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
+    tensors |= {f"opt.{i}.{k}": v for i, s in optimizer["state"].items() for k, v in s.items()}
+    tensors["act_freq_scores"] = trainer.act_freq_scores
+    tensors["n_forward_passes_since_fired"] = trainer.n_forward_passes_since_fired
+    write_safetensors(path / "trainer_state.safetensors", tensors)
+    write_json(
+        path / "trainer_state.json",
+        {
+            "n_training_steps": trainer.n_training_steps,
+            "n_training_samples": trainer.n_training_samples,
+            "n_frac_active_samples": trainer.n_frac_active_samples,
+            "scaling_factor": trainer.activation_scaler.scaling_factor,
+            "coefficient_steps": {n: s.current_step for n, s in trainer.coefficient_schedulers.items()},
+        },
+    )
+
+
+def _restore(trainer: SAETrainer[Any], path: Path) -> int:
+    """Load a checkpoint written by ``_checkpoint``; return the steps already done."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    tensors = load_file(path / "trainer_state.safetensors")
+    trainer.sae.load_state_dict(
+        {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}
+    )
+    optimizer = trainer.optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            optimizer["state"].setdefault(int(index), {})[name] = value
+    trainer.optimizer.load_state_dict(optimizer)
+    with warnings.catch_warnings():
+        # Fast-forwarding a fresh schedule to the saved step, not training: torch's
+        # "scheduler stepped before optimizer" warning does not apply.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(state["n_training_steps"]):
+            trainer.lr_scheduler.step()
+    for name, steps in state["coefficient_steps"].items():
+        for _ in range(steps):
+            trainer.coefficient_schedulers[name].step()
+    trainer.act_freq_scores = tensors["act_freq_scores"]
+    trainer.n_forward_passes_since_fired = tensors["n_forward_passes_since_fired"]
+    trainer.n_frac_active_samples = state["n_frac_active_samples"]
+    trainer.n_training_samples = state["n_training_samples"]
+    trainer.n_training_steps = state["n_training_steps"]
+    trainer.activation_scaler.scaling_factor = state["scaling_factor"]
+    return int(state["n_training_steps"])

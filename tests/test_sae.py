@@ -1,0 +1,107 @@
+"""SAEs through SAELens on our activation store: known encodings, planted directions,
+resumable training, evaluation, and bad input."""
+
+import pytest
+import torch
+from sae_lens import SAE
+from safetensors.torch import load_file
+
+from rlinterp import RlinterpError
+from rlinterp.sae import SAETrainConfig, SAETrainer, TrainedSAE, train_sae
+from rlinterp.sae_eval import evaluate_sae
+
+from .conftest import synthetic_store
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def _sparse_data(n: int, d: int, n_dirs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens that are sums of 2 of ``n_dirs`` random unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n_dirs, d, generator=g), dim=-1)
+    active = torch.rand(n, n_dirs, generator=g).argsort(dim=-1)[:, :2]
+    coef = torch.zeros(n, n_dirs).scatter_(1, active, 1 + torch.rand(n, 2, generator=g))
+    return coef @ dirs, dirs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    base, _ = _sparse_data(4096, 16, 24, seed=0)
+    g = torch.Generator().manual_seed(1)
+    planted = torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
+    fires = (torch.rand(4096, generator=g) < 0.3).float() * (1 + torch.rand(4096, generator=g))
+    post = base + fires.unsqueeze(1) * planted
+    root = tmp_path_factory.mktemp("store")
+    return synthetic_store(root, {"base": base, "post": post}, HOOK), planted
+
+
+FAST = SAETrainConfig(d_sae=64, k=2, n_tokens=150_000, batch_size=128, lr=3e-3, checkpoint_every=100)
+
+
+def test_topk_sae_encodes_as_its_saved_weights_say(store, tmp_path):
+    store, _ = store
+    trained = train_sae(store, "base", HOOK, tmp_path / "sae", FAST)
+    x = store.read("base", HOOK)[:200]
+    weights = load_file(tmp_path / "sae" / "sae_weights.safetensors")
+    pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
+    top = pre.relu().topk(FAST.k, dim=-1)
+    expected = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+    assert torch.allclose(trained.sae.encode(x), expected, atol=1e-5)
+    reloaded = SAE.load_from_disk(str(tmp_path / "sae"))
+    assert torch.allclose(reloaded.encode(x), trained.sae.encode(x), atol=1e-6)
+    result = evaluate_sae(trained.sae, store, "base", HOOK)
+    assert result.explained_variance > 0.9 and result.l0 == pytest.approx(2.0)
+    assert trained.manifest["model"] == "base" and trained.manifest["kind"] == "sae"
+
+
+def test_diff_sae_recovers_the_planted_direction(store, tmp_path):
+    store, planted = store
+    trained = train_sae(store, "post", HOOK, tmp_path / "dsae", FAST, source="diff", base="base")
+    decoder = torch.nn.functional.normalize(trained.sae.W_dec.detach(), dim=-1)
+    assert (decoder @ planted).max().item() >= 0.9
+    assert trained.manifest["kind"] == "diff_sae" and trained.manifest["base"] == "base"
+    assert evaluate_sae(trained.sae, store, "post", HOOK, base="base").explained_variance > 0.9
+
+
+def test_interrupted_training_resumes_to_the_same_weights(store, tmp_path, monkeypatch):
+    store, _ = store
+    cfg = SAETrainConfig(d_sae=32, k=2, n_tokens=128 * 250, batch_size=128, checkpoint_every=100)
+    uninterrupted = train_sae(store, "base", HOOK, tmp_path / "a", cfg)
+    original_step, calls = SAETrainer.step, {"n": 0}
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 150:
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(SAETrainer, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(store, "base", HOOK, tmp_path / "b", cfg)
+    assert (tmp_path / "b" / "checkpoint" / "trainer_state.json").is_file()
+    assert not (tmp_path / "b" / "rlinterp.json").exists()  # not finished
+    monkeypatch.setattr(SAETrainer, "step", original_step)
+    resumed = train_sae(store, "base", HOOK, tmp_path / "b", cfg)
+    for name, value in uninterrupted.sae.state_dict().items():
+        assert torch.equal(value, resumed.sae.state_dict()[name]), name
+
+
+def test_bad_input(store, tmp_path):
+    store, _ = store
+    with pytest.raises(RlinterpError, match="was not harvested"):
+        train_sae(store, "base", "blocks.9.hook_resid_post", tmp_path / "x", FAST)
+    with pytest.raises(RlinterpError, match="needs two different models"):
+        train_sae(store, "base", HOOK, tmp_path / "y", FAST, source="diff", base="base")
+    trained = train_sae(store, "base", HOOK, tmp_path / "sae", FAST)
+    with pytest.raises(RlinterpError, match="already holds a trained SAE"):
+        train_sae(store, "base", HOOK, tmp_path / "sae", FAST)
+    wide = synthetic_store(tmp_path / "wide", {"base": torch.randn(256, 8)}, HOOK)
+    with pytest.raises(RlinterpError, match="d_in 16 .* activations of width 8"):
+        evaluate_sae(trained.sae, wide, "base", HOOK)
+    broken = torch.randn(256, 16)
+    broken[100, 3] = float("nan")
+    nan_store = synthetic_store(tmp_path / "nan", {"base": broken}, HOOK)
+    with pytest.raises(RlinterpError, match="NaN or Inf"):
+        train_sae(nan_store, "base", HOOK, tmp_path / "z", FAST)
+    with pytest.raises(RlinterpError, match="not a finished rlinterp SAE"):
+        TrainedSAE.load(tmp_path / "z")
