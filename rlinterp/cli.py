@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 import transformers
 
+from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
 from .diff import run_diff
 from .errors import RlinterpError
-from .harvest import HarvestConfig
+from .harvest import ActivationStore, HarvestConfig
 from .organism import PRESETS, build_organism, format_table
 from .prompts import PromptSet
 from .series import ModelSeries
@@ -54,6 +55,26 @@ def _diff(args: argparse.Namespace) -> None:
     result = run_diff(series, prompts, args.out, config)
     summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
     sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
+
+
+def _dictionaries_train(args: argparse.Namespace) -> None:
+    cfg = DictionaryConfig(
+        d_sae=args.d_sae,
+        k=args.k,
+        architecture=args.architecture,
+        n_tokens=args.n_tokens,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    store = ActivationStore.load(args.store)
+    out = train_dictionary(store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models)
+    sys.stdout.write(f"{args.method} in {out}\n")
+
+
+def _dictionaries_eval(args: argparse.Namespace) -> None:
+    table = evaluate_dictionary(args.dictionary, downstream=not args.no_downstream)
+    sys.stdout.write(table.to_string(index=False, float_format=lambda x: f"{x:.4g}") + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +134,36 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
     )
     diff.set_defaults(run=_diff)
+
+    dictionaries = commands.add_parser(
+        "dictionaries", help="SAEs, diff-SAEs and crosscoders on harvested activations"
+    )
+    actions = dictionaries.add_subparsers(dest="action", required=True, parser_class=_OneLineParser)
+    train = actions.add_parser("train", help="train one dictionary on an activation store")
+    train.add_argument("--store", required=True, help="an activation store (e.g. <diff out>/activations)")
+    train.add_argument("--method", choices=METHODS, required=True)
+    train.add_argument("--hook", required=True, help="a harvested hook, e.g. blocks.1.hook_resid_post")
+    train.add_argument("--out", type=Path, required=True, help="output directory")
+    train.add_argument("--model", default=None, help="model label of an sae / diff-sae")
+    train.add_argument(
+        "--base", default=None, help="reference model of a diff-sae (default: the store's base)"
+    )
+    train.add_argument("--models", nargs="+", default=None, help="crosscoder models, base first")
+    defaults = DictionaryConfig()
+    train.add_argument(
+        "--architecture", choices=("topk", "batchtopk", "jumprelu", "standard"), default=defaults.architecture
+    )
+    train.add_argument("--d-sae", type=int, default=defaults.d_sae, help="number of latents")
+    train.add_argument("--k", type=int, default=defaults.k, help="active latents per token")
+    train.add_argument("--n-tokens", type=int, default=defaults.n_tokens, help="training tokens")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.set_defaults(run=_dictionaries_train)
+    evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
+    evaluate.add_argument("--dictionary", type=Path, required=True)
+    evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
+    evaluate.set_defaults(run=_dictionaries_eval)
     return parser
 
 

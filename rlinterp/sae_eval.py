@@ -1,5 +1,5 @@
 """Evaluating an SAE on any model of a series: reconstruction, sparsity, downstream
-fidelity, and the contexts that activate each latent.
+fidelity.
 
 For activations ``x`` at the SAE's hook (streamed from the activation store):
 
@@ -177,31 +177,3 @@ def fvu_drift(
         for label in store.labels
     ]
     return pd.DataFrame(rows)
-
-
-@torch.no_grad()
-def top_contexts(
-    sae: SAE[Any], store: ActivationStore, label: str, hook: str, k: int = 10, context: int = 12
-) -> pd.DataFrame:
-    """The ``k`` highest activations of every latent on ``label``'s tokens, with the text
-    before each: ``latent, rank, activation, prompt, position, context, token``."""
-    best_values = torch.full((k, sae.cfg.d_sae), -torch.inf)
-    best_rows = torch.full((k, sae.cfg.d_sae), -1, dtype=torch.long)
-    offset = 0
-    for shard in store.shards(label, hook):
-        latents = sae.encode(shard.to(sae.device)).cpu().float()
-        rows = torch.arange(offset, offset + len(shard)).unsqueeze(1).expand_as(latents)
-        values = torch.cat([best_values, latents])
-        top = values.topk(k, dim=0)
-        best_values, best_rows = top.values, torch.cat([best_rows, rows]).gather(0, top.indices)
-        offset += len(shard)
-    pairs = [
-        (latent, rank, float(best_values[rank, latent]), int(best_rows[rank, latent]))
-        for latent in range(sae.cfg.d_sae)
-        for rank in range(k)
-        if best_rows[rank, latent] >= 0 and best_values[rank, latent] > 0
-    ]
-    table = pd.DataFrame(pairs, columns=["latent", "rank", "activation", "row"])
-    tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
-    contexts = store.token_contexts(table["row"].tolist(), tokenizer, context)
-    return pd.concat([table, contexts], axis=1)

@@ -1,0 +1,233 @@
+"""One entry point for the three dictionary methods on an activation store.
+
+``train_dictionary(store, method, hook, out, cfg, ...)`` trains
+
+- ``sae``: an SAE on one model's activations (SAELens, see ``sae``);
+- ``diff-sae``: an SAE on per-token differences, model minus base (see ``sae``);
+- ``crosscoder``: a BatchTopK crosscoder over several models (ours, see ``crosscoder``);
+
+from one ``DictionaryConfig``, and writes beside the dictionary:
+
+- ``rlinterp.json``: method, store, models, hook, config (written last: finished marker);
+- ``top_contexts.parquet``: the highest-activating tokens of every latent with their
+  context (for a crosscoder, on the paired tokens, which are the same for every model);
+- for a crosscoder, ``latents.parquet`` (decoder norms, relative norm, shared / base-only /
+  RL-only) and ``latent_scaling.parquet`` for the latents that look exclusive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from .artifacts import write_json, write_parquet
+from .crosscoder import (
+    Crosscoder,
+    CrosscoderConfig,
+    latent_scaling,
+    latent_table,
+    paired_batches,
+    train_crosscoder,
+)
+from .errors import RlinterpError
+from .harvest import ActivationStore
+from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
+from .sae_eval import evaluate_sae, fvu_drift
+from .series import ModelSeries
+
+Method = Literal["sae", "diff-sae", "crosscoder"]
+METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
+
+
+@dataclass(frozen=True)
+class DictionaryConfig:
+    """Knobs shared by the three methods (each maps them onto its own config)."""
+
+    d_sae: int = 256
+    """Number of latents."""
+    k: int = 8
+    """Active latents per token (TopK, BatchTopK and the crosscoder)."""
+    architecture: Architecture = "topk"
+    """SAE architecture (``sae`` and ``diff-sae`` only)."""
+    n_tokens: int = 300_000
+    """Training tokens, repeats included."""
+    batch_size: int = 256
+    """Tokens per step."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    seed: int = 0
+    """Initialisation and data order."""
+
+    def sae_config(self) -> SAETrainConfig:
+        return SAETrainConfig(
+            architecture=self.architecture,
+            d_sae=self.d_sae,
+            k=self.k,
+            n_tokens=self.n_tokens,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+        )
+
+    def crosscoder_config(self, d_in: int, n_models: int) -> CrosscoderConfig:
+        return CrosscoderConfig(
+            d_in=d_in,
+            d_sae=self.d_sae,
+            n_models=n_models,
+            k=self.k,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            n_steps=max(1, self.n_tokens // self.batch_size),
+            seed=self.seed,
+        )
+
+
+def train_dictionary(
+    store: ActivationStore,
+    method: Method,
+    hook: str,
+    out: str | os.PathLike[str],
+    cfg: DictionaryConfig | None = None,
+    model: str | None = None,
+    base: str | None = None,
+    models: list[str] | None = None,
+) -> Path:
+    """Train one dictionary (see the module docstring); return its folder.
+
+    ``model`` is the model of an ``sae``/``diff-sae`` (default: the store's base for an SAE,
+    its last model for a diff-SAE); ``base`` the reference of a diff-SAE (default: the
+    store's first model); ``models`` those of a crosscoder, base first (default: the store's
+    first and last)."""
+    cfg = cfg or DictionaryConfig()
+    out = Path(out)
+    labels = store.labels
+    if method not in METHODS:
+        raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if hook not in store.hooks:
+        raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
+    tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
+    manifest: dict[str, Any]
+    if method == "crosscoder":
+        chosen = models or [labels[0], labels[-1]]
+        _crosscoder(store, chosen, hook, out, cfg)
+        crosscoder = Crosscoder.load(out)
+        shards = zip(*(store.shards(label, hook) for label in chosen), strict=True)
+        contexts = top_activations(crosscoder.encode(torch.stack(pair, dim=1)) for pair in shards)
+        manifest = {"kind": "crosscoder", "models": chosen, "store": str(store.root)}
+    else:
+        source: Source = "diff" if method == "diff-sae" else "acts"
+        label = model or (labels[-1] if source == "diff" else labels[0])
+        reference = (base or labels[0]) if source == "diff" else None
+        trained = train_sae(store, label, hook, out, cfg.sae_config(), source, reference)
+        contexts = top_activations(
+            trained.sae.encode(x) for x in activation_shards(store, label, hook, source, reference)
+        )
+        manifest = dict(trained.manifest)
+    context_table = pd.concat([contexts, store.token_contexts(contexts["row"].tolist(), tokenizer)], axis=1)
+    context_table = context_table.astype({"latent": "int64", "rank": "int64", "row": "int64"})
+    write_parquet(out / "top_contexts.parquet", context_table)
+    manifest |= {"method": method, "hook": hook, "dictionary_config": asdict(cfg)}
+    write_json(out / "rlinterp.json", manifest)  # last: the dictionary is finished
+    return out
+
+
+def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -> pd.DataFrame:
+    """Evaluate a trained SAE or diff-SAE on every model of its store (the FVU drift curve,
+    with spliced CE/KL when ``downstream``); written to ``eval.parquet`` beside it. For a
+    crosscoder, its latent table with the latent-scaling verdicts."""
+    path = Path(path)
+    manifest_path = path / "rlinterp.json"
+    if not manifest_path.is_file():
+        raise RlinterpError(f"{path} is not a finished rlinterp dictionary (no rlinterp.json)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest["method"] == "crosscoder":
+        table = pd.read_parquet(path / "latents.parquet")
+        scaling = path / "latent_scaling.parquet"
+        if scaling.is_file():
+            verdicts = pd.read_parquet(scaling).set_index("latent")[["nu_recon", "nu_error", "spurious"]]
+            table = table.join(verdicts)
+        return table
+    store = ActivationStore.load(manifest["store"])
+    sae = TrainedSAE.load(path).sae
+    series = ModelSeries.from_store(store) if downstream else None
+    if manifest["method"] == "diff-sae":
+        table = pd.DataFrame(
+            [asdict(evaluate_sae(sae, store, manifest["model"], manifest["hook"], series, manifest["base"]))]
+        )
+    else:
+        table = fvu_drift(sae, store, manifest["hook"], series)
+    write_parquet(path / "eval.parquet", table)
+    return table
+
+
+def _repeat(
+    store: ActivationStore, labels: list[str], hook: str, batch_size: int, seed: int
+) -> Iterator[torch.Tensor]:
+    """Full batches, epoch after epoch, each epoch shuffled with its own seed."""
+    for epoch in itertools.count():
+        for batch in paired_batches(store, labels, hook, batch_size, seed + epoch):
+            if len(batch) == batch_size:
+                yield batch
+
+
+def _crosscoder(
+    store: ActivationStore, labels: list[str], hook: str, out: Path, cfg: DictionaryConfig
+) -> None:
+    d_in = next(store.shards(labels[0], hook)).shape[1]
+    crosscoder = train_crosscoder(
+        _repeat(store, labels, hook, cfg.batch_size, cfg.seed), cfg.crosscoder_config(d_in, len(labels))
+    )
+    crosscoder.save(out)
+    table = latent_table(crosscoder, base=0, post=len(labels) - 1)
+    write_parquet(out / "latents.parquet", table)
+    exclusive = table.index[table["kind"] != "shared"].tolist()
+    if exclusive:
+        scaling = pd.concat(
+            [
+                latent_scaling(
+                    crosscoder,
+                    paired_batches(store, labels, hook, cfg.batch_size, cfg.seed),
+                    [int(j) for j in table.loc[exclusive][table.loc[exclusive, "kind"] == kind].index],
+                    own=own,
+                    other=other,
+                )
+                for kind, own, other in (("base_only", 0, len(labels) - 1), ("rl_only", len(labels) - 1, 0))
+                if (table.loc[exclusive, "kind"] == kind).any()
+            ],
+            ignore_index=True,
+        )
+        write_parquet(out / "latent_scaling.parquet", scaling)
+
+
+@torch.no_grad()
+def top_activations(latent_batches: Iterable[torch.Tensor], k: int = 10) -> pd.DataFrame:
+    """The ``k`` highest activations of every latent over ``[tokens, d_sae]`` batches given
+    in store order: ``latent, rank, activation, row`` (``row`` indexes the store's kept
+    tokens). Memory: one batch plus ``k x d_sae``."""
+    best: torch.Tensor | None = None
+    rows = torch.empty(0, dtype=torch.long)
+    offset = 0
+    for latents in latent_batches:
+        latents = latents.float().cpu()
+        index = torch.arange(offset, offset + len(latents)).unsqueeze(1).expand_as(latents)
+        values = latents if best is None else torch.cat([best, latents])
+        top = values.topk(min(k, len(values)), dim=0)
+        best, rows = top.values, (index if best is None else torch.cat([rows, index])).gather(0, top.indices)
+        offset += len(latents)
+    if best is None:
+        return pd.DataFrame(columns=["latent", "rank", "activation", "row"])
+    records = [
+        (latent, rank, float(best[rank, latent]), int(rows[rank, latent]))
+        for latent in range(best.shape[1])
+        for rank in range(best.shape[0])
+        if best[rank, latent] > 0
+    ]
+    return pd.DataFrame(records, columns=["latent", "rank", "activation", "row"])
