@@ -114,11 +114,18 @@ def synthetic_store(root: Path, acts: dict, hook: str = "blocks.0.hook_resid_pos
         for k in range(n_shards):
             rows = values[k * per_shard * per_prompt : (k + 1) * per_shard * per_prompt].contiguous()
             save_file({"acts": rows}, str(root / label / hook / f"shard-{k:05d}.safetensors"))
+    # A real (tiny, random) checkpoint folder so that the store's series and tokenizer load;
+    # every label points at it, since these activations were not computed by any model.
+    from transformers import AutoModelForCausalLM
+
+    from rlinterp.organism.model import build_tokenizer
+
+    model_dir = root / "model"
+    AutoModelForCausalLM.from_config(tiny_hf_config("gpt2")).save_pretrained(model_dir)
+    build_tokenizer("abcdefghijklmnopqrstuvwxyz0123456789 ?!.,:\n").save_pretrained(model_dir)
     manifest = {
         "kind": "rlinterp.activations",
-        "checkpoints": [
-            {"label": label, "step": i, "path": str(root / "no-model")} for i, label in enumerate(acts)
-        ],
+        "checkpoints": [{"label": label, "step": i, "path": str(model_dir)} for i, label in enumerate(acts)],
         "hooks": [hook],
         "batch_size": per_shard,
         "n_prompts": prompts,
@@ -128,3 +135,12 @@ def synthetic_store(root: Path, acts: dict, hook: str = "blocks.0.hook_resid_pos
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return ActivationStore.load(root)
+
+
+def sparse_data(n: int, d: int, n_dirs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens that are sums of 2 of ``n_dirs`` random unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n_dirs, d, generator=g), dim=-1)
+    active = torch.rand(n, n_dirs, generator=g).argsort(dim=-1)[:, :2]
+    coef = torch.zeros(n, n_dirs).scatter_(1, active, 1 + torch.rand(n, 2, generator=g))
+    return coef @ dirs, dirs

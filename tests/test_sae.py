@@ -10,23 +10,14 @@ from rlinterp import RlinterpError
 from rlinterp.sae import SAETrainConfig, SAETrainer, TrainedSAE, train_sae
 from rlinterp.sae_eval import evaluate_sae
 
-from .conftest import synthetic_store
+from .conftest import sparse_data, synthetic_store
 
 HOOK = "blocks.0.hook_resid_post"
 
 
-def _sparse_data(n: int, d: int, n_dirs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens that are sums of 2 of ``n_dirs`` random unit directions with positive weights."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.nn.functional.normalize(torch.randn(n_dirs, d, generator=g), dim=-1)
-    active = torch.rand(n, n_dirs, generator=g).argsort(dim=-1)[:, :2]
-    coef = torch.zeros(n, n_dirs).scatter_(1, active, 1 + torch.rand(n, 2, generator=g))
-    return coef @ dirs, dirs
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    base, _ = _sparse_data(4096, 16, 24, seed=0)
+    base, _ = sparse_data(4096, 16, 24, seed=0)
     g = torch.Generator().manual_seed(1)
     planted = torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
     fires = (torch.rand(4096, generator=g) < 0.3).float() * (1 + torch.rand(4096, generator=g))
