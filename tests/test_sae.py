@@ -96,3 +96,28 @@ def test_bad_input(store, tmp_path):
         train_sae(nan_store, "base", HOOK, tmp_path / "z", FAST)
     with pytest.raises(RlinterpError, match="not a finished rlinterp SAE"):
         TrainedSAE.load(tmp_path / "z")
+
+
+@pytest.mark.slow
+def test_organism_sae_and_fvu_drift(tiny_organism, tmp_path):
+    """At the layer the strong regime changed most, a TopK SAE (256 latents, L0 8) explains
+    the base model, and explains the last weak checkpoint better than the last strong one."""
+    from rlinterp.activation_diff import diff_activations
+    from rlinterp.harvest import harvest
+    from rlinterp.prompts import PromptSet
+    from rlinterp.series import ModelSeries
+
+    prompts = PromptSet.from_organism(tiny_organism.root)
+    stores = {
+        regime: harvest(ModelSeries.from_organism(tiny_organism.root, regime), prompts, tmp_path / regime)
+        for regime in ("weak", "strong")
+    }
+    table = diff_activations(stores["strong"]).table
+    hook = table[table["step"] == table["step"].max()].sort_values("rel_diff_norm").iloc[-1]["hook"]
+    cfg = SAETrainConfig(d_sae=256, k=8, n_tokens=300_000)
+    sae = train_sae(stores["strong"], "base", hook, tmp_path / "sae", cfg).sae
+    on_base = evaluate_sae(sae, stores["strong"], "base", hook)
+    assert on_base.explained_variance >= 0.9 and on_base.l0 == pytest.approx(8.0)
+    weak = evaluate_sae(sae, stores["weak"], "weak-step-40", hook)
+    strong = evaluate_sae(sae, stores["strong"], "strong-step-40", hook)
+    assert weak.explained_variance > strong.explained_variance + 0.05
