@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from .artifacts import write_json, write_safetensors
 from .errors import RlinterpError
-from .harvest import ActivationStore
+from .harvest import ActivationStore, shuffled_batches
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder_weights.safetensors"
@@ -327,24 +327,15 @@ def paired_batches(
     memory stays at one shard plus the buffer; tokens of nearby shards mix, distant ones less."""
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"labels must name at least two distinct models of the store, got {labels}")
-    if batch_size < 1 or buffer_batches < 1:
-        raise ValueError(
-            f"batch_size and buffer_batches must be positive, got {batch_size}, {buffer_batches}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    pool = torch.empty(0)
+    yield from shuffled_batches(_paired_shards(store, labels, hook), batch_size, seed, buffer_batches)
+
+
+def _paired_shards(store: ActivationStore, labels: list[str], hook: str) -> Iterator[Tensor]:
     for k, shards in enumerate(zip(*(store.shards(label, hook) for label in labels), strict=True)):
         if len({s.shape for s in shards}) != 1:
             shapes = [tuple(s.shape) for s in shards]
             raise RlinterpError(f"shard {k} of {hook} has shapes {shapes} for {labels}; the store is damaged")
-        paired = torch.stack(shards, dim=1)
-        pool = torch.cat([pool, paired]) if len(pool) else paired
-        pool = pool[torch.randperm(len(pool), generator=generator)]
-        while len(pool) >= buffer_batches * batch_size:
-            yield pool[:batch_size]
-            pool = pool[batch_size:]
-    if len(pool):
-        yield from pool.split(batch_size)
+        yield torch.stack(shards, dim=1)
 
 
 def _check_pair(cfg: CrosscoderConfig, a: int, b: int) -> None:

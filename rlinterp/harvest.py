@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,29 @@ class ActivationStore:
     def read(self, label: str, hook: str) -> Float[Tensor, "token d"]:
         """All activations of ``label`` at ``hook`` (loads every shard: mind the size)."""
         return torch.cat(list(self.shards(label, hook)))
+
+
+def shuffled_batches(
+    chunks: Iterable[Tensor], batch_size: int, seed: int, buffer_batches: int = 16
+) -> Iterator[Tensor]:
+    """Rows of ``chunks`` (e.g. store shards, in order) in shuffled batches of ``batch_size``
+    (the last may be smaller). Chunks enter a buffer of about ``buffer_batches`` batches that
+    is reshuffled after each chunk, so memory stays at one chunk plus the buffer; rows of
+    nearby chunks mix, distant ones less. Deterministic in ``seed``."""
+    if batch_size < 1 or buffer_batches < 1:
+        raise ValueError(
+            f"batch_size and buffer_batches must be positive, got {batch_size}, {buffer_batches}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.empty(0)
+    for chunk in chunks:
+        pool = torch.cat([pool, chunk]) if len(pool) else chunk
+        pool = pool[torch.randperm(len(pool), generator=generator)]
+        while len(pool) >= buffer_batches * batch_size:
+            yield pool[:batch_size]
+            pool = pool[batch_size:]
+    if len(pool):
+        yield from pool.split(batch_size)
 
 
 def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Deterministic from ``seed`` at a fixed thread count.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 from jaxtyping import Float
 from sae_lens import (
@@ -44,17 +46,20 @@ from sae_lens import (
     TrainingSAE,
 )
 from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import TrainStepOutput
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .artifacts import write_json, write_safetensors
+from .artifacts import write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
-from .harvest import ActivationStore
+from .harvest import ActivationStore, shuffled_batches
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
 Source = Literal["acts", "diff"]
 MANIFEST = "rlinterp.json"
+LOG_EVERY = 50
+"""Steps between rows of ``training_log.parquet``."""
 
 
 @dataclass(frozen=True)
@@ -137,21 +142,21 @@ def batches(
     base: str | None = None,
     skip: int = 0,
 ) -> Iterator[Float[Tensor, "batch d"]]:
-    """An endless, seeded stream of shuffled batches over all of the data (epoch after
-    epoch); ``skip`` batches are dropped first, which is how a resumed run continues where
-    the interrupted one stopped."""
-    data = torch.cat(list(activation_shards(store, label, hook, source, base)))
-    if len(data) < batch_size:
-        raise RlinterpError(f"{label} at {hook} has {len(data)} tokens, fewer than one batch of {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    per_epoch = len(data) // batch_size
-    epoch = 0
-    while True:
-        order = torch.randperm(len(data), generator=generator)
-        for i in range(per_epoch):
-            if epoch * per_epoch + i >= skip:
-                yield data[order[i * batch_size : (i + 1) * batch_size]]
-        epoch += 1
+    """An endless, seeded stream of full batches, epoch after epoch, each epoch streamed
+    through a shuffling buffer (memory: one shard plus the buffer); ``skip`` batches are
+    dropped first, which is how a resumed run continues where the interrupted one stopped."""
+    produced = 0
+    for epoch in itertools.count():
+        before = produced
+        for batch in shuffled_batches(
+            activation_shards(store, label, hook, source, base), batch_size, seed + epoch
+        ):
+            if len(batch) == batch_size:
+                if produced >= skip:
+                    yield batch
+                produced += 1
+        if produced == before:
+            raise RlinterpError(f"{label} at {hook} has fewer tokens than one batch of {batch_size}")
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,8 @@ def train_sae(
     )
     trainer = SAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(()))
     checkpoint = out / "checkpoint"
-    done = _restore(trainer, checkpoint) if (checkpoint / "trainer_state.json").is_file() else 0
+    log: list[dict[str, float | int]] = []
+    done = _restore(trainer, checkpoint, log) if (checkpoint / "trainer_state.json").is_file() else 0
     norm_batches = trainer_cfg.n_batches_for_norm_estimate
     data = batches(
         store, label, hook, cfg.batch_size, cfg.seed, source, base, skip=done + (norm_batches if done else 0)
@@ -209,11 +215,13 @@ def train_sae(
     with tqdm(total=total, initial=done, desc=f"SAE {label} {hook}", disable=None, leave=False) as bar:
         while trainer.n_training_steps < total:
             trainer.maybe_reset_sparsity()
-            trainer.step(next(data))
+            step = trainer.step(next(data))
             trainer.n_training_steps += 1
             bar.update()
+            if trainer.n_training_steps % LOG_EVERY == 0 or trainer.n_training_steps == total:
+                log.append(_log_row(trainer, step))
             if trainer.n_training_steps % cfg.checkpoint_every == 0 and trainer.n_training_steps < total:
-                _checkpoint(trainer, checkpoint)
+                _checkpoint(trainer, checkpoint, log)
     sae = trainer.sae
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
@@ -228,12 +236,29 @@ def train_sae(
         "prompts_sha256": store.manifest.get("prompts_sha256"),
         "config": asdict(cfg),
     }
+    frame = pd.DataFrame(log)  # columns in one order, whether or not the run was resumed
+    write_parquet(
+        out / "training_log.parquet", frame[["step", "tokens", *sorted(set(frame) - {"step", "tokens"})]]
+    )
     write_json(out / MANIFEST, manifest)  # last: marks the SAE finished
     shutil.rmtree(checkpoint, ignore_errors=True)
     return TrainedSAE.load(out)
 
 
-def _checkpoint(trainer: SAETrainer[Any], path: Path) -> None:
+def _log_row(trainer: SAETrainer[Any], step: TrainStepOutput) -> dict[str, float | int]:
+    """One row of the local training log (SAELens logs only to wandb, which we keep off)."""
+    return {
+        "step": trainer.n_training_steps,
+        "tokens": trainer.n_training_samples,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "loss": step.loss.item(),
+        **{name: float(value.item()) for name, value in step.losses.items()},
+        "l0": (step.feature_acts > 0).float().sum(-1).mean().item(),
+        "dead_fraction": trainer.dead_neurons.float().mean().item(),
+    }
+
+
+def _checkpoint(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | int]]) -> None:
     """Everything a resumed run needs, as safetensors + JSON (no pickles)."""
     optimizer = trainer.optimizer.state_dict()
     tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
@@ -249,13 +274,16 @@ def _checkpoint(trainer: SAETrainer[Any], path: Path) -> None:
             "n_frac_active_samples": trainer.n_frac_active_samples,
             "scaling_factor": trainer.activation_scaler.scaling_factor,
             "coefficient_steps": {n: s.current_step for n, s in trainer.coefficient_schedulers.items()},
+            "log": log,
         },
     )
 
 
-def _restore(trainer: SAETrainer[Any], path: Path) -> int:
-    """Load a checkpoint written by ``_checkpoint``; return the steps already done."""
+def _restore(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | int]]) -> int:
+    """Load a checkpoint written by ``_checkpoint`` (its log rows into ``log``); return the
+    steps already done."""
     state = json.loads((path / "trainer_state.json").read_text())
+    log.extend(state["log"])
     tensors = load_file(path / "trainer_state.safetensors")
     trainer.sae.load_state_dict(
         {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}

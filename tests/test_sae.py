@@ -1,6 +1,7 @@
 """SAEs through SAELens on our activation store: known encodings, planted directions,
 resumable training, evaluation, and bad input."""
 
+import pandas as pd
 import pytest
 import torch
 from sae_lens import SAE
@@ -75,6 +76,10 @@ def test_interrupted_training_resumes_to_the_same_weights(store, tmp_path, monke
     resumed = train_sae(store, "base", HOOK, tmp_path / "b", cfg)
     for name, value in uninterrupted.sae.state_dict().items():
         assert torch.equal(value, resumed.sae.state_dict()[name]), name
+    log = pd.read_parquet(tmp_path / "a" / "training_log.parquet")
+    assert log.equals(pd.read_parquet(tmp_path / "b" / "training_log.parquet"))
+    assert log["step"].tolist() == [50, 100, 150, 200, 250]
+    assert log["mse_loss"].iloc[-1] < log["mse_loss"].iloc[0]
 
 
 def test_bad_input(store, tmp_path):
