@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -62,6 +63,23 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """An optimizer's per-parameter state as flat safetensors entries ``opt.<i>.<name>``
+    (hyperparameters are not saved: the optimizer is rebuilt from its config)."""
+    state = optimizer.state_dict()["state"]
+    return {f"opt.{i}.{name}": value for i, entry in state.items() for name, value in entry.items()}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    """Load entries written by ``optimizer_tensors`` into ``optimizer``."""
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
 
 
 def sha256_file(path: Path) -> str:

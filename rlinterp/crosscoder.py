@@ -54,7 +54,7 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .artifacts import write_json, write_safetensors
+from .artifacts import optimizer_tensors, restore_optimizer, write_json, write_safetensors
 from .errors import RlinterpError
 from .harvest import ActivationStore, shuffled_batches
 
@@ -276,14 +276,28 @@ def train_crosscoder(
     batches: Iterable[Float[Tensor, "_batch n_models d_in"]],
     cfg: CrosscoderConfig,
     device: str | torch.device = "cpu",
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
 ) -> Crosscoder:
     """Train on the first ``cfg.n_steps`` batches (fewer is an error); returns the crosscoder
-    in eval mode. The first ``NORM_BATCHES`` batches also set the normalisation scales."""
+    in eval mode. The first ``NORM_BATCHES`` batches also set the normalisation scales.
+
+    With ``checkpoint``, the state is saved there (safetensors + JSON) every
+    ``checkpoint_every`` steps, and a call that finds a checkpoint resumes from it, skipping
+    the batches already trained on: given the same batches, the result is identical to an
+    uninterrupted run."""
     stream = _checked(batches, cfg.n_models, cfg.d_in, torch.device(device))
+    model = Crosscoder(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+    if checkpoint is not None and (checkpoint / "state.json").is_file():
+        steps = _restore(model, optimizer, since_fired, checkpoint)
+        return _train_loop(
+            model, optimizer, since_fired, islice(stream, steps, None), steps, checkpoint, checkpoint_every
+        )
     head = list(islice(stream, min(NORM_BATCHES, cfg.n_steps)))
     if not head:
         raise RlinterpError("no batches to train the crosscoder on")
-    model = Crosscoder(cfg).to(device)
     with torch.no_grad():
         sample = torch.cat(head)
         mean_sq = sample.pow(2).sum(-1).mean(0)
@@ -294,11 +308,21 @@ def train_crosscoder(
                 )
             model.scales.copy_((cfg.d_in / mean_sq).sqrt())
         model.b_dec.copy_(model._normalise(sample).mean(0))
+    return _train_loop(model, optimizer, since_fired, chain(head, stream), 0, checkpoint, checkpoint_every)
+
+
+def _train_loop(
+    model: Crosscoder,
+    optimizer: torch.optim.Optimizer,
+    since_fired: Tensor,
+    stream: Iterator[Tensor],
+    steps: int,
+    checkpoint: Path | None,
+    checkpoint_every: int,
+) -> Crosscoder:
+    cfg = model.cfg
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-    steps = 0
-    for batch in islice(chain(head, stream), cfg.n_steps):
+    for batch in islice(stream, cfg.n_steps - steps):
         out = model(batch, dead=since_fired >= cfg.dead_after)
         # The first batch sets the threshold outright; later ones move it slowly.
         model._track_threshold(out.latents, 1.0 if steps == 0 else THRESHOLD_MOMENTUM)
@@ -308,9 +332,24 @@ def train_crosscoder(
         since_fired += len(batch)
         since_fired[(out.latents > 0).any(0)] = 0
         steps += 1
+        if checkpoint is not None and steps % checkpoint_every == 0 and steps < cfg.n_steps:
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optimizer_tensors(optimizer)
+            write_safetensors(checkpoint / "state.safetensors", tensors | {"since_fired": since_fired})
+            write_json(checkpoint / "state.json", {"steps": steps})
     if steps < cfg.n_steps:
         raise RlinterpError(f"the batches ran out after {steps} of n_steps={cfg.n_steps} steps")
     return model.eval()
+
+
+def _restore(
+    model: Crosscoder, optimizer: torch.optim.Optimizer, since_fired: Tensor, checkpoint: Path
+) -> int:
+    """Load a checkpoint written by ``_train_loop``; return the steps it had done."""
+    tensors = load_file(checkpoint / "state.safetensors")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    restore_optimizer(optimizer, tensors)
+    since_fired.copy_(tensors["since_fired"])
+    return int(json.loads((checkpoint / "state.json").read_text())["steps"])
 
 
 def paired_batches(

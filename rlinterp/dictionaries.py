@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,6 +112,8 @@ def train_dictionary(
     labels = store.labels
     if method not in METHODS:
         raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if (out / "rlinterp.json").is_file():
+        raise RlinterpError(f"{out} already holds a trained dictionary; choose another output directory")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
     tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
@@ -183,9 +186,12 @@ def _crosscoder(
 ) -> None:
     d_in = next(store.shards(labels[0], hook)).shape[1]
     crosscoder = train_crosscoder(
-        _repeat(store, labels, hook, cfg.batch_size, cfg.seed), cfg.crosscoder_config(d_in, len(labels))
+        _repeat(store, labels, hook, cfg.batch_size, cfg.seed),
+        cfg.crosscoder_config(d_in, len(labels)),
+        checkpoint=out / "checkpoint",
     )
     crosscoder.save(out)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
     table = latent_table(crosscoder, base=0, post=len(labels) - 1)
     write_parquet(out / "latents.parquet", table)
     exclusive = table.index[table["kind"] != "shared"].tolist()

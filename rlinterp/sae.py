@@ -51,7 +51,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .artifacts import write_json, write_parquet, write_safetensors
+from .artifacts import optimizer_tensors, restore_optimizer, write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
 from .harvest import ActivationStore, shuffled_batches
 
@@ -260,9 +260,8 @@ def _log_row(trainer: SAETrainer[Any], step: TrainStepOutput) -> dict[str, float
 
 def _checkpoint(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | int]]) -> None:
     """Everything a resumed run needs, as safetensors + JSON (no pickles)."""
-    optimizer = trainer.optimizer.state_dict()
     tensors = {f"sae.{k}": v for k, v in trainer.sae.state_dict().items()}
-    tensors |= {f"opt.{i}.{k}": v for i, s in optimizer["state"].items() for k, v in s.items()}
+    tensors |= optimizer_tensors(trainer.optimizer)
     tensors["act_freq_scores"] = trainer.act_freq_scores
     tensors["n_forward_passes_since_fired"] = trainer.n_forward_passes_since_fired
     write_safetensors(path / "trainer_state.safetensors", tensors)
@@ -288,12 +287,7 @@ def _restore(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | i
     trainer.sae.load_state_dict(
         {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}
     )
-    optimizer = trainer.optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, index, name = key.split(".", 2)
-            optimizer["state"].setdefault(int(index), {})[name] = value
-    trainer.optimizer.load_state_dict(optimizer)
+    restore_optimizer(trainer.optimizer, tensors)
     with warnings.catch_warnings():
         # Fast-forwarding a fresh schedule to the saved step, not training: torch's
         # "scheduler stepped before optimizer" warning does not apply.

@@ -196,6 +196,25 @@ def test_same_seed_gives_identical_weights() -> None:
     assert not torch.equal(same["W_dec"], runs[2].state_dict()["W_dec"])
 
 
+def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path) -> None:
+    acts, _, _ = planted_activations(seed=0)
+    cfg = small_config(n_steps=120)
+    whole = train_crosscoder(epochs(acts, seed=1), cfg)
+
+    def dies_after(n: int):
+        for i, batch in enumerate(epochs(acts, seed=1)):
+            if i == n:
+                raise KeyboardInterrupt
+            yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        train_crosscoder(dies_after(70), cfg, checkpoint=tmp_path, checkpoint_every=25)
+    assert json.loads((tmp_path / "state.json").read_text()) == {"steps": 50}
+    resumed = train_crosscoder(epochs(acts, seed=1), cfg, checkpoint=tmp_path, checkpoint_every=25)
+    expected, actual = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
 def test_non_finite_or_missing_batches_are_rejected() -> None:
     acts, _, _ = planted_activations(seed=0)
     batches = list(acts[:1024].split(BATCH))
