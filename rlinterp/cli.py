@@ -66,6 +66,7 @@ def _dictionaries_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        device=args.device,
     )
     store = ActivationStore.load(args.store)
     out = train_dictionary(store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models)
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--device", default=defaults.device, help="torch device (default: cpu)")
     train.set_defaults(run=_dictionaries_train)
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
     evaluate.add_argument("--dictionary", type=Path, required=True)

@@ -334,7 +334,8 @@ def _train_loop(
         steps += 1
         if checkpoint is not None and steps % checkpoint_every == 0 and steps < cfg.n_steps:
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optimizer_tensors(optimizer)
-            write_safetensors(checkpoint / "state.safetensors", tensors | {"since_fired": since_fired})
+            tensors = {name: value.cpu() for name, value in (tensors | {"since_fired": since_fired}).items()}
+            write_safetensors(checkpoint / "state.safetensors", tensors)
             write_json(checkpoint / "state.json", {"steps": steps})
     if steps < cfg.n_steps:
         raise RlinterpError(f"the batches ran out after {steps} of n_steps={cfg.n_steps} steps")
@@ -345,7 +346,7 @@ def _restore(
     model: Crosscoder, optimizer: torch.optim.Optimizer, since_fired: Tensor, checkpoint: Path
 ) -> int:
     """Load a checkpoint written by ``_train_loop``; return the steps it had done."""
-    tensors = load_file(checkpoint / "state.safetensors")
+    tensors = load_file(checkpoint / "state.safetensors", device=str(since_fired.device))
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors)
     since_fired.copy_(tensors["since_fired"])

@@ -66,6 +66,8 @@ class DictionaryConfig:
     """Adam learning rate."""
     seed: int = 0
     """Initialisation and data order."""
+    device: str = "cpu"
+    """Where the dictionary trains (``cuda`` on a GPU machine)."""
 
     def sae_config(self) -> SAETrainConfig:
         return SAETrainConfig(
@@ -76,6 +78,7 @@ class DictionaryConfig:
             batch_size=self.batch_size,
             lr=self.lr,
             seed=self.seed,
+            device=self.device,
         )
 
     def crosscoder_config(self, d_in: int, n_models: int) -> CrosscoderConfig:
@@ -188,6 +191,7 @@ def _crosscoder(
     crosscoder = train_crosscoder(
         _repeat(store, labels, hook, cfg.batch_size, cfg.seed),
         cfg.crosscoder_config(d_in, len(labels)),
+        device=cfg.device,
         checkpoint=out / "checkpoint",
     )
     crosscoder.save(out)

@@ -84,6 +84,8 @@ class SAETrainConfig:
     """Initialisation and data order."""
     checkpoint_every: int = 500
     """Steps between resumable checkpoints."""
+    device: str = "cpu"
+    """Where the SAE trains (batches come from the store on the CPU)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ("topk", "batchtopk", "jumprelu", "standard"):
@@ -98,6 +100,7 @@ def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
         "d_in": d_in,
         "d_sae": cfg.d_sae,
         "normalize_activations": "expected_average_only_in",
+        "device": cfg.device,
     }
     torch.manual_seed(cfg.seed)
     if cfg.architecture == "topk":
@@ -199,6 +202,7 @@ def train_sae(
         lr_end=cfg.lr / 10,
         lr_scheduler_name="cosineannealing",
         n_batches_for_norm_estimate=min(100, max(1, cfg.n_tokens // cfg.batch_size)),
+        device=cfg.device,
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(()))
@@ -264,6 +268,7 @@ def _checkpoint(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float 
     tensors |= optimizer_tensors(trainer.optimizer)
     tensors["act_freq_scores"] = trainer.act_freq_scores
     tensors["n_forward_passes_since_fired"] = trainer.n_forward_passes_since_fired
+    tensors = {name: value.cpu() for name, value in tensors.items()}
     write_safetensors(path / "trainer_state.safetensors", tensors)
     write_json(
         path / "trainer_state.json",
@@ -283,7 +288,7 @@ def _restore(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | i
     steps already done."""
     state = json.loads((path / "trainer_state.json").read_text())
     log.extend(state["log"])
-    tensors = load_file(path / "trainer_state.safetensors")
+    tensors = load_file(path / "trainer_state.safetensors", device=str(trainer.sae.device))
     trainer.sae.load_state_dict(
         {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}
     )
