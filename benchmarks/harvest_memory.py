@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -23,31 +22,12 @@ from pathlib import Path
 
 def _child(n_prompts: int, workdir: Path) -> dict[str, float]:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from _series import random_prompts, random_series
 
     from rlinterp.harvest import HarvestConfig, harvest
-    from rlinterp.organism.model import build_tokenizer
-    from rlinterp.prompts import PromptSet
-    from rlinterp.series import ModelSeries
 
     torch.set_num_threads(1)
-    alphabet = "abcdefghijklmnopqrstuvwxyz "
-    tokenizer = build_tokenizer(alphabet)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_ctx=128, n_embd=256, n_layer=4, n_head=4
-    )
-    model = GPT2LMHeadModel(config).eval()
-    for name in ("base", "step-1"):
-        model.save_pretrained(workdir / name)
-        tokenizer.save_pretrained(workdir / name)
-        with torch.no_grad():
-            model.transformer.h[2].mlp.c_fc.weight.add_(0.01)
-    rng = random.Random(0)
-    prompts = PromptSet.from_list(
-        ["".join(rng.choice(alphabet) for _ in range(100)) for _ in range(n_prompts)]
-    )
-    series = ModelSeries.from_paths([workdir / "base", workdir / "step-1"])
+    series, prompts = random_series(workdir, perturbation=0.01), random_prompts(n_prompts)
     start = time.perf_counter()
     harvest(series, prompts, workdir / "store", HarvestConfig(batch_size=32))
     seconds = time.perf_counter() - start

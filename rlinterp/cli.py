@@ -7,6 +7,7 @@ Errors the user can fix (``RlinterpError`` and bad arguments) print one line,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -59,14 +60,7 @@ def _diff(args: argparse.Namespace) -> None:
 
 def _dictionaries_train(args: argparse.Namespace) -> None:
     cfg = DictionaryConfig(
-        d_sae=args.d_sae,
-        k=args.k,
-        architecture=args.architecture,
-        n_tokens=args.n_tokens,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(DictionaryConfig)}
     )
     store = ActivationStore.load(args.store)
     out = train_dictionary(store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models)
