@@ -17,7 +17,6 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from .crosscoder import (
     train_crosscoder,
 )
 from .errors import RlinterpError
-from .harvest import ActivationStore
+from .harvest import ActivationStore, epoch_batches
 from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
 from .sae_eval import evaluate_sae, fvu_drift
 from .series import ModelSeries
@@ -177,11 +176,13 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
 def _repeat(
     store: ActivationStore, labels: list[str], hook: str, batch_size: int, seed: int
 ) -> Iterator[torch.Tensor]:
-    """Full batches, epoch after epoch, each epoch shuffled with its own seed."""
-    for epoch in itertools.count():
-        for batch in paired_batches(store, labels, hook, batch_size, seed + epoch):
-            if len(batch) == batch_size:
-                yield batch
+    """Full paired batches, epoch after epoch, each epoch shuffled with its own seed."""
+    return epoch_batches(
+        lambda epoch_seed: paired_batches(store, labels, hook, batch_size, epoch_seed),
+        batch_size,
+        seed,
+        what=f"{labels} at {hook}",
+    )
 
 
 def _crosscoder(

@@ -19,10 +19,11 @@ Layout: ``manifest.json`` (``complete`` becomes true last), ``tokens.safetensors
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,28 @@ def shuffled_batches(
             pool = pool[batch_size:]
     if len(pool):
         yield from pool.split(batch_size)
+
+
+def epoch_batches(
+    epoch: Callable[[int], Iterable[Tensor]],
+    batch_size: int,
+    seed: int,
+    skip: int = 0,
+    what: str = "the data",
+) -> Iterator[Tensor]:
+    """An endless stream of full batches: ``epoch(seed)``, then ``epoch(seed + 1)``, ...,
+    each epoch's short last batch dropped. The first ``skip`` batches are dropped too, which
+    is how a resumed training run continues where the interrupted one stopped."""
+    produced = 0
+    for n in itertools.count():
+        before = produced
+        for batch in epoch(seed + n):
+            if len(batch) == batch_size:
+                if produced >= skip:
+                    yield batch
+                produced += 1
+        if produced == before:
+            raise RlinterpError(f"{what} has fewer tokens than one batch of {batch_size}")
 
 
 def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:

@@ -70,6 +70,8 @@ def diff_outputs(
             width = int(tokenized.lengths[start : start + batch].max())
             tokens = tokenized.tokens[start : start + batch, :width].to(post_model.cfg.device)
             keep = tokenized.keep[start : start + batch, :width].to(post_model.cfg.device)
+            # The base is run again for every checkpoint: its [tokens, vocab] log-probs are
+            # too large to keep for real vocabularies, and a forward is cheaper than the disk.
             log_q = F.log_softmax(base_model(tokens, return_type="logits").float()[keep], dim=-1)
             log_p = F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
             kls.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu())

@@ -18,7 +18,6 @@ Deterministic from ``seed`` at a fixed thread count.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -53,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import optimizer_tensors, restore_optimizer, write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
-from .harvest import ActivationStore, shuffled_batches
+from .harvest import ActivationStore, epoch_batches, shuffled_batches
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
 Source = Literal["acts", "diff"]
@@ -146,20 +145,12 @@ def batches(
     skip: int = 0,
 ) -> Iterator[Float[Tensor, "batch d"]]:
     """An endless, seeded stream of full batches, epoch after epoch, each epoch streamed
-    through a shuffling buffer (memory: one shard plus the buffer); ``skip`` batches are
-    dropped first, which is how a resumed run continues where the interrupted one stopped."""
-    produced = 0
-    for epoch in itertools.count():
-        before = produced
-        for batch in shuffled_batches(
-            activation_shards(store, label, hook, source, base), batch_size, seed + epoch
-        ):
-            if len(batch) == batch_size:
-                if produced >= skip:
-                    yield batch
-                produced += 1
-        if produced == before:
-            raise RlinterpError(f"{label} at {hook} has fewer tokens than one batch of {batch_size}")
+    through a shuffling buffer (memory: one shard plus the buffer); see ``epoch_batches``."""
+
+    def epoch(epoch_seed: int) -> Iterator[Tensor]:
+        return shuffled_batches(activation_shards(store, label, hook, source, base), batch_size, epoch_seed)
+
+    return epoch_batches(epoch, batch_size, seed, skip, what=f"{label} at {hook}")
 
 
 @dataclass(frozen=True)
