@@ -144,3 +144,15 @@ def sparse_data(n: int, d: int, n_dirs: int, seed: int) -> tuple[torch.Tensor, t
     active = torch.rand(n, n_dirs, generator=g).argsort(dim=-1)[:, :2]
     coef = torch.zeros(n, n_dirs).scatter_(1, active, 1 + torch.rand(n, 2, generator=g))
     return coef @ dirs, dirs
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``root`` (dot-files included): what a
+    command must leave unchanged outside its own outputs."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
