@@ -1,16 +1,16 @@
 """Benchmark: does the organism tell its story on every seed, with margin?
 
-Builds the organism of one preset for each seed (each build in its own subprocess, up to
-``--jobs`` at a time, reusing finished builds in ``--out``), then prints a Markdown table:
-per seed and regime the correct personas' share at the first and last step and its rise,
-the largest and the last ``none`` share, and the build's wall-clock time (from its
-manifest) and CPU time (of the build process, when it was built by this run: on a shared
-machine this is the time the build takes alone on one thread); then the median and range of
-each column and a PASS/FAIL verdict per seed against the story's criteria:
+Builds the organism of one preset for each seed (each build in its own subprocess on one
+torch thread, up to ``--jobs`` at a time, reusing finished builds in ``--out``), then
+prints a Markdown table: per seed and regime the correct personas' (helper + terse) share
+at the first and last step and its rise, the largest and the last ``none`` share, and the
+build's wall-clock time (from its manifest) and CPU time (of the build process; on a
+shared machine this is about what the build takes alone). A last row gives the median
+and range of each column, and each seed gets a PASS/FAIL verdict against the story:
 
-- weak: the correct personas' (helper + terse) share rises by at least 15 pp from the
-  first to the last step on every seed (median at least 20 pp), and ``none`` stays under
-  10% at every step;
+- weak: the correct personas' share rises by at least 15 pp from the first to the last
+  step (and by at least 20 pp in the median over seeds), and ``none`` stays under 10% at
+  every step;
 - strong: ``none`` is above 50% at the last step.
 
 Regimes without criteria (a later third regime, say) are reported, not judged. The exit
@@ -22,6 +22,7 @@ status is 1 if any seed, or the weak median, fails.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -34,37 +35,55 @@ from pathlib import Path
 
 from rlinterp.organism.behaviour import RegimeSummary
 
-Criterion = tuple[str, Callable[[RegimeSummary], bool]]
-CRITERIA: dict[str, list[Criterion]] = {
+CRITERIA: dict[str, list[tuple[str, Callable[[RegimeSummary], bool]]]] = {
     "weak": [
         ("correct rise >= 15 pp", lambda s: s.correct_rise >= 0.15),
         ("none < 10% at every step", lambda s: s.none_max < 0.10),
     ],
     "strong": [("none > 50% at the last step", lambda s: s.none_last > 0.50)],
 }
+"""Per regime name: what must hold on every seed."""
 WEAK_MEDIAN_RISE = 0.20
 """The weak regime's correct-persona rise, median over seeds, must reach this."""
 
 
-def _child(preset: str, seed: int, out: Path) -> dict[str, object]:
-    """Build (or reuse) one organism; return its per-regime summaries and build time."""
-    import dataclasses
+@dataclasses.dataclass(frozen=True)
+class SeedResult:
+    """One seed's build, reduced to what the table shows."""
 
+    seed: int
+    build_s: float
+    """Wall-clock seconds of the build, from its manifest."""
+    cpu_s: float | None
+    """CPU seconds of the build process; None if it was built before this script ran."""
+    regimes: list[RegimeSummary]
+
+    def failures(self) -> list[str]:
+        return [
+            f"{s.regime}: {name}"
+            for s in self.regimes
+            for name, ok in CRITERIA.get(s.regime, [])
+            if not ok(s)
+        ]
+
+
+def _build(preset: str, seed: int, out: Path) -> None:
+    """Child process: build (or reuse) one organism and record its CPU time beside it."""
     from rlinterp.organism import build_organism
+
+    cpu_file = out.with_name(out.name + ".cpu.json")
+    reused = (out / "manifest.json").is_file()
+    start = time.process_time()
+    build_organism(out, preset=preset, seed=seed)
+    if not reused:
+        cpu_file.write_text(json.dumps({"cpu_s": time.process_time() - start}))
+
+
+def _result(preset: str, seed: int, out: Path) -> SeedResult:
+    """Build seed ``seed`` in a subprocess (if not built yet) and read its result."""
+    from rlinterp.organism import Organism
     from rlinterp.organism.behaviour import summarize
 
-    reused = (out / "manifest.json").is_file()
-    cpu = time.process_time()
-    organism = build_organism(out, preset=preset, seed=seed)
-    return {
-        "seed": seed,
-        "build_s": organism.manifest["timings_s"]["total_s"],
-        "cpu_s": None if reused else time.process_time() - cpu,
-        "regimes": [dataclasses.asdict(s) for s in summarize(organism.behaviour())],
-    }
-
-
-def _run_child(preset: str, seed: int, out: Path) -> dict[str, object]:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -76,81 +95,76 @@ def _run_child(preset: str, seed: int, out: Path) -> dict[str, object]:
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"seed {seed} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    organism = Organism.load(out)
+    cpu_file = out.with_name(out.name + ".cpu.json")
+    return SeedResult(
+        seed=seed,
+        build_s=organism.manifest["timings_s"]["total_s"],
+        cpu_s=json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None,
+        regimes=summarize(organism.behaviour()),
+    )
 
 
-def _failures(summaries: list[RegimeSummary]) -> list[str]:
-    return [
-        f"{s.regime}: {name}" for s in summaries for name, holds in CRITERIA.get(s.regime, []) if not holds(s)
-    ]
+def _spread(values: list[float], fmt: str) -> str:
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} ({low} … {high})"
 
 
-def _cells(s: RegimeSummary) -> list[str]:
-    return [
-        f"{s.correct_first:.2f} → {s.correct_last:.2f}",
-        f"{100 * s.correct_rise:+.1f}",
-        f"{s.none_max:.3f}",
-        f"{s.none_last:.3f}",
-    ]
-
-
-def _report(preset: str, results: list[dict[str, object]]) -> bool:
-    """Write the table and verdicts to stdout; return whether every check passed."""
-    regimes = [r["regime"] for r in results[0]["regimes"]]  # type: ignore[index]
+def _table(results: list[SeedResult]) -> str:
+    names = [s.regime for s in results[0].regimes]
     header = ["seed"]
-    for regime in regimes:
+    for name in names:
         header += [
-            f"{regime} correct first → last",
-            f"{regime} rise (pp)",
-            f"{regime} none max",
-            f"{regime} none last",
+            f"{name} correct first → last",
+            f"{name} rise (pp)",
+            f"{name} none max",
+            f"{name} none last",
         ]
     header += ["build wall (s)", "build CPU (s)", "verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    per_seed: dict[int, list[RegimeSummary]] = {}
-    all_pass = True
-    for result in results:
-        summaries = [RegimeSummary(**r) for r in result["regimes"]]  # type: ignore[union-attr]
-        per_seed[int(result["seed"])] = summaries  # type: ignore[call-overload]
-        failures = _failures(summaries)
-        all_pass &= not failures
+    rows = [header, ["---"] * len(header)]
+    for r in results:
+        row = [str(r.seed)]
+        for s in r.regimes:
+            row += [
+                f"{s.correct_first:.2f} → {s.correct_last:.2f}",
+                f"{100 * s.correct_rise:+.1f}",
+                f"{s.none_max:.3f}",
+                f"{s.none_last:.3f}",
+            ]
+        failures = r.failures()
         verdict = "PASS" if not failures else "FAIL (" + "; ".join(failures) + ")"
-        row = [str(result["seed"])] + [c for s in summaries for c in _cells(s)]
-        cpu = "reused" if result["cpu_s"] is None else f"{result['cpu_s']:.0f}"
-        lines.append("| " + " | ".join([*row, f"{result['build_s']:.0f}", cpu, verdict]) + " |")
-
-    def spread(values: list[float], fmt: str) -> str:
-        return (
-            f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))} … {fmt.format(max(values))})"
-        )
-
+        rows.append([*row, f"{r.build_s:.0f}", "—" if r.cpu_s is None else f"{r.cpu_s:.0f}", verdict])
     row = ["median (range)"]
-    for i, _ in enumerate(regimes):
-        column = [seed[i] for seed in per_seed.values()]
+    for i in range(len(names)):
+        column = [r.regimes[i] for r in results]
         row += [
-            spread([s.correct_first for s in column], "{:.2f}")
+            _spread([s.correct_first for s in column], "{:.2f}")
             + " → "
-            + spread([s.correct_last for s in column], "{:.2f}"),
-            spread([100 * s.correct_rise for s in column], "{:+.1f}"),
-            spread([s.none_max for s in column], "{:.3f}"),
-            spread([s.none_last for s in column], "{:.3f}"),
+            + _spread([s.correct_last for s in column], "{:.2f}"),
+            _spread([100 * s.correct_rise for s in column], "{:+.1f}"),
+            _spread([s.none_max for s in column], "{:.3f}"),
+            _spread([s.none_last for s in column], "{:.3f}"),
         ]
-    build = [float(r["build_s"]) for r in results]  # type: ignore[arg-type]
-    cpu = [float(r["cpu_s"]) for r in results if r["cpu_s"] is not None]  # type: ignore[arg-type]
-    row += [spread(build, "{:.0f}"), spread(cpu, "{:.0f}") if cpu else "", ""]
-    lines.append("| " + " | ".join(row) + " |")
-    sys.stdout.write(f"preset {preset}, seeds {sorted(per_seed)}\n\n" + "\n".join(lines) + "\n\n")
+    cpu = [r.cpu_s for r in results if r.cpu_s is not None]
+    row += [_spread([r.build_s for r in results], "{:.0f}"), _spread(cpu, "{:.0f}") if cpu else "—", ""]
+    rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
-    weak = [s.correct_rise for seed in per_seed.values() for s in seed if s.regime == "weak"]
-    if weak:
-        median_ok = statistics.median(weak) >= WEAK_MEDIAN_RISE
-        all_pass &= median_ok
+
+def _report(preset: str, results: list[SeedResult]) -> bool:
+    """Write the table and verdicts to stdout; return whether every check passed."""
+    sys.stdout.write(f"preset {preset}, seeds {[r.seed for r in results]}\n\n{_table(results)}\n\n")
+    passed = all(not r.failures() for r in results)
+    rises = [s.correct_rise for r in results for s in r.regimes if s.regime == "weak"]
+    if rises:
+        median_ok = statistics.median(rises) >= WEAK_MEDIAN_RISE
+        passed &= median_ok
         sys.stdout.write(
-            f"weak median rise {100 * statistics.median(weak):+.1f} pp "
+            f"weak median rise {100 * statistics.median(rises):+.1f} pp "
             f"(needs >= {100 * WEAK_MEDIAN_RISE:.0f}): {'PASS' if median_ok else 'FAIL'}\n"
         )
-    sys.stdout.write(f"overall: {'PASS' if all_pass else 'FAIL'}\n")
-    return all_pass
+    sys.stdout.write(f"overall: {'PASS' if passed else 'FAIL'}\n")
+    return passed
 
 
 def main() -> None:
@@ -163,11 +177,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         (seed,) = args.seeds
-        sys.stdout.write(json.dumps(_child(args.preset, seed, args.out)) + "\n")
+        _build(args.preset, seed, args.out)
         return
+    args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(
-            pool.map(lambda s: _run_child(args.preset, s, args.out / f"{args.preset}-seed{s}"), args.seeds)
+            pool.map(lambda s: _result(args.preset, s, args.out / f"{args.preset}-seed{s}"), args.seeds)
         )
     sys.exit(0 if _report(args.preset, results) else 1)
 
