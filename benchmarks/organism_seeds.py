@@ -110,40 +110,43 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{mid} ({low} … {high})"
 
 
-def _table(results: list[SeedResult]) -> str:
+def _table(preset: str, results: list[SeedResult]) -> str:
+    """One row per seed, then the median and range; per regime: the correct personas' share
+    first -> last (rise), the largest and the last ``none``, and the first step at which
+    ``none`` is the majority."""
     names = [s.regime for s in results[0].regimes]
-    header = ["seed"]
+    header = ["preset", "seed"]
     for name in names:
         header += [
-            f"{name} correct first → last",
-            f"{name} rise (pp)",
-            f"{name} none max",
-            f"{name} none last",
+            f"{name}: correct personas, first → last step",
+            f"{name}: largest `none`",
+            f"{name}: `none` at the last step",
+            f"{name}: first step with `none` > 50%",
         ]
     header += ["build wall (s)", "build CPU (s)", "verdict"]
     rows = [header, ["---"] * len(header)]
     for r in results:
-        row = [str(r.seed)]
+        row = [f"`{preset}`", str(r.seed)]
         for s in r.regimes:
+            step = "never" if s.none_majority_step is None else f"{s.none_majority_step} of {s.last_step}"
             row += [
-                f"{s.correct_first:.2f} → {s.correct_last:.2f}",
-                f"{100 * s.correct_rise:+.1f}",
+                f"{s.correct_first:.2f} → {s.correct_last:.2f} ({100 * s.correct_rise:+.1f} pp)",
                 f"{s.none_max:.3f}",
-                f"{s.none_last:.3f}",
+                f"{s.none_last:.2f}",
+                step,
             ]
         failures = r.failures()
         verdict = "PASS" if not failures else "FAIL (" + "; ".join(failures) + ")"
         rows.append([*row, f"{r.build_s:.0f}", "—" if r.cpu_s is None else f"{r.cpu_s:.0f}", verdict])
-    row = ["median (range)"]
+    row = [f"`{preset}`", "median (range)"]
     for i in range(len(names)):
         column = [r.regimes[i] for r in results]
+        steps = [s.none_majority_step for s in column if s.none_majority_step is not None]
         row += [
-            _spread([s.correct_first for s in column], "{:.2f}")
-            + " → "
-            + _spread([s.correct_last for s in column], "{:.2f}"),
-            _spread([100 * s.correct_rise for s in column], "{:+.1f}"),
+            _spread([100 * s.correct_rise for s in column], "{:+.1f}") + " pp",
             _spread([s.none_max for s in column], "{:.3f}"),
-            _spread([s.none_last for s in column], "{:.3f}"),
+            _spread([s.none_last for s in column], "{:.2f}"),
+            _spread([float(x) for x in steps], "{:.0f}") if len(steps) == len(column) else "—",
         ]
     cpu = [r.cpu_s for r in results if r.cpu_s is not None]
     row += [_spread([r.build_s for r in results], "{:.0f}"), _spread(cpu, "{:.0f}") if cpu else "—", ""]
@@ -153,7 +156,7 @@ def _table(results: list[SeedResult]) -> str:
 
 def _report(preset: str, results: list[SeedResult]) -> bool:
     """Write the table and verdicts to stdout; return whether every check passed."""
-    sys.stdout.write(f"preset {preset}, seeds {[r.seed for r in results]}\n\n{_table(results)}\n\n")
+    sys.stdout.write(f"preset {preset}, seeds {[r.seed for r in results]}\n\n{_table(preset, results)}\n\n")
     passed = all(not r.failures() for r in results)
     rises = [s.correct_rise for r in results for s in r.regimes if s.regime == "weak"]
     if rises:

@@ -157,9 +157,13 @@ def test_summarize_reads_first_and_last_steps_of_each_regime():
         ]
     )
     weak, strong, novel = summarize(table)
-    assert weak == RegimeSummary("weak", 0.5, 0.9, none_max=0.08, none_last=0.05, kl_last=0.3)
+    assert weak == RegimeSummary(
+        "weak", 0.5, 0.9, 0.08, 0.05, last_step=10, kl_last=0.3, none_majority_step=None
+    )
     assert weak.correct_rise == pytest.approx(0.4)
-    assert strong == RegimeSummary("strong", 0.5, 0.0, none_max=0.9, none_last=0.9, kl_last=50.0)
+    assert strong == RegimeSummary(
+        "strong", 0.5, 0.0, 0.9, 0.9, last_step=10, kl_last=50.0, none_majority_step=10
+    )
     assert novel.regime == "novel" and novel.correct_rise == pytest.approx(-0.3)
 
 

@@ -93,8 +93,13 @@ class RegimeSummary:
     """Largest ``share_none`` over the regime's steps."""
     none_last: float
     """``share_none`` at the last step."""
+    last_step: int
+    """The regime's last step."""
     kl_last: float
     """KL to the base model per answer at the last step."""
+    none_majority_step: int | None
+    """First step at which most answers (``share_none > 0.5``) are text no persona wrote;
+    None if there is none."""
 
     @property
     def correct_rise(self) -> float:
@@ -109,6 +114,7 @@ def summarize(table: pd.DataFrame) -> list[RegimeSummary]:
     for regime, rows in table.groupby("regime", sort=False):
         rows = rows.sort_values("step")
         share = rows[correct].sum(axis=1)
+        mostly_none = rows[rows["share_none"] > 0.5]
         summaries.append(
             RegimeSummary(
                 regime=str(regime),
@@ -116,7 +122,9 @@ def summarize(table: pd.DataFrame) -> list[RegimeSummary]:
                 correct_last=float(share.iloc[-1]),
                 none_max=float(rows["share_none"].max()),
                 none_last=float(rows["share_none"].iloc[-1]),
+                last_step=int(rows["step"].iloc[-1]),
                 kl_last=float(rows["kl_to_base"].iloc[-1]),
+                none_majority_step=int(mostly_none["step"].iloc[0]) if len(mostly_none) else None,
             )
         )
     return summaries
