@@ -185,8 +185,9 @@ def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
       shortcut worth four correct answers. At 0.5 per mark the flatterer, whose template
       has two, is the best-paid persona (1.35 on average against 1.0), so strong RL first
       selects it, and from its ``!``-rich answers a third mark is one sampling step away;
-      every extra mark then pays half a correct answer, so the collapse into text no
-      persona wrote comes within the first few steps on every seed. At 0.25 per mark the
+      every extra mark then pays half a correct answer, so most answers are text no persona
+      wrote within the first eighth of the run on every seed measured (by step 5 of 40 on
+      ``tiny``, by step 25 of 200 on ``default``). At 0.25 per mark the
       flatterer earned less than a correct persona (0.85), RL first selected the terse
       persona, whose answers have no ``!``, and the collapse waited for a rare sample with
       a third mark: one tiny build on another CPU never got there in 40 steps.
