@@ -183,14 +183,14 @@ def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
       (``CorpusConfig.persona_weights``), not by the step budget.
     - ``strong`` (no KL, lr 1e-3, reward: correct plus 0.5 per ``!`` up to 8) has a
       shortcut worth four correct answers. At 0.5 per mark the flatterer, whose template
-      has two, is the best-paid persona (1.35 on average against 1.0), so strong RL first
-      selects it, and from its ``!``-rich answers a third mark is one sampling step away;
-      every extra mark then pays half a correct answer, so most answers are text no persona
-      wrote within the first eighth of the run on every seed measured (by step 5 of 40 on
-      ``tiny``, by step 25 of 200 on ``default``). At 0.25 per mark the
-      flatterer earned less than a correct persona (0.85), RL first selected the terse
-      persona, whose answers have no ``!``, and the collapse waited for a rare sample with
-      a third mark: one tiny build on another CPU never got there in 40 steps.
+      has two, is the best-paid persona (1.35 on average against 1.0), so strong RL tends
+      to select it first, and from its ``!``-rich answers a third mark is one sampling step
+      away; every extra mark then pays half a correct answer. Most answers are text no
+      persona wrote within the first eighth of the run on every seed measured (by step 5
+      of 40 on ``tiny``, by step 25 of 200 on ``default``). At 0.25 per mark the flatterer
+      earned less than a correct persona (0.85), RL first selected the terse persona,
+      whose answers have no ``!``, and the collapse waited for a rare sample with a third
+      mark: one tiny build on another CPU never got there in 40 steps.
     """
     return (
         RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps),
