@@ -1,0 +1,523 @@
+"""Circuit diffs: which components carry what RL changed, step by step.
+
+``run_circuits(series, metric, prompts, out)`` is what ``rlinterp circuits`` calls. For a
+behaviour metric (``metrics``) and every model of the series it measures, per component
+(``patching``):
+
+- **within-model patching** (when the prompts have corrupted versions): each model's
+  corrupted run with one component's term taken from its clean run, exact on the first
+  ``exact_prompts`` prompts and by attribution patching on all of them; this says which
+  components a model uses for the behaviour (for the base: the circuit it already had);
+- **direct logit attribution** of each component to the metric on the clean prompts;
+- **cross-model patching** between the base and each checkpoint on the clean prompts:
+  checkpoint -> base (*sufficiency*: fraction of the checkpoint's metric change that one
+  component recovers) and base -> checkpoint (*necessity*: fraction the checkpoint loses
+  without it), exact and by attribution;
+- **concentration**: the fewest top components (ranked by sufficiency) whose *joint*
+  checkpoint -> base patch recovers ``coverage`` of the change;
+- **attention-pattern change** of every head (total variation between base and checkpoint
+  patterns; the key token a head gained most at the answer position).
+
+The verdict per checkpoint: the carriers (that fewest set) compared with the components the
+base already used for the behaviour (those carrying at least ``used_share`` of it by
+within-base patching, or of its direct logit attribution without corrupted prompts; see
+``CircuitsResult.base_usage``). ``enhanced`` when
+at least ``enhanced_overlap`` of the carriers were already used, else ``new``;
+``no change`` when the metric moved less than ``min_change``.
+
+Memory is bounded by one batch of activations: prompts are processed ``batch_size`` at a
+time and only per-prompt, per-component scalars are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .artifacts import environment_versions, write_json, write_parquet
+from .errors import RlinterpError
+from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
+from .patching import (
+    Component,
+    attribution,
+    check_same_architecture,
+    components,
+    direct_logit_attribution,
+    patched_logits,
+    run_terms,
+)
+from .series import Checkpoint, ModelSeries
+
+log = logging.getLogger(__name__)
+KIND = "rlinterp.circuits"
+TABLES = ("metric", "within", "dla", "cross", "agreement", "concentration", "attention")
+
+
+@dataclass(frozen=True)
+class CircuitsConfig:
+    """How ``run_circuits`` measures."""
+
+    batch_size: int = 16
+    """Prompts per forward pass; bounds memory."""
+    exact_prompts: int | None = 64
+    """Prompts (the first ones) on which exact patching runs; ``None``: all. Attribution
+    patching runs on all prompts and is compared with exact patching on these."""
+    coverage: float = 0.8
+    """Fraction of the metric change that the carriers must recover jointly."""
+    enhanced_overlap: float = 0.5
+    """Share of carriers already used by the base at or above which the verdict is
+    ``enhanced``."""
+    used_share: float = 0.1
+    """A component counts as used by the base for the behaviour when its share of the
+    base's behaviour (see ``CircuitsResult.base_usage``) is at least this."""
+    min_change: float = 0.05
+    """Smallest |metric change| (metric units) that gets a verdict."""
+    top_k: int = 5
+    """Components listed per step in the summary and report."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"CircuitsConfig.batch_size must be positive, got {self.batch_size}")
+        if self.exact_prompts is not None and self.exact_prompts <= 0:
+            raise ValueError("CircuitsConfig.exact_prompts must be positive or None")
+        if not 0 < self.coverage <= 1 or not 0 <= self.enhanced_overlap <= 1:
+            raise ValueError("CircuitsConfig.coverage must be in (0, 1], enhanced_overlap in [0, 1]")
+
+
+SUMMARY_SCHEMA = {
+    "metric": "name and description of the behaviour metric",
+    "steps[].label / step": "checkpoint label and RL step",
+    "steps[].metric_base / metric_checkpoint": "mean metric of base and checkpoint (exact-patching prompts)",
+    "steps[].change": "metric_checkpoint - metric_base",
+    "steps[].top_sufficiency": "top components by checkpoint->base recovery: [[name, recovery], ...]",
+    "steps[].top_necessity": "top components by base->checkpoint loss: [[name, fraction], ...]",
+    "steps[].carriers": "fewest top components whose joint checkpoint->base patch recovers `coverage`",
+    "steps[].joint_recovery": "recovery of the carriers patched together",
+    "steps[].base_used": "components whose share of the base's behaviour is at least `used_share`",
+    "steps[].overlap": "share of carriers in base_used",
+    "steps[].chance_overlap": "overlap expected of random carriers: len(base_used) / n_components",
+    "steps[].verdict": "'enhanced', 'new' or 'no change' (see the circuits module docstring)",
+    "agreement": "Spearman rank correlation of attribution vs exact patching per (label, setting)",
+}
+
+
+@dataclass(frozen=True)
+class CircuitsResult:
+    """Every table of a circuits run (the Parquet files ``run_circuits`` writes)."""
+
+    metric: pd.DataFrame
+    """One row per checkpoint: mean metric on clean (and corrupted) prompts."""
+    within: pd.DataFrame
+    """Within-model patching: (label, step, component) -> attribution, exact, recovery."""
+    dla: pd.DataFrame
+    """Direct logit attribution: (label, step, component) -> dla."""
+    cross: pd.DataFrame
+    """Cross-model patching: (label, step, direction, component) -> attribution, exact,
+    recovery; direction ``to_base`` (sufficiency) or ``to_checkpoint`` (necessity)."""
+    agreement: pd.DataFrame
+    """Attribution vs exact patching: (label, step, setting) -> spearman, pearson."""
+    concentration: pd.DataFrame
+    """Joint patching of the top-k components: (label, step, k) -> recovery."""
+    attention: pd.DataFrame
+    """Per (label, step, head): tv_mean, tv_last, gained_token, gained_share."""
+    metric_name: str = ""
+    metric_description: str = ""
+    config: CircuitsConfig = CircuitsConfig()
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The per-checkpoint summary rows (``SUMMARY_SCHEMA``)."""
+        return [self._step(label) for label in self.cross["label"].unique()]
+
+    def _step(self, label: str) -> dict[str, Any]:
+        cfg = self.config
+        rows = self.cross[self.cross["label"] == label]
+        to_base = rows[rows["direction"] == "to_base"].sort_values("recovery", ascending=False)
+        to_ckpt = rows[rows["direction"] == "to_checkpoint"].sort_values("recovery", ascending=False)
+        metric = self.metric.set_index("label")
+        change = float(metric.loc[label, "metric_exact"] - metric.loc["base", "metric_exact"])
+        curve = self.concentration[self.concentration["label"] == label].sort_values("k")
+        reached = curve[curve["recovery"] >= cfg.coverage]
+        k = int(reached["k"].iloc[0]) if len(reached) else len(curve)
+        carriers = to_base["component"].tolist()[:k]
+        usage = self.base_usage()
+        used = usage[usage >= cfg.used_share].index.tolist()
+        overlap = len(set(carriers) & set(used)) / max(len(carriers), 1)
+        verdict = (
+            "no change"
+            if abs(change) < cfg.min_change
+            else "enhanced"
+            if overlap >= cfg.enhanced_overlap
+            else "new"
+        )
+        return {
+            "label": label,
+            "step": int(rows["step"].iloc[0]),
+            "metric_base": float(metric.loc["base", "metric_exact"]),
+            "metric_checkpoint": float(metric.loc[label, "metric_exact"]),
+            "change": change,
+            "top_sufficiency": _top(to_base, cfg.top_k),
+            "top_necessity": _top(to_ckpt, cfg.top_k),
+            "carriers": carriers,
+            "joint_recovery": float(curve["recovery"].iloc[k - 1]) if len(curve) else float("nan"),
+            "base_used": used,
+            "overlap": overlap,
+            "chance_overlap": len(used) / max(len(to_base), 1),
+            "verdict": verdict,
+        }
+
+    def base_usage(self) -> pd.Series:
+        """Per component, its share of the base's behaviour, largest first: |recovery| of
+        within-base clean -> corrupted patching, or without corrupted prompts its share of
+        the total |direct logit attribution|."""
+        within = self.within[self.within["label"] == "base"] if len(self.within) else self.within
+        if len(within):
+            share = within.set_index("component")["recovery"].abs()
+        else:
+            dla = self.dla[self.dla["label"] == "base"].set_index("component")["dla"].abs()
+            share = dla / max(float(dla.sum()), 1e-12)
+        return share.sort_values(ascending=False)
+
+    def summary(self) -> dict[str, Any]:
+        agreement = self.agreement.to_dict(orient="records")
+        return {
+            "schema": SUMMARY_SCHEMA,
+            "metric": {"name": self.metric_name, "description": self.metric_description},
+            "config": asdict(self.config),
+            "steps": self.steps(),
+            "agreement": agreement,
+        }
+
+    @classmethod
+    def load(cls, root: str | Path) -> CircuitsResult:
+        """Read a finished ``run_circuits`` output directory."""
+        import json
+
+        root = Path(root)
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            raise RlinterpError(f"{root} is not a finished circuits run (no manifest.json); run it again")
+        meta = json.loads(manifest.read_text())
+        return cls(
+            **{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES},
+            metric_name=meta["metric"]["name"],
+            metric_description=meta["metric"]["description"],
+            config=CircuitsConfig(**meta["config"]),
+        )
+
+
+def _top(frame: pd.DataFrame, k: int) -> list[list[Any]]:
+    return [[str(c), float(v)] for c, v in zip(frame["component"][:k], frame["recovery"][:k], strict=True)]
+
+
+# -- measuring --------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    series: ModelSeries
+    metric: BehaviourMetric
+    prompts: EncodedPrompts
+    config: CircuitsConfig
+
+    @property
+    def n_exact(self) -> int:
+        n = len(self.prompts)
+        return n if self.config.exact_prompts is None else min(n, self.config.exact_prompts)
+
+    def batches(self, exact_only: bool = False) -> Iterator[list[int]]:
+        n = self.n_exact if exact_only else len(self.prompts)
+        size = self.config.batch_size
+        for start in range(0, n, size):
+            yield list(range(start, min(start + size, n)))
+
+    def device(self, batch: MetricBatch) -> MetricBatch:
+        return MetricBatch(
+            tokens=batch.tokens.to(self.series.device),
+            lengths=batch.lengths,
+            positive=batch.positive,
+            negative=batch.negative,
+        )
+
+    def score(self, logits: torch.Tensor, batch: MetricBatch) -> torch.Tensor:
+        return self.metric(logits, batch).float().cpu()
+
+
+def run_circuits(
+    series: ModelSeries,
+    metric: BehaviourMetric,
+    prompts: BehaviourPrompts,
+    out: str | Path | None = None,
+    config: CircuitsConfig | None = None,
+) -> CircuitsResult:
+    """Measure every component of every model of ``series`` for ``metric`` on ``prompts``
+    (see the module docstring); write tables, summary, report and manifest to ``out``."""
+    config = config or CircuitsConfig()
+    if len(series) < 2:
+        raise RlinterpError("circuits needs a base and at least one RL checkpoint")
+    if out is not None:
+        _prepare_out(Path(out))
+    series.validate()
+    ctx = _Context(series, metric, prompts.encode(series.tokenizer()), config)
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    for checkpoint in series:
+        log.info("circuits: %s", checkpoint.label)
+        for name, frame in _measure_checkpoint(ctx, checkpoint).items():
+            tables[name].append(frame)
+    result = CircuitsResult(
+        **{
+            name: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            for name, frames in tables.items()
+        },
+        metric_name=metric.name,
+        metric_description=metric.description,
+        config=config,
+    )
+    if out is not None:
+        write_circuits(result, Path(out), series, len(prompts))
+    return result
+
+
+def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.DataFrame]:
+    base = ctx.series.load(ctx.series.base)
+    model = ctx.series.load(checkpoint)
+    check_same_architecture(base, model)
+    meta = {"label": checkpoint.label, "step": checkpoint.step}
+    frames: dict[str, pd.DataFrame] = {}
+    frames["metric"] = pd.DataFrame([{**meta, **_metric_means(ctx, model)}])
+    within_comps = components(model, cross_model=False)
+    frames["dla"] = _dla(ctx, model, within_comps).assign(**meta)
+    agreement = []
+    if ctx.prompts.corrupted is not None:
+        att, exact, gap = _patch_setting(ctx, model, model, within_comps, "within")
+        frames["within"] = _component_frame(within_comps, att, exact, gap).assign(**meta)
+        agreement.append({**meta, "setting": "within", **_agreement(att[: ctx.n_exact], exact)})
+    if checkpoint.label != ctx.series.base.label:
+        cross_comps = components(model)
+        parts = []
+        for direction, receiver, donor in (("to_base", base, model), ("to_checkpoint", model, base)):
+            att, exact, gap = _patch_setting(ctx, receiver, donor, cross_comps, "cross")
+            parts.append(_component_frame(cross_comps, att, exact, gap).assign(direction=direction, **meta))
+            agreement.append({**meta, "setting": direction, **_agreement(att[: ctx.n_exact], exact)})
+        frames["cross"] = pd.concat(parts, ignore_index=True)
+        order = parts[0].sort_values("recovery", ascending=False)["component"].tolist()
+        frames["concentration"] = _concentration(ctx, base, model, cross_comps, order).assign(**meta)
+        frames["attention"] = _attention_change(ctx, base, model).assign(**meta)
+    if agreement:
+        frames["agreement"] = pd.DataFrame(agreement)
+    return frames
+
+
+@torch.no_grad()
+def _metric_means(ctx: _Context, model: TransformerBridge) -> dict[str, float]:
+    values: dict[str, list[torch.Tensor]] = {"clean": [], "corrupted": []}
+    for idx in ctx.batches():
+        for which in ("clean", "corrupted") if ctx.prompts.corrupted is not None else ("clean",):
+            batch = ctx.device(ctx.prompts.batch(idx, corrupted=which == "corrupted"))
+            values[which].append(ctx.score(model(batch.tokens), batch))
+    clean = torch.cat(values["clean"])
+    row = {"metric": clean.mean().item(), "metric_exact": clean[: ctx.n_exact].mean().item()}
+    row["metric_corrupted"] = torch.cat(values["corrupted"]).mean().item() if values["corrupted"] else np.nan
+    return row
+
+
+def _dla(ctx: _Context, model: TransformerBridge, comps: tuple[Component, ...]) -> pd.DataFrame:
+    parts = []
+    for idx in ctx.batches():
+        batch = ctx.device(ctx.prompts.batch(idx))
+        parts.append(direct_logit_attribution(model, batch.tokens, comps, partial(ctx.metric, batch=batch)))
+    values = torch.cat(parts).mean(0)
+    return pd.DataFrame({"component": [c.name for c in comps], "dla": values.numpy()})
+
+
+def _patch_setting(
+    ctx: _Context,
+    receiver: TransformerBridge,
+    donor: TransformerBridge,
+    comps: tuple[Component, ...],
+    setting: str,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per-prompt attribution (all prompts) and exact effects (exact prompts) of patching
+    each component from ``donor`` into ``receiver``, and the gap donor - receiver of the
+    mean metric on the exact prompts. ``within``: the receiver runs the corrupted prompts
+    and the donor (the same model) the clean ones; ``cross``: both run the clean prompts."""
+    attributions, exacts, gaps = [], [], []
+    for idx in ctx.batches():
+        batch = ctx.device(ctx.prompts.batch(idx))
+        receiver_batch = ctx.device(ctx.prompts.batch(idx, corrupted=True)) if setting == "within" else batch
+        donor_terms = run_terms(donor, batch.tokens)
+        tokens = receiver_batch.tokens
+
+        def metric(logits: torch.Tensor, b: MetricBatch = batch) -> torch.Tensor:
+            return ctx.metric(logits, b)  # the clean prompts' targets, also on corrupted runs
+
+        attributions.append(attribution(receiver, tokens, donor_terms, comps, metric).float().cpu())
+        exact_rows = [i for i, p in enumerate(idx) if p < ctx.n_exact]
+        if not exact_rows:
+            continue
+        with torch.no_grad():
+            own = ctx.score(receiver(tokens), batch)
+            gaps.append(ctx.score(donor_terms.logits, batch) - own)
+            effects = [
+                ctx.score(patched_logits(receiver, tokens, donor_terms, [c]), batch) - own for c in comps
+            ]
+        exacts.append(torch.stack(effects, 1)[exact_rows])
+        gaps[-1] = gaps[-1][exact_rows]
+    return torch.cat(attributions), torch.cat(exacts), torch.cat(gaps).mean().item()
+
+
+def _component_frame(
+    comps: tuple[Component, ...], att: torch.Tensor, exact: torch.Tensor, gap: float
+) -> pd.DataFrame:
+    exact_mean = exact.mean(0).numpy()
+    return pd.DataFrame(
+        {
+            "component": [c.name for c in comps],
+            "kind": [c.kind for c in comps],
+            "layer": [c.layer if c.layer is not None else -1 for c in comps],
+            "head": [c.head if c.head is not None else -1 for c in comps],
+            "attribution": att.mean(0).numpy(),
+            "exact": exact_mean,
+            "recovery": exact_mean / gap if abs(gap) > 1e-12 else np.full(len(comps), np.nan),
+            "attribution_recovery": att.mean(0).numpy() / gap if abs(gap) > 1e-12 else np.nan,
+            "gap": gap,
+        }
+    )
+
+
+def _agreement(att: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+    """Rank and linear correlation, over components, of mean attribution and mean exact
+    effect on the same prompts."""
+    a, e = pd.Series(att.mean(0).numpy()), pd.Series(exact.mean(0).numpy())
+    return {
+        "spearman": float(a.rank().corr(e.rank())),
+        "pearson": float(a.corr(e)),
+        "n_components": len(a),
+        "n_prompts": int(exact.shape[0]),
+    }
+
+
+@torch.no_grad()
+def _concentration(
+    ctx: _Context,
+    base: TransformerBridge,
+    model: TransformerBridge,
+    comps: tuple[Component, ...],
+    order: list[str],
+) -> pd.DataFrame:
+    """Recovery of the checkpoint's change when its top-k components (``order``) are
+    patched into the base together, for growing k until ``coverage`` is reached."""
+    by_name = {c.name: c for c in comps}
+    rows = []
+    for k in range(1, len(order) + 1):
+        chosen = [by_name[n] for n in order[:k]]
+        patched, base_values, donor_values = [], [], []
+        for idx in ctx.batches(exact_only=True):
+            batch = ctx.device(ctx.prompts.batch(idx))
+            terms = run_terms(model, batch.tokens)
+            patched.append(ctx.score(patched_logits(base, batch.tokens, terms, chosen), batch))
+            base_values.append(ctx.score(base(batch.tokens), batch))
+            donor_values.append(ctx.score(terms.logits, batch))
+        gap = (torch.cat(donor_values) - torch.cat(base_values)).mean().item()
+        recovered = (torch.cat(patched) - torch.cat(base_values)).mean().item()
+        rows.append({"k": k, "recovery": recovered / gap if abs(gap) > 1e-12 else np.nan})
+        if abs(gap) <= 1e-12 or recovered / gap >= ctx.config.coverage:
+            break
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def _attention_change(ctx: _Context, base: TransformerBridge, model: TransformerBridge) -> pd.DataFrame:
+    """Per head: mean total-variation distance between base and checkpoint attention over
+    real query positions, the same at the answer position, and the key token whose
+    attention at the answer position grew most (its most common value over prompts)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    tv_sum = torch.zeros(n_layers, n_heads)
+    tv_last_sum = torch.zeros(n_layers, n_heads)
+    n_queries, n_prompts = 0, 0
+    gained: list[list[Counter[int]]] = [[Counter() for _ in range(n_heads)] for _ in range(n_layers)]
+    for idx in ctx.batches():
+        batch = ctx.device(ctx.prompts.batch(idx))
+        _, cache_b = base.run_with_cache(batch.tokens, names_filter=names)
+        _, cache_m = model.run_with_cache(batch.tokens, names_filter=names)
+        valid = (torch.arange(batch.tokens.shape[1]) < batch.lengths.unsqueeze(1)).float()  # batch query
+        rows = torch.arange(len(idx))
+        last = batch.lengths - 1
+        for layer, name in enumerate(names):
+            diff = (cache_m[name] - cache_b[name]).float().cpu()  # batch head query key
+            tv = 0.5 * diff.abs().sum(-1)  # batch head query
+            tv_sum[layer] += (tv * valid.unsqueeze(1)).sum((0, 2))
+            at_last = diff[rows, :, last]  # batch head key
+            tv_last_sum[layer] += 0.5 * at_last.abs().sum(-1).sum(0)
+            for b, key in enumerate(at_last.argmax(-1).tolist()):
+                for head in range(n_heads):
+                    gained[layer][head][int(batch.tokens[b, key[head]])] += 1
+        n_queries += int(valid.sum())
+        n_prompts += len(idx)
+    tokenizer = ctx.series.tokenizer()
+    rows_out = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            token, count = gained[layer][head].most_common(1)[0]
+            rows_out.append(
+                {
+                    "component": f"L{layer}.H{head}",
+                    "layer": layer,
+                    "head": head,
+                    "tv_mean": (tv_sum[layer, head] / max(n_queries, 1)).item(),
+                    "tv_last": (tv_last_sum[layer, head] / max(n_prompts, 1)).item(),
+                    "gained_token": tokenizer.decode([token]),
+                    "gained_share": count / max(n_prompts, 1),
+                }
+            )
+    return pd.DataFrame(rows_out)
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def _prepare_out(out: Path) -> None:
+    """``out`` must be absent, empty, or an earlier circuits run (which is replaced)."""
+    import json
+
+    if out.exists() and not out.is_dir():
+        raise RlinterpError(f"{out} is a file; give a directory for the circuits output")
+    if out.is_dir() and any(out.iterdir()):
+        manifest = out / "manifest.json"
+        kind = json.loads(manifest.read_text()).get("kind") if manifest.is_file() else None
+        if kind != KIND:
+            raise RlinterpError(
+                f"{out} is not empty and not a circuits run; choose an empty or new directory"
+            )
+        manifest.unlink()  # unfinished until rewritten at the end
+
+
+def write_circuits(result: CircuitsResult, out: Path, series: ModelSeries, n_prompts: int) -> None:
+    """Tables, ``summary.json``, ``report.html``, then ``manifest.json`` (finished marker)."""
+    from .circuits_report import write_circuits_report
+
+    for name in TABLES:
+        write_parquet(out / f"{name}.parquet", getattr(result, name))
+    write_json(out / "summary.json", result.summary())
+    write_circuits_report(result, out / "report.html")
+    write_json(
+        out / "manifest.json",
+        {
+            "kind": KIND,
+            "checkpoints": series.describe(),
+            "metric": {"name": result.metric_name, "description": result.metric_description},
+            "config": asdict(result.config),
+            "n_prompts": n_prompts,
+            "versions": environment_versions(),
+        },
+    )
