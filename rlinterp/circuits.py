@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -298,16 +298,18 @@ def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.D
     frames["dla"] = _dla(ctx, model, within_comps).assign(**meta)
     agreement = []
     if ctx.prompts.corrupted is not None:
-        att, exact, gap = _patch_setting(ctx, model, model, within_comps, "within")
-        frames["within"] = _component_frame(within_comps, att, exact, gap).assign(**meta)
-        agreement.append({**meta, "setting": "within", **_agreement(att[: ctx.n_exact], exact)})
+        patched = _patch_setting(ctx, model, model, within_comps, "within")
+        frames["within"] = _component_frame(within_comps, patched, ctx.n_exact).assign(**meta)
+        agreement.append({**meta, "setting": "within", **_agreement(patched, ctx.n_exact)})
     if checkpoint.label != ctx.series.base.label:
         cross_comps = components(model)
         parts = []
         for direction, receiver, donor in (("to_base", base, model), ("to_checkpoint", model, base)):
-            att, exact, gap = _patch_setting(ctx, receiver, donor, cross_comps, "cross")
-            parts.append(_component_frame(cross_comps, att, exact, gap).assign(direction=direction, **meta))
-            agreement.append({**meta, "setting": direction, **_agreement(att[: ctx.n_exact], exact)})
+            patched = _patch_setting(ctx, receiver, donor, cross_comps, "cross")
+            parts.append(
+                _component_frame(cross_comps, patched, ctx.n_exact).assign(direction=direction, **meta)
+            )
+            agreement.append({**meta, "setting": direction, **_agreement(patched, ctx.n_exact)})
         frames["cross"] = pd.concat(parts, ignore_index=True)
         order = parts[0].sort_values("recovery", ascending=False)["component"].tolist()
         frames["concentration"] = _concentration(ctx, base, model, cross_comps, order).assign(**meta)
@@ -339,65 +341,73 @@ def _dla(ctx: _Context, model: TransformerBridge, comps: tuple[Component, ...]) 
     return pd.DataFrame({"component": [c.name for c in comps], "dla": values.numpy()})
 
 
+class _Patched(NamedTuple):
+    attribution: torch.Tensor
+    """Per prompt (all prompts) and component: the attribution-patching estimate."""
+    exact: torch.Tensor
+    """Per prompt (the exact prompts) and component: the exact effect."""
+    gap: torch.Tensor
+    """Per prompt (all prompts): metric of the donor run minus that of the receiver run."""
+
+
 def _patch_setting(
     ctx: _Context,
     receiver: TransformerBridge,
     donor: TransformerBridge,
     comps: tuple[Component, ...],
     setting: str,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Per-prompt attribution (all prompts) and exact effects (exact prompts) of patching
-    each component from ``donor`` into ``receiver``, and the gap donor - receiver of the
-    mean metric on the exact prompts. ``within``: the receiver runs the corrupted prompts
-    and the donor (the same model) the clean ones; ``cross``: both run the clean prompts."""
+) -> _Patched:
+    """Effects of patching each component from ``donor`` into ``receiver``. ``within``: the
+    receiver runs the corrupted prompts and the donor (the same model) the clean ones;
+    ``cross``: both run the clean prompts."""
     attributions, exacts, gaps = [], [], []
     for idx in ctx.batches():
         batch = ctx.device(ctx.prompts.batch(idx))
         receiver_batch = ctx.device(ctx.prompts.batch(idx, corrupted=True)) if setting == "within" else batch
         donor_terms = run_terms(donor, batch.tokens)
         tokens = receiver_batch.tokens
-
-        def metric(logits: torch.Tensor, b: MetricBatch = batch) -> torch.Tensor:
-            return ctx.metric(logits, b)  # the clean prompts' targets, also on corrupted runs
-
+        # The clean prompts' targets score every run, corrupted ones included.
+        metric = partial(ctx.metric, batch=batch)
         attributions.append(attribution(receiver, tokens, donor_terms, comps, metric).float().cpu())
-        exact_rows = [i for i, p in enumerate(idx) if p < ctx.n_exact]
-        if not exact_rows:
-            continue
         with torch.no_grad():
             own = ctx.score(receiver(tokens), batch)
             gaps.append(ctx.score(donor_terms.logits, batch) - own)
-            effects = [
-                ctx.score(patched_logits(receiver, tokens, donor_terms, [c]), batch) - own for c in comps
-            ]
-        exacts.append(torch.stack(effects, 1)[exact_rows])
-        gaps[-1] = gaps[-1][exact_rows]
-    return torch.cat(attributions), torch.cat(exacts), torch.cat(gaps).mean().item()
+            exact_rows = [i for i, p in enumerate(idx) if p < ctx.n_exact]
+            if exact_rows:
+                effects = [
+                    ctx.score(patched_logits(receiver, tokens, donor_terms, [c]), batch) - own for c in comps
+                ]
+                exacts.append(torch.stack(effects, 1)[exact_rows])
+    return _Patched(torch.cat(attributions), torch.cat(exacts), torch.cat(gaps))
 
 
-def _component_frame(
-    comps: tuple[Component, ...], att: torch.Tensor, exact: torch.Tensor, gap: float
-) -> pd.DataFrame:
-    exact_mean = exact.mean(0).numpy()
+def _component_frame(comps: tuple[Component, ...], patched: _Patched, n_exact: int) -> pd.DataFrame:
+    """Mean effects per component; ``recovery`` divides the exact effect by the gap on the
+    exact prompts, ``attribution_recovery`` the attribution by the gap on all prompts."""
+    exact = patched.exact.mean(0).numpy()
+    estimate = patched.attribution.mean(0).numpy()
+    gap_exact, gap_all = patched.gap[:n_exact].mean().item(), patched.gap.mean().item()
     return pd.DataFrame(
         {
             "component": [c.name for c in comps],
             "kind": [c.kind for c in comps],
             "layer": [c.layer if c.layer is not None else -1 for c in comps],
             "head": [c.head if c.head is not None else -1 for c in comps],
-            "attribution": att.mean(0).numpy(),
-            "exact": exact_mean,
-            "recovery": exact_mean / gap if abs(gap) > 1e-12 else np.full(len(comps), np.nan),
-            "attribution_recovery": att.mean(0).numpy() / gap if abs(gap) > 1e-12 else np.nan,
-            "gap": gap,
+            "attribution": estimate,
+            "exact": exact,
+            "recovery": exact / gap_exact if abs(gap_exact) > 1e-12 else np.nan,
+            "attribution_recovery": estimate / gap_all if abs(gap_all) > 1e-12 else np.nan,
+            "gap": gap_exact,
         }
     )
 
 
-def _agreement(att: torch.Tensor, exact: torch.Tensor) -> dict[str, float]:
+def _agreement(patched: _Patched, n_exact: int) -> dict[str, float]:
     """Rank and linear correlation, over components, of mean attribution and mean exact
-    effect on the same prompts."""
-    a, e = pd.Series(att.mean(0).numpy()), pd.Series(exact.mean(0).numpy())
+    effect on the same (exact) prompts."""
+    a = pd.Series(patched.attribution[:n_exact].mean(0).numpy())
+    e = pd.Series(patched.exact.mean(0).numpy())
+    exact = patched.exact
     return {
         "spearman": float(a.rank().corr(e.rank())),
         "pearson": float(a.corr(e)),

@@ -162,7 +162,7 @@ def patch_hooks(receiver: TransformerBridge, donor: Terms, patch: Sequence[Compo
             hooks += _attention_hooks(receiver, donor, layer, [h for h in heads if h is not None], bias)
         if any(c.kind == "mlp" and c.layer == layer for c in patch):
             hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer])))
-    if "unembed" in kinds:
+    if "unembed" in kinds and donor.model is not receiver:  # same weights: nothing to swap
         final: dict[str, Tensor] = {}
         hooks.append((FINAL, _stash(final, "resid")))
 
