@@ -3,6 +3,9 @@ models. One import line in a notebook: ``import rlinterp``."""
 
 from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
+from .circuits import CircuitsConfig as CircuitsConfig
+from .circuits import CircuitsResult as CircuitsResult
+from .circuits import run_circuits as run_circuits
 from .diff import SeriesDiff as SeriesDiff
 from .diff import run_diff as run_diff
 from .errors import RlinterpError as RlinterpError
@@ -11,6 +14,8 @@ from .harvest import HarvestConfig as HarvestConfig
 from .harvest import harvest as harvest
 from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
+from .metrics import BehaviourMetric as BehaviourMetric
+from .metrics import BehaviourPrompts as BehaviourPrompts
 from .organism import Organism as Organism
 from .organism import OrganismConfig as OrganismConfig
 from .organism import build_organism as build_organism

@@ -72,6 +72,65 @@ def _dictionaries_eval(args: argparse.Namespace) -> None:
     sys.stdout.write(table.to_string(index=False, float_format=lambda x: f"{x:.4g}") + "\n")
 
 
+def _circuits(args: argparse.Namespace) -> None:
+    from .circuits import CircuitsConfig, run_circuits
+    from .metrics import BehaviourMetric, BehaviourPrompts
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device, dtype=dtype)
+    if args.prompts is not None:
+        metric, prompts = BehaviourMetric(args.metric, args.kind), BehaviourPrompts.from_jsonl(args.prompts)
+    else:
+        from .organism.metrics import organism_behaviour
+
+        root = Path(args.series[0])
+        root = root.parent if root.name == "manifest.json" else root
+        if len(args.series) > 1 or not (root / "manifest.json").is_file():
+            raise RlinterpError(
+                "--metric names an organism metric; for other series give --prompts FILE.jsonl"
+            )
+        metric, prompts = organism_behaviour(root, args.metric)
+    config = CircuitsConfig(batch_size=args.batch_size, exact_prompts=args.exact_prompts)
+    result = run_circuits(series, metric, prompts, args.out, config)
+    rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
+    sys.stdout.write(
+        f"circuits in {args.out} (report: {Path(args.out) / 'report.html'})\n{rows.to_string(index=False)}\n"
+    )
+
+
+def _add_circuits(commands: argparse._SubParsersAction) -> None:
+    circuits = commands.add_parser(
+        "circuits",
+        help="which components carry a behaviour change: patching and attribution per step",
+        description="Cross-model activation patching, attribution patching, direct logit attribution "
+        "and attention-pattern change for a behaviour metric: Parquet tables, summary.json and "
+        "report.html in --out.",
+    )
+    circuits.add_argument("--series", nargs="+", required=True, help="as for `rlinterp diff`")
+    circuits.add_argument("--regime", default=None, help="which regime of an organism (e.g. weak, strong)")
+    circuits.add_argument(
+        "--metric",
+        required=True,
+        help="an organism metric (answer, persona, shortcut), or a name for the metric of --prompts",
+    )
+    circuits.add_argument(
+        "--prompts",
+        default=None,
+        help="a .jsonl of {prompt, positive, negative?, corrupted?} rows (default: the organism's)",
+    )
+    circuits.add_argument("--kind", choices=("logit_diff", "logprob"), default="logit_diff")
+    circuits.add_argument("--out", type=Path, required=True, help="output directory")
+    circuits.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    circuits.add_argument(
+        "--exact-prompts", type=int, default=64, help="prompts for exact patching (default: 64)"
+    )
+    circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    circuits.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
+    )
+    circuits.set_defaults(run=_circuits)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rlinterp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -160,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dictionary", type=Path, required=True)
     evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
     evaluate.set_defaults(run=_dictionaries_eval)
+    _add_circuits(commands)
     return parser
 
 

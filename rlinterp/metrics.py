@@ -21,8 +21,11 @@ Invariants:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -139,6 +142,44 @@ class BehaviourPrompts:
 
     def __len__(self) -> int:
         return len(self.clean)
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike[str]) -> BehaviourPrompts:
+        """Rows ``{"prompt": str, "positive": str | [str], "negative": str | [str],
+        "corrupted": str}``; ``negative`` and ``corrupted`` are optional (all rows or none)."""
+        path = Path(path)
+        if not path.is_file():
+            raise RlinterpError(f"behaviour prompt file {path} does not exist")
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
+            if not isinstance(row.get("prompt"), str) or "positive" not in row:
+                raise RlinterpError(f"{path}:{n} needs a 'prompt' string and 'positive' token(s)")
+            rows.append(row)
+        if not rows:
+            raise RlinterpError(f"behaviour prompt file {path} is empty")
+
+        def tokens(value: object) -> tuple[str, ...]:
+            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]
+
+        def column(key: str) -> tuple | None:
+            present = [key in row for row in rows]
+            if any(present) and not all(present):
+                raise RlinterpError(f"{path}: give '{key}' on every row or on none")
+            return tuple(row[key] for row in rows) if all(present) else None
+
+        negative, corrupted = column("negative"), column("corrupted")
+        return cls(
+            clean=tuple(row["prompt"] for row in rows),
+            positive=tuple(tokens(row["positive"]) for row in rows),
+            negative=None if negative is None else tuple(tokens(v) for v in negative),
+            corrupted=corrupted,
+        )
 
     def subset(self, indices: Sequence[int]) -> BehaviourPrompts:
         def pick(values: tuple | None) -> tuple | None:

@@ -9,6 +9,7 @@ markup.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,8 +137,10 @@ mark { background: #ffd54f; }
 """
 
 
-def render_report(diff: SeriesDiff, title: str) -> str:
-    """The report as one HTML string with plotly.js inlined once."""
+def render_report(diff: SeriesDiff, title: str, extra_sections: Sequence[str] = ()) -> str:
+    """The report as one HTML string with plotly.js inlined once. ``extra_sections`` are
+    HTML fragments appended at the end (e.g. ``circuits_report.circuits_section``); they
+    must not inline plotly.js again."""
     figures = [weight_heatmap(diff), activation_heatmap(diff), kl_figure(diff)]
     plots = [
         figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
@@ -152,10 +155,10 @@ def render_report(diff: SeriesDiff, title: str) -> str:
         f"<h2>Outputs</h2>{plots[2]}"
         f"<h2>Activation-difference lens</h2>{_lens_section(diff)}"
         f"<h2>Tokens that changed most</h2>{_top_tokens_section(diff)}"
-        "</body></html>"
+        f"{''.join(extra_sections)}</body></html>"
     )
 
 
-def write_report(diff: SeriesDiff, path: Path, title: str) -> None:
-    text = render_report(diff, title)
+def write_report(diff: SeriesDiff, path: Path, title: str, extra_sections: Sequence[str] = ()) -> None:
+    text = render_report(diff, title, extra_sections)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

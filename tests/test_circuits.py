@@ -280,3 +280,46 @@ def test_report_section_escapes_and_draws(planted):
     assert list(heat.x) == ["1"] and "L1.H2" in list(heat.y)
     section = circuits_section(result)
     assert "<b>m</b>" not in section and "&lt;b&gt;m&lt;/b&gt;" in section
+
+
+def test_circuits_cli_on_an_organism(capsys, tmp_path, micro_config):
+    from rlinterp import build_organism
+    from rlinterp.cli import main
+
+    build_organism(tmp_path / "org", config=micro_config)
+    argv = ["circuits", "--series", str(tmp_path / "org"), "--regime", "weak", "--out", str(tmp_path / "c")]
+    assert main([*argv, "--metric", "answer", "--exact-prompts", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "weak-step-2" in out and (tmp_path / "c" / "manifest.json").is_file()
+    within = CircuitsResult.load(tmp_path / "c").within
+    assert set(within["label"]) == {"base", "weak-step-1", "weak-step-2"}  # corrupted prompts: within-model
+    assert main([*argv, "--metric", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown organism metric 'nonsense'" in err
+
+
+def test_circuits_cli_with_a_prompt_file(capsys, planted, tmp_path):
+    from rlinterp.cli import main
+
+    series, prompts, _ = planted
+    rows = [
+        {"prompt": p, "positive": list(pos), "negative": neg[0]}
+        for p, pos, neg in zip(prompts.clean, prompts.positive, prompts.negative or (), strict=True)
+    ]
+    path = tmp_path / "behaviour.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [
+        "circuits",
+        "--series",
+        *(str(c.path) for c in series),
+        "--metric",
+        "planted",
+        "--prompts",
+        str(path),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "c"), "--batch-size", "8"]) == 0
+    assert "L1.H2" in capsys.readouterr().out
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main([*argv, "--out", str(tmp_path / "other")]) == 2
+    assert "not empty and not a circuits run" in capsys.readouterr().err
