@@ -54,6 +54,7 @@ from .patching import (
     components,
     direct_logit_attribution,
     patched_logits,
+    residual_components,
     run_terms,
 )
 from .series import Checkpoint, ModelSeries
@@ -140,7 +141,7 @@ class CircuitsResult:
 
     def _step(self, label: str) -> dict[str, Any]:
         cfg = self.config
-        rows = self.cross[self.cross["label"] == label]
+        rows = self.cross[(self.cross["label"] == label) & (self.cross["kind"] != "resid")]
         to_base = rows[rows["direction"] == "to_base"].sort_values("recovery", ascending=False)
         to_ckpt = rows[rows["direction"] == "to_checkpoint"].sort_values("recovery", ascending=False)
         metric = self.metric.set_index("label")
@@ -181,7 +182,7 @@ class CircuitsResult:
         the total |direct logit attribution|."""
         within = self.within[self.within["label"] == "base"] if len(self.within) else self.within
         if len(within):
-            share = within.set_index("component")["recovery"].abs()
+            share = within[within["kind"] != "resid"].set_index("component")["recovery"].abs()
         else:
             dla = self.dla[self.dla["label"] == "base"].set_index("component")["dla"].abs()
             share = dla / max(float(dla.sum()), 1e-12)
@@ -298,20 +299,21 @@ def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.D
     frames["dla"] = _dla(ctx, model, within_comps).assign(**meta)
     agreement = []
     if ctx.prompts.corrupted is not None:
-        patched = _patch_setting(ctx, model, model, within_comps, "within")
-        frames["within"] = _component_frame(within_comps, patched, ctx.n_exact).assign(**meta)
-        agreement.append({**meta, "setting": "within", **_agreement(patched, ctx.n_exact)})
+        comps = within_comps + residual_components(model)
+        patched = _patch_setting(ctx, model, model, comps, "within")
+        frames["within"] = _component_frame(comps, patched, ctx.n_exact).assign(**meta)
+        agreement.append({**meta, "setting": "within", **_agreement(patched, comps, ctx.n_exact)})
     if checkpoint.label != ctx.series.base.label:
         cross_comps = components(model)
+        comps = cross_comps + residual_components(model)
         parts = []
         for direction, receiver, donor in (("to_base", base, model), ("to_checkpoint", model, base)):
-            patched = _patch_setting(ctx, receiver, donor, cross_comps, "cross")
-            parts.append(
-                _component_frame(cross_comps, patched, ctx.n_exact).assign(direction=direction, **meta)
-            )
-            agreement.append({**meta, "setting": direction, **_agreement(patched, ctx.n_exact)})
+            patched = _patch_setting(ctx, receiver, donor, comps, "cross")
+            parts.append(_component_frame(comps, patched, ctx.n_exact).assign(direction=direction, **meta))
+            agreement.append({**meta, "setting": direction, **_agreement(patched, comps, ctx.n_exact)})
         frames["cross"] = pd.concat(parts, ignore_index=True)
-        order = parts[0].sort_values("recovery", ascending=False)["component"].tolist()
+        ranked = parts[0][parts[0]["kind"] != "resid"].sort_values("recovery", ascending=False)
+        order = ranked["component"].tolist()
         frames["concentration"] = _concentration(ctx, base, model, cross_comps, order).assign(**meta)
         frames["attention"] = _attention_change(ctx, base, model).assign(**meta)
     if agreement:
@@ -364,7 +366,7 @@ def _patch_setting(
     for idx in ctx.batches():
         batch = ctx.device(ctx.prompts.batch(idx))
         receiver_batch = ctx.device(ctx.prompts.batch(idx, corrupted=True)) if setting == "within" else batch
-        donor_terms = run_terms(donor, batch.tokens)
+        donor_terms = run_terms(donor, batch.tokens, batch.lengths)
         tokens = receiver_batch.tokens
         # The clean prompts' targets score every run, corrupted ones included.
         metric = partial(ctx.metric, batch=batch)
@@ -402,11 +404,13 @@ def _component_frame(comps: tuple[Component, ...], patched: _Patched, n_exact: i
     )
 
 
-def _agreement(patched: _Patched, n_exact: int) -> dict[str, float]:
-    """Rank and linear correlation, over components, of mean attribution and mean exact
-    effect on the same (exact) prompts."""
-    a = pd.Series(patched.attribution[:n_exact].mean(0).numpy())
-    e = pd.Series(patched.exact.mean(0).numpy())
+def _agreement(patched: _Patched, comps: tuple[Component, ...], n_exact: int) -> dict[str, float]:
+    """Rank and linear correlation, over the additive components (residual sites left
+    out: they are sums of the others), of mean attribution and mean exact effect on the
+    same (exact) prompts."""
+    keep = [i for i, c in enumerate(comps) if c.kind != "resid"]
+    a = pd.Series(patched.attribution[:n_exact, keep].mean(0).numpy())
+    e = pd.Series(patched.exact[:, keep].mean(0).numpy())
     exact = patched.exact
     return {
         "spearman": float(a.rank().corr(e.rank())),
@@ -433,7 +437,7 @@ def _concentration(
         patched, base_values, donor_values = [], [], []
         for idx in ctx.batches(exact_only=True):
             batch = ctx.device(ctx.prompts.batch(idx))
-            terms = run_terms(model, batch.tokens)
+            terms = run_terms(model, batch.tokens, batch.lengths)
             patched.append(ctx.score(patched_logits(base, batch.tokens, terms, chosen), batch))
             base_values.append(ctx.score(base(batch.tokens), batch))
             donor_values.append(ctx.score(terms.logits, batch))

@@ -48,7 +48,8 @@ def component_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
 def circuits_figures(result: CircuitsResult) -> list[go.Figure]:
     """Sufficiency and necessity (cross-model patching), attribution-patching estimate of
     sufficiency, direct logit attribution, and attention-pattern change."""
-    cross = result.cross
+    cross = result.cross[result.cross["kind"] != "resid"]
+    resid = result.cross[result.cross["kind"] == "resid"]
     figures = [
         component_heatmap(
             cross[cross["direction"] == "to_base"],
@@ -64,6 +65,11 @@ def circuits_figures(result: CircuitsResult) -> list[go.Figure]:
             cross[cross["direction"] == "to_base"],
             "attribution_recovery",
             "Attribution patching estimate of checkpoint -> base recovery",
+        ),
+        component_heatmap(
+            resid[resid["direction"] == "to_base"],
+            "recovery",
+            "Checkpoint -> base residual-stream patching (per layer; @last: answer position only)",
         ),
         component_heatmap(result.dla, "dla", "Direct logit attribution to the metric (step 0 = base)"),
     ]

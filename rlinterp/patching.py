@@ -9,6 +9,11 @@ A *component* is anything that writes an additive term into the residual stream:
 - ``L{l}.mlp``: the MLP of block ``l`` (``hook_mlp_out``);
 - ``unembed``: the readout (final norm and unembedding) applied to the residual stream.
 
+``residual_components`` adds the residual stream itself as a patch site: ``resid.L{l}``
+is the stream entering block ``l`` (``l = n_layers``: entering the final norm), at every
+position or, with ``@last``, only at each prompt's last real token. These overlap the
+additive components (the stream is their sum), so summaries keep them apart.
+
 A *patch* runs the receiver model on its tokens and replaces chosen components' terms by a
 donor run's terms. The donor can be another model of the series on the same tokens
 (cross-model patching) or the same model on other tokens (clean/corrupted patching).
@@ -35,7 +40,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .errors import RlinterpError
 
-Kind = Literal["embed", "head", "attn_bias", "mlp", "unembed"]
+Kind = Literal["embed", "head", "attn_bias", "mlp", "unembed", "resid"]
 EMBED = "blocks.0.hook_resid_pre"
 FINAL = "ln_final.hook_in"
 LOGITS = "unembed.hook_out"
@@ -47,10 +52,13 @@ class Component:
     """One additive writer into the residual stream (see the module docstring)."""
 
     name: str
-    """``embed``, ``L{l}.H{h}``, ``L{l}.attn_bias``, ``L{l}.mlp`` or ``unembed``."""
+    """``embed``, ``L{l}.H{h}``, ``L{l}.attn_bias``, ``L{l}.mlp``, ``unembed``, or a residual
+    site ``resid.L{l}`` / ``resid.L{l}@last``."""
     kind: Kind
     layer: int | None = None
     head: int | None = None
+    last_only: bool = False
+    """For ``resid``: patch only each prompt's last real token."""
 
 
 def components(model: TransformerBridge, cross_model: bool = True) -> tuple[Component, ...]:
@@ -68,11 +76,22 @@ def components(model: TransformerBridge, cross_model: bool = True) -> tuple[Comp
     return tuple(found)
 
 
+def residual_components(model: TransformerBridge) -> tuple[Component, ...]:
+    """The residual stream entering blocks 1.. and the final norm, at all positions and at
+    the last token."""
+    layers = range(1, model.cfg.n_layers + 1)
+    return tuple(
+        Component(f"resid.L{layer}{'@last' if last else ''}", "resid", layer, last_only=last)
+        for last in (False, True)
+        for layer in layers
+    )
+
+
 def resolve(
     model: TransformerBridge, names: Sequence[str], cross_model: bool = True
 ) -> tuple[Component, ...]:
     """The named components, or an error naming the first unknown one."""
-    known = {c.name: c for c in components(model, cross_model)}
+    known = {c.name: c for c in (*components(model, cross_model), *residual_components(model))}
     for name in names:
         if name not in known:
             shown = ", ".join(list(known)[:6])
@@ -92,6 +111,10 @@ class Terms:
     final: Float[Tensor, "batch pos d_model"]
     """The residual stream entering the final norm."""
     logits: Float[Tensor, "batch pos vocab"]
+    resid: list[Float[Tensor, "batch pos d_model"]]
+    """The residual stream entering each block, then the final norm (``n_layers + 1``)."""
+    last: Int[Tensor, " batch"]
+    """Each row's last real position."""
 
     def term(self, c: Component) -> Tensor:
         """The component's term (for ``unembed``: the logits)."""
@@ -107,6 +130,10 @@ class Terms:
         if c.kind == "mlp":
             assert c.layer is not None
             return self.mlp[c.layer]
+        if c.kind == "resid":
+            assert c.layer is not None
+            value = self.resid[c.layer]
+            return value * _last_mask(value, self.last) if c.last_only else value
         return self.logits
 
     def readout(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos vocab"]:
@@ -121,18 +148,32 @@ def head_terms(
     return torch.einsum("bphd,hdm->bphm", z, model.blocks[layer].attn.W_O)
 
 
+def _last_mask(value: Tensor, last: Tensor) -> Tensor:
+    """1 at each row's last real position, 0 elsewhere, broadcastable to ``value``."""
+    positions = torch.arange(value.shape[1], device=value.device)
+    return (positions.unsqueeze(0) == last.to(value.device).unsqueeze(1)).to(value.dtype).unsqueeze(-1)
+
+
+def _resid_site(model: TransformerBridge, layer: int) -> str:
+    return FINAL if layer == model.cfg.n_layers else f"blocks.{layer}.hook_resid_pre"
+
+
 def _names(model: TransformerBridge) -> list[str]:
     names = [EMBED, FINAL, LOGITS]
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", _resid_site(model, layer)]
     return names
 
 
 @torch.no_grad()
-def run_terms(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Terms:
-    """Run ``model`` on ``tokens`` and record every component's term."""
+def run_terms(
+    model: TransformerBridge, tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch"] | None = None
+) -> Terms:
+    """Run ``model`` on ``tokens`` (rows of real length ``lengths``, default: all of it) and
+    record every component's term."""
     logits, cache = model.run_with_cache(tokens, names_filter=_names(model))
     n = model.cfg.n_layers
+    lengths = torch.full((tokens.shape[0],), tokens.shape[1]) if lengths is None else lengths
     return Terms(
         model=model,
         embed=cache[EMBED],
@@ -141,6 +182,8 @@ def run_terms(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Ter
         mlp=[cache[f"blocks.{layer}.hook_mlp_out"] for layer in range(n)],
         final=cache[FINAL],
         logits=logits,
+        resid=[cache[_resid_site(model, layer)] for layer in range(n + 1)],
+        last=lengths - 1,
     )
 
 
@@ -155,6 +198,9 @@ def patch_hooks(receiver: TransformerBridge, donor: Terms, patch: Sequence[Compo
     kinds = {c.kind for c in patch}
     if "embed" in kinds:
         hooks.append((EMBED, _replace(donor.embed)))
+    for c in patch:
+        if c.kind == "resid" and c.layer is not None:
+            hooks.append((_resid_site(receiver, c.layer), _replace_resid(donor, c)))
     for layer in range(receiver.cfg.n_layers):
         heads = [c.head for c in patch if c.kind == "head" and c.layer == layer]
         bias = any(c.kind == "attn_bias" and c.layer == layer for c in patch)
@@ -178,6 +224,15 @@ def _replace(value: Tensor) -> Callable[[Tensor, HookPoint], Tensor]:
     def hook(x: Tensor, hook: HookPoint) -> Tensor:
         del hook
         return value.to(x.dtype)
+
+    return hook
+
+
+def _replace_resid(donor: Terms, c: Component) -> Callable[[Tensor, HookPoint], Tensor]:
+    def hook(x: Tensor, hook: HookPoint) -> Tensor:
+        del hook
+        value = donor.term(c).to(x.dtype)
+        return x + (value - x) * _last_mask(x, donor.last) if c.last_only else value
 
     return hook
 
@@ -239,7 +294,7 @@ def attribution(
 ) -> Float[Tensor, "batch component"]:
     """Attribution patching: per prompt and component, the gradient of ``metric`` at the
     receiver's run dotted with ``donor``'s term minus the receiver's (one backward pass)."""
-    grads, own = _gradients(receiver, tokens, metric)
+    grads, own = _gradients(receiver, tokens, metric, donor.last)
     columns = []
     for c in comps:
         if c.kind == "head":
@@ -252,6 +307,9 @@ def attribution(
         elif c.kind == "unembed":
             delta = donor.readout(own.final) - own.logits
             g = grads["logits"]
+        elif c.kind == "resid":
+            delta = donor.term(c) - own.term(c)
+            g = grads["embed" if c.layer == 0 else f"resid{c.layer}"]
         else:
             delta = donor.term(c) - own.term(c)
             g = grads["embed" if c.kind == "embed" else f"mlp{c.layer}"]
@@ -260,7 +318,7 @@ def attribution(
 
 
 def _gradients(
-    model: TransformerBridge, tokens: Tensor, metric: MetricOnLogits
+    model: TransformerBridge, tokens: Tensor, metric: MetricOnLogits, last: Tensor
 ) -> tuple[dict[str, Tensor], Terms]:
     """Gradients of ``metric.sum()`` with respect to every component's output site, and
     the run's terms. Only activations are differentiated (no weight gradients)."""
@@ -286,29 +344,34 @@ def _gradients(
 
         return hook
 
-    hooks: list[Hook] = [(EMBED, root), (FINAL, keep("final"))]
-    for layer in range(model.cfg.n_layers):
+    n = model.cfg.n_layers
+    hooks: list[Hook] = [(EMBED, root), (FINAL, keep(f"resid{n}"))]
+    for layer in range(n):
         hooks += [
             (f"blocks.{layer}.attn.hook_z", keep_z(layer)),
             (f"blocks.{layer}.hook_attn_out", keep(f"attn{layer}")),
             (f"blocks.{layer}.hook_mlp_out", keep(f"mlp{layer}")),
         ]
+        if layer > 0:
+            hooks.append((f"blocks.{layer}.hook_resid_pre", keep(f"resid{layer}")))
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        sites["logits"] = logits
         values = metric(logits)
-        keys = ["embed", *(f"{s}{i}" for i in range(model.cfg.n_layers) for s in ("attn", "mlp"))]
-        grads = torch.autograd.grad(values.sum(), [sites[k] for k in keys] + [logits], allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(sites[k])) for k, g in zip(keys, grads, strict=False)}
-    out["logits"] = grads[-1] if grads[-1] is not None else torch.zeros_like(logits)
-    n = model.cfg.n_layers
+        keys = list(sites)
+        grads = torch.autograd.grad(values.sum(), [sites[k] for k in keys], allow_unused=True)
+    out = {k: (g if g is not None else torch.zeros_like(sites[k])) for k, g in zip(keys, grads, strict=True)}
+    resid = [sites["embed"], *(sites[f"resid{layer}"] for layer in range(1, n + 1))]
     own = Terms(
         model=model,
         embed=sites["embed"].detach(),
         heads=[head_terms(model, layer, z[layer]).detach() for layer in range(n)],
         attn_bias=[_bias(model, layer) for layer in range(n)],
         mlp=[sites[f"mlp{layer}"].detach() for layer in range(n)],
-        final=sites["final"].detach(),
+        final=sites[f"resid{n}"].detach(),
         logits=logits.detach(),
+        resid=[r.detach() for r in resid],
+        last=last,
     )
     return out, own
 

@@ -52,6 +52,22 @@ def test_patching_every_component_reproduces_the_donor_exactly(tmp_path, arch):
     assert torch.equal(P.patched_logits(base, tokens, donor, []), own.logits)
     # Patching a model into itself on the same tokens changes nothing.
     assert torch.allclose(P.patched_logits(base, tokens, own, comps), own.logits, atol=1e-5)
+    # The residual stream entering the final norm carries everything but the readout.
+    (final,) = P.resolve(base, [f"resid.L{base.cfg.n_layers}"])
+    expected = base.unembed(base.ln_final(donor.final))
+    assert torch.allclose(P.patched_logits(base, tokens, donor, [final]), expected, atol=1e-5)
+
+
+def test_residual_patching_at_the_last_token_leaves_earlier_positions_alone(tmp_path):
+    base = load_bridge(_random_model("gpt2", 0, tmp_path / "base"))
+    post = load_bridge(_random_model("gpt2", 1, tmp_path / "post"))
+    tokens = torch.randint(4, 48, (2, 8))
+    lengths = torch.tensor([8, 5])  # row 1 is right-padded after position 4
+    donor, own = P.run_terms(post, tokens, lengths), P.run_terms(base, tokens, lengths)
+    (site,) = P.resolve(base, ["resid.L1@last"])
+    patched = P.patched_logits(base, tokens, donor, [site])
+    assert torch.equal(patched[0, :7], own.logits[0, :7]) and torch.equal(patched[1, :4], own.logits[1, :4])
+    assert not torch.allclose(patched[1, 4], own.logits[1, 4])
 
 
 def test_attribution_is_the_first_order_term_of_exact_patching(tmp_path):
@@ -150,10 +166,13 @@ def test_planted_head_change_is_found_by_cross_model_patching(planted, tmp_path)
     )
     to_base = result.cross[result.cross["direction"] == "to_base"].set_index("component")
     assert to_base.loc["L1.H2", "recovery"] >= 0.9
-    others = to_base.drop(index="L1.H2")["recovery"]
+    others = to_base[to_base["kind"] != "resid"].drop(index="L1.H2")["recovery"]
     assert others.abs().max() <= 0.1, others.sort_values().tail(3)
     to_ckpt = result.cross[result.cross["direction"] == "to_checkpoint"].set_index("component")
     assert to_ckpt.loc["L1.H2", "recovery"] >= 0.9  # necessary as well
+    # The stream entering block 1 predates the head; the one after block 1 carries it.
+    assert abs(to_base.loc["resid.L1", "recovery"]) < 1e-6
+    assert to_base.loc["resid.L2", "recovery"] == pytest.approx(1.0, abs=1e-4)
     step = result.steps()[0]
     assert step["carriers"] == ["L1.H2"] and step["joint_recovery"] >= 0.9
     assert step["verdict"] in ("enhanced", "new")
@@ -203,9 +222,9 @@ def test_results_do_not_depend_on_the_batch_size(planted, monkeypatch):
     seen: list[int] = []
     run_terms = P.run_terms
 
-    def spy(model, tokens):
+    def spy(model, tokens, lengths=None):
         seen.append(tokens.shape[0])
-        return run_terms(model, tokens)
+        return run_terms(model, tokens, lengths)
 
     monkeypatch.setattr("rlinterp.circuits.run_terms", spy)
     small = run_circuits(series, metric, corrupted, None, CircuitsConfig(batch_size=5, exact_prompts=10))
