@@ -108,7 +108,10 @@ SUMMARY_SCHEMA = {
     "steps[].overlap": "share of carriers in base_used",
     "steps[].chance_overlap": "overlap expected of random carriers: len(base_used) / n_components",
     "steps[].verdict": "'enhanced', 'new' or 'no change' (see the circuits module docstring)",
-    "agreement": "Spearman rank correlation of attribution vs exact patching per (label, setting)",
+    "timeline": "first RL step with each verdict ('enhanced', 'new'); null if none",
+    "agreement": "attribution vs exact patching per (label, setting): Spearman and Pearson over "
+    "components, and top3_overlap, the share of the 3 largest |exact| effects among the 3 largest "
+    "|attribution| estimates",
 }
 
 
@@ -145,7 +148,8 @@ class CircuitsResult:
         to_base = rows[rows["direction"] == "to_base"].sort_values("recovery", ascending=False)
         to_ckpt = rows[rows["direction"] == "to_checkpoint"].sort_values("recovery", ascending=False)
         metric = self.metric.set_index("label")
-        change = float(metric.loc[label, "metric_exact"] - metric.loc["base", "metric_exact"])
+        base = self.base_label
+        change = float(metric.loc[label, "metric_exact"] - metric.loc[base, "metric_exact"])
         curve = self.concentration[self.concentration["label"] == label].sort_values("k")
         reached = curve[curve["recovery"] >= cfg.coverage]
         k = int(reached["k"].iloc[0]) if len(reached) else len(curve)
@@ -163,7 +167,7 @@ class CircuitsResult:
         return {
             "label": label,
             "step": int(rows["step"].iloc[0]),
-            "metric_base": float(metric.loc["base", "metric_exact"]),
+            "metric_base": float(metric.loc[base, "metric_exact"]),
             "metric_checkpoint": float(metric.loc[label, "metric_exact"]),
             "change": change,
             "top_sufficiency": _top(to_base, cfg.top_k),
@@ -176,25 +180,35 @@ class CircuitsResult:
             "verdict": verdict,
         }
 
+    @property
+    def base_label(self) -> str:
+        """Label of the base model (the first row of every table)."""
+        return str(self.metric["label"].iloc[0])
+
     def base_usage(self) -> pd.Series:
         """Per component, its share of the base's behaviour, largest first: |recovery| of
         within-base clean -> corrupted patching, or without corrupted prompts its share of
         the total |direct logit attribution|."""
-        within = self.within[self.within["label"] == "base"] if len(self.within) else self.within
+        within = self.within[self.within["label"] == self.base_label] if len(self.within) else self.within
         if len(within):
             share = within[within["kind"] != "resid"].set_index("component")["recovery"].abs()
         else:
-            dla = self.dla[self.dla["label"] == "base"].set_index("component")["dla"].abs()
+            dla = self.dla[self.dla["label"] == self.base_label].set_index("component")["dla"].abs()
             share = dla / max(float(dla.sum()), 1e-12)
         return share.sort_values(ascending=False)
 
     def summary(self) -> dict[str, Any]:
         agreement = self.agreement.to_dict(orient="records")
+        steps = self.steps()
         return {
             "schema": SUMMARY_SCHEMA,
             "metric": {"name": self.metric_name, "description": self.metric_description},
             "config": asdict(self.config),
-            "steps": self.steps(),
+            "steps": steps,
+            "timeline": {
+                verdict: next((s["step"] for s in steps if s["verdict"] == verdict), None)
+                for verdict in ("enhanced", "new")
+            },
             "agreement": agreement,
         }
 
@@ -412,9 +426,12 @@ def _agreement(patched: _Patched, comps: tuple[Component, ...], n_exact: int) ->
     a = pd.Series(patched.attribution[:n_exact, keep].mean(0).numpy())
     e = pd.Series(patched.exact[:, keep].mean(0).numpy())
     exact = patched.exact
+    k = min(3, len(keep))
+    top = len(set(a.abs().nlargest(k).index) & set(e.abs().nlargest(k).index)) / max(k, 1)
     return {
         "spearman": float(a.rank().corr(e.rank())),
         "pearson": float(a.corr(e)),
+        "top3_overlap": top,
         "n_components": len(a),
         "n_prompts": int(exact.shape[0]),
     }

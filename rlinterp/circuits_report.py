@@ -123,7 +123,7 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
     tops = _table(steps, ["label", "step", "top_sufficiency", "top_necessity"])
     agreement = _table(
         result.agreement.to_dict(orient="records"),
-        ["label", "step", "setting", "spearman", "pearson", "n_prompts"],
+        ["label", "step", "setting", "spearman", "pearson", "top3_overlap", "n_prompts"],
     )
     attention = result.attention.sort_values("tv_last", ascending=False).groupby("label", sort=False).head(3)
     attention_rows = _table(

@@ -396,7 +396,7 @@ def direct_logit_attribution(
     columns = []
     for c in comps:
         if c.kind == "unembed":
-            columns.append(torch.zeros(tokens.shape[0]))
+            columns.append(g.new_zeros(tokens.shape[0]))
             continue
         term = terms.term(c)
         columns.append((g * term.expand_as(g)).flatten(1).sum(1))
