@@ -342,3 +342,20 @@ def test_circuits_cli_with_a_prompt_file(capsys, planted, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main([*argv, "--out", str(tmp_path / "other")]) == 2
     assert "not empty and not a circuits run" in capsys.readouterr().err
+
+
+def test_behaviour_prompt_files_are_validated(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text(
+        '{"prompt": "ab", "positive": "a", "negative": ["b", "c"]}\n{"prompt": "cd", "positive": "c"}\n'
+    )
+    with pytest.raises(RlinterpError, match="give 'negative' on every row or on none"):
+        BehaviourPrompts.from_jsonl(path)
+    path.write_text('{"prompt": "ab"}\n')
+    with pytest.raises(RlinterpError, match=r"b.jsonl:1 needs a 'prompt' string and 'positive'"):
+        BehaviourPrompts.from_jsonl(path)
+    path.write_text('{"prompt": "ab", "positive": "a", "negative": ["b", "c"], "corrupted": "cd"}\n')
+    loaded = BehaviourPrompts.from_jsonl(path)
+    assert loaded == BehaviourPrompts(
+        clean=("ab",), positive=(("a",),), negative=(("b", "c"),), corrupted=("cd",)
+    )
