@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from .circuits import CircuitsResult
 
 
-def component_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
-    """``value`` per component (rows, forward order) and RL step (columns)."""
+def component_heatmap(
+    frame: pd.DataFrame, value: str, title: str, clip: float | None = None, signed: bool = True
+) -> go.Figure:
+    """``value`` per component (rows, forward order) and RL step (columns); with ``clip``
+    the colour scale saturates at +-clip (a step whose metric barely moved has huge
+    recovery ratios that would wash out every other step)."""
     order = list(dict.fromkeys(frame["component"]))
     pivot = frame.pivot_table(index="component", columns="step", values=value, aggfunc="first")
     pivot = pivot.reindex([c for c in order if c in pivot.index])
@@ -31,8 +35,10 @@ def component_heatmap(frame: pd.DataFrame, value: str, title: str) -> go.Figure:
             z=pivot.to_numpy(),
             x=[str(s) for s in pivot.columns],
             y=list(pivot.index),
-            colorscale="RdBu",
-            zmid=0,
+            colorscale="RdBu" if signed else "Viridis",
+            zmid=0 if signed else None,
+            zmin=None if clip is None else -clip,
+            zmax=clip,
             colorbar={"title": value},
         )
     )
@@ -55,31 +61,39 @@ def circuits_figures(result: CircuitsResult) -> list[go.Figure]:
             cross[cross["direction"] == "to_base"],
             "recovery",
             "Checkpoint -> base patching: fraction of the metric change recovered",
+            clip=1.0,
         ),
         component_heatmap(
             cross[cross["direction"] == "to_checkpoint"],
             "recovery",
             "Base -> checkpoint patching: fraction of the change lost",
+            clip=1.0,
         ),
         component_heatmap(
             cross[cross["direction"] == "to_base"],
             "attribution_recovery",
             "Attribution patching estimate of checkpoint -> base recovery",
+            clip=1.0,
         ),
         component_heatmap(
             resid[resid["direction"] == "to_base"],
             "recovery",
             "Checkpoint -> base residual-stream patching (per layer; @last: answer position only)",
+            clip=1.0,
         ),
         component_heatmap(result.dla, "dla", "Direct logit attribution to the metric (step 0 = base)"),
     ]
     if len(result.within):
         figures.append(
-            component_heatmap(result.within, "recovery", "Within-model patching: clean -> corrupted recovery")
+            component_heatmap(
+                result.within, "recovery", "Within-model patching: clean -> corrupted recovery", clip=1.0
+            )
         )
     if len(result.attention):
         figures.append(
-            component_heatmap(result.attention, "tv_mean", "Attention-pattern change (mean total variation)")
+            component_heatmap(
+                result.attention, "tv_mean", "Attention-pattern change (mean total variation)", signed=False
+            )
         )
     return figures
 
