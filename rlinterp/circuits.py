@@ -23,7 +23,8 @@ base already used for the behaviour (those carrying at least ``used_share`` of i
 within-base patching, or of its direct logit attribution without corrupted prompts; see
 ``CircuitsResult.base_usage``). ``enhanced`` when
 at least ``enhanced_overlap`` of the carriers were already used, else ``new``;
-``no change`` when the metric moved less than ``min_change``.
+``no change`` when the metric moved less than ``min_change``; ``unclear`` when single
+components move the metric both ways far more than it moved in total (``cancellation``).
 
 Memory is bounded by one batch of activations: prompts are processed ``batch_size`` at a
 time and only per-prompt, per-component scalars are kept.
@@ -83,6 +84,10 @@ class CircuitsConfig:
     base's behaviour (see ``CircuitsResult.base_usage``) is at least this."""
     min_change: float = 0.05
     """Smallest |metric change| (metric units) that gets a verdict."""
+    max_cancellation: float = 5.0
+    """Largest ``cancellation`` (sum of |single-component effects| over |change|) that gets
+    a verdict: beyond it components push the metric both ways far more than it moved, the
+    ratios are unstable, and the verdict is ``unclear``."""
     top_k: int = 5
     """Components listed per step in the summary and report."""
 
@@ -107,7 +112,8 @@ SUMMARY_SCHEMA = {
     "steps[].base_used": "components whose share of the base's behaviour is at least `used_share`",
     "steps[].overlap": "share of carriers in base_used",
     "steps[].chance_overlap": "overlap expected of random carriers: len(base_used) / n_components",
-    "steps[].verdict": "'enhanced', 'new' or 'no change' (see the circuits module docstring)",
+    "steps[].cancellation": "sum of |single-component checkpoint->base effects| / |change| (1: additive)",
+    "steps[].verdict": "'enhanced', 'new', 'unclear' (cancellation > max_cancellation) or 'no change'",
     "timeline": "first RL step with each verdict ('enhanced', 'new'); null if none",
     "agreement": "attribution vs exact patching per (label, setting): Spearman and Pearson over "
     "components, and top3_overlap, the share of the 3 largest |exact| effects among the 3 largest "
@@ -157,13 +163,13 @@ class CircuitsResult:
         usage = self.base_usage()
         used = usage[usage >= cfg.used_share].index.tolist()
         overlap = len(set(carriers) & set(used)) / max(len(carriers), 1)
-        verdict = (
-            "no change"
-            if abs(change) < cfg.min_change
-            else "enhanced"
-            if overlap >= cfg.enhanced_overlap
-            else "new"
-        )
+        cancellation = float(to_base["exact"].abs().sum()) / max(abs(change), 1e-12)
+        if abs(change) < cfg.min_change:
+            verdict = "no change"
+        elif cancellation > cfg.max_cancellation:
+            verdict = "unclear"
+        else:
+            verdict = "enhanced" if overlap >= cfg.enhanced_overlap else "new"
         return {
             "label": label,
             "step": int(rows["step"].iloc[0]),
@@ -177,6 +183,7 @@ class CircuitsResult:
             "base_used": used,
             "overlap": overlap,
             "chance_overlap": len(used) / max(len(to_base), 1),
+            "cancellation": cancellation,
             "verdict": verdict,
         }
 

@@ -131,6 +131,7 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
             "base_used",
             "overlap",
             "chance_overlap",
+            "cancellation",
             "verdict",
         ],
     )
@@ -140,6 +141,7 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
         ["label", "step", "setting", "spearman", "pearson", "top3_overlap", "n_prompts"],
     )
     attention = result.attention.sort_values("tv_last", ascending=False).groupby("label", sort=False).head(3)
+    attention = attention.assign(gained_token=attention["gained_token"].map(repr))  # show spaces
     attention_rows = _table(
         attention.to_dict(orient="records"),
         ["label", "step", "component", "tv_mean", "tv_last", "gained_token"],

@@ -359,3 +359,39 @@ def test_behaviour_prompt_files_are_validated(tmp_path):
     assert loaded == BehaviourPrompts(
         clean=("ab",), positive=(("a",),), negative=(("b", "c"),), corrupted=("cd",)
     )
+
+
+def _synthetic_result(exact_a: float, exact_b: float, change: float, dla_a: float) -> CircuitsResult:
+    """Two components a and b; the checkpoint moved the metric by ``change``."""
+    import pandas as pd
+
+    cross = pd.DataFrame(
+        {
+            "label": "step-1",
+            "step": 1,
+            "direction": ["to_base", "to_base", "to_checkpoint", "to_checkpoint"],
+            "component": ["a", "b", "a", "b"],
+            "kind": "head",
+            "exact": [exact_a, exact_b, -exact_a, -exact_b],
+            "recovery": [exact_a / change, exact_b / change, exact_a / change, exact_b / change],
+        }
+    )
+    return CircuitsResult(
+        metric=pd.DataFrame({"label": ["base", "step-1"], "step": [0, 1], "metric_exact": [0.0, change]}),
+        within=pd.DataFrame(),
+        dla=pd.DataFrame({"label": "base", "step": 0, "component": ["a", "b"], "dla": [dla_a, 1.0 - dla_a]}),
+        cross=cross,
+        agreement=pd.DataFrame(),
+        concentration=pd.DataFrame({"label": "step-1", "step": 1, "k": [1], "recovery": [exact_a / change]}),
+        attention=pd.DataFrame(),
+    )
+
+
+def test_verdicts_follow_their_definitions():
+    # a carries the change; the base wrote the behaviour through a (enhanced) or b (new).
+    assert _synthetic_result(0.95, 0.05, 1.0, dla_a=0.9).steps()[0]["verdict"] == "enhanced"
+    step = _synthetic_result(0.95, 0.05, 1.0, dla_a=0.05).steps()[0]
+    assert step["verdict"] == "new" and step["carriers"] == ["a"] and step["base_used"] == ["b"]
+    assert _synthetic_result(0.95, 0.05, 0.01, dla_a=0.9).steps()[0]["verdict"] == "no change"
+    unclear = _synthetic_result(4.0, -3.0, 1.0, dla_a=0.9).steps()[0]
+    assert unclear["verdict"] == "unclear" and unclear["cancellation"] == pytest.approx(7.0)
