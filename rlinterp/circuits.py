@@ -18,13 +18,14 @@ behaviour metric (``metrics``) and every model of the series it measures, per co
 - **attention-pattern change** of every head (total variation between base and checkpoint
   patterns; the key token a head gained most at the answer position).
 
-The verdict per checkpoint: the carriers (that fewest set) compared with the components the
-base already used for the behaviour (those carrying at least ``used_share`` of it by
-within-base patching, or of its direct logit attribution without corrupted prompts; see
-``CircuitsResult.base_usage``). ``enhanced`` when
-at least ``enhanced_overlap`` of the carriers were already used, else ``new``;
-``no change`` when the metric moved less than ``min_change``; ``unclear`` when single
-components move the metric both ways far more than it moved in total (``cancellation``).
+The verdict per checkpoint compares the carriers (that fewest set) with the components the
+base already used for the behaviour: those carrying at least ``used_share`` of it by
+within-base patching, or of its direct logit attribution without corrupted prompts (see
+``CircuitsResult.base_usage``). ``enhanced`` when at least ``enhanced_overlap`` of the
+carriers were already used, else ``new``; ``no change`` when the metric moved less than
+``min_change``; ``unclear`` when single components move the metric both ways far more
+than it moved in total (``cancellation``). Residual-stream sites are measured but never
+carriers: they are sums of the components.
 
 Memory is bounded by one batch of activations: prompts are processed ``batch_size`` at a
 time and only per-prompt, per-component scalars are kept.
@@ -32,6 +33,7 @@ time and only per-prompt, per-component scalars are kept.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -222,8 +224,6 @@ class CircuitsResult:
     @classmethod
     def load(cls, root: str | Path) -> CircuitsResult:
         """Read a finished ``run_circuits`` output directory."""
-        import json
-
         root = Path(root)
         manifest = root / "manifest.json"
         if not manifest.is_file():
@@ -526,8 +526,6 @@ def _attention_change(ctx: _Context, base: TransformerBridge, model: Transformer
 
 def _prepare_out(out: Path) -> None:
     """``out`` must be absent, empty, or an earlier circuits run (which is replaced)."""
-    import json
-
     if out.exists() and not out.is_dir():
         raise RlinterpError(f"{out} is a file; give a directory for the circuits output")
     if out.is_dir() and any(out.iterdir()):

@@ -86,7 +86,7 @@ class BehaviourMetric:
         if self.function is not None:
             values = self.function(logits, batch)
         else:
-            last = self.last_logits_fn(logits, batch)
+            last = batch.last_logits(logits).float()
             if self.kind == "logprob":
                 values = _select_logsumexp(last.log_softmax(-1), batch.positive)
             else:
@@ -99,10 +99,6 @@ class BehaviourMetric:
                 f"prompt, shape {expected}"
             )
         return values
-
-    @staticmethod
-    def last_logits_fn(logits: Float[Tensor, "batch pos vocab"], batch: MetricBatch) -> Tensor:
-        return batch.last_logits(logits).float()
 
 
 def _select_logsumexp(values: Float[Tensor, "batch vocab"], ids: Int[Tensor, "batch k"]) -> Tensor:
