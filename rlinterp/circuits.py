@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -48,6 +47,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from .artifacts import environment_versions, write_json, write_parquet
+from .attention_change import attention_change
 from .errors import RlinterpError
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
 from .patching import (
@@ -336,7 +336,8 @@ def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.D
         ranked = parts[0][parts[0]["kind"] != "resid"].sort_values("recovery", ascending=False)
         order = ranked["component"].tolist()
         frames["concentration"] = _concentration(ctx, base, model, cross_comps, order).assign(**meta)
-        frames["attention"] = _attention_change(ctx, base, model).assign(**meta)
+        batches = (ctx.device(ctx.prompts.batch(idx)) for idx in ctx.batches())
+        frames["attention"] = attention_change(base, model, batches, ctx.series.tokenizer()).assign(**meta)
     if agreement:
         frames["agreement"] = pd.DataFrame(agreement)
     return frames
@@ -471,54 +472,6 @@ def _concentration(
         if abs(gap) <= 1e-12 or recovered / gap >= ctx.config.coverage:
             break
     return pd.DataFrame(rows)
-
-
-@torch.no_grad()
-def _attention_change(ctx: _Context, base: TransformerBridge, model: TransformerBridge) -> pd.DataFrame:
-    """Per head: mean total-variation distance between base and checkpoint attention over
-    real query positions, the same at the answer position, and the key token whose
-    attention at the answer position grew most (its most common value over prompts)."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    tv_sum = torch.zeros(n_layers, n_heads)
-    tv_last_sum = torch.zeros(n_layers, n_heads)
-    n_queries, n_prompts = 0, 0
-    gained: list[list[Counter[int]]] = [[Counter() for _ in range(n_heads)] for _ in range(n_layers)]
-    for idx in ctx.batches():
-        batch = ctx.device(ctx.prompts.batch(idx))
-        _, cache_b = base.run_with_cache(batch.tokens, names_filter=names)
-        _, cache_m = model.run_with_cache(batch.tokens, names_filter=names)
-        valid = (torch.arange(batch.tokens.shape[1]) < batch.lengths.unsqueeze(1)).float()  # batch query
-        rows = torch.arange(len(idx))
-        last = batch.lengths - 1
-        for layer, name in enumerate(names):
-            diff = (cache_m[name] - cache_b[name]).float().cpu()  # batch head query key
-            tv = 0.5 * diff.abs().sum(-1)  # batch head query
-            tv_sum[layer] += (tv * valid.unsqueeze(1)).sum((0, 2))
-            at_last = diff[rows, :, last]  # batch head key
-            tv_last_sum[layer] += 0.5 * at_last.abs().sum(-1).sum(0)
-            for b, key in enumerate(at_last.argmax(-1).tolist()):
-                for head in range(n_heads):
-                    gained[layer][head][int(batch.tokens[b, key[head]])] += 1
-        n_queries += int(valid.sum())
-        n_prompts += len(idx)
-    tokenizer = ctx.series.tokenizer()
-    rows_out = []
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            token, count = gained[layer][head].most_common(1)[0]
-            rows_out.append(
-                {
-                    "component": f"L{layer}.H{head}",
-                    "layer": layer,
-                    "head": head,
-                    "tv_mean": (tv_sum[layer, head] / max(n_queries, 1)).item(),
-                    "tv_last": (tv_last_sum[layer, head] / max(n_prompts, 1)).item(),
-                    "gained_token": tokenizer.decode([token]),
-                    "gained_share": count / max(n_prompts, 1),
-                }
-            )
-    return pd.DataFrame(rows_out)
 
 
 # -- writing ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from rlinterp import ModelSeries, RlinterpError, load_bridge
 from rlinterp import patching as P
+from rlinterp.attention_change import attention_change
 from rlinterp.circuits import CircuitsConfig, CircuitsResult, run_circuits
 from rlinterp.circuits_report import circuits_figures, circuits_section
 from rlinterp.metrics import BehaviourMetric, BehaviourPrompts, MetricBatch
@@ -206,6 +207,10 @@ def test_a_planted_attention_pattern_change_is_measured_on_its_head(planted, tmp
         sharp, BehaviourMetric("planted", "logit_diff"), prompts, None, CircuitsConfig(batch_size=8)
     )
     tv = result.attention.set_index("component")["tv_mean"]
+    base = sharp.load(sharp.base)
+    encoded = prompts.encode(sharp.tokenizer())
+    itself = attention_change(base, base, [encoded.batch(range(len(encoded)))], sharp.tokenizer())
+    assert itself[["tv_mean", "tv_last"]].abs().max().max() == 0
     assert tv.idxmax() == "L0.H1" and tv["L0.H1"] > 0.05
     assert tv.drop(index=["L0.H1"]).filter(like="L0.").abs().max() < 1e-6  # same-layer heads untouched
 
