@@ -90,7 +90,10 @@ def _circuits(args: argparse.Namespace) -> None:
                 "--metric names an organism metric; for other series give --prompts FILE.jsonl"
             )
         metric, prompts = organism_behaviour(root, args.metric)
-    config = CircuitsConfig(batch_size=args.batch_size, exact_prompts=args.exact_prompts)
+    try:
+        config = CircuitsConfig(batch_size=args.batch_size, exact_prompts=args.exact_prompts)
+    except ValueError as e:
+        raise RlinterpError(str(e)) from e
     result = run_circuits(series, metric, prompts, args.out, config)
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
     sys.stdout.write(
@@ -118,7 +121,12 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="a .jsonl of {prompt, positive, negative?, corrupted?} rows (default: the organism's)",
     )
-    circuits.add_argument("--kind", choices=("logit_diff", "logprob"), default="logit_diff")
+    circuits.add_argument(
+        "--kind",
+        choices=("logit_diff", "logprob"),
+        default="logit_diff",
+        help="metric of --prompts: positive minus negative logits, or log-prob of positive",
+    )
     circuits.add_argument("--out", type=Path, required=True, help="output directory")
     circuits.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     circuits.add_argument(
