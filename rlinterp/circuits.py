@@ -52,6 +52,7 @@ from .errors import RlinterpError
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
 from .patching import (
     Component,
+    Terms,
     attribution,
     check_same_architecture,
     components,
@@ -76,6 +77,11 @@ class CircuitsConfig:
     exact_prompts: int | None = 64
     """Prompts (the first ones) on which exact patching runs; ``None``: all. Attribution
     patching runs on all prompts and is compared with exact patching on these."""
+    exact_components: int | None = None
+    """Exact-patch only this many components per setting, those with the largest
+    |attribution| (``None``: all; residual-stream sites are always measured). For large
+    models, where one forward pass per component is the cost; the others get NaN exact
+    effects and stay out of the agreement."""
     coverage: float = 0.8
     """Fraction of the metric change that the carriers must recover jointly."""
     enhanced_overlap: float = 0.5
@@ -98,6 +104,8 @@ class CircuitsConfig:
             raise ValueError(f"CircuitsConfig.batch_size must be positive, got {self.batch_size}")
         if self.exact_prompts is not None and self.exact_prompts <= 0:
             raise ValueError("CircuitsConfig.exact_prompts must be positive or None")
+        if self.exact_components is not None and self.exact_components <= 0:
+            raise ValueError("CircuitsConfig.exact_components must be positive or None")
         if not 0 < self.coverage <= 1 or not 0 <= self.enhanced_overlap <= 1:
             raise ValueError("CircuitsConfig.coverage must be in (0, 1], enhanced_overlap in [0, 1]")
 
@@ -383,32 +391,46 @@ def _patch_setting(
 ) -> _Patched:
     """Effects of patching each component from ``donor`` into ``receiver``. ``within``: the
     receiver runs the corrupted prompts and the donor (the same model) the clean ones;
-    ``cross``: both run the clean prompts."""
-    attributions, exacts, gaps = [], [], []
-    for idx in ctx.batches():
+    ``cross``: both run the clean prompts. Attribution first (all prompts), then exact
+    patching (exact prompts) of all components or of the top ``exact_components``."""
+    attributions, gaps = [], []
+    for batch, receiver_tokens, donor_terms in _runs(ctx, donor, setting, exact_only=False):
+        metric = partial(ctx.metric, batch=batch)  # clean targets score corrupted runs too
+        attributions.append(attribution(receiver, receiver_tokens, donor_terms, comps, metric).float().cpu())
+        with torch.no_grad():
+            gaps.append(ctx.score(donor_terms.logits, batch) - ctx.score(receiver(receiver_tokens), batch))
+    estimate = torch.cat(attributions)
+    chosen = list(range(len(comps)))
+    if ctx.config.exact_components is not None:  # residual sites are few: always measured
+        ranked = estimate.mean(0).abs().argsort(descending=True).tolist()
+        additive = [i for i in ranked if comps[i].kind != "resid"][: ctx.config.exact_components]
+        chosen = sorted(additive + [i for i, c in enumerate(comps) if c.kind == "resid"])
+    exacts = []
+    for batch, receiver_tokens, donor_terms in _runs(ctx, donor, setting, exact_only=True):
+        with torch.no_grad():
+            own = ctx.score(receiver(receiver_tokens), batch)
+            effects = torch.full((len(own), len(comps)), float("nan"))
+            for i in chosen:
+                patched = patched_logits(receiver, receiver_tokens, donor_terms, [comps[i]])
+                effects[:, i] = ctx.score(patched, batch) - own
+        exacts.append(effects)
+    return _Patched(estimate, torch.cat(exacts), torch.cat(gaps))
+
+
+def _runs(
+    ctx: _Context, donor: TransformerBridge, setting: str, exact_only: bool
+) -> Iterator[tuple[MetricBatch, torch.Tensor, Terms]]:
+    """Per batch: the clean batch, the receiver's tokens, and the donor's terms."""
+    for idx in ctx.batches(exact_only=exact_only):
         batch = ctx.device(ctx.prompts.batch(idx))
         receiver_batch = ctx.device(ctx.prompts.batch(idx, corrupted=True)) if setting == "within" else batch
-        donor_terms = run_terms(donor, batch.tokens, batch.lengths)
-        tokens = receiver_batch.tokens
-        # The clean prompts' targets score every run, corrupted ones included.
-        metric = partial(ctx.metric, batch=batch)
-        attributions.append(attribution(receiver, tokens, donor_terms, comps, metric).float().cpu())
-        with torch.no_grad():
-            own = ctx.score(receiver(tokens), batch)
-            gaps.append(ctx.score(donor_terms.logits, batch) - own)
-            exact_rows = [i for i, p in enumerate(idx) if p < ctx.n_exact]
-            if exact_rows:
-                effects = [
-                    ctx.score(patched_logits(receiver, tokens, donor_terms, [c]), batch) - own for c in comps
-                ]
-                exacts.append(torch.stack(effects, 1)[exact_rows])
-    return _Patched(torch.cat(attributions), torch.cat(exacts), torch.cat(gaps))
+        yield batch, receiver_batch.tokens, run_terms(donor, batch.tokens, batch.lengths)
 
 
 def _component_frame(comps: tuple[Component, ...], patched: _Patched, n_exact: int) -> pd.DataFrame:
     """Mean effects per component; ``recovery`` divides the exact effect by the gap on the
     exact prompts, ``attribution_recovery`` the attribution by the gap on all prompts."""
-    exact = patched.exact.mean(0).numpy()
+    exact = patched.exact.mean(0).numpy()  # NaN for components not exact-patched
     estimate = patched.attribution.mean(0).numpy()
     gap_exact, gap_all = patched.gap[:n_exact].mean().item(), patched.gap.mean().item()
     return pd.DataFrame(
@@ -430,7 +452,8 @@ def _agreement(patched: _Patched, comps: tuple[Component, ...], n_exact: int) ->
     """Rank and linear correlation, over the additive components (residual sites left
     out: they are sums of the others), of mean attribution and mean exact effect on the
     same (exact) prompts."""
-    keep = [i for i, c in enumerate(comps) if c.kind != "resid"]
+    measured = ~patched.exact.isnan().any(0)
+    keep = [i for i, c in enumerate(comps) if c.kind != "resid" and bool(measured[i])]
     a = pd.Series(patched.attribution[:n_exact, keep].mean(0).numpy())
     e = pd.Series(patched.exact[:, keep].mean(0).numpy())
     exact = patched.exact

@@ -91,7 +91,11 @@ def _circuits(args: argparse.Namespace) -> None:
             )
         metric, prompts = organism_behaviour(root, args.metric)
     try:
-        config = CircuitsConfig(batch_size=args.batch_size, exact_prompts=args.exact_prompts)
+        config = CircuitsConfig(
+            batch_size=args.batch_size,
+            exact_prompts=args.exact_prompts,
+            exact_components=args.exact_components,
+        )
     except ValueError as e:
         raise RlinterpError(str(e)) from e
     result = run_circuits(series, metric, prompts, args.out, config)
@@ -131,6 +135,12 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
     circuits.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     circuits.add_argument(
         "--exact-prompts", type=int, default=64, help="prompts for exact patching (default: 64)"
+    )
+    circuits.add_argument(
+        "--exact-components",
+        type=int,
+        default=None,
+        help="exact-patch only the N components with the largest attribution (default: all)",
     )
     circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     circuits.add_argument(

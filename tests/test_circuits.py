@@ -400,3 +400,15 @@ def test_verdicts_follow_their_definitions():
     assert _synthetic_result(0.95, 0.05, 0.01, dla_a=0.9).steps()[0]["verdict"] == "no change"
     unclear = _synthetic_result(4.0, -3.0, 1.0, dla_a=0.9).steps()[0]
     assert unclear["verdict"] == "unclear" and unclear["cancellation"] == pytest.approx(7.0)
+
+
+def test_exact_patching_can_be_limited_to_the_top_attributed_components(planted):
+    series, prompts, _ = planted
+    config = CircuitsConfig(batch_size=8, exact_prompts=8, exact_components=2)
+    result = run_circuits(series, BehaviourMetric("planted", "logit_diff"), prompts, None, config)
+    to_base = result.cross[result.cross["direction"] == "to_base"].set_index("component")
+    additive = to_base[to_base["kind"] != "resid"]
+    assert additive["exact"].notna().sum() == 2 and not np.isnan(additive.loc["L1.H2", "exact"])
+    assert to_base[to_base["kind"] == "resid"]["exact"].notna().all()
+    assert result.agreement["n_components"].eq(2).all()
+    assert result.steps()[0]["carriers"] == ["L1.H2"]
