@@ -479,18 +479,19 @@ def _concentration(
     """Recovery of the checkpoint's change when its top-k components (``order``) are
     patched into the base together, for growing k until ``coverage`` is reached."""
     by_name = {c.name: c for c in comps}
+    batches = (ctx.device(ctx.prompts.batch(idx)) for idx in ctx.batches(exact_only=True))
+    base_values = torch.cat([ctx.score(base(b.tokens), b) for b in batches])
     rows = []
     for k in range(1, len(order) + 1):
         chosen = [by_name[n] for n in order[:k]]
-        patched, base_values, donor_values = [], [], []
+        patched, donor_values = [], []
         for idx in ctx.batches(exact_only=True):
             batch = ctx.device(ctx.prompts.batch(idx))
             terms = run_terms(model, batch.tokens, batch.lengths)
             patched.append(ctx.score(patched_logits(base, batch.tokens, terms, chosen), batch))
-            base_values.append(ctx.score(base(batch.tokens), batch))
             donor_values.append(ctx.score(terms.logits, batch))
-        gap = (torch.cat(donor_values) - torch.cat(base_values)).mean().item()
-        recovered = (torch.cat(patched) - torch.cat(base_values)).mean().item()
+        gap = (torch.cat(donor_values) - base_values).mean().item()
+        recovered = (torch.cat(patched) - base_values).mean().item()
         rows.append({"k": k, "recovery": recovered / gap if abs(gap) > 1e-12 else np.nan})
         if abs(gap) <= 1e-12 or recovered / gap >= ctx.config.coverage:
             break
