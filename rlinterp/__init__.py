@@ -3,9 +3,9 @@ models. One import line in a notebook: ``import rlinterp``."""
 
 from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
-from .circuits import CircuitsConfig as CircuitsConfig
-from .circuits import CircuitsResult as CircuitsResult
 from .circuits import run_circuits as run_circuits
+from .circuits_result import CircuitsConfig as CircuitsConfig
+from .circuits_result import CircuitsResult as CircuitsResult
 from .diff import SeriesDiff as SeriesDiff
 from .diff import run_diff as run_diff
 from .errors import RlinterpError as RlinterpError

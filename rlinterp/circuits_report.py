@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from .artifacts import atomic_write
 
 if TYPE_CHECKING:
-    from .circuits import CircuitsResult
+    from .circuits_result import CircuitsResult
 
 
 def component_heatmap(
