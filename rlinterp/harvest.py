@@ -47,7 +47,7 @@ from transformers import PreTrainedTokenizerBase
 from .artifacts import environment_versions, write_json, write_safetensors
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
-from .series import ModelSeries
+from .series import Checkpoint, ModelSeries
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,16 @@ class ActivationStore:
     @property
     def n_shards(self) -> int:
         return int(self.manifest["n_shards"])
+
+    @property
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        """The checkpoints the store was harvested from (paths from its manifest)."""
+        return tuple(Checkpoint(c["label"], c["step"], Path(c["path"])) for c in self.manifest["checkpoints"])
+
+    def series(self, **kwargs: Any) -> ModelSeries:
+        """The series the store was harvested from; ``kwargs`` go to ``ModelSeries``
+        (``device``, ``dtype``, ``check_fidelity``, ...)."""
+        return ModelSeries(self.checkpoints, **kwargs)
 
     def tokens(self) -> TokenizedPrompts:
         saved = load_file(self.root / "tokens.safetensors")

@@ -70,7 +70,7 @@ def store(tmp_path_factory):
 
 def test_shards_contexts_and_batches_are_the_same_rows(store):
     store, folders = store
-    tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
+    tokenizer = store.series(check_fidelity=False).tokenizer()
     batches = list(store.token_batches())
     assert len(batches) == store.n_shards == 4
     for label in store.labels:
