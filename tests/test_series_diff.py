@@ -99,7 +99,7 @@ def test_planted_change_is_localised(checkpoints, tmp_path):
     assert len(lens) == 20  # ten promoted and ten suppressed tokens
 
 
-def test_harvest_memory_is_one_batch_and_resumes(checkpoints, tmp_path):
+def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path):
     series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
     out = tmp_path / "store"
     store = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
