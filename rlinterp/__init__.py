@@ -3,11 +3,17 @@ models. One import line in a notebook: ``import rlinterp``."""
 
 from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
+from .crosscoder import Crosscoder as Crosscoder
+from .crosscoder import CrosscoderConfig as CrosscoderConfig
+from .dictionaries import DictionaryConfig as DictionaryConfig
+from .dictionaries import evaluate_dictionary as evaluate_dictionary
+from .dictionaries import train_dictionary as train_dictionary
 from .diff import SeriesDiff as SeriesDiff
 from .diff import run_diff as run_diff
 from .errors import RlinterpError as RlinterpError
 from .harvest import ActivationStore as ActivationStore
 from .harvest import HarvestConfig as HarvestConfig
+from .harvest import TokenBatch as TokenBatch
 from .harvest import harvest as harvest
 from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
@@ -17,6 +23,18 @@ from .organism import build_organism as build_organism
 from .output_diff import OutputDiff as OutputDiff
 from .output_diff import diff_outputs as diff_outputs
 from .prompts import PromptSet as PromptSet
+from .report import activation_heatmap as activation_heatmap
+from .report import kl_figure as kl_figure
+from .report import render_report as render_report
+from .report import weight_heatmap as weight_heatmap
+from .report import write_report as write_report
+from .sae import SAETrainConfig as SAETrainConfig
+from .sae import TrainedSAE as TrainedSAE
+from .sae import train_sae as train_sae
+from .sae_eval import SAEEval as SAEEval
+from .sae_eval import evaluate_sae as evaluate_sae
+from .sae_eval import fvu_drift as fvu_drift
+from .series import Checkpoint as Checkpoint
 from .series import ModelSeries as ModelSeries
 from .weight_diff import WeightDiff as WeightDiff
 from .weight_diff import diff_weights as diff_weights

@@ -23,6 +23,7 @@ from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig
 from .organism import PRESETS, build_organism, format_table
 from .prompts import PromptSet
+from .report import write_report
 from .series import ModelSeries
 
 
@@ -54,6 +55,7 @@ def _diff(args: argparse.Namespace) -> None:
         response_only=args.response_only,
     )
     result = run_diff(series, prompts, args.out, config)
+    write_report(result, Path(args.out) / "report.html")
     summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
     sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
 

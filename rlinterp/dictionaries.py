@@ -41,7 +41,6 @@ from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches
 from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
 from .sae_eval import evaluate_sae, fvu_drift
-from .series import ModelSeries
 
 Method = Literal["sae", "diff-sae", "crosscoder"]
 METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
@@ -118,7 +117,7 @@ def train_dictionary(
         raise RlinterpError(f"{out} already holds a trained dictionary; choose another output directory")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
-    tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
+    tokenizer = store.series(check_fidelity=False).tokenizer()
     manifest: dict[str, Any]
     if method == "crosscoder":
         chosen = models or [labels[0], labels[-1]]
@@ -162,7 +161,7 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
         return table
     store = ActivationStore.load(manifest["store"])
     sae = TrainedSAE.load(path).sae
-    series = ModelSeries.from_store(store) if downstream else None
+    series = store.series() if downstream else None
     if manifest["method"] == "diff-sae":
         table = pd.DataFrame(
             [asdict(evaluate_sae(sae, store, manifest["model"], manifest["hook"], series, manifest["base"]))]

@@ -1,5 +1,5 @@
 """The scripted diff of a checkpoint series: weights, activations and outputs of every RL
-checkpoint against the base, written as Parquet tables, a JSON summary and an HTML report.
+checkpoint against the base, written as Parquet tables and a JSON summary.
 
 ``run_diff(series, prompts, out)`` is what ``rlinterp diff`` calls. Output layout:
 
@@ -13,8 +13,11 @@ checkpoint against the base, written as Parquet tables, a JSON summary and an HT
 - ``top_tokens.parquet``: the tokens that changed most, with their context;
 - ``mean_diffs.safetensors``: ``"<label>/<hook>"`` -> mean difference vector;
 - ``summary.json``: per checkpoint, one headline number per metric family
-  (schema in ``SUMMARY_SCHEMA``);
-- ``report.html``: self-contained report (plotly.js embedded).
+  (schema in ``SUMMARY_SCHEMA``).
+
+Computing a diff does not draw it: ``report.write_report`` turns the returned
+``SeriesDiff`` (or ``SeriesDiff.load(out)``) into ``report.html``, which ``rlinterp diff``
+writes beside the tables.
 """
 
 from __future__ import annotations
@@ -152,14 +155,11 @@ def _write(
     store: ActivationStore,
     n_prompts: int,
 ) -> None:
-    from .report import write_report
-
     for name in TABLES:
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     vectors = {f"{label}/{hook}": v for (label, hook), v in activations.mean_diffs.items()}
     write_safetensors(out / "mean_diffs.safetensors", vectors)
     write_json(out / "summary.json", {"schema": SUMMARY_SCHEMA, "checkpoints": result.summary()})
-    write_report(result, out / "report.html", title=f"rlinterp diff: {len(series) - 1} checkpoints vs base")
     write_json(
         out / "manifest.json",  # last: marks the directory finished
         {

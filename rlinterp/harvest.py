@@ -14,6 +14,13 @@ written as one safetensors shard per (model, hook, batch), so:
 Layout: ``manifest.json`` (``complete`` becomes true last), ``tokens.safetensors``
 (``tokens``, ``keep``, ``lengths``), ``<label>/<hook>/shard-<k>.safetensors`` (``acts``:
 ``[kept tokens of batch k, d]``, float32).
+
+One rule maps shards to tokens, ``token_batches``: batch ``k`` is prompts
+``[k * batch_size, (k + 1) * batch_size)``, cut to its longest real row, and its shard holds
+the ``keep`` positions of that slice in row-major order, which are store rows
+``[kept tokens of batches < k, + kept tokens of batch k)``. Harvesting, the KL pass
+(``output_diff``), SAE splicing (``sae_eval``) and token contexts all go through it, so the
+rows they talk about are the same tokens.
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -40,7 +47,7 @@ from transformers import PreTrainedTokenizerBase
 from .artifacts import environment_versions, write_json, write_safetensors
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
-from .series import ModelSeries
+from .series import Checkpoint, ModelSeries
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,39 @@ class HarvestConfig:
             raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
 
 
+class TokenBatch(NamedTuple):
+    """One batch of prompts as it is run through a model: the tokens of shard ``shard``."""
+
+    shard: int
+    """The shard number ``k``."""
+    prompts: slice
+    """Prompt rows of the tokenized set: ``[k * batch_size, (k + 1) * batch_size)``."""
+    tokens: Int[Tensor, "batch pos"]
+    """The batch's tokens, cut to its longest real row (no all-padding columns)."""
+    keep: Bool[Tensor, "batch pos"]
+    """The positions the shard stores, in row-major order."""
+    lengths: Int[Tensor, " batch"]
+    """Real length of each row, BOS included."""
+    rows: slice
+    """The store rows (indices into the kept tokens of the whole set) this shard holds."""
+
+
+def token_batches(tokenized: TokenizedPrompts, batch_size: int) -> Iterator[TokenBatch]:
+    """The batches of ``tokenized`` in shard order (the module docstring's rule)."""
+    if batch_size < 1:
+        raise RlinterpError(f"batch_size must be positive, got {batch_size}")
+    offset = 0
+    for k, start in enumerate(range(0, tokenized.tokens.shape[0], batch_size)):
+        prompts = slice(start, start + batch_size)
+        lengths = tokenized.lengths[prompts]
+        width = int(lengths.max())
+        keep = tokenized.keep[prompts, :width]
+        n_kept = int(keep.sum())
+        tokens = tokenized.tokens[prompts, :width]
+        yield TokenBatch(k, prompts, tokens, keep, lengths, slice(offset, offset + n_kept))
+        offset += n_kept
+
+
 class ActivationStore:
     """A finished (or resumable) harvest on disk."""
 
@@ -129,9 +169,23 @@ class ActivationStore:
     def n_shards(self) -> int:
         return int(self.manifest["n_shards"])
 
+    @property
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        """The checkpoints the store was harvested from (paths from its manifest)."""
+        return tuple(Checkpoint(c["label"], c["step"], Path(c["path"])) for c in self.manifest["checkpoints"])
+
+    def series(self, **kwargs: Any) -> ModelSeries:
+        """The series the store was harvested from; ``kwargs`` go to ``ModelSeries``
+        (``device``, ``dtype``, ``check_fidelity``, ...)."""
+        return ModelSeries(self.checkpoints, **kwargs)
+
     def tokens(self) -> TokenizedPrompts:
         saved = load_file(self.root / "tokens.safetensors")
         return TokenizedPrompts(tokens=saved["tokens"], lengths=saved["lengths"], keep=saved["keep"].bool())
+
+    def token_batches(self) -> Iterator[TokenBatch]:
+        """The store's prompts batch by batch, batch ``k`` being the tokens of shard ``k``."""
+        return token_batches(self.tokens(), int(self.manifest["batch_size"]))
 
     def token_contexts(
         self, rows: Sequence[int], tokenizer: PreTrainedTokenizerBase, context: int = 12
@@ -139,7 +193,9 @@ class ActivationStore:
         """For store rows (kept tokens, in store order): ``prompt, position``, the decoded
         ``context`` of up to ``context`` tokens before it (BOS excluded) and the ``token``."""
         tokenized = self.tokens()
-        where = tokenized.keep.nonzero()
+        # (prompt, position) of every store row, through the same rule that wrote the shards
+        batches = token_batches(tokenized, int(self.manifest["batch_size"]))
+        where = torch.cat([b.keep.nonzero() + torch.tensor([b.prompts.start, 0]) for b in batches])
         out = []
         for row in rows:
             prompt, pos = (int(v) for v in where[int(row)])
@@ -277,9 +333,9 @@ def harvest(
         if not missing:
             continue
         model = series.load(checkpoint)
-        for k in tqdm(missing, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
-            rows = slice(k * cfg.batch_size, (k + 1) * cfg.batch_size)
-            _harvest_batch(model, checkpoint.label, tokenized, rows, hooks, stop_at, store, k)
+        todo = [batch for batch in token_batches(tokenized, cfg.batch_size) if batch.shard in missing]
+        for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
+            _harvest_batch(model, checkpoint.label, batch, hooks, stop_at, store)
     write_json(previous, {**plan, "complete": True, "versions": environment_versions()})
     return ActivationStore(out, {**plan, "complete": True})
 
@@ -288,18 +344,14 @@ def harvest(
 def _harvest_batch(
     model: TransformerBridge,
     label: str,
-    tokenized: TokenizedPrompts,
-    rows: slice,
+    batch: TokenBatch,
     hooks: list[str],
     stop_at: int | None,
     store: ActivationStore,
-    k: int,
 ) -> None:
-    tokens, keep = tokenized.tokens[rows], tokenized.keep[rows]
-    width = int(tokenized.lengths[rows].max())  # drop all-padding columns
-    tokens, keep = tokens[:, :width], keep[:, :width]
+    keep = batch.keep
     stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
+    _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
     for hook in hooks:
         acts = cache[hook]
         if acts.ndim != 3:
@@ -309,6 +361,7 @@ def _harvest_batch(
             )
         kept = acts[keep.to(acts.device)].float().cpu()
         if not torch.isfinite(kept).all():
-            bad = sorted({rows.start + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
+            first = batch.prompts.start
+            bad = sorted({first + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
             raise RlinterpError(f"non-finite activations in {label} at {hook} (prompts {bad[:5]})")
-        write_safetensors(store.shard_path(label, hook, k), {"acts": kept})
+        write_safetensors(store.shard_path(label, hook, batch.shard), {"acts": kept})

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from .artifacts import atomic_write
-
-if TYPE_CHECKING:
-    from .diff import SeriesDiff
+from .diff import SeriesDiff
 
 
 def _heatmap(frame: pd.DataFrame, rows: str, value: str, title: str) -> go.Figure:
@@ -156,6 +153,11 @@ def render_report(diff: SeriesDiff, title: str) -> str:
     )
 
 
-def write_report(diff: SeriesDiff, path: Path, title: str) -> None:
+def write_report(diff: SeriesDiff, path: str | Path, title: str | None = None) -> None:
+    """Write ``render_report(diff, title)`` to ``path`` (atomically); the default title
+    counts the RL checkpoints."""
+    if title is None:
+        title = f"rlinterp diff: {diff.outputs['label'].nunique() - 1} checkpoints vs base"
     text = render_report(diff, title)
+    path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -10,6 +10,10 @@ our activation store instead of a language model: ``SAETrainer.step`` takes any
 
 Saved in SAELens' layout (``cfg.json`` + ``sae_weights.safetensors``, opened by
 ``sae_lens.SAE.load_from_disk``) plus ``rlinterp.json`` recording what it was trained on.
+``cfg.json`` carries the metadata SAELens' own tools read (``saelens_metadata``: hook,
+model, context size, BOS handling), so ``SAETransformerBridge.add_sae`` splices a saved SAE
+at its hook. A diff-SAE reads ``post - base``: splicing it alone into a model is not what
+it was trained on (its metadata says ``rlinterp_source: diff``).
 Training checkpoints every ``checkpoint_every`` steps to ``<out>/checkpoint/`` in
 safetensors + JSON (SAELens' own trainer checkpoints are pickles, which rlinterp never
 writes or loads), and a run started again on the same ``out`` resumes from there.
@@ -221,6 +225,8 @@ def train_sae(
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()
+    for name, value in saelens_metadata(store, label, hook, source, base).items():
+        sae.cfg.metadata[name] = value
     sae.save_inference_model(str(out))  # e.g. BatchTopK becomes a JumpReLU with its threshold
     manifest = {
         "kind": "diff_sae" if source == "diff" else "sae",
@@ -238,6 +244,27 @@ def train_sae(
     write_json(out / MANIFEST, manifest)  # last: marks the SAE finished
     shutil.rmtree(checkpoint, ignore_errors=True)
     return TrainedSAE.load(out)
+
+
+def saelens_metadata(
+    store: ActivationStore, label: str, hook: str, source: Source = "acts", base: str | None = None
+) -> dict[str, Any]:
+    """The ``cfg.metadata`` fields SAELens' tools read (as its own training runner writes
+    them), describing how the store's activations were made: each prompt its own sequence,
+    BOS prepended, the BOS position left out unless the harvest kept it."""
+    checkpoint = next(c for c in store.checkpoints if c.label == label)
+    return {
+        "hook_name": hook,
+        "hook_head_index": None,
+        "model_name": str(checkpoint.path),
+        "context_size": int(store.tokens().tokens.shape[1]),
+        "prepend_bos": True,
+        "seqpos_slice": (0 if store.manifest.get("include_bos") else 1, None),
+        "disable_concat_sequences": True,
+        "exclude_special_tokens": False,
+        "rlinterp_source": source,
+        "rlinterp_base_model": (base or store.labels[0]) if source == "diff" else None,
+    }
 
 
 def _log_row(trainer: SAETrainer[Any], step: TrainStepOutput) -> dict[str, float | int]:

@@ -21,16 +21,12 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import RlinterpError
-
-if TYPE_CHECKING:
-    from .harvest import ActivationStore
 from .loading import load_bridge, logit_fidelity, require_checkpoint
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
@@ -133,14 +129,6 @@ class ModelSeries:
         else:
             base_path, rest = Path(base), [(s, p) for s, p in found if s != 0]
         checkpoints = [Checkpoint("base", 0, base_path)] + [Checkpoint(_label(p.name), s, p) for s, p in rest]
-        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_store(cls, store: ActivationStore, **kwargs: object) -> ModelSeries:
-        """The series an activation store was harvested from (paths from its manifest)."""
-        checkpoints = [
-            Checkpoint(c["label"], c["step"], Path(c["path"])) for c in store.manifest["checkpoints"]
-        ]
         return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
 
     @classmethod

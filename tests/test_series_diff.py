@@ -15,6 +15,7 @@ from rlinterp.diff import SeriesDiff, run_diff
 from rlinterp.harvest import ActivationStore, HarvestConfig, harvest
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.prompts import PromptSet
+from rlinterp.report import write_report
 from rlinterp.series import ModelSeries
 
 from .conftest import tiny_hf_config
@@ -69,7 +70,10 @@ def test_identity_gives_zero_on_every_metric(checkpoints, tmp_path):
     summary = json.loads((tmp_path / "diff" / "summary.json").read_text())
     assert {row["label"] for row in summary["checkpoints"]} == {"base", "step-1"}
     assert json.loads((tmp_path / "diff" / "manifest.json").read_text())["kind"] == "rlinterp.diff"
+    assert not (tmp_path / "diff" / "report.html").exists()  # computing a diff does not draw it
+    write_report(result, tmp_path / "diff" / "report.html")
     report = (tmp_path / "diff" / "report.html").read_text()
+    assert "<title>rlinterp diff: 1 checkpoints vs base</title>" in report
     assert "* plotly.js v" in report and "<script src=" not in report  # plotly.js inlined, no CDN
 
 
@@ -95,7 +99,7 @@ def test_planted_change_is_localised(checkpoints, tmp_path):
     assert len(lens) == 20  # ten promoted and ten suppressed tokens
 
 
-def test_harvest_memory_is_one_batch_and_resumes(checkpoints, tmp_path):
+def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path):
     series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
     out = tmp_path / "store"
     store = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
