@@ -125,7 +125,7 @@ def claim(
     if not names:
         _mark(out, kind, fingerprint, ours)
         return Claim("new", None)
-    found = _identify(out, names)
+    found = _identify(out, names, (*KINDS, kind) if kind not in KINDS else KINDS)
     if found is None:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise RlinterpError(
@@ -263,10 +263,10 @@ def _files(folder: Path) -> Iterable[Path]:
             yield path
 
 
-def _identify(out: Path, names: list[str]) -> _Found | None:
-    """Which rlinterp run ``out`` holds, from its manifest or marker; None if neither."""
+def _identify(out: Path, names: list[str], kinds: tuple[Kind, ...]) -> _Found | None:
+    """Which run of ``kinds`` ``out`` holds, from its manifest or marker; None if neither."""
     manifests: dict[str, dict[str, Any]] = {}
-    for name in sorted({k.manifest for k in KINDS} & set(names)):
+    for name in sorted({k.manifest for k in kinds} & set(names)):
         manifest = _read(out / name)
         if manifest is None:
             raise RlinterpError(
@@ -275,7 +275,7 @@ def _identify(out: Path, names: list[str]) -> _Found | None:
             )
         manifests[name] = manifest
     known = [
-        (k, m) for k in KINDS if (m := manifests.get(k.manifest)) and m.get("kind") in (k.name, *k.legacy)
+        (k, m) for k in kinds if (m := manifests.get(k.manifest)) and m.get("kind") in (k.name, *k.legacy)
     ]
     for k, manifest in known:
         if manifest["kind"] == k.name and manifest.get("complete") is not False:
