@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -104,6 +105,10 @@ TOKENIZER_FILES = (
 CONFIG_NOT_HASHED = ("transformers_version", "_name_or_path", "_commit_hash")
 """config.json fields that say who saved a checkpoint, not what it computes."""
 
+RECENT_NS = 2_000_000_000
+"""Files modified this recently are hashed every time: file times advance in coarse ticks,
+so a rewrite within the same tick would look unchanged (git's "racily clean" problem)."""
+
 _digests: dict[tuple[str, int, int, int, int], str] = {}
 
 
@@ -111,13 +116,15 @@ def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes (cached within the process while the file is unchanged)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key not in _digests:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    if key in _digests:
+        return _digests[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if time.time_ns() - stat.st_mtime_ns > RECENT_NS:
         _digests[key] = digest.hexdigest()
-    return _digests[key]
+    return digest.hexdigest()
 
 
 def files_sha256(folder: Path, patterns: tuple[str, ...]) -> str:

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     organism.add_argument(
         "--force",
         action="store_true",
-        help="rebuild even if --out holds a finished organism or one of other inputs",
+        help="rebuild from scratch, even if --out holds an organism (of these or other inputs)",
     )
     organism.set_defaults(run=_organism)
 
@@ -133,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
     )
     diff.add_argument(
-        "--force", action="store_true", help="recompute even if --out holds a diff of other inputs"
+        "--force",
+        action="store_true",
+        help="recompute from scratch, even if --out holds a diff (of these or other inputs)",
     )
     diff.set_defaults(run=_diff)
 
@@ -163,7 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--device", default=defaults.device, help="torch device (default: cpu)")
     train.add_argument(
-        "--force", action="store_true", help="retrain even if --out holds a dictionary of other inputs"
+        "--force",
+        action="store_true",
+        help="retrain from scratch, even if --out holds a dictionary (of these or other inputs)",
     )
     train.set_defaults(run=_dictionaries_train)
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")

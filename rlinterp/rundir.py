@@ -147,7 +147,8 @@ def claim(
         (out / MARKER).unlink(missing_ok=True)  # left if a run died right after its manifest
         return Claim("finished", found.record)
     keep = set() if force else set(resumable)
-    _clear(out, kind, remove=known - keep, record=known)
+    # While a forced run removes the old entries, the marker says "inputs unknown".
+    _clear(out, kind, remove=known - keep, record=known, fingerprint=None if force else fingerprint)
     _mark(out, kind, fingerprint, known)
     return Claim("resume" if keep else "new", None)
 
@@ -197,8 +198,12 @@ def read_finished(root: str | Path, kind: Kind, hint: str) -> dict[str, Any]:
     root = Path(root)
     path = root / kind.manifest
     if not path.is_file():
-        if (root / MARKER).is_file():
+        marker = _read(root / MARKER)
+        if marker is not None and marker.get("kind") == kind.name:
             raise RlinterpError(f"the {kind.noun} in {root} is unfinished; {hint} to resume it")
+        if marker is not None:
+            noun = _noun(marker.get("kind"))
+            raise RlinterpError(f"{root} holds an unfinished {noun}, not {_a(kind.noun)} {kind.noun}")
         raise RlinterpError(f"{root} is not a finished {kind.noun} (no {kind.manifest}); {hint}")
     manifest = _read(path)
     if manifest is None:
@@ -217,7 +222,8 @@ def read_finished(root: str | Path, kind: Kind, hint: str) -> dict[str, Any]:
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The fingerprint keys that differ between ``old`` (as recorded) and ``new``, as one
-    clause for a message ("" when none): ``weights of step-5 changed; batch_size 4 -> 5``."""
+    clause for a message ("" when none), e.g. ``weights of step-5 changed; batch_size changed
+    (4 -> 5)``: values are quoted when short, hashes and long lists are not."""
     found = []
     for key in [*new, *(k for k in old if k not in new)]:
         if key not in old:
@@ -303,14 +309,17 @@ def _mark(out: Path, kind: Kind, fingerprint: dict[str, Any] | None, entries: It
         raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from e
 
 
-def _clear(out: Path, kind: Kind, remove: set[str], record: set[str]) -> None:
+def _clear(
+    out: Path, kind: Kind, remove: set[str], record: set[str], fingerprint: dict[str, Any] | None
+) -> None:
     """Remove the plain names of ``remove`` from ``out``. Meanwhile the marker says the
-    directory holds this kind, of unknown inputs, with the entries ``record``; the
-    manifest goes first, so no finished-looking directory is ever half removed."""
+    directory holds this kind, of ``fingerprint`` (None: unknown), with the entries
+    ``record``; the manifest goes first, so no finished-looking directory is ever half
+    removed."""
     names = sorted({e for e in remove if _plain(e)} & {p.name for p in out.iterdir()})
     if not names:
         return
-    _mark(out, kind, None, record)
+    _mark(out, kind, fingerprint, record)
     for name in sorted(names, key=lambda n: n != kind.manifest):
         path = out / name
         if path.is_dir() and not path.is_symlink():

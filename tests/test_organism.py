@@ -2,6 +2,7 @@
 how it treats finished, unfinished and foreign output directories."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -95,6 +96,15 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, micro_config)
         a.manifest["weights_sha256"]["strong/step-2/model.safetensors"]
         != (c.manifest["weights_sha256"]["strong/step-2/model.safetensors"])
     )
+    # a finished build is reused; other inputs are refused, naming the field that changed
+    before = tree_hashes(tmp_path / "a")
+    assert build_organism(tmp_path / "a", seed=5, config=micro_config).manifest == a.manifest
+    with pytest.raises(RlinterpError, match=r"organism of other inputs \(seed changed \(5 -> 6\)\)"):
+        build_organism(tmp_path / "a", seed=6, config=micro_config)
+    longer = replace(micro_config, pretrain=replace(micro_config.pretrain, steps=6))
+    with pytest.raises(RlinterpError, match=r"\(pretrain.steps changed \(5 -> 6\)\); .* pass --force"):
+        build_organism(tmp_path / "a", seed=5, config=longer)
+    assert tree_hashes(tmp_path / "a") == before
 
 
 def test_unfinished_build_is_detected_and_rebuilt(tmp_path, micro_config, monkeypatch):

@@ -151,6 +151,10 @@ def test_another_runs_directory_is_never_overwritten(ckpts, store, tmp_path, cap
     assert f"{store.root} holds a finished activation store, not a dictionary" in err
     err = _refused(capsys, [*dictionary, "--out", str(diff / "activations")])
     assert "holds a finished activation store, not a dictionary" in err
+    with pytest.raises(RlinterpError, match="holds an unfinished diff, not an organism"):
+        Organism.load(tmp_path / "unfinished")
+    with pytest.raises(RlinterpError, match="holds a diff, not an activation store"):
+        ActivationStore.load(diff)
     assert tree_hashes(tmp_path) == before
     assert SeriesDiff.load(diff).outputs["kl_max"].max() == 0
 
@@ -339,6 +343,23 @@ def test_a_dictionary_left_by_an_older_rlinterp_is_reported_not_a_keyerror(store
     assert main([*train, "--force"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert main(["dictionaries", "eval", "--dictionary", str(out), "--no-downstream"]) == 0
+
+
+def test_sharded_checkpoints_hash_every_shard(tmp_path):
+    from rlinterp.artifacts import tokenizer_sha256, weights_sha256
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config("gpt2"))
+    folder = tmp_path / "sharded"
+    model.save_pretrained(folder, max_shard_size="40KB")
+    build_tokenizer(ALPHABET).save_pretrained(folder)
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
+    weights, tokenizer = weights_sha256(folder), tokenizer_sha256(folder)
+    data = bytearray(shards[-1].read_bytes())
+    data[-1] ^= 1  # one bit of the last shard
+    shards[-1].write_bytes(bytes(data))
+    assert weights_sha256(folder) != weights and tokenizer_sha256(folder) == tokenizer
 
 
 # -- honest finished markers ------------------------------------------------------------
