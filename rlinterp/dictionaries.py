@@ -141,6 +141,8 @@ def train_dictionary(
     unknown = [name for name in used if name not in labels]
     if unknown:
         raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
+    if len(set(used)) < 2 and method != "sae":
+        raise RlinterpError(f"a {method} needs two different models, got {used}")
     tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
     which = {"models": chosen} if method == "crosscoder" else {"model": label, "base": reference}
     settings = {"method": method, "hook": hook, **which, **asdict(cfg)}

@@ -326,6 +326,18 @@ def test_a_killed_dictionary_run_resumes_and_is_never_evaluated_half_done(
         train_dictionary(store, "sae", HOOK, out, DictionaryConfig(**{**SMALL.__dict__, "k": 3}))
 
 
+def test_bad_dictionary_input_is_refused_before_the_directory_is_made(store, tmp_path):
+    out = tmp_path / "never"
+    for kwargs, message in (
+        ({"method": "crosscoder", "models": ["post", "post"]}, r"a crosscoder needs two different models"),
+        ({"method": "diff-sae", "model": "base"}, r"a diff-sae needs two different models"),
+        ({"method": "sae", "model": "sft"}, r"no model 'sft' in"),
+    ):
+        with pytest.raises(RlinterpError, match=message):
+            train_dictionary(store, hook=HOOK, out=out, cfg=SMALL, **kwargs)
+    assert not out.exists()
+
+
 def test_a_dictionary_left_by_an_older_rlinterp_is_reported_not_a_keyerror(store, tmp_path, capsys):
     out = tmp_path / "old"
     train_dictionary(store, "sae", HOOK, out, SMALL)
