@@ -179,6 +179,7 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
     path = Path(path)
     hint = "train it with `rlinterp dictionaries train`"
     manifest = rundir.read_finished(path, rundir.DICTIONARY, hint)
+    rundir.remove_orphans(path, manifest.get("entries", ENTRIES))  # of a killed earlier evaluation
     if manifest["method"] == "crosscoder":
         table = pd.read_parquet(path / "latents.parquet")
         scaling = path / "latent_scaling.parquet"

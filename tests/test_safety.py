@@ -321,7 +321,9 @@ def test_a_killed_dictionary_run_resumes_and_is_never_evaluated_half_done(
     train_dictionary(store, "sae", HOOK, out, SMALL)
     whole = train_dictionary(store, "sae", HOOK, tmp_path / "whole", SMALL)
     assert (out / "sae_weights.safetensors").read_bytes() == (whole / "sae_weights.safetensors").read_bytes()
+    (out / ".eval.parquet.a1b2c3d4.tmp").write_bytes(b"half written")  # an evaluation killed earlier
     assert evaluate_dictionary(out, downstream=False)["explained_variance"].notna().all()
+    assert not (out / ".eval.parquet.a1b2c3d4.tmp").exists()
     with pytest.raises(RlinterpError, match=r"dictionary of other inputs \(k changed \(2 -> 3\)\)"):
         train_dictionary(store, "sae", HOOK, out, DictionaryConfig(**{**SMALL.__dict__, "k": 3}))
 
