@@ -54,7 +54,7 @@ def _diff(args: argparse.Namespace) -> None:
         include_bos=args.include_bos,
         response_only=args.response_only,
     )
-    result = run_diff(series, prompts, args.out, config)
+    result = run_diff(series, prompts, args.out, config, force=args.force)
     write_report(result, Path(args.out) / "report.html")
     summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
     sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
@@ -65,7 +65,9 @@ def _dictionaries_train(args: argparse.Namespace) -> None:
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(DictionaryConfig)}
     )
     store = ActivationStore.load(args.store)
-    out = train_dictionary(store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models)
+    out = train_dictionary(
+        store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models, force=args.force
+    )
     sys.stdout.write(f"{args.method} in {out}\n")
 
 
@@ -94,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         help="output directory (default: artifacts/organism/<preset>-seed<seed>)",
     )
     organism.add_argument(
-        "--force", action="store_true", help="rebuild even if --out holds a finished organism"
+        "--force",
+        action="store_true",
+        help="rebuild from scratch, even if --out holds an organism (of these or other inputs)",
     )
     organism.set_defaults(run=_organism)
 
@@ -130,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
     )
+    diff.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute from scratch, even if --out holds a diff (of these or other inputs)",
+    )
     diff.set_defaults(run=_diff)
 
     dictionaries = commands.add_parser(
@@ -157,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--device", default=defaults.device, help="torch device (default: cpu)")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain from scratch, even if --out holds a dictionary (of these or other inputs)",
+    )
     train.set_defaults(run=_dictionaries_train)
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
     evaluate.add_argument("--dictionary", type=Path, required=True)

@@ -8,7 +8,9 @@
 
 from one ``DictionaryConfig``, and writes beside the dictionary:
 
-- ``rlinterp.json``: method, store, models, hook, config (written last: finished marker);
+- ``rlinterp.json``: method, store, models, hook, config and fingerprint (written once,
+  last: the finished marker, see ``rundir``; an interrupted run resumes from its training
+  checkpoint when started again with the same store, method, models, hook and config);
 - ``top_contexts.parquet``: the highest-activating tokens of every latent with their
   context (for a crosscoder, on the paired tokens, which are the same for every model);
 - for a crosscoder, ``latents.parquet`` (decoder norms, relative norm, shared / base-only /
@@ -17,7 +19,6 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -27,8 +28,10 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+from sae_lens import SAE
 
-from .artifacts import write_json, write_parquet
+from . import rundir
+from .artifacts import write_parquet
 from .crosscoder import (
     Crosscoder,
     CrosscoderConfig,
@@ -39,7 +42,17 @@ from .crosscoder import (
 )
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches
-from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
+from .sae import (
+    CHECKPOINT,
+    ENTRIES,
+    Architecture,
+    SAETrainConfig,
+    Source,
+    TrainedSAE,
+    activation_shards,
+    dictionary_fingerprint,
+    fit_sae,
+)
 from .sae_eval import evaluate_sae, fvu_drift
 
 Method = Literal["sae", "diff-sae", "crosscoder"]
@@ -101,45 +114,60 @@ def train_dictionary(
     model: str | None = None,
     base: str | None = None,
     models: list[str] | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
     """Train one dictionary (see the module docstring); return its folder.
 
     ``model`` is the model of an ``sae``/``diff-sae`` (default: the store's base for an SAE,
     its last model for a diff-SAE); ``base`` the reference of a diff-SAE (default: the
     store's first model); ``models`` those of a crosscoder, base first (default: the store's
-    first and last)."""
+    first and last). ``out`` must be absent, empty or a dictionary directory: a finished
+    dictionary of the same fingerprint is kept as it is, an interrupted one resumed; one of
+    other inputs is refused naming what changed, or (``force``) trained again."""
     cfg = cfg or DictionaryConfig()
     out = Path(out)
     labels = store.labels
     if method not in METHODS:
         raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if (out / "rlinterp.json").is_file():
-        raise RlinterpError(f"{out} already holds a trained dictionary; choose another output directory")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
+    source: Source = "diff" if method == "diff-sae" else "acts"
+    chosen = models or [labels[0], labels[-1]]
+    label = model or (labels[-1] if source == "diff" else labels[0])
+    reference = (base or labels[0]) if source == "diff" else None
+    used = chosen if method == "crosscoder" else [label, *([reference] if reference else [])]
+    unknown = [name for name in used if name not in labels]
+    if unknown:
+        raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
+    if len(set(used)) < 2 and method != "sae":
+        raise RlinterpError(f"a {method} needs two different models, got {used}")
     tokenizer = store.series(check_fidelity=False).tokenizer()
+    which = {"models": chosen} if method == "crosscoder" else {"model": label, "base": reference}
+    settings = {"method": method, "hook": hook, **which, **asdict(cfg)}
+    inputs = dictionary_fingerprint(store, settings)
+    claimed = rundir.claim(out, rundir.DICTIONARY, inputs, ENTRIES, resumable=(CHECKPOINT,), force=force)
+    if claimed.state == "finished":
+        return out
     manifest: dict[str, Any]
     if method == "crosscoder":
-        chosen = models or [labels[0], labels[-1]]
         _crosscoder(store, chosen, hook, out, cfg)
         crosscoder = Crosscoder.load(out)
         shards = zip(*(store.shards(label, hook) for label in chosen), strict=True)
         contexts = top_activations(crosscoder.encode(torch.stack(pair, dim=1)) for pair in shards)
-        manifest = {"kind": "crosscoder", "models": chosen, "store": str(store.root)}
+        manifest = {"models": chosen, "store": str(store.root)}
     else:
-        source: Source = "diff" if method == "diff-sae" else "acts"
-        label = model or (labels[-1] if source == "diff" else labels[0])
-        reference = (base or labels[0]) if source == "diff" else None
-        trained = train_sae(store, label, hook, out, cfg.sae_config(), source, reference)
+        manifest = fit_sae(store, label, hook, out, cfg.sae_config(), source, reference)
+        sae = SAE.load_from_disk(str(out))
         contexts = top_activations(
-            trained.sae.encode(x) for x in activation_shards(store, label, hook, source, reference)
+            sae.encode(x) for x in activation_shards(store, label, hook, source, reference)
         )
-        manifest = dict(trained.manifest)
     context_table = pd.concat([contexts, store.token_contexts(contexts["row"].tolist(), tokenizer)], axis=1)
     context_table = context_table.astype({"latent": "int64", "rank": "int64", "row": "int64"})
     write_parquet(out / "top_contexts.parquet", context_table)
     manifest |= {"method": method, "hook": hook, "dictionary_config": asdict(cfg)}
-    write_json(out / "rlinterp.json", manifest)  # last: the dictionary is finished
+    rundir.finish(out, rundir.DICTIONARY, manifest)  # last: the dictionary is finished
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return out
 
 
@@ -148,10 +176,9 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
     with spliced CE/KL when ``downstream``); written to ``eval.parquet`` beside it. For a
     crosscoder, its latent table with the latent-scaling verdicts."""
     path = Path(path)
-    manifest_path = path / "rlinterp.json"
-    if not manifest_path.is_file():
-        raise RlinterpError(f"{path} is not a finished rlinterp dictionary (no rlinterp.json)")
-    manifest = json.loads(manifest_path.read_text())
+    hint = "train it with `rlinterp dictionaries train`"
+    manifest = rundir.read_finished(path, rundir.DICTIONARY, hint)
+    rundir.remove_orphans(path, manifest.get("entries", ENTRIES))  # of a killed earlier evaluation
     if manifest["method"] == "crosscoder":
         table = pd.read_parquet(path / "latents.parquet")
         scaling = path / "latent_scaling.parquet"
@@ -192,10 +219,9 @@ def _crosscoder(
         _repeat(store, labels, hook, cfg.batch_size, cfg.seed),
         cfg.crosscoder_config(d_in, len(labels)),
         device=cfg.device,
-        checkpoint=out / "checkpoint",
+        checkpoint=out / CHECKPOINT,
     )
     crosscoder.save(out)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
     table = latent_table(crosscoder, base=0, post=len(labels) - 1)
     write_parquet(out / "latents.parquet", table)
     exclusive = table.index[table["kind"] != "shared"].tolist()

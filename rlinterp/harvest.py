@@ -9,9 +9,11 @@ written as one safetensors shard per (model, hook, batch), so:
 - shard ``k`` of every model and hook holds the same tokens, in the same order, so two
   models are compared shard by shard without any index bookkeeping;
 - an interrupted harvest resumes: a shard that exists was written atomically and is
-  complete, so only missing shards are computed.
+  complete, so only missing shards are computed; the store's fingerprint (``fingerprint``:
+  weight, config and tokenizer hashes, prompts, hooks, truncation, dtype, batch size)
+  must match, so shards of other inputs are never mixed in (see ``rundir``).
 
-Layout: ``manifest.json`` (``complete`` becomes true last), ``tokens.safetensors``
+Layout: ``manifest.json`` (written last, see ``rundir.finish``), ``tokens.safetensors``
 (``tokens``, ``keep``, ``lengths``), ``<label>/<hook>/shard-<k>.safetensors`` (``acts``:
 ``[kept tokens of batch k, d]``, float32).
 
@@ -44,14 +46,23 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from .artifacts import environment_versions, write_json, write_safetensors
+from . import rundir
+from .artifacts import (
+    config_sha256,
+    environment_versions,
+    tokenizer_sha256,
+    weights_sha256,
+    write_safetensors,
+)
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
 from .series import Checkpoint, ModelSeries
 
 log = logging.getLogger(__name__)
 
-KIND = "rlinterp.activations"
+KIND = rundir.STORE.name
+MANIFEST = rundir.STORE.manifest
+TOKENS = "tokens.safetensors"
 BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -146,16 +157,19 @@ class ActivationStore:
 
     @classmethod
     def load(cls, root: str | Path) -> ActivationStore:
+        """Open a finished store; raise if ``root`` is unfinished or something else."""
         root = Path(root)
-        path = root / "manifest.json"
-        if not path.is_file():
-            raise RlinterpError(f"{root} is not an activation store (no manifest.json)")
-        manifest = json.loads(path.read_text())
-        if manifest.get("kind") != KIND:
-            raise RlinterpError(f"{path} is not an activation store manifest")
-        if not manifest.get("complete"):
-            raise RlinterpError(f"the harvest in {root} is unfinished; run it again to resume")
-        return cls(root, manifest)
+        return cls(root, rundir.read_finished(root, rundir.STORE, "run the harvest (or diff) again"))
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What determined these activations (``harvest``'s fingerprint; for a store
+        written without one, the inputs its manifest describes)."""
+        recorded = self.manifest.get("fingerprint")
+        if isinstance(recorded, dict):
+            return recorded
+        described = ("checkpoints", "hooks", "batch_size", "n_prompts", "n_shards", "prompts_sha256")
+        return {key: self.manifest.get(key) for key in described}
 
     @property
     def hooks(self) -> list[str]:
@@ -180,7 +194,7 @@ class ActivationStore:
         return ModelSeries(self.checkpoints, **kwargs)
 
     def tokens(self) -> TokenizedPrompts:
-        saved = load_file(self.root / "tokens.safetensors")
+        saved = load_file(self.root / TOKENS)
         return TokenizedPrompts(tokens=saved["tokens"], lengths=saved["lengths"], keep=saved["keep"].bool())
 
     def token_batches(self) -> Iterator[TokenBatch]:
@@ -273,51 +287,94 @@ def epoch_batches(
             raise RlinterpError(f"{what} has fewer tokens than one batch of {batch_size}")
 
 
+def _settings(series: ModelSeries, cfg: HarvestConfig) -> tuple[TransformerBridge, list[str], int]:
+    """The loaded base model, the hooks and the truncation length ``cfg`` resolves to."""
+    base = series.load(series.base)
+    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
+    _check_hooks(base, hooks)
+    return base, hooks, cfg.max_length or base.cfg.n_ctx
+
+
+def prompts_sha256(prompts: PromptSet) -> str:
+    """Digest of the texts and their prompt/response split (labels do not change activations)."""
+    return hashlib.sha256(json.dumps([prompts.texts, prompts.response_starts]).encode()).hexdigest()
+
+
+def fingerprint(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig | None = None) -> dict[str, Any]:
+    """Everything that determines the shards of harvesting ``prompts`` through ``series``
+    (what resume compares): checkpoint labels and steps, every checkpoint's weight and
+    config hashes, the tokenizer files, prompts, hooks, truncation, dtype, BOS and
+    response handling, batch size. Not the device or paths: they do not change the result.
+    Loads the base model (to resolve default hooks and context length)."""
+    cfg = cfg or HarvestConfig()
+    _, hooks, max_length = _settings(series, cfg)
+    return _fingerprint(series, prompts, cfg, hooks, max_length)
+
+
+def _fingerprint(
+    series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str], max_length: int
+) -> dict[str, Any]:
+    found: dict[str, Any] = {"checkpoints": [f"{c.label} (step {c.step})" for c in series]}
+    for c in series:
+        found[f"weights of {c.label}"] = weights_sha256(c.path)
+        found[f"config of {c.label}"] = config_sha256(c.path)
+    return found | {
+        "tokenizer": tokenizer_sha256(series.base.path),
+        "prompts": prompts_sha256(prompts),
+        "hooks": hooks,
+        "max_length": max_length,
+        "dtype": str(series.dtype).removeprefix("torch."),
+        "include_bos": cfg.include_bos,
+        "response_only": cfg.response_only,
+        "batch_size": cfg.batch_size,
+    }
+
+
 def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps([prompts.texts, prompts.response_starts]).encode()).hexdigest()
-    n_shards = -(-len(prompts) // cfg.batch_size)
     return {
-        "kind": KIND,
         "checkpoints": series.describe(),
         "hooks": hooks,
         "batch_size": cfg.batch_size,
         "n_prompts": len(prompts),
-        "n_shards": n_shards,
-        "prompts_sha256": digest,
+        "n_shards": -(-len(prompts) // cfg.batch_size),
+        "prompts_sha256": prompts_sha256(prompts),
         "include_bos": cfg.include_bos,
         "response_only": cfg.response_only,
     }
 
 
 def harvest(
-    series: ModelSeries, prompts: PromptSet, out: str | Path, cfg: HarvestConfig | None = None
+    series: ModelSeries,
+    prompts: PromptSet,
+    out: str | Path,
+    cfg: HarvestConfig | None = None,
+    *,
+    force: bool = False,
 ) -> ActivationStore:
-    """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``
-    (resuming a previous, identical harvest there)."""
+    """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``.
+
+    ``out`` must be absent, empty, or a store: a finished store of the same fingerprint is
+    returned as it is, an interrupted one resumed; one of other inputs is refused naming
+    what changed, or (``force``) harvested again from scratch."""
     cfg = cfg or HarvestConfig()
     out = Path(out)
     series.validate()
-    base = series.load(series.base)
-    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
-    _check_hooks(base, hooks)
-    plan = _plan(series, prompts, cfg, hooks)
-    previous = out / "manifest.json"
-    if previous.is_file():
-        done = json.loads(previous.read_text())
-        if {k: done.get(k) for k in plan} != plan:
-            raise RlinterpError(
-                f"{out} holds a harvest with other checkpoints, hooks, prompts or batch size; "
-                "choose another output directory"
-            )
-        if done.get("complete"):
-            return ActivationStore(out, done)
-    write_json(previous, {**plan, "complete": False})
-
-    tokenized = prompts.tokenize(
-        base.tokenizer, cfg.max_length or base.cfg.n_ctx, cfg.include_bos, cfg.response_only
+    base, hooks, max_length = _settings(series, cfg)
+    entries = {TOKENS, *(c.label for c in series)}
+    claimed = rundir.claim(
+        out,
+        rundir.STORE,
+        _fingerprint(series, prompts, cfg, hooks, max_length),
+        entries,
+        resumable=entries,
+        force=force,
     )
+    if claimed.manifest is not None:  # finished, from the same inputs
+        return ActivationStore(out, claimed.manifest)
+    plan = _plan(series, prompts, cfg, hooks)
+    tokenized = prompts.tokenize(base.tokenizer, max_length, cfg.include_bos, cfg.response_only)
     write_safetensors(
-        out / "tokens.safetensors",
+        out / TOKENS,
         {"tokens": tokenized.tokens, "keep": tokenized.keep.to(torch.uint8), "lengths": tokenized.lengths},
     )
     layers = [hook_layer(h) for h in hooks]
@@ -336,8 +393,9 @@ def harvest(
         todo = [batch for batch in token_batches(tokenized, cfg.batch_size) if batch.shard in missing]
         for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
             _harvest_batch(model, checkpoint.label, batch, hooks, stop_at, store)
-    write_json(previous, {**plan, "complete": True, "versions": environment_versions()})
-    return ActivationStore(out, {**plan, "complete": True})
+    return ActivationStore(
+        out, rundir.finish(out, rundir.STORE, {**plan, "versions": environment_versions()})
+    )
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ def test_each_method_trains_and_writes_its_tables(store, tmp_path, method):
 def test_bad_input(store, tmp_path):
     with pytest.raises(RlinterpError, match="was not harvested"):
         train_dictionary(store, "sae", "blocks.7.hook_resid_post", tmp_path / "a", SMALL)
-    with pytest.raises(RlinterpError, match="not a finished rlinterp dictionary"):
+    with pytest.raises(RlinterpError, match="is not a finished dictionary"):
         evaluate_dictionary(tmp_path / "nothing")
 
 

@@ -3,6 +3,7 @@ built here: a model against itself gives zero, a planted change is localised, ba
 named."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,8 @@ def test_planted_change_is_localised(checkpoints, tmp_path):
     assert len(lens) == 20  # ten promoted and ten suppressed tokens
 
 
-def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path):
+def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path, monkeypatch):
+    harvest_module = sys.modules["rlinterp.harvest"]  # `rlinterp.harvest` is the function
     series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
     out = tmp_path / "store"
     store = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
@@ -108,18 +110,28 @@ def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path):
     kept = store.tokens().keep
     assert full.shape == (int(kept.sum()), 32)
     assert not kept[:, 0].any()  # the BOS position is excluded by default
-    # interrupt: lose a shard and the finished flag; the next run recomputes just that shard
-    lost = store.shard_path("step-2", "blocks.2.hook_resid_post", 3)
-    lost.unlink()
-    manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    # kill a second harvest after 5 of its 8 batches; the next run computes just the others
+    original, calls = harvest_module._harvest_batch, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(harvest_module, "_harvest_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(series, PROMPTS, tmp_path / "killed", HarvestConfig(batch_size=4))
+    monkeypatch.setattr(harvest_module, "_harvest_batch", original)
+    killed = ActivationStore(tmp_path / "killed", store.manifest)
     with pytest.raises(RlinterpError, match="unfinished"):
-        ActivationStore.load(out)
-    untouched = store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns
-    again = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
+        ActivationStore.load(tmp_path / "killed")
+    untouched = killed.shard_path("step-2", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns
+    assert not killed.shard_path("step-2", "blocks.0.hook_resid_post", 1).exists()
+    again = harvest(series, PROMPTS, tmp_path / "killed", HarvestConfig(batch_size=4))
     assert torch.equal(again.read("step-2", "blocks.2.hook_resid_post"), full)
-    assert store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns == untouched
-    with pytest.raises(RlinterpError, match="other checkpoints, hooks, prompts or batch size"):
+    assert killed.shard_path("step-2", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns == untouched
+    with pytest.raises(RlinterpError, match=r"store of other inputs \(batch_size changed \(4 -> 5\)"):
         harvest(series, PROMPTS, out, HarvestConfig(batch_size=5))
 
 
