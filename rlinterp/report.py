@@ -137,7 +137,9 @@ def render_report(diff: SeriesDiff, title: str) -> str:
     """The report as one HTML string with plotly.js inlined once."""
     figures = [weight_heatmap(diff), activation_heatmap(diff), kl_figure(diff)]
     plots = [
-        figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        figure.to_html(
+            full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}", config={"displaylogo": False}
+        )
         for i, figure in enumerate(figures)
     ]
     summary = pd.DataFrame(diff.summary())

@@ -32,8 +32,11 @@ def _imported(module: str, is_package: bool, node: ast.Import | ast.ImportFrom) 
         base = ".".join([*anchor, node.module] if node.module else anchor)
     else:
         base = node.module or ""
-    # ``from pkg import name`` may name a submodule
-    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    submodules = [f"{base}.{alias.name}" for alias in node.names]
+    # ``from . import name`` names a submodule of the package; ``from pkg import name`` may
+    if node.level and not node.module:
+        return submodules
+    return [base, *submodules]
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -381,14 +381,21 @@ def test_sharded_checkpoints_hash_every_shard(tmp_path):
 
 def test_an_unfinished_diff_is_not_loadable_and_its_stale_outputs_go(ckpts, tmp_path, monkeypatch):
     import rlinterp.diff
-    import rlinterp.report
+    import rlinterp.rundir
 
     out = tmp_path / "diff"
 
     def dies(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rlinterp.report, "write_report", dies)  # after summary.json, before the manifest
+    finish = rlinterp.rundir.finish
+
+    def dies_at_the_diff_manifest(path, kind, manifest):
+        if kind == rlinterp.rundir.DIFF:  # after summary.json, before the manifest
+            raise KeyboardInterrupt
+        return finish(path, kind, manifest)
+
+    monkeypatch.setattr(rlinterp.rundir, "finish", dies_at_the_diff_manifest)
     series = ModelSeries.from_paths([ckpts / "base", ckpts / "step-1"])
     with pytest.raises(KeyboardInterrupt):
         run_diff(series, PROMPTS, out, HarvestConfig(batch_size=4))
