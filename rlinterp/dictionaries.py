@@ -17,7 +17,7 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-from .artifacts import write_json, write_parquet
+from .artifacts import read_json_object, require_output_dir, write_json, write_parquet
 from .crosscoder import (
     Crosscoder,
     CrosscoderConfig,
@@ -39,7 +39,8 @@ from .crosscoder import (
 )
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches
-from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
+from .loading import require_device
+from .sae import ARCHITECTURES, Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
 from .sae_eval import evaluate_sae, fvu_drift
 from .series import ModelSeries
 
@@ -66,7 +67,20 @@ class DictionaryConfig:
     seed: int = 0
     """Initialisation and data order."""
     device: str = "cpu"
-    """Where the dictionary trains (``cuda`` on a GPU machine)."""
+    """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "n_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RlinterpError(f"{name} must be a positive integer, got {value!r}")
+        if self.k > self.d_sae:
+            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
+        if self.architecture not in ARCHITECTURES:
+            raise RlinterpError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
+        require_device(self.device)
 
     def sae_config(self) -> SAETrainConfig:
         return SAETrainConfig(
@@ -114,10 +128,12 @@ def train_dictionary(
     labels = store.labels
     if method not in METHODS:
         raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    require_output_dir(out)
     if (out / "rlinterp.json").is_file():
         raise RlinterpError(f"{out} already holds a trained dictionary; choose another output directory")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
+    _check_models(store, method, model, base, models)
     tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
     manifest: dict[str, Any]
     if method == "crosscoder":
@@ -144,6 +160,24 @@ def train_dictionary(
     return out
 
 
+def _check_models(
+    store: ActivationStore, method: Method, model: str | None, base: str | None, models: list[str] | None
+) -> None:
+    """Before any compute: the named models exist in the store and the method gets two
+    different ones where it compares (crosscoder, diff-SAE)."""
+    labels = store.labels
+    named = (models or []) if method == "crosscoder" else [m for m in (model, base) if m is not None]
+    unknown = [m for m in named if m not in labels]
+    if unknown:
+        raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
+    if method == "crosscoder":
+        chosen = models or [labels[0], labels[-1]]
+        if len(set(chosen)) < 2 or len(set(chosen)) != len(chosen):
+            raise RlinterpError(f"a crosscoder compares at least two different models, got {chosen}")
+    elif method == "diff-sae" and (model or labels[-1]) == (base or labels[0]):
+        raise RlinterpError(f"a diff-SAE needs two different models; both are {model or labels[-1]!r}")
+
+
 def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -> pd.DataFrame:
     """Evaluate a trained SAE or diff-SAE on every model of its store (the FVU drift curve,
     with spliced CE/KL when ``downstream``); written to ``eval.parquet`` beside it. For a
@@ -152,7 +186,11 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
     manifest_path = path / "rlinterp.json"
     if not manifest_path.is_file():
         raise RlinterpError(f"{path} is not a finished rlinterp dictionary (no rlinterp.json)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json_object(
+        manifest_path, "the dictionary is damaged; train it again into a new directory"
+    )
+    if manifest.get("method") not in METHODS:
+        raise RlinterpError(f"{manifest_path} names no known method; train the dictionary again")
     if manifest["method"] == "crosscoder":
         table = pd.read_parquet(path / "latents.parquet")
         scaling = path / "latent_scaling.parquet"

@@ -27,7 +27,14 @@ from typing import Any
 import pandas as pd
 
 from .activation_diff import ActivationDiff, diff_activations
-from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
+from .artifacts import (
+    environment_versions,
+    read_parquet,
+    require_output_dir,
+    write_json,
+    write_parquet,
+    write_safetensors,
+)
 from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig, harvest
 from .output_diff import diff_outputs
@@ -89,7 +96,8 @@ class SeriesDiff:
             raise RlinterpError(
                 f"{root} is not a finished diff (no manifest.json); run `rlinterp diff` again"
             )
-        return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
+        remedy = "run `rlinterp diff` again into a new directory"
+        return cls(**{name: read_parquet(root / f"{name}.parquet", remedy) for name in TABLES})
 
 
 TABLES = ("weights", "weights_by_component", "activations", "outputs", "lens", "top_tokens")
@@ -102,7 +110,8 @@ def run_diff(
 
     Each checkpoint is run twice: once to harvest its activations, once beside the base for
     the KL (next-token distributions are too large to store)."""
-    out = Path(out)
+    out = require_output_dir(Path(out))
+    series.validate()  # before anything is computed or written
     (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
     store = harvest(series, prompts, out / "activations", harvest_cfg)
     weights, by_component = _weight_tables(series)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from .artifacts import environment_versions, write_json, write_safetensors
+from .artifacts import environment_versions, read_json_object, write_json, write_safetensors
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
 from .series import ModelSeries
@@ -95,6 +95,10 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 2:
+            raise RlinterpError(f"max_length must leave room for BOS and one token, got {self.max_length}")
+        if self.hooks is not None and not self.hooks:
+            raise RlinterpError("hooks is empty; give at least one hook name, or None for the default")
 
 
 class ActivationStore:
@@ -110,7 +114,9 @@ class ActivationStore:
         path = root / "manifest.json"
         if not path.is_file():
             raise RlinterpError(f"{root} is not an activation store (no manifest.json)")
-        manifest = json.loads(path.read_text())
+        manifest = read_json_object(
+            path, f"the harvest in {root} is damaged; harvest again into a new directory"
+        )
         if manifest.get("kind") != KIND:
             raise RlinterpError(f"{path} is not an activation store manifest")
         if not manifest.get("complete"):
@@ -180,7 +186,7 @@ def shuffled_batches(
     is reshuffled after each chunk, so memory stays at one chunk plus the buffer; rows of
     nearby chunks mix, distant ones less. Deterministic in ``seed``."""
     if batch_size < 1 or buffer_batches < 1:
-        raise ValueError(
+        raise RlinterpError(
             f"batch_size and buffer_batches must be positive, got {batch_size}, {buffer_batches}"
         )
     generator = torch.Generator().manual_seed(seed)
@@ -280,7 +286,11 @@ def harvest(
         for k in tqdm(missing, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
             rows = slice(k * cfg.batch_size, (k + 1) * cfg.batch_size)
             _harvest_batch(model, checkpoint.label, tokenized, rows, hooks, stop_at, store, k)
-    write_json(previous, {**plan, "complete": True, "versions": environment_versions()})
+    cut = tokenized.tokens_cut  # truncation is also logged by tokenize
+    truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
+    write_json(
+        previous, {**plan, "complete": True, "truncated": truncated, "versions": environment_versions()}
+    )
     return ActivationStore(out, {**plan, "complete": True})
 
 

@@ -1,15 +1,18 @@
 """A base model and its RL checkpoints, as one ordered, validated series.
 
 ``ModelSeries`` is the entry point of every diff: it names each checkpoint (a label and
-an RL step), checks *before any compute* that all checkpoints are comparable (same
-architecture, sizes, tokenizer vocabulary and special tokens), and loads them lazily
-through TransformerLens, at most ``max_loaded`` at a time. Index 0 is always the base.
+an RL step), checks *before any compute* (``validate``, reading only configs, tokenizer
+files and safetensors headers) that all checkpoints are comparable — the whole model config
+but the fields in ``CONFIG_IGNORED``, the tokenizer vocabulary and special tokens, readable
+weight files holding the same tensors — and loads them lazily through TransformerLens, at
+most ``max_loaded`` at a time. Index 0 is always the base.
 
 Invariants:
-- checkpoints are sorted by step and labels are unique;
-- ``load(i)`` returns a model whose logits were checked against the plain ``transformers``
-  model on a few tokens (``fidelity[label]`` holds the max abs difference), so a diff is
-  never an artefact of the loader.
+- checkpoints are sorted by step and labels are unique; the device exists on this machine;
+- ``load(i)`` returns a model with only finite weights (a NaN or Inf weight is reported by
+  its name, as loaded in the series' dtype) whose logits were checked against the plain
+  ``transformers`` model on a few tokens (``fidelity[label]`` holds the max abs
+  difference), so a diff is never an artefact of the loader.
 """
 
 from __future__ import annotations
@@ -25,27 +28,50 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from .errors import RlinterpError
 
 if TYPE_CHECKING:
     from .harvest import ActivationStore
-from .loading import load_bridge, logit_fidelity, require_checkpoint
+from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
+from .weight_files import weight_headers
 
 STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
 """Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
 the organism (``step-5``) and DeepSpeed (``global_step500``)."""
 
-COMPARED_CONFIG = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "vocab_size",
+# fmt: off
+CONFIG_IGNORED = frozenset(
+    {
+        # where the config came from and how its weights were stored
+        "_name_or_path", "name_or_path", "_commit_hash", "transformers_version", "dtype", "torch_dtype",
+        # special-token ids: used by generation and padding (tokenizers are compared apart)
+        "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+        # labels and classification heads, which a causal LM does not run
+        "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "task_specific_params",
+        "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
+        # what a forward pass returns or how it is scheduled, not what it computes
+        "output_attentions", "output_hidden_states", "return_dict", "chunk_size_feed_forward",
+        "_attn_implementation", "attn_implementation", "tokenizer_class", "prefix",
+        # initialisation only
+        "initializer_range",
+    }
+    # every generation setting (use_cache, max_length, temperature, ...)
+    | set(GenerationConfig().to_dict())
 )
-"""Config fields that must agree across a series (``hidden_size`` and friends resolve
-through each config's attribute map, so GPT-2's ``n_embd`` is compared too)."""
+# fmt: on
+"""Model-config fields that may differ across a series because they cannot change what a
+forward pass over a sequence computes. Every other field of ``config.json`` (nested ones
+such as ``rope_parameters.rope_theta`` included, and ``architectures``) must agree with the
+base's; dropout rates (``CONFIG_IGNORED_PARTS``) are ignored too, since models are
+evaluated with dropout off."""
+CONFIG_IGNORED_PARTS = ("dropout", "pdrop")
+"""Substrings of dropout-rate field names (``attn_pdrop``, ``attention_dropout``, ...)."""
+CONFIG_FIRST = ("model_type", "architectures")
+"""Compared first, so that a different architecture is reported as such rather than as
+one of the many fields it changes."""
+_ABSENT = "<absent>"
 
 FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 """Largest relative logit difference (``Fidelity.relative``) accepted between the hooked
@@ -85,6 +111,7 @@ class ModelSeries:
     fidelity: dict[str, float] = field(default_factory=dict)
     """Label -> max absolute logit difference measured when the model was loaded."""
     _loaded: OrderedDict[str, TransformerBridge] = field(default_factory=OrderedDict, repr=False)
+    _validated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.checkpoints) < 1:
@@ -94,6 +121,7 @@ class ModelSeries:
             raise RlinterpError(f"checkpoint labels must be unique, got {labels}")
         for c in self.checkpoints:
             require_checkpoint(c.path)
+        require_device(self.device)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -177,19 +205,25 @@ class ModelSeries:
 
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise if any checkpoint differs from the base in architecture, sizes or
-        tokenizer; reads only configs and tokenizer files, never weights."""
+        """Raise ``RlinterpError`` if any checkpoint's weight files are damaged, or if it
+        differs from the base in model config (see ``CONFIG_IGNORED``), tokenizer, or the
+        names and shapes of its weights. Reads configs, tokenizer files and safetensors
+        headers, never the weights themselves. Checks once per series object."""
+        if self._validated:
+            return
         base = self.checkpoints[0]
         reference = _signature(base.path)
         for other in self.checkpoints[1:]:
             theirs = _signature(other.path)
-            for key, value in reference.items():
-                if theirs[key] != value:
-                    shown = (value, theirs[key]) if key != "vocab" else ("...", "...")
+            for key in sorted(reference.keys() | theirs.keys(), key=_compare_order):
+                mine, yours = reference.get(key, _ABSENT), theirs.get(key, _ABSENT)
+                if mine != yours:
+                    shown = (mine, yours) if key != "tokenizer vocab" else ("...", "...")
                     raise RlinterpError(
                         f"checkpoints {base.label} ({base.path}) and {other.label} ({other.path}) "
                         f"differ in {key}: {shown[0]} vs {shown[1]}"
                     )
+        self._validated = True
 
     # -- loading ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -211,6 +245,7 @@ class ModelSeries:
         while len(self._loaded) >= self.max_loaded:
             self._loaded.popitem(last=False)
         model = load_bridge(checkpoint.path, device=self.device, dtype=self.dtype)
+        _require_finite(checkpoint, model, self.dtype)
         if self.check_fidelity and checkpoint.label not in self.fidelity:
             tokens = torch.arange(min(16, model.cfg.d_vocab)).unsqueeze(0)
             fidelity = logit_fidelity(checkpoint.path, tokens, model)
@@ -235,14 +270,50 @@ class ModelSeries:
 
 
 def _signature(folder: Path) -> dict[str, object]:
-    """What must match across a series, read from one checkpoint folder."""
+    """What must match across a series, read from one checkpoint folder: ``config field
+    <name>`` for every compared config field, the tokenizer's special tokens and vocabulary,
+    and ``weight <name>`` -> shape for every tensor (which validates the weight files)."""
     try:
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise RlinterpError(f"cannot read the config or tokenizer of {folder}: {e}") from e
-    signature: dict[str, object] = {key: getattr(config, key, None) for key in COMPARED_CONFIG}
-    signature["architectures"] = json.dumps(config.architectures)
-    signature["special tokens"] = json.dumps(tokenizer.special_tokens_map, sort_keys=True)
-    signature["vocab"] = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    signature: dict[str, object] = {
+        f"config field {key}": value for key, value in _flatten(config.to_dict()).items() if _compared(key)
+    }
+    signature["tokenizer special tokens"] = json.dumps(tokenizer.special_tokens_map, sort_keys=True)
+    signature["tokenizer vocab"] = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    for name, info in weight_headers(folder).items():
+        signature[f"the shape of weight {name}"] = info.shape
     return signature
+
+
+def _flatten(config: dict[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and key not in ("id2label", "label2id"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _compared(key: str) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return name not in CONFIG_IGNORED and not any(part in name for part in CONFIG_IGNORED_PARTS)
+
+
+def _compare_order(key: str) -> tuple[int, str]:
+    first = [f"config field {name}" for name in CONFIG_FIRST]
+    return (first.index(key), key) if key in first else (len(first), key)
+
+
+def _require_finite(checkpoint: Checkpoint, model: TransformerBridge, dtype: torch.dtype) -> None:
+    for wrapped, parameter in model.original_model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            # The bridge wraps each Hugging Face module; unwrapped, the name is the checkpoint's.
+            name = wrapped.replace("._original_component", "")
+            raise RlinterpError(
+                f"weight {name} of {checkpoint.label} ({checkpoint.path}) holds NaN or Inf values "
+                f"when loaded in {dtype}; the checkpoint is damaged or does not fit this dtype"
+            )

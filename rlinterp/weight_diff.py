@@ -1,8 +1,9 @@
 """What RL changed in the weights: base and RL checkpoints compared parameter by parameter.
 
 Checkpoints are read straight from their safetensors files (``model.safetensors``, or a
-sharded ``model.safetensors.index.json``), never through TransformerLens, so no loader
-folding or reshaping enters the difference. Plain state dicts are accepted too.
+sharded ``model.safetensors.index.json``; see ``weight_files``), never through
+TransformerLens, so no loader folding or reshaping enters the difference. Plain state dicts
+are accepted too.
 
 For each parameter, with ``delta = post - base``:
 
@@ -22,33 +23,30 @@ For each parameter, with ``delta = post - base``:
 
 Invariants: a checkpoint compared with itself gives exactly zero on every metric; the two
 sides must hold the same parameter names with the same shapes and only finite values,
-otherwise ``diff_weights`` raises ``RlinterpError`` before computing anything. Work is done
+otherwise ``diff_weights`` raises ``RlinterpError`` before computing anything (a non-finite
+weight is named with its checkpoint). Work is done
 on CPU in float32 (float64 when a side is float64); full SVDs make large matrices slow.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file
 from torch import Tensor
 
 from .errors import RlinterpError
+from .weight_files import load_state_dict
 
 Component = Literal["attention", "mlp", "embedding", "norm", "unembedding", "other"]
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 FRAME_COLUMNS = (
     "parameter", "layer", "component", "shape", "numel", "rel_frobenius", "frac_changed",
     "effective_rank", "top_singular_value", "subspace_angle_deg",
@@ -65,26 +63,6 @@ _COMPONENT_PARTS: tuple[tuple[Component, tuple[str, ...]], ...] = (
     ("attention", ("attn", "attention")),
     ("mlp", ("mlp", "feed_forward")),
 )
-
-
-def load_state_dict(folder: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Every tensor of a Hugging Face checkpoint folder, single-file or sharded, on CPU."""
-    folder = Path(folder)
-    if (folder / SINGLE_FILE).is_file():
-        return load_file(folder / SINGLE_FILE)
-    if not (folder / INDEX_FILE).is_file():
-        raise RlinterpError(
-            f"{folder} holds neither {SINGLE_FILE} nor {INDEX_FILE}; pass a checkpoint folder "
-            "saved with save_pretrained(..., safe_serialization=True)"
-        )
-    shards = sorted(set(json.loads((folder / INDEX_FILE).read_text())["weight_map"].values()))
-    missing = [shard for shard in shards if not (folder / shard).is_file()]
-    if missing:
-        raise RlinterpError(f"{folder / INDEX_FILE} lists shards that are not in {folder}: {missing}")
-    state: dict[str, Tensor] = {}
-    for shard in shards:
-        state.update(load_file(folder / shard))
-    return state
 
 
 def parameter_site(name: str) -> tuple[int | None, Component]:
@@ -236,14 +214,19 @@ class WeightDiff:
 def diff_weights(base: Checkpoint, post: Checkpoint, top_k: int = 8) -> WeightDiff:
     """Compare two checkpoints (folders or state dicts) parameter by parameter."""
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise RlinterpError(f"top_k must be at least 1, got {top_k}")
     base_sd, post_sd = (c if isinstance(c, Mapping) else load_state_dict(c) for c in (base, post))
-    _validate(base_sd, post_sd)
+    base_name, post_name = (
+        n if isinstance(c, Mapping) else str(c) for c, n in ((base, "base"), (post, "post"))
+    )
+    _validate(base_sd, post_sd, base_name, post_name)
     rows = tuple(_diff_parameter(name, base_sd[name], post_sd[name], top_k) for name in sorted(base_sd))
     return WeightDiff(parameters=rows, top_k=top_k)
 
 
-def _validate(base: Mapping[str, Tensor], post: Mapping[str, Tensor]) -> None:
+def _validate(
+    base: Mapping[str, Tensor], post: Mapping[str, Tensor], base_name: str = "base", post_name: str = "post"
+) -> None:
     only_base, only_post = sorted(base.keys() - post.keys()), sorted(post.keys() - base.keys())
     if only_base or only_post:
         raise RlinterpError(
@@ -255,10 +238,12 @@ def _validate(base: Mapping[str, Tensor], post: Mapping[str, Tensor]) -> None:
                 f"parameter {name} has shape {tuple(base[name].shape)} in base "
                 f"but {tuple(post[name].shape)} in post"
             )
-    for side, state in (("base", base), ("post", post)):
+    for side, state in ((base_name, base), (post_name, post)):
         for name in sorted(state):
             if not bool(torch.isfinite(state[name]).all()):
-                raise RlinterpError(f"parameter {name} has NaN or Inf values in {side}")
+                raise RlinterpError(
+                    f"weight {name} of {side} holds NaN or Inf values; the checkpoint is damaged"
+                )
 
 
 def _eps(dtype: torch.dtype) -> float:

@@ -30,7 +30,15 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..artifacts import environment_versions, sha256_file, write_json, write_jsonl, write_parquet
+from ..artifacts import (
+    environment_versions,
+    read_json_object,
+    read_parquet,
+    sha256_file,
+    write_json,
+    write_jsonl,
+    write_parquet,
+)
 from ..errors import RlinterpError
 from ..reproducibility import torch_threads
 from .behaviour import eval_questions, evaluate
@@ -65,7 +73,9 @@ class Organism:
                 f"{root} is not a finished organism (no {MANIFEST}); build it with "
                 f"`rlinterp organism --out {root}`"
             )
-        manifest = json.loads(path.read_text())
+        manifest = read_json_object(
+            path, f"the organism is damaged; rebuild it with `rlinterp organism --out {root} --force`"
+        )
         if manifest.get("kind") != KIND:
             raise RlinterpError(f"{path} is not an organism manifest (kind={manifest.get('kind')!r})")
         return cls(root=root, manifest=manifest)
@@ -90,7 +100,8 @@ class Organism:
         return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
     def behaviour(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / self.manifest["behaviour"])
+        remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
+        return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
     def damaged_files(self) -> list[str]:
         """Weight files that are missing or no longer hash to the manifest's record."""
