@@ -20,13 +20,15 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
+import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -56,6 +58,10 @@ class TensorInfo(NamedTuple):
     shape: tuple[int, ...]
     file: str
     """Name of the file (in the checkpoint folder) holding it."""
+    begin: int
+    """Byte offset of its data in the file."""
+    end: int
+    """Byte offset just past its data."""
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
@@ -84,7 +90,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        info, begin, stop = _entry(path, name, entry)
+        info, begin, stop = _entry(path, name, entry, data_start=8 + n)
         end = max(end, stop)
         width = DTYPE_BYTES.get(info.dtype)
         if width is not None and stop - begin != math.prod(info.shape) * width:
@@ -99,7 +105,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return tensors
 
 
-def _entry(path: Path, name: str, entry: object) -> tuple[TensorInfo, int, int]:
+def _entry(path: Path, name: str, entry: object, data_start: int) -> tuple[TensorInfo, int, int]:
     """One header entry as (info, begin, end), or an error naming the file and tensor."""
     try:
         dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]  # type: ignore[index]
@@ -111,7 +117,7 @@ def _entry(path: Path, name: str, entry: object) -> tuple[TensorInfo, int, int]:
         raise RlinterpError(
             f"{path} is not a valid safetensors file: the header entry of {name} is malformed"
         )
-    return TensorInfo(dtype, tuple(shape), path.name), begin, end
+    return TensorInfo(dtype, tuple(shape), path.name, data_start + begin, data_start + end), begin, end
 
 
 def weight_headers(folder: str | os.PathLike[str]) -> dict[str, TensorInfo]:
@@ -133,7 +139,9 @@ def weight_headers(folder: str | os.PathLike[str]) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for shard in sorted(set(weight_map.values())):
         tensors.update(read_header(folder / shard))
-    absent = sorted(name for name, shard in weight_map.items() if tensors.get(name, (0, 0, ""))[2] != shard)
+    absent = sorted(
+        name for name, shard in weight_map.items() if name not in tensors or tensors[name].file != shard
+    )
     if absent:
         raise RlinterpError(
             f"{index} maps {len(absent)} weight(s) to shards that do not hold them, e.g. "
@@ -168,3 +176,42 @@ def load_state_dict(folder: str | os.PathLike[str]) -> dict[str, Tensor]:
     for name in files:
         state.update(load_file(folder / name))
     return state
+
+
+FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+"""Safetensors names of the floating dtypes a checkpoint can be loaded in."""
+
+
+def stored_dtype(tensors: dict[str, TensorInfo]) -> torch.dtype | None:
+    """The floating dtype most of a checkpoint's parameters (by element count) are stored
+    in; None if it stores no floating tensors."""
+    counts: dict[str, int] = {}
+    for info in tensors.values():
+        if info.dtype in FLOAT_DTYPES:
+            counts[info.dtype] = counts.get(info.dtype, 0) + math.prod(info.shape)
+    return FLOAT_DTYPES[max(counts, key=counts.__getitem__)] if counts else None
+
+
+def tensors_digest(folder: str | os.PathLike[str], tensors: dict[str, TensorInfo]) -> str:
+    """SHA-256 over the names, dtypes, shapes and data bytes of ``tensors`` (files in
+    ``folder``), in name order: equal for two checkpoints exactly when they hold the same
+    tensors with the same bytes, however they are sharded or ordered in their files."""
+    digest = hashlib.sha256()
+    handles: dict[str, BinaryIO] = {}
+    try:
+        for name in sorted(tensors):
+            info = tensors[name]
+            digest.update(json.dumps([name, info.dtype, info.shape]).encode())
+            f = handles.get(info.file) or handles.setdefault(info.file, (Path(folder) / info.file).open("rb"))
+            f.seek(info.begin)
+            remaining = info.end - info.begin
+            while remaining:
+                chunk = f.read(min(remaining, 1 << 24))
+                if not chunk:
+                    raise RlinterpError(f"{Path(folder) / info.file} was truncated while being read")
+                digest.update(chunk)
+                remaining -= len(chunk)
+    finally:
+        for f in handles.values():
+            f.close()
+    return digest.hexdigest()
