@@ -206,11 +206,11 @@ class ModelSeries:
         its ``manifest.json``) with ``regime``; one training run directory; or checkpoint
         folders, base first unless ``base`` is given."""
         root = Path(specs[0])
-        if len(specs) > 1 or (root / "config.json").is_file() or is_adapter(root):
-            if base is not None:
-                return cls.from_paths([base, *specs], **kwargs)
-            if len(specs) > 1:
-                return cls.from_paths(specs, **kwargs)
+        folders = len(specs) > 1 or (root / "config.json").is_file() or is_adapter(root)
+        if folders and base is not None:
+            return cls.from_paths([base, *specs], **kwargs)
+        if len(specs) > 1:
+            return cls.from_paths(specs, **kwargs)
         organism_root = root.parent if root.name == "manifest.json" else root
         if (organism_root / "manifest.json").is_file():
             if regime is None:

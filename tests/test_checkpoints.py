@@ -326,8 +326,11 @@ def test_an_adapter_naming_a_missing_base_is_refused(lora_run, tmp_path):
 
 
 def test_an_adapter_series_needs_a_full_base(lora_run):
+    loose = [lora_run["run"] / "checkpoint-10", lora_run["run"] / "checkpoint-30"]
     with pytest.raises(RlinterpError, match="the base of a series must be a full checkpoint"):
-        ModelSeries.from_paths([lora_run["run"] / "checkpoint-10", lora_run["run"] / "checkpoint-20"])
+        ModelSeries.from_paths(loose)
+    series = ModelSeries.from_spec(loose, base=lora_run["base"])  # --series ... --base ...
+    assert [(c.label, c.step) for c in series] == [("base", 0), ("checkpoint-10", 10), ("checkpoint-30", 30)]
 
 
 def _prompt_file(root: Path) -> Path:
