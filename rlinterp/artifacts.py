@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
@@ -110,6 +111,34 @@ RECENT_NS = 2_000_000_000
 so a rewrite within the same tick would look unchanged (git's "racily clean" problem)."""
 
 _digests: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def require_output_dir(path: Path) -> Path:
+    """``path`` if it is a directory or does not exist yet; an error if it names a file."""
+    if path.exists() and not path.is_dir():
+        raise RlinterpError(f"output path {path} is a file; give a directory path")
+    return path
+
+
+def read_json_object(path: Path, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a manifest), or an ``RlinterpError`` that names the file,
+    says what is wrong with it and ends with ``remedy``."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RlinterpError(f"{path} is not valid JSON ({e}); {remedy}") from e
+    if not isinstance(obj, dict):
+        raise RlinterpError(f"{path} holds a JSON {type(obj).__name__}, not an object; {remedy}")
+    return obj
+
+
+def read_parquet(path: Path, remedy: str) -> pd.DataFrame:
+    """The table in ``path``, or an ``RlinterpError`` naming the file and ending with
+    ``remedy`` if it is missing or not a readable Parquet file."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as e:
+        raise RlinterpError(f"{path} is missing or not a readable Parquet file ({e}); {remedy}") from e
 
 
 def sha256_file(path: Path) -> str:

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 import transformers
 
 from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
@@ -24,7 +23,7 @@ from .harvest import ActivationStore, HarvestConfig
 from .organism import PRESETS, build_organism, format_table
 from .prompts import PromptSet
 from .report import write_report
-from .series import ModelSeries
+from .series import DTYPES, ModelSeries
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,9 +39,30 @@ def _organism(args: argparse.Namespace) -> None:
     sys.stdout.write(f"organism in {organism.root}\n{format_table(organism.behaviour())}\n")
 
 
+def _steps(text: str) -> dict[str, object]:
+    """``--steps``: ``every:K`` or a comma-separated list of steps, as ``ModelSeries.select``
+    keyword arguments."""
+    try:
+        if text.startswith("every:"):
+            return {"every": int(text.removeprefix("every:"))}
+        return {"steps": [int(step) for step in text.split(",") if step.strip()]}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither every:<k> nor a list like 100,200,500"
+        ) from None
+
+
 def _diff(args: argparse.Namespace) -> None:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device, dtype=dtype)
+    series = ModelSeries.from_spec(
+        args.series,
+        regime=args.regime,
+        base=args.base,
+        device=args.device,
+        dtype=DTYPES.get(args.dtype),  # auto: None
+        on_identical=args.on_identical,
+    )
+    if args.steps is not None:
+        series = series.select(**args.steps)
     if args.prompts == "organism":
         root = Path(args.series[0])
         prompts = PromptSet.from_organism(root.parent if root.name == "manifest.json" else root)
@@ -112,8 +132,22 @@ def _parser() -> argparse.ArgumentParser:
         "--series",
         nargs="+",
         required=True,
-        help="an organism dir (with --regime), a run dir with checkpoint-<N> folders, "
-        "or checkpoint folders (base first)",
+        help="an organism dir (with --regime), a run dir with checkpoint-<N> (or step-<N>, "
+        "global_step<N>, <N>) folders holding full checkpoints or PEFT adapters, or checkpoint "
+        "folders (base first, unless --base)",
+    )
+    diff.add_argument(
+        "--base",
+        default=None,
+        help="the base model folder (default: the first --series folder, a run's step-0 folder, "
+        "or the local base its adapters name)",
+    )
+    diff.add_argument(
+        "--steps",
+        type=_steps,
+        default=None,
+        help="diff only some checkpoints: every:<k> (every k-th, and the last) or a list of steps "
+        "like 100,200,500",
     )
     diff.add_argument(
         "--regime", default=None, help="which regime of an organism to diff (e.g. weak, strong)"
@@ -132,7 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--response-only", action="store_true", help="keep only response tokens")
     diff.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     diff.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="dtype the models run in (default: auto, the widest dtype the checkpoints store; "
+        "float32 upcasts half-precision checkpoints)",
+    )
+    diff.add_argument(
+        "--on-identical",
+        choices=("warn", "error", "ignore"),
+        default="warn",
+        help="checkpoints holding byte-identical weights: warn (default), stop, or skip the check",
     )
     diff.add_argument(
         "--force",

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -116,17 +117,17 @@ class CrosscoderConfig:
         positive |= {"n_steps": self.n_steps, "dead_after": self.dead_after}
         for name, value in positive.items():
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise RlinterpError(f"{name} must be at least 1, got {value}")
         if self.n_models < 2:
-            raise ValueError(f"a crosscoder compares at least 2 models, got n_models={self.n_models}")
+            raise RlinterpError(f"a crosscoder compares at least 2 models, got n_models={self.n_models}")
         if not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise RlinterpError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
         if self.aux_k is not None and self.aux_k < 1:
-            raise ValueError(f"aux_k must be at least 1 (or None for d_in // 2), got {self.aux_k}")
-        if not self.aux_coef >= 0:
-            raise ValueError(f"aux_coef must be non-negative, got {self.aux_coef}")
+            raise RlinterpError(f"aux_k must be at least 1 (or None for d_in // 2), got {self.aux_k}")
+        if not (self.aux_coef >= 0 and math.isfinite(self.aux_coef)):
+            raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
 
 
 class CrosscoderOutput(NamedTuple):
@@ -366,7 +367,7 @@ def paired_batches(
     into a buffer of about ``buffer_batches`` batches that is reshuffled after each shard, so
     memory stays at one shard plus the buffer; tokens of nearby shards mix, distant ones less."""
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ValueError(f"labels must name at least two distinct models of the store, got {labels}")
+        raise RlinterpError(f"a crosscoder needs at least two distinct models of the store, got {labels}")
     yield from shuffled_batches(_paired_shards(store, labels, hook), batch_size, seed, buffer_batches)
 
 
@@ -380,7 +381,7 @@ def _paired_shards(store: ActivationStore, labels: list[str], hook: str) -> Iter
 
 def _check_pair(cfg: CrosscoderConfig, a: int, b: int) -> None:
     if a == b or not (0 <= a < cfg.n_models and 0 <= b < cfg.n_models):
-        raise ValueError(f"need two distinct model indices in [0, {cfg.n_models}), got {a} and {b}")
+        raise RlinterpError(f"need two distinct model indices in [0, {cfg.n_models}), got {a} and {b}")
 
 
 @torch.no_grad()
@@ -431,7 +432,7 @@ def latent_scaling(
     cfg = crosscoder.cfg
     _check_pair(cfg, own, other)
     if not latents or not all(0 <= j < cfg.d_sae for j in latents):
-        raise ValueError(f"latents must be a non-empty list of indices in [0, {cfg.d_sae}), got {latents}")
+        raise RlinterpError(f"latents must be a non-empty list of indices in [0, {cfg.d_sae}), got {latents}")
     index = torch.tensor(latents, device=crosscoder.W_dec.device)
     dec = crosscoder.W_dec[index].double()  # [latent, model, d_in]
     d_own = dec[:, own]

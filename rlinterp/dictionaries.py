@@ -19,6 +19,7 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,9 @@ from .crosscoder import (
 )
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches
+from .loading import require_device
 from .sae import (
+    ARCHITECTURES,
     CHECKPOINT,
     ENTRIES,
     Architecture,
@@ -78,7 +81,20 @@ class DictionaryConfig:
     seed: int = 0
     """Initialisation and data order."""
     device: str = "cpu"
-    """Where the dictionary trains (``cuda`` on a GPU machine)."""
+    """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "n_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RlinterpError(f"{name} must be a positive integer, got {value!r}")
+        if self.k > self.d_sae:
+            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
+        if self.architecture not in ARCHITECTURES:
+            raise RlinterpError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
+        require_device(self.device)
 
     def sae_config(self) -> SAETrainConfig:
         return SAETrainConfig(
@@ -132,16 +148,11 @@ def train_dictionary(
         raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
+    _check_models(store, method, model, base, models)
     source: Source = "diff" if method == "diff-sae" else "acts"
     chosen = models or [labels[0], labels[-1]]
     label = model or (labels[-1] if source == "diff" else labels[0])
     reference = (base or labels[0]) if source == "diff" else None
-    used = chosen if method == "crosscoder" else [label, *([reference] if reference else [])]
-    unknown = [name for name in used if name not in labels]
-    if unknown:
-        raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
-    if len(set(used)) < 2 and method != "sae":
-        raise RlinterpError(f"a {method} needs two different models, got {used}")
     tokenizer = store.series(check_fidelity=False).tokenizer()
     which = {"models": chosen} if method == "crosscoder" else {"model": label, "base": reference}
     settings = {"method": method, "hook": hook, **which, **asdict(cfg)}
@@ -169,6 +180,24 @@ def train_dictionary(
     rundir.finish(out, rundir.DICTIONARY, manifest)  # last: the dictionary is finished
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return out
+
+
+def _check_models(
+    store: ActivationStore, method: Method, model: str | None, base: str | None, models: list[str] | None
+) -> None:
+    """Before any compute: the named models exist in the store and the method gets two
+    different ones where it compares (crosscoder, diff-SAE)."""
+    labels = store.labels
+    named = (models or []) if method == "crosscoder" else [m for m in (model, base) if m is not None]
+    unknown = [m for m in named if m not in labels]
+    if unknown:
+        raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
+    if method == "crosscoder":
+        chosen = models or [labels[0], labels[-1]]
+        if len(set(chosen)) < 2 or len(set(chosen)) != len(chosen):
+            raise RlinterpError(f"a crosscoder compares at least two different models, got {chosen}")
+    elif method == "diff-sae" and (model or labels[-1]) == (base or labels[0]):
+        raise RlinterpError(f"a diff-SAE needs two different models; both are {model or labels[-1]!r}")
 
 
 def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -> pd.DataFrame:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import rundir
 from .activation_diff import ActivationDiff, diff_activations
-from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
+from .artifacts import environment_versions, read_parquet, write_json, write_parquet, write_safetensors
 from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
 from .output_diff import diff_outputs
 from .prompts import PromptSet
@@ -91,7 +91,8 @@ class SeriesDiff:
         """Read a finished ``run_diff`` output directory (an unfinished one is refused)."""
         root = Path(root)
         rundir.read_finished(root, rundir.DIFF, "run `rlinterp diff` again")
-        return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
+        remedy = "run `rlinterp diff` again into a new directory"
+        return cls(**{name: read_parquet(root / f"{name}.parquet", remedy) for name in TABLES})
 
 
 TABLES = ("weights", "weights_by_component", "activations", "outputs", "lens", "top_tokens")

@@ -56,7 +56,7 @@ from .artifacts import (
 )
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
-from .series import Checkpoint, ModelSeries
+from .series import DTYPES, Checkpoint, ModelSeries
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,10 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 2:
+            raise RlinterpError(f"max_length must leave room for BOS and one token, got {self.max_length}")
+        if self.hooks is not None and not self.hooks:
+            raise RlinterpError("hooks is empty; give at least one hook name, or None for the default")
 
 
 class TokenBatch(NamedTuple):
@@ -189,8 +193,11 @@ class ActivationStore:
         return tuple(Checkpoint(c["label"], c["step"], Path(c["path"])) for c in self.manifest["checkpoints"])
 
     def series(self, **kwargs: Any) -> ModelSeries:
-        """The series the store was harvested from; ``kwargs`` go to ``ModelSeries``
-        (``device``, ``dtype``, ``check_fidelity``, ...)."""
+        """The series the store was harvested from, in the dtype it was harvested in;
+        ``kwargs`` go to ``ModelSeries`` (``device``, ``dtype``, ``check_fidelity``, ...)."""
+        described = self.manifest["checkpoints"]
+        if "dtype" in described[0]:
+            kwargs.setdefault("dtype", DTYPES.get(described[0]["dtype"]))
         return ModelSeries(self.checkpoints, **kwargs)
 
     def tokens(self) -> TokenizedPrompts:
@@ -250,7 +257,7 @@ def shuffled_batches(
     is reshuffled after each chunk, so memory stays at one chunk plus the buffer; rows of
     nearby chunks mix, distant ones less. Deterministic in ``seed``."""
     if batch_size < 1 or buffer_batches < 1:
-        raise ValueError(
+        raise RlinterpError(
             f"batch_size and buffer_batches must be positive, got {batch_size}, {buffer_batches}"
         )
     generator = torch.Generator().manual_seed(seed)
@@ -393,9 +400,10 @@ def harvest(
         todo = [batch for batch in token_batches(tokenized, cfg.batch_size) if batch.shard in missing]
         for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
             _harvest_batch(model, checkpoint.label, batch, hooks, stop_at, store)
-    return ActivationStore(
-        out, rundir.finish(out, rundir.STORE, {**plan, "versions": environment_versions()})
-    )
+    cut = tokenized.tokens_cut  # truncation is also logged by tokenize
+    truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
+    manifest = {**plan, "truncated": truncated, "versions": environment_versions()}
+    return ActivationStore(out, rundir.finish(out, rundir.STORE, manifest))
 
 
 @torch.no_grad()

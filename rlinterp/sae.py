@@ -25,6 +25,7 @@ same fingerprint (store, model, hook, config) resumes from there. Deterministic 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -60,8 +61,10 @@ from . import rundir
 from .artifacts import optimizer_tensors, restore_optimizer, write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches, shuffled_batches
+from .loading import require_device
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
+ARCHITECTURES: tuple[Architecture, ...] = ("topk", "batchtopk", "jumprelu", "standard")
 Source = Literal["acts", "diff"]
 MANIFEST = rundir.DICTIONARY.manifest
 CHECKPOINT = "checkpoint"
@@ -109,11 +112,19 @@ class SAETrainConfig:
     """Where the SAE trains (batches come from the store on the CPU)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("topk", "batchtopk", "jumprelu", "standard"):
-            raise ValueError(f"unknown SAE architecture {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise RlinterpError(
+                f"unknown SAE architecture {self.architecture!r}; choose one of {ARCHITECTURES}"
+            )
         for name in ("d_sae", "k", "n_tokens", "batch_size", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if not getattr(self, name) > 0:
+                raise RlinterpError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
+            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
+        for name in ("lr", "sparsity_coefficient"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise RlinterpError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
+        require_device(self.device)
 
 
 def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:

@@ -155,11 +155,11 @@ def test_mismatched_checkpoints_are_named(checkpoints, tmp_path):
     torch.manual_seed(1)
     llama = tiny_hf_config("llama", n_layer=3)
     other_arch = _save(AutoModelForCausalLM.from_config(llama), tmp_path / "llama")
-    with pytest.raises(RlinterpError, match="differ in model_type: gpt2 vs llama"):
+    with pytest.raises(RlinterpError, match="differ in config field model_type: gpt2 vs llama"):
         ModelSeries.from_paths([checkpoints["base"], other_arch]).validate()
     model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
     other_vocab = _save(model, tmp_path / "vocab", alphabet=ALPHABET.replace("z", "#"))
-    with pytest.raises(RlinterpError, match=r"base .* and .* differ in vocab"):
+    with pytest.raises(RlinterpError, match=r"base .* and .* differ in tokenizer vocab"):
         ModelSeries.from_paths([checkpoints["base"], other_vocab]).validate()
     with pytest.raises(RlinterpError, match="does not exist"):
         ModelSeries.from_paths([checkpoints["base"], tmp_path / "missing"])
@@ -180,9 +180,11 @@ def test_bad_prompts_and_hooks(checkpoints, tmp_path):
 
 
 def test_non_finite_activations_name_checkpoint_and_hook(checkpoints, tmp_path):
+    # Finite weights whose sum overflows float32: only the activations are non-finite.
     model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
     with torch.no_grad():
-        model.get_parameter("transformer.h.2.mlp.c_proj.bias").fill_(float("nan"))
+        model.get_parameter("transformer.h.2.attn.c_proj.bias").fill_(3e38)
+        model.get_parameter("transformer.h.2.mlp.c_proj.bias").fill_(3e38)
     broken = _save(model, tmp_path / "step-9")
     series = ModelSeries.from_paths([checkpoints["base"], broken], check_fidelity=False)
     with pytest.raises(RlinterpError, match=r"non-finite activations in step-9 at blocks.2.hook_resid_post"):

@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import rundir
-from ..artifacts import environment_versions, sha256_file, write_jsonl, write_parquet
+from ..artifacts import environment_versions, read_parquet, sha256_file, write_jsonl, write_parquet
 from ..errors import RlinterpError
 from ..reproducibility import torch_threads
 from .behaviour import eval_questions, evaluate
@@ -81,7 +81,8 @@ class Organism:
         return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
     def behaviour(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / self.manifest["behaviour"])
+        remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
+        return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
     def damaged_files(self) -> list[str]:
         """Weight files that are missing or no longer hash to the manifest's record."""
