@@ -19,10 +19,10 @@ Layout: ``manifest.json`` (written last, see ``rundir.finish``), ``tokens.safete
 
 One rule maps shards to tokens, ``token_batches``: batch ``k`` is prompts
 ``[k * batch_size, (k + 1) * batch_size)``, cut to its longest real row, and its shard holds
-the ``keep`` positions of that slice in row-major order, which are store rows
-``[kept tokens of batches < k, + kept tokens of batch k)``. Harvesting, the KL pass
-(``output_diff``), SAE splicing (``sae_eval``) and token contexts all go through it, so the
-rows they talk about are the same tokens.
+the ``keep`` positions of that slice in row-major order. The store's rows (its shards one
+after another) are therefore the kept tokens of the whole prompt set in row-major order.
+Harvesting, the KL pass (``output_diff``), SAE splicing (``sae_eval``) and token contexts
+all go through this rule, so the rows they talk about are the same tokens.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class TokenBatch(NamedTuple):
     shard: int
     """The shard number ``k``."""
     prompts: slice
-    """Prompt rows of the tokenized set: ``[k * batch_size, (k + 1) * batch_size)``."""
+    """Prompt rows of the tokenized set: ``[k * batch_size, (k + 1) * batch_size)``, the last
+    batch cut at the number of prompts."""
     tokens: Int[Tensor, "batch pos"]
     """The batch's tokens, cut to its longest real row (no all-padding columns)."""
     keep: Bool[Tensor, "batch pos"]
@@ -140,9 +141,9 @@ def token_batches(tokenized: TokenizedPrompts, batch_size: int) -> Iterator[Toke
     """The batches of ``tokenized`` in shard order (the module docstring's rule)."""
     if batch_size < 1:
         raise RlinterpError(f"batch_size must be positive, got {batch_size}")
-    offset = 0
-    for k, start in enumerate(range(0, tokenized.tokens.shape[0], batch_size)):
-        prompts = slice(start, start + batch_size)
+    offset, n_prompts = 0, tokenized.tokens.shape[0]
+    for k, start in enumerate(range(0, n_prompts, batch_size)):
+        prompts = slice(start, min(start + batch_size, n_prompts))
         lengths = tokenized.lengths[prompts]
         width = int(lengths.max())
         keep = tokenized.keep[prompts, :width]

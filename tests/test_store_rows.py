@@ -45,7 +45,7 @@ def test_batches_of_a_hand_made_layout():
     keep[3, 1] = False  # e.g. a prompt token under response_only: 2 + 4 | 1 + 2 | 1 kept
     batches = list(token_batches(TokenizedPrompts(tokens=tokens, lengths=lengths, keep=keep), batch_size=2))
     assert [b.shard for b in batches] == [0, 1, 2]
-    assert [(b.prompts.start, b.prompts.stop) for b in batches] == [(0, 2), (2, 4), (4, 6)]
+    assert [(b.prompts.start, b.prompts.stop) for b in batches] == [(0, 2), (2, 4), (4, 5)]
     assert [b.tokens.shape[1] for b in batches] == [5, 4, 2]  # cut to the longest real row
     assert [(b.rows.start, b.rows.stop) for b in batches] == [(0, 6), (6, 9), (9, 10)]
     assert batches[1].tokens[torch.as_tensor(batches[1].keep)].tolist() == [22, 33, 34]
