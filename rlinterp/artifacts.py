@@ -174,13 +174,16 @@ def tokenizer_sha256(checkpoint: Path) -> str:
 
 
 def config_sha256(checkpoint: Path) -> str:
-    """Digest of a checkpoint's ``config.json`` as data, without ``CONFIG_NOT_HASHED``."""
+    """Digest of a checkpoint's ``config.json`` (``adapter_config.json`` for a PEFT adapter
+    checkpoint, which has no model config of its own) as data, without
+    ``CONFIG_NOT_HASHED``."""
+    name = "config.json" if (checkpoint / "config.json").is_file() else "adapter_config.json"
     try:
-        config = json.loads((checkpoint / "config.json").read_text())
+        config = json.loads((checkpoint / name).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RlinterpError(f"cannot read {checkpoint / 'config.json'}: {e}") from e
+        raise RlinterpError(f"cannot read {checkpoint / name}: {e}") from e
     if not isinstance(config, dict):
-        raise RlinterpError(f"{checkpoint / 'config.json'} is not a JSON object")
+        raise RlinterpError(f"{checkpoint / name} is not a JSON object")
     kept = {k: v for k, v in config.items() if k not in CONFIG_NOT_HASHED}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 

@@ -40,6 +40,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .adapters import LoraAdapter, is_adapter
+from .checkpoint import Checkpoint
 from .errors import RlinterpError
 from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
 from .series_checks import check_comparable, check_steps, identical_pairs, series_dtype
@@ -58,18 +59,6 @@ and 6e-3 to 9e-3 in bfloat16 (CPU and an H200); a random-init 8-layer, d_model 1
 the H200 gave absolute differences of 5e-6 (float32), 5e-3 (float16) and 4.7e-2 (bfloat16).
 Two implementations round half precision differently, hence the looser bounds; a wrong
 loader is off by O(1)."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One model of the series."""
-
-    label: str
-    """Unique, filesystem-safe name (``base``, ``step-25``, ``checkpoint-500``)."""
-    step: int
-    """RL step; the base model is step 0."""
-    path: Path
-    """The Hugging Face checkpoint folder (full weights, or a PEFT adapter over the base)."""
 
 
 def _label(text: str) -> str:

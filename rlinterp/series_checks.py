@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from .adapters import LoraAdapter, is_adapter
+from .checkpoint import Checkpoint
 from .errors import RlinterpError
 from .weight_files import TensorInfo, stored_dtype, tensors_digest, weight_headers
-
-if TYPE_CHECKING:
-    from .series import Checkpoint
 
 # fmt: off
 CONFIG_IGNORED = frozenset(

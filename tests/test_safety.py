@@ -331,8 +331,11 @@ def test_a_killed_dictionary_run_resumes_and_is_never_evaluated_half_done(
 def test_bad_dictionary_input_is_refused_before_the_directory_is_made(store, tmp_path):
     out = tmp_path / "never"
     for kwargs, message in (
-        ({"method": "crosscoder", "models": ["post", "post"]}, r"a crosscoder needs two different models"),
-        ({"method": "diff-sae", "model": "base"}, r"a diff-sae needs two different models"),
+        (
+            {"method": "crosscoder", "models": ["post", "post"]},
+            r"a crosscoder compares at least two different models",
+        ),
+        ({"method": "diff-sae", "model": "base"}, r"a diff-SAE needs two different models"),
         ({"method": "sae", "model": "sft"}, r"no model 'sft' in"),
     ):
         with pytest.raises(RlinterpError, match=message):
