@@ -15,9 +15,10 @@ latent) and a ``class`` from one vocabulary:
   latent fires on the same tokens in both models by construction, so there a low base-vs-RL
   decoder cosine alone means repurposed (``crosscoder.latent_table``);
 - ``born`` / ``died``: inactive in the base and active at the step / the reverse, where
-  "inactive" is a frequency under ``INACTIVE_FREQUENCY`` and a frequency ratio beyond
-  ``BORN_ABOVE`` / under ``DIED_BELOW`` counts too (a latent that fires 20 times less
-  has died, not been suppressed);
+  "inactive" is a frequency under ``INACTIVE_FREQUENCY``; a frequency or activity ratio
+  beyond ``BORN_ABOVE`` / under ``DIED_BELOW`` counts too (a latent doing 20 times less
+  has died, not been suppressed: a TopK dictionary fills every token's k slots, so a latent
+  whose feature is gone still fires, weakly, on some tokens);
 - ``split`` / ``merged``: one base latent is explained by several latents of the step's own
   dictionary / several base latents by one (``matching``);
 - ``inactive``: fires neither in the base nor at the step (no evidence either way).
@@ -64,13 +65,18 @@ from scipy.stats import poisson
 from .errors import RlinterpError
 from .matching import DictionaryMatch
 
-INACTIVE_FREQUENCY = 1e-4
-"""A latent firing on fewer than one token in 10,000 is inactive (a dead SAE latent fires on
-none; the planted neuron fires on 30%)."""
+INACTIVE_FREQUENCY = 1e-3
+"""A latent firing on fewer than one token in 1,000 is inactive. On the planted models (12k
+tokens) latents rarer than this woke up on a handful of tokens by chance, which a cut at
+1e-4 called births; lower it when each checkpoint is measured on millions of tokens and
+rare features matter."""
 DIED_BELOW = 0.05
-"""A frequency ratio (step / base) under this is a death, even above ``INACTIVE_FREQUENCY``."""
+"""A frequency or activity ratio (step / base) under this is a death, even above
+``INACTIVE_FREQUENCY``. Measured on the planted models with a base TopK SAE: the rewired
+neuron's latent kept firing on 30% of its tokens, at 0.04 of its base activity (died),
+while the neuron scaled by 0.3 gave 0.37 (suppressed)."""
 BORN_ABOVE = 20.0
-"""A frequency ratio over this is a birth (the mirror image of ``DIED_BELOW``)."""
+"""A frequency or activity ratio over this is a birth (the mirror image of ``DIED_BELOW``)."""
 AMPLIFIED_ABOVE = 1.5
 """An activity ratio at or over this is amplified: half as much again per token."""
 SUPPRESSED_BELOW = 1 / 1.5
@@ -153,9 +159,9 @@ class LineageThresholds:
     inactive_frequency: float = INACTIVE_FREQUENCY
     """Firing frequency under which a latent is inactive."""
     died_below: float = DIED_BELOW
-    """Frequency ratio under which an active base latent has died."""
+    """Frequency or activity ratio under which an active base latent has died."""
     born_above: float = BORN_ABOVE
-    """Frequency ratio over which an active step latent was born."""
+    """Frequency or activity ratio over which an active step latent was born."""
     amplified_above: float = AMPLIFIED_ABOVE
     """Activity ratio at or over which a latent is amplified."""
     suppressed_below: float = SUPPRESSED_BELOW
@@ -303,8 +309,8 @@ def _activity_classes(
     with np.errstate(invalid="ignore"):
         conditions = [
             ~base_active & ~step_active,
-            base_active & (~step_active | (freq_ratio < t.died_below)),
-            step_active & (~base_active | (freq_ratio > t.born_above)),
+            base_active & (~step_active | (freq_ratio < t.died_below) | (activity_ratio < t.died_below)),
+            step_active & (~base_active | (freq_ratio > t.born_above) | (activity_ratio > t.born_above)),
             activity_ratio >= t.amplified_above,
             activity_ratio <= t.suppressed_below,
         ]

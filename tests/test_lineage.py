@@ -1,11 +1,14 @@
 """Lineage classes on hand-made trajectory, stage-wise and matching tables whose answers are
-known, the controls (self-comparison, chance births) and malformed input."""
+known, on a base SAE applied to the planted one-neuron GPT-2 variants, the controls
+(self-comparison, chance births) and malformed input."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from rlinterp import HarvestConfig, ModelSeries, harvest
+from rlinterp.dictionaries import DictionaryConfig, train_dictionary
 from rlinterp.errors import RlinterpError
 from rlinterp.lineage import (
     CLASSES,
@@ -17,6 +20,9 @@ from rlinterp.lineage import (
     match_classes,
 )
 from rlinterp.matching import match_dictionaries
+from rlinterp.sae import TrainedSAE
+
+from .planted import KINDS, build_planted, planted_prompts
 
 N_LATENTS = 8
 BASE_FREQ, BASE_ACT = 0.1, 2.0
@@ -105,6 +111,11 @@ def test_activity_classes_and_their_evidence() -> None:
     assert rows.loc[6, "activity_ratio"] == pytest.approx(1.2)
     assert rows[["dec_cos_base", "partner_cosine"]].isna().all().all()  # no stage-wise, no matching
     assert set(classes_at(table, step=0).values()) == {"stable", "inactive"}
+    # Activity alone: 25x weaker on the same tokens is a death (TopK keeps such latents
+    # firing weakly); 50x more frequent than a rare base latent is a birth.
+    faded = lineage(trajectories({0: {"mean_activation": 0.04 * BASE_ACT}, 1: {"base_frequency": 0.002}}))
+    assert classes_at(faded)[0] == "died" and classes_at(faded)[1] == "born"
+    assert faded.set_index(["step", "latent"]).loc[(1, 1), "frequency_ratio"] == pytest.approx(50.0)
 
 
 def stagewise(moved: dict[int, float], activity: dict[int, tuple[float, float]] | None = None):
@@ -255,3 +266,56 @@ def test_bad_input_is_a_one_line_error() -> None:
     with pytest.raises(RlinterpError, match=r"base latents \[8, 9\]"):
         lineage(traj, matches={1: match_dictionaries(decoders, decoders)})
     assert np.isfinite(traj["frequency"]).all()  # inputs untouched
+
+
+def sae_trajectories(sae, store, hook: str) -> pd.DataFrame:
+    """The trajectory columns ``lineage`` reads, computed directly: the base SAE applied to
+    every model of the store (a stand-in for the tracking module's table)."""
+    rows = []
+    for step, label in enumerate(store.labels):
+        with torch.no_grad():
+            acts = sae.encode(store.read(label, hook))
+        fired = (acts > 0).sum(0)
+        for latent in range(acts.shape[1]):
+            n = int(fired[latent])
+            mean = float(acts[:, latent].sum()) / max(n, 1)
+            rows.append(
+                {
+                    "source": "fixed prompts",
+                    "label": label,
+                    "step": step,
+                    "latent": latent,
+                    "frequency": n / len(acts),
+                    "mean_activation": mean,
+                    "mass": n / len(acts) * mean,
+                    "logit_norm": np.nan,
+                    "logit_contribution": np.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_planted_neurons_through_a_base_sae(tmp_path) -> None:
+    """A TopK SAE trained on the planted base GPT-2, applied to its one-neuron variants: the
+    latent of the planted direction is amplified at about the planted factor 3 (activation
+    ratio), suppressed at about 0.3 (not died), died where the neuron was rewired, and every
+    latent is stable or inactive on the identical copy."""
+    planted = build_planted(tmp_path / "models")
+    series = ModelSeries.from_paths([planted.base, *(planted.path(kind) for kind in KINDS)])
+    store = harvest(
+        series, planted_prompts(256, seed=1), tmp_path / "store", HarvestConfig(hooks=(planted.hook,))
+    )
+    cfg = DictionaryConfig(d_sae=32, k=4, n_tokens=200_000, batch_size=256, lr=1e-2)
+    sae = TrainedSAE.load(train_dictionary(store, "sae", planted.hook, tmp_path / "sae", cfg)).sae
+    cosine = torch.nn.functional.cosine_similarity(sae.W_dec.detach(), planted.direction[None], dim=-1)
+    assert float(cosine.max()) > 0.95  # measured 0.995
+    table = lineage(sae_trajectories(sae, store, planted.hook)).set_index(["step", "latent"])
+    row = {kind: table.loc[(step, int(cosine.argmax()))] for step, kind in enumerate(KINDS, start=1)}
+    assert row["amplified"]["class"] == "amplified"
+    assert row["amplified"]["activation_ratio"] == pytest.approx(planted.amplify, abs=0.5)  # measured 2.84
+    assert row["suppressed"]["class"] == "suppressed"
+    assert 0.2 < row["suppressed"]["activity_ratio"] < 0.5  # measured 0.37
+    assert row["rewired"]["class"] == "died"  # measured activity ratio 0.04, still firing on 30%
+    identical = table.loc[len(KINDS)]
+    assert set(identical["class"]) <= {"stable", "inactive"}
+    assert (identical.loc[identical["class"] == "stable", "activity_ratio"] == 1.0).all()
