@@ -215,6 +215,16 @@ def test_matched_rows_from_an_independent_dictionary() -> None:
     }
 
 
+def test_inactive_latents_of_a_match_are_inactive_not_dead() -> None:
+    eye = torch.eye(N_LATENTS)
+    alive = torch.arange(N_LATENTS) != 7
+    match = match_dictionaries(eye, -eye, alive_a=alive, alive_b=alive)  # nothing pairs
+    classes = match_classes(match)
+    assert classes.loc[classes["latent"] == 7, "class"].tolist() == ["inactive"]
+    assert (classes["class"] == "died").sum() == N_LATENTS - 1
+    assert (classes["class"] == "born").sum() == N_LATENTS - 1
+
+
 def test_the_base_matched_with_itself_is_all_stable() -> None:
     base = torch.nn.functional.normalize(
         torch.randn(N_LATENTS, 16, generator=torch.Generator().manual_seed(0))
