@@ -1,6 +1,6 @@
 """Lineage: what happened to each dictionary latent at each RL step, with the evidence.
 
-``lineage(trajectories, stagewise, matches)`` gives one row per (evidence, source, step,
+``lineage_table(trajectories, stagewise, matches)`` gives one row per (evidence, source, step,
 latent) and a ``class`` from one vocabulary:
 
 - ``stable``: present and about as active as in the base;
@@ -116,10 +116,10 @@ TRAJECTORY_COLUMNS = (
     "logit_norm",
     "logit_contribution",
 )
-"""What ``lineage`` needs of the trajectories: one row per (source, step, latent); step 0 is
+"""What ``lineage_table`` needs of the trajectories: one row per (source, step, latent); step 0 is
 the base; ``mean_activation`` is the mean over the tokens where the latent fires."""
 STAGEWISE_COLUMNS = ("step", "latent", "dec_cos_base", "dec_cos_prev", "enc_cos_base", "enc_cos_prev")
-"""What ``lineage`` needs of a stage-wise table (optionally also ``source``, ``frequency`` and
+"""What ``lineage_table`` needs of a stage-wise table (optionally also ``source``, ``frequency`` and
 ``mean_activation``)."""
 LINEAGE_COLUMNS = (
     "evidence",
@@ -184,7 +184,7 @@ class LineageThresholds:
             raise ValueError(f"moved_below is a cosine and must lie in [-1, 1], got {self.moved_below}")
 
 
-def lineage(
+def lineage_table(
     trajectories: pd.DataFrame,
     stagewise: pd.DataFrame | None = None,
     matches: Mapping[int, DictionaryMatch] | None = None,

@@ -16,7 +16,7 @@ from rlinterp.lineage import (
     LineageThresholds,
     above_noise_floor,
     class_counts,
-    lineage,
+    lineage_table,
     match_classes,
 )
 from rlinterp.matching import match_dictionaries
@@ -66,7 +66,7 @@ def classes_at(table: pd.DataFrame, step: int = 1, evidence: str = "tracked") ->
 
 
 def test_identical_steps_are_all_stable_and_the_dead_latent_inactive() -> None:
-    table = lineage(trajectories(steps=(0, 1, 2), sources=("fixed", "on-policy")))
+    table = lineage_table(trajectories(steps=(0, 1, 2), sources=("fixed", "on-policy")))
     assert list(table.columns) == list(LINEAGE_COLUMNS)
     assert len(table) == 2 * 3 * N_LATENTS
     assert set(table.loc[table["latent"] != 7, "class"]) == {"stable"}
@@ -78,7 +78,7 @@ def test_identical_steps_are_all_stable_and_the_dead_latent_inactive() -> None:
 
 
 def test_activity_classes_and_their_evidence() -> None:
-    table = lineage(
+    table = lineage_table(
         trajectories(
             {
                 0: {"mean_activation": 3 * BASE_ACT},  # amplified x3
@@ -113,7 +113,8 @@ def test_activity_classes_and_their_evidence() -> None:
     assert set(classes_at(table, step=0).values()) == {"stable", "inactive"}
     # Activity alone: 25x weaker on the same tokens is a death (TopK keeps such latents
     # firing weakly); 50x more frequent than a rare base latent is a birth.
-    faded = lineage(trajectories({0: {"mean_activation": 0.04 * BASE_ACT}, 1: {"base_frequency": 0.002}}))
+    changes = {0: {"mean_activation": 0.04 * BASE_ACT}, 1: {"base_frequency": 0.002}}
+    faded = lineage_table(trajectories(changes))
     assert classes_at(faded)[0] == "died" and classes_at(faded)[1] == "born"
     assert faded.set_index(["step", "latent"]).loc[(1, 1), "frequency_ratio"] == pytest.approx(50.0)
 
@@ -137,7 +138,7 @@ def test_moved_decoders_are_repurposed_rotated_or_born() -> None:
     moved with its activity unchanged (repurposed), latent 1 moved and was amplified
     (rotated), latent 7 was inactive in the base and moved (born); latent 2 stayed put."""
     traj = trajectories({1: {"mean_activation": 3 * BASE_ACT}, 2: {"mean_activation": 3 * BASE_ACT}})
-    table = lineage(traj, stagewise({0: 0.1, 1: 0.2, 7: 0.05}))
+    table = lineage_table(traj, stagewise({0: 0.1, 1: 0.2, 7: 0.05}))
     assert classes_at(table) == {
         0: "repurposed",
         1: "rotated",
@@ -162,13 +163,13 @@ def test_the_fine_tuned_dictionarys_activity_decides_when_given() -> None:
     inactive. Latent 1 moved and fires 3x as strongly: rotated."""
     traj = trajectories({0: {"frequency": 0.0}})
     activity = {1: (BASE_FREQ, 3 * BASE_ACT), 7: (0.0, 0.0)}
-    table = lineage(traj, stagewise({0: 0.1, 1: 0.2, 7: 0.05}, activity))
+    table = lineage_table(traj, stagewise({0: 0.1, 1: 0.2, 7: 0.05}, activity))
     classes = classes_at(table)
     assert (classes[0], classes[1], classes[7]) == ("repurposed", "rotated", "inactive")
     rows = table[table["step"] == 1].set_index("latent")
     assert rows.loc[0, "frequency"] == 0.0 and rows.loc[0, "stage_activity_ratio"] == pytest.approx(1.0)
     assert rows.loc[1, "stage_activity_ratio"] == pytest.approx(3.0)
-    without_stagewise = classes_at(lineage(traj))
+    without_stagewise = classes_at(lineage_table(traj))
     assert without_stagewise[0] == "died"
 
 
@@ -185,7 +186,7 @@ def test_matched_rows_from_an_independent_dictionary() -> None:
     base = unit(*eye[:8])
     step = unit(eye[0], half_a, half_b, eye[3] + eye[4], eye[9], eye[5], eye[6], eye[7])
     match = match_dictionaries(base, step)
-    table = lineage(trajectories(), matches={1: match})
+    table = lineage_table(trajectories(), matches={1: match})
     matched = table[table["evidence"] == "matched"]
     born = matched[matched["latent"].isna()]
     assert born["partner"].tolist() == [4] and born["class"].tolist() == ["born"]
@@ -229,7 +230,7 @@ def test_the_base_matched_with_itself_is_all_stable() -> None:
     base = torch.nn.functional.normalize(
         torch.randn(N_LATENTS, 16, generator=torch.Generator().manual_seed(0))
     )
-    table = lineage(trajectories(), matches={1: match_dictionaries(base, base)})
+    table = lineage_table(trajectories(), matches={1: match_dictionaries(base, base)})
     assert set(classes_at(table, evidence="matched").values()) == {"stable"}
 
 
@@ -253,28 +254,28 @@ def test_thresholds_are_validated_and_change_the_classes() -> None:
     with pytest.raises(ValueError, match="moved_below"):
         LineageThresholds(moved_below=2.0)
     traj = trajectories({0: {"mean_activation": 1.8 * BASE_ACT}})
-    assert classes_at(lineage(traj))[0] == "amplified"
-    assert classes_at(lineage(traj, thresholds=LineageThresholds(amplified_above=2.0)))[0] == "stable"
+    assert classes_at(lineage_table(traj))[0] == "amplified"
+    assert classes_at(lineage_table(traj, thresholds=LineageThresholds(amplified_above=2.0)))[0] == "stable"
 
 
 def test_bad_input_is_a_one_line_error() -> None:
     traj = trajectories()
     with pytest.raises(RlinterpError, match=r"lack column\(s\) \['mass'\]"):
-        lineage(traj.drop(columns="mass"))
+        lineage_table(traj.drop(columns="mass"))
     with pytest.raises(RlinterpError, match="no step 0"):
-        lineage(traj[traj["step"] == 1])
+        lineage_table(traj[traj["step"] == 1])
     with pytest.raises(RlinterpError, match="more than one row"):
-        lineage(pd.concat([traj, traj.iloc[:1]]))
+        lineage_table(pd.concat([traj, traj.iloc[:1]]))
     with pytest.raises(RlinterpError, match="latent 8 .* not at step 0"):
         extra = traj.iloc[-1:].assign(latent=8)
-        lineage(pd.concat([traj, extra]))
+        lineage_table(pd.concat([traj, extra]))
     with pytest.raises(RlinterpError, match="stage-wise table lacks"):
-        lineage(traj, stagewise({}).drop(columns="enc_cos_prev"))
+        lineage_table(traj, stagewise({}).drop(columns="enc_cos_prev"))
     decoders = torch.nn.functional.normalize(torch.randn(N_LATENTS + 2, 4, generator=torch.Generator()))
     with pytest.raises(RlinterpError, match="step 5, which the trajectories do not have"):
-        lineage(traj, matches={5: match_dictionaries(decoders, decoders)})
+        lineage_table(traj, matches={5: match_dictionaries(decoders, decoders)})
     with pytest.raises(RlinterpError, match=r"base latents \[8, 9\]"):
-        lineage(traj, matches={1: match_dictionaries(decoders, decoders)})
+        lineage_table(traj, matches={1: match_dictionaries(decoders, decoders)})
     assert np.isfinite(traj["frequency"]).all()  # inputs untouched
 
 
@@ -319,7 +320,7 @@ def test_planted_neurons_through_a_base_sae(tmp_path) -> None:
     sae = TrainedSAE.load(train_dictionary(store, "sae", planted.hook, tmp_path / "sae", cfg)).sae
     cosine = torch.nn.functional.cosine_similarity(sae.W_dec.detach(), planted.direction[None], dim=-1)
     assert float(cosine.max()) > 0.95  # measured 0.995
-    table = lineage(sae_trajectories(sae, store, planted.hook)).set_index(["step", "latent"])
+    table = lineage_table(sae_trajectories(sae, store, planted.hook)).set_index(["step", "latent"])
     row = {kind: table.loc[(step, int(cosine.argmax()))] for step, kind in enumerate(KINDS, start=1)}
     assert row["amplified"]["class"] == "amplified"
     assert row["amplified"]["activation_ratio"] == pytest.approx(planted.amplify, abs=0.5)  # measured 2.84
