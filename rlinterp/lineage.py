@@ -105,6 +105,17 @@ CLASSES = (
     "merged",
     "inactive",
 )
+CROSSCODER_CLASSES = {
+    "shared": "stable",
+    "amplified": "amplified",
+    "suppressed": "suppressed",
+    "repurposed": "repurposed",
+    "base_only": "died",
+    "rl_only": "born",
+    "inactive": "inactive",
+}
+"""Each ``crosscoder.latent_table`` kind read as a lineage class (base-only: the RL model no
+longer writes it; RL-only: only the RL model does; check both with latent scaling)."""
 TRAJECTORY_COLUMNS = (
     "source",
     "label",

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from rlinterp import HarvestConfig, ModelSeries, harvest
+from rlinterp.crosscoder import LATENT_KINDS
 from rlinterp.dictionaries import DictionaryConfig, train_dictionary
 from rlinterp.errors import RlinterpError
 from rlinterp.lineage import (
     CLASSES,
+    CROSSCODER_CLASSES,
     LINEAGE_COLUMNS,
     LineageThresholds,
     above_noise_floor,
@@ -256,6 +258,11 @@ def test_thresholds_are_validated_and_change_the_classes() -> None:
     traj = trajectories({0: {"mean_activation": 1.8 * BASE_ACT}})
     assert classes_at(lineage_table(traj))[0] == "amplified"
     assert classes_at(lineage_table(traj, thresholds=LineageThresholds(amplified_above=2.0)))[0] == "stable"
+
+
+def test_every_crosscoder_kind_reads_as_a_lineage_class() -> None:
+    assert sorted(CROSSCODER_CLASSES) == sorted(LATENT_KINDS)
+    assert set(CROSSCODER_CLASSES.values()) <= set(CLASSES)
 
 
 def test_bad_input_is_a_one_line_error() -> None:
