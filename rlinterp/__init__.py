@@ -15,8 +15,12 @@ from .harvest import ActivationStore as ActivationStore
 from .harvest import HarvestConfig as HarvestConfig
 from .harvest import TokenBatch as TokenBatch
 from .harvest import harvest as harvest
+from .lineage import LineageThresholds as LineageThresholds
+from .lineage import lineage_table as lineage_table
 from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
+from .matching import DictionaryMatch as DictionaryMatch
+from .matching import match_dictionaries as match_dictionaries
 from .organism import Organism as Organism
 from .organism import OrganismConfig as OrganismConfig
 from .organism import build_organism as build_organism
