@@ -41,6 +41,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .artifacts import environment_versions, write_json, write_parquet
 from .attention_change import attention_change
+from .checkpoint import Checkpoint
 from .circuits_result import KIND, TABLES, CircuitsConfig, CircuitsResult
 from .errors import RlinterpError
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
@@ -55,7 +56,7 @@ from .patching import (
     residual_components,
     run_terms,
 )
-from .series import Checkpoint, ModelSeries
+from .series import ModelSeries
 
 log = logging.getLogger(__name__)
 # -- measuring --------------------------------------------------------------------------

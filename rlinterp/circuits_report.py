@@ -148,7 +148,10 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
     )
     plots = "".join(
         f.to_html(
-            full_html=False, include_plotlyjs=include_plotlyjs and i == 0, config={"displaylogo": False}
+            full_html=False,
+            include_plotlyjs=include_plotlyjs and i == 0,
+            div_id=f"circuits-figure-{i}",  # stable ids: the same run writes the same bytes
+            config={"displaylogo": False},
         )
         for i, f in enumerate(circuits_figures(result))
     )

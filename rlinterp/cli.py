@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 import transformers
 
 from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
@@ -23,7 +22,8 @@ from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig
 from .organism import PRESETS, build_organism, format_table
 from .prompts import PromptSet
-from .series import ModelSeries
+from .report import write_report
+from .series import DTYPES, ModelSeries
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -39,9 +39,30 @@ def _organism(args: argparse.Namespace) -> None:
     sys.stdout.write(f"organism in {organism.root}\n{format_table(organism.behaviour())}\n")
 
 
+def _steps(text: str) -> dict[str, object]:
+    """``--steps``: ``every:K`` or a comma-separated list of steps, as ``ModelSeries.select``
+    keyword arguments."""
+    try:
+        if text.startswith("every:"):
+            return {"every": int(text.removeprefix("every:"))}
+        return {"steps": [int(step) for step in text.split(",") if step.strip()]}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither every:<k> nor a list like 100,200,500"
+        ) from None
+
+
 def _diff(args: argparse.Namespace) -> None:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device, dtype=dtype)
+    series = ModelSeries.from_spec(
+        args.series,
+        regime=args.regime,
+        base=args.base,
+        device=args.device,
+        dtype=DTYPES.get(args.dtype),  # auto: None
+        on_identical=args.on_identical,
+    )
+    if args.steps is not None:
+        series = series.select(**args.steps)
     if args.prompts == "organism":
         root = Path(args.series[0])
         prompts = PromptSet.from_organism(root.parent if root.name == "manifest.json" else root)
@@ -53,7 +74,8 @@ def _diff(args: argparse.Namespace) -> None:
         include_bos=args.include_bos,
         response_only=args.response_only,
     )
-    result = run_diff(series, prompts, args.out, config)
+    result = run_diff(series, prompts, args.out, config, force=args.force)
+    write_report(result, Path(args.out) / "report.html")
     summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
     sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
 
@@ -63,7 +85,9 @@ def _dictionaries_train(args: argparse.Namespace) -> None:
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(DictionaryConfig)}
     )
     store = ActivationStore.load(args.store)
-    out = train_dictionary(store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models)
+    out = train_dictionary(
+        store, args.method, args.hook, args.out, cfg, args.model, args.base, args.models, force=args.force
+    )
     sys.stdout.write(f"{args.method} in {out}\n")
 
 
@@ -76,8 +100,9 @@ def _circuits(args: argparse.Namespace) -> None:
     from .circuits import CircuitsConfig, run_circuits
     from .metrics import BehaviourMetric, BehaviourPrompts
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device, dtype=dtype)
+    series = ModelSeries.from_spec(
+        args.series, regime=args.regime, device=args.device, dtype=DTYPES[args.dtype]
+    )
     if args.prompts is not None:
         metric, prompts = BehaviourMetric(args.metric, args.kind), BehaviourPrompts.from_jsonl(args.prompts)
     else:
@@ -144,7 +169,7 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
     )
     circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     circuits.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
+        "--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default: float32)"
     )
     circuits.set_defaults(run=_circuits)
 
@@ -169,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         help="output directory (default: artifacts/organism/<preset>-seed<seed>)",
     )
     organism.add_argument(
-        "--force", action="store_true", help="rebuild even if --out holds a finished organism"
+        "--force",
+        action="store_true",
+        help="rebuild from scratch, even if --out holds an organism (of these or other inputs)",
     )
     organism.set_defaults(run=_organism)
 
@@ -183,8 +210,22 @@ def _parser() -> argparse.ArgumentParser:
         "--series",
         nargs="+",
         required=True,
-        help="an organism dir (with --regime), a run dir with checkpoint-<N> folders, "
-        "or checkpoint folders (base first)",
+        help="an organism dir (with --regime), a run dir with checkpoint-<N> (or step-<N>, "
+        "global_step<N>, <N>) folders holding full checkpoints or PEFT adapters, or checkpoint "
+        "folders (base first, unless --base)",
+    )
+    diff.add_argument(
+        "--base",
+        default=None,
+        help="the base model folder (default: the first --series folder, a run's step-0 folder, "
+        "or the local base its adapters name)",
+    )
+    diff.add_argument(
+        "--steps",
+        type=_steps,
+        default=None,
+        help="diff only some checkpoints: every:<k> (every k-th, and the last) or a list of steps "
+        "like 100,200,500",
     )
     diff.add_argument(
         "--regime", default=None, help="which regime of an organism to diff (e.g. weak, strong)"
@@ -203,7 +244,22 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--response-only", action="store_true", help="keep only response tokens")
     diff.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     diff.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype"
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="dtype the models run in (default: auto, the widest dtype the checkpoints store; "
+        "float32 upcasts half-precision checkpoints)",
+    )
+    diff.add_argument(
+        "--on-identical",
+        choices=("warn", "error", "ignore"),
+        default="warn",
+        help="checkpoints holding byte-identical weights: warn (default), stop, or skip the check",
+    )
+    diff.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute from scratch, even if --out holds a diff (of these or other inputs)",
     )
     diff.set_defaults(run=_diff)
 
@@ -232,6 +288,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--device", default=defaults.device, help="torch device (default: cpu)")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain from scratch, even if --out holds a dictionary (of these or other inputs)",
+    )
     train.set_defaults(run=_dictionaries_train)
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
     evaluate.add_argument("--dictionary", type=Path, required=True)

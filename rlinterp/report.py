@@ -11,15 +11,12 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from .artifacts import atomic_write
-
-if TYPE_CHECKING:
-    from .diff import SeriesDiff
+from .diff import SeriesDiff
 
 
 def _heatmap(frame: pd.DataFrame, rows: str, value: str, title: str) -> go.Figure:
@@ -143,7 +140,9 @@ def render_report(diff: SeriesDiff, title: str, extra_sections: Sequence[str] = 
     must not inline plotly.js again."""
     figures = [weight_heatmap(diff), activation_heatmap(diff), kl_figure(diff)]
     plots = [
-        figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        figure.to_html(
+            full_html=False, include_plotlyjs=(i == 0), div_id=f"figure-{i}", config={"displaylogo": False}
+        )
         for i, figure in enumerate(figures)
     ]
     summary = pd.DataFrame(diff.summary())
@@ -159,6 +158,13 @@ def render_report(diff: SeriesDiff, title: str, extra_sections: Sequence[str] = 
     )
 
 
-def write_report(diff: SeriesDiff, path: Path, title: str, extra_sections: Sequence[str] = ()) -> None:
+def write_report(
+    diff: SeriesDiff, path: str | Path, title: str | None = None, extra_sections: Sequence[str] = ()
+) -> None:
+    """Write ``render_report(diff, title, extra_sections)`` to ``path`` (atomically); the
+    default title counts the RL checkpoints."""
+    if title is None:
+        title = f"rlinterp diff: {diff.outputs['label'].nunique() - 1} checkpoints vs base"
     text = render_report(diff, title, extra_sections)
+    path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

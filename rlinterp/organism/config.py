@@ -6,8 +6,11 @@ records, so a finished organism says exactly how it was built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ..errors import RlinterpError
 
 Preset = Literal["tiny", "default"]
 PRESETS: tuple[Preset, ...] = ("tiny", "default")
@@ -16,8 +19,15 @@ PRESETS: tuple[Preset, ...] = ("tiny", "default")
 def _check_positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be positive, got {value}")
+        if not (value > 0 and math.isfinite(value)):  # NaN fails both
+            raise RlinterpError(f"{type(obj).__name__}.{name} must be positive and finite, got {value}")
+
+
+def _check_non_negative(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise RlinterpError(f"{type(obj).__name__}.{name} must be non-negative and finite, got {value}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "n_layer", "d_model", "n_head", "n_ctx")
         if self.architecture not in ("gpt2", "llama"):
-            raise ValueError(f"architecture must be 'gpt2' or 'llama', got {self.architecture!r}")
+            raise RlinterpError(f"architecture must be 'gpt2' or 'llama', got {self.architecture!r}")
         if self.d_model % self.n_head:
-            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+            raise RlinterpError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "n_documents", "max_operand", "min_turns", "persona_texts_per_persona")
         if self.max_turns < self.min_turns:
-            raise ValueError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
+            raise RlinterpError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "lr")
+        _check_non_negative(self, "warmup_steps", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -119,11 +130,10 @@ class RegimeConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "lr", "questions_per_step", "group_size", "max_answer_tokens")
-        if self.kl_coef < 0 or self.shortcut_bonus < 0:
-            raise ValueError(f"regime {self.name!r}: kl_coef and shortcut_bonus must be >= 0")
+        _check_non_negative(self, "kl_coef", "shortcut_bonus", "shortcut_cap")
         steps = self.checkpoint_steps
         if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
-            raise ValueError(
+            raise RlinterpError(
                 f"regime {self.name!r}: checkpoint_steps must be strictly ascending from 0, got {steps}"
             )
 
@@ -174,7 +184,7 @@ class OrganismConfig:
     def __post_init__(self) -> None:
         names = [r.name for r in self.regimes]
         if len(names) < 1 or len(set(names)) != len(names):
-            raise ValueError(f"regimes need distinct names, got {names}")
+            raise RlinterpError(f"regimes need distinct names, got {names}")
         _check_positive(self, "num_threads")
 
     @classmethod
@@ -191,4 +201,4 @@ class OrganismConfig:
         if preset == "default":
             steps = (0, 5, 10, 25, 50, 100, 200)
             return cls(preset="default", regimes=(_weak(steps), _strong(steps)))
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise RlinterpError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
