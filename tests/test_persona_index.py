@@ -259,3 +259,42 @@ def test_steering_along_the_planted_shift_recovers_the_checkpoint(shifted_series
         steer_and_ablate(series, store, "step-1", HOOK, torch.zeros(3))
     with pytest.raises(RlinterpError, match="no checkpoint"):
         steer_and_ablate(series, store, "step-9", HOOK, vector)
+
+
+# -- the whole analysis ----------------------------------------------------------------------
+
+
+def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, micro_config):
+    import dataclasses
+    import json
+    import shutil
+
+    from rlinterp import build_organism
+    from rlinterp.selection import SelectionConfig, run_selection
+
+    config = dataclasses.replace(
+        micro_config, corpus=dataclasses.replace(micro_config.corpus, persona_texts_per_persona=10)
+    )
+    organism = build_organism(tmp_path / "org", seed=0, config=config)
+    for step in (1, 2):
+        shutil.copytree(organism.base, tmp_path / f"step-{step}")
+    series = ModelSeries.from_paths([organism.base, tmp_path / "step-1", tmp_path / "step-2"])
+    cfg = SelectionConfig(
+        hook="blocks.0.hook_resid_post",
+        dictionary_config=dataclasses.replace(SelectionConfig().dictionary_config, n_tokens=5_000, d_sae=32),
+        index=IndexConfig(n_bootstrap=50),
+    )
+    result = run_selection(series, PromptSet.from_organism(organism.root), tmp_path / "out", cfg)
+    table = result.index.table
+    assert (table["index"] == 0).all() and (table["index_lo"] <= 0).all() and (table["index_hi"] >= 0).all()
+    assert not result.index.transition["found"]
+    assert (result.causal["kl_gap"] == 0).all()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["transition"]["found"] is False and summary["hook"] == "blocks.0.hook_resid_post"
+    assert set(summary["persona_auroc"]) == {"flatterer", "helper", "terse"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["kind"] == "rlinterp.selection"
+    with pytest.raises(RlinterpError, match="no 'mood' label"):
+        run_selection(
+            series, PromptSet.from_organism(organism.root), tmp_path / "x", SelectionConfig(label="mood")
+        )
