@@ -298,3 +298,55 @@ def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, mic
         run_selection(
             series, PromptSet.from_organism(organism.root), tmp_path / "x", SelectionConfig(label="mood")
         )
+
+
+def test_residual_offset_equals_the_planted_bias_and_zero_steering_reproduces_the_table(
+    tmp_path, micro_config
+):
+    from rlinterp import build_organism
+    from rlinterp.organism.behaviour import SHARE_COLUMNS
+    from rlinterp.organism.steering import residual_offset, steered_behaviour
+
+    organism = build_organism(tmp_path / "org", seed=0, config=micro_config)
+    base = AutoModelForCausalLM.from_pretrained(organism.base).eval()
+    shifted = AutoModelForCausalLM.from_pretrained(organism.base).eval()
+    vector = torch.randn(base.config.n_embd, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        shifted.transformer.h[0].mlp.c_proj.bias += vector
+        ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+        with residual_offset(base, "blocks.0.hook_resid_post", vector):
+            steered = base(ids).logits
+        assert torch.allclose(steered, shifted(ids).logits, atol=1e-5)
+        assert not torch.allclose(base(ids).logits, steered, atol=1e-3)  # the hook was removed
+    with (
+        pytest.raises(RlinterpError, match="hook_resid_post"),
+        residual_offset(base, "blocks.0.attn.hook_z", vector),
+    ):
+        pass
+
+    table = organism.behaviour().set_index(["regime", "step"])
+    row = steered_behaviour(organism, "weak", 2, "blocks.0.hook_resid_post", torch.zeros_like(vector))
+    expected = table.loc[("weak", 2)]
+    assert [row[c] for c in SHARE_COLUMNS] == pytest.approx([expected[c] for c in SHARE_COLUMNS])
+    assert row["reward"] == pytest.approx(expected["reward"])
+
+
+def test_behaviour_recovery_known_values():
+    from rlinterp.organism.behaviour import SHARE_COLUMNS
+    from rlinterp.organism.steering import behaviour_recovery
+
+    def row(helper: float, terse: float, reward: float) -> dict:
+        return {
+            **dict.fromkeys(SHARE_COLUMNS, 0.0),
+            "share_helper": helper,
+            "share_terse": terse,
+            "reward": reward,
+        }
+
+    base, post = row(0.5, 0.5, 0.6), row(1.0, 0.0, 1.0)
+    assert behaviour_recovery(base, post, row(0.75, 0.25, 0.8)) == pytest.approx(
+        {"shares": 0.5, "reward": 0.5}
+    )
+    assert behaviour_recovery(base, post, post) == {"shares": 1.0, "reward": 1.0}
+    same = behaviour_recovery(base, base, post)
+    assert same["shares"] != same["shares"] and same["reward"] != same["reward"]  # NaN: nothing to recover
