@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_
 from .diff import run_diff
 from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig
-from .novelty import IndexConfig, behavioural_transition
+from .novelty import IndexConfig
 from .organism import PRESETS, Organism, build_organism, format_table
 from .prompts import PromptSet
 from .selection import SelectionConfig, run_selection
@@ -83,9 +84,9 @@ def _selection(args: argparse.Namespace) -> None:
         if args.texts == "organism"
         else PromptSet.from_file(args.texts)
     )
-    behavioural = None
+    organism = None
     if args.regime is not None and (organism_root / "manifest.json").is_file():
-        behavioural = behavioural_transition(Organism.load(organism_root).behaviour(), args.regime)
+        organism = Organism.load(organism_root)
     cfg = SelectionConfig(
         label=args.label,
         hook=args.hook,
@@ -93,7 +94,8 @@ def _selection(args: argparse.Namespace) -> None:
         index=IndexConfig(n_bootstrap=args.n_bootstrap, seed=args.seed),
         seed=args.seed,
     )
-    result = run_selection(series, texts, args.out, cfg, behavioural)
+    result = run_selection(series, texts, args.out, cfg, organism, args.regime if organism else None)
+    behavioural = json.loads((Path(args.out) / "summary.json").read_text())["behavioural_transition"]
     shown = result.index.table[
         ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
     ]

@@ -39,7 +39,9 @@ from .causal import causal_table, steer_and_ablate
 from .dictionaries import DictionaryConfig, train_dictionary
 from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig, harvest
-from .novelty import IndexConfig, NoveltyIndex, StepParts, novelty_index, step_parts
+from .novelty import IndexConfig, NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
+from .organism import Organism
+from .organism.steering import behaviour_recovery, steered_behaviour
 from .persona_features import PersonaDirections, persona_directions, persona_latents, text_means
 from .prompts import PromptSet
 from .sae import TrainedSAE
@@ -133,11 +135,17 @@ def run_selection(
     texts: PromptSet,
     out: str | os.PathLike[str],
     cfg: SelectionConfig | None = None,
-    behavioural_step: int | None = None,
+    organism: Organism | None = None,
+    regime: str | None = None,
 ) -> SelectionResult:
     """Run the selection-versus-novelty analysis of ``series`` on persona-labelled ``texts``
-    into ``out`` (see the module docstring)."""
+    into ``out`` (see the module docstring). When the series is ``regime`` of ``organism``,
+    the causal checks also judge behaviour (persona shares and reward of the steered base and
+    the ablated checkpoint, see ``organism.steering``) and the summary gives the behavioural
+    transition."""
     cfg = cfg or SelectionConfig()
+    if (organism is None) != (regime is None):
+        raise RlinterpError("give both the organism and its regime, or neither")
     out = Path(out)
     if len(series) < 2:
         raise RlinterpError("the selection analysis needs a base and at least one RL checkpoint")
@@ -163,6 +171,10 @@ def run_selection(
     parts = [step_parts(store, hook, sae, label) for label in store.labels]
     index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
     causal = _causal(series, store, hook, directions, parts, cfg.seed)
+    behavioural_step = None
+    if organism is not None and regime is not None:
+        causal = _with_behaviour(causal, organism, regime, hook, directions, parts)
+        behavioural_step = behavioural_transition(organism.behaviour(), regime)
     result = SelectionResult(directions, hook, latents, trajectories, index, causal)
     _write(result, out, series, store, cfg, behavioural_step)
     return result
@@ -226,6 +238,39 @@ def _causal(
             kinds.append(kind)
     table = causal_table(results)
     return table.assign(vector=kinds) if len(table) else table
+
+
+def _with_behaviour(
+    causal: pd.DataFrame,
+    organism: Organism,
+    regime: str,
+    hook: str,
+    directions: PersonaDirections,
+    parts: list[StepParts],
+) -> pd.DataFrame:
+    """Add behaviour columns to the causal table: how far steering the base moved its
+    behaviour towards the checkpoint's, and ablating moved the checkpoint's back."""
+    table = organism.behaviour()
+    rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
+    basis = directions.basis(hook)
+    shifts = {p.label: (p.shift.sum(0) / p.n_tokens.sum().clamp_min(1)).float() for p in parts}
+    extra = []
+    for r in causal.itertuples():
+        shift = shifts[r.label]
+        vector = basis @ (basis.T @ shift) if r.vector == "persona" else shift
+        steered = steered_behaviour(organism, regime, 0, hook, vector)
+        ablated = steered_behaviour(organism, regime, int(r.step), hook, -vector)
+        towards = behaviour_recovery(rows[0], rows[int(r.step)], steered)
+        back = behaviour_recovery(rows[int(r.step)], rows[0], ablated)
+        extra.append(
+            {
+                "behaviour_steering_shares": towards["shares"],
+                "behaviour_steering_reward": towards["reward"],
+                "behaviour_ablation_shares": back["shares"],
+                "behaviour_ablation_reward": back["reward"],
+            }
+        )
+    return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
 def _write(

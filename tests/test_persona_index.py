@@ -294,6 +294,18 @@ def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, mic
     assert set(summary["persona_auroc"]) == {"flatterer", "helper", "terse"}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["kind"] == "rlinterp.selection"
+    weak = run_selection(
+        ModelSeries.from_organism(organism.root, "weak"),
+        PromptSet.from_organism(organism.root),
+        tmp_path / "weak",
+        cfg,
+        organism=organism,
+        regime="weak",
+    )
+    assert set(weak.causal["vector"]) == {"persona", "full"} and len(weak.causal) == 4
+    assert {"behaviour_steering_shares", "behaviour_ablation_reward"} <= set(weak.causal.columns)
+    assert (weak.causal["kl_gap"] > 0).all()
+    assert "behavioural_transition" in json.loads((tmp_path / "weak" / "summary.json").read_text())
     with pytest.raises(RlinterpError, match="no 'mood' label"):
         run_selection(
             series, PromptSet.from_organism(organism.root), tmp_path / "x", SelectionConfig(label="mood")
