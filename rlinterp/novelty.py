@@ -37,10 +37,12 @@ beside the index rather than averaged into it, so that the interval means what i
 **Interval**: ``n_bootstrap`` resamples of the prompts (the same resamples at every step,
 so trajectories stay coherent); the percentile interval at ``confidence``.
 
-**Transition**: the best single change point in the mean of the index trajectory
-(two-segment least squares). It is reported only if the jump between the segments is at
-least ``min_jump`` in the point estimate and in ``confidence`` of the bootstrap replicates;
-its interval is the percentile range of the change point over those replicates.
+**Transition** (from selection to novelty): the best single change point in the mean of the
+index trajectory (two-segment least squares). It is reported only if the segments lie on
+either side of ``SELECTION_SIDE`` and the jump between them is at least ``min_jump``, both
+in the point estimate and in ``confidence`` of the bootstrap replicates; its interval is
+the percentile range of the change point over those replicates. A rise that stays on one
+side is not a transition (its size is still reported as ``jump``).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ class NoveltyIndex:
     """``[n_bootstrap, step]`` bootstrap replicates of the index."""
     transition: dict[str, Any]
     """``found`` (bool), ``step``, ``step_lo``, ``step_hi``, ``jump``, ``support`` (share of
-    replicates with a jump of at least ``min_jump``), ``before``/``after`` segment means."""
+    replicates that cross from selection to novelty), ``before``/``after`` segment means."""
 
 
 def novelty_index(
@@ -277,6 +279,11 @@ def _best_split(values: np.ndarray) -> tuple[int, float]:
     return best, jump
 
 
+def _crosses(values: np.ndarray, split: int, cfg: IndexConfig) -> bool:
+    before, after = values[:split].mean(), values[split:].mean()
+    return bool(after - before >= cfg.min_jump and before < SELECTION_SIDE <= after)
+
+
 def change_point(
     point: np.ndarray, replicates: np.ndarray, steps: Sequence[int], cfg: IndexConfig
 ) -> dict[str, Any]:
@@ -287,16 +294,17 @@ def change_point(
         return {**none, "jump": 0.0, "support": 0.0, "before": None, "after": None}
     split, jump = _best_split(point)
     splits = np.array([_best_split(r) for r in replicates])
-    support = float((splits[:, 1] >= cfg.min_jump).mean())
+    crosses = np.array([_crosses(r, int(s), cfg) for r, (s, _) in zip(replicates, splits, strict=True)])
+    support = float(crosses.mean())
     result = {
         "jump": jump,
         "support": support,
         "before": float(point[:split].mean()),
         "after": float(point[split:].mean()),
     }
-    if jump < cfg.min_jump or support < cfg.confidence:
+    if not _crosses(point, split, cfg) or support < cfg.confidence:
         return {**none, **result}
-    rising = splits[splits[:, 1] >= cfg.min_jump, 0].astype(int)
+    rising = splits[crosses, 0].astype(int)
     tail = (1 - cfg.confidence) / 2
     lo, hi = np.quantile(rising, [tail, 1 - tail], method="nearest")
     return {
