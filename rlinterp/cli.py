@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -20,9 +21,11 @@ from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_
 from .diff import run_diff
 from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig
-from .organism import PRESETS, build_organism, format_table
+from .novelty import IndexConfig
+from .organism import PRESETS, Organism, build_organism, format_table
 from .prompts import PromptSet
 from .report import write_report
+from .selection import SelectionConfig, run_selection
 from .series import DTYPES, ModelSeries
 
 
@@ -174,6 +177,43 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
     circuits.set_defaults(run=_circuits)
 
 
+def _selection(args: argparse.Namespace) -> None:
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
+    root = Path(args.series[0])
+    organism_root = root.parent if root.name == "manifest.json" else root
+    texts = (
+        PromptSet.from_organism(organism_root)
+        if args.texts == "organism"
+        else PromptSet.from_file(args.texts)
+    )
+    organism = None
+    if args.regime is not None and (organism_root / "manifest.json").is_file():
+        organism = Organism.load(organism_root)
+    cfg = SelectionConfig(
+        label=args.label,
+        hook=args.hook,
+        dictionary=args.dictionary,
+        index=IndexConfig(n_bootstrap=args.n_bootstrap, seed=args.seed),
+        seed=args.seed,
+    )
+    result = run_selection(series, texts, args.out, cfg, organism, args.regime if organism else None)
+    behavioural = json.loads((Path(args.out) / "summary.json").read_text())["behavioural_transition"]
+    shown = result.index.table[
+        ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
+    ]
+    transition = result.index.transition
+    verdict = (
+        f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']})"
+        if transition["found"]
+        else "no transition"
+    )
+    sys.stdout.write(
+        f"selection in {args.out} (hook {result.hook}); {verdict}; behavioural transition: {behavioural}\n"
+        + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+        + "\n"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rlinterp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -299,6 +339,29 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
     evaluate.set_defaults(run=_dictionaries_eval)
     _add_circuits(commands)
+    selection = commands.add_parser(
+        "selection",
+        help="persona features, the selection-versus-novelty index, its transition, causal checks",
+        description="Persona directions and latents, the selection-versus-novelty index per step "
+        "with a bootstrap interval, the transition step, and steering/ablation checks.",
+    )
+    selection.add_argument("--series", nargs="+", required=True, help="as for `rlinterp diff`")
+    selection.add_argument("--regime", default=None, help="which regime of an organism")
+    selection.add_argument(
+        "--texts", required=True, help="persona-labelled JSONL (prompt, response, persona) or 'organism'"
+    )
+    selection.add_argument("--label", default="persona", help="the label naming each text's persona")
+    selection.add_argument("--out", type=Path, required=True, help="output directory")
+    selection.add_argument(
+        "--hook", default=None, help="hook to analyse (default: where personas separate best)"
+    )
+    selection.add_argument(
+        "--dictionary", default=None, help="a trained base SAE at --hook (default: train one)"
+    )
+    selection.add_argument("--n-bootstrap", type=int, default=500, help="bootstrap resamples (default: 500)")
+    selection.add_argument("--seed", type=int, default=0)
+    selection.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    selection.set_defaults(run=_selection)
     return parser
 
 

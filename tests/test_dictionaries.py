@@ -70,7 +70,8 @@ def test_cli_train_and_eval(store, tmp_path, capsys):
 def test_crosscoder_through_train_dictionary_finds_the_planted_rl_only_latent(tmp_path):
     """The crosscoder test's planted data (``v`` only in the RL model, ``u`` in both, at 0.3
     strength in the base) written as a store and trained through the one entry point: its
-    tables name ``v``'s latent RL-only, keep it after latent scaling, and call ``u``'s shared."""
+    tables name ``v``'s latent RL-only, keep it after latent scaling, and call ``u``'s
+    amplified (by the planted 1 / 0.3)."""
     acts, v, u = planted_activations(seed=0)
     store = synthetic_store(tmp_path / "store", {"base": acts[:, 0], "post": acts[:, 1]}, HOOK)
     cfg = DictionaryConfig(d_sae=32, k=2, n_tokens=1500 * 256, batch_size=256, lr=3e-3)
@@ -84,5 +85,6 @@ def test_crosscoder_through_train_dictionary_finds_the_planted_rl_only_latent(tm
         assert cos.max() > 0.95, name
     assert table.loc[found["v"], "kind"] == "rl_only" and table.loc[found["v"], "rel_norm"] > 0.95  # 0.999
     assert not table.loc[found["v"], "spurious"]  # latent scaling: the base does not carry it
-    assert table.loc[found["u"], "kind"] == "shared"
+    assert table.loc[found["u"], "kind"] == "amplified"
+    assert table.loc[found["u"], "norm_ratio"] == pytest.approx(1 / 0.3, rel=0.15)
     assert (table["kind"] == "rl_only").sum() == 1  # nothing else is new
