@@ -3,6 +3,8 @@ models. One import line in a notebook: ``import rlinterp``."""
 
 from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
+from .causal import CausalResult as CausalResult
+from .causal import steer_and_ablate as steer_and_ablate
 from .circuits import run_circuits as run_circuits
 from .circuits_result import CircuitsConfig as CircuitsConfig
 from .circuits_result import CircuitsResult as CircuitsResult
@@ -26,11 +28,18 @@ from .matching import DictionaryMatch as DictionaryMatch
 from .matching import match_dictionaries as match_dictionaries
 from .metrics import BehaviourMetric as BehaviourMetric
 from .metrics import BehaviourPrompts as BehaviourPrompts
+from .novelty import IndexConfig as IndexConfig
+from .novelty import NoveltyIndex as NoveltyIndex
+from .novelty import novelty_index as novelty_index
+from .novelty import step_parts as step_parts
 from .organism import Organism as Organism
 from .organism import OrganismConfig as OrganismConfig
 from .organism import build_organism as build_organism
 from .output_diff import OutputDiff as OutputDiff
 from .output_diff import diff_outputs as diff_outputs
+from .persona_features import PersonaDirections as PersonaDirections
+from .persona_features import persona_directions as persona_directions
+from .persona_features import persona_latents as persona_latents
 from .prompts import PromptSet as PromptSet
 from .report import activation_heatmap as activation_heatmap
 from .report import kl_figure as kl_figure
@@ -43,6 +52,9 @@ from .sae import train_sae as train_sae
 from .sae_eval import SAEEval as SAEEval
 from .sae_eval import evaluate_sae as evaluate_sae
 from .sae_eval import fvu_drift as fvu_drift
+from .selection import SelectionConfig as SelectionConfig
+from .selection import SelectionResult as SelectionResult
+from .selection import run_selection as run_selection
 from .series import Checkpoint as Checkpoint
 from .series import ModelSeries as ModelSeries
 from .weight_diff import WeightDiff as WeightDiff
