@@ -26,23 +26,30 @@ time and only per-prompt, per-component scalars are kept.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from .artifacts import environment_versions, write_json, write_parquet
+from . import rundir
+from .artifacts import (
+    config_sha256,
+    environment_versions,
+    tokenizer_sha256,
+    weights_sha256,
+    write_json,
+    write_parquet,
+)
 from .attention_change import attention_change
 from .checkpoint import Checkpoint
-from .circuits_result import KIND, TABLES, CircuitsConfig, CircuitsResult
+from .circuits_result import ENTRIES, TABLES, CircuitsConfig, CircuitsResult
 from .errors import RlinterpError
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
 from .patching import (
@@ -98,15 +105,23 @@ def run_circuits(
     prompts: BehaviourPrompts,
     out: str | Path | None = None,
     config: CircuitsConfig | None = None,
+    *,
+    force: bool = False,
 ) -> CircuitsResult:
     """Measure every component of every model of ``series`` for ``metric`` on ``prompts``
-    (see the module docstring); write tables, summary, report and manifest to ``out``."""
+    (see the module docstring); write tables, summary, report and manifest to ``out``.
+
+    ``out`` must be absent, empty or a circuits run (see ``rundir``): a finished run of the
+    same inputs is read back, not recomputed; one of other inputs is refused naming what
+    changed, or (``force``) computed again."""
     config = config or CircuitsConfig()
     if len(series) < 2:
         raise RlinterpError("circuits needs a base and at least one RL checkpoint")
-    if out is not None:
-        _prepare_out(Path(out))
     series.validate()
+    if out is not None:
+        inputs = fingerprint(series, metric, prompts, config)
+        if rundir.claim(out, rundir.CIRCUITS, inputs, ENTRIES, force=force).state == "finished":
+            return CircuitsResult.load(out)
     ctx = _Context(series, metric, prompts.encode(series.tokenizer()), config)
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for checkpoint in series:
@@ -311,18 +326,26 @@ def _concentration(
 # -- writing ----------------------------------------------------------------------------
 
 
-def _prepare_out(out: Path) -> None:
-    """``out`` must be absent, empty, or an earlier circuits run (which is replaced)."""
-    if out.exists() and not out.is_dir():
-        raise RlinterpError(f"{out} is a file; give a directory for the circuits output")
-    if out.is_dir() and any(out.iterdir()):
-        manifest = out / "manifest.json"
-        kind = json.loads(manifest.read_text()).get("kind") if manifest.is_file() else None
-        if kind != KIND:
-            raise RlinterpError(
-                f"{out} is not empty and not a circuits run; choose an empty or new directory"
-            )
-        manifest.unlink()  # unfinished until rewritten at the end
+def fingerprint(
+    series: ModelSeries, metric: BehaviourMetric, prompts: BehaviourPrompts, config: CircuitsConfig
+) -> dict[str, Any]:
+    """Everything that determines a circuits run (what reuse compares): checkpoints with
+    their weight and config hashes, the tokenizer, the metric, the prompts and targets, the
+    config and the dtype. Not the device or paths. A custom metric function is known by its
+    qualified name only: change its name when you change what it computes."""
+    found: dict[str, Any] = {"checkpoints": [f"{c.label} (step {c.step})" for c in series]}
+    for c in series:
+        found[f"weights of {c.label}"] = weights_sha256(c.path)
+        found[f"config of {c.label}"] = config_sha256(c.path)
+    function = metric.function
+    return found | {
+        "tokenizer": tokenizer_sha256(series.base.path),
+        "metric": f"{metric.name} ({metric.kind})",
+        "metric function": None if function is None else getattr(function, "__qualname__", repr(function)),
+        "prompts": rundir.digest(asdict(prompts)),
+        "dtype": str(series.dtype).removeprefix("torch."),
+        **{f"config.{k}": v for k, v in asdict(config).items()},
+    }
 
 
 def write_circuits(result: CircuitsResult, out: Path, series: ModelSeries, n_prompts: int) -> None:
@@ -333,10 +356,10 @@ def write_circuits(result: CircuitsResult, out: Path, series: ModelSeries, n_pro
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     write_json(out / "summary.json", result.summary())
     write_circuits_report(result, out / "report.html")
-    write_json(
-        out / "manifest.json",
+    rundir.finish(  # last: marks the directory finished
+        out,
+        rundir.CIRCUITS,
         {
-            "kind": KIND,
             "checkpoints": series.describe(),
             "metric": {"name": result.metric_name, "description": result.metric_description},
             "config": asdict(result.config),

@@ -16,17 +16,17 @@ frames and a finished run directory can be reopened with ``CircuitsResult.load``
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .errors import RlinterpError
+from . import rundir
 
-KIND = "rlinterp.circuits"
 TABLES = ("metric", "within", "dla", "cross", "agreement", "concentration", "attention")
+ENTRIES = (*(f"{name}.parquet" for name in TABLES), "summary.json", "report.html")
+"""Everything a circuits run writes besides its manifest."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +194,7 @@ class CircuitsResult:
     def load(cls, root: str | Path) -> CircuitsResult:
         """Read a finished ``run_circuits`` output directory."""
         root = Path(root)
-        manifest = root / "manifest.json"
-        if not manifest.is_file():
-            raise RlinterpError(f"{root} is not a finished circuits run (no manifest.json); run it again")
-        meta = json.loads(manifest.read_text())
+        meta = rundir.read_finished(root, rundir.CIRCUITS, "run `rlinterp circuits` again")
         return cls(
             **{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES},
             metric_name=meta["metric"]["name"],

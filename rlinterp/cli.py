@@ -126,7 +126,7 @@ def _circuits(args: argparse.Namespace) -> None:
         )
     except ValueError as e:
         raise RlinterpError(str(e)) from e
-    result = run_circuits(series, metric, prompts, args.out, config)
+    result = run_circuits(series, metric, prompts, args.out, config, force=args.force)
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
     sys.stdout.write(
         f"circuits in {args.out} (report: {Path(args.out) / 'report.html'})\n{rows.to_string(index=False)}\n"
@@ -163,6 +163,9 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
     circuits.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     circuits.add_argument(
         "--exact-prompts", type=int, default=64, help="prompts for exact patching (default: 64)"
+    )
+    circuits.add_argument(
+        "--force", action="store_true", help="recompute even if --out holds a circuits run of other inputs"
     )
     circuits.add_argument(
         "--exact-components",

@@ -346,7 +346,7 @@ def test_circuits_cli_with_a_prompt_file(capsys, planted, tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main([*argv, "--out", str(tmp_path / "other")]) == 2
-    assert "not empty and not a circuits run" in capsys.readouterr().err
+    assert "holds no rlinterp circuits run" in capsys.readouterr().err
 
 
 def test_behaviour_prompt_files_are_validated(tmp_path):
@@ -412,3 +412,19 @@ def test_exact_patching_can_be_limited_to_the_top_attributed_components(planted)
     assert to_base[to_base["kind"] == "resid"]["exact"].notna().all()
     assert result.agreement["n_components"].eq(2).all()
     assert result.steps()[0]["carriers"] == ["L1.H2"]
+
+
+def test_a_finished_run_is_reused_and_other_inputs_are_refused(planted, tmp_path):
+    series, prompts, _ = planted
+    metric, out = BehaviourMetric("planted", "logit_diff"), tmp_path / "c"
+    first = run_circuits(series, metric, prompts, out, CircuitsConfig(batch_size=8, exact_prompts=8))
+    stamp = (out / "cross.parquet").stat().st_mtime_ns
+    again = run_circuits(series, metric, prompts, out, CircuitsConfig(batch_size=8, exact_prompts=8))
+    assert (out / "cross.parquet").stat().st_mtime_ns == stamp  # read back, not recomputed
+    assert again.steps() == first.steps()
+    with pytest.raises(RlinterpError, match="config.exact_prompts changed"):
+        run_circuits(series, metric, prompts, out, CircuitsConfig(batch_size=8, exact_prompts=4))
+    forced = run_circuits(
+        series, metric, prompts, out, CircuitsConfig(batch_size=8, exact_prompts=4), force=True
+    )
+    assert forced.agreement["n_prompts"].eq(4).all()
