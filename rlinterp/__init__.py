@@ -5,6 +5,9 @@ from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
 from .causal import CausalResult as CausalResult
 from .causal import steer_and_ablate as steer_and_ablate
+from .circuits import run_circuits as run_circuits
+from .circuits_result import CircuitsConfig as CircuitsConfig
+from .circuits_result import CircuitsResult as CircuitsResult
 from .crosscoder import Crosscoder as Crosscoder
 from .crosscoder import CrosscoderConfig as CrosscoderConfig
 from .dictionaries import DictionaryConfig as DictionaryConfig
@@ -23,6 +26,8 @@ from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
 from .matching import DictionaryMatch as DictionaryMatch
 from .matching import match_dictionaries as match_dictionaries
+from .metrics import BehaviourMetric as BehaviourMetric
+from .metrics import BehaviourPrompts as BehaviourPrompts
 from .novelty import IndexConfig as IndexConfig
 from .novelty import NoveltyIndex as NoveltyIndex
 from .novelty import novelty_index as novelty_index

@@ -99,6 +99,87 @@ def _dictionaries_eval(args: argparse.Namespace) -> None:
     sys.stdout.write(table.to_string(index=False, float_format=lambda x: f"{x:.4g}") + "\n")
 
 
+def _circuits(args: argparse.Namespace) -> None:
+    from .circuits import CircuitsConfig, run_circuits
+    from .metrics import BehaviourMetric, BehaviourPrompts
+
+    series = ModelSeries.from_spec(
+        args.series, regime=args.regime, device=args.device, dtype=DTYPES[args.dtype]
+    )
+    if args.prompts is not None:
+        metric, prompts = BehaviourMetric(args.metric, args.kind), BehaviourPrompts.from_jsonl(args.prompts)
+    else:
+        from .organism.metrics import organism_behaviour
+
+        root = Path(args.series[0])
+        root = root.parent if root.name == "manifest.json" else root
+        if len(args.series) > 1 or not (root / "manifest.json").is_file():
+            raise RlinterpError(
+                "--metric names an organism metric; for other series give --prompts FILE.jsonl"
+            )
+        metric, prompts = organism_behaviour(root, args.metric)
+    try:
+        config = CircuitsConfig(
+            batch_size=args.batch_size,
+            exact_prompts=args.exact_prompts,
+            exact_components=args.exact_components,
+        )
+    except ValueError as e:
+        raise RlinterpError(str(e)) from e
+    result = run_circuits(series, metric, prompts, args.out, config, force=args.force)
+    rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
+    sys.stdout.write(
+        f"circuits in {args.out} (report: {Path(args.out) / 'report.html'})\n{rows.to_string(index=False)}\n"
+    )
+
+
+def _add_circuits(commands: argparse._SubParsersAction) -> None:
+    circuits = commands.add_parser(
+        "circuits",
+        help="which components carry a behaviour change: patching and attribution per step",
+        description="Cross-model activation patching, attribution patching, direct logit attribution "
+        "and attention-pattern change for a behaviour metric: Parquet tables, summary.json and "
+        "report.html in --out.",
+    )
+    circuits.add_argument("--series", nargs="+", required=True, help="as for `rlinterp diff`")
+    circuits.add_argument("--regime", default=None, help="which regime of an organism (e.g. weak, strong)")
+    circuits.add_argument(
+        "--metric",
+        required=True,
+        help="an organism metric (answer, persona, shortcut), or a name for the metric of --prompts",
+    )
+    circuits.add_argument(
+        "--prompts",
+        default=None,
+        help="a .jsonl of {prompt, positive, negative?, corrupted?} rows (default: the organism's)",
+    )
+    circuits.add_argument(
+        "--kind",
+        choices=("logit_diff", "logprob"),
+        default="logit_diff",
+        help="metric of --prompts: positive minus negative logits, or log-prob of positive",
+    )
+    circuits.add_argument("--out", type=Path, required=True, help="output directory")
+    circuits.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    circuits.add_argument(
+        "--exact-prompts", type=int, default=64, help="prompts for exact patching (default: 64)"
+    )
+    circuits.add_argument(
+        "--force", action="store_true", help="recompute even if --out holds a circuits run of other inputs"
+    )
+    circuits.add_argument(
+        "--exact-components",
+        type=int,
+        default=None,
+        help="exact-patch only the N components with the largest attribution (default: all)",
+    )
+    circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    circuits.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="float32", help="model dtype (default: float32)"
+    )
+    circuits.set_defaults(run=_circuits)
+
+
 def _selection(args: argparse.Namespace) -> None:
     series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
     root = Path(args.series[0])
@@ -260,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dictionary", type=Path, required=True)
     evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
     evaluate.set_defaults(run=_dictionaries_eval)
+    _add_circuits(commands)
     selection = commands.add_parser(
         "selection",
         help="persona features, the selection-versus-novelty index, its transition, causal checks",

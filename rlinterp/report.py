@@ -9,6 +9,7 @@ markup.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -133,8 +134,10 @@ mark { background: #ffd54f; }
 """
 
 
-def render_report(diff: SeriesDiff, title: str) -> str:
-    """The report as one HTML string with plotly.js inlined once."""
+def render_report(diff: SeriesDiff, title: str, extra_sections: Sequence[str] = ()) -> str:
+    """The report as one HTML string with plotly.js inlined once. ``extra_sections`` are
+    HTML fragments appended at the end (e.g. ``circuits_report.circuits_section``); they
+    must not inline plotly.js again."""
     figures = [weight_heatmap(diff), activation_heatmap(diff), kl_figure(diff)]
     plots = [
         figure.to_html(
@@ -151,15 +154,17 @@ def render_report(diff: SeriesDiff, title: str) -> str:
         f"<h2>Outputs</h2>{plots[2]}"
         f"<h2>Activation-difference lens</h2>{_lens_section(diff)}"
         f"<h2>Tokens that changed most</h2>{_top_tokens_section(diff)}"
-        "</body></html>"
+        f"{''.join(extra_sections)}</body></html>"
     )
 
 
-def write_report(diff: SeriesDiff, path: str | Path, title: str | None = None) -> None:
-    """Write ``render_report(diff, title)`` to ``path`` (atomically); the default title
-    counts the RL checkpoints."""
+def write_report(
+    diff: SeriesDiff, path: str | Path, title: str | None = None, extra_sections: Sequence[str] = ()
+) -> None:
+    """Write ``render_report(diff, title, extra_sections)`` to ``path`` (atomically); the
+    default title counts the RL checkpoints."""
     if title is None:
         title = f"rlinterp diff: {diff.outputs['label'].nunique() - 1} checkpoints vs base"
-    text = render_report(diff, title)
+    text = render_report(diff, title, extra_sections)
     path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

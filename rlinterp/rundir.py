@@ -80,7 +80,8 @@ DIFF = Kind("rlinterp.diff", "diff")
 DICTIONARY = Kind(
     "rlinterp.dictionary", "dictionary", manifest="rlinterp.json", legacy=("sae", "diff_sae", "crosscoder")
 )
-KINDS = (ORGANISM, STORE, DIFF, DICTIONARY)
+CIRCUITS = Kind("rlinterp.circuits", "circuits run")
+KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]
