@@ -294,7 +294,7 @@ def _samples(
     del model
     write_parquet(folder / "samples.parquet", table)
     write_json(done, fingerprint)  # after the samples: its presence means they are complete
-    return table
+    return pd.read_parquet(folder / "samples.parquet")  # the same types as a resumed run
 
 
 def _weights_digest(folder: Path) -> str:
