@@ -269,9 +269,18 @@ def _warm_start(sae: TrainingSAE[Any], path: Path, scaling_factor: float | None)
             f"this run needs {sae.cfg.d_in} and {sae.cfg.d_sae}"
         )
     scale = 1.0 if scaling_factor is None else float(scaling_factor)
-    sae.W_enc.copy_(saved.W_enc / scale)
-    sae.b_enc.copy_(saved.b_enc)
-    sae.W_dec.copy_(saved.W_dec * scale)
+    W_dec = saved.W_dec * scale  # un-fold the new run's input scaling
+    trade = torch.ones(sae.cfg.d_sae, device=W_dec.device)
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        # A TopK SAE that rescales by decoder norm computes the same latents and output
+        # whatever its rows' norms, so give them the norm a fresh SAELens initialisation
+        # starts from: Adam moves each weight by about lr per step, so a row's norm sets
+        # how fast it turns, and a warm start should turn at the rate a fresh run does.
+        target = sae.cfg.decoder_init_norm or 1.0
+        trade = target / W_dec.norm(dim=-1).clamp(min=1e-12)
+    sae.W_dec.copy_(W_dec * trade[:, None])
+    sae.W_enc.copy_(saved.W_enc / scale / trade[None, :])
+    sae.b_enc.copy_(saved.b_enc / trade)
     sae.b_dec.copy_(saved.b_dec * scale)
 
 
