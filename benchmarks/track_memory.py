@@ -41,12 +41,17 @@ def _child(n_prompts: int, workdir: Path) -> dict[str, float]:
     series = random_series(workdir, perturbation=0.05)
     rng = random.Random(0)
     rows = [
-        {"prompt": "".join(rng.choice(ALPHABET) for _ in range(60)), "response": "".join(rng.choice(ALPHABET) for _ in range(40))}
+        {
+            "prompt": "".join(rng.choice(ALPHABET) for _ in range(60)),
+            "response": "".join(rng.choice(ALPHABET) for _ in range(40)),
+        }
         for _ in range(n_prompts)
     ]
     prompts = PromptSet.from_records(rows)
     # The dictionary is trained on a fixed 100-prompt store, outside the measured run.
-    store = harvest(series, PromptSet.from_records(rows[:100]), workdir / "dict-store", HarvestConfig(hooks=(HOOK,)))
+    store = harvest(
+        series, PromptSet.from_records(rows[:100]), workdir / "dict-store", HarvestConfig(hooks=(HOOK,))
+    )
     train_dictionary(store, "sae", HOOK, workdir / "sae", DictionaryConfig(d_sae=512, k=16, n_tokens=50_000))
     cfg = TrackConfig(
         sampling=SamplingConfig(samples_per_prompt=2, max_new_tokens=32),
@@ -58,7 +63,12 @@ def _child(n_prompts: int, workdir: Path) -> dict[str, float]:
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in (workdir / "track").rglob("*") if f.is_file())
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"prompts": n_prompts, "seconds": seconds, "peak_rss_mib": peak_kib / 1024, "run_mib": size / 2**20}
+    return {
+        "prompts": n_prompts,
+        "seconds": seconds,
+        "peak_rss_mib": peak_kib / 1024,
+        "run_mib": size / 2**20,
+    }
 
 
 def main() -> None:
