@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,15 +43,39 @@ import torch
 
 from .artifacts import environment_versions, sha256_file, write_json, write_parquet
 from .errors import RlinterpError
-from .harvest import ActivationStore, HarvestConfig, harvest
+from .harvest import HarvestConfig, harvest
+from .lineage import CLASS_COLUMN, CLASSES, classify_lineage
+from .matching import match_dictionaries
 from .onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
 from .prompts import PromptSet
 from .sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
 from .series import ModelSeries
-from .stagewise import Stage, StagewiseConfig, fine_tune
+from .stagewise import STAGE_FIT_COLUMNS, STAGEWISE_COLUMNS, Stage, StagewiseConfig, fine_tune
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
 
 KIND = "rlinterp.track"
+RELATIONS = ("born", "died", "split", "merged")
+SCHEMA = {
+    "source": "token source: prompts (prompt tokens), texts (given answers), on-policy (own answers)",
+    "label": "checkpoint label (the base is 'base')",
+    "step": "RL step",
+    "n_tokens": "kept tokens of this source at this step",
+    "explained_variance": "explained variance of the tracked dictionary on this checkpoint (trajectory_fit)",
+    "ev_drop": "explained_variance at the first step minus here, same source",
+    "ev_before": "stage-wise: explained variance of the previous stage here, before fine-tuning (SAE only)",
+    "ev_after": "stage-wise: explained variance of this step's stage after fine-tuning (SAE only)",
+    "born": "latents of this step's independent SAE matched to nothing of the previous step's",
+    "died": "latents of the previous step's independent SAE matched to nothing of this step's",
+    "split": "previous-step latents explained by several of this step's",
+    "merged": "this step's latents explaining several of the previous step's",
+    "noise_born": "born between two seeds on the base (seed control): births by chance alone",
+    "noise_died": "died between two seeds on the base (seed control): deaths by chance alone",
+    "born_above_floor": "born - noise_born",
+    "n_<class>": "latents of the tracked dictionary in each lineage class at this step (lineage.parquet)",
+    "self_nonstable": "latents not stable when the base is compared with itself at this step (should be 0)",
+}
+"""Fields of each row of ``summary.json``'s ``steps`` (None where a measure does not apply:
+no matches at the first step, no stage-wise or independent SAEs for a crosscoder)."""
 SourceName = Literal["prompts", "texts", "on-policy"]
 SOURCES: tuple[SourceName, ...] = ("prompts", "texts", "on-policy")
 TABLES = (
@@ -117,14 +140,14 @@ def check_inputs(
     _, cache = model.run_with_cache(probe)
     if dictionary.hook not in cache:
         raise RlinterpError(
-            f"the dictionary in {dictionary.path} reads {dictionary.hook}, which the series' models do not have "
-            f"(they have {model.cfg.n_layers} blocks); give a dictionary trained on this series"
+            f"the dictionary in {dictionary.path} reads {dictionary.hook}, which the series' models do not "
+            f"have (they have {model.cfg.n_layers} blocks); give a dictionary trained on this series"
         )
     width = cache[dictionary.hook].shape[-1]
     if width != dictionary.d_in:
         raise RlinterpError(
-            f"the dictionary in {dictionary.path} has d_in {dictionary.d_in} but {dictionary.hook} of the series "
-            f"has width {width}; it was trained on another model"
+            f"the dictionary in {dictionary.path} has d_in {dictionary.d_in} but {dictionary.hook} of the "
+            f"series has width {width}; it was trained on another model"
         )
 
 
@@ -143,6 +166,48 @@ class TrackResult:
     controls: pd.DataFrame
     samples: pd.DataFrame
 
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per (source, step) with the headline numbers (``SCHEMA``)."""
+        fit = self.trajectory_fit.set_index(["source", "step"])
+        stage_fit = self.stagewise_fit.set_index(["source", "step"]) if len(self.stagewise_fit) else None
+        rows = []
+        for (source, step), row in fit.iterrows():
+            base_ev = fit.loc[(source, fit.loc[source].index.min()), "explained_variance"]
+            matches = self.matches[(self.matches["source"] == source) & (self.matches["step"] == step)]
+            seed = self.controls[(self.controls["control"] == "seed") & (self.controls["source"] == source)]
+            noise = dict(zip(seed["measure"], seed["value"], strict=True))
+            lineage = self.lineage[(self.lineage["source"] == source) & (self.lineage["step"] == step)]
+            own = self.controls[
+                (self.controls["control"] == "self")
+                & (self.controls["source"] == source)
+                & (self.controls["step"] == step)
+            ]
+            counts = lineage[CLASS_COLUMN].value_counts()
+            born = int((matches["relation"] == "born").sum())
+            has_matches = bool(len(self.matches)) and step != fit.loc[source].index.min()
+            rows.append(
+                {
+                    "source": source,
+                    "label": row["label"],
+                    "step": int(step),
+                    "n_tokens": int(row["n_tokens"]),
+                    "explained_variance": float(row["explained_variance"]),
+                    "ev_drop": float(base_ev - row["explained_variance"]),
+                    **_stage_numbers(stage_fit, source, step),
+                    **{k: int((matches["relation"] == k).sum()) if has_matches else None for k in RELATIONS},
+                    "noise_born": noise.get("born"),
+                    "noise_died": noise.get("died"),
+                    "born_above_floor": born - noise["born"] if has_matches and "born" in noise else None,
+                    **{f"n_{c}": int(counts.get(c, 0)) for c in CLASSES},
+                    "self_nonstable": int(
+                        own[own["measure"].str.startswith("n_") & (own["measure"] != "n_stable")][
+                            "value"
+                        ].sum()
+                    ),
+                }
+            )
+        return rows
+
     @classmethod
     def load(cls, root: str | Path) -> TrackResult:
         """Read a finished ``run_track`` output directory."""
@@ -152,6 +217,23 @@ class TrackResult:
                 f"{root} is not a finished track run (no manifest.json); run `rlinterp track` again"
             )
         return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
+
+
+MATCH_COLUMNS = ["source", "label", "step", "reference", "relation", "a", "b", "cosine"]
+"""``matches.parquet``: independent SAEs of consecutive steps matched by decoder direction
+(``matching.match_dictionaries``, ``a`` = the dictionary of ``reference``, the previous
+step; ``b`` = this step's). ``relation`` is ``pair``, ``split`` or ``merged`` (with both
+latents and their cosine), or ``born`` (``b`` only) / ``died`` (``a`` only)."""
+CONTROL_COLUMNS = ["control", "source", "label", "step", "measure", "value"]
+"""``controls.parquet``, one row per (control, source, step, measure):
+
+- ``self``: the base compared with itself, with the same number of steps as the series
+  (stage-wise fine-tunes on the base's own tokens; trajectories of the base at every step);
+  measures are the lineage class counts (``n_<class>``), which should all be ``stable``,
+  and the stage-wise ``min_dec_cos_base``, ``ev_before`` and ``ev_after``;
+- ``seed``: the base's independent SAE matched to a second one of another seed on the same
+  tokens (step 0): ``pairs``, ``born``, ``died``, ``split``, ``merged``: how many births
+  and deaths chance alone produces (the noise floor)."""
 
 
 def run_track(
@@ -170,7 +252,187 @@ def run_track(
     (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
     sources, samples = _sources(series, prompts, tracked.hook, out, cfg)
     trajectories = compute_trajectories(tracked, sources, series)
-    raise NotImplementedError  # the rest is assembled below once matching/lineage land
+    per_source = [_dictionary_tables(tracked, source, series, out, cfg) for source in sources]
+    stagewise = _concat([t.stagewise for t in per_source], STAGEWISE_COLUMNS)
+    matches = _concat([t.matches for t in per_source], MATCH_COLUMNS)
+    lineage = classify_lineage(trajectories.table, stagewise, matches)
+    self_lineage = classify_lineage(
+        _self_trajectories(trajectories.table, series),
+        _concat([t.self_stagewise for t in per_source], STAGEWISE_COLUMNS),
+        None,
+    )
+    controls = _controls(per_source, self_lineage)
+    result = TrackResult(
+        trajectories=trajectories.table,
+        trajectory_fit=trajectories.fit,
+        logit_tokens=trajectories.tokens,
+        contexts=trajectories.contexts,
+        stagewise=stagewise,
+        stagewise_fit=_concat([t.stagewise_fit for t in per_source], STAGE_FIT_COLUMNS),
+        matches=matches,
+        lineage=lineage,
+        controls=controls,
+        samples=samples,
+    )
+    _write(result, out, series, tracked, cfg)
+    return result
+
+
+@dataclass(frozen=True)
+class _SourceTables:
+    """What the SAE-only steps give for one source (empty frames for a crosscoder)."""
+
+    stagewise: pd.DataFrame
+    stagewise_fit: pd.DataFrame
+    matches: pd.DataFrame
+    self_stagewise: pd.DataFrame
+    self_fit: pd.DataFrame
+    seed_counts: dict[str, int]
+    source: str
+
+
+def _dictionary_tables(
+    tracked: TrackedDictionary, source: TokenSource, series: ModelSeries, out: Path, cfg: TrackConfig
+) -> _SourceTables:
+    """Stage-wise fine-tuning, independent SAEs and their matches on one source, with the
+    self and seed controls. A crosscoder has no SAE config to fine-tune or retrain: empty."""
+    if tracked.method != "sae":
+        empty = pd.DataFrame()
+        return _SourceTables(empty, empty, empty, empty, empty, {}, source.name)
+    base, stages = _stages(source, series)
+    name = source.name
+    stagewise = fine_tune(tracked.path, base, stages, out / "stagewise" / name, name, cfg.stagewise)
+    # Self control: as many stages as the series has, every one on the base's own tokens.
+    same = [dataclasses.replace(base, label=s.label, step=s.step, model=base.trained_on) for s in stages]
+    self_stagewise = fine_tune(
+        tracked.path, base, same, out / "controls" / "self" / name, name, cfg.stagewise
+    )
+    seed = int(dictionary_seed(tracked))
+    folder = out / "independent" / name
+    independent = [
+        _independent(tracked, stage, folder / stage.label, seed + 1 + i, cfg.independent_tokens)
+        for i, stage in enumerate([base, *stages])
+    ]
+    matches = [
+        _match_rows(name, previous, stage, earlier.sae, later.sae)
+        for previous, stage, earlier, later in zip(
+            [base, *stages], stages, independent, independent[1:], strict=False
+        )
+    ]
+    # Seed control: the base's independent SAE against one of a seed no step uses.
+    other = _independent(
+        tracked, base, out / "controls" / "seed" / name, seed + 1 + len(series), cfg.independent_tokens
+    )
+    noise = match_dictionaries(independent[0].sae.W_dec.detach(), other.sae.W_dec.detach())
+    return _SourceTables(
+        stagewise=stagewise.table,
+        stagewise_fit=stagewise.fit,
+        matches=_concat(matches, MATCH_COLUMNS),
+        self_stagewise=self_stagewise.table,
+        self_fit=self_stagewise.fit,
+        seed_counts=noise.counts(),
+        source=name,
+    )
+
+
+def dictionary_seed(tracked: TrackedDictionary) -> int:
+    """The seed the tracked SAE was trained with (independent SAEs use the next ones)."""
+    return int(tracked.manifest.get("config", {}).get("seed", 0))
+
+
+def _match_rows(source: str, reference: Stage, stage: Stage, earlier: Any, later: Any) -> pd.DataFrame:
+    match = match_dictionaries(earlier.W_dec.detach(), later.W_dec.detach())
+    meta = {"source": source, "label": stage.label, "step": stage.step, "reference": reference.label}
+    frames = [
+        match.pairs.assign(relation="pair"),
+        match.links.rename(columns={"kind": "relation"}),
+        pd.DataFrame({"relation": "born", "b": match.born, "a": pd.NA, "cosine": float("nan")}),
+        pd.DataFrame({"relation": "died", "a": match.died, "b": pd.NA, "cosine": float("nan")}),
+    ]
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True).assign(**meta)
+    return frame.astype({"a": "Int64", "b": "Int64", "cosine": "float64"})[MATCH_COLUMNS]
+
+
+def _self_trajectories(table: pd.DataFrame, series: ModelSeries) -> pd.DataFrame:
+    """The base's trajectory rows repeated at every step: what a series of copies of the
+    base gives (a model against itself reads identically, see ``trajectories``)."""
+    base = table[table["step"] == series.base.step]
+    return pd.concat([base.assign(label=c.label, step=c.step) for c in series], ignore_index=True)
+
+
+def _controls(per_source: list[_SourceTables], self_lineage: pd.DataFrame) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for tables in per_source:
+        counts = self_lineage[self_lineage["source"] == tables.source]
+        for (label, step), group in counts.groupby(["label", "step"], sort=False):
+            for cls, n in group[CLASS_COLUMN].value_counts().items():
+                rows.append(_control("self", tables.source, label, step, f"n_{cls}", n))
+        if not tables.self_stagewise.empty:
+            drift = tables.self_stagewise.groupby(["label", "step"], sort=False)["dec_cos_base"].min()
+            for (label, step), value in drift.items():
+                rows.append(_control("self", tables.source, label, step, "min_dec_cos_base", value))
+            for fit in tables.self_fit.itertuples():
+                rows.append(_control("self", tables.source, fit.label, fit.step, "ev_before", fit.ev_before))
+                rows.append(_control("self", tables.source, fit.label, fit.step, "ev_after", fit.ev_after))
+        for measure, value in tables.seed_counts.items():
+            rows.append(_control("seed", tables.source, "base", 0, measure, value))
+    return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
+
+
+def _control(control: str, source: str, label: Any, step: Any, measure: str, value: Any) -> dict[str, Any]:
+    return {
+        "control": control,
+        "source": source,
+        "label": str(label),
+        "step": int(step),
+        "measure": measure,
+        "value": float(value),
+    }
+
+
+def _stage_numbers(stage_fit: pd.DataFrame | None, source: str, step: int) -> dict[str, float | None]:
+    if stage_fit is None or (source, step) not in stage_fit.index:
+        return {"ev_before": None, "ev_after": None}
+    row = stage_fit.loc[(source, step)]
+    return {"ev_before": float(row["ev_before"]), "ev_after": float(row["ev_after"])}
+
+
+def summary_text(result: TrackResult) -> str:
+    """The summary as a fixed-width table for the terminal."""
+    columns = ["source", "step", "explained_variance", "ev_before", "ev_after", "born", "died", "noise_born"]
+    columns += [f"n_{c}" for c in CLASSES if c != "stable"]
+    frame = pd.DataFrame(result.summary())
+    return frame[[c for c in columns if c in frame]].to_string(index=False, float_format=lambda x: f"{x:.3g}")
+
+
+def _write(
+    result: TrackResult, out: Path, series: ModelSeries, tracked: TrackedDictionary, cfg: TrackConfig
+) -> None:
+    from .report import write_tracking_report
+
+    for name in TABLES:
+        write_parquet(out / f"{name}.parquet", getattr(result, name))
+    write_json(out / "summary.json", {"schema": SCHEMA, "steps": result.summary()})
+    title = f"rlinterp track: {tracked.method} at {tracked.hook} over {len(series) - 1} checkpoints"
+    write_tracking_report(result, out / "report.html", title)
+    write_json(
+        out / "manifest.json",  # last: marks the directory finished
+        {
+            "kind": KIND,
+            "checkpoints": series.describe(),
+            "dictionary": str(tracked.path),
+            "method": tracked.method,
+            "hook": tracked.hook,
+            "config": _jsonable(asdict(cfg)),
+            "fidelity": series.fidelity,
+            "versions": environment_versions(),
+        },
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def _plan(
@@ -286,7 +548,3 @@ def _independent(
             raise RlinterpError(f"{out} holds an SAE trained otherwise; choose another output directory")
         return TrainedSAE.load(out)
     return train_sae(stage.store, stage.trained_on, dictionary.hook, out, cfg)
-
-
-def _steps_of(series: ModelSeries) -> Sequence[int]:
-    return [c.step for c in series]
