@@ -11,7 +11,7 @@ on each token source, with the controls that say what chance alone would show.
    own answers, see ``onpolicy``), each an activation store of the dictionary's hook;
 3. trajectories of the dictionary on every checkpoint and source (``trajectories``);
 4. for an SAE: stage-wise fine-tuning on each source (``stagewise``), and independent
-   SAEs per checkpoint and source (same config, their own seeds) matched step to step
+   SAEs per checkpoint and source (the base SAE's config, one seed) matched step to step
    (``matching``);
 5. the lineage table, one row per (source, latent, step) with its class and evidence
    (``lineage``), and the controls beside it: the base compared with itself (every
@@ -307,11 +307,13 @@ def _dictionary_tables(
     self_stagewise = fine_tune(
         tracked.path, base, same, out / "controls" / "self" / name, name, cfg.stagewise
     )
-    seed = int(dictionary_seed(tracked))
+    # Every step's independent SAE starts from one seed, so identical checkpoints give
+    # identical dictionaries (no births by construction); the seed control's other seed
+    # then bounds from above what initialisation alone makes of the matching.
+    seed = dictionary_seed(tracked) + 1
     folder = out / "independent" / name
     independent = [
-        _independent(tracked, stage, folder / stage.label, seed + 1 + i, cfg.independent_tokens)
-        for i, stage in enumerate([base, *stages])
+        _independent(tracked, stage, folder / stage.label, seed, cfg.independent_tokens) for stage in [base, *stages]
     ]
     matches = [
         _match_rows(name, previous, stage, earlier.sae, later.sae)
@@ -319,10 +321,8 @@ def _dictionary_tables(
             [base, *stages], stages, independent, independent[1:], strict=False
         )
     ]
-    # Seed control: the base's independent SAE against one of a seed no step uses.
-    other = _independent(
-        tracked, base, out / "controls" / "seed" / name, seed + 1 + len(series), cfg.independent_tokens
-    )
+    # Seed control: the base's independent SAE against one of another seed.
+    other = _independent(tracked, base, out / "controls" / "seed" / name, seed + 1, cfg.independent_tokens)
     noise = match_dictionaries(independent[0].sae.W_dec.detach(), other.sae.W_dec.detach())
     return _SourceTables(
         stagewise=stagewise.table,
@@ -336,7 +336,7 @@ def _dictionary_tables(
 
 
 def dictionary_seed(tracked: TrackedDictionary) -> int:
-    """The seed the tracked SAE was trained with (independent SAEs use the next ones)."""
+    """The seed the tracked SAE was trained with (independent SAEs use the next two)."""
     return int(tracked.manifest.get("config", {}).get("seed", 0))
 
 
