@@ -5,7 +5,6 @@ checkpoints is all stable, and bad input is a one-line error that writes nothing
 import json
 
 import pytest
-import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from rlinterp import RlinterpError
@@ -40,28 +39,40 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     models = build_planted(root / "models")
     base = ModelSeries((Checkpoint("base", 0, models.base),))
-    store = harvest(base, planted_prompts(256), root / "store", HarvestConfig(hooks=(models.hook,), batch_size=64))
-    train_dictionary(store, "sae", models.hook, root / "sae", DictionaryConfig(d_sae=64, k=4, n_tokens=60_000))
+    store = harvest(
+        base, planted_prompts(256), root / "store", HarvestConfig(hooks=(models.hook,), batch_size=64)
+    )
+    train_dictionary(
+        store, "sae", models.hook, root / "sae", DictionaryConfig(d_sae=64, k=4, n_tokens=60_000)
+    )
     return models, root / "sae"
 
 
 def series_of(models, *kinds: str) -> ModelSeries:
     return ModelSeries(
-        (Checkpoint("base", 0, models.base), *(Checkpoint(k, i + 1, models.path(k)) for i, k in enumerate(kinds)))
+        (
+            Checkpoint("base", 0, models.base),
+            *(Checkpoint(k, i + 1, models.path(k)) for i, k in enumerate(kinds)),
+        )
     )
 
 
 def hand_set_sae(path, d_in: int, hook: str) -> None:
     sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=8))
     sae.save_model(path)
-    (path / "rlinterp.json").write_text(json.dumps({"method": "sae", "kind": "sae", "hook": hook, "config": {}}))
+    (path / "rlinterp.json").write_text(
+        json.dumps({"method": "sae", "kind": "sae", "hook": hook, "config": {}})
+    )
 
 
 def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path):
     models, sae = planted
     out = tmp_path / "out"
     cases = [
-        ((ModelSeries((Checkpoint("base", 0, models.base),)), split_prompts(), sae), "needs a base and at least one"),
+        (
+            (ModelSeries((Checkpoint("base", 0, models.base),)), split_prompts(), sae),
+            "needs a base and at least one",
+        ),
         ((series_of(models, "amplified"), PromptSet.from_list(["abc"]), sae), "'texts' source needs prompts"),
     ]
     hand_set_sae(tmp_path / "narrow", 16, models.hook)
@@ -80,7 +91,14 @@ def test_bad_input_is_one_line_and_writes_nothing(planted, tmp_path):
 def test_cli_zero_budget_is_one_line(planted, tmp_path, capsys):
     models, sae = planted
     argv = ["track", "--series", str(models.base), str(models.amplified), "--dictionary", str(sae)]
-    argv += ["--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--samples-per-prompt", "0"]
+    argv += [
+        "--prompts",
+        str(tmp_path / "p.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--samples-per-prompt",
+        "0",
+    ]
     (tmp_path / "p.txt").write_text("hello there\n")
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -13,6 +13,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from transformers import AutoModelForCausalLM
 
 from rlinterp import RlinterpError
+from rlinterp.crosscoder import Crosscoder, CrosscoderConfig
 from rlinterp.sae import SAETrainConfig
 from rlinterp.series import ModelSeries
 from rlinterp.trajectories import (
@@ -144,3 +145,24 @@ def test_only_an_sae_or_crosscoder_is_tracked(tmp_path):
     (tmp_path / "sae" / "rlinterp.json").write_text(json.dumps({**manifest, "method": "diff-sae"}))
     with pytest.raises(RlinterpError, match="is a diff-sae"):
         TrackedDictionary.load(tmp_path / "sae")
+
+
+def test_a_crosscoder_reads_base_and_checkpoint_and_decodes_into_the_checkpoint(store, tmp_path):
+    """A hand-set crosscoder whose latent j reads dimension j of the checkpoint's slot only
+    and writes it back there gives relu(x) of the checkpoint, as the identity SAE does."""
+    cfg = CrosscoderConfig(d_in=D, d_sae=D, n_models=2, k=1, normalize=False)
+    crosscoder = Crosscoder(cfg)
+    with torch.no_grad():
+        crosscoder.W_enc.zero_()
+        crosscoder.W_enc[1] = torch.eye(D)
+        crosscoder.W_dec.zero_()
+        crosscoder.W_dec[:, 1] = torch.eye(D)
+        crosscoder.b_enc.zero_()
+        crosscoder.b_dec.zero_()
+    crosscoder.save(tmp_path / "cc")
+    (tmp_path / "cc" / "rlinterp.json").write_text(json.dumps({"method": "crosscoder", "hook": HOOK}))
+    series = ModelSeries.from_store(store)
+    sources = [TokenSource.fixed("texts", store)]
+    by_crosscoder = compute_trajectories(TrackedDictionary.load(tmp_path / "cc"), sources, series).table
+    by_sae = compute_trajectories(identity_sae(tmp_path / "sae"), sources, series).table
+    pd.testing.assert_frame_equal(by_crosscoder, by_sae, rtol=1e-5)
