@@ -74,6 +74,9 @@ class DictionaryMatch:
     """One row per member of a split or merge: ``kind`` ("split": the ``a`` latent is
     explained by several ``b`` latents; "merged": several ``a`` latents explain the ``b``
     latent), ``a``, ``b``, ``cosine`` of the two."""
+    nearest: pd.DataFrame
+    """Every latent's closest latent on the other side, matched or not: ``side`` ("a" or
+    "b"), ``latent``, ``nearest``, ``cosine`` (how close chance came, for unmatched ones)."""
     n_a: int
     """Latents of dictionary ``a``."""
     n_b: int
@@ -156,7 +159,16 @@ def match_dictionaries(
     merged = [("merged", x, y) for y, members in _explained(cos.T, b_unit, a_unit) for x in members]
     records = [(kind, a, b, float(cos[a, b])) for kind, a, b in split + merged]
     links = pd.DataFrame(records, columns=["kind", "a", "b", "cosine"]).astype({"a": "int64", "b": "int64"})
-    return DictionaryMatch(pairs=pairs, links=links, n_a=n_a, n_b=n_b, floor=floor)
+    nearest = pd.concat(
+        [
+            pd.DataFrame(
+                {"side": side, "latent": np.arange(len(c)), "nearest": c.argmax(1), "cosine": c.max(1)}
+            )
+            for side, c in (("a", cos.numpy()), ("b", cos.numpy().T))
+        ],
+        ignore_index=True,
+    )
+    return DictionaryMatch(pairs=pairs, links=links, nearest=nearest, n_a=n_a, n_b=n_b, floor=floor)
 
 
 def _unit(decoder: Tensor) -> Tensor:

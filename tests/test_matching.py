@@ -85,6 +85,9 @@ def test_negated_dead_and_new_latents_stay_unmatched() -> None:
     match = match_dictionaries(a, b)
     assert match.pairs["a"].tolist() == [0, 4, 5] and match.pairs["b"].tolist() == [0, 4, 5]
     assert match.died.tolist() == [1, 2, 3] and match.born.tolist() == [1, 2, 3]
+    nearest = match.nearest.set_index(["side", "latent"])
+    assert nearest.loc[("a", 1), "cosine"] < MATCH_FLOOR and nearest.loc[("b", 2), "cosine"] == 0.0
+    assert nearest.loc[("a", 4), "nearest"] == 4 and nearest.loc[("a", 4), "cosine"] == pytest.approx(1.0)
     lenient = match_dictionaries(a, b, floor=-1.0)  # every assigned pair kept
     assert len(lenient.pairs) == 6 and len(lenient.died) == 0
 
