@@ -224,10 +224,10 @@ def fit_figure(fit: pd.DataFrame, stage_fit: pd.DataFrame) -> go.Figure:
     return figure
 
 
-def chosen_latents(result: TrackResult, source: str, class_column: str) -> dict[str, list[int]]:
-    """Per class of ``TRACKED_CLASSES``: the latents of that class at the last step on
-    ``source`` whose mass changed most from the first step."""
-    lineage = result.lineage[result.lineage["source"] == source]
+def chosen_latents(result: TrackResult, source: str) -> dict[str, list[int]]:
+    """Per class of ``TRACKED_CLASSES``: the tracked latents of that class at the last step
+    on ``source`` whose mass changed most from the first step."""
+    lineage = result.lineage[(result.lineage["source"] == source) & (result.lineage["evidence"] == "tracked")]
     if lineage.empty:
         return {}
     last = lineage[lineage["step"] == lineage["step"].max()]
@@ -237,7 +237,7 @@ def chosen_latents(result: TrackResult, source: str, class_column: str) -> dict[
     change = (last_mass - first_mass).abs()
     chosen = {}
     for cls in TRACKED_CLASSES:
-        members = last.loc[last[class_column] == cls, "latent"].unique().tolist()
+        members = [int(j) for j in last.loc[last["class"] == cls, "latent"].unique()]
         chosen[cls] = sorted(members, key=lambda j: -float(change.get(j, 0.0)))[:LATENTS_PER_CLASS]
     return chosen
 
@@ -288,13 +288,13 @@ def _samples_html(samples: pd.DataFrame) -> str:
     )
 
 
-def render_tracking_report(result: TrackResult, title: str, class_column: str = "class") -> str:
+def render_tracking_report(result: TrackResult, title: str) -> str:
     """The tracking report as one HTML string with plotly.js inlined once."""
     summary = pd.DataFrame(result.summary())
     shown = [c for c in summary.columns if not summary[c].isna().all()]
     sections, figures = [], [fit_figure(result.trajectory_fit, result.stagewise_fit)]
     for source in result.trajectory_fit["source"].unique():
-        latents = chosen_latents(result, str(source), class_column)
+        latents = chosen_latents(result, str(source))
         figures.append(trajectory_figure(result.trajectories, str(source), latents))
         sections.append((str(source), _contexts_html(result, str(source), latents)))
     plots = [

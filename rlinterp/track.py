@@ -44,8 +44,8 @@ import torch
 from .artifacts import environment_versions, sha256_file, write_json, write_parquet
 from .errors import RlinterpError
 from .harvest import HarvestConfig, harvest
-from .lineage import CLASS_COLUMN, CLASSES, classify_lineage
-from .matching import match_dictionaries
+from .lineage import CLASSES, LINEAGE_COLUMNS, MOVED_BELOW, above_noise_floor, class_counts, lineage
+from .matching import DictionaryMatch, match_dictionaries
 from .onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
 from .prompts import PromptSet
 from .sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
@@ -54,28 +54,28 @@ from .stagewise import STAGE_FIT_COLUMNS, STAGEWISE_COLUMNS, Stage, StagewiseCon
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
 
 KIND = "rlinterp.track"
-RELATIONS = ("born", "died", "split", "merged")
 SCHEMA = {
     "source": "token source: prompts (prompt tokens), texts (given answers), on-policy (own answers)",
     "label": "checkpoint label (the base is 'base')",
     "step": "RL step",
     "n_tokens": "kept tokens of this source at this step",
     "explained_variance": "explained variance of the tracked dictionary on this checkpoint (trajectory_fit)",
-    "ev_drop": "explained_variance at the first step minus here, same source",
-    "ev_before": "stage-wise: explained variance of the previous stage here, before fine-tuning (SAE only)",
-    "ev_after": "stage-wise: explained variance of this step's stage after fine-tuning (SAE only)",
-    "born": "latents of this step's independent SAE matched to nothing of the previous step's",
-    "died": "latents of the previous step's independent SAE matched to nothing of this step's",
-    "split": "previous-step latents explained by several of this step's",
-    "merged": "this step's latents explaining several of the previous step's",
-    "noise_born": "born between two seeds on the base (seed control): births by chance alone",
-    "noise_died": "died between two seeds on the base (seed control): deaths by chance alone",
-    "born_above_floor": "born - noise_born",
-    "n_<class>": "latents of the tracked dictionary in each lineage class at this step (lineage.parquet)",
-    "self_nonstable": "latents not stable when the base is compared with itself at this step (should be 0)",
+    "ev_drop": "explained_variance at the base minus here, same source",
+    "ev_before": "stage-wise: explained variance of the previous stage here, before fine-tuning",
+    "ev_after": "stage-wise: explained variance of this step's stage after fine-tuning",
+    "n_<class>": "tracked latents in each lineage class at this step (lineage.parquet, evidence 'tracked')",
+    "self_nonstable": "latents neither stable nor inactive in the base-versus-itself control at this step",
+    "born": "latents of this step's independent SAE matched to no tracked latent (evidence 'matched')",
+    "died": "tracked latents matched to no latent of this step's independent SAE",
+    "noise_born": "born at step 0 (both dictionaries of the base): births by chance alone",
+    "noise_died": "died at step 0: deaths by chance alone",
+    "born_p_value": "probability of this many births or more by chance (Poisson at the noise floor)",
+    "born_above_floor": "born_p_value < lineage.NOISE_ALPHA",
+    "died_p_value": "the same for deaths",
+    "died_above_floor": "died_p_value < lineage.NOISE_ALPHA",
 }
 """Fields of each row of ``summary.json``'s ``steps`` (None where a measure does not apply:
-no matches at the first step, no stage-wise or independent SAEs for a crosscoder)."""
+no stage-wise or independent SAEs for a crosscoder)."""
 SourceName = Literal["prompts", "texts", "on-policy"]
 SOURCES: tuple[SourceName, ...] = ("prompts", "texts", "on-policy")
 TABLES = (
@@ -106,8 +106,8 @@ class TrackConfig:
     stagewise: StagewiseConfig = field(default_factory=StagewiseConfig)
     """Budget of each stage-wise fine-tune."""
     independent_tokens: int | None = 100_000
-    """Training tokens of each independent per-checkpoint SAE (and of the seed control);
-    None: the base dictionary's own budget."""
+    """Training tokens of each independent per-checkpoint SAE; None: the tracked
+    dictionary's own budget."""
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in SOURCES]
@@ -168,45 +168,10 @@ class TrackResult:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per (source, step) with the headline numbers (``SCHEMA``)."""
-        fit = self.trajectory_fit.set_index(["source", "step"])
-        stage_fit = self.stagewise_fit.set_index(["source", "step"]) if len(self.stagewise_fit) else None
-        rows = []
-        for (source, step), row in fit.iterrows():
-            base_ev = fit.loc[(source, fit.loc[source].index.min()), "explained_variance"]
-            matches = self.matches[(self.matches["source"] == source) & (self.matches["step"] == step)]
-            seed = self.controls[(self.controls["control"] == "seed") & (self.controls["source"] == source)]
-            noise = dict(zip(seed["measure"], seed["value"], strict=True))
-            lineage = self.lineage[(self.lineage["source"] == source) & (self.lineage["step"] == step)]
-            own = self.controls[
-                (self.controls["control"] == "self")
-                & (self.controls["source"] == source)
-                & (self.controls["step"] == step)
-            ]
-            counts = lineage[CLASS_COLUMN].value_counts()
-            born = int((matches["relation"] == "born").sum())
-            has_matches = bool(len(self.matches)) and step != fit.loc[source].index.min()
-            rows.append(
-                {
-                    "source": source,
-                    "label": row["label"],
-                    "step": int(step),
-                    "n_tokens": int(row["n_tokens"]),
-                    "explained_variance": float(row["explained_variance"]),
-                    "ev_drop": float(base_ev - row["explained_variance"]),
-                    **_stage_numbers(stage_fit, source, step),
-                    **{k: int((matches["relation"] == k).sum()) if has_matches else None for k in RELATIONS},
-                    "noise_born": noise.get("born"),
-                    "noise_died": noise.get("died"),
-                    "born_above_floor": born - noise["born"] if has_matches and "born" in noise else None,
-                    **{f"n_{c}": int(counts.get(c, 0)) for c in CLASSES},
-                    "self_nonstable": int(
-                        own[own["measure"].str.startswith("n_") & (own["measure"] != "n_stable")][
-                            "value"
-                        ].sum()
-                    ),
-                }
-            )
-        return rows
+        return [
+            _summary_row(self, str(source), int(step))
+            for source, step in self.trajectory_fit[["source", "step"]].values
+        ]
 
     @classmethod
     def load(cls, root: str | Path) -> TrackResult:
@@ -219,21 +184,22 @@ class TrackResult:
         return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
 
 
-MATCH_COLUMNS = ["source", "label", "step", "reference", "relation", "a", "b", "cosine"]
-"""``matches.parquet``: independent SAEs of consecutive steps matched by decoder direction
-(``matching.match_dictionaries``, ``a`` = the dictionary of ``reference``, the previous
-step; ``b`` = this step's). ``relation`` is ``pair``, ``split`` or ``merged`` (with both
-latents and their cosine), or ``born`` (``b`` only) / ``died`` (``a`` only)."""
+MATCH_COLUMNS = ["source", "label", "step", "relation", "a", "b", "cosine"]
+"""``matches.parquet``: per source and step, the tracked dictionary (``a``) matched by
+decoder direction with the SAE trained independently on that step (``b``; see
+``matching``). ``relation`` is ``pair``, ``split`` or ``merged`` (both latents and their
+cosine), ``born`` (``b`` only) or ``died`` (``a`` only). Step 0 matches two dictionaries of
+the base that differ only in how they were trained (seed, budget, tokens): its births and
+deaths are chance, the seed control's noise floor."""
 CONTROL_COLUMNS = ["control", "source", "label", "step", "measure", "value"]
 """``controls.parquet``, one row per (control, source, step, measure):
 
-- ``self``: the base compared with itself, with the same number of steps as the series
-  (stage-wise fine-tunes on the base's own tokens; trajectories of the base at every step);
-  measures are the lineage class counts (``n_<class>``), which should all be ``stable``,
-  and the stage-wise ``min_dec_cos_base``, ``ev_before`` and ``ev_after``;
-- ``seed``: the base's independent SAE matched to a second one of another seed on the same
-  tokens (step 0): ``pairs``, ``born``, ``died``, ``split``, ``merged``: how many births
-  and deaths chance alone produces (the noise floor)."""
+- ``self``: the base compared with itself over as many steps as the series has (the base's
+  trajectory rows at every step; stage-wise fine-tunes on the base's own tokens): the
+  lineage class counts ``n_<class>`` (all ``stable`` or ``inactive`` when the thresholds
+  hold) and the chain's ``min_dec_cos_base``, ``ev_before`` and ``ev_after``;
+- ``seed``: the step-0 match (``pairs``, ``born``, ``died``, ``split``, ``merged``): how
+  many births and deaths chance alone produces."""
 
 
 def run_track(
@@ -253,104 +219,104 @@ def run_track(
     sources, samples = _sources(series, prompts, tracked.hook, out, cfg)
     trajectories = compute_trajectories(tracked, sources, series)
     per_source = [_dictionary_tables(tracked, source, series, out, cfg) for source in sources]
-    stagewise = _concat([t.stagewise for t in per_source], STAGEWISE_COLUMNS)
-    matches = _concat([t.matches for t in per_source], MATCH_COLUMNS)
-    lineage = classify_lineage(trajectories.table, stagewise, matches)
-    self_lineage = classify_lineage(
-        _self_trajectories(trajectories.table, series),
-        _concat([t.self_stagewise for t in per_source], STAGEWISE_COLUMNS),
-        None,
-    )
-    controls = _controls(per_source, self_lineage)
+    tables, controls = [], []
+    for source in per_source:
+        own = trajectories.table[trajectories.table["source"] == source.name]
+        tables.append(lineage(own, _or_none(discount_self_moves(source.stagewise)), source.matches or None))
+        itself = lineage(_self_trajectories(own, series), _or_none(source.self_stagewise))
+        controls.append(_controls(source, itself))
     result = TrackResult(
         trajectories=trajectories.table,
         trajectory_fit=trajectories.fit,
         logit_tokens=trajectories.tokens,
         contexts=trajectories.contexts,
-        stagewise=stagewise,
+        stagewise=_concat([t.stagewise for t in per_source], [*STAGEWISE_COLUMNS, "self_dec_cos_base"]),
         stagewise_fit=_concat([t.stagewise_fit for t in per_source], STAGE_FIT_COLUMNS),
-        matches=matches,
-        lineage=lineage,
-        controls=controls,
+        matches=_concat([_match_rows(t.name, t.matches, series) for t in per_source], MATCH_COLUMNS),
+        lineage=_concat(tables, list(LINEAGE_COLUMNS)),
+        controls=_concat(controls, CONTROL_COLUMNS),
         samples=samples,
     )
     _write(result, out, series, tracked, cfg)
-    return result
+    return TrackResult.load(out)  # the tables as written, so a resumed run returns the same
 
 
 @dataclass(frozen=True)
 class _SourceTables:
-    """What the SAE-only steps give for one source (empty frames for a crosscoder)."""
+    """What the SAE-only steps give for one source (empty for a crosscoder)."""
 
+    name: str
     stagewise: pd.DataFrame
     stagewise_fit: pd.DataFrame
-    matches: pd.DataFrame
+    matches: dict[int, DictionaryMatch]
+    """Step -> the tracked dictionary matched with that step's independent SAE."""
     self_stagewise: pd.DataFrame
     self_fit: pd.DataFrame
-    seed_counts: dict[str, int]
-    source: str
 
 
 def _dictionary_tables(
     tracked: TrackedDictionary, source: TokenSource, series: ModelSeries, out: Path, cfg: TrackConfig
 ) -> _SourceTables:
-    """Stage-wise fine-tuning, independent SAEs and their matches on one source, with the
-    self and seed controls. A crosscoder has no SAE config to fine-tune or retrain: empty."""
+    """Stage-wise fine-tuning and independent SAEs on one source, with the self control's
+    stage-wise chain. A crosscoder has no SAE config to fine-tune or retrain: empty."""
     if tracked.method != "sae":
         empty = pd.DataFrame()
-        return _SourceTables(empty, empty, empty, empty, empty, {}, source.name)
+        return _SourceTables(source.name, empty, empty, {}, empty, empty)
     base, stages = _stages(source, series)
     name = source.name
     stagewise = fine_tune(tracked.path, base, stages, out / "stagewise" / name, name, cfg.stagewise)
     # Self control: as many stages as the series has, every one on the base's own tokens.
     same = [dataclasses.replace(base, label=s.label, step=s.step, model=base.trained_on) for s in stages]
-    self_stagewise = fine_tune(
-        tracked.path, base, same, out / "controls" / "self" / name, name, cfg.stagewise
-    )
-    # Every step's independent SAE starts from one seed, so identical checkpoints give
-    # identical dictionaries (no births by construction); the seed control's other seed
-    # then bounds from above what initialisation alone makes of the matching.
+    itself = fine_tune(tracked.path, base, same, out / "controls" / "self" / name, name, cfg.stagewise)
+    # One seed (not the tracked dictionary's) and one budget for every step: identical
+    # checkpoints give identical dictionaries, so step 0's chance births recur exactly.
     seed = dictionary_seed(tracked) + 1
-    folder = out / "independent" / name
-    independent = [
-        _independent(tracked, stage, folder / stage.label, seed, cfg.independent_tokens) for stage in [base, *stages]
-    ]
-    matches = [
-        _match_rows(name, previous, stage, earlier.sae, later.sae)
-        for previous, stage, earlier, later in zip(
-            [base, *stages], stages, independent, independent[1:], strict=False
+    decoder = tracked.decoder()
+    matches = {
+        stage.step: match_dictionaries(
+            decoder,
+            _independent(tracked, stage, out / "independent" / name / stage.label, seed, cfg).W_dec.detach(),
         )
-    ]
-    # Seed control: the base's independent SAE against one of another seed.
-    other = _independent(tracked, base, out / "controls" / "seed" / name, seed + 1, cfg.independent_tokens)
-    noise = match_dictionaries(independent[0].sae.W_dec.detach(), other.sae.W_dec.detach())
-    return _SourceTables(
-        stagewise=stagewise.table,
-        stagewise_fit=stagewise.fit,
-        matches=_concat(matches, MATCH_COLUMNS),
-        self_stagewise=self_stagewise.table,
-        self_fit=self_stagewise.fit,
-        seed_counts=noise.counts(),
-        source=name,
-    )
+        for stage in [base, *stages]
+    }
+    beside = itself.table.set_index(["step", "latent"])["dec_cos_base"].rename("self_dec_cos_base")
+    table = stagewise.table.join(beside, on=["step", "latent"])
+    return _SourceTables(name, table, stagewise.fit, matches, itself.table, itself.fit)
+
+
+def discount_self_moves(stagewise: pd.DataFrame, moved_below: float = MOVED_BELOW) -> pd.DataFrame:
+    """The stage-wise table as lineage evidence: where the self control's chain (the base
+    fine-tuned on itself, same stage count and budget) turned a latent past ``moved_below``
+    too, its ``dec_cos_base`` is no evidence of RL (fine-tuning alone moves that latent) and
+    is set to NaN, so the latent is classified from its activity. ``stagewise.parquet``
+    keeps both cosines."""
+    if stagewise.empty:
+        return stagewise
+    noisy = stagewise["self_dec_cos_base"] < moved_below
+    return stagewise.assign(dec_cos_base=stagewise["dec_cos_base"].mask(noisy))
 
 
 def dictionary_seed(tracked: TrackedDictionary) -> int:
-    """The seed the tracked SAE was trained with (independent SAEs use the next two)."""
+    """The seed the tracked SAE was trained with (the independent SAEs use the next)."""
     return int(tracked.manifest.get("config", {}).get("seed", 0))
 
 
-def _match_rows(source: str, reference: Stage, stage: Stage, earlier: Any, later: Any) -> pd.DataFrame:
-    match = match_dictionaries(earlier.W_dec.detach(), later.W_dec.detach())
-    meta = {"source": source, "label": stage.label, "step": stage.step, "reference": reference.label}
-    frames = [
-        match.pairs.assign(relation="pair"),
-        match.links.rename(columns={"kind": "relation"}),
-        pd.DataFrame({"relation": "born", "b": match.born, "a": pd.NA, "cosine": float("nan")}),
-        pd.DataFrame({"relation": "died", "a": match.died, "b": pd.NA, "cosine": float("nan")}),
-    ]
-    frame = pd.concat([f for f in frames if len(f)], ignore_index=True).assign(**meta)
-    return frame.astype({"a": "Int64", "b": "Int64", "cosine": "float64"})[MATCH_COLUMNS]
+def _match_rows(source: str, matches: dict[int, DictionaryMatch], series: ModelSeries) -> pd.DataFrame:
+    labels = {c.step: c.label for c in series}
+    frames = []
+    for step, match in matches.items():
+        parts = [
+            match.pairs.assign(relation="pair"),
+            match.links.rename(columns={"kind": "relation"}),
+            pd.DataFrame({"relation": "born", "b": match.born, "a": pd.NA, "cosine": float("nan")}),
+            pd.DataFrame({"relation": "died", "a": match.died, "b": pd.NA, "cosine": float("nan")}),
+        ]
+        frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
+        frames.append(frame.assign(source=source, label=labels[step], step=step))
+    if not frames:
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    table = pd.concat(frames, ignore_index=True)
+    return table.astype({"a": "Int64", "b": "Int64", "cosine": "float64"})[MATCH_COLUMNS]
 
 
 def _self_trajectories(table: pd.DataFrame, series: ModelSeries) -> pd.DataFrame:
@@ -360,22 +326,25 @@ def _self_trajectories(table: pd.DataFrame, series: ModelSeries) -> pd.DataFrame
     return pd.concat([base.assign(label=c.label, step=c.step) for c in series], ignore_index=True)
 
 
-def _controls(per_source: list[_SourceTables], self_lineage: pd.DataFrame) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
-    for tables in per_source:
-        counts = self_lineage[self_lineage["source"] == tables.source]
-        for (label, step), group in counts.groupby(["label", "step"], sort=False):
-            for cls, n in group[CLASS_COLUMN].value_counts().items():
-                rows.append(_control("self", tables.source, label, step, f"n_{cls}", n))
-        if not tables.self_stagewise.empty:
-            drift = tables.self_stagewise.groupby(["label", "step"], sort=False)["dec_cos_base"].min()
-            for (label, step), value in drift.items():
-                rows.append(_control("self", tables.source, label, step, "min_dec_cos_base", value))
-            for fit in tables.self_fit.itertuples():
-                rows.append(_control("self", tables.source, fit.label, fit.step, "ev_before", fit.ev_before))
-                rows.append(_control("self", tables.source, fit.label, fit.step, "ev_after", fit.ev_after))
-        for measure, value in tables.seed_counts.items():
-            rows.append(_control("seed", tables.source, "base", 0, measure, value))
+def _controls(source: _SourceTables, itself: pd.DataFrame) -> pd.DataFrame:
+    counts = class_counts(itself[itself["evidence"] == "tracked"])
+    labels = itself.drop_duplicates("step").set_index("step")["label"]
+    rows = [
+        _control("self", source.name, labels[row.step], row.step, f"n_{cls}", getattr(row, cls))
+        for row in counts.itertuples()
+        for cls in CLASSES
+    ]
+    if not source.self_stagewise.empty:
+        drift = source.self_stagewise.groupby(["label", "step"], sort=False)["dec_cos_base"].min()
+        rows += [
+            _control("self", source.name, lab, st, "min_dec_cos_base", v) for (lab, st), v in drift.items()
+        ]
+        for fit in source.self_fit.itertuples():
+            rows.append(_control("self", source.name, fit.label, fit.step, "ev_before", fit.ev_before))
+            rows.append(_control("self", source.name, fit.label, fit.step, "ev_after", fit.ev_after))
+    if 0 in source.matches:
+        for measure, value in source.matches[0].counts().items():
+            rows.append(_control("seed", source.name, labels[0], 0, measure, value))
     return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
 
 
@@ -390,17 +359,59 @@ def _control(control: str, source: str, label: Any, step: Any, measure: str, val
     }
 
 
-def _stage_numbers(stage_fit: pd.DataFrame | None, source: str, step: int) -> dict[str, float | None]:
-    if stage_fit is None or (source, step) not in stage_fit.index:
-        return {"ev_before": None, "ev_after": None}
-    row = stage_fit.loc[(source, step)]
-    return {"ev_before": float(row["ev_before"]), "ev_after": float(row["ev_after"])}
+def _summary_row(result: TrackResult, source: str, step: int) -> dict[str, Any]:
+    fit = result.trajectory_fit[result.trajectory_fit["source"] == source].set_index("step")
+    here = result.lineage[(result.lineage["source"] == source) & (result.lineage["step"] == step)]
+    tracked = here[here["evidence"] == "tracked"]["class"].value_counts()
+    matched = here[here["evidence"] == "matched"]["class"].value_counts()
+    floor = result.lineage[
+        (result.lineage["source"] == source)
+        & (result.lineage["step"] == 0)
+        & (result.lineage["evidence"] == "matched")
+    ]["class"].value_counts()
+    own = result.controls[
+        (result.controls["control"] == "self")
+        & (result.controls["source"] == source)
+        & (result.controls["step"] == step)
+    ]
+    moved = own[own["measure"].isin([f"n_{c}" for c in CLASSES if c not in ("stable", "inactive")])]
+    row: dict[str, Any] = {
+        "source": source,
+        "label": str(fit.loc[step, "label"]),
+        "step": step,
+        "n_tokens": int(fit.loc[step, "n_tokens"]),
+        "explained_variance": float(fit.loc[step, "explained_variance"]),
+        "ev_drop": float(fit["explained_variance"].iloc[0] - fit.loc[step, "explained_variance"]),
+        "ev_before": None,
+        "ev_after": None,
+        **{f"n_{c}": int(tracked.get(c, 0)) for c in CLASSES},
+        "self_nonstable": int(moved["value"].sum()) if len(own) else None,
+    }
+    stage = result.stagewise_fit
+    stage = stage[(stage["source"] == source) & (stage["step"] == step)] if len(stage) else stage
+    if len(stage):
+        row["ev_before"], row["ev_after"] = (
+            float(stage["ev_before"].iloc[0]),
+            float(stage["ev_after"].iloc[0]),
+        )
+    for kind in ("born", "died"):
+        known = bool(len(matched))
+        row[kind] = int(matched.get(kind, 0)) if known else None
+        row[f"noise_{kind}"] = int(floor.get(kind, 0)) if known else None
+        verdict = above_noise_floor(row[kind], row[f"noise_{kind}"]) if known else None
+        row[f"{kind}_p_value"] = verdict.p_value if verdict else None
+        row[f"{kind}_above_floor"] = verdict.above if verdict else None
+    return row
+
+
+def _or_none(frame: pd.DataFrame) -> pd.DataFrame | None:
+    return frame if len(frame) else None
 
 
 def summary_text(result: TrackResult) -> str:
     """The summary as a fixed-width table for the terminal."""
-    columns = ["source", "step", "explained_variance", "ev_before", "ev_after", "born", "died", "noise_born"]
-    columns += [f"n_{c}" for c in CLASSES if c != "stable"]
+    columns = ["source", "step", "explained_variance", "ev_before", "ev_after", "born", "noise_born", "died"]
+    columns += ["noise_died", *(f"n_{c}" for c in CLASSES), "self_nonstable"]
     frame = pd.DataFrame(result.summary())
     return frame[[c for c in columns if c in frame]].to_string(index=False, float_format=lambda x: f"{x:.3g}")
 
@@ -531,20 +542,15 @@ def _stages(source: TokenSource, series: ModelSeries) -> tuple[Stage, list[Stage
     return base, [Stage(c.label, c.step, source.stores[c.label]) for c in series.checkpoints[1:]]
 
 
-def _independent(
-    dictionary: TrackedDictionary,
-    stage: Stage,
-    out: Path,
-    seed: int,
-    n_tokens: int | None,
-) -> TrainedSAE:
-    """An SAE of the base dictionary's config trained from scratch on ``stage`` (reused if
-    finished with the same config)."""
-    base_cfg = SAETrainConfig(**dictionary.manifest["config"])
-    cfg = dataclasses.replace(base_cfg, seed=seed, n_tokens=n_tokens or base_cfg.n_tokens, init_from=None)
+def _independent(tracked: TrackedDictionary, stage: Stage, out: Path, seed: int, cfg: TrackConfig) -> Any:
+    """The SAE of the tracked dictionary's config trained from scratch on ``stage`` with
+    ``seed`` and ``cfg.independent_tokens`` (reused if finished with that config)."""
+    base_cfg = SAETrainConfig(**tracked.manifest["config"])
+    n_tokens = cfg.independent_tokens or base_cfg.n_tokens
+    train_cfg = dataclasses.replace(base_cfg, seed=seed, n_tokens=n_tokens, init_from=None)
     if (out / MANIFEST).is_file():
         done = json.loads((out / MANIFEST).read_text())
-        if done.get("config") != asdict(cfg) or done.get("model") != stage.trained_on:
+        if done.get("config") != asdict(train_cfg) or done.get("model") != stage.trained_on:
             raise RlinterpError(f"{out} holds an SAE trained otherwise; choose another output directory")
-        return TrainedSAE.load(out)
-    return train_sae(stage.store, stage.trained_on, dictionary.hook, out, cfg)
+        return TrainedSAE.load(out).sae
+    return train_sae(stage.store, stage.trained_on, tracked.hook, out, train_cfg).sae

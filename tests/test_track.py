@@ -2,9 +2,11 @@
 amplified, suppressed and rewired neurons are found as what they are, a series of identical
 checkpoints is all stable, and bad input is a one-line error that writes nothing."""
 
+import dataclasses
 import json
 
 import pytest
+import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from rlinterp import RlinterpError
@@ -13,9 +15,10 @@ from rlinterp.dictionaries import DictionaryConfig, train_dictionary
 from rlinterp.harvest import HarvestConfig, harvest
 from rlinterp.onpolicy import SamplingConfig
 from rlinterp.prompts import PromptSet
+from rlinterp.sae import TrainedSAE
 from rlinterp.series import Checkpoint, ModelSeries
 from rlinterp.stagewise import StagewiseConfig
-from rlinterp.track import TrackConfig, run_track
+from rlinterp.track import TrackConfig, TrackResult, run_track
 
 from .planted import build_planted, planted_prompts
 
@@ -104,3 +107,81 @@ def test_cli_zero_budget_is_one_line(planted, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sampling budget is zero" in err
     assert not (tmp_path / "out").exists()
+
+
+def planted_latent(models, sae_path) -> int:
+    """The tracked SAE latent whose decoder is closest to the planted direction."""
+    decoder = torch.nn.functional.normalize(TrainedSAE.load(sae_path).sae.W_dec.detach(), dim=-1)
+    cosines = decoder @ models.direction
+    assert float(cosines.max()) >= 0.8  # the base dictionary found the planted neuron
+    return int(cosines.argmax())
+
+
+def test_planted_changes_are_found_as_what_they_are(planted, tmp_path):
+    models, sae = planted
+    series = series_of(models, "amplified", "suppressed", "rewired")
+    result = run_track(series, split_prompts(), sae, tmp_path / "track", FAST)
+    j = planted_latent(models, sae)
+    lineage = result.lineage
+    tracked = lineage[(lineage["evidence"] == "tracked") & (lineage["latent"] == j)].set_index(
+        ["source", "label"]
+    )
+    for source in FAST.sources:
+        amplified = tracked.loc[(source, "amplified")]
+        assert amplified["class"] == "amplified"
+        assert amplified["activation_ratio"] == pytest.approx(models.amplify, rel=0.15)
+        suppressed = tracked.loc[(source, "suppressed")]
+        assert suppressed["class"] == "suppressed" and suppressed["activation_ratio"] < 0.6
+        # the rewired direction is born in the independent dictionary of its step, and only there
+        for label in ("base", "amplified", "suppressed", "rewired"):
+            born = lineage[
+                (lineage["evidence"] == "matched")
+                & (lineage["source"] == source)
+                & (lineage["label"] == label)
+                & (lineage["class"] == "born")
+            ]
+            independent = TrainedSAE.load(tmp_path / "track" / "independent" / source / label).sae
+            decoder = torch.nn.functional.normalize(independent.W_dec.detach(), dim=-1)
+            best = float((decoder[born["partner"].astype(int).tolist()] @ models.new_direction).max())
+            assert (best >= 0.8) == (label == "rewired"), (source, label, best)
+    # the base against itself: nothing amplified, suppressed, born or died
+    own = result.controls[(result.controls["control"] == "self")]
+    changed = own[own["measure"].isin(["n_amplified", "n_suppressed", "n_born", "n_died"])]
+    assert len(changed) and (changed["value"] == 0).all()
+    # tables, summary with its schema, report and manifest are written, the manifest last
+    out = tmp_path / "track"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["schema"]) >= {"explained_variance", "born", "noise_born", "born_above_floor"}
+    assert len(summary["steps"]) == len(FAST.sources) * len(series)
+    assert TrackResult.load(out).lineage.equals(result.lineage)
+    manifest_time = (out / "manifest.json").stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= manifest_time for p in out.iterdir() if p.is_file())
+    report = (out / "report.html").read_text()
+    assert "Source: on-policy" in report and "<script src=" not in report
+
+
+def test_identical_checkpoints_are_all_stable_with_no_births_beyond_chance(planted, tmp_path):
+    models, sae = planted
+    series = ModelSeries(
+        (
+            Checkpoint("base", 0, models.base),
+            Checkpoint("copy-1", 1, models.identical),
+            Checkpoint("copy-2", 2, models.identical),
+        )
+    )
+    result = run_track(series, split_prompts(), sae, tmp_path / "track", FAST)
+    tracked = result.lineage[result.lineage["evidence"] == "tracked"]
+    assert set(tracked["class"]) <= {"stable", "inactive"}
+    for row in result.summary():
+        # every step's independent SAE is the base's (same seed, budget and tokens)
+        assert row["born"] == row["noise_born"] and row["died"] == row["noise_died"]
+        assert not row["born_above_floor"] and not row["died_above_floor"]
+        assert (
+            row["explained_variance"]
+            == result.summary()[0 if row["source"] == "texts" else 1]["explained_variance"]
+        )
+    # a rerun reuses everything and gives the same tables
+    again = run_track(series, split_prompts(), sae, tmp_path / "track", FAST)
+    assert again.trajectories.equals(result.trajectories) and again.lineage.equals(result.lineage)
+    with pytest.raises(RlinterpError, match="holds a track run of other"):
+        run_track(series, split_prompts(), sae, tmp_path / "track", dataclasses.replace(FAST, batch_size=32))
