@@ -75,7 +75,8 @@ def _dictionaries_eval(args: argparse.Namespace) -> None:
 def _track(args: argparse.Namespace) -> None:
     from .onpolicy import SamplingConfig
     from .stagewise import StagewiseConfig
-    from .track import TrackConfig, run_track, summary_text
+    from .track import TrackConfig, run_track
+    from .track_result import summary_text
 
     cfg = TrackConfig(
         sources=tuple(args.sources),
