@@ -11,6 +11,8 @@ from .harvest import HarvestConfig as HarvestConfig
 from .harvest import harvest as harvest
 from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
+from .onpolicy import SamplingConfig as SamplingConfig
+from .onpolicy import harvest_on_policy as harvest_on_policy
 from .organism import Organism as Organism
 from .organism import OrganismConfig as OrganismConfig
 from .organism import build_organism as build_organism
@@ -18,6 +20,10 @@ from .output_diff import OutputDiff as OutputDiff
 from .output_diff import diff_outputs as diff_outputs
 from .prompts import PromptSet as PromptSet
 from .series import ModelSeries as ModelSeries
+from .stagewise import StagewiseConfig as StagewiseConfig
+from .track import TrackConfig as TrackConfig
+from .track import run_track as run_track
+from .track_result import TrackResult as TrackResult
 from .weight_diff import WeightDiff as WeightDiff
 from .weight_diff import diff_weights as diff_weights
 
