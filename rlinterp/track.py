@@ -156,7 +156,7 @@ def run_track(
         contexts=trajectories.contexts,
         stagewise=_concat([t.stagewise for t in per_source], [*STAGEWISE_COLUMNS, "self_dec_cos_base"]),
         stagewise_fit=_concat([t.stagewise_fit for t in per_source], STAGE_FIT_COLUMNS),
-        matches=_concat([_match_rows(t.name, t.matches, series) for t in per_source], MATCH_COLUMNS),
+        matches=_concat([_match_rows(t, series) for t in per_source], MATCH_COLUMNS),
         lineage=_concat(tables, list(LINEAGE_COLUMNS)),
         controls=_concat(controls, CONTROL_COLUMNS),
         samples=samples,
@@ -174,6 +174,11 @@ class _SourceTables:
     stagewise_fit: pd.DataFrame
     matches: dict[int, DictionaryMatch]
     """Step -> the tracked dictionary matched with that step's independent SAE."""
+    novelty: dict[int, DictionaryMatch]
+    """Step -> the base's independent SAE on the step's tokens matched with the step's own
+    (same tokens, seed and budget: only the model differs)."""
+    seed: DictionaryMatch | None
+    """The base's independent SAE matched with one of another seed (chance alone)."""
     self_stagewise: pd.DataFrame
     self_fit: pd.DataFrame
 
@@ -181,31 +186,50 @@ class _SourceTables:
 def _dictionary_tables(
     tracked: TrackedDictionary, source: TokenSource, series: ModelSeries, out: Path, cfg: TrackConfig
 ) -> _SourceTables:
-    """Stage-wise fine-tuning and independent SAEs on one source, with the self control's
-    stage-wise chain. A crosscoder has no SAE config to fine-tune or retrain: empty."""
+    """Stage-wise fine-tuning and independent SAEs on one source, with the self and seed
+    controls. A crosscoder has no SAE config to fine-tune or retrain: empty."""
     if tracked.method != "sae":
         empty = pd.DataFrame()
-        return _SourceTables(source.name, empty, empty, {}, empty, empty)
+        return _SourceTables(source.name, empty, empty, {}, {}, None, empty, empty)
     base, stages = _stages(source, series)
     name = source.name
     stagewise = fine_tune(tracked.path, base, stages, out / "stagewise" / name, name, cfg.stagewise)
     # Self control: as many stages as the series has, every one on the base's own tokens.
     same = [dataclasses.replace(base, label=s.label, step=s.step, model=base.trained_on) for s in stages]
     itself = fine_tune(tracked.path, base, same, out / "controls" / "self" / name, name, cfg.stagewise)
-    # One seed (not the tracked dictionary's) and one budget for every step: identical
-    # checkpoints give identical dictionaries, so step 0's chance births recur exactly.
+    # One seed (not the tracked dictionary's) and one budget for every independent SAE:
+    # identical checkpoints on identical tokens give identical dictionaries.
     seed = dictionary_seed(tracked) + 1
-    decoder = tracked.decoder()
-    matches = {
-        stage.step: match_dictionaries(
-            decoder,
-            _independent(tracked, stage, out / "independent" / name / stage.label, seed, cfg).W_dec.detach(),
+    folder = out / "independent" / name
+    own = {s.step: _independent(tracked, s, folder / s.label, seed, cfg) for s in [base, *stages]}
+    # The base model on each step's tokens (on-policy tokens differ per step; fixed ones not).
+    base_on = {
+        s.step: own[base.step]
+        if s.store.root == base.store.root
+        else _independent(
+            tracked, dataclasses.replace(s, model=base.trained_on), folder / f"{s.label}.base", seed, cfg
         )
-        for stage in [base, *stages]
+        for s in stages
     }
+    other = _independent(tracked, base, out / "controls" / "seed" / name, seed + 1, cfg)
+    decoder = tracked.decoder()
     beside = itself.table.set_index(["step", "latent"])["dec_cos_base"].rename("self_dec_cos_base")
-    table = stagewise.table.join(beside, on=["step", "latent"])
-    return _SourceTables(name, table, stagewise.fit, matches, itself.table, itself.fit)
+    return _SourceTables(
+        name,
+        stagewise=stagewise.table.join(beside, on=["step", "latent"]),
+        stagewise_fit=stagewise.fit,
+        matches={step: match_dictionaries(decoder, _decoder(sae)) for step, sae in own.items()},
+        novelty={
+            step: match_dictionaries(_decoder(sae), _decoder(own[step])) for step, sae in base_on.items()
+        },
+        seed=match_dictionaries(_decoder(own[base.step]), _decoder(other)),
+        self_stagewise=itself.table,
+        self_fit=itself.fit,
+    )
+
+
+def _decoder(sae: Any) -> torch.Tensor:
+    return sae.W_dec.detach()
 
 
 def discount_self_moves(stagewise: pd.DataFrame, moved_below: float = MOVED_BELOW) -> pd.DataFrame:
@@ -225,10 +249,13 @@ def dictionary_seed(tracked: TrackedDictionary) -> int:
     return int(tracked.manifest.get("config", {}).get("seed", 0))
 
 
-def _match_rows(source: str, matches: dict[int, DictionaryMatch], series: ModelSeries) -> pd.DataFrame:
+def _match_rows(source: _SourceTables, series: ModelSeries) -> pd.DataFrame:
     labels = {c.step: c.label for c in series}
+    comparisons = [("tracked", step, m) for step, m in source.matches.items()]
+    comparisons += [("same-tokens", step, m) for step, m in source.novelty.items()]
+    comparisons += [("seed", series.base.step, source.seed)] if source.seed is not None else []
     frames = []
-    for step, match in matches.items():
+    for comparison, step, match in comparisons:
         parts = [
             match.pairs.assign(relation="pair"),
             match.links.rename(columns={"kind": "relation"}),
@@ -236,7 +263,7 @@ def _match_rows(source: str, matches: dict[int, DictionaryMatch], series: ModelS
             pd.DataFrame({"relation": "died", "a": match.died, "b": pd.NA, "cosine": float("nan")}),
         ]
         frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
-        frames.append(frame.assign(source=source, label=labels[step], step=step))
+        frames.append(frame.assign(source=source.name, comparison=comparison, label=labels[step], step=step))
     if not frames:
         return pd.DataFrame(columns=MATCH_COLUMNS)
     table = pd.concat(frames, ignore_index=True)
@@ -266,8 +293,8 @@ def _controls(source: _SourceTables, itself: pd.DataFrame) -> pd.DataFrame:
         for fit in source.self_fit.itertuples():
             rows.append(_control("self", source.name, fit.label, fit.step, "ev_before", fit.ev_before))
             rows.append(_control("self", source.name, fit.label, fit.step, "ev_after", fit.ev_after))
-    if 0 in source.matches:
-        for measure, value in source.matches[0].counts().items():
+    if source.seed is not None:
+        for measure, value in source.seed.counts().items():
             rows.append(_control("seed", source.name, labels[0], 0, measure, value))
     return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
 

@@ -37,9 +37,18 @@ SCHEMA = {
     "born_above_floor": "born_p_value < lineage.NOISE_ALPHA",
     "died_p_value": "the same for deaths",
     "died_above_floor": "died_p_value < lineage.NOISE_ALPHA",
+    "novel_born": "same tokens, only the model differs: latents of this step's independent SAE matched to "
+    "nothing of the base's independent SAE on the same tokens (matches, comparison 'same-tokens')",
+    "novel_died": "the base's latents on these tokens matched to nothing of this step's SAE",
+    "seed_born": "born between the base's independent SAE and one of another seed: chance alone",
+    "seed_died": "died between the two seeds",
+    "novel_born_p_value": "probability of novel_born or more by chance (Poisson at seed_born)",
+    "novel_born_above_floor": "novel_born_p_value < lineage.NOISE_ALPHA",
+    "novel_died_p_value": "the same for novel_died",
+    "novel_died_above_floor": "novel_died_p_value < lineage.NOISE_ALPHA",
 }
 """Fields of each row of ``summary.json``'s ``steps`` (None where a measure does not apply:
-no stage-wise or independent SAEs for a crosscoder)."""
+no stage-wise or independent SAEs for a crosscoder, no same-tokens match at step 0)."""
 TABLES = (
     "trajectories",
     "trajectory_fit",
@@ -88,13 +97,22 @@ class TrackResult:
         return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
 
 
-MATCH_COLUMNS = ["source", "label", "step", "relation", "a", "b", "cosine"]
-"""``matches.parquet``: per source and step, the tracked dictionary (``a``) matched by
-decoder direction with the SAE trained independently on that step (``b``; see
-``matching``). ``relation`` is ``pair``, ``split`` or ``merged`` (both latents and their
-cosine), ``born`` (``b`` only) or ``died`` (``a`` only). Step 0 matches two dictionaries of
-the base that differ only in how they were trained (seed, budget, tokens): its births and
-deaths are chance, the seed control's noise floor."""
+MATCH_COLUMNS = ["source", "comparison", "label", "step", "relation", "a", "b", "cosine"]
+"""``matches.parquet``: pairs of dictionaries matched by decoder direction (``matching``),
+``a`` the reference and ``b`` the other; ``relation`` is ``pair``, ``split`` or ``merged``
+(both latents and their cosine), ``born`` (``b`` only) or ``died`` (``a`` only). The
+``comparison``:
+
+- ``tracked``: the tracked dictionary (``a``) and the SAE trained independently on the
+  step (``b``): the lineage table's ``matched`` evidence. At step 0 both describe the base
+  and differ only in how they were trained (seed, budget, tokens): the floor its births
+  and deaths are tested against;
+- ``same-tokens``: the base model's independent SAE on the step's tokens (``a``) and the
+  step's own (``b``): same tokens, seed and budget, only the model differs, so a birth is
+  a direction the checkpoint writes that the base does not, on what the checkpoint says
+  (for fixed sources ``a`` is the base's SAE of step 0);
+- ``seed`` (step 0): the base's independent SAE and one of another seed: how many births
+  and deaths chance alone produces, the floor for ``same-tokens``."""
 CONTROL_COLUMNS = ["control", "source", "label", "step", "measure", "value"]
 """``controls.parquet``, one row per (control, source, step, measure):
 
@@ -102,8 +120,8 @@ CONTROL_COLUMNS = ["control", "source", "label", "step", "measure", "value"]
   trajectory rows at every step; stage-wise fine-tunes on the base's own tokens): the
   lineage class counts ``n_<class>`` (all ``stable`` or ``inactive`` when the thresholds
   hold) and the chain's ``min_dec_cos_base``, ``ev_before`` and ``ev_after``;
-- ``seed``: the step-0 match (``pairs``, ``born``, ``died``, ``split``, ``merged``): how
-  many births and deaths chance alone produces."""
+- ``seed``: the ``seed`` match's counts (``pairs``, ``born``, ``died``, ``split``,
+  ``merged``): how many births and deaths chance alone produces."""
 
 
 def _summary_row(result: TrackResult, source: str, step: int) -> dict[str, Any]:
@@ -145,15 +163,36 @@ def _summary_row(result: TrackResult, source: str, step: int) -> dict[str, Any]:
         known = bool(len(matched))
         row[kind] = int(matched.get(kind, 0)) if known else None
         row[f"noise_{kind}"] = int(floor.get(kind, 0)) if known else None
-        verdict = above_noise_floor(row[kind], row[f"noise_{kind}"]) if known else None
-        row[f"{kind}_p_value"] = verdict.p_value if verdict else None
-        row[f"{kind}_above_floor"] = verdict.above if verdict else None
+        row |= _verdict(kind, row[kind], row[f"noise_{kind}"])
+    novelty = _relations(result.matches, source, "same-tokens", step)
+    seed = _relations(result.matches, source, "seed", 0)
+    for kind in ("born", "died"):
+        observed = novelty.get(kind, 0) if novelty is not None else None
+        chance = seed.get(kind, 0) if seed is not None else None
+        row[f"novel_{kind}"], row[f"seed_{kind}"] = observed, chance
+        row |= _verdict(f"novel_{kind}", observed, chance)
     return row
+
+
+def _relations(matches: pd.DataFrame, source: str, comparison: str, step: int) -> dict[str, int] | None:
+    """Relation counts of one comparison at one step (None where it was not made)."""
+    rows = matches[
+        (matches["source"] == source) & (matches["comparison"] == comparison) & (matches["step"] == step)
+    ]
+    return {str(k): int(v) for k, v in rows["relation"].value_counts().items()} if len(rows) else None
+
+
+def _verdict(name: str, observed: int | None, chance: int | None) -> dict[str, Any]:
+    if observed is None or chance is None:
+        return {f"{name}_p_value": None, f"{name}_above_floor": None}
+    verdict = above_noise_floor(observed, chance)
+    return {f"{name}_p_value": verdict.p_value, f"{name}_above_floor": verdict.above}
 
 
 def summary_text(result: TrackResult) -> str:
     """The summary as a fixed-width table for the terminal."""
     columns = ["source", "step", "explained_variance", "ev_before", "ev_after", "born", "noise_born", "died"]
-    columns += ["noise_died", *(f"n_{c}" for c in CLASSES), "self_nonstable"]
+    columns += ["noise_died", "novel_born", "novel_died", "seed_born", "seed_died"]
+    columns += [*(f"n_{c}" for c in CLASSES), "self_nonstable"]
     frame = pd.DataFrame(result.summary())
     return frame[[c for c in columns if c in frame]].to_string(index=False, float_format=lambda x: f"{x:.3g}")

@@ -176,6 +176,8 @@ def test_identical_checkpoints_are_all_stable_with_no_births_beyond_chance(plant
         # every step's independent SAE is the base's (same seed, budget and tokens)
         assert row["born"] == row["noise_born"] and row["died"] == row["noise_died"]
         assert not row["born_above_floor"] and not row["died_above_floor"]
+        if row["step"] > 0:  # same tokens, same seed: the checkpoint's SAE is the base's
+            assert row["novel_born"] == row["novel_died"] == 0
         assert (
             row["explained_variance"]
             == result.summary()[0 if row["source"] == "texts" else 1]["explained_variance"]
