@@ -243,10 +243,17 @@ def chosen_latents(result: TrackResult, source: str) -> dict[str, list[int]]:
 
 
 def _contexts_html(result: TrackResult, source: str, latents: dict[str, list[int]]) -> str:
-    contexts = result.contexts[(result.contexts["source"] == source) & (result.contexts["rank"] < 3)]
+    """Per chosen latent: its class with the evidence at the last step, and its distinct top
+    contexts at the first and the last step."""
+    contexts = result.contexts[result.contexts["source"] == source]
     if contexts.empty or not any(latents.values()):
         return ""
     steps = (contexts["step"].min(), contexts["step"].max())
+    tracked = result.lineage[
+        (result.lineage["source"] == source)
+        & (result.lineage["evidence"] == "tracked")
+        & (result.lineage["step"] == steps[1])
+    ].set_index("latent")
     rows = []
     for cls, members in latents.items():
         for latent in members:
@@ -255,14 +262,25 @@ def _contexts_html(result: TrackResult, source: str, latents: dict[str, list[int
                 shown = contexts[(contexts["latent"] == latent) & (contexts["step"] == step)].sort_values(
                     "rank"
                 )
+                shown = shown.drop_duplicates(["context", "token"]).head(3)
                 cells.append("<br>".join(_context_html(r) for r in shown.itertuples()) or "(never fires)")
+            evidence = tracked.loc[latent] if latent in tracked.index else None
             rows.append(
-                f"<tr><td>{html.escape(cls)}</td><td>{latent}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>"
+                f"<tr><td>{html.escape(cls)}</td><td>{latent}</td><td>{_evidence_html(evidence)}</td>"
+                f"<td>{cells[0]}</td><td>{cells[1]}</td></tr>"
             )
     return (
-        f"<table><tr><th>class</th><th>latent</th><th>top contexts, step {steps[0]}</th>"
-        f"<th>top contexts, step {steps[1]}</th></tr>{''.join(rows)}</table>"
+        f"<table><tr><th>class</th><th>latent</th><th>evidence at step {steps[1]}</th>"
+        f"<th>top contexts, step {steps[0]}</th><th>top contexts, step {steps[1]}</th></tr>"
+        f"{''.join(rows)}</table>"
     )
+
+
+def _evidence_html(row: pd.Series | None) -> str:
+    if row is None:
+        return ""
+    names = ("frequency_ratio", "activation_ratio", "activity_ratio", "dec_cos_base")
+    return "<br>".join(f"{name}: {_fmt(float(row[name]))}" for name in names if pd.notna(row[name]))
 
 
 def _context_html(row: Any) -> str:
