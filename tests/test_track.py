@@ -187,3 +187,24 @@ def test_identical_checkpoints_are_all_stable_with_no_births_beyond_chance(plant
     assert again.trajectories.equals(result.trajectories) and again.lineage.equals(result.lineage)
     with pytest.raises(RlinterpError, match="holds a track run of other"):
         run_track(series, split_prompts(), sae, tmp_path / "track", dataclasses.replace(FAST, batch_size=32))
+
+
+def test_a_crosscoder_is_tracked_without_stagewise_or_independent_dictionaries(planted, tmp_path):
+    models, _ = planted
+    series = series_of(models, "rewired")
+    store = harvest(
+        series, planted_prompts(64), tmp_path / "store", HarvestConfig(hooks=(models.hook,), batch_size=64)
+    )
+    cfg = DictionaryConfig(d_sae=32, k=4, n_tokens=20_000)
+    crosscoder = train_dictionary(store, "crosscoder", models.hook, tmp_path / "cc", cfg)
+    result = run_track(
+        series,
+        split_prompts(64),
+        crosscoder,
+        tmp_path / "track",
+        dataclasses.replace(FAST, sources=("texts",)),
+    )
+    assert len(result.trajectories) == 2 * 32 and result.stagewise.empty and result.matches.empty
+    assert set(result.lineage["evidence"]) == {"tracked"}
+    row = result.summary()[1]
+    assert row["ev_before"] is None and row["born"] is None and row["novel_born"] is None
