@@ -107,8 +107,11 @@ def test_identical_checkpoints_sample_alike_and_stores_hold_the_answers(checkpoi
     assert torch.equal(identical.read("base", HOOK), identical.read("step-1", HOOK))
     assert not torch.equal(store.read("base", HOOK), store.read("step-2", HOOK)) or len(kept) == 0
 
-    # A finished run is reused as it is: no sampling, no forward pass.
-    monkeypatch.setattr(GenerationMixin, "generate", lambda *a, **k: pytest.fail("resampled"))
+    # A finished run is reused as it is: nothing is sampled again.
+    def refuse(*_args, **_kwargs):
+        pytest.fail("resampled")
+
+    monkeypatch.setattr(GenerationMixin, "generate", refuse)
     again = harvest_on_policy(series, PROMPTS, tmp_path / "op", cfg)
     assert again.samples["step-2"].equals(other)
     with pytest.raises(RlinterpError, match="another sampling config"):
