@@ -9,8 +9,12 @@ from .errors import RlinterpError as RlinterpError
 from .harvest import ActivationStore as ActivationStore
 from .harvest import HarvestConfig as HarvestConfig
 from .harvest import harvest as harvest
+from .lineage import LineageThresholds as LineageThresholds
+from .lineage import lineage_table as lineage_table
 from .loading import load_bridge as load_bridge
 from .loading import logit_fidelity as logit_fidelity
+from .matching import DictionaryMatch as DictionaryMatch
+from .matching import match_dictionaries as match_dictionaries
 from .onpolicy import SamplingConfig as SamplingConfig
 from .onpolicy import harvest_on_policy as harvest_on_policy
 from .organism import Organism as Organism

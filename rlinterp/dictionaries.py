@@ -11,8 +11,10 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 - ``rlinterp.json``: method, store, models, hook, config (written last: finished marker);
 - ``top_contexts.parquet``: the highest-activating tokens of every latent with their
   context (for a crosscoder, on the paired tokens, which are the same for every model);
-- for a crosscoder, ``latents.parquet`` (decoder norms, relative norm, shared / base-only /
-  RL-only) and ``latent_scaling.parquet`` for the latents that look exclusive.
+- for a crosscoder, ``latents.parquet`` (decoder norms and cosine, firing frequency, and a
+  kind: shared / amplified / suppressed / repurposed / base-only / RL-only / inactive, see
+  ``crosscoder.latent_table``) and ``latent_scaling.parquet`` for the latents that look
+  exclusive.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import torch
 
 from .artifacts import write_json, write_parquet
 from .crosscoder import (
+    EXCLUSIVE_KINDS,
     Crosscoder,
     CrosscoderConfig,
+    latent_activity,
     latent_scaling,
     latent_table,
     paired_batches,
@@ -197,9 +201,11 @@ def _crosscoder(
     )
     crosscoder.save(out)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    table = latent_table(crosscoder, base=0, post=len(labels) - 1)
+    shards = zip(*(store.shards(label, hook) for label in labels), strict=True)
+    activity = latent_activity(crosscoder, (torch.stack(pair, dim=1) for pair in shards))
+    table = latent_table(crosscoder, base=0, post=len(labels) - 1, activity=activity)
     write_parquet(out / "latents.parquet", table)
-    exclusive = table.index[table["kind"] != "shared"].tolist()
+    exclusive = table.index[table["kind"].isin(EXCLUSIVE_KINDS)].tolist()
     if exclusive:
         scaling = pd.concat(
             [

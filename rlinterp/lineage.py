@@ -1,6 +1,6 @@
 """Lineage: what happened to each dictionary latent at each RL step, with the evidence.
 
-``lineage(trajectories, stagewise, matches)`` gives one row per (evidence, source, step,
+``lineage_table(trajectories, stagewise, matches)`` gives one row per (evidence, source, step,
 latent) and a ``class`` from one vocabulary:
 
 - ``stable``: present and about as active as in the base;
@@ -15,9 +15,10 @@ latent) and a ``class`` from one vocabulary:
   latent fires on the same tokens in both models by construction, so there a low base-vs-RL
   decoder cosine alone means repurposed (``crosscoder.latent_table``);
 - ``born`` / ``died``: inactive in the base and active at the step / the reverse, where
-  "inactive" is a frequency under ``INACTIVE_FREQUENCY`` and a frequency ratio beyond
-  ``BORN_ABOVE`` / under ``DIED_BELOW`` counts too (a latent that fires 20 times less
-  has died, not been suppressed);
+  "inactive" is a frequency under ``INACTIVE_FREQUENCY``; a frequency or activity ratio
+  beyond ``BORN_ABOVE`` / under ``DIED_BELOW`` counts too (a latent doing 20 times less
+  has died, not been suppressed: a TopK dictionary fills every token's k slots, so a latent
+  whose feature is gone still fires, weakly, on some tokens);
 - ``split`` / ``merged``: one base latent is explained by several latents of the step's own
   dictionary / several base latents by one (``matching``);
 - ``inactive``: fires neither in the base nor at the step (no evidence either way).
@@ -37,8 +38,11 @@ Two kinds of evidence, one row each (column ``evidence``):
   step (``matches[step]``, ``a`` = the base dictionary whose latents the trajectories
   follow). Matched base latents are stable, unmatched ones died, linked ones split or
   merged, and each unmatched, unlinked latent of the step's dictionary is a born row with
-  ``latent`` missing and ``partner`` naming it. Independent dictionaries disagree by chance:
-  compare the born and died counts with the seed control (``above_noise_floor``).
+  ``latent`` missing and ``partner`` naming it; latents the match left out as never firing
+  (``alive_a``) are inactive. Independent dictionaries disagree by chance: compare the born
+  and died counts with the seed control (``above_noise_floor``). Measured on the planted
+  GPT-2 (32-latent TopK SAEs, 200k tokens): two seeds of the base SAE leave 7 to 8 latents
+  of 32 born by chance, so small toy dictionaries give a high floor.
 
 Every threshold is a field of ``LineageThresholds`` whose default is a module constant, and
 every class is reported beside its evidence columns (``LINEAGE_COLUMNS``). Controls
@@ -64,13 +68,18 @@ from scipy.stats import poisson
 from .errors import RlinterpError
 from .matching import DictionaryMatch
 
-INACTIVE_FREQUENCY = 1e-4
-"""A latent firing on fewer than one token in 10,000 is inactive (a dead SAE latent fires on
-none; the planted neuron fires on 30%)."""
+INACTIVE_FREQUENCY = 1e-3
+"""A latent firing on fewer than one token in 1,000 is inactive. On the planted models (12k
+tokens) latents rarer than this woke up on a handful of tokens by chance, which a cut at
+1e-4 called births; lower it when each checkpoint is measured on millions of tokens and
+rare features matter."""
 DIED_BELOW = 0.05
-"""A frequency ratio (step / base) under this is a death, even above ``INACTIVE_FREQUENCY``."""
+"""A frequency or activity ratio (step / base) under this is a death, even above
+``INACTIVE_FREQUENCY``. Measured on the planted models with a base TopK SAE: the rewired
+neuron's latent kept firing on 30% of its tokens, at 0.04 of its base activity (died),
+while the neuron scaled by 0.3 gave 0.37 (suppressed)."""
 BORN_ABOVE = 20.0
-"""A frequency ratio over this is a birth (the mirror image of ``DIED_BELOW``)."""
+"""A frequency or activity ratio over this is a birth (the mirror image of ``DIED_BELOW``)."""
 AMPLIFIED_ABOVE = 1.5
 """An activity ratio at or over this is amplified: half as much again per token."""
 SUPPRESSED_BELOW = 1 / 1.5
@@ -96,6 +105,17 @@ CLASSES = (
     "merged",
     "inactive",
 )
+CROSSCODER_CLASSES = {
+    "shared": "stable",
+    "amplified": "amplified",
+    "suppressed": "suppressed",
+    "repurposed": "repurposed",
+    "base_only": "died",
+    "rl_only": "born",
+    "inactive": "inactive",
+}
+"""Each ``crosscoder.latent_table`` kind read as a lineage class (base-only: the RL model no
+longer writes it; RL-only: only the RL model does; check both with latent scaling)."""
 TRAJECTORY_COLUMNS = (
     "source",
     "label",
@@ -107,10 +127,10 @@ TRAJECTORY_COLUMNS = (
     "logit_norm",
     "logit_contribution",
 )
-"""What ``lineage`` needs of the trajectories: one row per (source, step, latent); step 0 is
+"""What ``lineage_table`` needs of the trajectories: one row per (source, step, latent); step 0 is
 the base; ``mean_activation`` is the mean over the tokens where the latent fires."""
 STAGEWISE_COLUMNS = ("step", "latent", "dec_cos_base", "dec_cos_prev", "enc_cos_base", "enc_cos_prev")
-"""What ``lineage`` needs of a stage-wise table (optionally also ``source``, ``frequency`` and
+"""What ``lineage_table`` needs of a stage-wise table (optionally also ``source``, ``frequency`` and
 ``mean_activation``)."""
 LINEAGE_COLUMNS = (
     "evidence",
@@ -153,9 +173,9 @@ class LineageThresholds:
     inactive_frequency: float = INACTIVE_FREQUENCY
     """Firing frequency under which a latent is inactive."""
     died_below: float = DIED_BELOW
-    """Frequency ratio under which an active base latent has died."""
+    """Frequency or activity ratio under which an active base latent has died."""
     born_above: float = BORN_ABOVE
-    """Frequency ratio over which an active step latent was born."""
+    """Frequency or activity ratio over which an active step latent was born."""
     amplified_above: float = AMPLIFIED_ABOVE
     """Activity ratio at or over which a latent is amplified."""
     suppressed_below: float = SUPPRESSED_BELOW
@@ -175,7 +195,7 @@ class LineageThresholds:
             raise ValueError(f"moved_below is a cosine and must lie in [-1, 1], got {self.moved_below}")
 
 
-def lineage(
+def lineage_table(
     trajectories: pd.DataFrame,
     stagewise: pd.DataFrame | None = None,
     matches: Mapping[int, DictionaryMatch] | None = None,
@@ -303,8 +323,8 @@ def _activity_classes(
     with np.errstate(invalid="ignore"):
         conditions = [
             ~base_active & ~step_active,
-            base_active & (~step_active | (freq_ratio < t.died_below)),
-            step_active & (~base_active | (freq_ratio > t.born_above)),
+            base_active & (~step_active | (freq_ratio < t.died_below) | (activity_ratio < t.died_below)),
+            step_active & (~base_active | (freq_ratio > t.born_above) | (activity_ratio > t.born_above)),
             activity_ratio >= t.amplified_above,
             activity_ratio <= t.suppressed_below,
         ]
@@ -313,7 +333,8 @@ def _activity_classes(
 
 def match_classes(match: DictionaryMatch) -> pd.DataFrame:
     """One match read as lineage classes: a row per latent of ``a`` (split, merged, stable
-    when paired, died otherwise) and one per born latent of ``b`` (``latent`` missing):
+    when paired, inactive when left out by ``alive_a``, died otherwise) and one per born
+    latent of ``b`` (``latent`` missing):
     ``latent, partner, partner_cosine, nearest_cosine, linked, class``. For the seed control,
     its class counts are the chance births and deaths."""
     pairs = match.pairs.set_index("a")
@@ -323,13 +344,13 @@ def match_classes(match: DictionaryMatch) -> pd.DataFrame:
         links = match.links[match.links["a"] == a]
         kind = links["kind"].iloc[0] if len(links) else None
         paired = a in pairs.index
-        cls = kind or ("stable" if paired else "died")
+        cls = kind or ("stable" if paired else "died" if match.alive_a[a] else "inactive")
         rows.append(
             {
                 "latent": a,
                 "partner": int(pairs.at[a, "b"]) if paired else None,
                 "partner_cosine": float(pairs.at[a, "cosine"]) if paired else np.nan,
-                "nearest_cosine": np.nan if paired else float(nearest[("a", a)]),
+                "nearest_cosine": np.nan if paired else float(nearest.get(("a", a), np.nan)),
                 "linked": " ".join(str(b) for b in links["b"]) if len(links) else None,
                 "class": cls,
             }

@@ -12,9 +12,11 @@ reports:
   of one side is *explained* by a set ``S`` of at least two latents of the other side when
 
   1. each member of ``S`` has decoder cosine at least ``LINK_COSINE`` with ``x``;
-  2. the non-negative least-squares fit of ``x``'s unit decoder by the unit decoders of
-     those candidates keeps at least two of them with positive weight (``S``);
-  3. that fit reaches cosine ``LINK_FIT`` with ``x`` ...
+  2. ``S`` is what the non-negative least-squares fit of ``x``'s unit decoder by the unit
+     decoders of those candidates keeps, after repeatedly dropping members whose share of
+     the fit (weight x cosine with ``x``; for orthogonal members, the fraction of ``x``'s
+     squared norm they explain) is under ``LINK_MIN_SHARE``, and has at least two members;
+  3. the fit on ``S`` reaches cosine ``LINK_FIT`` with ``x`` ...
   4. ... and beats the best single member of ``S`` by ``LINK_GAIN``, so a latent that one
      partner already explains is not called a split because of a small extra term.
 
@@ -25,6 +27,10 @@ reports:
 Convention: ``a`` is the reference (the base, or the earlier step) and ``b`` the other
 dictionary, so an unmatched ``a`` latent that takes part in no link has *died* and an
 unmatched ``b`` latent in no link is *born* (``DictionaryMatch.died`` / ``born``).
+
+Latents that never fire keep decoders that say nothing (often their random initialisation):
+pass ``alive_a`` / ``alive_b`` masks and they take part in nothing — no pair, no link, and
+they are neither born nor dead — instead of adding chance births and deaths.
 
 Cosines are signed: dictionary latents are non-negative, so a decoder and its negation
 write opposite things and never match. A decoder row of zero norm has cosine 0 with
@@ -43,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from scipy.optimize import linear_sum_assignment, nnls
 from torch import Tensor
 
@@ -55,9 +61,14 @@ dimensions have cosine of about ``1/sqrt(d)`` (0.125 at d=64, 0.03 at d=1024), a
 best of thousands of random candidates stays well under 0.5 at realistic widths, while
 the same feature found by two seeds typically has cosine above 0.9. Check it against the
 seed control (two dictionaries of one model): its unmatched latents are the noise floor."""
+DEAD_COSINE = -2.0
+"""What an inactive latent's cosines are set to: below any real cosine, so below any floor."""
 LINK_COSINE = 0.3
 """Smallest decoder cosine of a member of a split or merge with the latent it explains:
 two equal halves of a feature have cosine 0.71 with it, three 0.58, four 0.5."""
+LINK_MIN_SHARE = 0.15
+"""Smallest share of the fit a member must carry (two equal halves carry 0.5 each). Without
+it, in few dimensions, one good partner plus a few weak random ones fit any latent."""
 LINK_FIT = 0.9
 """Smallest cosine between a latent and the best non-negative combination of its members."""
 LINK_GAIN = 0.05
@@ -75,14 +86,19 @@ class DictionaryMatch:
     explained by several ``b`` latents; "merged": several ``a`` latents explain the ``b``
     latent), ``a``, ``b``, ``cosine`` of the two."""
     nearest: pd.DataFrame
-    """Every latent's closest latent on the other side, matched or not: ``side`` ("a" or
-    "b"), ``latent``, ``nearest``, ``cosine`` (how close chance came, for unmatched ones)."""
+    """Every live latent's closest live latent on the other side, matched or not: ``side``
+    ("a" or "b"), ``latent``, ``nearest``, ``cosine`` (how close chance came, for unmatched
+    ones; ``DEAD_COSINE`` when the other side has no live latent)."""
     n_a: int
     """Latents of dictionary ``a``."""
     n_b: int
     """Latents of dictionary ``b``."""
     floor: float
     """The cosine a pair needed."""
+    alive_a: np.ndarray
+    """Which ``a`` latents took part (all, unless a mask was given)."""
+    alive_b: np.ndarray
+    """Which ``b`` latents took part."""
 
     @property
     def unmatched_a(self) -> np.ndarray:
@@ -96,16 +112,17 @@ class DictionaryMatch:
 
     @property
     def died(self) -> np.ndarray:
-        """Unmatched ``a`` latents that take part in no split or merge."""
-        return np.setdiff1d(self.unmatched_a, self.links["a"].to_numpy())
+        """Unmatched live ``a`` latents that take part in no split or merge."""
+        return np.setdiff1d(np.intersect1d(self.unmatched_a, self.alive_a.nonzero()[0]), self.links["a"])
 
     @property
     def born(self) -> np.ndarray:
-        """Unmatched ``b`` latents that take part in no split or merge."""
-        return np.setdiff1d(self.unmatched_b, self.links["b"].to_numpy())
+        """Unmatched live ``b`` latents that take part in no split or merge."""
+        return np.setdiff1d(np.intersect1d(self.unmatched_b, self.alive_b.nonzero()[0]), self.links["b"])
 
     def counts(self) -> dict[str, int]:
-        """How many pairs, born and died latents, split ``a`` latents and merged ``b`` latents."""
+        """How many pairs, born and died latents, split ``a`` latents, merged ``b`` latents,
+        and latents left out as inactive on each side."""
         links = self.links
         return {
             "pairs": len(self.pairs),
@@ -113,6 +130,8 @@ class DictionaryMatch:
             "died": len(self.died),
             "split": int(links.loc[links["kind"] == "split", "a"].nunique()),
             "merged": int(links.loc[links["kind"] == "merged", "b"].nunique()),
+            "inactive_a": int((~self.alive_a).sum()),
+            "inactive_b": int((~self.alive_b).sum()),
         }
 
 
@@ -139,16 +158,25 @@ def match_dictionaries(
     decoder_a: Float[Tensor, "n_a d_a"],
     decoder_b: Float[Tensor, "n_b d_b"],
     floor: float = MATCH_FLOOR,
+    alive_a: Bool[Tensor, " n_a"] | None = None,
+    alive_b: Bool[Tensor, " n_b"] | None = None,
 ) -> DictionaryMatch:
     """Match two dictionaries' latents by decoder direction (see the module docstring).
     Decoders are given as rows, one per latent (SAELens' ``W_dec``; for a crosscoder, one
-    model's slice ``W_dec[:, m]``)."""
+    model's slice ``W_dec[:, m]``); ``alive_a`` / ``alive_b`` mark the latents that fire."""
     if not -1.0 <= floor <= 1.0:
         raise RlinterpError(f"floor is a cosine and must lie in [-1, 1], got {floor}")
     cos = decoder_cosines(decoder_a, decoder_b)
     n_a, n_b = cos.shape
     if n_a == 0 or n_b == 0:
         raise RlinterpError(f"cannot match an empty dictionary ({n_a} and {n_b} latents)")
+    live_a, live_b = (
+        np.ones(n, dtype=bool) if mask is None else mask.detach().cpu().numpy().astype(bool)
+        for n, mask in ((n_a, alive_a), (n_b, alive_b))
+    )
+    # Inactive latents get a cosine below any real one: never paired, linked or nearest.
+    cos[~torch.from_numpy(live_a)] = DEAD_COSINE
+    cos[:, ~torch.from_numpy(live_b)] = DEAD_COSINE
     rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
     values = cos.numpy()[rows, cols]
     keep = values >= floor
@@ -163,12 +191,12 @@ def match_dictionaries(
         [
             pd.DataFrame(
                 {"side": side, "latent": np.arange(len(c)), "nearest": c.argmax(1), "cosine": c.max(1)}
-            )
-            for side, c in (("a", cos.numpy()), ("b", cos.numpy().T))
+            )[live]
+            for side, c, live in (("a", cos.numpy(), live_a), ("b", cos.numpy().T, live_b))
         ],
         ignore_index=True,
     )
-    return DictionaryMatch(pairs=pairs, links=links, nearest=nearest, n_a=n_a, n_b=n_b, floor=floor)
+    return DictionaryMatch(pairs, links, nearest, n_a, n_b, floor, live_a, live_b)
 
 
 def _unit(decoder: Tensor) -> Tensor:
@@ -180,13 +208,18 @@ def _explained(cos: Tensor, own_unit: Tensor, other_unit: Tensor) -> list[tuple[
     together, per the link criterion of the module docstring, with those column latents."""
     out = []
     for x in torch.nonzero((cos >= LINK_COSINE).sum(1) >= 2)[:, 0].tolist():
-        candidates = torch.nonzero(cos[x] >= LINK_COSINE)[:, 0]
-        basis = other_unit[candidates]  # [candidates, d_model]
-        weights = torch.from_numpy(nnls(basis.T.numpy(), own_unit[x].numpy())[0])
-        used = weights > 0
-        if int(used.sum()) < 2:
+        members = torch.nonzero(cos[x] >= LINK_COSINE)[:, 0]
+        while len(members) >= 2:
+            basis = other_unit[members]  # [members, d_model]
+            weights = torch.from_numpy(nnls(basis.T.numpy(), own_unit[x].numpy())[0])
+            share = weights * cos[x, members] / float(weights @ cos[x, members])
+            keep = share >= LINK_MIN_SHARE
+            if bool(keep.all()):
+                break
+            members = members[keep]
+        if len(members) < 2:
             continue
         fit_cos = float(torch.nn.functional.cosine_similarity(weights @ basis, own_unit[x], dim=0))
-        if fit_cos >= LINK_FIT and fit_cos - float(cos[x, candidates[used]].max()) >= LINK_GAIN:
-            out.append((x, candidates[used].tolist()))
+        if fit_cos >= LINK_FIT and fit_cos - float(cos[x, members].max()) >= LINK_GAIN:
+            out.append((x, members.tolist()))
     return out

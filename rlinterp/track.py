@@ -45,21 +45,29 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .artifacts import environment_versions, sha256_file, write_json, write_parquet
 from .errors import RlinterpError
 from .harvest import HarvestConfig, harvest
-from .lineage import CLASSES, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage
+from .lineage import CLASSES, INACTIVE_FREQUENCY, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage_table
 from .matching import DictionaryMatch, match_dictionaries
 from .onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
 from .prompts import PromptSet
 from .sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
 from .series import ModelSeries
-from .stagewise import STAGE_FIT_COLUMNS, STAGEWISE_COLUMNS, Stage, StagewiseConfig, fine_tune
+from .stagewise import (
+    STAGE_FIT_COLUMNS,
+    STAGEWISE_COLUMNS,
+    Stage,
+    StagewiseConfig,
+    fine_tune,
+    latent_activity,
+)
 from .track_result import CONTROL_COLUMNS, MATCH_COLUMNS, SCHEMA, TABLES, TrackResult
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
 
@@ -142,12 +150,17 @@ def run_track(
     (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
     sources, samples = _sources(series, prompts, tracked.hook, out, cfg)
     trajectories = compute_trajectories(tracked, sources, series)
-    per_source = [_dictionary_tables(tracked, source, series, out, cfg) for source in sources]
+    table = trajectories.table
+    per_source = [
+        _dictionary_tables(tracked, source, series, out, cfg, table[table["source"] == source.name])
+        for source in sources
+    ]
     tables, controls = [], []
     for source in per_source:
-        own = trajectories.table[trajectories.table["source"] == source.name]
-        tables.append(lineage(own, _or_none(discount_self_moves(source.stagewise)), source.matches or None))
-        itself = lineage(_self_trajectories(own, series), _or_none(source.self_stagewise))
+        own = table[table["source"] == source.name]
+        evidence = _or_none(discount_self_moves(source.stagewise))
+        tables.append(lineage_table(own, evidence, source.matches or None))
+        itself = lineage_table(_self_trajectories(own, series), _or_none(source.self_stagewise))
         controls.append(_controls(source, itself))
     result = TrackResult(
         trajectories=trajectories.table,
@@ -184,10 +197,16 @@ class _SourceTables:
 
 
 def _dictionary_tables(
-    tracked: TrackedDictionary, source: TokenSource, series: ModelSeries, out: Path, cfg: TrackConfig
+    tracked: TrackedDictionary,
+    source: TokenSource,
+    series: ModelSeries,
+    out: Path,
+    cfg: TrackConfig,
+    trajectories: pd.DataFrame,
 ) -> _SourceTables:
-    """Stage-wise fine-tuning and independent SAEs on one source, with the self and seed
-    controls. A crosscoder has no SAE config to fine-tune or retrain: empty."""
+    """Stage-wise fine-tuning and independent SAEs on one source (whose ``trajectories``
+    say which tracked latents fire), with the self and seed controls. A crosscoder has no
+    SAE config to fine-tune or retrain: empty."""
     if tracked.method != "sae":
         empty = pd.DataFrame()
         return _SourceTables(source.name, empty, empty, {}, {}, None, empty, empty)
@@ -213,23 +232,39 @@ def _dictionary_tables(
     }
     other = _independent(tracked, base, out / "controls" / "seed" / name, seed + 1, cfg)
     decoder = tracked.decoder()
+    frequency = trajectories.pivot(index="latent", columns="step", values="frequency")
     beside = itself.table.set_index(["step", "latent"])["dec_cos_base"].rename("self_dec_cos_base")
     return _SourceTables(
         name,
         stagewise=stagewise.table.join(beside, on=["step", "latent"]),
         stagewise_fit=stagewise.fit,
-        matches={step: match_dictionaries(decoder, _decoder(sae)) for step, sae in own.items()},
-        novelty={
-            step: match_dictionaries(_decoder(sae), _decoder(own[step])) for step, sae in base_on.items()
+        # A tracked latent takes part when it fires on the base's tokens or the step's.
+        matches={
+            step: _match(decoder, _fires(frequency[[base.step, step]].max(axis=1).to_numpy()), sae)
+            for step, sae in own.items()
         },
-        seed=match_dictionaries(_decoder(own[base.step]), _decoder(other)),
+        novelty={step: _match(sae.decoder, sae.alive, own[step]) for step, sae in base_on.items()},
+        seed=_match(own[base.step].decoder, own[base.step].alive, other),
         self_stagewise=itself.table,
         self_fit=itself.fit,
     )
 
 
-def _decoder(sae: Any) -> torch.Tensor:
-    return sae.W_dec.detach()
+class _Independent(NamedTuple):
+    """An independently trained SAE as matching uses it."""
+
+    decoder: torch.Tensor
+    """``W_dec``, one row per latent."""
+    alive: torch.Tensor
+    """Which latents fire (``lineage.INACTIVE_FREQUENCY`` or more) on its training tokens."""
+
+
+def _fires(frequency: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frequency >= INACTIVE_FREQUENCY)
+
+
+def _match(decoder: torch.Tensor, alive: torch.Tensor, other: _Independent) -> DictionaryMatch:
+    return match_dictionaries(decoder, other.decoder, alive_a=alive, alive_b=other.alive)
 
 
 def discount_self_moves(stagewise: pd.DataFrame, moved_below: float = MOVED_BELOW) -> pd.DataFrame:
@@ -427,7 +462,9 @@ def _stages(source: TokenSource, series: ModelSeries) -> tuple[Stage, list[Stage
     return base, [Stage(c.label, c.step, source.stores[c.label]) for c in series.checkpoints[1:]]
 
 
-def _independent(tracked: TrackedDictionary, stage: Stage, out: Path, seed: int, cfg: TrackConfig) -> Any:
+def _independent(
+    tracked: TrackedDictionary, stage: Stage, out: Path, seed: int, cfg: TrackConfig
+) -> _Independent:
     """The SAE of the tracked dictionary's config trained from scratch on ``stage`` with
     ``seed`` and ``cfg.independent_tokens`` (reused if finished with that config)."""
     base_cfg = SAETrainConfig(**tracked.manifest["config"])
@@ -437,5 +474,8 @@ def _independent(tracked: TrackedDictionary, stage: Stage, out: Path, seed: int,
         done = json.loads((out / MANIFEST).read_text())
         if done.get("config") != asdict(train_cfg) or done.get("model") != stage.trained_on:
             raise RlinterpError(f"{out} holds an SAE trained otherwise; choose another output directory")
-        return TrainedSAE.load(out).sae
-    return train_sae(stage.store, stage.trained_on, tracked.hook, out, train_cfg).sae
+        sae = TrainedSAE.load(out).sae
+    else:
+        sae = train_sae(stage.store, stage.trained_on, tracked.hook, out, train_cfg).sae
+    frequency = latent_activity(sae, stage.store, stage.trained_on, tracked.hook)["frequency"]
+    return _Independent(sae.W_dec.detach(), _fires(frequency))

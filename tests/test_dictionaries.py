@@ -9,6 +9,7 @@ import torch
 
 from rlinterp import RlinterpError
 from rlinterp.cli import main
+from rlinterp.crosscoder import LATENT_KINDS
 from rlinterp.dictionaries import DictionaryConfig, evaluate_dictionary, top_activations, train_dictionary
 
 from .conftest import sparse_data, synthetic_store
@@ -41,7 +42,8 @@ def test_each_method_trains_and_writes_its_tables(store, tmp_path, method):
     assert (contexts["activation"] > 0).all() and (contexts["position"] >= 1).all()  # never BOS
     table = evaluate_dictionary(out, downstream=False)
     if method == "crosscoder":
-        assert set(table["kind"]) <= {"shared", "base_only", "rl_only"} and len(table) == 32
+        assert set(table["kind"]) <= set(LATENT_KINDS) and len(table) == 32
+        assert {"frequency", "norm_ratio", "change"} <= set(table.columns)
     else:
         assert (table["explained_variance"] > 0.5).all()
         assert (out / "eval.parquet").is_file()

@@ -32,7 +32,10 @@ def test_a_permuted_noisy_copy_is_matched_back_exactly() -> None:
     assert match.pairs["a"].tolist() == list(range(N_LATENTS))
     assert match.pairs["b"].tolist() == perm.tolist()
     assert (match.pairs["cosine"] > 0.99).all()
-    assert match.counts() == {"pairs": N_LATENTS, "born": 0, "died": 0, "split": 0, "merged": 0}
+    assert match.counts() == {"pairs": N_LATENTS, "born": 0, "died": 0, "split": 0, "merged": 0} | {
+        "inactive_a": 0,
+        "inactive_b": 0,
+    }
 
 
 def test_self_match_is_the_identity_with_no_links() -> None:
@@ -73,6 +76,16 @@ def test_a_single_good_partner_is_not_a_split() -> None:
     assert match_dictionaries(x[None], torch.stack([u, v])).links.empty
 
 
+def test_one_strong_partner_plus_weak_ones_is_not_a_split() -> None:
+    """x = 0.84 u + 0.3 (v1 + v2 + v3): the four fit x exactly and beat u alone by 0.15, but
+    each v carries under a tenth of x, below LINK_MIN_SHARE; an even three-way split is one."""
+    u, v1, v2, v3 = torch.linalg.qr(torch.randn(D_MODEL, 4, generator=torch.Generator().manual_seed(7)))[0].T
+    x = 0.84 * u + 0.3 * (v1 + v2 + v3)
+    assert match_dictionaries(x[None], torch.stack([u, v1, v2, v3])).links.empty
+    even = match_dictionaries((v1 + v2 + v3)[None], torch.stack([u, v1, v2, v3]))
+    assert even.links["b"].tolist() == [1, 2, 3] and set(even.links["kind"]) == {"split"}
+
+
 def test_negated_dead_and_new_latents_stay_unmatched() -> None:
     """A decoder and its negation write opposite things; a zero decoder matches nothing;
     a direction only b has is born, one only a has died."""
@@ -90,6 +103,26 @@ def test_negated_dead_and_new_latents_stay_unmatched() -> None:
     assert nearest.loc[("a", 4), "nearest"] == 4 and nearest.loc[("a", 4), "cosine"] == pytest.approx(1.0)
     lenient = match_dictionaries(a, b, floor=-1.0)  # every assigned pair kept
     assert len(lenient.pairs) == 6 and len(lenient.died) == 0
+
+
+def test_inactive_latents_are_left_out_instead_of_born_and_dead() -> None:
+    """Two copies of a dictionary whose last two latents never fired and kept independent
+    random decoders: unmasked they are chance births and deaths; masked, nothing."""
+    a, b = random_decoder(10, seed=8), random_decoder(10, seed=8)
+    a[8:], b[8:] = random_decoder(2, seed=9), random_decoder(2, seed=10)
+    assert match_dictionaries(a, b).counts()["born"] == 2
+    alive = torch.arange(10) < 8
+    match = match_dictionaries(a, b, alive_a=alive, alive_b=alive)
+    assert match.counts() == {
+        "pairs": 8,
+        "born": 0,
+        "died": 0,
+        "split": 0,
+        "merged": 0,
+        "inactive_a": 2,
+        "inactive_b": 2,
+    }
+    assert sorted(match.nearest["latent"]) == sorted([*range(8), *range(8)])
 
 
 def test_different_widths_and_bad_input_are_one_line_errors() -> None:
