@@ -32,6 +32,8 @@ from .novelty import IndexConfig as IndexConfig
 from .novelty import NoveltyIndex as NoveltyIndex
 from .novelty import novelty_index as novelty_index
 from .novelty import step_parts as step_parts
+from .onpolicy import SamplingConfig as SamplingConfig
+from .onpolicy import harvest_on_policy as harvest_on_policy
 from .organism import Organism as Organism
 from .organism import OrganismConfig as OrganismConfig
 from .organism import build_organism as build_organism
@@ -57,6 +59,10 @@ from .selection import SelectionResult as SelectionResult
 from .selection import run_selection as run_selection
 from .series import Checkpoint as Checkpoint
 from .series import ModelSeries as ModelSeries
+from .stagewise import StagewiseConfig as StagewiseConfig
+from .track import TrackConfig as TrackConfig
+from .track import run_track as run_track
+from .track_result import TrackResult as TrackResult
 from .weight_diff import WeightDiff as WeightDiff
 from .weight_diff import diff_weights as diff_weights
 

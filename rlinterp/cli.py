@@ -217,6 +217,38 @@ def _selection(args: argparse.Namespace) -> None:
     )
 
 
+def _track(args: argparse.Namespace) -> None:
+    from .onpolicy import SamplingConfig
+    from .stagewise import StagewiseConfig
+    from .track import TrackConfig, run_track
+    from .track_result import summary_text
+
+    cfg = TrackConfig(
+        sources=tuple(args.sources),
+        sampling=SamplingConfig(
+            samples_per_prompt=args.samples_per_prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        ),
+        batch_size=args.batch_size,
+        stagewise=StagewiseConfig(n_tokens=args.stage_tokens),
+        independent_tokens=args.independent_tokens,
+    )
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
+    result = run_track(series, _prompts(args.prompts, args.series), args.dictionary, args.out, cfg)
+    sys.stdout.write(
+        f"track in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary_text(result)}\n"
+    )
+
+
+def _prompts(spec: str, series: list[str]) -> PromptSet:
+    if spec == "organism":
+        root = Path(series[0])
+        return PromptSet.from_organism(root.parent if root.name == "manifest.json" else root)
+    return PromptSet.from_file(spec)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rlinterp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -365,7 +397,46 @@ def _parser() -> argparse.ArgumentParser:
     selection.add_argument("--seed", type=int, default=0)
     selection.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     selection.set_defaults(run=_selection)
+    _track_parser(commands)
     return parser
+
+
+def _track_parser(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
+    from .onpolicy import SamplingConfig
+    from .stagewise import StagewiseConfig
+    from .track import SOURCES, TrackConfig
+
+    track = commands.add_parser(
+        "track",
+        help="follow a dictionary's latents across RL steps, on fixed and on-policy tokens",
+        description="Trajectories, stage-wise drift, matches and lineage of every latent of --dictionary "
+        "over the series, with controls; Parquet tables, summary.json and report.html in --out.",
+    )
+    track.add_argument("--series", nargs="+", required=True, help="as for `rlinterp diff`")
+    track.add_argument("--regime", default=None, help="which regime of an organism to track")
+    track.add_argument("--prompts", default="organism", help="a .txt or .jsonl file, or 'organism' (default)")
+    track.add_argument("--dictionary", type=Path, required=True, help="a trained SAE or crosscoder folder")
+    track.add_argument("--out", type=Path, required=True, help="output directory")
+    track.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="token sources")
+    sampling, defaults = SamplingConfig(), TrackConfig()
+    track.add_argument("--samples-per-prompt", type=int, default=sampling.samples_per_prompt)
+    track.add_argument("--max-new-tokens", type=int, default=sampling.max_new_tokens)
+    track.add_argument("--temperature", type=float, default=sampling.temperature)
+    track.add_argument("--seed", type=int, default=sampling.seed, help="sampling seed")
+    track.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="prompts per harvest batch"
+    )
+    track.add_argument(
+        "--stage-tokens", type=int, default=StagewiseConfig().n_tokens, help="tokens per stage-wise fine-tune"
+    )
+    track.add_argument(
+        "--independent-tokens",
+        type=int,
+        default=defaults.independent_tokens,
+        help="tokens per independently trained SAE",
+    )
+    track.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    track.set_defaults(run=_track)
 
 
 def main(argv: list[str] | None = None) -> int:

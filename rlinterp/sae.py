@@ -110,6 +110,10 @@ class SAETrainConfig:
     """Steps between resumable checkpoints."""
     device: str = "cpu"
     """Where the SAE trains (batches come from the store on the CPU)."""
+    init_from: str | None = None
+    """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
+    fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the
+    same architecture (``topk`` or ``standard``), ``d_in`` and ``d_sae``."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -275,6 +279,8 @@ def fit_sae(
     )
     if trainer.activation_scaler.scaling_factor is None:
         trainer.activation_scaler.estimate_scaling_factor(d_in, data, norm_batches)
+        if cfg.init_from is not None:
+            _warm_start(trainer.sae, Path(cfg.init_from), trainer.activation_scaler.scaling_factor)
     total = trainer_cfg.total_training_steps
     with tqdm(total=total, initial=done, desc=f"SAE {label} {hook}", disable=None, leave=False) as bar:
         while trainer.n_training_steps < total:
@@ -328,6 +334,44 @@ def saelens_metadata(
         "rlinterp_source": source,
         "rlinterp_base_model": (base or store.labels[0]) if source == "diff" else None,
     }
+
+
+WARM_START_ARCHITECTURES = ("topk", "standard")
+"""Architectures whose saved inference weights map exactly onto the training SAE (BatchTopK
+is saved as a JumpReLU, and a JumpReLU threshold lives in the activation units)."""
+
+
+@torch.no_grad()
+def _warm_start(sae: TrainingSAE[Any], path: Path, scaling_factor: float | None) -> None:
+    """Load the saved SAE at ``path`` into ``sae``, un-folding the new run's input scaling
+    ``scaling_factor`` (the inverse of ``fold_activation_norm_scaling_factor``), so that
+    the training SAE computes the saved SAE's function on the scaled inputs it will see."""
+    saved = TrainedSAE.load(path).sae
+    architecture = saved.cfg.architecture()
+    if architecture != sae.cfg.architecture() or architecture not in WARM_START_ARCHITECTURES:
+        raise RlinterpError(
+            f"cannot warm-start a {sae.cfg.architecture()} SAE from the {architecture} SAE in {path}; "
+            f"warm starts need the same architecture, one of {', '.join(WARM_START_ARCHITECTURES)}"
+        )
+    if (saved.cfg.d_in, saved.cfg.d_sae) != (sae.cfg.d_in, sae.cfg.d_sae):
+        raise RlinterpError(
+            f"the SAE in {path} has d_in {saved.cfg.d_in} and d_sae {saved.cfg.d_sae}; "
+            f"this run needs {sae.cfg.d_in} and {sae.cfg.d_sae}"
+        )
+    scale = 1.0 if scaling_factor is None else float(scaling_factor)
+    W_dec = saved.W_dec * scale  # un-fold the new run's input scaling
+    trade = torch.ones(sae.cfg.d_sae, device=W_dec.device)
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        # A TopK SAE that rescales by decoder norm computes the same latents and output
+        # whatever its rows' norms, so give them the norm a fresh SAELens initialisation
+        # starts from: Adam moves each weight by about lr per step, so a row's norm sets
+        # how fast it turns, and a warm start should turn at the rate a fresh run does.
+        target = sae.cfg.decoder_init_norm or 1.0
+        trade = target / W_dec.norm(dim=-1).clamp(min=1e-12)
+    sae.W_dec.copy_(W_dec * trade[:, None])
+    sae.W_enc.copy_(saved.W_enc / scale / trade[None, :])
+    sae.b_enc.copy_(saved.b_enc / trade)
+    sae.b_dec.copy_(saved.b_dec * scale)
 
 
 def _log_row(trainer: SAETrainer[Any], step: TrainStepOutput) -> dict[str, float | int]:
