@@ -190,12 +190,20 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def samples_prompt_set(samples: pd.DataFrame) -> PromptSet:
-    """The samples as prompt + answer texts split at the answer (for ``harvest``)."""
-    texts = tuple(p + r for p, r in zip(samples["prompt"], samples["response"], strict=True))
+    """The samples as prompt + answer texts split at the answer (for ``harvest``). Empty
+    answers (the model stopped at once, or wrote only special tokens) have no tokens to
+    compare and are left out here; ``samples.parquet`` keeps them."""
+    answered = samples[samples["response"].str.len() > 0]
+    if answered.empty:
+        raise RlinterpError(
+            f"all {len(samples)} sampled answers are empty (the model stops at once); "
+            "raise max_new_tokens or check the model's stop tokens"
+        )
+    texts = tuple(p + r for p, r in zip(answered["prompt"], answered["response"], strict=True))
     return PromptSet(
         texts,
-        response_starts=tuple(len(p) for p in samples["prompt"]),
-        labels={"prompt_index": tuple(str(i) for i in samples["prompt_index"])},
+        response_starts=tuple(len(p) for p in answered["prompt"]),
+        labels={"prompt_index": tuple(str(i) for i in answered["prompt_index"])},
     )
 
 

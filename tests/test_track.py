@@ -64,7 +64,9 @@ def hand_set_sae(path, d_in: int, hook: str) -> None:
     sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=8))
     sae.save_model(path)
     (path / "rlinterp.json").write_text(
-        json.dumps({"method": "sae", "kind": "sae", "hook": hook, "config": {}})
+        json.dumps(
+            {"method": "sae", "kind": "rlinterp.dictionary", "complete": True, "hook": hook, "config": {}}
+        )
     )
 
 

@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM
 from rlinterp import RlinterpError
 from rlinterp.crosscoder import Crosscoder, CrosscoderConfig
 from rlinterp.sae import SAETrainConfig
-from rlinterp.series import ModelSeries
 from rlinterp.trajectories import (
     CONTEXT_COLUMNS,
     FIT_COLUMNS,
@@ -45,7 +44,9 @@ def identity_sae(path, d: int = D, scale: float = 1.0) -> TrackedDictionary:
     sae.save_model(path)
     cfg = asdict(SAETrainConfig(architecture="standard", d_sae=d))
     (path / "rlinterp.json").write_text(
-        json.dumps({"method": "sae", "kind": "sae", "hook": HOOK, "config": cfg})
+        json.dumps(
+            {"method": "sae", "kind": "rlinterp.dictionary", "complete": True, "hook": HOOK, "config": cfg}
+        )
     )
     return TrackedDictionary.load(path)
 
@@ -64,7 +65,7 @@ def store(tmp_path_factory):
 
 def test_statistics_follow_their_definitions(store, tmp_path):
     dictionary = identity_sae(tmp_path / "sae", scale=2.0)
-    series = ModelSeries.from_store(store)
+    series = store.series()
     result = compute_trajectories(dictionary, [TokenSource.fixed("texts", store)], series)
     table = result.table
     assert list(table.columns) == TRAJECTORY_COLUMNS and len(table) == 2 * D
@@ -104,7 +105,7 @@ def test_statistics_follow_their_definitions(store, tmp_path):
 
 def test_logit_readout_matches_the_transformers_model(store, tmp_path):
     dictionary = identity_sae(tmp_path / "sae")
-    series = ModelSeries.from_store(store)
+    series = store.series()
     result = compute_trajectories(dictionary, [TokenSource.fixed("texts", store)], series)
     hf = AutoModelForCausalLM.from_pretrained(store.manifest["checkpoints"][0]["path"]).eval()
     # A residual direction d reaches the logits as LayerNorm's centering, then its scale, then W_U.
@@ -128,9 +129,7 @@ def test_a_model_against_itself_gives_identical_rows(tmp_path):
     acts = torch.randn(256, D, generator=torch.Generator().manual_seed(3))
     store = synthetic_store(tmp_path / "store", {"base": acts, "same": acts.clone()}, HOOK)
     dictionary = identity_sae(tmp_path / "sae")
-    table = compute_trajectories(
-        dictionary, [TokenSource.fixed("x", store)], ModelSeries.from_store(store)
-    ).table
+    table = compute_trajectories(dictionary, [TokenSource.fixed("x", store)], store.series()).table
     columns = TRAJECTORY_COLUMNS[3:]
     base = table[table["label"] == "base"][columns].reset_index(drop=True)
     same = table[table["label"] == "same"][columns].reset_index(drop=True)
@@ -160,8 +159,10 @@ def test_a_crosscoder_reads_base_and_checkpoint_and_decodes_into_the_checkpoint(
         crosscoder.b_enc.zero_()
         crosscoder.b_dec.zero_()
     crosscoder.save(tmp_path / "cc")
-    (tmp_path / "cc" / "rlinterp.json").write_text(json.dumps({"method": "crosscoder", "hook": HOOK}))
-    series = ModelSeries.from_store(store)
+    (tmp_path / "cc" / "rlinterp.json").write_text(
+        json.dumps({"method": "crosscoder", "hook": HOOK, "kind": "rlinterp.dictionary", "complete": True})
+    )
+    series = store.series()
     sources = [TokenSource.fixed("texts", store)]
     by_crosscoder = compute_trajectories(TrackedDictionary.load(tmp_path / "cc"), sources, series).table
     by_sae = compute_trajectories(identity_sae(tmp_path / "sae"), sources, series).table
