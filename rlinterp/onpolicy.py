@@ -246,7 +246,17 @@ def harvest_on_policy(
     out = Path(out)
     series.validate()
     asked = prompt_texts(prompts)
-    (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
+    previous = out / "manifest.json"
+    if previous.is_file():  # never take over another artifact's manifest
+        try:
+            kind = json.loads(previous.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != KIND:
+            raise RlinterpError(
+                f"{out} holds something other than an on-policy harvest; choose another --out"
+            )
+    previous.unlink(missing_ok=True)  # unfinished until rewritten at the end
     tokenizer = series.tokenizer()
     stores, samples = {}, {}
     for checkpoint in series:

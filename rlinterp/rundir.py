@@ -81,7 +81,8 @@ DICTIONARY = Kind(
     "rlinterp.dictionary", "dictionary", manifest="rlinterp.json", legacy=("sae", "diff_sae", "crosscoder")
 )
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
-KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS)
+SELECTION = Kind("rlinterp.selection", "selection analysis")
+KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS, SELECTION)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]

@@ -17,14 +17,21 @@ comparison is on the same tokens. Steps:
    mean shift projected onto the persona directions, with the full mean shift as the
    reference and a random vector as the control (``causal``).
 
+7. on organism series, the internal persona readout on each checkpoint's own (on-policy)
+   answers against the behaviour table's persona shares (Spearman over steps).
+
 Output layout: ``persona_directions.parquet``, ``persona_directions.safetensors``
 (``<hook>`` -> ``[persona, d]``), ``persona_latents.parquet``,
 ``persona_latent_trajectories.parquet``, ``index.parquet``, ``index_replicates.safetensors``,
-``causal.parquet``, ``summary.json`` (``SUMMARY_SCHEMA``) and ``manifest.json`` last.
+``causal.parquet``, ``readout.parquet`` and ``on_policy/`` (organism series),
+``summary.json`` (``SUMMARY_SCHEMA``) and ``manifest.json`` last. The directory is claimed
+through ``rundir`` (kind ``rlinterp.selection``): a finished analysis of the same inputs is
+read back, one of other inputs refused naming what changed, anything else left untouched.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -33,23 +40,25 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
+from . import rundir
 from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
 from .causal import causal_table, steer_and_ablate
 from .dictionaries import DictionaryConfig, train_dictionary
 from .errors import RlinterpError
-from .harvest import ActivationStore, HarvestConfig, harvest
+from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
 from .novelty import IndexConfig, NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
+from .onpolicy import SamplingConfig, harvest_on_policy
 from .organism import Organism
 from .organism.steering import behaviour_recovery, steered_behaviour
-from .persona_features import PersonaDirections, persona_directions, persona_latents, text_means
+from .persona_features import PersonaDirections, PersonaSplit, persona_directions, persona_latents, text_means
 from .prompts import PromptSet
 from .sae import TrainedSAE
 from .series import ModelSeries
 
 log = logging.getLogger(__name__)
 
-KIND = "rlinterp.selection"
 SUMMARY_SCHEMA = {
     "hook": "the hook analysed (persona directions separate best there unless chosen)",
     "persona_auroc": "held-out AUROC of each persona direction at that hook (one vs rest)",
@@ -58,7 +67,24 @@ SUMMARY_SCHEMA = {
     "(a random subspace's share), steering_recovery and ablation_loss along the persona shift",
     "transition": "change point of the index: found, step, step_lo, step_hi, jump, support",
     "behavioural_transition": "first step whose share_none passes 50% (organism series only)",
+    "readout_spearman": "per persona: rank correlation over steps between the persona readout on "
+    "each checkpoint's own answers and the behaviour table's share of that persona (organism only)",
 }
+ENTRIES = (
+    "activations",
+    "dictionary",
+    "on_policy",
+    "persona_directions.parquet",
+    "persona_directions.safetensors",
+    "persona_latents.parquet",
+    "persona_latent_trajectories.parquet",
+    "index.parquet",
+    "index_replicates.safetensors",
+    "causal.parquet",
+    "readout.parquet",
+    "summary.json",
+)
+"""Everything a selection directory holds besides its manifest."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,9 @@ class SelectionConfig:
     """Texts per harvest batch."""
     seed: int = 0
     """Split, controls and resampling."""
+    samples_per_prompt: int = 4
+    """On-policy answers each checkpoint samples per question for the persona readout
+    (organism series)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,20 @@ class SelectionResult:
     latent_trajectories: pd.DataFrame
     index: NoveltyIndex
     causal: pd.DataFrame
+    readout: pd.DataFrame
+    """One row per (step, persona): ``label, step, persona, readout`` (mean projection of the
+    checkpoint's activations on its own answers onto the persona direction) and ``share``
+    (the behaviour table's share of that persona); empty without an organism."""
+
+    def readout_spearman(self) -> dict[str, float]:
+        """Per persona, the rank correlation over steps of readout and behaviour share (NaN
+        where either is constant)."""
+        if self.readout.empty:
+            return {}
+        return {
+            str(persona): float(rows["readout"].rank().corr(rows["share"].rank()))
+            for persona, rows in self.readout.groupby("persona")
+        }
 
     def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
         """The JSON summary (``SUMMARY_SCHEMA``)."""
@@ -123,6 +166,7 @@ class SelectionResult:
             "steps": steps,
             "transition": self.index.transition,
             "behavioural_transition": behavioural_step,
+            "readout_spearman": self.readout_spearman(),
         }
 
 
@@ -137,6 +181,8 @@ def run_selection(
     cfg: SelectionConfig | None = None,
     organism: Organism | None = None,
     regime: str | None = None,
+    *,
+    force: bool = False,
 ) -> SelectionResult:
     """Run the selection-versus-novelty analysis of ``series`` on persona-labelled ``texts``
     into ``out`` (see the module docstring). When the series is ``regime`` of ``organism``,
@@ -160,6 +206,16 @@ def run_selection(
         batch_size=cfg.batch_size,
         response_only=texts.response_starts is not None,
     )
+    inputs = {
+        "texts": fingerprint(series, texts, harvest_cfg),
+        "config": asdict(cfg),
+        "organism": None if organism is None else rundir.digest(organism.manifest["weights_sha256"]),
+        "regime": regime,
+    }
+    claimed = rundir.claim(out, rundir.SELECTION, inputs, ENTRIES, resumable=("activations",), force=force)
+    if claimed.state == "finished":
+        log.info("reusing the finished selection analysis in %s", out)
+        return _load(out, labels)
     store = harvest(series, texts, out / "activations", harvest_cfg)
     directions = persona_directions(store, labels, held_out_fraction=cfg.held_out_fraction, seed=cfg.seed)
     hook = cfg.hook or directions.best_hook
@@ -171,11 +227,12 @@ def run_selection(
     parts = [step_parts(store, hook, sae, label) for label in store.labels]
     index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
     causal = _causal(series, store, hook, directions, parts, cfg.seed)
-    behavioural_step = None
+    behavioural_step, readout = None, pd.DataFrame()
     if organism is not None and regime is not None:
         causal = _with_behaviour(causal, organism, regime, hook, directions, parts)
         behavioural_step = behavioural_transition(organism.behaviour(), regime)
-    result = SelectionResult(directions, hook, latents, trajectories, index, causal)
+        readout = _readout(series, texts, out, hook, directions, organism, regime, cfg)
+    result = SelectionResult(directions, hook, latents, trajectories, index, causal, readout)
     _write(result, out, series, store, cfg, behavioural_step)
     return result
 
@@ -273,6 +330,71 @@ def _with_behaviour(
     return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
+def _readout(
+    series: ModelSeries,
+    texts: PromptSet,
+    out: Path,
+    hook: str,
+    directions: PersonaDirections,
+    organism: Organism,
+    regime: str,
+    cfg: SelectionConfig,
+) -> pd.DataFrame:
+    """Each checkpoint samples its own answers to the texts' questions; the persona readout
+    is the mean projection of its activations at ``hook`` on those answer tokens onto each
+    persona direction, beside the behaviour table's share of that persona."""
+    sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
+    on_policy = harvest_on_policy(
+        series, texts, out / "on_policy", sampling, HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size)
+    )
+    table = organism.behaviour()
+    shares = table[table["regime"] == regime].set_index("step")
+    units = directions.directions[hook].double()
+    rows = []
+    for checkpoint in series:
+        store = on_policy.stores[checkpoint.label]
+        total, n = torch.zeros(len(units), dtype=torch.float64), 0
+        for shard in store.shards(checkpoint.label, hook):
+            total += (shard.double() @ units.T).sum(0)
+            n += len(shard)
+        for persona, value in zip(directions.split.personas, (total / max(n, 1)).tolist(), strict=True):
+            column = f"share_{persona}"
+            share = shares.loc[checkpoint.step, column] if column in shares.columns else float("nan")
+            rows.append(
+                {
+                    "label": checkpoint.label,
+                    "step": checkpoint.step,
+                    "persona": persona,
+                    "readout": value,
+                    "share": float(share),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+HELD_OUT = "held_out"
+"""Key of the held-out mask beside the per-hook directions in ``persona_directions.safetensors``."""
+
+
+def _load(out: Path, labels: tuple[str, ...]) -> SelectionResult:
+    """A finished analysis read back from ``out`` (tables, directions, replicates, summary)."""
+    manifest = rundir.read_finished(out, rundir.SELECTION, "run `rlinterp selection` again")
+    saved = load_file(out / "persona_directions.safetensors")
+    table = pd.read_parquet(out / "persona_directions.parquet")
+    split = PersonaSplit(labels, tuple(sorted(set(labels))), saved.pop(HELD_OUT).bool())
+    summary = json.loads((out / "summary.json").read_text())
+    replicates = load_file(out / "index_replicates.safetensors")["replicates"].double().numpy()
+    return SelectionResult(
+        directions=PersonaDirections(split, saved, table),
+        hook=str(manifest["hook"]),
+        latents=pd.read_parquet(out / "persona_latents.parquet"),
+        latent_trajectories=pd.read_parquet(out / "persona_latent_trajectories.parquet"),
+        index=NoveltyIndex(pd.read_parquet(out / "index.parquet"), replicates, summary["transition"]),
+        causal=pd.read_parquet(out / "causal.parquet"),
+        readout=pd.read_parquet(out / "readout.parquet"),
+    )
+
+
 def _write(
     result: SelectionResult,
     out: Path,
@@ -282,18 +404,20 @@ def _write(
     behavioural_step: int | None,
 ) -> None:
     write_parquet(out / "persona_directions.parquet", result.directions.table)
-    write_safetensors(out / "persona_directions.safetensors", dict(result.directions.directions))
+    held_out = {HELD_OUT: result.directions.split.held_out.to(torch.uint8)}
+    write_safetensors(out / "persona_directions.safetensors", {**result.directions.directions, **held_out})
     write_parquet(out / "persona_latents.parquet", result.latents)
     write_parquet(out / "persona_latent_trajectories.parquet", result.latent_trajectories)
     write_parquet(out / "index.parquet", result.index.table)
     replicates = torch.from_numpy(result.index.replicates).float()
     write_safetensors(out / "index_replicates.safetensors", {"replicates": replicates})
     write_parquet(out / "causal.parquet", result.causal)
+    write_parquet(out / "readout.parquet", result.readout)
     write_json(out / "summary.json", result.summary(behavioural_step))
-    write_json(
-        out / "manifest.json",  # last: marks the directory finished
+    rundir.finish(  # last: marks the directory finished
+        out,
+        rundir.SELECTION,
         {
-            "kind": KIND,
             "checkpoints": series.describe(),
             "hook": result.hook,
             "config": asdict(cfg),

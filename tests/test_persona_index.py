@@ -20,7 +20,7 @@ from rlinterp.persona_features import (
 from rlinterp.prompts import PromptSet
 from rlinterp.series import ModelSeries
 
-from .conftest import sparse_data, synthetic_store, tiny_hf_config
+from .conftest import sparse_data, synthetic_store, tiny_hf_config, tree_hashes
 
 HOOK = "blocks.0.hook_resid_post"
 D, N_DIRS, PER_PROMPT = 32, 16, 16
@@ -305,7 +305,27 @@ def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, mic
     assert set(weak.causal["vector"]) == {"persona", "full"} and len(weak.causal) == 4
     assert {"behaviour_steering_shares", "behaviour_ablation_reward"} <= set(weak.causal.columns)
     assert (weak.causal["kl_gap"] > 0).all()
-    assert "behavioural_transition" in json.loads((tmp_path / "weak" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "weak" / "summary.json").read_text())
+    assert "behavioural_transition" in summary and set(summary["readout_spearman"]) == set(
+        weak.readout["persona"]
+    )
+    assert len(weak.readout) == 3 * 3 and weak.readout["share"].between(0, 1).all()
+    # the same command again reads the finished analysis back
+    again = run_selection(
+        ModelSeries.from_organism(organism.root, "weak"),
+        PromptSet.from_organism(organism.root),
+        tmp_path / "weak",
+        cfg,
+        organism=organism,
+        regime="weak",
+    )
+    assert again.index.table.equals(weak.index.table) and again.causal.equals(weak.causal)
+    assert again.readout_spearman() == pytest.approx(weak.readout_spearman(), nan_ok=True)
+    # an organism directory is never written into
+    before = tree_hashes(organism.root)
+    with pytest.raises(RlinterpError, match="holds a finished organism, not a selection analysis"):
+        run_selection(series, PromptSet.from_organism(organism.root), organism.root, cfg)
+    assert tree_hashes(organism.root) == before
     with pytest.raises(RlinterpError, match="no 'mood' label"):
         run_selection(
             series, PromptSet.from_organism(organism.root), tmp_path / "x", SelectionConfig(label="mood")
