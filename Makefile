@@ -12,7 +12,12 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Torch is pinned to the CPU wheel in pyproject.toml; the venv is rebuilt when it changes.
+# Static figures (kaleido) and the report's browser test need a Chromium: Debian's package,
+# installed here when it is missing and apt-get is available (CI machines run as root).
 $(STAMP): pyproject.toml
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@

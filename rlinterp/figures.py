@@ -14,6 +14,8 @@ returns a themed copy.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -234,6 +236,8 @@ def paper(figure: go.Figure, width: int | None = None) -> go.Figure:
         colorway=list(PALETTE),
     )
     themed.update_annotations(font_size=8)
+    for i, trace in enumerate(themed.data):
+        trace.uid = f"trace-{i}"  # plotly draws a random one otherwise: byte-stable SVG
     return themed
 
 
@@ -249,7 +253,14 @@ def export_figures(run: RunResult, out: str | Path, fmt: Format = "pdf") -> list
     figures = [paper(make(run)) for make in FIGURES.values()]
     paths = [out / f"{name}.{fmt}" for name in FIGURES]
     try:
-        pio.write_images(figures, paths, format=fmt, scale=1 if fmt != "png" else 3)
+        pio.write_images(
+            figures,
+            paths,
+            format=fmt,
+            scale=1 if fmt != "png" else 3,
+            width=[f.layout.width for f in figures],  # kaleido ignores the layout's size
+            height=[f.layout.height for f in figures],
+        )
     except (RuntimeError, ValueError) as e:
         if "chrom" in str(e).lower() or "kaleido" in str(e).lower():
             raise RlinterpError(
@@ -257,4 +268,26 @@ def export_figures(run: RunResult, out: str | Path, fmt: Format = "pdf") -> list
                 "`apt-get install chromium`"
             ) from e
         raise
+    for path in paths:
+        _make_stable(path, fmt)
     return paths
+
+
+_PDF_DATE = re.compile(rb"/(CreationDate|ModDate) \(D:[^)]*\)")
+_SVG_UID = re.compile(rb'<defs id="defs-([0-9a-f]+)"')
+
+
+def _make_stable(path: Path, fmt: Format) -> None:
+    """Remove what differs between two exports of the same figure: the PDF's creation
+    dates (replaced by a fixed date) and the SVG's random plot id (replaced by a hash of
+    the file name). Lengths are kept, so the PDF's cross-reference offsets stay valid."""
+    data = path.read_bytes()
+    if fmt == "pdf":
+        data = _PDF_DATE.sub(
+            lambda m: m.group(0)[: m.group(0).index(b"(D:") + 3] + b"19700101000000+00'00')", data
+        )
+    elif fmt == "svg" and (found := _SVG_UID.search(data)):
+        uid = found.group(1)
+        stable = hashlib.sha256(path.name.encode()).hexdigest()[: len(uid)].encode()
+        data = re.sub(rb"(?<=[a-z-])" + uid + rb"(?![0-9a-f])", stable, data)
+    path.write_bytes(data)

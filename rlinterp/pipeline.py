@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -38,8 +40,11 @@ from tqdm.auto import tqdm
 from .artifacts import environment_versions, sha256_file, write_json
 from .errors import RlinterpError
 from .prompts import PromptSet
-from .run_config import RunConfig, fingerprint, to_dict
+from .run_config import RunConfig, config_from_dict, fingerprint, to_dict
 from .series import ModelSeries
+
+if TYPE_CHECKING:
+    from .run_result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +145,10 @@ def _check_inputs(ctx: RunContext) -> None:
             f"{ctx.out} holds results for other weights at the same checkpoint paths; "
             "choose another output directory"
         )
-    write_json(ctx.out / CLAIM, {**claim, "inputs": digests, "series": list(ctx.series)})
+    organism = str(ctx.organism_root.resolve()) if ctx.organism_root else None
+    write_json(
+        ctx.out / CLAIM, {**claim, "inputs": digests, "series": list(ctx.series), "organism": organism}
+    )
 
 
 def _weights_digest(path: Path, organism_root: Path | None) -> str:
@@ -275,6 +283,37 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
         },
     )
     return out
+
+
+def run(
+    config: RunConfig | str | os.PathLike[str] | None = None,
+    *,
+    out: str | None = None,
+    progress: bool | None = None,
+    **sections: dict[str, Any],
+) -> RunResult:
+    """Run the pipeline and return its result: the notebook entry point.
+
+    ``config`` is a ``RunConfig``, a TOML file or None (the defaults); ``out`` and keyword
+    sections override it, e.g. ``run("tiny.toml", dictionaries={"n_tokens": 20_000})``.
+    Keys and types are checked as in a TOML file."""
+    from .run_result import RunResult
+
+    if isinstance(config, RunConfig):
+        data = to_dict(config)
+    elif config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise RlinterpError(f"config file {path} does not exist")
+        data = tomllib.loads(path.read_text())
+    else:
+        data = {}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    if out is not None:
+        data["out"] = out
+    root = run_pipeline(config_from_dict(data), progress=progress)
+    return RunResult.load(root)
 
 
 def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:

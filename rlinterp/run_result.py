@@ -72,7 +72,7 @@ class RunResult:
             if (diff_root / name / "manifest.json").is_file()
         }
         behaviour = pd.DataFrame()
-        organism = config.get("series", {}).get("organism")
+        organism = claimed.get("organism")
         if organism and (Path(organism) / "behaviour.parquet").is_file():
             behaviour = pd.read_parquet(Path(organism) / "behaviour.parquet")
         dictionaries = root / "dictionaries"
