@@ -273,3 +273,9 @@ def test_cli_run_ends_with_the_summary_and_the_report_path(micro_run, capsys):
     assert out.startswith("weak:\n") and "\nstrong:\n" in out and "fvu" in out
     assert out.rstrip().endswith(f"report: {Path(root / 'run' / 'report.html')}")
     assert len(out.splitlines()) < 40  # one screen
+
+
+def test_the_committed_default_config_is_the_generated_one():
+    committed = Path(__file__).parent.parent / "configs" / "default.toml"
+    assert committed.read_text() == config_template(RunConfig()), "regenerate: rlinterp run --print-config"
+    assert load_config(committed) == RunConfig()
