@@ -44,8 +44,8 @@ def _wrap(head: str, body: str, table_id: str | None) -> str:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return (
         f"<input class='search' type='search' placeholder='filter rows' data-table='{esc(table_id)}'>"
-        f"<table class='sortable' id='{esc(table_id)}'><thead><tr>{head}</tr></thead>"
-        f"<tbody>{body}</tbody></table>"
+        f"<div class='scroll'><table class='sortable' id='{esc(table_id)}'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
@@ -146,6 +146,7 @@ code.ctx span.peak { outline: 2px solid #0072B2; }
 .empty { color: #777; font-style: italic; }
 .legend { font-size: 0.8em; }
 input.search { margin-top: 0.5em; width: 20em; }
+div.scroll { max-height: 32em; overflow: auto; }
 """
 
 SCRIPT = """
