@@ -108,7 +108,7 @@ class DictionariesSection:
     """Latents per dictionary."""
     k: int = 8
     """Active latents per token."""
-    n_tokens: int = 300_000
+    n_tokens: int = 100_000
     """Training tokens per dictionary (the budget), repeats included."""
     batch_size: int = 256
     """Tokens per training step."""
