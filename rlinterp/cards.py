@@ -8,6 +8,11 @@ A card shows, for one latent (after SAE dashboards such as SAEDashboard):
 - the tokens its decoder direction promotes and suppresses through the unembedding;
 - its lineage across checkpoints, once the tracking stage provides one.
 
+The cards are ours, not SAEDashboard's: ``sae-dashboard`` 0.8 resolves only with
+transformer-lens 2.x, transformers 4.x and numpy 1.x, which conflict with our pins
+(transformer-lens 3.9, transformers 5, sae-lens 6.54), and it renders through its own
+templates where ours must share the report's single plotly.js and escaping.
+
 The tables behind the cards are computed here (``top_contexts``, ``decoder_tokens``) and
 written by the ``dictionaries`` stage; ``FeatureCard`` renders one latent from them. All
 model text is escaped (``page.esc``).
