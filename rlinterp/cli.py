@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("choreographer", "kaleido", "logistro"):  # figure export's browser driver
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # One bar per saved checkpoint drowns the build's own progress.
     transformers.utils.logging.disable_progress_bar()
     try:

@@ -232,10 +232,11 @@ def paper(figure: go.Figure, width: int | None = None) -> go.Figure:
         font={"family": "Helvetica, Arial, sans-serif", "size": 8, "color": "black"},
         title={"font": {"size": 9}, "x": 0.0, "xanchor": "left"},
         margin={"l": 45, "r": 10, "t": 35, "b": 35},
-        legend={"font": {"size": 7}},
+        legend={"font": {"size": 7}, "tracegroupgap": 0, "itemwidth": 30},
         colorway=list(PALETTE),
     )
     themed.update_annotations(font_size=8)
+    themed.update_traces(marker_size=4, line_width=1.5, selector={"type": "scatter"})
     for i, trace in enumerate(themed.data):
         trace.uid = f"trace-{i}"  # plotly draws a random one otherwise: byte-stable SVG
     return themed
