@@ -48,12 +48,14 @@ def top_contexts(
     tokenizer: PreTrainedTokenizerBase,
     top_k: int = 8,
 ) -> pd.DataFrame:
-    """The ``top_k`` tokens of ``label`` that activate each latent most, each with a window
+    """The ``top_k`` tokens of ``label`` that activate each latent most (distinct windows
+    only: a repeated text shows once), each with a window
     of ``BEFORE`` tokens before and ``AFTER`` after: ``latent, rank, activation, prompt,
     position, tokens`` (list of decoded tokens), ``values`` (the latent's activation on each,
     0 where the store kept no activation) and ``peak`` (index of the top token in the window).
     Two passes over the shards; memory holds only the windows' (row, latent) values."""
-    tops = top_activations((sae.encode(x.to(sae.device)) for x in store.shards(label, hook)), k=top_k)
+    # Prompt sets repeat texts; ask for more tops than shown and keep distinct windows.
+    tops = top_activations((sae.encode(x.to(sae.device)) for x in store.shards(label, hook)), k=4 * top_k)
     tokenized = store.tokens()
     where = tokenized.keep.nonzero()
     row_of = torch.full(tokenized.tokens.shape, -1, dtype=torch.long)
@@ -85,7 +87,12 @@ def top_contexts(
             }
         )
     columns = ["latent", "rank", "activation", "prompt", "position", "tokens", "values", "peak"]
-    return pd.DataFrame(records, columns=columns)
+    frame = pd.DataFrame(records, columns=columns)
+    window = frame["tokens"].map(tuple)
+    frame = frame[~pd.DataFrame({"latent": frame["latent"], "window": window}).duplicated()]
+    frame = frame.groupby("latent", sort=False).head(top_k).copy()
+    frame["rank"] = frame.groupby("latent", sort=False).cumcount()
+    return frame.reset_index(drop=True)
 
 
 def _values_at(

@@ -221,6 +221,12 @@ def test_cards_carry_the_base_sae_statistics(micro_run):
         assert row.values[row.peak] == pytest.approx(row.activation, rel=1e-5)
         if row.rank == 0:
             assert row.activation == pytest.approx(float(latents[:, row.latent].max()), rel=1e-5)
+    # a text repeated across prompts shows once per latent, and ranks stay consecutive
+    windows = run.contexts.assign(window=run.contexts["tokens"].map(tuple))
+    assert not windows.duplicated(["series", "label", "latent", "window"]).any()
+    assert (
+        windows.groupby(["series", "label", "latent"])["rank"].agg(lambda r: list(r) == list(range(len(r))))
+    ).all()
     card = run.card(int(contexts["latent"].iloc[0]))
     assert set(card.contexts["series"]) == {"base", "weak", "strong"} and "Lineage" in card._repr_html_()
 
