@@ -119,7 +119,7 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from .run_config import cli_options
+    from .run_config import cli_options, metavar
 
     run = commands.add_parser(
         "run",
@@ -153,9 +153,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                 flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif getattr(tp, "__origin__", None) is tuple:
-            run.add_argument(flag, dest=dest, nargs="*", default=None, help=help_text)
+            run.add_argument(flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text)
         else:
-            run.add_argument(flag, dest=dest, default=None, help=help_text)
+            run.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
     run.set_defaults(run=_run)
 
     figures = commands.add_parser(

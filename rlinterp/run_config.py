@@ -391,6 +391,16 @@ def cli_options() -> list[tuple[str, str, Any, str]]:
     return options
 
 
+def metavar(tp: Any) -> str:
+    """A short placeholder for an option's value: ``N``, ``X``, ``TEXT``, ``{a,b}``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if origin in (typing.Union, types.UnionType, tuple):
+        return metavar(next(a for a in args if a is not type(None) and a is not Ellipsis))
+    return {int: "N", float: "X"}.get(tp, "TEXT")
+
+
 def parse_cli_value(text: str | list[str], tp: Any, key: str) -> Any:
     """A command-line string (or list, for list-typed options) as ``tp``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
