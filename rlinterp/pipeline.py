@@ -118,7 +118,9 @@ def claim_run_dir(out: Path, config: RunConfig) -> None:
                 f"{out} holds a {found.get('kind', 'non-rlinterp')} artifact, not a run; "
                 "choose another output directory"
             )
-        changed = sorted(k for k, v in expected.items() if found.get("fingerprint", {}).get(k) != v)
+        # A section the claim lacks belongs to a stage added since: it runs, nothing mixes.
+        recorded = found.get("fingerprint", {})
+        changed = sorted(k for k, v in expected.items() if k in recorded and recorded[k] != v)
         if changed:
             raise RlinterpError(
                 f"{out} holds a different run's results (its {', '.join(changed)} settings differ); "

@@ -245,6 +245,19 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
 
+def test_a_section_added_since_the_run_resumes(micro_run):
+    """A stage registered after a run was made adds a config section; the run resumes."""
+    from rlinterp.pipeline import run_pipeline
+
+    root, config = micro_run
+    claim = root / "run" / ".run.json"
+    data = json.loads(claim.read_text())
+    del data["fingerprint"]["dictionaries"]
+    claim.write_text(json.dumps(data))
+    run_pipeline(config, progress=False)
+    assert json.loads(claim.read_text())["fingerprint"] == fingerprint(config)
+
+
 def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
     import dataclasses
 
