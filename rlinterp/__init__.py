@@ -1,8 +1,10 @@
 """rlinterp: mechanistic interpretability of what reinforcement learning does to language
 models. One import line in a notebook: ``import rlinterp``."""
 
+from . import figures as figures
 from .activation_diff import ActivationDiff as ActivationDiff
 from .activation_diff import diff_activations as diff_activations
+from .cards import FeatureCard as FeatureCard
 from .causal import CausalResult as CausalResult
 from .causal import steer_and_ablate as steer_and_ablate
 from .circuits import run_circuits as run_circuits
@@ -16,6 +18,7 @@ from .dictionaries import train_dictionary as train_dictionary
 from .diff import SeriesDiff as SeriesDiff
 from .diff import run_diff as run_diff
 from .errors import RlinterpError as RlinterpError
+from .figures import export_figures as export_figures
 from .harvest import ActivationStore as ActivationStore
 from .harvest import HarvestConfig as HarvestConfig
 from .harvest import TokenBatch as TokenBatch
@@ -42,12 +45,17 @@ from .output_diff import diff_outputs as diff_outputs
 from .persona_features import PersonaDirections as PersonaDirections
 from .persona_features import persona_directions as persona_directions
 from .persona_features import persona_latents as persona_latents
+from .pipeline import run as run
+from .pipeline import run_pipeline as run_pipeline
 from .prompts import PromptSet as PromptSet
 from .report import activation_heatmap as activation_heatmap
 from .report import kl_figure as kl_figure
 from .report import render_report as render_report
 from .report import weight_heatmap as weight_heatmap
 from .report import write_report as write_report
+from .run_config import RunConfig as RunConfig
+from .run_config import load_config as load_config
+from .run_result import RunResult as RunResult
 from .sae import SAETrainConfig as SAETrainConfig
 from .sae import TrainedSAE as TrainedSAE
 from .sae import train_sae as train_sae

@@ -249,6 +249,104 @@ def _prompts(spec: str, series: list[str]) -> PromptSet:
     return PromptSet.from_file(spec)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from .pipeline import run_pipeline
+    from .run_config import (
+        RunConfig,
+        cli_options,
+        config_template,
+        load_config,
+        parse_cli_value,
+        with_overrides,
+    )
+    from .run_result import RunResult, summary_text
+
+    config = load_config(args.config) if args.config else RunConfig()
+    overrides: dict[str, dict[str, object]] = {}
+    for section, name, tp, _ in cli_options():
+        given = getattr(args, f"{section}_{name}")
+        if given is not None:
+            value = given if isinstance(given, bool) else parse_cli_value(given, tp, f"{section}-{name}")
+            overrides.setdefault(section, {})[name] = value
+    if args.series:
+        overrides.setdefault("series", {}).update(_series_shortcut(args.series))
+    config = with_overrides(config, overrides, out=str(args.out) if args.out else None)
+    if args.print_config:
+        sys.stdout.write(config_template(config))
+        return
+    root = run_pipeline(config, progress=args.progress)
+    sys.stdout.write(summary_text(RunResult.load(root)))
+
+
+def _series_shortcut(paths: list[str]) -> dict[str, object]:
+    """``--series DIR`` (an organism) or ``--series BASE CKPT...`` (checkpoint folders)."""
+    if len(paths) == 1 and not (Path(paths[0]) / "config.json").is_file():
+        return {"organism": paths[0], "checkpoints": ()}
+    return {"organism": None, "checkpoints": tuple(paths)}
+
+
+def _figures(args: argparse.Namespace) -> None:
+    from .figures import export_figures
+    from .run_result import RunResult
+
+    paths = export_figures(
+        RunResult.load(args.run_dir), args.out or Path(args.run_dir) / "figures", args.format
+    )
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    from .run_config import cli_options, metavar
+
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline (diffs, dictionaries, ...) with one report",
+        description="Run every stage on one or more series, resuming finished stages in the output "
+        "directory, and write report.html / report.md there. Settings come from --config (TOML; "
+        "see --print-config) and the options below, which override it.",
+    )
+    run.add_argument("--config", type=Path, default=None, help="a TOML run config")
+    run.add_argument(
+        "--series",
+        nargs="+",
+        default=None,
+        help="shortcut: an organism dir (built if missing), or checkpoint folders, base first",
+    )
+    run.add_argument("--out", type=Path, default=None, help="shortcut for the run's output directory")
+    run.add_argument(
+        "--print-config", action="store_true", help="print the resulting config as documented TOML and stop"
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only on a terminal; else one log line per stage)",
+    )
+    for section, name, tp, help_text in cli_options():
+        flag = f"--{section}-{name}".replace("_", "-")
+        dest = f"{section}_{name}"
+        if tp is bool:
+            run.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif getattr(tp, "__origin__", None) is tuple:
+            run.add_argument(flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text)
+        else:
+            run.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
+    run.set_defaults(run=_run)
+
+    figures = commands.add_parser(
+        "figures",
+        help="export a run's figures for a paper (pdf, svg or png)",
+        description="Write each report figure of a finished run as a standalone static file in the "
+        "publication theme (needs kaleido and a Chromium).",
+    )
+    figures.add_argument("run_dir", type=Path, help="a run directory (`rlinterp run --out`)")
+    figures.add_argument("--format", choices=("pdf", "svg", "png"), default="pdf")
+    figures.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
+    figures.set_defaults(run=_figures)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rlinterp", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -398,6 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     selection.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     selection.set_defaults(run=_selection)
     _track_parser(commands)
+    _add_run(commands)
     return parser
 
 
@@ -444,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("choreographer", "kaleido", "logistro"):  # figure export's browser driver
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # One bar per saved checkpoint drowns the build's own progress.
     transformers.utils.logging.disable_progress_bar()
     try:

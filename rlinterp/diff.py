@@ -86,6 +86,11 @@ class SeriesDiff:
             )
         return rows
 
+    def _repr_html_(self) -> str:
+        from .page import table
+
+        return table(pd.DataFrame(self.summary()))
+
     @classmethod
     def load(cls, root: str | Path) -> SeriesDiff:
         """Read a finished ``run_diff`` output directory (an unfinished one is refused)."""
