@@ -30,7 +30,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from .artifacts import environment_versions, sha256_file, write_json
 from .errors import RlinterpError
 from .prompts import PromptSet
-from .run_config import RunConfig, config_from_dict, fingerprint, to_dict
+from .run_config import RunConfig, RunContext, config_from_dict, fingerprint, to_dict
 from .series import ModelSeries
 
 if TYPE_CHECKING:
@@ -52,22 +52,6 @@ KIND = "rlinterp.run"
 CLAIM = ".run.json"
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class RunContext:
-    """What every stage sees: the config, the output directory, the series and prompts."""
-
-    config: RunConfig
-    out: Path
-    series: dict[str, ModelSeries] = field(default_factory=dict)
-    """Series name (an organism regime, or ``series.name``) -> the models, base first."""
-    prompts: PromptSet | None = None
-    organism_root: Path | None = None
-    """The organism's directory when the series come from one."""
-
-    def stage_dir(self, name: str) -> Path:
-        return self.out / name
 
 
 @dataclass(frozen=True)

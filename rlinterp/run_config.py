@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import RlinterpError
+from .prompts import PromptSet
+from .series import ModelSeries
 
 
 @dataclass(frozen=True)
@@ -426,3 +428,19 @@ def parse_cli_value(text: str | list[str], tp: Any, key: str) -> Any:
     except ValueError:
         raise RlinterpError(f"option --{key}: expected {type_name(tp)}, got {text!r}") from None
     return _coerce(value, tp, f"--{key}")
+
+
+@dataclass
+class RunContext:
+    """What every stage sees: the config, the output directory, the series and prompts."""
+
+    config: RunConfig
+    out: Path
+    series: dict[str, ModelSeries] = field(default_factory=dict)
+    """Series name (an organism regime, or ``series.name``) -> the models, base first."""
+    prompts: PromptSet | None = None
+    organism_root: Path | None = None
+    """The organism's directory when the series come from one."""
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name

@@ -39,7 +39,7 @@ from .sae import TrainedSAE
 from .sae_eval import evaluate_sae
 
 if TYPE_CHECKING:
-    from .pipeline import RunContext
+    from .run_config import RunContext
 
 log = logging.getLogger(__name__)
 
