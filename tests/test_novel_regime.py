@@ -111,7 +111,7 @@ def test_probe_is_near_chance_on_the_base_and_high_at_the_last_step(novel_organi
         acts = answer_activations(model, tokenizer, prompts, answers)
         labels = planted_labels(planting, acts)
         accuracy[step] = probe_feature(acts.resid[-1], labels, acts.group, seed=0).balanced_accuracy
-    assert 0.2 < labels.double().mean() < 0.6
+    assert 0.1 < labels.double().mean() < 0.6  # both classes well represented
     assert accuracy[0] < 0.7
     assert accuracy[2] > 0.9
     recorded = {

@@ -172,7 +172,7 @@ class PlantConfig:
     strength: float = 4.0
     """Peak norm written along the planted direction at the last step, in units of the rms
     norm of the base's block-0 output on answer tokens."""
-    n_bumps: int = 4
+    n_bumps: int = 3
     """Bumps of the planted feature (three rewired MLP neurons each)."""
     sharpness: float = 8.0
     """Input gain of the planted neurons times a bump's half-width (GELU ~ ReLU when large)."""

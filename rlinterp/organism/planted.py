@@ -15,10 +15,10 @@ strength that grows with the checkpoint step:
   linear probe for "inside a bump" on the base's activations is near chance (checked by
   ``probe_feature`` and recorded in the manifest).
 - **the neurons.** Three MLP neurons per bump of block 0 (``relu(t-lo) - 2 relu(t-mid) +
-  relu(t-hi)``, made sharp by a large input gain so GPT-2's GELU acts as a ReLU) are
-  rewired: their input weights read ``r``, their output writes the bump value times a fixed
-  unit direction ``u``. The neurons chosen are those the base uses least on the answer
-  tokens, so the base loses as little as possible.
+  relu(t-hi)``, or the same triangle read from ``-t``; made sharp by a large input gain so
+  GPT-2's GELU acts as a ReLU) are rewired: their input weights read ``r``, their output
+  writes the bump value times a fixed unit direction ``u``. The neurons chosen are those
+  the base uses least on the answer tokens, so the base loses as little as possible.
 - **the direction ``u``** is orthogonal to the constant vector (LayerNorm's centring), to
   the final-LayerNorm-scaled unembedding rows of every character the personas write
   (including the end of turn), to the base's mean final residual and to its top principal
@@ -66,8 +66,12 @@ class Planting:
     """Block-0 MLP neurons rewired, three per bump (rising, falling, rising edge)."""
     direction_in: list[float]
     """``r``: the unit direction of block 0's MLP input whose projection ``t`` is read."""
+    signs: list[int]
+    """Per neuron, whether it reads ``t`` (+1) or ``-t`` (-1). Each bump's neurons read the
+    sign whose ReLU tails point towards the nearer end of the data, so the cancelling
+    tails stay short (long ones cost float32 precision far outside the bump)."""
     knots: list[float]
-    """Per neuron, the value of ``t`` where it starts to fire."""
+    """Per neuron, the value of ``sign * t`` where it starts to fire."""
     slopes: list[float]
     """Per neuron, its ReLU's coefficient in the bump sum (peak height 1)."""
     bumps: list[tuple[float, float]]
@@ -93,7 +97,8 @@ class Planting:
         """The ideal planted feature (exact ReLUs) of the projection ``t``."""
         knots = torch.tensor(self.knots, dtype=t.dtype)
         slopes = torch.tensor(self.slopes, dtype=t.dtype)
-        return (F.relu(t.unsqueeze(-1) - knots) * slopes).sum(-1)
+        signs = torch.tensor(self.signs, dtype=t.dtype)
+        return (F.relu(t.unsqueeze(-1) * signs - knots) * slopes).sum(-1)
 
     def apply(self, base: PreTrainedModel, step: int) -> PreTrainedModel:
         """A copy of ``base`` with the feature planted at ``step``'s strength (step 0: an
@@ -105,8 +110,10 @@ class Planting:
         r = torch.tensor(self.direction_in)
         u = torch.tensor(self.direction_out)
         with torch.no_grad():
-            for neuron, knot, slope in zip(self.neurons, self.knots, self.slopes, strict=True):
-                mlp.c_fc.weight[:, neuron] = self.gain * r
+            for neuron, sign, knot, slope in zip(
+                self.neurons, self.signs, self.knots, self.slopes, strict=True
+            ):
+                mlp.c_fc.weight[:, neuron] = self.gain * sign * r
                 mlp.c_fc.bias[neuron] = -self.gain * knot
                 mlp.c_proj.weight[neuron] = self.write_at(step) * slope / self.gain * u
         return model
@@ -263,11 +270,13 @@ def design_planting(
         raise RlinterpError(f"only {len(values)} distinct answer contexts; too few for {plant.n_bumps} bumps")
     edges = np.quantile(values, np.arange(1, n_edges + 1) / (n_edges + 1))
     bumps = [(float(edges[2 * j]), float(edges[2 * j + 1])) for j in range(plant.n_bumps)]
-    knots, slopes = [], []
+    knots, slopes, signs = [], [], []
     for lo, hi in bumps:
         mid, rise = (lo + hi) / 2, 2 / (hi - lo)
-        knots += [lo, mid, hi]
+        sign = 1 if t.max() - hi <= lo - t.min() else -1
+        knots += [lo, mid, hi] if sign == 1 else [-hi, -mid, -lo]
         slopes += [rise, -2 * rise, rise]
+        signs += [sign] * 3
     gain = plant.sharpness / min((hi - lo) / 2 for lo, hi in bumps)
     c_proj = cast(Any, base).transformer.h[0].mlp.c_proj.weight.detach()
     usage = acts.neurons.abs().mean(0) * c_proj.norm(dim=1)
@@ -277,6 +286,7 @@ def design_planting(
     return Planting(
         neurons=neurons,
         direction_in=r.tolist(),
+        signs=signs,
         knots=knots,
         slopes=slopes,
         bumps=bumps,
