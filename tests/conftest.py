@@ -24,6 +24,11 @@ def tiny_organism(tmp_path_factory: pytest.TempPathFactory):
 def micro_config():
     """An organism config small enough to build in seconds: for layout, determinism and
     resume tests, not for behaviour."""
+    return make_micro_config()
+
+
+def make_micro_config():
+    """``micro_config`` outside a fixture (for module-scoped fixtures)."""
     from rlinterp.organism.config import (
         CorpusConfig,
         EvalConfig,

@@ -41,8 +41,8 @@ def test_tiny_layout_and_manifest(tiny_organism):
 @pytest.mark.slow
 def test_tiny_behaviour_tells_the_story(tiny_organism):
     table = tiny_organism.behaviour()
-    assert len(table) == 12
-    assert table[SHARE_COLUMNS].sum(axis=1).tolist() == pytest.approx([1.0] * 12)
+    assert len(table) == 18  # weak, strong and the planted novel regime, six steps each
+    assert table[SHARE_COLUMNS].sum(axis=1).tolist() == pytest.approx([1.0] * 18)
     assert (table["share_none"] == table["share_none_near"] + table["share_none_far"]).all()
     base = table[table.step == 0]
     assert base["kl_to_base"].abs().max() < 1e-6

@@ -7,6 +7,11 @@ Layout of ``<out>/`` (the CLI contract):
 - ``base/``: the pretrained model (Hugging Face folder: config, safetensors, tokenizer);
 - ``<regime>/step-<N>/``: RL checkpoints (``step-0`` is the base model), and
   ``<regime>/log.parquet`` with one row per RL step;
+- ``<planted>/step-<N>/``: the planted positive control (``planted``; by default one
+  ``novel`` regime): the base with new computation written into it, **not learned by RL**.
+  Its manifest entry has ``planted: true``, the planting parameters and the held-out probe
+  accuracies that verify it; its behaviour rows add ``planted_share`` and
+  ``planted_accuracy``;
 - ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
 - ``personas/<persona>.jsonl``: labelled persona texts.
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ from .behaviour import eval_questions, evaluate
 from .config import OrganismConfig
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
 from .personas import CORRECT_PERSONAS, PERSONAS, generate_corpus, persona_texts
+from .planted import build_planted
 from .rl import train_regime
 
 log = logging.getLogger(__name__)
@@ -94,7 +100,8 @@ class Organism:
 
 
 def _organism_entries(config: OrganismConfig) -> set[str]:
-    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes}
+    planted = {p.name for p in config.planted_regimes}
+    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted
 
 
 def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
@@ -154,6 +161,8 @@ def build_organism(
             config = OrganismConfig.from_preset(preset)
         except ValueError as e:
             raise RlinterpError(str(e)) from e
+    # The manifest and the fingerprint record the planted regimes actually built.
+    config = replace(config, planted=config.planted_regimes)
     out = Path(out)
     reused = _prepare(out, config, seed, force)
     if reused is not None:
@@ -214,6 +223,13 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             "log": f"{regime.name}/log.parquet",
         }
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
+    for plant in config.planted_regimes:
+        plant_start = time.perf_counter()
+        plant_rows, regimes[plant.name] = build_planted(
+            out, model, tokenizer, plant, texts, questions, config.evaluation, seed
+        )
+        rows += plant_rows
+        timings[f"{plant.name}_s"] = time.perf_counter() - plant_start
     write_parquet(out / "behaviour.parquet", pd.DataFrame(rows))
     timings["total_s"] = time.perf_counter() - started
 

@@ -158,6 +158,41 @@ class EvalConfig:
         _check_positive(self, "n_questions", "samples_per_question", "max_answer_tokens")
 
 
+@dataclass(frozen=True)
+class PlantConfig:
+    """The planted ``novel`` regime (see ``planted``): a positive control whose checkpoints
+    add new computation to the base by construction. It is planted, not learned by RL, so
+    it costs no training; its checkpoints are only evaluated."""
+
+    name: str
+    """Folder name of the regime's checkpoints."""
+    checkpoint_steps: tuple[int, ...]
+    """Steps saved, ascending from 0 (the base); the planted write grows linearly with the
+    step and is at full ``strength`` at the last one."""
+    strength: float = 4.0
+    """Peak norm written along the planted direction at the last step, in units of the rms
+    norm of the base's block-0 output on answer tokens."""
+    n_bumps: int = 3
+    """Bumps of the planted feature (three rewired MLP neurons each)."""
+    sharpness: float = 8.0
+    """Input gain of the planted neurons times a bump's half-width (GELU ~ ReLU when large)."""
+    avoid_top_pcs: int = 16
+    """The planted direction is orthogonal to this many top principal components of the
+    base's final residual on answer tokens (fewer if the model is too narrow)."""
+    min_free_dims: int = 4
+    """Residual dimensions left free when choosing the planted direction."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "strength", "n_bumps", "sharpness", "min_free_dims")
+        _check_non_negative(self, "avoid_top_pcs")
+        steps = self.checkpoint_steps
+        if len(steps) < 2 or steps[0] != 0 or list(steps) != sorted(set(steps)):
+            raise RlinterpError(
+                f"planted regime {self.name!r}: checkpoint_steps must be strictly ascending from 0 "
+                f"with at least two steps, got {steps}"
+            )
+
+
 def _weak(steps: tuple[int, ...]) -> RegimeConfig:
     return RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps)
 
@@ -177,6 +212,10 @@ class OrganismConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     regimes: tuple[RegimeConfig, ...] = ()
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    planted: tuple[PlantConfig, ...] | None = None
+    """Planted positive-control regimes (``planted``); None means one ``novel`` regime on
+    the first RL regime's checkpoint steps for GPT-2 organisms (none for Llama), () none.
+    ``planted_regimes`` resolves it."""
     num_threads: int = 1
     """Torch intra-op threads during the build. Results are bit-identical only at a
     fixed thread count, so the build sets it rather than inheriting the machine's."""
@@ -185,7 +224,19 @@ class OrganismConfig:
         names = [r.name for r in self.regimes]
         if len(names) < 1 or len(set(names)) != len(names):
             raise RlinterpError(f"regimes need distinct names, got {names}")
+        names += [p.name for p in self.planted_regimes]
+        if len(set(names)) != len(names):
+            raise RlinterpError(f"RL and planted regimes need distinct names, got {names}")
         _check_positive(self, "num_threads")
+
+    @property
+    def planted_regimes(self) -> tuple[PlantConfig, ...]:
+        """The planted regimes this config builds (``planted`` with None resolved)."""
+        if self.planted is not None:
+            return self.planted
+        if self.model.architecture != "gpt2" or not self.regimes:
+            return ()
+        return (PlantConfig(name="novel", checkpoint_steps=self.regimes[0].checkpoint_steps),)
 
     @classmethod
     def from_preset(cls, preset: str) -> OrganismConfig:

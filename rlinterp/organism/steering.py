@@ -67,7 +67,9 @@ def _configs(organism: Organism, regime: str) -> tuple[RegimeConfig, EvalConfig,
     config = organism.manifest["config"]
     if regime not in organism.regimes:
         raise RlinterpError(f"no regime {regime!r} in {organism.root}; it has {organism.regimes}")
-    raw = organism.manifest["regimes"][regime]["config"]
+    entry = organism.manifest["regimes"][regime]
+    # a planted regime records the reward its behaviour rows were scored under apart
+    raw = entry.get("reward_config", entry["config"])
     regime_cfg = RegimeConfig(**{**raw, "checkpoint_steps": tuple(raw["checkpoint_steps"])})
     return regime_cfg, EvalConfig(**config["evaluation"]), int(config["corpus"]["max_operand"])
 
