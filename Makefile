@@ -1,6 +1,7 @@
 # The two commands a new user needs (see README.md):
-#   make run    set up, build the default model organism (behaviour table), then diff both
-#               RL regimes against the base (reports in artifacts/diff/)
+#   make run    set up, then run the whole pipeline on the default model organism (built if
+#               missing): diffs of both RL regimes, a base SAE and feature cards, one report
+#               (artifacts/run/default-seed0/report.html)
 #   make test   set up, then lint, type-check and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -12,19 +13,18 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Torch is pinned to the CPU wheel in pyproject.toml; the venv is rebuilt when it changes.
+# Static figures (kaleido) and the report's browser test need a Chromium: Debian's package,
+# installed here when it is missing and apt-get is available (CI machines run as root).
 $(STAMP): pyproject.toml
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-ORGANISM := artifacts/organism/default-seed0
-
 run: setup
-	HF_HUB_OFFLINE=1 $(BIN)/rlinterp organism --preset default --seed 0 --out $(ORGANISM)
-	for regime in weak strong; do \
-	  HF_HUB_OFFLINE=1 $(BIN)/rlinterp diff --series $(ORGANISM) --regime $$regime --prompts organism \
-	    --out artifacts/diff/default-seed0-$$regime || exit 1; \
-	done
+	HF_HUB_OFFLINE=1 $(BIN)/rlinterp run --config configs/default.toml
 
 lint: setup
 	$(BIN)/ruff check .
@@ -35,4 +35,4 @@ test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) artifacts/organism artifacts/diff
+	rm -rf $(VENV) artifacts/organism artifacts/diff artifacts/run

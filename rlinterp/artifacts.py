@@ -3,7 +3,12 @@
 Every file a stage writes goes through ``atomic_write``: the bytes land in a temporary
 file beside the target and are renamed over it, so an interrupted run never leaves a
 half-written file under a final name. A stage's ``manifest.json`` is written last; its
-presence is what marks a run directory as finished.
+presence is what marks a run directory as finished (see ``rundir``).
+
+Content hashes of inputs (``weights_sha256``, ``config_sha256``, ``tokenizer_sha256``) go
+into the fingerprints that decide whether a run may be resumed or reused. File digests are
+cached per (path, inode, size, mtime) within a process, so checking a series of large
+checkpoints twice reads them once.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ import json
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
+
+from .errors import RlinterpError
 
 TRACKED_PACKAGES = ("rlinterp", "torch", "transformers", "transformer-lens", "sae-lens")
 
@@ -82,12 +91,101 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tenso
     optimizer.load_state_dict(state)
 
 
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
+"""A checkpoint's weights: one safetensors file, or shards and their index."""
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "*.tiktoken",
+)
+"""The files a Hugging Face tokenizer may be read from."""
+CONFIG_NOT_HASHED = ("transformers_version", "_name_or_path", "_commit_hash")
+"""config.json fields that say who saved a checkpoint, not what it computes."""
+
+RECENT_NS = 2_000_000_000
+"""Files modified this recently are hashed every time: file times advance in coarse ticks,
+so a rewrite within the same tick would look unchanged (git's "racily clean" problem)."""
+
+_digests: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def require_output_dir(path: Path) -> Path:
+    """``path`` if it is a directory or does not exist yet; an error if it names a file."""
+    if path.exists() and not path.is_dir():
+        raise RlinterpError(f"output path {path} is a file; give a directory path")
+    return path
+
+
+def read_json_object(path: Path, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a manifest), or an ``RlinterpError`` that names the file,
+    says what is wrong with it and ends with ``remedy``."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RlinterpError(f"{path} is not valid JSON ({e}); {remedy}") from e
+    if not isinstance(obj, dict):
+        raise RlinterpError(f"{path} holds a JSON {type(obj).__name__}, not an object; {remedy}")
+    return obj
+
+
+def read_parquet(path: Path, remedy: str) -> pd.DataFrame:
+    """The table in ``path``, or an ``RlinterpError`` naming the file and ending with
+    ``remedy`` if it is missing or not a readable Parquet file."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as e:
+        raise RlinterpError(f"{path} is missing or not a readable Parquet file ({e}); {remedy}") from e
+
+
 def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes (cached within the process while the file is unchanged)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _digests:
+        return _digests[key]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    if time.time_ns() - stat.st_mtime_ns > RECENT_NS:
+        _digests[key] = digest.hexdigest()
     return digest.hexdigest()
+
+
+def files_sha256(folder: Path, patterns: tuple[str, ...]) -> str:
+    """One digest of the files of ``folder`` matching ``patterns``, names included."""
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    listing = "".join(f"{p.name} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def weights_sha256(checkpoint: Path) -> str:
+    """Digest of a checkpoint folder's weight files (``WEIGHT_FILES``)."""
+    return files_sha256(checkpoint, WEIGHT_FILES)
+
+
+def tokenizer_sha256(checkpoint: Path) -> str:
+    """Digest of a checkpoint folder's tokenizer files (``TOKENIZER_FILES``)."""
+    return files_sha256(checkpoint, TOKENIZER_FILES)
+
+
+def config_sha256(checkpoint: Path) -> str:
+    """Digest of a checkpoint's ``config.json`` (``adapter_config.json`` for a PEFT adapter
+    checkpoint, which has no model config of its own) as data, without
+    ``CONFIG_NOT_HASHED``."""
+    name = "config.json" if (checkpoint / "config.json").is_file() else "adapter_config.json"
+    try:
+        config = json.loads((checkpoint / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RlinterpError(f"cannot read {checkpoint / name}: {e}") from e
+    if not isinstance(config, dict):
+        raise RlinterpError(f"{checkpoint / name} is not a JSON object")
+    kept = {k: v for k, v in config.items() if k not in CONFIG_NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def environment_versions() -> dict[str, str]:

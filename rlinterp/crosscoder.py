@@ -6,9 +6,12 @@ into each model through a decoder of that model's own:
 
     f = act(sum_m (x_m - b_dec[m]) @ W_enc[m] + b_enc),    x_hat_m = f @ W_dec[:, m] + b_dec[m]
 
-A latent's decoder norm in model m says how much model m uses it, so comparing the base
-and RL decoder norms of each latent sorts the dictionary into shared, base-only and
-RL-only latents (``latent_table``). Decoders are therefore *not* held to unit norm.
+A latent's decoder norm in model m says how much model m uses it, and its decoder
+direction what it writes there, so comparing the base and RL decoders of each latent sorts
+the dictionary (``latent_table``) into the lineage vocabulary (see ``lineage``): shared,
+amplified, suppressed, repurposed (fires on the same tokens in both models, by
+construction, but writes somewhere else in the RL model), base-only and RL-only latents.
+Decoders are therefore *not* held to unit norm.
 
 Training follows the BatchTopK crosscoder of Minder et al. 2025 ("Overcoming sparsity
 artifacts in crosscoders"): no L1 penalty; in training mode the ``k * batch`` largest
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,7 +54,7 @@ import einops
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -66,6 +70,29 @@ BASE_ONLY_BELOW = 0.1
 one, so the RL model gets under 1/81 (about 1%) of the latent's reconstructed energy."""
 RL_ONLY_ABOVE = 0.9
 """``rel_norm`` above this is an RL-only latent (the mirror image of ``BASE_ONLY_BELOW``)."""
+REPURPOSED_BELOW = 0.5
+"""A latent whose base and RL decoders have cosine under this (60 degrees apart) is
+repurposed, when neither norm is exclusive and its write moved by ``REPURPOSED_MIN_CHANGE``.
+On identical models every latent that fires ``MIN_FIRINGS`` times measured above 0.9; a
+planted rewired neuron measured under 0.3."""
+REPURPOSED_MIN_CHANGE = 0.25
+"""How far a repurposed latent's write must move where it fires: mean activation times
+``||d_post - d_base||``, over the RMS norm of the tokens (normalised units), must reach a
+quarter. Guards against a latent of tiny decoders whose direction is noise. Measured on
+identical models: at most 0.1; on the planted rewired neuron: 1.0 to 1.8."""
+AMPLIFIED_ABOVE = 1.5
+"""A shared latent whose RL decoder norm, in model units, is at least this multiple of its
+base decoder norm is amplified (the cut of ``lineage.AMPLIFIED_ABOVE``)."""
+SUPPRESSED_BELOW = 1 / 1.5
+"""A shared latent whose norm ratio (model units) is at most this is suppressed."""
+MIN_FIRINGS = 50
+"""A latent that fires on fewer tokens than this, in the data it is classified on, is
+"inactive": too rare for its decoders to have left their random initialisation (such
+latents measured any cosine between -0.5 and 0.9 on identical models)."""
+LATENT_KINDS = ("shared", "amplified", "suppressed", "repurposed", "base_only", "rl_only", "inactive")
+"""Every ``kind`` of ``latent_table``."""
+EXCLUSIVE_KINDS = ("base_only", "rl_only")
+"""The kinds latent scaling checks."""
 SPURIOUS_NU = 0.5
 """Latent scaling flags an exclusive latent when the other model still carries more than
 half of it (``nu_recon`` or ``nu_error`` above this): nu is 0 for a latent the other
@@ -116,17 +143,17 @@ class CrosscoderConfig:
         positive |= {"n_steps": self.n_steps, "dead_after": self.dead_after}
         for name, value in positive.items():
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise RlinterpError(f"{name} must be at least 1, got {value}")
         if self.n_models < 2:
-            raise ValueError(f"a crosscoder compares at least 2 models, got n_models={self.n_models}")
+            raise RlinterpError(f"a crosscoder compares at least 2 models, got n_models={self.n_models}")
         if not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise RlinterpError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
         if self.aux_k is not None and self.aux_k < 1:
-            raise ValueError(f"aux_k must be at least 1 (or None for d_in // 2), got {self.aux_k}")
-        if not self.aux_coef >= 0:
-            raise ValueError(f"aux_coef must be non-negative, got {self.aux_coef}")
+            raise RlinterpError(f"aux_k must be at least 1 (or None for d_in // 2), got {self.aux_k}")
+        if not (self.aux_coef >= 0 and math.isfinite(self.aux_coef)):
+            raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
 
 
 class CrosscoderOutput(NamedTuple):
@@ -366,7 +393,7 @@ def paired_batches(
     into a buffer of about ``buffer_batches`` batches that is reshuffled after each shard, so
     memory stays at one shard plus the buffer; tokens of nearby shards mix, distant ones less."""
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ValueError(f"labels must name at least two distinct models of the store, got {labels}")
+        raise RlinterpError(f"a crosscoder needs at least two distinct models of the store, got {labels}")
     yield from shuffled_batches(_paired_shards(store, labels, hook), batch_size, seed, buffer_batches)
 
 
@@ -380,28 +407,104 @@ def _paired_shards(store: ActivationStore, labels: list[str], hook: str) -> Iter
 
 def _check_pair(cfg: CrosscoderConfig, a: int, b: int) -> None:
     if a == b or not (0 <= a < cfg.n_models and 0 <= b < cfg.n_models):
-        raise ValueError(f"need two distinct model indices in [0, {cfg.n_models}), got {a} and {b}")
+        raise RlinterpError(f"need two distinct model indices in [0, {cfg.n_models}), got {a} and {b}")
+
+
+class LatentActivity(NamedTuple):
+    """How each latent of a crosscoder fires on a set of tokens (eval-mode encoding)."""
+
+    n_tokens: int
+    """Tokens encoded."""
+    n_active: Int[Tensor, " d_sae"]
+    """Tokens on which each latent fired."""
+    mean_activation: Float[Tensor, " d_sae"]
+    """Mean activation where it fired (0 for a latent that never did)."""
+    token_norm: float
+    """RMS norm of the tokens in normalised units, over all models."""
 
 
 @torch.no_grad()
-def latent_table(crosscoder: Crosscoder, base: int = 0, post: int = 1) -> pd.DataFrame:
-    """One row per latent: ``dec_norm_<m>`` for every model m; for the pair (base, post)
-    ``rel_norm`` = ||d_post|| / (||d_base|| + ||d_post||) (NaN when both are 0), the
-    ``cosine`` of the two decoder vectors (0 when one is 0), and ``kind``: "base_only"
-    below ``BASE_ONLY_BELOW``, "rl_only" above ``RL_ONLY_ABOVE``, else "shared". Norms say
-    nothing about firing: a dead latent keeps its random initial decoders and reads "shared"."""
-    _check_pair(crosscoder.cfg, base, post)
+def latent_activity(
+    crosscoder: Crosscoder, batches: Iterable[Float[Tensor, "_batch n_models d_in"]]
+) -> LatentActivity:
+    """Encode ``batches`` (model units, as from ``paired_batches``) and count, per latent,
+    where it fires and how strongly. Memory: one batch."""
+    cfg = crosscoder.cfg
+    device = crosscoder.W_dec.device
+    n_active = torch.zeros(cfg.d_sae, dtype=torch.long)
+    total = torch.zeros(cfg.d_sae, dtype=torch.float64)
+    n_tokens, sq_norm = 0, 0.0
+    for batch in _checked(batches, cfg.n_models, cfg.d_in, device):
+        x = crosscoder._normalise(batch)
+        acts = crosscoder._activate(crosscoder._pre(x), batch_topk=False)
+        n_active += (acts > 0).sum(0).cpu()
+        total += acts.double().sum(0).cpu()
+        n_tokens += len(batch)
+        sq_norm += float(x.double().pow(2).sum(-1).sum())
+    if n_tokens == 0:
+        raise RlinterpError("no tokens to measure the crosscoder's latent activity on")
+    mean = (total / n_active.clamp(min=1)).float()
+    return LatentActivity(n_tokens, n_active, mean, (sq_norm / (n_tokens * cfg.n_models)) ** 0.5)
+
+
+@torch.no_grad()
+def latent_table(
+    crosscoder: Crosscoder, base: int = 0, post: int = 1, activity: LatentActivity | None = None
+) -> pd.DataFrame:
+    """One row per latent: ``dec_norm_<m>`` for every model m (normalised units); for the pair
+    (base, post): ``rel_norm`` = ||d_post|| / (||d_base|| + ||d_post||) (NaN when both are 0),
+    ``norm_ratio`` = ||d_post|| / ||d_base|| in model units (how much more the RL model
+    writes the latent; the normalisation scales rescale every latent alike, so this ratio,
+    not ``rel_norm``, says amplified or suppressed), the ``cosine`` of the two decoder vectors
+    (0 when one is 0) and ``kind``, the first that applies of:
+
+    - "inactive": fired on fewer than ``MIN_FIRINGS`` tokens (only with ``activity``);
+    - "base_only" / "rl_only": ``rel_norm`` under ``BASE_ONLY_BELOW`` / over ``RL_ONLY_ABOVE``
+      (check these with ``latent_scaling``);
+    - "repurposed": ``cosine`` under ``REPURPOSED_BELOW`` and, with ``activity``, a ``change``
+      of at least ``REPURPOSED_MIN_CHANGE``;
+    - "amplified" / "suppressed": ``norm_ratio`` at least ``AMPLIFIED_ABOVE`` / at most
+      ``SUPPRESSED_BELOW``;
+    - "shared".
+
+    With ``activity`` (from ``latent_activity`` on the training tokens) the table also has
+    ``frequency``, ``mean_activation`` and ``change`` = mean activation x ||d_post - d_base||
+    / token RMS norm (normalised units): how far the latent's write moves where it fires.
+    Without it, norms say nothing about firing: a dead latent keeps its random initial
+    decoders, which are independent per model, and may read "repurposed"."""
+    cfg = crosscoder.cfg
+    _check_pair(cfg, base, post)
     dec = crosscoder.W_dec.detach().double().cpu()
     norms = dec.norm(dim=-1)
-    rel_norm = (norms[:, post] / (norms[:, base] + norms[:, post])).numpy()
-    cosine = nn.functional.cosine_similarity(dec[:, base], dec[:, post], dim=-1).numpy()
-    kind = np.select(
-        [rel_norm < BASE_ONLY_BELOW, rel_norm > RL_ONLY_ABOVE], ["base_only", "rl_only"], "shared"
-    )
-    frame = pd.DataFrame({"latent": np.arange(crosscoder.cfg.d_sae)})
-    for m in range(crosscoder.cfg.n_models):
+    model_norms = norms / crosscoder.scales.detach().double().cpu()[None, :]
+    frame = pd.DataFrame({"latent": np.arange(cfg.d_sae)})
+    for m in range(cfg.n_models):
         frame[f"dec_norm_{m}"] = norms[:, m].numpy()
-    frame["rel_norm"], frame["cosine"], frame["kind"] = rel_norm, cosine, kind
+    frame["rel_norm"] = (norms[:, post] / (norms[:, base] + norms[:, post])).numpy()
+    frame["norm_ratio"] = (model_norms[:, post] / model_norms[:, base]).numpy()
+    frame["cosine"] = nn.functional.cosine_similarity(dec[:, base], dec[:, post], dim=-1).numpy()
+    # Both decoders non-zero (rel_norm finite): a zero decoder has cosine 0 with anything.
+    moved = (frame["cosine"].to_numpy() < REPURPOSED_BELOW) & np.isfinite(frame["rel_norm"].to_numpy())
+    inactive = np.zeros(cfg.d_sae, dtype=bool)
+    if activity is not None:
+        frame["frequency"] = activity.n_active.numpy() / activity.n_tokens
+        frame["mean_activation"] = activity.mean_activation.numpy()
+        shift = (dec[:, post] - dec[:, base]).norm(dim=-1).numpy()
+        frame["change"] = frame["mean_activation"] * shift / activity.token_norm
+        moved &= frame["change"].to_numpy() >= REPURPOSED_MIN_CHANGE
+        inactive = activity.n_active.numpy() < MIN_FIRINGS
+    rel_norm, norm_ratio = frame["rel_norm"].to_numpy(), frame["norm_ratio"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        conditions = [
+            inactive,
+            rel_norm < BASE_ONLY_BELOW,
+            rel_norm > RL_ONLY_ABOVE,
+            moved,
+            norm_ratio >= AMPLIFIED_ABOVE,
+            norm_ratio <= SUPPRESSED_BELOW,
+        ]
+    kinds = ["inactive", "base_only", "rl_only", "repurposed", "amplified", "suppressed"]
+    frame["kind"] = np.select(conditions, kinds, "shared")
     return frame
 
 
@@ -431,7 +534,7 @@ def latent_scaling(
     cfg = crosscoder.cfg
     _check_pair(cfg, own, other)
     if not latents or not all(0 <= j < cfg.d_sae for j in latents):
-        raise ValueError(f"latents must be a non-empty list of indices in [0, {cfg.d_sae}), got {latents}")
+        raise RlinterpError(f"latents must be a non-empty list of indices in [0, {cfg.d_sae}), got {latents}")
     index = torch.tensor(latents, device=crosscoder.W_dec.device)
     dec = crosscoder.W_dec[index].double()  # [latent, model, d_in]
     d_own = dec[:, own]

@@ -8,16 +8,20 @@
 
 from one ``DictionaryConfig``, and writes beside the dictionary:
 
-- ``rlinterp.json``: method, store, models, hook, config (written last: finished marker);
+- ``rlinterp.json``: method, store, models, hook, config and fingerprint (written once,
+  last: the finished marker, see ``rundir``; an interrupted run resumes from its training
+  checkpoint when started again with the same store, method, models, hook and config);
 - ``top_contexts.parquet``: the highest-activating tokens of every latent with their
   context (for a crosscoder, on the paired tokens, which are the same for every model);
-- for a crosscoder, ``latents.parquet`` (decoder norms, relative norm, shared / base-only /
-  RL-only) and ``latent_scaling.parquet`` for the latents that look exclusive.
+- for a crosscoder, ``latents.parquet`` (decoder norms and cosine, firing frequency, and a
+  kind: shared / amplified / suppressed / repurposed / base-only / RL-only / inactive, see
+  ``crosscoder.latent_table``) and ``latent_scaling.parquet`` for the latents that look
+  exclusive.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -27,11 +31,15 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+from sae_lens import SAE
 
-from .artifacts import write_json, write_parquet
+from . import rundir
+from .artifacts import write_parquet
 from .crosscoder import (
+    EXCLUSIVE_KINDS,
     Crosscoder,
     CrosscoderConfig,
+    latent_activity,
     latent_scaling,
     latent_table,
     paired_batches,
@@ -39,9 +47,20 @@ from .crosscoder import (
 )
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches
-from .sae import Architecture, SAETrainConfig, Source, TrainedSAE, activation_shards, train_sae
+from .loading import require_device
+from .sae import (
+    ARCHITECTURES,
+    CHECKPOINT,
+    ENTRIES,
+    Architecture,
+    SAETrainConfig,
+    Source,
+    TrainedSAE,
+    activation_shards,
+    dictionary_fingerprint,
+    fit_sae,
+)
 from .sae_eval import evaluate_sae, fvu_drift
-from .series import ModelSeries
 
 Method = Literal["sae", "diff-sae", "crosscoder"]
 METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
@@ -66,7 +85,20 @@ class DictionaryConfig:
     seed: int = 0
     """Initialisation and data order."""
     device: str = "cpu"
-    """Where the dictionary trains (``cuda`` on a GPU machine)."""
+    """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "n_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RlinterpError(f"{name} must be a positive integer, got {value!r}")
+        if self.k > self.d_sae:
+            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
+        if self.architecture not in ARCHITECTURES:
+            raise RlinterpError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
+        require_device(self.device)
 
     def sae_config(self) -> SAETrainConfig:
         return SAETrainConfig(
@@ -102,46 +134,74 @@ def train_dictionary(
     model: str | None = None,
     base: str | None = None,
     models: list[str] | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
     """Train one dictionary (see the module docstring); return its folder.
 
     ``model`` is the model of an ``sae``/``diff-sae`` (default: the store's base for an SAE,
     its last model for a diff-SAE); ``base`` the reference of a diff-SAE (default: the
     store's first model); ``models`` those of a crosscoder, base first (default: the store's
-    first and last)."""
+    first and last). ``out`` must be absent, empty or a dictionary directory: a finished
+    dictionary of the same fingerprint is kept as it is, an interrupted one resumed; one of
+    other inputs is refused naming what changed, or (``force``) trained again."""
     cfg = cfg or DictionaryConfig()
     out = Path(out)
     labels = store.labels
     if method not in METHODS:
         raise RlinterpError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if (out / "rlinterp.json").is_file():
-        raise RlinterpError(f"{out} already holds a trained dictionary; choose another output directory")
     if hook not in store.hooks:
         raise RlinterpError(f"hook {hook!r} was not harvested in {store.root}; it has {store.hooks}")
-    tokenizer = ModelSeries.from_store(store, check_fidelity=False).tokenizer()
+    _check_models(store, method, model, base, models)
+    source: Source = "diff" if method == "diff-sae" else "acts"
+    chosen = models or [labels[0], labels[-1]]
+    label = model or (labels[-1] if source == "diff" else labels[0])
+    reference = (base or labels[0]) if source == "diff" else None
+    tokenizer = store.series(check_fidelity=False).tokenizer()
+    which = {"models": chosen} if method == "crosscoder" else {"model": label, "base": reference}
+    settings = {"method": method, "hook": hook, **which, **asdict(cfg)}
+    inputs = dictionary_fingerprint(store, settings)
+    claimed = rundir.claim(out, rundir.DICTIONARY, inputs, ENTRIES, resumable=(CHECKPOINT,), force=force)
+    if claimed.state == "finished":
+        return out
     manifest: dict[str, Any]
     if method == "crosscoder":
-        chosen = models or [labels[0], labels[-1]]
         _crosscoder(store, chosen, hook, out, cfg)
         crosscoder = Crosscoder.load(out)
         shards = zip(*(store.shards(label, hook) for label in chosen), strict=True)
         contexts = top_activations(crosscoder.encode(torch.stack(pair, dim=1)) for pair in shards)
-        manifest = {"kind": "crosscoder", "models": chosen, "store": str(store.root)}
+        manifest = {"models": chosen, "store": str(store.root)}
     else:
-        source: Source = "diff" if method == "diff-sae" else "acts"
-        label = model or (labels[-1] if source == "diff" else labels[0])
-        reference = (base or labels[0]) if source == "diff" else None
-        trained = train_sae(store, label, hook, out, cfg.sae_config(), source, reference)
+        manifest = fit_sae(store, label, hook, out, cfg.sae_config(), source, reference)
+        sae = SAE.load_from_disk(str(out))
         contexts = top_activations(
-            trained.sae.encode(x) for x in activation_shards(store, label, hook, source, reference)
+            sae.encode(x) for x in activation_shards(store, label, hook, source, reference)
         )
-        manifest = dict(trained.manifest)
     context_table = pd.concat([contexts, store.token_contexts(contexts["row"].tolist(), tokenizer)], axis=1)
     context_table = context_table.astype({"latent": "int64", "rank": "int64", "row": "int64"})
     write_parquet(out / "top_contexts.parquet", context_table)
     manifest |= {"method": method, "hook": hook, "dictionary_config": asdict(cfg)}
-    write_json(out / "rlinterp.json", manifest)  # last: the dictionary is finished
+    rundir.finish(out, rundir.DICTIONARY, manifest)  # last: the dictionary is finished
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return out
+
+
+def _check_models(
+    store: ActivationStore, method: Method, model: str | None, base: str | None, models: list[str] | None
+) -> None:
+    """Before any compute: the named models exist in the store and the method gets two
+    different ones where it compares (crosscoder, diff-SAE)."""
+    labels = store.labels
+    named = (models or []) if method == "crosscoder" else [m for m in (model, base) if m is not None]
+    unknown = [m for m in named if m not in labels]
+    if unknown:
+        raise RlinterpError(f"no model {unknown[0]!r} in {store.root}; it has {labels}")
+    if method == "crosscoder":
+        chosen = models or [labels[0], labels[-1]]
+        if len(set(chosen)) < 2 or len(set(chosen)) != len(chosen):
+            raise RlinterpError(f"a crosscoder compares at least two different models, got {chosen}")
+    elif method == "diff-sae" and (model or labels[-1]) == (base or labels[0]):
+        raise RlinterpError(f"a diff-SAE needs two different models; both are {model or labels[-1]!r}")
 
 
 def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -> pd.DataFrame:
@@ -149,10 +209,9 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
     with spliced CE/KL when ``downstream``); written to ``eval.parquet`` beside it. For a
     crosscoder, its latent table with the latent-scaling verdicts."""
     path = Path(path)
-    manifest_path = path / "rlinterp.json"
-    if not manifest_path.is_file():
-        raise RlinterpError(f"{path} is not a finished rlinterp dictionary (no rlinterp.json)")
-    manifest = json.loads(manifest_path.read_text())
+    hint = "train it with `rlinterp dictionaries train`"
+    manifest = rundir.read_finished(path, rundir.DICTIONARY, hint)
+    rundir.remove_orphans(path, manifest.get("entries", ENTRIES))  # of a killed earlier evaluation
     if manifest["method"] == "crosscoder":
         table = pd.read_parquet(path / "latents.parquet")
         scaling = path / "latent_scaling.parquet"
@@ -162,7 +221,7 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
         return table
     store = ActivationStore.load(manifest["store"])
     sae = TrainedSAE.load(path).sae
-    series = ModelSeries.from_store(store) if downstream else None
+    series = store.series() if downstream else None
     if manifest["method"] == "diff-sae":
         table = pd.DataFrame(
             [asdict(evaluate_sae(sae, store, manifest["model"], manifest["hook"], series, manifest["base"]))]
@@ -193,13 +252,14 @@ def _crosscoder(
         _repeat(store, labels, hook, cfg.batch_size, cfg.seed),
         cfg.crosscoder_config(d_in, len(labels)),
         device=cfg.device,
-        checkpoint=out / "checkpoint",
+        checkpoint=out / CHECKPOINT,
     )
     crosscoder.save(out)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    table = latent_table(crosscoder, base=0, post=len(labels) - 1)
+    shards = zip(*(store.shards(label, hook) for label in labels), strict=True)
+    activity = latent_activity(crosscoder, (torch.stack(pair, dim=1) for pair in shards))
+    table = latent_table(crosscoder, base=0, post=len(labels) - 1, activity=activity)
     write_parquet(out / "latents.parquet", table)
-    exclusive = table.index[table["kind"] != "shared"].tolist()
+    exclusive = table.index[table["kind"].isin(EXCLUSIVE_KINDS)].tolist()
     if exclusive:
         scaling = pd.concat(
             [

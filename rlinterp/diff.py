@@ -1,9 +1,11 @@
 """The scripted diff of a checkpoint series: weights, activations and outputs of every RL
-checkpoint against the base, written as Parquet tables, a JSON summary and an HTML report.
+checkpoint against the base, written as Parquet tables and a JSON summary.
 
 ``run_diff(series, prompts, out)`` is what ``rlinterp diff`` calls. Output layout:
 
-- ``manifest.json``: checkpoints, prompts, hooks, versions; written last (finished marker);
+- ``manifest.json``: checkpoints, prompts, hooks, versions and the fingerprint of the
+  inputs (that of the activation store); written last: only a directory with it is a
+  finished diff (see ``rundir``), whatever else it holds;
 - ``activations/``: the activation store (resumable, see ``harvest``);
 - ``weights.parquet``: one row per (checkpoint, parameter), see ``weight_diff``;
 - ``weights_by_component.parquet``: one row per (checkpoint, layer, component);
@@ -13,8 +15,11 @@ checkpoint against the base, written as Parquet tables, a JSON summary and an HT
 - ``top_tokens.parquet``: the tokens that changed most, with their context;
 - ``mean_diffs.safetensors``: ``"<label>/<hook>"`` -> mean difference vector;
 - ``summary.json``: per checkpoint, one headline number per metric family
-  (schema in ``SUMMARY_SCHEMA``);
-- ``report.html``: self-contained report (plotly.js embedded).
+  (schema in ``SUMMARY_SCHEMA``).
+
+Computing a diff does not draw it: ``report.write_report`` turns the returned
+``SeriesDiff`` (or ``SeriesDiff.load(out)``) into ``report.html``, which ``rlinterp diff``
+writes beside the tables.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from typing import Any
 
 import pandas as pd
 
+from . import rundir
 from .activation_diff import ActivationDiff, diff_activations
-from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
-from .errors import RlinterpError
-from .harvest import ActivationStore, HarvestConfig, harvest
+from .artifacts import environment_versions, read_parquet, write_json, write_parquet, write_safetensors
+from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
 from .output_diff import diff_outputs
 from .prompts import PromptSet
 from .series import ModelSeries
@@ -81,30 +86,55 @@ class SeriesDiff:
             )
         return rows
 
+    def _repr_html_(self) -> str:
+        from .page import table
+
+        return table(pd.DataFrame(self.summary()))
+
     @classmethod
     def load(cls, root: str | Path) -> SeriesDiff:
-        """Read a finished ``run_diff`` output directory."""
+        """Read a finished ``run_diff`` output directory (an unfinished one is refused)."""
         root = Path(root)
-        if not (root / "manifest.json").is_file():
-            raise RlinterpError(
-                f"{root} is not a finished diff (no manifest.json); run `rlinterp diff` again"
-            )
-        return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
+        rundir.read_finished(root, rundir.DIFF, "run `rlinterp diff` again")
+        remedy = "run `rlinterp diff` again into a new directory"
+        return cls(**{name: read_parquet(root / f"{name}.parquet", remedy) for name in TABLES})
 
 
 TABLES = ("weights", "weights_by_component", "activations", "outputs", "lens", "top_tokens")
+STORE = "activations"
+ENTRIES = (
+    STORE,
+    *(f"{name}.parquet" for name in TABLES),
+    "mean_diffs.safetensors",
+    "summary.json",
+    "report.html",
+)
+"""Everything ``run_diff`` writes besides its manifest."""
 
 
 def run_diff(
-    series: ModelSeries, prompts: PromptSet, out: str | Path, harvest_cfg: HarvestConfig | None = None
+    series: ModelSeries,
+    prompts: PromptSet,
+    out: str | Path,
+    harvest_cfg: HarvestConfig | None = None,
+    *,
+    force: bool = False,
 ) -> SeriesDiff:
     """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``.
+
+    ``out`` must be absent, empty or a diff: a finished diff of the same inputs is read
+    back, not recomputed; an interrupted one resumes its harvest; one of other inputs is
+    refused naming what changed, or (``force``) computed again from scratch.
 
     Each checkpoint is run twice: once to harvest its activations, once beside the base for
     the KL (next-token distributions are too large to store)."""
     out = Path(out)
-    (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
-    store = harvest(series, prompts, out / "activations", harvest_cfg)
+    series.validate()
+    inputs = fingerprint(series, prompts, harvest_cfg)
+    claimed = rundir.claim(out, rundir.DIFF, inputs, ENTRIES, resumable=(STORE,), force=force)
+    if claimed.state == "finished":
+        return SeriesDiff.load(out)
+    store = harvest(series, prompts, out / STORE, harvest_cfg)
     weights, by_component = _weight_tables(series)
     activations = diff_activations(store)
     outputs = diff_outputs(series, store, activations.mean_diffs)
@@ -152,18 +182,15 @@ def _write(
     store: ActivationStore,
     n_prompts: int,
 ) -> None:
-    from .report import write_report
-
     for name in TABLES:
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     vectors = {f"{label}/{hook}": v for (label, hook), v in activations.mean_diffs.items()}
     write_safetensors(out / "mean_diffs.safetensors", vectors)
     write_json(out / "summary.json", {"schema": SUMMARY_SCHEMA, "checkpoints": result.summary()})
-    write_report(result, out / "report.html", title=f"rlinterp diff: {len(series) - 1} checkpoints vs base")
-    write_json(
-        out / "manifest.json",  # last: marks the directory finished
+    rundir.finish(  # last: marks the directory finished
+        out,
+        rundir.DIFF,
         {
-            "kind": "rlinterp.diff",
             "checkpoints": series.describe(),
             "fidelity": series.fidelity,
             "hooks": store.hooks,

@@ -9,11 +9,20 @@ written as one safetensors shard per (model, hook, batch), so:
 - shard ``k`` of every model and hook holds the same tokens, in the same order, so two
   models are compared shard by shard without any index bookkeeping;
 - an interrupted harvest resumes: a shard that exists was written atomically and is
-  complete, so only missing shards are computed.
+  complete, so only missing shards are computed; the store's fingerprint (``fingerprint``:
+  weight, config and tokenizer hashes, prompts, hooks, truncation, dtype, batch size)
+  must match, so shards of other inputs are never mixed in (see ``rundir``).
 
-Layout: ``manifest.json`` (``complete`` becomes true last), ``tokens.safetensors``
+Layout: ``manifest.json`` (written last, see ``rundir.finish``), ``tokens.safetensors``
 (``tokens``, ``keep``, ``lengths``), ``<label>/<hook>/shard-<k>.safetensors`` (``acts``:
 ``[kept tokens of batch k, d]``, float32).
+
+One rule maps shards to tokens, ``token_batches``: batch ``k`` is prompts
+``[k * batch_size, (k + 1) * batch_size)``, cut to its longest real row, and its shard holds
+the ``keep`` positions of that slice in row-major order. The store's rows (its shards one
+after another) are therefore the kept tokens of the whole prompt set in row-major order.
+Harvesting, the KL pass (``output_diff``), SAE splicing (``sae_eval``) and token contexts
+all go through this rule, so the rows they talk about are the same tokens.
 """
 
 from __future__ import annotations
@@ -26,25 +35,34 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
-from .artifacts import environment_versions, write_json, write_safetensors
+from . import rundir
+from .artifacts import (
+    config_sha256,
+    environment_versions,
+    tokenizer_sha256,
+    weights_sha256,
+    write_safetensors,
+)
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
-from .series import ModelSeries
+from .series import DTYPES, Checkpoint, ModelSeries
 
 log = logging.getLogger(__name__)
 
-KIND = "rlinterp.activations"
+KIND = rundir.STORE.name
+MANIFEST = rundir.STORE.manifest
+TOKENS = "tokens.safetensors"
 BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -95,6 +113,44 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 2:
+            raise RlinterpError(f"max_length must leave room for BOS and one token, got {self.max_length}")
+        if self.hooks is not None and not self.hooks:
+            raise RlinterpError("hooks is empty; give at least one hook name, or None for the default")
+
+
+class TokenBatch(NamedTuple):
+    """One batch of prompts as it is run through a model: the tokens of shard ``shard``."""
+
+    shard: int
+    """The shard number ``k``."""
+    prompts: slice
+    """Prompt rows of the tokenized set: ``[k * batch_size, (k + 1) * batch_size)``, the last
+    batch cut at the number of prompts."""
+    tokens: Int[Tensor, "batch pos"]
+    """The batch's tokens, cut to its longest real row (no all-padding columns)."""
+    keep: Bool[Tensor, "batch pos"]
+    """The positions the shard stores, in row-major order."""
+    lengths: Int[Tensor, " batch"]
+    """Real length of each row, BOS included."""
+    rows: slice
+    """The store rows (indices into the kept tokens of the whole set) this shard holds."""
+
+
+def token_batches(tokenized: TokenizedPrompts, batch_size: int) -> Iterator[TokenBatch]:
+    """The batches of ``tokenized`` in shard order (the module docstring's rule)."""
+    if batch_size < 1:
+        raise RlinterpError(f"batch_size must be positive, got {batch_size}")
+    offset, n_prompts = 0, tokenized.tokens.shape[0]
+    for k, start in enumerate(range(0, n_prompts, batch_size)):
+        prompts = slice(start, min(start + batch_size, n_prompts))
+        lengths = tokenized.lengths[prompts]
+        width = int(lengths.max())
+        keep = tokenized.keep[prompts, :width]
+        n_kept = int(keep.sum())
+        tokens = tokenized.tokens[prompts, :width]
+        yield TokenBatch(k, prompts, tokens, keep, lengths, slice(offset, offset + n_kept))
+        offset += n_kept
 
 
 class ActivationStore:
@@ -106,16 +162,19 @@ class ActivationStore:
 
     @classmethod
     def load(cls, root: str | Path) -> ActivationStore:
+        """Open a finished store; raise if ``root`` is unfinished or something else."""
         root = Path(root)
-        path = root / "manifest.json"
-        if not path.is_file():
-            raise RlinterpError(f"{root} is not an activation store (no manifest.json)")
-        manifest = json.loads(path.read_text())
-        if manifest.get("kind") != KIND:
-            raise RlinterpError(f"{path} is not an activation store manifest")
-        if not manifest.get("complete"):
-            raise RlinterpError(f"the harvest in {root} is unfinished; run it again to resume")
-        return cls(root, manifest)
+        return cls(root, rundir.read_finished(root, rundir.STORE, "run the harvest (or diff) again"))
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What determined these activations (``harvest``'s fingerprint; for a store
+        written without one, the inputs its manifest describes)."""
+        recorded = self.manifest.get("fingerprint")
+        if isinstance(recorded, dict):
+            return recorded
+        described = ("checkpoints", "hooks", "batch_size", "n_prompts", "n_shards", "prompts_sha256")
+        return {key: self.manifest.get(key) for key in described}
 
     @property
     def hooks(self) -> list[str]:
@@ -129,9 +188,26 @@ class ActivationStore:
     def n_shards(self) -> int:
         return int(self.manifest["n_shards"])
 
+    @property
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        """The checkpoints the store was harvested from (paths from its manifest)."""
+        return tuple(Checkpoint(c["label"], c["step"], Path(c["path"])) for c in self.manifest["checkpoints"])
+
+    def series(self, **kwargs: Any) -> ModelSeries:
+        """The series the store was harvested from, in the dtype it was harvested in;
+        ``kwargs`` go to ``ModelSeries`` (``device``, ``dtype``, ``check_fidelity``, ...)."""
+        described = self.manifest["checkpoints"]
+        if "dtype" in described[0]:
+            kwargs.setdefault("dtype", DTYPES.get(described[0]["dtype"]))
+        return ModelSeries(self.checkpoints, **kwargs)
+
     def tokens(self) -> TokenizedPrompts:
-        saved = load_file(self.root / "tokens.safetensors")
+        saved = load_file(self.root / TOKENS)
         return TokenizedPrompts(tokens=saved["tokens"], lengths=saved["lengths"], keep=saved["keep"].bool())
+
+    def token_batches(self) -> Iterator[TokenBatch]:
+        """The store's prompts batch by batch, batch ``k`` being the tokens of shard ``k``."""
+        return token_batches(self.tokens(), int(self.manifest["batch_size"]))
 
     def token_contexts(
         self, rows: Sequence[int], tokenizer: PreTrainedTokenizerBase, context: int = 12
@@ -139,7 +215,9 @@ class ActivationStore:
         """For store rows (kept tokens, in store order): ``prompt, position``, the decoded
         ``context`` of up to ``context`` tokens before it (BOS excluded) and the ``token``."""
         tokenized = self.tokens()
-        where = tokenized.keep.nonzero()
+        # (prompt, position) of every store row, through the same rule that wrote the shards
+        batches = token_batches(tokenized, int(self.manifest["batch_size"]))
+        where = torch.cat([b.keep.nonzero() + torch.tensor([b.prompts.start, 0]) for b in batches])
         out = []
         for row in rows:
             prompt, pos = (int(v) for v in where[int(row)])
@@ -180,7 +258,7 @@ def shuffled_batches(
     is reshuffled after each chunk, so memory stays at one chunk plus the buffer; rows of
     nearby chunks mix, distant ones less. Deterministic in ``seed``."""
     if batch_size < 1 or buffer_batches < 1:
-        raise ValueError(
+        raise RlinterpError(
             f"batch_size and buffer_batches must be positive, got {batch_size}, {buffer_batches}"
         )
     generator = torch.Generator().manual_seed(seed)
@@ -217,51 +295,94 @@ def epoch_batches(
             raise RlinterpError(f"{what} has fewer tokens than one batch of {batch_size}")
 
 
+def _settings(series: ModelSeries, cfg: HarvestConfig) -> tuple[TransformerBridge, list[str], int]:
+    """The loaded base model, the hooks and the truncation length ``cfg`` resolves to."""
+    base = series.load(series.base)
+    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
+    _check_hooks(base, hooks)
+    return base, hooks, cfg.max_length or base.cfg.n_ctx
+
+
+def prompts_sha256(prompts: PromptSet) -> str:
+    """Digest of the texts and their prompt/response split (labels do not change activations)."""
+    return hashlib.sha256(json.dumps([prompts.texts, prompts.response_starts]).encode()).hexdigest()
+
+
+def fingerprint(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig | None = None) -> dict[str, Any]:
+    """Everything that determines the shards of harvesting ``prompts`` through ``series``
+    (what resume compares): checkpoint labels and steps, every checkpoint's weight and
+    config hashes, the tokenizer files, prompts, hooks, truncation, dtype, BOS and
+    response handling, batch size. Not the device or paths: they do not change the result.
+    Loads the base model (to resolve default hooks and context length)."""
+    cfg = cfg or HarvestConfig()
+    _, hooks, max_length = _settings(series, cfg)
+    return _fingerprint(series, prompts, cfg, hooks, max_length)
+
+
+def _fingerprint(
+    series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str], max_length: int
+) -> dict[str, Any]:
+    found: dict[str, Any] = {"checkpoints": [f"{c.label} (step {c.step})" for c in series]}
+    for c in series:
+        found[f"weights of {c.label}"] = weights_sha256(c.path)
+        found[f"config of {c.label}"] = config_sha256(c.path)
+    return found | {
+        "tokenizer": tokenizer_sha256(series.base.path),
+        "prompts": prompts_sha256(prompts),
+        "hooks": hooks,
+        "max_length": max_length,
+        "dtype": str(series.dtype).removeprefix("torch."),
+        "include_bos": cfg.include_bos,
+        "response_only": cfg.response_only,
+        "batch_size": cfg.batch_size,
+    }
+
+
 def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps([prompts.texts, prompts.response_starts]).encode()).hexdigest()
-    n_shards = -(-len(prompts) // cfg.batch_size)
     return {
-        "kind": KIND,
         "checkpoints": series.describe(),
         "hooks": hooks,
         "batch_size": cfg.batch_size,
         "n_prompts": len(prompts),
-        "n_shards": n_shards,
-        "prompts_sha256": digest,
+        "n_shards": -(-len(prompts) // cfg.batch_size),
+        "prompts_sha256": prompts_sha256(prompts),
         "include_bos": cfg.include_bos,
         "response_only": cfg.response_only,
     }
 
 
 def harvest(
-    series: ModelSeries, prompts: PromptSet, out: str | Path, cfg: HarvestConfig | None = None
+    series: ModelSeries,
+    prompts: PromptSet,
+    out: str | Path,
+    cfg: HarvestConfig | None = None,
+    *,
+    force: bool = False,
 ) -> ActivationStore:
-    """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``
-    (resuming a previous, identical harvest there)."""
+    """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``.
+
+    ``out`` must be absent, empty, or a store: a finished store of the same fingerprint is
+    returned as it is, an interrupted one resumed; one of other inputs is refused naming
+    what changed, or (``force``) harvested again from scratch."""
     cfg = cfg or HarvestConfig()
     out = Path(out)
     series.validate()
-    base = series.load(series.base)
-    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
-    _check_hooks(base, hooks)
-    plan = _plan(series, prompts, cfg, hooks)
-    previous = out / "manifest.json"
-    if previous.is_file():
-        done = json.loads(previous.read_text())
-        if {k: done.get(k) for k in plan} != plan:
-            raise RlinterpError(
-                f"{out} holds a harvest with other checkpoints, hooks, prompts or batch size; "
-                "choose another output directory"
-            )
-        if done.get("complete"):
-            return ActivationStore(out, done)
-    write_json(previous, {**plan, "complete": False})
-
-    tokenized = prompts.tokenize(
-        base.tokenizer, cfg.max_length or base.cfg.n_ctx, cfg.include_bos, cfg.response_only
+    base, hooks, max_length = _settings(series, cfg)
+    entries = {TOKENS, *(c.label for c in series)}
+    claimed = rundir.claim(
+        out,
+        rundir.STORE,
+        _fingerprint(series, prompts, cfg, hooks, max_length),
+        entries,
+        resumable=entries,
+        force=force,
     )
+    if claimed.manifest is not None:  # finished, from the same inputs
+        return ActivationStore(out, claimed.manifest)
+    plan = _plan(series, prompts, cfg, hooks)
+    tokenized = prompts.tokenize(base.tokenizer, max_length, cfg.include_bos, cfg.response_only)
     write_safetensors(
-        out / "tokens.safetensors",
+        out / TOKENS,
         {"tokens": tokenized.tokens, "keep": tokenized.keep.to(torch.uint8), "lengths": tokenized.lengths},
     )
     layers = [hook_layer(h) for h in hooks]
@@ -277,29 +398,27 @@ def harvest(
         if not missing:
             continue
         model = series.load(checkpoint)
-        for k in tqdm(missing, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
-            rows = slice(k * cfg.batch_size, (k + 1) * cfg.batch_size)
-            _harvest_batch(model, checkpoint.label, tokenized, rows, hooks, stop_at, store, k)
-    write_json(previous, {**plan, "complete": True, "versions": environment_versions()})
-    return ActivationStore(out, {**plan, "complete": True})
+        todo = [batch for batch in token_batches(tokenized, cfg.batch_size) if batch.shard in missing]
+        for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
+            _harvest_batch(model, checkpoint.label, batch, hooks, stop_at, store)
+    cut = tokenized.tokens_cut  # truncation is also logged by tokenize
+    truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
+    manifest = {**plan, "truncated": truncated, "versions": environment_versions()}
+    return ActivationStore(out, rundir.finish(out, rundir.STORE, manifest))
 
 
 @torch.no_grad()
 def _harvest_batch(
     model: TransformerBridge,
     label: str,
-    tokenized: TokenizedPrompts,
-    rows: slice,
+    batch: TokenBatch,
     hooks: list[str],
     stop_at: int | None,
     store: ActivationStore,
-    k: int,
 ) -> None:
-    tokens, keep = tokenized.tokens[rows], tokenized.keep[rows]
-    width = int(tokenized.lengths[rows].max())  # drop all-padding columns
-    tokens, keep = tokens[:, :width], keep[:, :width]
+    keep = batch.keep
     stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
+    _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
     for hook in hooks:
         acts = cache[hook]
         if acts.ndim != 3:
@@ -309,6 +428,7 @@ def _harvest_batch(
             )
         kept = acts[keep.to(acts.device)].float().cpu()
         if not torch.isfinite(kept).all():
-            bad = sorted({rows.start + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
+            first = batch.prompts.start
+            bad = sorted({first + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
             raise RlinterpError(f"non-finite activations in {label} at {hook} (prompts {bad[:5]})")
-        write_safetensors(store.shard_path(label, hook, k), {"acts": kept})
+        write_safetensors(store.shard_path(label, hook, batch.shard), {"acts": kept})

@@ -56,8 +56,6 @@ def diff_outputs(
     """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``, and
     the lens of each ``(label, hook) -> direction`` read through that checkpoint's ``W_U``
     (while the checkpoint is loaded anyway)."""
-    tokenized = store.tokens()
-    batch = int(store.manifest["batch_size"])
     rows, tops, lenses = [], [], []
     for checkpoint in series:
         base_model, post_model = series.load(series.base), series.load(checkpoint)
@@ -66,10 +64,9 @@ def diff_outputs(
                 lens = difference_lens(vector, post_model.W_U, post_model.tokenizer, top_k)
                 lenses.append(lens.assign(label=label, hook=hook))
         kls, base_top, post_top = [], [], []
-        for start in range(0, tokenized.tokens.shape[0], batch):
-            width = int(tokenized.lengths[start : start + batch].max())
-            tokens = tokenized.tokens[start : start + batch, :width].to(post_model.cfg.device)
-            keep = tokenized.keep[start : start + batch, :width].to(post_model.cfg.device)
+        for batch in store.token_batches():  # in store-row order: kl[i] is store row i
+            tokens = batch.tokens.to(post_model.cfg.device)
+            keep = batch.keep.to(post_model.cfg.device)
             # The base is run again for every checkpoint: its [tokens, vocab] log-probs are
             # too large to keep for real vocabularies, and a forward is cheaper than the disk.
             log_q = F.log_softmax(base_model(tokens, return_type="logits").float()[keep], dim=-1)

@@ -12,6 +12,7 @@ Invariants of ``TokenizedPrompts``:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from .errors import RlinterpError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,18 @@ class PromptSet:
     def __post_init__(self) -> None:
         if not self.texts:
             raise RlinterpError("the prompt set is empty; give at least one prompt")
-        if self.response_starts is not None and len(self.response_starts) != len(self.texts):
-            raise RlinterpError("response_starts needs one entry per text")
+        for i, text in enumerate(self.texts):
+            if not isinstance(text, str) or not text.strip():
+                raise RlinterpError(f"prompt {i} is empty or not a string; every prompt needs text")
+        if self.response_starts is not None:
+            if len(self.response_starts) != len(self.texts):
+                raise RlinterpError("response_starts needs one entry per text")
+            for i, (text, start) in enumerate(zip(self.texts, self.response_starts, strict=True)):
+                if start is not None and not 0 <= start < len(text):
+                    raise RlinterpError(
+                        f"prompt {i}: its response starts at character {start}, outside its "
+                        f"{len(text)} characters; the response must be non-empty"
+                    )
         for name, values in self.labels.items():
             if len(values) != len(self.texts):
                 raise RlinterpError(f"label {name!r} has {len(values)} values for {len(self.texts)} texts")
@@ -53,38 +66,47 @@ class PromptSet:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> PromptSet:
-        """A ``.txt`` file (one prompt per non-empty line) or a ``.jsonl`` file whose rows
-        have ``text``, or ``prompt`` and ``response``; other string fields become labels."""
+        """A UTF-8 ``.txt`` file (one prompt per non-empty line) or a ``.jsonl`` file whose
+        rows are objects with a non-empty ``text``, or ``prompt`` and ``response`` strings;
+        other string fields become labels. Errors name the file and line."""
         path = Path(path)
         if not path.is_file():
             raise RlinterpError(f"prompt file {path} does not exist")
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        if not lines:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line_no = raw[: e.start].count(b"\n") + 1
+            raise RlinterpError(f"{path}:{line_no} is not UTF-8 ({e.reason}); save the file as UTF-8") from e
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if not numbered:
             raise RlinterpError(f"prompt file {path} is empty")
         if path.suffix != ".jsonl":
-            return cls(tuple(lines))
+            return cls(tuple(line for _, line in numbered))
         rows = []
-        for n, line in enumerate(lines, 1):
+        for n, line in numbered:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
-        return cls.from_records(rows, source=str(path))
+            if not isinstance(row, dict):
+                raise RlinterpError(f"{path}:{n} is a JSON {type(row).__name__}, not an object with a 'text'")
+            rows.append(row)
+        return cls.from_records(rows, source=str(path), lines=[n for n, _ in numbered])
 
     @classmethod
-    def from_records(cls, rows: list[dict[str, object]], source: str = "records") -> PromptSet:
+    def from_records(
+        cls, rows: list[dict[str, object]], source: str = "records", lines: list[int] | None = None
+    ) -> PromptSet:
+        """Rows with a non-empty ``text``, or ``prompt`` and a non-empty ``response``
+        (strings); ``lines`` gives each row's line in ``source`` for error messages."""
         texts: list[str] = []
         starts: list[int | None] = []
-        for n, row in enumerate(rows, 1):
-            if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-                prompt, response = str(row["prompt"]), str(row["response"])
-                texts.append(prompt + response)
-                starts.append(len(prompt))
-            elif isinstance(row.get("text"), str):
-                texts.append(str(row["text"]))
-                starts.append(None)
-            else:
-                raise RlinterpError(f"{source} row {n} needs a 'text' or a 'prompt' and 'response' string")
+        for i, row in enumerate(rows):
+            where = f"{source}:{lines[i]}" if lines is not None else f"{source} row {i + 1}"
+            text, start = _record_text(row, where)
+            texts.append(text)
+            starts.append(start)
         skip = {"text", "prompt", "response"}
         names = sorted({k for row in rows for k, v in row.items() if k not in skip and isinstance(v, str)})
         labels = {k: tuple(str(row.get(k, "")) for row in rows) for k in names}
@@ -119,21 +141,38 @@ class PromptSet:
         include_bos: bool = False,
         response_only: bool = False,
     ) -> TokenizedPrompts:
-        """BOS + tokens, right-padded to the longest text (truncated to ``max_length``)."""
+        """BOS + tokens, right-padded to the longest text, truncated to ``max_length`` tokens
+        (logged as a warning with the number of prompts and tokens cut, and kept in
+        ``TokenizedPrompts.tokens_cut``)."""
+        if max_length < 2:
+            raise RlinterpError(f"max_length must leave room for BOS and one token, got {max_length}")
         if response_only and self.response_starts is None:
             raise RlinterpError("response_only needs prompts with a prompt/response split")
         bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         if bos is None:
             raise RlinterpError("the tokenizer has no BOS token; rlinterp prepends one to every prompt")
         pad = bos if pad is None else pad
-        rows, response_from = [], []
+        rows, response_from, cut = [], [], []
         for i, text in enumerate(self.texts):
             start = None if self.response_starts is None else self.response_starts[i]
             # Prompt and response are tokenized apart, so the split is a token boundary.
             head = _encode(tokenizer, text[:start]) if start is not None else []
             tail = _encode(tokenizer, text[start:] if start is not None else text)
-            rows.append([bos, *head, *tail][:max_length])
+            full = [bos, *head, *tail]
+            rows.append(full[:max_length])
+            cut.append(len(full) - len(rows[-1]))
             response_from.append(1 + len(head))
+        tokens_cut = torch.tensor(cut)
+        if tokens_cut.any():
+            log.warning(
+                "%d of %d prompts are longer than %d tokens (the context); %d tokens were cut from "
+                "their ends (at most %d from one prompt)",
+                int((tokens_cut > 0).sum()),
+                len(cut),
+                max_length,
+                int(tokens_cut.sum()),
+                int(tokens_cut.max()),
+            )
         width = max(len(r) for r in rows)
         tokens = torch.full((len(rows), width), pad, dtype=torch.long)
         keep = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -141,7 +180,26 @@ class PromptSet:
             tokens[i, : len(row)] = torch.tensor(row)
             keep[i, (first if response_only else 0 if include_bos else 1) : len(row)] = True
         lengths = torch.tensor([len(r) for r in rows])
-        return TokenizedPrompts(tokens=tokens, lengths=lengths, keep=keep)
+        return TokenizedPrompts(tokens=tokens, lengths=lengths, keep=keep, tokens_cut=tokens_cut)
+
+
+def _record_text(row: object, where: str) -> tuple[str, int | None]:
+    """A record's full text and response start (None without a prompt/response split)."""
+    if not isinstance(row, dict):
+        raise RlinterpError(f"{where} is a {type(row).__name__}, not an object with a 'text'")
+    if "prompt" in row or "response" in row:
+        prompt, response = row.get("prompt"), row.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise RlinterpError(f"{where} needs both 'prompt' and 'response' as strings")
+        if not response.strip():
+            raise RlinterpError(f"{where} has an empty 'response'; every split prompt needs response tokens")
+        return prompt + response, len(prompt)
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise RlinterpError(f"{where} needs a 'text' string (or 'prompt' and 'response')")
+    if not text.strip():
+        raise RlinterpError(f"{where} has an empty 'text'")
+    return text, None
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -157,6 +215,9 @@ class TokenizedPrompts:
     """Real (unpadded) length of each row, BOS included."""
     keep: Bool[Tensor, "prompt pos"]
     """Positions that statistics use (see the module docstring)."""
+    tokens_cut: Int[Tensor, " prompt"] | None = None
+    """Tokens truncation removed from the end of each prompt; None when unknown (read
+    back from a store)."""
 
     @property
     def attention_mask(self) -> Int[Tensor, "prompt pos"]:

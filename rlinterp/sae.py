@@ -9,16 +9,23 @@ our activation store instead of a language model: ``SAETrainer.step`` takes any
   *diff-SAE*: its latents are candidate "what RL added" directions).
 
 Saved in SAELens' layout (``cfg.json`` + ``sae_weights.safetensors``, opened by
-``sae_lens.SAE.load_from_disk``) plus ``rlinterp.json`` recording what it was trained on.
-Training checkpoints every ``checkpoint_every`` steps to ``<out>/checkpoint/`` in
-safetensors + JSON (SAELens' own trainer checkpoints are pickles, which rlinterp never
-writes or loads), and a run started again on the same ``out`` resumes from there.
-Deterministic from ``seed`` at a fixed thread count.
+``sae_lens.SAE.load_from_disk``) plus ``rlinterp.json``, the dictionary's manifest: what it
+was trained on and its fingerprint, written once, last (see ``rundir``), so a directory
+without it is unfinished whatever else it holds. ``cfg.json`` carries the metadata SAELens'
+own tools read (``saelens_metadata``: hook, model, context size, BOS handling), so
+``SAETransformerBridge.add_sae`` splices a saved SAE at its hook. A diff-SAE reads
+``post - base``: splicing it alone into a model is not what it was trained on (its metadata
+says ``rlinterp_source: diff``). Training checkpoints every ``checkpoint_every`` steps to
+``<out>/checkpoint/`` in safetensors + JSON (SAELens' own trainer checkpoints are pickles,
+which rlinterp never writes or loads), and a run started again on the same ``out`` with the
+same fingerprint (store, model, hook, config) resumes from there. Deterministic from
+``seed`` at a fixed thread count.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -50,13 +57,31 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import rundir
 from .artifacts import optimizer_tensors, restore_optimizer, write_json, write_parquet, write_safetensors
 from .errors import RlinterpError
 from .harvest import ActivationStore, epoch_batches, shuffled_batches
+from .loading import require_device
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
+ARCHITECTURES: tuple[Architecture, ...] = ("topk", "batchtopk", "jumprelu", "standard")
 Source = Literal["acts", "diff"]
-MANIFEST = "rlinterp.json"
+MANIFEST = rundir.DICTIONARY.manifest
+CHECKPOINT = "checkpoint"
+ENTRIES = (
+    "cfg.json",
+    "sae_weights.safetensors",
+    "crosscoder_weights.safetensors",
+    "training_log.parquet",
+    CHECKPOINT,
+    "top_contexts.parquet",
+    "latents.parquet",
+    "latent_scaling.parquet",
+    "eval.parquet",
+)
+"""Everything a dictionary directory (of any method) holds besides its manifest."""
+NOT_FINGERPRINTED = ("device", "checkpoint_every")
+"""Config fields that do not change a trained dictionary (resume is bit-identical)."""
 LOG_EVERY = 50
 """Steps between rows of ``training_log.parquet``."""
 
@@ -85,13 +110,25 @@ class SAETrainConfig:
     """Steps between resumable checkpoints."""
     device: str = "cpu"
     """Where the SAE trains (batches come from the store on the CPU)."""
+    init_from: str | None = None
+    """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
+    fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the
+    same architecture (``topk`` or ``standard``), ``d_in`` and ``d_sae``."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("topk", "batchtopk", "jumprelu", "standard"):
-            raise ValueError(f"unknown SAE architecture {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise RlinterpError(
+                f"unknown SAE architecture {self.architecture!r}; choose one of {ARCHITECTURES}"
+            )
         for name in ("d_sae", "k", "n_tokens", "batch_size", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if not getattr(self, name) > 0:
+                raise RlinterpError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
+            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
+        for name in ("lr", "sparsity_coefficient"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise RlinterpError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
+        require_device(self.device)
 
 
 def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
@@ -163,12 +200,21 @@ class TrainedSAE:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainedSAE:
+        """Open a finished SAE or diff-SAE (an unfinished one is refused)."""
         path = Path(path)
-        if not (path / MANIFEST).is_file() or not (path / "sae_weights.safetensors").is_file():
-            raise RlinterpError(
-                f"{path} is not a finished rlinterp SAE (needs {MANIFEST} and sae_weights.safetensors)"
-            )
-        return cls(path, SAE.load_from_disk(str(path)), json.loads((path / MANIFEST).read_text()))
+        manifest = rundir.read_finished(
+            path, rundir.DICTIONARY, "train it with `rlinterp dictionaries train`"
+        )
+        if manifest.get("method") not in ("sae", "diff-sae"):
+            raise RlinterpError(f"{path} holds a {manifest.get('method')}, not an SAE")
+        return cls(path, SAE.load_from_disk(str(path)), manifest)
+
+
+def dictionary_fingerprint(store: ActivationStore, settings: dict[str, Any]) -> dict[str, Any]:
+    """A dictionary's inputs: the store's own fingerprint (as one digest) and ``settings``
+    (method, models, hook, config), minus ``NOT_FINGERPRINTED``."""
+    kept = {k: v for k, v in settings.items() if k not in NOT_FINGERPRINTED}
+    return {"store": rundir.digest(store.fingerprint), **kept}
 
 
 def train_sae(
@@ -179,12 +225,39 @@ def train_sae(
     cfg: SAETrainConfig | None = None,
     source: Source = "acts",
     base: str | None = None,
+    *,
+    force: bool = False,
 ) -> TrainedSAE:
-    """Train an SAE on ``store`` (see the module docstring) and save it in ``out``."""
+    """Train an SAE on ``store`` (see the module docstring) and save it in ``out``.
+
+    ``out`` must be absent, empty or a dictionary directory: a finished SAE of the same
+    fingerprint is returned as it is, an interrupted one resumed from its checkpoint; one of
+    other inputs is refused naming what changed, or (``force``) trained again."""
     cfg = cfg or SAETrainConfig()
     out = Path(out)
-    if (out / MANIFEST).is_file():
-        raise RlinterpError(f"{out} already holds a trained SAE; choose another output directory")
+    reference = (base or store.labels[0]) if source == "diff" else None
+    next(activation_shards(store, label, hook, source, reference))  # bad input fails before any write
+    method = "diff-sae" if source == "diff" else "sae"
+    settings = {"method": method, "hook": hook, "model": label, "base": reference, **asdict(cfg)}
+    inputs = dictionary_fingerprint(store, settings)
+    claimed = rundir.claim(out, rundir.DICTIONARY, inputs, ENTRIES, resumable=(CHECKPOINT,), force=force)
+    if claimed.state != "finished":
+        rundir.finish(out, rundir.DICTIONARY, fit_sae(store, label, hook, out, cfg, source, reference))
+        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    return TrainedSAE.load(out)
+
+
+def fit_sae(
+    store: ActivationStore,
+    label: str,
+    hook: str,
+    out: Path,
+    cfg: SAETrainConfig,
+    source: Source = "acts",
+    base: str | None = None,
+) -> dict[str, Any]:
+    """Train an SAE into ``out`` (claimed by the caller), resuming from ``out/checkpoint``;
+    return the manifest describing it, for the caller to ``rundir.finish``."""
     d_in = next(activation_shards(store, label, hook, source, base)).shape[1]
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.n_tokens,
@@ -197,7 +270,7 @@ def train_sae(
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(()))
-    checkpoint = out / "checkpoint"
+    checkpoint = out / CHECKPOINT
     log: list[dict[str, float | int]] = []
     done = _restore(trainer, checkpoint, log) if (checkpoint / "trainer_state.json").is_file() else 0
     norm_batches = trainer_cfg.n_batches_for_norm_estimate
@@ -206,6 +279,8 @@ def train_sae(
     )
     if trainer.activation_scaler.scaling_factor is None:
         trainer.activation_scaler.estimate_scaling_factor(d_in, data, norm_batches)
+        if cfg.init_from is not None:
+            _warm_start(trainer.sae, Path(cfg.init_from), trainer.activation_scaler.scaling_factor)
     total = trainer_cfg.total_training_steps
     with tqdm(total=total, initial=done, desc=f"SAE {label} {hook}", disable=None, leave=False) as bar:
         while trainer.n_training_steps < total:
@@ -221,9 +296,11 @@ def train_sae(
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()
+    for name, value in saelens_metadata(store, label, hook, source, base).items():
+        sae.cfg.metadata[name] = value
     sae.save_inference_model(str(out))  # e.g. BatchTopK becomes a JumpReLU with its threshold
     manifest = {
-        "kind": "diff_sae" if source == "diff" else "sae",
+        "method": "diff-sae" if source == "diff" else "sae",
         "store": str(store.root),
         "model": label,
         "base": (base or store.labels[0]) if source == "diff" else None,
@@ -235,9 +312,66 @@ def train_sae(
     write_parquet(
         out / "training_log.parquet", frame[["step", "tokens", *sorted(set(frame) - {"step", "tokens"})]]
     )
-    write_json(out / MANIFEST, manifest)  # last: marks the SAE finished
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    return TrainedSAE.load(out)
+    return manifest
+
+
+def saelens_metadata(
+    store: ActivationStore, label: str, hook: str, source: Source = "acts", base: str | None = None
+) -> dict[str, Any]:
+    """The ``cfg.metadata`` fields SAELens' tools read (as its own training runner writes
+    them), describing how the store's activations were made: each prompt its own sequence,
+    BOS prepended, the BOS position left out unless the harvest kept it."""
+    checkpoint = next(c for c in store.checkpoints if c.label == label)
+    return {
+        "hook_name": hook,
+        "hook_head_index": None,
+        "model_name": str(checkpoint.path),
+        "context_size": int(store.tokens().tokens.shape[1]),
+        "prepend_bos": True,
+        "seqpos_slice": (0 if store.manifest.get("include_bos") else 1, None),
+        "disable_concat_sequences": True,
+        "exclude_special_tokens": False,
+        "rlinterp_source": source,
+        "rlinterp_base_model": (base or store.labels[0]) if source == "diff" else None,
+    }
+
+
+WARM_START_ARCHITECTURES = ("topk", "standard")
+"""Architectures whose saved inference weights map exactly onto the training SAE (BatchTopK
+is saved as a JumpReLU, and a JumpReLU threshold lives in the activation units)."""
+
+
+@torch.no_grad()
+def _warm_start(sae: TrainingSAE[Any], path: Path, scaling_factor: float | None) -> None:
+    """Load the saved SAE at ``path`` into ``sae``, un-folding the new run's input scaling
+    ``scaling_factor`` (the inverse of ``fold_activation_norm_scaling_factor``), so that
+    the training SAE computes the saved SAE's function on the scaled inputs it will see."""
+    saved = TrainedSAE.load(path).sae
+    architecture = saved.cfg.architecture()
+    if architecture != sae.cfg.architecture() or architecture not in WARM_START_ARCHITECTURES:
+        raise RlinterpError(
+            f"cannot warm-start a {sae.cfg.architecture()} SAE from the {architecture} SAE in {path}; "
+            f"warm starts need the same architecture, one of {', '.join(WARM_START_ARCHITECTURES)}"
+        )
+    if (saved.cfg.d_in, saved.cfg.d_sae) != (sae.cfg.d_in, sae.cfg.d_sae):
+        raise RlinterpError(
+            f"the SAE in {path} has d_in {saved.cfg.d_in} and d_sae {saved.cfg.d_sae}; "
+            f"this run needs {sae.cfg.d_in} and {sae.cfg.d_sae}"
+        )
+    scale = 1.0 if scaling_factor is None else float(scaling_factor)
+    W_dec = saved.W_dec * scale  # un-fold the new run's input scaling
+    trade = torch.ones(sae.cfg.d_sae, device=W_dec.device)
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        # A TopK SAE that rescales by decoder norm computes the same latents and output
+        # whatever its rows' norms, so give them the norm a fresh SAELens initialisation
+        # starts from: Adam moves each weight by about lr per step, so a row's norm sets
+        # how fast it turns, and a warm start should turn at the rate a fresh run does.
+        target = sae.cfg.decoder_init_norm or 1.0
+        trade = target / W_dec.norm(dim=-1).clamp(min=1e-12)
+    sae.W_dec.copy_(W_dec * trade[:, None])
+    sae.W_enc.copy_(saved.W_enc / scale / trade[None, :])
+    sae.b_enc.copy_(saved.b_enc / trade)
+    sae.b_dec.copy_(saved.b_dec * scale)
 
 
 def _log_row(trainer: SAETrainer[Any], step: TrainStepOutput) -> dict[str, float | int]:

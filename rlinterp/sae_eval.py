@@ -112,21 +112,22 @@ def _downstream(
 ) -> dict[str, float]:
     checkpoint = next(c for c in series if c.label == label)
     model = series.load(checkpoint)
-    tokenized = store.tokens()
-    batch = int(store.manifest["batch_size"])
     ce = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
     kl_sum, n_targets = 0.0, 0
     base_shards = store.shards(base, hook) if base is not None else None
-    for k, post in enumerate(store.shards(label, hook)):
-        rows = slice(k * batch, (k + 1) * batch)
-        width = int(tokenized.lengths[rows].max())
-        tokens = tokenized.tokens[rows, :width].to(model.cfg.device)
-        keep = tokenized.keep[rows, :width].to(model.cfg.device)
+    for batch, post in zip(store.token_batches(), store.shards(label, hook), strict=True):
+        if len(post) != batch.rows.stop - batch.rows.start:
+            raise RlinterpError(
+                f"shard {batch.shard} of {label} at {hook} holds {len(post)} tokens, its prompts "
+                f"{batch.rows.stop - batch.rows.start}; the store in {store.root} is damaged"
+            )
+        tokens, keep = batch.tokens.to(model.cfg.device), batch.keep.to(model.cfg.device)
+        width = tokens.shape[1]
         floor = next(base_shards) if base_shards is not None else torch.zeros_like(post)
         x = post - floor if base_shards is not None else post
         spliced_values = (floor + sae.decode(sae.encode(x.to(sae.device))).cpu()).to(model.cfg.device)
         # a position predicts the next token; the last real position of a row has none
-        lengths = tokenized.lengths[rows].to(model.cfg.device)
+        lengths = batch.lengths.to(model.cfg.device)
         has_next = torch.arange(width, device=model.cfg.device).unsqueeze(0) < (lengths.unsqueeze(1) - 1)
         targets = tokens[:, 1:][(keep & has_next)[:, :-1]]
         logits = {}

@@ -1,51 +1,56 @@
 """A base model and its RL checkpoints, as one ordered, validated series.
 
 ``ModelSeries`` is the entry point of every diff: it names each checkpoint (a label and
-an RL step), checks *before any compute* that all checkpoints are comparable (same
-architecture, sizes, tokenizer vocabulary and special tokens), and loads them lazily
-through TransformerLens, at most ``max_loaded`` at a time. Index 0 is always the base.
+an RL step), checks *before any compute* (``validate``, see ``series_checks``: configs,
+tokenizer files, safetensors headers, weight bytes for duplicates) that all checkpoints are
+comparable, and loads them lazily through TransformerLens, at most ``max_loaded`` at a
+time. Index 0 is always the base, a full checkpoint; the others are full checkpoints
+(single-file or sharded safetensors, any float dtype) or PEFT LoRA adapters over the base.
+
+Layouts read (``from_run_dir``, ``from_paths``): ``checkpoint-<N>/`` (transformers/TRL,
+full or adapter), ``step-<N>/`` (the organism), ``global_step<N>/`` (DeepSpeed, once
+converted to safetensors) and plain numbered folders ``<N>/``. Real runs save hundreds of
+checkpoints; ``select`` keeps a subset.
 
 Invariants:
-- checkpoints are sorted by step and labels are unique;
-- ``load(i)`` returns a model whose logits were checked against the plain ``transformers``
-  model on a few tokens (``fidelity[label]`` holds the max abs difference), so a diff is
-  never an artefact of the loader.
+- steps strictly increase along the series and labels are unique; the device exists here;
+- every checkpoint is loaded in one dtype (``dtype``, or the widest dtype the checkpoints
+  store), so bf16 weights stay bf16 unless float32 is asked for;
+- ``load(i)`` returns a model with only finite weights (a NaN or Inf weight is reported by
+  its name, as loaded in the series' dtype) whose logits were checked against the plain
+  ``transformers`` model (for an adapter: PEFT's unmerged model) on a few tokens
+  (``fidelity[label]`` holds the max abs difference), so a diff is never an artefact of
+  the loader.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from .adapters import LoraAdapter, is_adapter
+from .checkpoint import Checkpoint
 from .errors import RlinterpError
+from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
+from .series_checks import check_comparable, check_steps, identical_pairs, series_dtype
 
-if TYPE_CHECKING:
-    from .harvest import ActivationStore
-from .loading import load_bridge, logit_fidelity, require_checkpoint
+log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step)[-_]?(\d+)$")
+STEP_DIR = re.compile(r"^(?:(?:checkpoint|step|global_step)[-_]?)?(\d+)$")
 """Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
-the organism (``step-5``) and DeepSpeed (``global_step500``)."""
-
-COMPARED_CONFIG = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "vocab_size",
-)
-"""Config fields that must agree across a series (``hidden_size`` and friends resolve
-through each config's attribute map, so GPT-2's ``n_embd`` is compared too)."""
+the organism (``step-5``), DeepSpeed (``global_step500``), or just the step (``500``)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 """Largest relative logit difference (``Fidelity.relative``) accepted between the hooked
@@ -56,20 +61,17 @@ Two implementations round half precision differently, hence the looser bounds; a
 loader is off by O(1)."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One model of the series."""
-
-    label: str
-    """Unique, filesystem-safe name (``base``, ``step-25``, ``checkpoint-500``)."""
-    step: int
-    """RL step; the base model is step 0."""
-    path: Path
-    """The Hugging Face checkpoint folder."""
-
-
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def _step_label(path: Path) -> tuple[int, str] | None:
+    """Step and label of a folder named in a known layout (``500/`` is labelled step-500)."""
+    match = STEP_DIR.match(path.name)
+    if not match:
+        return None
+    step = int(match.group(1))
+    return step, f"step-{step}" if path.name.isdigit() else _label(path.name)
 
 
 @dataclass
@@ -78,35 +80,56 @@ class ModelSeries:
 
     checkpoints: tuple[Checkpoint, ...]
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | None = None
+    """Dtype every model is loaded in; None: the widest floating dtype the full checkpoints
+    store (bf16 checkpoints load in bf16; ask for ``torch.float32`` to upcast)."""
     max_loaded: int = 2
     """Models kept in memory at once (the base and the one being compared)."""
     check_fidelity: bool = True
+    on_identical: Literal["warn", "error", "ignore"] = "warn"
+    """What ``validate`` does about checkpoints holding byte-identical weights: log a
+    warning naming both, raise, or skip the check (it reads every weight byte)."""
     fidelity: dict[str, float] = field(default_factory=dict)
     """Label -> max absolute logit difference measured when the model was loaded."""
     _loaded: OrderedDict[str, TransformerBridge] = field(default_factory=OrderedDict, repr=False)
+    _validated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.checkpoints) < 1:
             raise RlinterpError("a model series needs at least one checkpoint")
+        check_steps(self.checkpoints)
         labels = [c.label for c in self.checkpoints]
         if len(set(labels)) != len(labels):
             raise RlinterpError(f"checkpoint labels must be unique, got {labels}")
         for c in self.checkpoints:
             require_checkpoint(c.path)
+        if is_adapter(self.base.path):
+            raise RlinterpError(
+                f"the base of a series must be a full checkpoint, but {self.base.path} is an adapter; "
+                "give the model it was trained on as the base"
+            )
+        require_device(self.device)
+        if self.on_identical not in ("warn", "error", "ignore"):
+            raise RlinterpError(f"on_identical must be warn, error or ignore, got {self.on_identical!r}")
+        if self.dtype is None:
+            self.dtype = series_dtype(self.checkpoints)
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype every model is loaded in (``dtype``, resolved)."""
+        assert self.dtype is not None  # resolved by __post_init__
+        return self.dtype
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def from_paths(cls, paths: Sequence[str | os.PathLike[str]], **kwargs: object) -> ModelSeries:
-        """The first path is the base; the rest are RL checkpoints in the given order
-        (their step is parsed from the folder name when it follows a known layout, else
-        their position)."""
-        checkpoints = []
-        for i, p in enumerate(paths):
+        """The first path is the base; the rest are RL checkpoints in step order (their
+        step is parsed from the folder name when it follows a known layout, else their
+        position)."""
+        checkpoints = [Checkpoint("base", 0, Path(paths[0]))]
+        for i, p in enumerate(paths[1:], 1):
             path = Path(p)
-            match = STEP_DIR.match(path.name)
-            step = 0 if i == 0 else int(match.group(1)) if match else i
-            label = "base" if i == 0 else _label(path.name if match else f"{path.parent.name}-{path.name}")
+            step, label = _step_label(path) or (i, _label(f"{path.parent.name}-{path.name}"))
             checkpoints.append(Checkpoint(label, step, path))
         return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
 
@@ -114,33 +137,25 @@ class ModelSeries:
     def from_run_dir(
         cls, run_dir: str | os.PathLike[str], base: str | os.PathLike[str] | None = None, **kwargs: object
     ) -> ModelSeries:
-        """The checkpoints of a training run directory (``checkpoint-<N>/``, ``step-<N>/``
-        or ``global_step<N>/``), ordered by step. ``base`` defaults to the step-0 folder."""
+        """The checkpoints of a training run directory (``checkpoint-<N>/``, ``step-<N>/``,
+        ``global_step<N>/`` or ``<N>/``), ordered by step. ``base`` defaults to the step-0
+        folder, else to the local base model the adapter checkpoints name."""
         root = Path(run_dir)
         if not root.is_dir():
             raise RlinterpError(f"run directory {root} does not exist")
         found = sorted(
-            (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))
+            (parsed[0], parsed[1], p) for p in root.iterdir() if p.is_dir() and (parsed := _step_label(p))
         )
         if not found:
             raise RlinterpError(
-                f"{root} has no checkpoint folders named checkpoint-<N>, step-<N> or global_step<N>"
+                f"{root} has no checkpoint folders named checkpoint-<N>, step-<N>, global_step<N> or <N>"
             )
-        if base is None:
-            if found[0][0] != 0:
-                raise RlinterpError(f"{root} has no step-0 checkpoint; pass the base model folder explicitly")
-            base_path, rest = found[0][1], found[1:]
+        if base is None and found[0][0] == 0:
+            base_path, rest = found[0][2], found[1:]
         else:
-            base_path, rest = Path(base), [(s, p) for s, p in found if s != 0]
-        checkpoints = [Checkpoint("base", 0, base_path)] + [Checkpoint(_label(p.name), s, p) for s, p in rest]
-        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_store(cls, store: ActivationStore, **kwargs: object) -> ModelSeries:
-        """The series an activation store was harvested from (paths from its manifest)."""
-        checkpoints = [
-            Checkpoint(c["label"], c["step"], Path(c["path"])) for c in store.manifest["checkpoints"]
-        ]
+            base_path = Path(base) if base is not None else _named_base(root, [p for _, _, p in found])
+            rest = [f for f in found if f[0] != 0]
+        checkpoints = [Checkpoint("base", 0, base_path)] + [Checkpoint(label, s, p) for s, label, p in rest]
         return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
 
     @classmethod
@@ -156,40 +171,74 @@ class ModelSeries:
         return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
 
     @classmethod
-    def from_spec(cls, specs: Sequence[str], regime: str | None = None, **kwargs: object) -> ModelSeries:
-        """What the CLI's ``--series`` accepts: one organism directory (or its
-        ``manifest.json``) with ``regime``, one training run directory, or several
-        checkpoint folders (base first)."""
+    def from_spec(
+        cls,
+        specs: Sequence[str | os.PathLike[str]],
+        regime: str | None = None,
+        base: str | os.PathLike[str] | None = None,
+        **kwargs: object,
+    ) -> ModelSeries:
+        """What the CLI's ``--series`` (and ``--base``) accept: one organism directory (or
+        its ``manifest.json``) with ``regime``; one training run directory; or checkpoint
+        folders, base first unless ``base`` is given."""
+        root = Path(specs[0])
+        folders = len(specs) > 1 or (root / "config.json").is_file() or is_adapter(root)
+        if folders and base is not None:
+            return cls.from_paths([base, *specs], **kwargs)
         if len(specs) > 1:
             return cls.from_paths(specs, **kwargs)
-        root = Path(specs[0])
         organism_root = root.parent if root.name == "manifest.json" else root
         if (organism_root / "manifest.json").is_file():
             if regime is None:
                 raise RlinterpError(f"{organism_root} is an organism; say which regime to diff with --regime")
             return cls.from_organism(organism_root, regime, **kwargs)
-        if root.is_dir() and not (root / "config.json").is_file():
-            return cls.from_run_dir(root, None, **kwargs)
+        if root.is_dir() and not (root / "config.json").is_file() and not is_adapter(root):
+            return cls.from_run_dir(root, base, **kwargs)
         raise RlinterpError(
             f"{root}: give an organism directory, a run directory with checkpoint-<N> folders, "
-            "or at least two checkpoint folders (base first)"
+            "or checkpoint folders (base first, or the base with --base)"
+        )
+
+    def select(self, steps: Sequence[int] | None = None, every: int | None = None) -> ModelSeries:
+        """The base and some of the RL checkpoints: those at ``steps``, or every
+        ``every``-th one (the every-th, 2·every-th, ... and always the last)."""
+        rest = self.checkpoints[1:]
+        if (steps is None) == (every is None):
+            raise RlinterpError("select checkpoints by steps or by every, not both or neither")
+        if every is not None:
+            if every < 1:
+                raise RlinterpError(f"every must be a positive number of checkpoints, got {every}")
+            chosen = [c for i, c in enumerate(rest, 1) if i % every == 0 or i == len(rest)]
+        else:
+            by_step = {c.step: c for c in rest}
+            missing = sorted({s for s in steps or () if s not in by_step and s != 0})
+            if missing:
+                have = sorted(by_step)
+                shown = ", ".join(map(str, have[:10])) + (", ..." if len(have) > 10 else "")
+                raise RlinterpError(f"no checkpoint at step(s) {missing}; the series has steps {shown}")
+            chosen = [by_step[s] for s in sorted(set(steps or ())) if s != 0]
+        return dataclasses.replace(
+            self, checkpoints=(self.base, *chosen), fidelity={}, _loaded=OrderedDict(), _validated=False
         )
 
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise if any checkpoint differs from the base in architecture, sizes or
-        tokenizer; reads only configs and tokenizer files, never weights."""
-        base = self.checkpoints[0]
-        reference = _signature(base.path)
-        for other in self.checkpoints[1:]:
-            theirs = _signature(other.path)
-            for key, value in reference.items():
-                if theirs[key] != value:
-                    shown = (value, theirs[key]) if key != "vocab" else ("...", "...")
-                    raise RlinterpError(
-                        f"checkpoints {base.label} ({base.path}) and {other.label} ({other.path}) "
-                        f"differ in {key}: {shown[0]} vs {shown[1]}"
-                    )
+        """Raise ``RlinterpError`` if the checkpoints cannot be compared with the base
+        (``series_checks.check_comparable``), and report byte-identical checkpoints as
+        ``on_identical`` says. Reads files, never builds a model; once per series object."""
+        if self._validated:
+            return
+        check_comparable(self.checkpoints)
+        if self.on_identical != "ignore":
+            for first, later in identical_pairs(self.checkpoints):
+                message = (
+                    f"checkpoints {first.label} ({first.path}) and {later.label} ({later.path}) hold "
+                    "byte-identical weights"
+                )
+                if self.on_identical == "error":
+                    raise RlinterpError(f"{message}; leave one out, or allow it with on_identical='warn'")
+                log.warning("%s; their diffs against the base will be the same", message)
+        self._validated = True
 
     # -- loading ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -210,16 +259,18 @@ class ModelSeries:
             return self._loaded[checkpoint.label]
         while len(self._loaded) >= self.max_loaded:
             self._loaded.popitem(last=False)
-        model = load_bridge(checkpoint.path, device=self.device, dtype=self.dtype)
+        base = self.base.path if is_adapter(checkpoint.path) else None
+        model = load_bridge(checkpoint.path, device=self.device, dtype=self.load_dtype, base=base)
+        _require_finite(checkpoint, model, self.load_dtype)
         if self.check_fidelity and checkpoint.label not in self.fidelity:
             tokens = torch.arange(min(16, model.cfg.d_vocab)).unsqueeze(0)
-            fidelity = logit_fidelity(checkpoint.path, tokens, model)
-            tolerance = FIDELITY_TOLERANCE.get(self.dtype, FIDELITY_TOLERANCE[torch.float32])
+            fidelity = logit_fidelity(checkpoint.path, tokens, model, base=base)
+            tolerance = FIDELITY_TOLERANCE.get(self.load_dtype, FIDELITY_TOLERANCE[torch.float32])
             if not fidelity.relative <= tolerance:  # also catches NaN
                 raise RlinterpError(
                     f"TransformerLens does not reproduce {checkpoint.label} ({checkpoint.path}): "
                     f"relative logit difference {fidelity.relative:.2e} > {tolerance:.0e} in "
-                    f"{self.dtype}; this architecture is not safe to diff"
+                    f"{self.load_dtype}; this architecture is not safe to diff"
                 )
             self.fidelity[checkpoint.label] = fidelity.max_abs_diff
         self._loaded[checkpoint.label] = model
@@ -230,19 +281,49 @@ class ModelSeries:
         return AutoTokenizer.from_pretrained(self.base.path)
 
     def describe(self) -> list[dict[str, object]]:
-        """JSON-ready description for manifests."""
-        return [{"label": c.label, "step": c.step, "path": str(c.path)} for c in self.checkpoints]
+        """JSON-ready description for manifests: label, step, path, the dtype the models
+        are loaded in, and whether the checkpoint is an adapter over the base."""
+        dtype = str(self.load_dtype).removeprefix("torch.")
+        return [
+            {
+                "label": c.label,
+                "step": c.step,
+                "path": str(c.path),
+                "dtype": dtype,
+                "adapter": is_adapter(c.path),
+            }
+            for c in self.checkpoints
+        ]
 
 
-def _signature(folder: Path) -> dict[str, object]:
-    """What must match across a series, read from one checkpoint folder."""
-    try:
-        config = AutoConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise RlinterpError(f"cannot read the config or tokenizer of {folder}: {e}") from e
-    signature: dict[str, object] = {key: getattr(config, key, None) for key in COMPARED_CONFIG}
-    signature["architectures"] = json.dumps(config.architectures)
-    signature["special tokens"] = json.dumps(tokenizer.special_tokens_map, sort_keys=True)
-    signature["vocab"] = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return signature
+def _named_base(root: Path, folders: list[Path]) -> Path:
+    """The base model that the adapter checkpoints of a run name, if it is a local folder."""
+    adapters = [LoraAdapter.open(p) for p in folders if is_adapter(p)]
+    names = {a.base_name for a in adapters}
+    if not adapters:
+        raise RlinterpError(
+            f"{root} has no step-0 checkpoint; pass the base model folder explicitly (--base)"
+        )
+    if len(names) != 1 or None in names:
+        raise RlinterpError(
+            f"the adapters in {root} name {len(names - {None})} different base models "
+            f"({sorted(n for n in names if n)[:3]}); pass the base model folder explicitly (--base)"
+        )
+    name = str(next(iter(names)))
+    if not Path(name).is_dir():
+        raise RlinterpError(
+            f"the adapters in {root} name the base model {name!r} (adapter_config.json), which is not a "
+            "local folder; pass the base model folder explicitly (--base)"
+        )
+    return Path(name)
+
+
+def _require_finite(checkpoint: Checkpoint, model: TransformerBridge, dtype: torch.dtype) -> None:
+    for wrapped, parameter in model.original_model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            # The bridge wraps each Hugging Face module; unwrapped, the name is the checkpoint's.
+            name = wrapped.replace("._original_component", "")
+            raise RlinterpError(
+                f"weight {name} of {checkpoint.label} ({checkpoint.path}) holds NaN or Inf values "
+                f"when loaded in {dtype}; the checkpoint is damaged or does not fit this dtype"
+            )

@@ -1,8 +1,12 @@
 """What RL changed in the weights: base and RL checkpoints compared parameter by parameter.
 
 Checkpoints are read straight from their safetensors files (``model.safetensors``, or a
-sharded ``model.safetensors.index.json``), never through TransformerLens, so no loader
-folding or reshaping enters the difference. Plain state dicts are accepted too.
+sharded ``model.safetensors.index.json``; see ``weight_files``), never through
+TransformerLens, so no loader folding or reshaping enters the difference. Plain state dicts
+are accepted too. A PEFT LoRA adapter checkpoint (see ``adapters``) is compared as its base
+with the adapter merged in float32; each weight it updates carries the update's rank r
+(``adapter_rank``; the update ``delta`` has rank at most r, which its singular values show).
+Half-precision weights are compared in float32 from their stored values.
 
 For each parameter, with ``delta = post - base``:
 
@@ -22,39 +26,38 @@ For each parameter, with ``delta = post - base``:
 
 Invariants: a checkpoint compared with itself gives exactly zero on every metric; the two
 sides must hold the same parameter names with the same shapes and only finite values,
-otherwise ``diff_weights`` raises ``RlinterpError`` before computing anything. Work is done
-on CPU in float32 (float64 when a side is float64); full SVDs make large matrices slow.
+otherwise ``diff_weights`` raises ``RlinterpError`` before computing anything (a non-finite
+weight is named with its checkpoint). Work is done on CPU in float32 (float64 when a side
+is float64); full SVDs make large matrices slow.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file
 from torch import Tensor
 
+from .adapters import LoraAdapter, is_adapter, merged_state_dict
 from .errors import RlinterpError
+from .weight_files import load_state_dict
 
 Component = Literal["attention", "mlp", "embedding", "norm", "unembedding", "other"]
 Checkpoint = str | os.PathLike[str] | Mapping[str, Tensor]
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 FRAME_COLUMNS = (
     "parameter", "layer", "component", "shape", "numel", "rel_frobenius", "frac_changed",
     "effective_rank", "top_singular_value", "subspace_angle_deg",
-    "base_norm", "delta_norm", "n_changed",
+    "base_norm", "delta_norm", "n_changed", "adapter_rank",
 )  # fmt: skip
-"""Columns of ``WeightDiff.to_frame``; the last three let sums over parameters be recomputed."""
+"""Columns of ``WeightDiff.to_frame``; ``base_norm``, ``delta_norm`` and ``n_changed`` let sums
+over parameters be recomputed; ``adapter_rank`` is empty unless the post side is an adapter."""
 
 _LAYER = re.compile(r"\.(?:h|layers|layer|blocks)\.(\d+)\.")
 # Checked in order: norms first, since "post_attention_layernorm" is a norm, not attention.
@@ -65,26 +68,6 @@ _COMPONENT_PARTS: tuple[tuple[Component, tuple[str, ...]], ...] = (
     ("attention", ("attn", "attention")),
     ("mlp", ("mlp", "feed_forward")),
 )
-
-
-def load_state_dict(folder: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Every tensor of a Hugging Face checkpoint folder, single-file or sharded, on CPU."""
-    folder = Path(folder)
-    if (folder / SINGLE_FILE).is_file():
-        return load_file(folder / SINGLE_FILE)
-    if not (folder / INDEX_FILE).is_file():
-        raise RlinterpError(
-            f"{folder} holds neither {SINGLE_FILE} nor {INDEX_FILE}; pass a checkpoint folder "
-            "saved with save_pretrained(..., safe_serialization=True)"
-        )
-    shards = sorted(set(json.loads((folder / INDEX_FILE).read_text())["weight_map"].values()))
-    missing = [shard for shard in shards if not (folder / shard).is_file()]
-    if missing:
-        raise RlinterpError(f"{folder / INDEX_FILE} lists shards that are not in {folder}: {missing}")
-    state: dict[str, Tensor] = {}
-    for shard in shards:
-        state.update(load_file(folder / shard))
-    return state
 
 
 def parameter_site(name: str) -> tuple[int | None, Component]:
@@ -159,6 +142,9 @@ class ParameterDiff:
     subspace_angle_deg: float | None
     """Largest principal angle between base's and post's top-k left singular subspaces;
     None unless 2-D, NaN if either matrix is zero."""
+    adapter_rank: int | None = None
+    """Rank r of the LoRA update of this weight when post is an adapter checkpoint that
+    updates it; None otherwise."""
 
     @property
     def numel(self) -> int:
@@ -206,10 +192,10 @@ class WeightDiff:
         rows = [
             (p.name, p.layer, p.component, str(p.shape), p.numel, p.rel_frobenius, p.frac_changed)
             + (_nan(p.effective_rank), _nan(p.top_singular_values), _nan(p.subspace_angle_deg))
-            + (p.base_norm, p.delta_norm, p.n_changed)
+            + (p.base_norm, p.delta_norm, p.n_changed, p.adapter_rank)
             for p in self.parameters
         ]
-        return pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"layer": "Int64"})
+        return pd.DataFrame(rows, columns=FRAME_COLUMNS).astype({"layer": "Int64", "adapter_rank": "Int64"})
 
     def by_component(self) -> pd.DataFrame:
         """One row per (layer, component): relative Frobenius norm of the concatenated update,
@@ -234,16 +220,31 @@ class WeightDiff:
 
 
 def diff_weights(base: Checkpoint, post: Checkpoint, top_k: int = 8) -> WeightDiff:
-    """Compare two checkpoints (folders or state dicts) parameter by parameter."""
+    """Compare two checkpoints (folders or state dicts) parameter by parameter; ``post`` may
+    be an adapter checkpoint folder over the ``base`` folder."""
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise RlinterpError(f"top_k must be at least 1, got {top_k}")
+    ranks: dict[str, int] = {}
+    if not isinstance(post, Mapping) and is_adapter(post):
+        if isinstance(base, Mapping):
+            raise RlinterpError(f"{post} is an adapter checkpoint; diff it against its base folder")
+        ranks = LoraAdapter.open(post).ranks()
+        post = merged_state_dict(base, post)
     base_sd, post_sd = (c if isinstance(c, Mapping) else load_state_dict(c) for c in (base, post))
-    _validate(base_sd, post_sd)
-    rows = tuple(_diff_parameter(name, base_sd[name], post_sd[name], top_k) for name in sorted(base_sd))
+    base_name, post_name = (
+        n if isinstance(c, Mapping) else str(c) for c, n in ((base, "base"), (post, "post"))
+    )
+    _validate(base_sd, post_sd, base_name, post_name)
+    rows = tuple(
+        _diff_parameter(name, base_sd[name], post_sd[name], top_k, ranks.get(name))
+        for name in sorted(base_sd)
+    )
     return WeightDiff(parameters=rows, top_k=top_k)
 
 
-def _validate(base: Mapping[str, Tensor], post: Mapping[str, Tensor]) -> None:
+def _validate(
+    base: Mapping[str, Tensor], post: Mapping[str, Tensor], base_name: str = "base", post_name: str = "post"
+) -> None:
     only_base, only_post = sorted(base.keys() - post.keys()), sorted(post.keys() - base.keys())
     if only_base or only_post:
         raise RlinterpError(
@@ -255,17 +256,21 @@ def _validate(base: Mapping[str, Tensor], post: Mapping[str, Tensor]) -> None:
                 f"parameter {name} has shape {tuple(base[name].shape)} in base "
                 f"but {tuple(post[name].shape)} in post"
             )
-    for side, state in (("base", base), ("post", post)):
+    for side, state in ((base_name, base), (post_name, post)):
         for name in sorted(state):
             if not bool(torch.isfinite(state[name]).all()):
-                raise RlinterpError(f"parameter {name} has NaN or Inf values in {side}")
+                raise RlinterpError(
+                    f"weight {name} of {side} holds NaN or Inf values; the checkpoint is damaged"
+                )
 
 
 def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
 
 
-def _diff_parameter(name: str, base: Tensor, post: Tensor, top_k: int) -> ParameterDiff:
+def _diff_parameter(
+    name: str, base: Tensor, post: Tensor, top_k: int, adapter_rank: int | None
+) -> ParameterDiff:
     work = torch.float64 if torch.float64 in (base.dtype, post.dtype) else torch.float32
     b, p = base.detach().cpu().to(work), post.detach().cpu().to(work)
     delta = p - b
@@ -289,4 +294,5 @@ def _diff_parameter(name: str, base: Tensor, post: Tensor, top_k: int) -> Parame
         top_singular_values=top_singular_values,
         effective_rank=rank,
         subspace_angle_deg=angle,
+        adapter_rank=adapter_rank,
     )

@@ -24,6 +24,11 @@ def tiny_organism(tmp_path_factory: pytest.TempPathFactory):
 def micro_config():
     """An organism config small enough to build in seconds: for layout, determinism and
     resume tests, not for behaviour."""
+    return make_micro_config()
+
+
+def make_micro_config():
+    """``micro_config`` outside a fixture (for module-scoped fixtures)."""
     from rlinterp.organism.config import (
         CorpusConfig,
         EvalConfig,
@@ -156,3 +161,28 @@ def tree_hashes(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 ?!.,:\n"
+
+
+def random_checkpoints(root: Path, n_layer: int = 2, d_model: int = 32, seed: int = 0) -> dict[str, Path]:
+    """A random-init GPT-2 saved as ``base`` and, with its layer-0 MLP input weights
+    perturbed, as ``step-1`` (both with the character tokenizer of ``ALPHABET``)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlinterp.organism.model import build_tokenizer
+
+    torch.manual_seed(seed)
+    config = tiny_hf_config("gpt2", vocab_size=len(ALPHABET) + 8, d_model=d_model, n_layer=n_layer)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    folders = {}
+    for label in ("base", "step-1"):
+        if label == "step-1":
+            weight = model.get_parameter("transformer.h.0.mlp.c_fc.weight")
+            with torch.no_grad():
+                weight.add_(0.5 * torch.randn_like(weight))
+        folders[label] = root / label
+        model.save_pretrained(folders[label])
+        build_tokenizer(ALPHABET).save_pretrained(folders[label])
+    return folders

@@ -1,28 +1,38 @@
 """Crosscoders on synthetic activations whose answer is planted: a direction only the RL
 model has, a direction the base model holds at 0.3 of the RL strength, hand-set weights
-for latent scaling, plus save/load, determinism, malformed input and the store reader."""
+for latent scaling and for the latent table's kinds (a repurposed latent, a silent one),
+a rewired MLP neuron of a real GPT-2 found through harvest and train_dictionary, plus
+save/load, determinism, malformed input and the store reader."""
 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch.nn.functional import cosine_similarity
 
+from rlinterp import HarvestConfig, ModelSeries, harvest
 from rlinterp.artifacts import write_json, write_safetensors
 from rlinterp.crosscoder import (
+    MIN_FIRINGS,
+    REPURPOSED_MIN_CHANGE,
     RL_ONLY_ABOVE,
     SPURIOUS_NU,
     WEIGHTS_FILE,
     Crosscoder,
     CrosscoderConfig,
+    latent_activity,
     latent_scaling,
     latent_table,
     paired_batches,
     train_crosscoder,
 )
+from rlinterp.dictionaries import DictionaryConfig, train_dictionary
 from rlinterp.errors import RlinterpError
 from rlinterp.harvest import KIND, ActivationStore
+
+from .planted import PlantedModels, build_planted, planted_prompts
 
 D_IN, N_SHARED, N_TOKENS, BATCH = 16, 12, 8192, 256
 SHRINK = 0.3  # the base model's strength of the shrunk direction, relative to the RL model
@@ -84,17 +94,19 @@ def test_planted_rl_only_direction_is_found_and_survives_latent_scaling(trained)
     assert not scaled["spurious"]
 
 
-def test_shrunk_direction_is_shared_not_exclusive(trained) -> None:
+def test_shrunk_direction_is_amplified_not_exclusive(trained) -> None:
     """Held at 0.3 strength in the base, ``u`` gets one latent whose base decoder is the RL one
-    scaled down: classified shared by its norms, so latent scaling has nothing to veto. The
-    expected ratio is 0.3 times the ratio of the normalisation scales (norms are compared in
-    normalised units, and the base, lacking ``v``, is scaled up a little more)."""
+    scaled down: amplified (the RL model writes it 1/0.3 times as strongly, in model units),
+    not exclusive, so latent scaling has nothing to veto. In normalised units the ratio is
+    0.3 times the ratio of the normalisation scales (the base, lacking ``v``, is scaled up a
+    little more)."""
     crosscoder, acts, _, u = trained
     latent, cos = best_match(crosscoder, u)
     assert cos > 0.99  # measured 0.9999997
     ratio = SHRINK * float(crosscoder.scales[BASE] / crosscoder.scales[RL])  # 0.320
     row = latent_table(crosscoder).iloc[latent]
-    assert row["kind"] == "shared" and row["rel_norm"] < RL_ONLY_ABOVE
+    assert row["kind"] == "amplified" and row["rel_norm"] < RL_ONLY_ABOVE
+    assert row["norm_ratio"] == pytest.approx(1 / SHRINK, rel=0.01)  # measured 3.334
     assert row["rel_norm"] == pytest.approx(1 / (1 + ratio), abs=0.01)  # measured 0.7573
     assert row["cosine"] > 0.99
     scaled = latent_scaling(crosscoder, acts.split(1024), [latent], own=RL, other=BASE).iloc[0]
@@ -138,7 +150,7 @@ def test_latent_scaling_measures_complete_shrinkage(base_strength: float) -> Non
     """Latent 1's base decoder is zero, but the base activations hold ``base_strength`` of it,
     all of it left in the base error: nu_error is exactly that fraction."""
     crosscoder = hand_set_crosscoder(decoupled=False)
-    assert latent_table(crosscoder)["kind"].tolist() == ["shared", "rl_only", "shared"]
+    assert latent_table(crosscoder)["kind"].tolist() == ["shared", "rl_only", "shared"]  # 2: no decoders
     row = latent_scaling(crosscoder, hand_set_acts(base_strength).split(64), [1], own=RL, other=BASE).iloc[0]
     assert row["n_active"] == 200
     assert row["beta_own_error"] == pytest.approx(1.0, abs=1e-6)
@@ -158,6 +170,58 @@ def test_latent_scaling_detects_latent_decoupling() -> None:
     assert row["spurious"]
     silent = latent_scaling(crosscoder, hand_set_acts(0.0).split(64), [2], own=BASE, other=RL).iloc[0]
     assert silent["n_active"] == 0 and not silent["spurious"]  # never fires: NaN betas, no flag
+
+
+def repurposing_crosscoder() -> Crosscoder:
+    """d_in=4, no normalisation: latent 0 is e0 in both models; latent 1 reads and writes e1
+    in the base and e2 in the RL model (fires on the same tokens, writes elsewhere); latent 2
+    never fires (zero encoder) but keeps unrelated decoders, as an untrained latent does."""
+    crosscoder = Crosscoder(CrosscoderConfig(d_in=4, d_sae=3, k=1, normalize=False)).eval()
+    eye = torch.eye(4)
+    with torch.no_grad():
+        for p in (crosscoder.W_enc, crosscoder.b_enc, crosscoder.b_dec):
+            p.zero_()
+        crosscoder.W_enc[:, :, 0] = eye[0] / 2
+        crosscoder.W_dec[0, :] = eye[0]
+        crosscoder.W_enc[BASE, :, 1], crosscoder.W_enc[RL, :, 1] = eye[1] / 2, eye[2] / 2
+        crosscoder.W_dec[1, BASE], crosscoder.W_dec[1, RL] = eye[1], eye[2]
+        crosscoder.W_dec[2, BASE], crosscoder.W_dec[2, RL] = eye[3], -eye[3]
+    return crosscoder
+
+
+def test_repurposed_and_inactive_latents_with_their_evidence() -> None:
+    """Latent 1 fires on every other token with the same coefficient in both models: its
+    change is mean activation x ||e2 - e1|| / token RMS norm, computed here from the data."""
+    g = torch.Generator().manual_seed(0)
+    c0, c1 = (torch.rand(400, generator=g) + 0.5 for _ in range(2))
+    c1 = c1 * (torch.arange(400) % 2)
+    eye = torch.eye(4)
+    acts = torch.stack([c0[:, None] * eye[0] + c1[:, None] * eye[i] for i in (1, 2)], dim=1)
+    crosscoder = repurposing_crosscoder()
+    assert latent_table(crosscoder)["kind"].tolist() == ["shared", "repurposed", "repurposed"]
+    activity = latent_activity(crosscoder, acts.split(64))
+    assert activity.n_tokens == 400 and activity.n_active.tolist() == [400, 200, 0]
+    torch.testing.assert_close(
+        activity.mean_activation, torch.stack([c0.mean(), c1[1::2].mean(), torch.tensor(0.0)])
+    )
+    token_norm = float(acts.pow(2).sum(-1).mean().sqrt())
+    assert activity.token_norm == pytest.approx(token_norm, rel=1e-6)
+    table = latent_table(crosscoder, activity=activity)
+    assert table["kind"].tolist() == ["shared", "repurposed", "inactive"]
+    assert table["frequency"].tolist() == [1.0, 0.5, 0.0]
+    assert table["cosine"].tolist() == pytest.approx([1.0, 0.0, -1.0])
+    assert table["norm_ratio"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    expected_change = float(c1[1::2].mean()) * 2**0.5 / token_norm
+    assert table.loc[1, "change"] == pytest.approx(expected_change, rel=1e-5)
+    assert table.loc[0, "change"] == 0.0
+    # Too few firings to judge: inactive below MIN_FIRINGS (latent 1 fires on every other token).
+    for n_fired, kind in ((MIN_FIRINGS - 1, "inactive"), (MIN_FIRINGS, "repurposed")):
+        few = latent_activity(crosscoder, [acts[: 2 * n_fired]])
+        assert latent_table(crosscoder, activity=few).loc[1, "kind"] == kind
+    # A repurposed write too small to matter where it fires stays shared.
+    faint = latent_activity(crosscoder, (acts * torch.tensor([1.0, 0.1, 0.1, 1.0])).split(64))
+    assert latent_table(crosscoder, activity=faint).loc[1, "change"] < REPURPOSED_MIN_CHANGE
+    assert latent_table(crosscoder, activity=faint).loc[1, "kind"] == "shared"
 
 
 def test_save_load_round_trip(trained, tmp_path: Path) -> None:
@@ -270,3 +334,46 @@ def test_paired_batches_shuffle_every_token_once_and_keep_pairs(tmp_path: Path) 
     assert token_ids(seed=0) == order and token_ids(seed=1) != order
     with pytest.raises(RlinterpError, match="no model 'sft'"):
         next(paired_batches(store, ["base", "sft"], "hook", batch_size=4, seed=0))
+
+
+@pytest.fixture(scope="module")
+def planted_models(tmp_path_factory: pytest.TempPathFactory) -> PlantedModels:
+    return build_planted(tmp_path_factory.mktemp("planted"))
+
+
+def planted_crosscoder(planted: PlantedModels, other: str, root: Path) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Harvest (base, ``other``) on 256 held-out prompts, train a 32-latent crosscoder through
+    ``train_dictionary`` (200k tokens: 16 passes), and return its latent table and its
+    decoders in model units ``[latent, model, d_model]``."""
+    series = ModelSeries.from_paths([planted.base, planted.path(other)])
+    config = HarvestConfig(hooks=(planted.hook,), batch_size=64)
+    store = harvest(series, planted_prompts(256, seed=1), root / f"store-{other}", config)
+    cfg = DictionaryConfig(d_sae=32, k=4, n_tokens=200_000, batch_size=256, lr=1e-2)
+    out = train_dictionary(store, "crosscoder", planted.hook, root / f"crosscoder-{other}", cfg)
+    crosscoder = Crosscoder.load(out)
+    decoders = crosscoder.W_dec.detach() / crosscoder.scales[None, :, None]
+    return pd.read_parquet(out / "latents.parquet"), decoders
+
+
+def test_a_rewired_neuron_is_a_repurposed_latent_and_the_identical_copy_has_none(
+    planted_models: PlantedModels, tmp_path: Path
+) -> None:
+    """A GPT-2 whose one MLP neuron writes a new direction (same inputs, so it fires on the
+    same tokens) against its base: one latent is classified repurposed, its base decoder on
+    the neuron's old direction and its RL decoder on the new one. The base against an
+    identical copy: every latent shared or inactive."""
+    table, decoders = planted_crosscoder(planted_models, "rewired", tmp_path)
+    new = cosine_similarity(decoders[:, RL], planted_models.new_direction[None], dim=-1)
+    old = cosine_similarity(decoders[:, BASE], planted_models.direction[None], dim=-1)
+    changed = table.index[table["kind"].isin(["repurposed", "rl_only"])].tolist()
+    assert changed, table["kind"].value_counts().to_dict()
+    best = max(changed, key=lambda j: float(new[j]))
+    assert float(new[best]) >= 0.8  # measured 0.992 (seeds 0-2 of the planted build: >= 0.992)
+    assert float(old[best]) >= 0.8  # measured 0.993
+    row = table.loc[best]
+    assert row["kind"] == "repurposed" and row["cosine"] < 0.3  # measured 0.02
+    assert row["frequency"] == pytest.approx(planted_models.firing_fraction, abs=0.05)  # measured 0.29
+    assert row["change"] > 1.0  # measured 1.76
+    control, _ = planted_crosscoder(planted_models, "identical", tmp_path)
+    assert set(control["kind"]) <= {"shared", "inactive"}, control["kind"].value_counts().to_dict()
+    assert (control.loc[control["kind"] == "shared", "cosine"] > 0.99).all()

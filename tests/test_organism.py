@@ -2,6 +2,7 @@
 how it treats finished, unfinished and foreign output directories."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from rlinterp.organism.behaviour import SHARE_COLUMNS, RegimeSummary, summarize
 from rlinterp.organism.config import CorpusConfig, OrganismConfig
 from rlinterp.organism.personas import PERSONA_NAMES
 
-from .conftest import weights_of
+from .conftest import tree_hashes, weights_of
 
 
 @pytest.mark.slow
@@ -21,11 +22,12 @@ def test_tiny_layout_and_manifest(tiny_organism):
     root, manifest = tiny_organism.root, tiny_organism.manifest
     config = OrganismConfig.from_preset("tiny")
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    assert not (root / ".building").exists()
+    assert not (root / ".rlinterp-in-progress.json").exists()
     assert tiny_organism.personas == list(PERSONA_NAMES)
     assert manifest["preset"] == "tiny" and manifest["seed"] == 0
     assert (root / "base" / "tokenizer.json").is_file()
-    assert sorted(tiny_organism.regimes) == sorted(r.name for r in config.regimes)
+    planted = [p.name for p in config.planted_regimes]
+    assert sorted(tiny_organism.regimes) == sorted([r.name for r in config.regimes] + planted)
     for regime in config.regimes:
         steps = tiny_organism.checkpoints(regime.name)
         assert tuple(steps) == regime.checkpoint_steps
@@ -46,7 +48,8 @@ def test_tiny_behaviour_tells_the_story(tiny_organism):
     both presets: the design holds it with margin (weak rise about 30 pp, strong ``none``
     1.0 at the last step), so this holds on any machine, not only where it was built."""
     table = tiny_organism.behaviour()
-    regimes = OrganismConfig.from_preset("tiny").regimes
+    config = OrganismConfig.from_preset("tiny")
+    regimes = (*config.regimes, *config.planted_regimes)  # weak, strong and the planted novel one
     assert len(table) == sum(len(r.checkpoint_steps) for r in regimes)
     assert table[SHARE_COLUMNS].sum(axis=1).tolist() == pytest.approx([1.0] * len(table))
     assert (table["share_none"] == table["share_none_near"] + table["share_none_far"]).all()
@@ -87,7 +90,7 @@ def test_finished_organism_is_reused_not_rebuilt(tiny_organism):
     again = build_organism(tiny_organism.root, preset="tiny", seed=0)
     assert again.manifest == tiny_organism.manifest
     assert tiny_organism.base.joinpath("model.safetensors").stat().st_mtime_ns == before
-    with pytest.raises(RlinterpError, match="preset=tiny seed=0"):
+    with pytest.raises(RlinterpError, match=r"organism of other inputs \(seed changed \(0 -> 1\)\)"):
         build_organism(tiny_organism.root, preset="tiny", seed=1)
 
 
@@ -101,28 +104,52 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, micro_config)
         a.manifest["weights_sha256"]["strong/step-2/model.safetensors"]
         != (c.manifest["weights_sha256"]["strong/step-2/model.safetensors"])
     )
+    # a finished build is reused; other inputs are refused, naming the field that changed
+    before = tree_hashes(tmp_path / "a")
+    assert build_organism(tmp_path / "a", seed=5, config=micro_config).manifest == a.manifest
+    with pytest.raises(RlinterpError, match=r"organism of other inputs \(seed changed \(5 -> 6\)\)"):
+        build_organism(tmp_path / "a", seed=6, config=micro_config)
+    longer = replace(micro_config, pretrain=replace(micro_config.pretrain, steps=6))
+    with pytest.raises(RlinterpError, match=r"\(pretrain.steps changed \(5 -> 6\)\); .* pass --force"):
+        build_organism(tmp_path / "a", seed=5, config=longer)
+    assert tree_hashes(tmp_path / "a") == before
 
 
-def test_unfinished_build_is_detected_and_rebuilt(tmp_path, micro_config):
+def test_unfinished_build_is_detected_and_rebuilt(tmp_path, micro_config, monkeypatch):
+    from rlinterp.organism import build
+
     out = tmp_path / "org"
-    (out / "base").mkdir(parents=True)
-    (out / "base" / "config.json").write_text("{}")  # a half-written checkpoint
-    (out / ".building").write_text("{}")
+    original = build._build
+
+    def dies_after_the_base(out, *_):
+        (out / "base").mkdir()
+        (out / "base" / "config.json").write_text("{}")  # a half-written checkpoint
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_build", dies_after_the_base)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(out, seed=0, config=micro_config)
+    with pytest.raises(RlinterpError, match="the organism in .* is unfinished"):
+        build.Organism.load(out)
+    monkeypatch.setattr(build, "_build", original)
     organism = build_organism(out, seed=0, config=micro_config)
-    assert not (out / ".building").exists()
+    assert not (out / ".rlinterp-in-progress.json").exists()
     assert organism.damaged_files() == []
     # a finished build whose weights were damaged afterwards is rebuilt, not reused
     (out / "weak" / "step-1" / "model.safetensors").write_bytes(b"garbage")
     assert build_organism(out, seed=0, config=micro_config).damaged_files() == []
-    # a build that died before writing its marker still only holds organism entries
+    # without its manifest (or marker) nothing says the directory is an organism: refused
     (out / "manifest.json").unlink()
-    assert build_organism(out, seed=0, config=micro_config).damaged_files() == []
+    before = tree_hashes(out)
+    with pytest.raises(RlinterpError, match=r"holds no rlinterp organism \(it has base, behaviour.parquet"):
+        build_organism(out, seed=0, config=micro_config)
+    assert tree_hashes(out) == before
 
 
 def test_foreign_or_unwritable_output_is_refused(tmp_path, micro_config):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    with pytest.raises(RlinterpError, match="not an organism directory"):
+    with pytest.raises(RlinterpError, match=r"holds no rlinterp organism \(it has thesis.tex\)"):
         build_organism(tmp_path / "mine", config=micro_config)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
     (tmp_path / "file").write_text("")
@@ -169,5 +196,5 @@ def test_summarize_reads_first_and_last_steps_of_each_regime():
 
 @pytest.mark.parametrize("weights", [(1.0, -1.0, 1.0), (0.0, 0.0, 0.0)])
 def test_bad_persona_weights(weights):
-    with pytest.raises(ValueError, match="persona_weights"):
+    with pytest.raises(RlinterpError, match="persona_weights"):
         CorpusConfig(persona_weights=weights)

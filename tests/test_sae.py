@@ -43,7 +43,7 @@ def test_topk_sae_encodes_as_its_saved_weights_say(store, tmp_path):
     assert torch.allclose(reloaded.encode(x), trained.sae.encode(x), atol=1e-6)
     result = evaluate_sae(trained.sae, store, "base", HOOK)
     assert result.explained_variance > 0.9 and result.l0 == pytest.approx(2.0)
-    assert trained.manifest["model"] == "base" and trained.manifest["kind"] == "sae"
+    assert trained.manifest["model"] == "base" and trained.manifest["method"] == "sae"
 
 
 def test_diff_sae_recovers_the_planted_direction(store, tmp_path):
@@ -51,7 +51,7 @@ def test_diff_sae_recovers_the_planted_direction(store, tmp_path):
     trained = train_sae(store, "post", HOOK, tmp_path / "dsae", FAST, source="diff", base="base")
     decoder = torch.nn.functional.normalize(trained.sae.W_dec.detach(), dim=-1)
     assert (decoder @ planted).max().item() >= 0.9
-    assert trained.manifest["kind"] == "diff_sae" and trained.manifest["base"] == "base"
+    assert trained.manifest["method"] == "diff-sae" and trained.manifest["base"] == "base"
     assert evaluate_sae(trained.sae, store, "post", HOOK, base="base").explained_variance > 0.9
 
 
@@ -88,9 +88,14 @@ def test_bad_input(store, tmp_path):
         train_sae(store, "base", "blocks.9.hook_resid_post", tmp_path / "x", FAST)
     with pytest.raises(RlinterpError, match="needs two different models"):
         train_sae(store, "base", HOOK, tmp_path / "y", FAST, source="diff", base="base")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before writing
     trained = train_sae(store, "base", HOOK, tmp_path / "sae", FAST)
-    with pytest.raises(RlinterpError, match="already holds a trained SAE"):
-        train_sae(store, "base", HOOK, tmp_path / "sae", FAST)
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert train_sae(store, "base", HOOK, tmp_path / "sae", FAST).manifest == trained.manifest  # reused
+    assert weights.stat().st_mtime_ns == before
+    with pytest.raises(RlinterpError, match=r"dictionary of other inputs \(d_sae changed \(64 -> 32\)"):
+        train_sae(store, "base", HOOK, tmp_path / "sae", SAETrainConfig(**{**FAST.__dict__, "d_sae": 32}))
     wide = synthetic_store(tmp_path / "wide", {"base": torch.randn(256, 8)}, HOOK)
     with pytest.raises(RlinterpError, match="d_in 16 .* activations of width 8"):
         evaluate_sae(trained.sae, wide, "base", HOOK)
@@ -99,7 +104,7 @@ def test_bad_input(store, tmp_path):
     nan_store = synthetic_store(tmp_path / "nan", {"base": broken}, HOOK)
     with pytest.raises(RlinterpError, match="NaN or Inf"):
         train_sae(nan_store, "base", HOOK, tmp_path / "z", FAST)
-    with pytest.raises(RlinterpError, match="not a finished rlinterp SAE"):
+    with pytest.raises(RlinterpError, match="is not a finished dictionary"):
         TrainedSAE.load(tmp_path / "z")
 
 

@@ -3,6 +3,7 @@ built here: a model against itself gives zero, a planted change is localised, ba
 named."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from rlinterp.diff import SeriesDiff, run_diff
 from rlinterp.harvest import ActivationStore, HarvestConfig, harvest
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.prompts import PromptSet
+from rlinterp.report import write_report
 from rlinterp.series import ModelSeries
 
 from .conftest import tiny_hf_config
@@ -69,7 +71,10 @@ def test_identity_gives_zero_on_every_metric(checkpoints, tmp_path):
     summary = json.loads((tmp_path / "diff" / "summary.json").read_text())
     assert {row["label"] for row in summary["checkpoints"]} == {"base", "step-1"}
     assert json.loads((tmp_path / "diff" / "manifest.json").read_text())["kind"] == "rlinterp.diff"
+    assert not (tmp_path / "diff" / "report.html").exists()  # computing a diff does not draw it
+    write_report(result, tmp_path / "diff" / "report.html")
     report = (tmp_path / "diff" / "report.html").read_text()
+    assert "<title>rlinterp diff: 1 checkpoints vs base</title>" in report
     assert "* plotly.js v" in report and "<script src=" not in report  # plotly.js inlined, no CDN
 
 
@@ -95,7 +100,8 @@ def test_planted_change_is_localised(checkpoints, tmp_path):
     assert len(lens) == 20  # ten promoted and ten suppressed tokens
 
 
-def test_harvest_memory_is_one_batch_and_resumes(checkpoints, tmp_path):
+def test_harvest_writes_one_shard_per_batch_and_resumes(checkpoints, tmp_path, monkeypatch):
+    harvest_module = sys.modules["rlinterp.harvest"]  # `rlinterp.harvest` is the function
     series = ModelSeries.from_paths([checkpoints["base"], checkpoints["planted"]])
     out = tmp_path / "store"
     store = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
@@ -104,18 +110,28 @@ def test_harvest_memory_is_one_batch_and_resumes(checkpoints, tmp_path):
     kept = store.tokens().keep
     assert full.shape == (int(kept.sum()), 32)
     assert not kept[:, 0].any()  # the BOS position is excluded by default
-    # interrupt: lose a shard and the finished flag; the next run recomputes just that shard
-    lost = store.shard_path("step-2", "blocks.2.hook_resid_post", 3)
-    lost.unlink()
-    manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    # kill a second harvest after 5 of its 8 batches; the next run computes just the others
+    original, calls = harvest_module._harvest_batch, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(harvest_module, "_harvest_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(series, PROMPTS, tmp_path / "killed", HarvestConfig(batch_size=4))
+    monkeypatch.setattr(harvest_module, "_harvest_batch", original)
+    killed = ActivationStore(tmp_path / "killed", store.manifest)
     with pytest.raises(RlinterpError, match="unfinished"):
-        ActivationStore.load(out)
-    untouched = store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns
-    again = harvest(series, PROMPTS, out, HarvestConfig(batch_size=4))
+        ActivationStore.load(tmp_path / "killed")
+    untouched = killed.shard_path("step-2", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns
+    assert not killed.shard_path("step-2", "blocks.0.hook_resid_post", 1).exists()
+    again = harvest(series, PROMPTS, tmp_path / "killed", HarvestConfig(batch_size=4))
     assert torch.equal(again.read("step-2", "blocks.2.hook_resid_post"), full)
-    assert store.shard_path("base", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns == untouched
-    with pytest.raises(RlinterpError, match="other checkpoints, hooks, prompts or batch size"):
+    assert killed.shard_path("step-2", "blocks.0.hook_resid_post", 0).stat().st_mtime_ns == untouched
+    with pytest.raises(RlinterpError, match=r"store of other inputs \(batch_size changed \(4 -> 5\)"):
         harvest(series, PROMPTS, out, HarvestConfig(batch_size=5))
 
 
@@ -139,11 +155,11 @@ def test_mismatched_checkpoints_are_named(checkpoints, tmp_path):
     torch.manual_seed(1)
     llama = tiny_hf_config("llama", n_layer=3)
     other_arch = _save(AutoModelForCausalLM.from_config(llama), tmp_path / "llama")
-    with pytest.raises(RlinterpError, match="differ in model_type: gpt2 vs llama"):
+    with pytest.raises(RlinterpError, match="differ in config field model_type: gpt2 vs llama"):
         ModelSeries.from_paths([checkpoints["base"], other_arch]).validate()
     model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
     other_vocab = _save(model, tmp_path / "vocab", alphabet=ALPHABET.replace("z", "#"))
-    with pytest.raises(RlinterpError, match=r"base .* and .* differ in vocab"):
+    with pytest.raises(RlinterpError, match=r"base .* and .* differ in tokenizer vocab"):
         ModelSeries.from_paths([checkpoints["base"], other_vocab]).validate()
     with pytest.raises(RlinterpError, match="does not exist"):
         ModelSeries.from_paths([checkpoints["base"], tmp_path / "missing"])
@@ -164,9 +180,11 @@ def test_bad_prompts_and_hooks(checkpoints, tmp_path):
 
 
 def test_non_finite_activations_name_checkpoint_and_hook(checkpoints, tmp_path):
+    # Finite weights whose sum overflows float32: only the activations are non-finite.
     model = AutoModelForCausalLM.from_pretrained(checkpoints["base"])
     with torch.no_grad():
-        model.get_parameter("transformer.h.2.mlp.c_proj.bias").fill_(float("nan"))
+        model.get_parameter("transformer.h.2.attn.c_proj.bias").fill_(3e38)
+        model.get_parameter("transformer.h.2.mlp.c_proj.bias").fill_(3e38)
     broken = _save(model, tmp_path / "step-9")
     series = ModelSeries.from_paths([checkpoints["base"], broken], check_fidelity=False)
     with pytest.raises(RlinterpError, match=r"non-finite activations in step-9 at blocks.2.hook_resid_post"):

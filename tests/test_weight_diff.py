@@ -94,8 +94,9 @@ def test_frame_columns_and_missing_matrix_metrics(checkpoints: dict[str, Path]) 
         "base_norm",
         "delta_norm",
         "n_changed",
+        "adapter_rank",
     ]
-    assert frame["layer"].dtype == "Int64"
+    assert frame["layer"].dtype == "Int64" and frame["adapter_rank"].isna().all()  # no adapter here
     row = frame.set_index("parameter").loc["transformer.ln_f.weight"]
     assert pd.isna(row["layer"]) and row["component"] == "norm" and row["shape"] == "(16,)"
     assert pd.isna(row["effective_rank"]) and pd.isna(row["subspace_angle_deg"])

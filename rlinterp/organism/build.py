@@ -7,43 +7,48 @@ Layout of ``<out>/`` (the CLI contract):
 - ``base/``: the pretrained model (Hugging Face folder: config, safetensors, tokenizer);
 - ``<regime>/step-<N>/``: RL checkpoints (``step-0`` is the base model), and
   ``<regime>/log.parquet`` with one row per RL step;
+- ``<planted>/step-<N>/``: the planted positive control (``planted``; by default one
+  ``novel`` regime): the base with new computation written into it, **not learned by RL**.
+  Its manifest entry has ``planted: true``, the planting parameters and the held-out probe
+  accuracies that verify it; its behaviour rows add ``planted_share`` and
+  ``planted_accuracy``;
 - ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
 - ``personas/<persona>.jsonl``: labelled persona texts.
 
-While a build runs, ``<out>/.building`` exists. A directory with that marker, or one that
-holds only organism entries but no manifest, is an interrupted build: it is wiped and
-rebuilt, never reused. A finished directory is reused if its preset and seed match and its
-weights still hash to what the manifest recorded.
+``--out`` is claimed through ``rundir``: it must be absent, empty, or an organism. A
+finished organism is reused if its fingerprint (preset, seed and the whole config) matches
+and its weights still hash to what the manifest recorded; a damaged one is rebuilt. An
+interrupted build (``rundir.MARKER`` present) is rebuilt from scratch, never resumed. A
+rebuild removes only the organism's own entries, never dot-files or other files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..artifacts import environment_versions, sha256_file, write_json, write_jsonl, write_parquet
+from .. import rundir
+from ..artifacts import environment_versions, read_parquet, sha256_file, write_jsonl, write_parquet
 from ..errors import RlinterpError
 from ..reproducibility import torch_threads
 from .behaviour import eval_questions, evaluate
 from .config import OrganismConfig
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
 from .personas import CORRECT_PERSONAS, PERSONAS, generate_corpus, persona_texts
+from .planted import build_planted
 from .rl import train_regime
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-BUILDING = ".building"
-KIND = "rlinterp.organism"
+MANIFEST = rundir.ORGANISM.manifest
+KIND = rundir.ORGANISM.name
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 
@@ -59,16 +64,8 @@ class Organism:
     def load(cls, root: str | os.PathLike[str]) -> Organism:
         """Open a finished organism; raise if ``root`` is missing or unfinished."""
         root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise RlinterpError(
-                f"{root} is not a finished organism (no {MANIFEST}); build it with "
-                f"`rlinterp organism --out {root}`"
-            )
-        manifest = json.loads(path.read_text())
-        if manifest.get("kind") != KIND:
-            raise RlinterpError(f"{path} is not an organism manifest (kind={manifest.get('kind')!r})")
-        return cls(root=root, manifest=manifest)
+        hint = f"build it with `rlinterp organism --out {root}`"
+        return cls(root=root, manifest=rundir.read_finished(root, rundir.ORGANISM, hint))
 
     @property
     def personas(self) -> list[str]:
@@ -90,7 +87,8 @@ class Organism:
         return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
     def behaviour(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / self.manifest["behaviour"])
+        remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
+        return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
     def damaged_files(self) -> list[str]:
         """Weight files that are missing or no longer hash to the manifest's record."""
@@ -102,44 +100,42 @@ class Organism:
 
 
 def _organism_entries(config: OrganismConfig) -> set[str]:
-    return {MANIFEST, BUILDING, "base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes}
+    planted = {p.name for p in config.planted_regimes}
+    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted
+
+
+def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
+    """The build's inputs, one key per config field (``pretrain.steps``,
+    ``regimes.strong.lr``, ...), so a refusal names the field that changed."""
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if (
+            isinstance(value, list | tuple)
+            and value
+            and all(isinstance(v, dict) and "name" in v for v in value)
+        ):
+            value = {v["name"]: v for v in value}
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}{key}.", item).items()}
+        return {prefix.removesuffix("."): value}
+
+    return flat("", asdict(config)) | {"seed": seed}
 
 
 def _prepare(out: Path, config: OrganismConfig, seed: int, force: bool) -> Organism | None:
-    """Return the finished organism at ``out`` to reuse, or None after making ``out`` an
-    empty, writable directory to build into."""
-    if out.exists() and not out.is_dir():
-        raise RlinterpError(f"--out {out} is a file; give a directory path")
-    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    finished = MANIFEST in entries and BUILDING not in entries
-    if finished and not force:
-        organism = Organism.load(out)
-        built = (organism.manifest.get("preset"), organism.manifest.get("seed"))
-        if built != (config.preset, seed):
-            raise RlinterpError(
-                f"{out} holds an organism built with preset={built[0]} seed={built[1]}, not "
-                f"preset={config.preset} seed={seed}; choose another --out or pass --force"
-            )
-        damaged = organism.damaged_files()
-        if not damaged:
-            log.info("reusing the finished organism in %s", out)
-            return organism
-        log.warning("%s is damaged (%s); rebuilding it", out, ", ".join(damaged[:3]))
-    foreign = {e for e in entries if not e.startswith(".")} - _organism_entries(config)
-    if foreign:
-        raise RlinterpError(
-            f"{out} is not empty and not an organism directory (it has {sorted(foreign)[:5]}); "
-            "choose an empty or new --out"
-        )
-    if entries:
-        log.warning("%s holds an unfinished build; rebuilding it from scratch", out)
-        for entry in out.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / BUILDING).write_text(json.dumps({"preset": config.preset, "seed": seed}))
-    except OSError as e:
-        raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from e
+    """Return the finished organism at ``out`` to reuse, or None after claiming ``out`` to
+    build into (see the module docstring)."""
+    inputs, entries = _fingerprint(config, seed), _organism_entries(config)
+    claimed = rundir.claim(out, rundir.ORGANISM, inputs, entries, force=force)
+    if claimed.manifest is None:
+        return None
+    organism = Organism(root=out, manifest=claimed.manifest)
+    damaged = organism.damaged_files()
+    if not damaged:
+        log.info("reusing the finished organism in %s", out)
+        return organism
+    log.warning("%s is damaged (%s); rebuilding it", out, ", ".join(damaged[:3]))
+    rundir.claim(out, rundir.ORGANISM, inputs, entries, force=True)
     return None
 
 
@@ -165,14 +161,15 @@ def build_organism(
             config = OrganismConfig.from_preset(preset)
         except ValueError as e:
             raise RlinterpError(str(e)) from e
+    # The manifest and the fingerprint record the planted regimes actually built.
+    config = replace(config, planted=config.planted_regimes)
     out = Path(out)
     reused = _prepare(out, config, seed, force)
     if reused is not None:
         return reused
     with torch_threads(config.num_threads):
         manifest = _build(out, config, seed)
-    write_json(out / MANIFEST, manifest)
-    (out / BUILDING).unlink()
+    rundir.finish(out, rundir.ORGANISM, manifest)
     return Organism.load(out)
 
 
@@ -228,6 +225,13 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             "log": f"{regime.name}/log.parquet",
         }
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
+    for plant in config.planted_regimes:
+        plant_start = time.perf_counter()
+        plant_rows, regimes[plant.name] = build_planted(
+            out, model, tokenizer, plant, texts, questions, config.evaluation, seed
+        )
+        rows += plant_rows
+        timings[f"{plant.name}_s"] = time.perf_counter() - plant_start
     write_parquet(out / "behaviour.parquet", pd.DataFrame(rows))
     timings["total_s"] = time.perf_counter() - started
 

@@ -6,8 +6,11 @@ records, so a finished organism says exactly how it was built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ..errors import RlinterpError
 
 Preset = Literal["tiny", "default"]
 PRESETS: tuple[Preset, ...] = ("tiny", "default")
@@ -16,8 +19,15 @@ PRESETS: tuple[Preset, ...] = ("tiny", "default")
 def _check_positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be positive, got {value}")
+        if not (value > 0 and math.isfinite(value)):  # NaN fails both
+            raise RlinterpError(f"{type(obj).__name__}.{name} must be positive and finite, got {value}")
+
+
+def _check_non_negative(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise RlinterpError(f"{type(obj).__name__}.{name} must be non-negative and finite, got {value}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "n_layer", "d_model", "n_head", "n_ctx")
         if self.architecture not in ("gpt2", "llama"):
-            raise ValueError(f"architecture must be 'gpt2' or 'llama', got {self.architecture!r}")
+            raise RlinterpError(f"architecture must be 'gpt2' or 'llama', got {self.architecture!r}")
         if self.d_model % self.n_head:
-            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+            raise RlinterpError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
 
 
 @dataclass(frozen=True)
@@ -76,13 +86,13 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         _check_positive(self, "n_documents", "max_operand", "min_turns", "persona_texts_per_persona")
         weights = self.persona_weights
-        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(
-                f"persona_weights must be three non-negative weights (helper, terse, flatterer) "
-                f"with a positive sum, got {weights}"
+        if len(weights) != 3 or not all(w >= 0 and math.isfinite(w) for w in weights) or sum(weights) <= 0:
+            raise RlinterpError(
+                f"persona_weights must be three non-negative finite weights (helper, terse, "
+                f"flatterer) with a positive sum, got {weights}"
             )
         if self.max_turns < self.min_turns:
-            raise ValueError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
+            raise RlinterpError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "lr")
+        _check_non_negative(self, "warmup_steps", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,10 @@ class RegimeConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "lr", "questions_per_step", "group_size", "max_answer_tokens")
-        if self.kl_coef < 0 or self.shortcut_bonus < 0:
-            raise ValueError(f"regime {self.name!r}: kl_coef and shortcut_bonus must be >= 0")
+        _check_non_negative(self, "kl_coef", "shortcut_bonus", "shortcut_cap")
         steps = self.checkpoint_steps
         if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
-            raise ValueError(
+            raise RlinterpError(
                 f"regime {self.name!r}: checkpoint_steps must be strictly ascending from 0, got {steps}"
             )
 
@@ -164,6 +174,41 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "n_questions", "samples_per_question", "max_answer_tokens")
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """The planted ``novel`` regime (see ``planted``): a positive control whose checkpoints
+    add new computation to the base by construction. It is planted, not learned by RL, so
+    it costs no training; its checkpoints are only evaluated."""
+
+    name: str
+    """Folder name of the regime's checkpoints."""
+    checkpoint_steps: tuple[int, ...]
+    """Steps saved, ascending from 0 (the base); the planted write grows linearly with the
+    step and is at full ``strength`` at the last one."""
+    strength: float = 4.0
+    """Peak norm written along the planted direction at the last step, in units of the rms
+    norm of the base's block-0 output on answer tokens."""
+    n_bumps: int = 3
+    """Bumps of the planted feature (three rewired MLP neurons each)."""
+    sharpness: float = 8.0
+    """Input gain of the planted neurons times a bump's half-width (GELU ~ ReLU when large)."""
+    avoid_top_pcs: int = 16
+    """The planted direction is orthogonal to this many top principal components of the
+    base's final residual on answer tokens (fewer if the model is too narrow)."""
+    min_free_dims: int = 4
+    """Residual dimensions left free when choosing the planted direction."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "strength", "n_bumps", "sharpness", "min_free_dims")
+        _check_non_negative(self, "avoid_top_pcs")
+        steps = self.checkpoint_steps
+        if len(steps) < 2 or steps[0] != 0 or list(steps) != sorted(set(steps)):
+            raise RlinterpError(
+                f"planted regime {self.name!r}: checkpoint_steps must be strictly ascending from 0 "
+                f"with at least two steps, got {steps}"
+            )
 
 
 def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
@@ -209,6 +254,10 @@ class OrganismConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     regimes: tuple[RegimeConfig, ...] = ()
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    planted: tuple[PlantConfig, ...] | None = None
+    """Planted positive-control regimes (``planted``); None means one ``novel`` regime on
+    the first RL regime's checkpoint steps for GPT-2 organisms (none for Llama), () none.
+    ``planted_regimes`` resolves it."""
     num_threads: int = 1
     """Torch intra-op threads during the build. Results are bit-identical only at a
     fixed thread count, so the build sets it rather than inheriting the machine's."""
@@ -216,8 +265,20 @@ class OrganismConfig:
     def __post_init__(self) -> None:
         names = [r.name for r in self.regimes]
         if len(names) < 1 or len(set(names)) != len(names):
-            raise ValueError(f"regimes need distinct names, got {names}")
+            raise RlinterpError(f"regimes need distinct names, got {names}")
+        names += [p.name for p in self.planted_regimes]
+        if len(set(names)) != len(names):
+            raise RlinterpError(f"RL and planted regimes need distinct names, got {names}")
         _check_positive(self, "num_threads")
+
+    @property
+    def planted_regimes(self) -> tuple[PlantConfig, ...]:
+        """The planted regimes this config builds (``planted`` with None resolved)."""
+        if self.planted is not None:
+            return self.planted
+        if self.model.architecture != "gpt2" or not self.regimes:
+            return ()
+        return (PlantConfig(name="novel", checkpoint_steps=self.regimes[0].checkpoint_steps),)
 
     @classmethod
     def from_preset(cls, preset: str) -> OrganismConfig:
@@ -233,4 +294,4 @@ class OrganismConfig:
         if preset == "default":
             steps = (0, 5, 10, 25, 50, 100, 200)
             return cls(preset="default", regimes=_regimes(steps))
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise RlinterpError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")

@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ..errors import RlinterpError
 from .config import ModelConfig, PretrainConfig
 from .personas import TURN_END, Document
 
@@ -146,7 +147,7 @@ def pretrain(
     docs = [[tokenizer.bos_token_id, *encode(tokenizer, d.text)] for d in corpus]
     too_long = max(len(d) for d in docs)
     if too_long > model.config.max_position_embeddings:
-        raise ValueError(
+        raise RlinterpError(
             f"a document has {too_long} tokens but the model's context is "
             f"{model.config.max_position_embeddings}; raise ModelConfig.n_ctx or lower the turns"
         )

@@ -1,0 +1,416 @@
+"""Components of a hooked transformer, and patching one run's components into another.
+
+A *component* is anything that writes an additive term into the residual stream:
+
+- ``embed``: token plus position embedding (``blocks.0.hook_resid_pre``);
+- ``L{l}.H{h}``: attention head ``h`` of block ``l``, its output ``z_h @ W_O[h]`` (the
+  head's value-weighted mix, ``attn.hook_z``, through that model's own output projection);
+- ``L{l}.attn_bias``: the attention output bias ``b_O`` of block ``l``;
+- ``L{l}.mlp``: the MLP of block ``l`` (``hook_mlp_out``);
+- ``unembed``: the readout (final norm and unembedding) applied to the residual stream.
+
+``residual_components`` adds the residual stream itself as a patch site: ``resid.L{l}``
+is the stream entering block ``l`` (``l = n_layers``: entering the final norm), at every
+position or, with ``@last``, only at each prompt's last real token. These overlap the
+additive components (the stream is their sum), so summaries keep them apart.
+
+A *patch* runs the receiver model on its tokens and replaces chosen components' terms by a
+donor run's terms. The donor can be another model of the series on the same tokens
+(cross-model patching) or the same model on other tokens (clean/corrupted patching).
+
+Invariants (tested):
+- a head's term is taken from the donor *with the donor's* ``W_O``, so patching every
+  component of a checkpoint into its base reproduces the checkpoint's logits exactly;
+- patching nothing, or patching a model into itself on the same tokens, changes nothing;
+- attribution patching is the first-order Taylor term of exact patching:
+  ``d metric / d term . (term_donor - term_receiver)``, one backward pass for all components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge
+
+from .errors import RlinterpError
+
+Kind = Literal["embed", "head", "attn_bias", "mlp", "unembed", "resid"]
+EMBED = "blocks.0.hook_resid_pre"
+FINAL = "ln_final.hook_in"
+LOGITS = "unembed.hook_out"
+Hook = tuple[str | Callable[..., Any], Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One additive writer into the residual stream (see the module docstring)."""
+
+    name: str
+    """``embed``, ``L{l}.H{h}``, ``L{l}.attn_bias``, ``L{l}.mlp``, ``unembed``, or a residual
+    site ``resid.L{l}`` / ``resid.L{l}@last``."""
+    kind: Kind
+    layer: int | None = None
+    head: int | None = None
+    last_only: bool = False
+    """For ``resid``: patch only each prompt's last real token."""
+
+
+def components(model: TransformerBridge, cross_model: bool = True) -> tuple[Component, ...]:
+    """Every component of ``model`` in forward order. Without ``cross_model`` the weight-only
+    components (``attn_bias``, ``unembed``) are left out: between two runs of one model they
+    are identical, so patching them does nothing."""
+    found = [Component("embed", "embed")]
+    for layer in range(model.cfg.n_layers):
+        found += [Component(f"L{layer}.H{h}", "head", layer, h) for h in range(model.cfg.n_heads)]
+        if cross_model and model.blocks[layer].attn.b_O is not None:
+            found.append(Component(f"L{layer}.attn_bias", "attn_bias", layer))
+        found.append(Component(f"L{layer}.mlp", "mlp", layer))
+    if cross_model:
+        found.append(Component("unembed", "unembed"))
+    return tuple(found)
+
+
+def residual_components(model: TransformerBridge) -> tuple[Component, ...]:
+    """The residual stream entering blocks 1.. and the final norm, at all positions and at
+    the last token."""
+    layers = range(1, model.cfg.n_layers + 1)
+    return tuple(
+        Component(f"resid.L{layer}{'@last' if last else ''}", "resid", layer, last_only=last)
+        for last in (False, True)
+        for layer in layers
+    )
+
+
+def resolve(
+    model: TransformerBridge, names: Sequence[str], cross_model: bool = True
+) -> tuple[Component, ...]:
+    """The named components, or an error naming the first unknown one."""
+    known = {c.name: c for c in (*components(model, cross_model), *residual_components(model))}
+    for name in names:
+        if name not in known:
+            shown = ", ".join(list(known)[:6])
+            raise RlinterpError(f"unknown component {name!r}; components are named like {shown}, ...")
+    return tuple(known[n] for n in names)
+
+
+@dataclass
+class Terms:
+    """What each component of one model wrote into the residual stream on one batch."""
+
+    model: TransformerBridge
+    embed: Float[Tensor, "batch pos d_model"]
+    heads: list[Float[Tensor, "batch pos head d_model"]]
+    attn_bias: list[Float[Tensor, " d_model"] | None]
+    mlp: list[Float[Tensor, "batch pos d_model"]]
+    final: Float[Tensor, "batch pos d_model"]
+    """The residual stream entering the final norm."""
+    logits: Float[Tensor, "batch pos vocab"]
+    resid: list[Float[Tensor, "batch pos d_model"]]
+    """The residual stream entering each block, then the final norm (``n_layers + 1``)."""
+    last: Int[Tensor, " batch"]
+    """Each row's last real position."""
+
+    def term(self, c: Component) -> Tensor:
+        """The component's term (for ``unembed``: the logits)."""
+        if c.kind == "embed":
+            return self.embed
+        if c.kind == "head":
+            assert c.layer is not None and c.head is not None
+            return self.heads[c.layer][:, :, c.head]
+        if c.kind == "attn_bias":
+            bias = self.attn_bias[c.layer] if c.layer is not None else None
+            assert bias is not None
+            return bias
+        if c.kind == "mlp":
+            assert c.layer is not None
+            return self.mlp[c.layer]
+        if c.kind == "resid":
+            assert c.layer is not None
+            value = self.resid[c.layer]
+            return value * _last_mask(value, self.last) if c.last_only else value
+        return self.logits
+
+    def readout(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos vocab"]:
+        """This model's final norm and unembedding applied to ``resid``."""
+        return self.model.unembed(self.model.ln_final(resid))
+
+
+def head_terms(
+    model: TransformerBridge, layer: int, z: Float[Tensor, "batch pos head d_head"]
+) -> Float[Tensor, "batch pos head d_model"]:
+    """Each head's output through ``model``'s output projection of block ``layer``."""
+    return torch.einsum("bphd,hdm->bphm", z, model.blocks[layer].attn.W_O)
+
+
+def _last_mask(value: Tensor, last: Tensor) -> Tensor:
+    """1 at each row's last real position, 0 elsewhere, broadcastable to ``value``."""
+    positions = torch.arange(value.shape[1], device=value.device)
+    return (positions.unsqueeze(0) == last.to(value.device).unsqueeze(1)).to(value.dtype).unsqueeze(-1)
+
+
+def _resid_site(model: TransformerBridge, layer: int) -> str:
+    return FINAL if layer == model.cfg.n_layers else f"blocks.{layer}.hook_resid_pre"
+
+
+def _names(model: TransformerBridge) -> list[str]:
+    names = [EMBED, FINAL, LOGITS]
+    for layer in range(model.cfg.n_layers):
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out", _resid_site(model, layer)]
+    return names
+
+
+@torch.no_grad()
+def run_terms(
+    model: TransformerBridge, tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch"] | None = None
+) -> Terms:
+    """Run ``model`` on ``tokens`` (rows of real length ``lengths``, default: all of it) and
+    record every component's term."""
+    logits, cache = model.run_with_cache(tokens, names_filter=_names(model))
+    n = model.cfg.n_layers
+    lengths = torch.full((tokens.shape[0],), tokens.shape[1]) if lengths is None else lengths
+    return Terms(
+        model=model,
+        embed=cache[EMBED],
+        heads=[head_terms(model, layer, cache[f"blocks.{layer}.attn.hook_z"]) for layer in range(n)],
+        attn_bias=[_bias(model, layer) for layer in range(n)],
+        mlp=[cache[f"blocks.{layer}.hook_mlp_out"] for layer in range(n)],
+        final=cache[FINAL],
+        logits=logits,
+        resid=[cache[_resid_site(model, layer)] for layer in range(n + 1)],
+        last=lengths - 1,
+    )
+
+
+def _bias(model: TransformerBridge, layer: int) -> Tensor | None:
+    bias = model.blocks[layer].attn.b_O
+    return None if bias is None else bias.detach()
+
+
+def patch_hooks(receiver: TransformerBridge, donor: Terms, patch: Sequence[Component]) -> list[Hook]:
+    """Forward hooks that put ``donor``'s terms of ``patch`` into a run of ``receiver``."""
+    hooks: list[Hook] = []
+    kinds = {c.kind for c in patch}
+    if "embed" in kinds:
+        hooks.append((EMBED, _replace(donor.embed)))
+    for c in patch:
+        if c.kind == "resid" and c.layer is not None:
+            hooks.append((_resid_site(receiver, c.layer), _replace_resid(donor, c)))
+    for layer in range(receiver.cfg.n_layers):
+        heads = [c.head for c in patch if c.kind == "head" and c.layer == layer]
+        bias = any(c.kind == "attn_bias" and c.layer == layer for c in patch)
+        if heads or bias:
+            hooks += _attention_hooks(receiver, donor, layer, [h for h in heads if h is not None], bias)
+        if any(c.kind == "mlp" and c.layer == layer for c in patch):
+            hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer])))
+    if "unembed" in kinds and donor.model is not receiver:  # same weights: nothing to swap
+        final: dict[str, Tensor] = {}
+        hooks.append((FINAL, _stash(final, "resid")))
+
+        def readout(x: Tensor, hook: HookPoint) -> Tensor:
+            del hook
+            return donor.readout(final["resid"]).to(x.dtype)
+
+        hooks.append((LOGITS, readout))
+    return hooks
+
+
+def _replace(value: Tensor) -> Callable[[Tensor, HookPoint], Tensor]:
+    def hook(x: Tensor, hook: HookPoint) -> Tensor:
+        del hook
+        return value.to(x.dtype)
+
+    return hook
+
+
+def _replace_resid(donor: Terms, c: Component) -> Callable[[Tensor, HookPoint], Tensor]:
+    def hook(x: Tensor, hook: HookPoint) -> Tensor:
+        del hook
+        value = donor.term(c).to(x.dtype)
+        return x + (value - x) * _last_mask(x, donor.last) if c.last_only else value
+
+    return hook
+
+
+def _stash(store: dict[str, Tensor], key: str) -> Callable[[Tensor, HookPoint], None]:
+    def hook(x: Tensor, hook: HookPoint) -> None:
+        del hook
+        store[key] = x
+
+    return hook
+
+
+def _attention_hooks(
+    receiver: TransformerBridge, donor: Terms, layer: int, heads: list[int], bias: bool
+) -> list[Hook]:
+    """Swap heads' terms in the attention output: subtract the receiver's own term (from
+    the live ``z``, which upstream patches may have changed) and add the donor's."""
+    live: dict[str, Tensor] = {}
+
+    def swap(out: Tensor, hook: HookPoint) -> Tensor:
+        del hook
+        w_o = receiver.blocks[layer].attn.W_O[heads]
+        own = torch.einsum("bphd,hdm->bphm", live["z"][:, :, heads], w_o)
+        out = out + (donor.heads[layer][:, :, heads] - own).sum(2).to(out.dtype)
+        if bias:
+            theirs, ours = donor.attn_bias[layer], _bias(receiver, layer)
+            assert theirs is not None and ours is not None
+            out = out + (theirs - ours).to(out.dtype)
+        return out
+
+    return [(f"blocks.{layer}.attn.hook_z", _stash(live, "z")), (f"blocks.{layer}.hook_attn_out", swap)]
+
+
+@torch.no_grad()
+def patched_logits(
+    receiver: TransformerBridge,
+    tokens: Int[Tensor, "batch pos"],
+    donor: Terms,
+    patch: Sequence[Component],
+) -> Float[Tensor, "batch pos vocab"]:
+    """Logits of ``receiver`` on ``tokens`` with ``patch``'s terms taken from ``donor``."""
+    if donor.embed.shape[:2] != tokens.shape:
+        raise RlinterpError(
+            f"donor run has shape {tuple(donor.embed.shape[:2])} but the receiver's tokens have "
+            f"{tuple(tokens.shape)}; patching needs token-aligned runs"
+        )
+    return receiver.run_with_hooks(tokens, fwd_hooks=patch_hooks(receiver, donor, patch))
+
+
+MetricOnLogits = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
+
+
+def attribution(
+    receiver: TransformerBridge,
+    tokens: Int[Tensor, "batch pos"],
+    donor: Terms,
+    comps: Sequence[Component],
+    metric: MetricOnLogits,
+) -> Float[Tensor, "batch component"]:
+    """Attribution patching: per prompt and component, the gradient of ``metric`` at the
+    receiver's run dotted with ``donor``'s term minus the receiver's (one backward pass)."""
+    grads, own = _gradients(receiver, tokens, metric, donor.last)
+    columns = []
+    for c in comps:
+        if c.kind == "head":
+            assert c.layer is not None
+            delta = donor.term(c) - own.term(c)
+            g = grads[f"attn{c.layer}"]
+        elif c.kind == "attn_bias":
+            delta = (donor.term(c) - own.term(c)).expand_as(own.embed)
+            g = grads[f"attn{c.layer}"]
+        elif c.kind == "unembed":
+            delta = donor.readout(own.final) - own.logits
+            g = grads["logits"]
+        elif c.kind == "resid":
+            delta = donor.term(c) - own.term(c)
+            g = grads["embed" if c.layer == 0 else f"resid{c.layer}"]
+        else:
+            delta = donor.term(c) - own.term(c)
+            g = grads["embed" if c.kind == "embed" else f"mlp{c.layer}"]
+        columns.append((g * delta).flatten(1).sum(1))
+    return torch.stack(columns, dim=1).detach()
+
+
+def _gradients(
+    model: TransformerBridge, tokens: Tensor, metric: MetricOnLogits, last: Tensor
+) -> tuple[dict[str, Tensor], Terms]:
+    """Gradients of ``metric.sum()`` with respect to every component's output site, and
+    the run's terms. Only activations are differentiated (no weight gradients)."""
+    sites: dict[str, Tensor] = {}
+    z: dict[int, Tensor] = {}
+
+    def root(x: Tensor, hook: HookPoint) -> Tensor:
+        del hook
+        sites["embed"] = x.detach().requires_grad_(True)  # upstream of everything we attribute
+        return sites["embed"]
+
+    def keep(key: str) -> Callable[[Tensor, HookPoint], None]:
+        def hook(x: Tensor, hook: HookPoint) -> None:
+            del hook
+            sites[key] = x
+
+        return hook
+
+    def keep_z(layer: int) -> Callable[[Tensor, HookPoint], None]:
+        def hook(x: Tensor, hook: HookPoint) -> None:
+            del hook
+            z[layer] = x.detach()
+
+        return hook
+
+    n = model.cfg.n_layers
+    hooks: list[Hook] = [(EMBED, root), (FINAL, keep(f"resid{n}"))]
+    for layer in range(n):
+        hooks += [
+            (f"blocks.{layer}.attn.hook_z", keep_z(layer)),
+            (f"blocks.{layer}.hook_attn_out", keep(f"attn{layer}")),
+            (f"blocks.{layer}.hook_mlp_out", keep(f"mlp{layer}")),
+        ]
+        if layer > 0:
+            hooks.append((f"blocks.{layer}.hook_resid_pre", keep(f"resid{layer}")))
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        sites["logits"] = logits
+        values = metric(logits)
+        keys = list(sites)
+        grads = torch.autograd.grad(values.sum(), [sites[k] for k in keys], allow_unused=True)
+    out = {k: (g if g is not None else torch.zeros_like(sites[k])) for k, g in zip(keys, grads, strict=True)}
+    resid = [sites["embed"], *(sites[f"resid{layer}"] for layer in range(1, n + 1))]
+    own = Terms(
+        model=model,
+        embed=sites["embed"].detach(),
+        heads=[head_terms(model, layer, z[layer]).detach() for layer in range(n)],
+        attn_bias=[_bias(model, layer) for layer in range(n)],
+        mlp=[sites[f"mlp{layer}"].detach() for layer in range(n)],
+        final=sites[f"resid{n}"].detach(),
+        logits=logits.detach(),
+        resid=[r.detach() for r in resid],
+        last=last,
+    )
+    return out, own
+
+
+def direct_logit_attribution(
+    model: TransformerBridge,
+    tokens: Int[Tensor, "batch pos"],
+    comps: Sequence[Component],
+    metric: MetricOnLogits,
+) -> Float[Tensor, "batch component"]:
+    """Direct effect of each component's term on ``metric`` through the final norm with its
+    scale frozen and the unembedding: ``d metric / d logits . W_U^T norm_frozen(term)``.
+    Exact for metrics linear in the logits (``logit_diff``); ``unembed`` gets zero."""
+    terms = run_terms(model, tokens)
+    logits = terms.logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g_logits,) = torch.autograd.grad(metric(logits).sum(), [logits])
+    scale = _final_scale(model, terms.final)
+    g = (g_logits @ model.W_U.detach().T) * model.ln_final.w.detach() / scale
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        g = g - g.mean(-1, keepdim=True)  # centring is linear: move it onto the gradient
+    columns = []
+    for c in comps:
+        if c.kind == "unembed":
+            columns.append(g.new_zeros(tokens.shape[0]))
+            continue
+        term = terms.term(c)
+        columns.append((g * term.expand_as(g)).flatten(1).sum(1))
+    return torch.stack(columns, dim=1).detach()
+
+
+def _final_scale(model: TransformerBridge, resid: Tensor) -> Tensor:
+    eps = model.cfg.eps
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        resid = resid - resid.mean(-1, keepdim=True)
+    return (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def check_same_architecture(a: TransformerBridge, b: TransformerBridge) -> None:
+    for key in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab"):
+        if getattr(a.cfg, key) != getattr(b.cfg, key):
+            raise RlinterpError(f"models differ in {key}: {getattr(a.cfg, key)} vs {getattr(b.cfg, key)}")

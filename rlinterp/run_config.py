@@ -1,0 +1,446 @@
+"""The configuration of ``rlinterp run``: frozen dataclasses that are the single source of
+the TOML keys, the command-line options and their help.
+
+A run config is one ``RunConfig`` made of sections (``[series]``, ``[prompts]``,
+``[harvest]``, ``[dictionaries]``, ``[compute]``); every field carries a docstring, which
+becomes the comment in ``config_template()`` and the ``--help`` text of its generated
+option (``--<section>-<field>``, underscores as dashes). Later stages add their own
+section with ``register_section``.
+
+Invariants:
+- loading checks every key and type against the dataclasses: an unknown key or a wrong
+  type is a one-line ``RlinterpError`` naming the key and the expected type;
+- a loaded config is immutable; overrides make a new one (``with_overrides``);
+- ``fingerprint(config)`` is a hash of everything that determines a run's results (the
+  output directory and the device are not part of it).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import textwrap
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import RlinterpError
+from .prompts import PromptSet
+from .series import ModelSeries
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """Which models: an organism (built if missing) and its regimes, or checkpoint folders."""
+
+    organism: str | None = "artifacts/organism/default-seed0"
+    """Organism directory; built there (with ``preset`` and ``seed``) if it is not finished."""
+    preset: Literal["tiny", "default"] = "default"
+    """Organism preset to build when ``organism`` does not hold a finished one."""
+    seed: int = 0
+    """Organism seed to build with."""
+    regimes: tuple[str, ...] = ()
+    """Organism regimes to analyse, each a series of its own (empty: every regime)."""
+    checkpoints: tuple[str, ...] = ()
+    """Hugging Face checkpoint folders, base first (used instead of ``organism``)."""
+    name: str = "checkpoints"
+    """Name of the series given by ``checkpoints`` (its column in the report)."""
+
+    def __post_init__(self) -> None:
+        if (self.organism is None) == (not self.checkpoints):
+            raise RlinterpError(
+                'give exactly one of series.organism or series.checkpoints (set organism = "" '
+                "in the config, or pass --series, to use checkpoint folders)"
+            )
+        if self.checkpoints and len(self.checkpoints) < 2:
+            raise RlinterpError("series.checkpoints needs a base and at least one RL checkpoint")
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """The tokens every model is run on."""
+
+    source: str = "organism"
+    """``organism`` (the organism's persona texts) or a ``.txt`` / ``.jsonl`` prompt file."""
+    max_prompts: int | None = None
+    """Use only the first this many prompts (None: all)."""
+
+    def __post_init__(self) -> None:
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise RlinterpError(f"prompts.max_prompts must be positive, got {self.max_prompts}")
+
+
+@dataclass(frozen=True)
+class HarvestSection:
+    """Which activations are harvested, and in what batches."""
+
+    hooks: tuple[str, ...] = ()
+    """Hook names (empty: the residual stream after every block)."""
+    batch_size: int = 32
+    """Prompts per forward pass and per store shard (the memory bound)."""
+    include_bos: bool = False
+    """Keep the BOS position in statistics."""
+    response_only: bool = False
+    """Keep only response tokens (prompts need a prompt/response split)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise RlinterpError(f"harvest.batch_size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DictionariesSection:
+    """Dictionaries: a base SAE (FVU drift and feature cards) and optional per-regime ones."""
+
+    enabled: bool = True
+    """Train dictionaries at all."""
+    hook: str | None = None
+    """Hook to train on (None: the hook whose activations changed most at the last step)."""
+    methods: tuple[Literal["diff-sae", "crosscoder"], ...] = ()
+    """Extra dictionaries per regime, base vs last checkpoint: ``diff-sae``, ``crosscoder``."""
+    d_sae: int = 256
+    """Latents per dictionary."""
+    k: int = 8
+    """Active latents per token."""
+    n_tokens: int = 100_000
+    """Training tokens per dictionary (the budget), repeats included."""
+    batch_size: int = 256
+    """Tokens per training step."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    seed: int = 0
+    """Initialisation and data order."""
+    top_k: int = 8
+    """Top-activating contexts kept per latent and model (feature cards)."""
+    cards: int = 24
+    """Latents that get a feature card (those whose activity changed most)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "n_tokens", "batch_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise RlinterpError(f"dictionaries.{name} must be positive, got {getattr(self, name)}")
+        if self.cards < 0:
+            raise RlinterpError(f"dictionaries.cards must be >= 0, got {self.cards}")
+
+
+@dataclass(frozen=True)
+class ComputeSection:
+    """Where the models and dictionaries run."""
+
+    device: str = "cpu"
+    """Torch device (``cuda`` on a GPU machine)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Model dtype."""
+    threads: int | None = None
+    """Torch CPU threads (None: torch's default)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of the pipeline (``rlinterp run``)."""
+
+    out: str = "artifacts/run/default-seed0"
+    """Output directory of the run (report, tables, stage folders)."""
+    series: SeriesConfig = field(default_factory=SeriesConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    harvest: HarvestSection = field(default_factory=HarvestSection)
+    dictionaries: DictionariesSection = field(default_factory=DictionariesSection)
+    compute: ComputeSection = field(default_factory=ComputeSection)
+    extra: tuple[tuple[str, Any], ...] = ()
+    """Sections registered by later stages: ``(name, config)`` pairs (see ``register_section``)."""
+
+    def section(self, name: str) -> Any:
+        """A section by name, built-in or registered."""
+        if name in {f.name for f in dataclasses.fields(self)} - {"out", "extra"}:
+            return getattr(self, name)
+        return dict(self.extra).get(name, _REGISTERED[name]())
+
+
+BUILTIN_SECTIONS = ("series", "prompts", "harvest", "dictionaries", "compute")
+_REGISTERED: dict[str, type] = {}
+"""Sections added by later stages (name -> frozen dataclass with defaults)."""
+
+
+def register_section(name: str, cls: type) -> None:
+    """Add a config section for a stage (its frozen dataclass must have defaults for
+    every field). It becomes ``[name]`` in TOML and ``--name-<field>`` on the CLI."""
+    if name in BUILTIN_SECTIONS or name in ("out", "extra"):
+        raise ValueError(f"{name!r} is a built-in config key")
+    _REGISTERED[name] = cls
+
+
+def sections() -> dict[str, type]:
+    """Every section name and its dataclass, built-in first."""
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in BUILTIN_SECTIONS} | dict(_REGISTERED)
+
+
+# -- docstrings and types ------------------------------------------------------------------
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (from its source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def type_name(tp: Any) -> str:
+    """How a field's type reads in messages and help: ``int``, ``list of str``, ``one of 'a', 'b'``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else type_name(a) for a in args)
+    if origin is tuple:
+        return f"list of {type_name(args[0])}"
+    return {str: "string", int: "integer", float: "number", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` (from TOML or the CLI) as ``tp``, or a one-line error naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except RlinterpError:
+                continue
+    elif origin is tuple:
+        if isinstance(value, list | tuple):
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    elif _is_a(value, tp):
+        return float(value) if tp is float else value
+    raise RlinterpError(f"config key {key!r}: expected {type_name(tp)}, got {value!r}")
+
+
+def _is_a(value: Any, tp: Any) -> bool:
+    """Whether a scalar ``value`` is a ``tp`` (an int is a float; a bool is not a number)."""
+    if typing.get_origin(tp) is Literal:
+        return value in typing.get_args(tp)
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, int | float)
+    return isinstance(value, tp)
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """A section dataclass from a TOML table, every key and type checked."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+            raise RlinterpError(f"unknown config key {prefix + key!r}{hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own validation
+        raise RlinterpError(str(e)) from e
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A ``RunConfig`` from parsed TOML: top-level ``out`` and one table per section."""
+    known = sections()
+    top = {}
+    built: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in known:
+            if not isinstance(value, dict):
+                raise RlinterpError(f"config key {key!r}: expected a table [{key}], got {value!r}")
+            # TOML has no null: organism = "" means none, and so does giving checkpoints.
+            if key == "series" and (
+                value.get("organism") == "" or "organism" not in value and "checkpoints" in value
+            ):
+                value = {**value, "organism": None}
+            built[key] = _build(known[key], value, f"{key}.")
+        elif key == "out":
+            top["out"] = _coerce(value, str, "out")
+        else:
+            close = difflib.get_close_matches(key, [*known, "out"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: out, {', '.join(known)})"
+            raise RlinterpError(f"unknown config key {key!r}{hint}")
+    extra = tuple((name, built.pop(name)) for name in list(built) if name not in BUILTIN_SECTIONS)
+    return RunConfig(**top, **built, extra=extra)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML run config (see ``config_template`` for every key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RlinterpError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RlinterpError(f"{path} is not valid TOML: {e}") from e
+    return config_from_dict(data)
+
+
+def with_overrides(
+    config: RunConfig, overrides: dict[str, dict[str, Any]], out: str | None = None
+) -> RunConfig:
+    """A new config with ``{section: {field: value}}`` replaced (values already typed)."""
+    replaced: dict[str, Any] = {"out": out} if out is not None else {}
+    extra = dict(config.extra)
+    for name, values in overrides.items():
+        if not values:
+            continue
+        current = config.section(name)
+        try:
+            new = dataclasses.replace(current, **values)
+        except ValueError as e:
+            raise RlinterpError(str(e)) from e
+        if name in BUILTIN_SECTIONS:
+            replaced[name] = new
+        else:
+            extra[name] = new
+    return dataclasses.replace(config, **replaced, extra=tuple(extra.items()))
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain JSON-able form (tuples as lists), every section included."""
+    data: dict[str, Any] = {"out": config.out}
+    for name in sections():
+        data[name] = json.loads(json.dumps(dataclasses.asdict(config.section(name))))
+    return data
+
+
+def fingerprint(config: RunConfig) -> dict[str, str]:
+    """Per section, a hash of its settings; ``compute.device`` and ``threads`` are left out
+    (where a run computes does not change what it means)."""
+    data = to_dict(config)
+    data["compute"] = {"dtype": data["compute"]["dtype"]}
+    return {
+        name: hashlib.sha256(json.dumps(data[name], sort_keys=True).encode()).hexdigest()[:16]
+        for name in sections()
+    }
+
+
+# -- the documented TOML ----------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def config_template(config: RunConfig | None = None) -> str:
+    """A TOML file with every key, its value in ``config`` (default: the defaults) and its
+    documentation as a comment. Keys whose value is None are commented out."""
+    config = config or RunConfig()
+    lines = [
+        "# rlinterp run configuration. Every key is optional; shown with its default.",
+        "# Generated by `rlinterp run --print-config` from rlinterp/run_config.py.",
+        "",
+        f"# {field_docs(RunConfig)['out']}",
+        f"out = {_toml_value(config.out)}",
+    ]
+    for name, cls in sections().items():
+        lines += ["", f"[{name}]", f"# {' '.join((cls.__doc__ or '').split())}"]
+        docs = field_docs(cls)
+        section = config.section(name)
+        for f in dataclasses.fields(cls):
+            value = getattr(section, f.name)
+            expected = type_name(typing.get_type_hints(cls)[f.name])
+            lines.append(f"# {docs.get(f.name, '')} ({expected})")
+            if value is None:
+                lines.append(f'# {f.name} = ""' if name == "series" else f"# {f.name} =")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def cli_options() -> list[tuple[str, str, Any, str]]:
+    """``(section, field, type, help)`` of every generated ``--<section>-<field>`` option."""
+    options = []
+    for name, cls in sections().items():
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            options.append((name, f.name, tp, f"{docs.get(f.name, '')} [{type_name(tp)}]"))
+    return options
+
+
+def metavar(tp: Any) -> str:
+    """A short placeholder for an option's value: ``N``, ``X``, ``TEXT``, ``{a,b}``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if origin in (typing.Union, types.UnionType, tuple):
+        return metavar(next(a for a in args if a is not type(None) and a is not Ellipsis))
+    return {int: "N", float: "X"}.get(tp, "TEXT")
+
+
+def parse_cli_value(text: str | list[str], tp: Any, key: str) -> Any:
+    """A command-line string (or list, for list-typed options) as ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        items = text if isinstance(text, list) else [text]
+        return tuple(parse_cli_value(t, args[0], key) for t in items)
+    if origin in (typing.Union, types.UnionType):
+        if text in ("none", "None", ""):
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return parse_cli_value(text, arg, key)
+            except RlinterpError:
+                continue
+        raise RlinterpError(f"option --{key}: expected {type_name(tp)}, got {text!r}")
+    assert isinstance(text, str)
+    try:
+        if tp is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        value: Any = {int: int, float: float}.get(tp, str)(text)
+    except ValueError:
+        raise RlinterpError(f"option --{key}: expected {type_name(tp)}, got {text!r}") from None
+    return _coerce(value, tp, f"--{key}")
+
+
+@dataclass
+class RunContext:
+    """What every stage sees: the config, the output directory, the series and prompts."""
+
+    config: RunConfig
+    out: Path
+    series: dict[str, ModelSeries] = field(default_factory=dict)
+    """Series name (an organism regime, or ``series.name``) -> the models, base first."""
+    prompts: PromptSet | None = None
+    organism_root: Path | None = None
+    """The organism's directory when the series come from one."""
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name

@@ -1,0 +1,427 @@
+"""Selection or novelty, step by step: persona features, the index with its interval, the
+transition, and the causal checks of one checkpoint series, written to one directory.
+
+``run_selection(series, texts, out)`` is what ``rlinterp selection`` calls. ``texts`` are
+persona-labelled texts with a prompt/response split (the organism's persona texts, or a
+user's labelled JSONL); every model of the series reads them (response tokens only), so the
+comparison is on the same tokens. Steps:
+
+1. harvest the series on the texts (``activations/``, resumable);
+2. persona directions at every hook, scored on held-out texts; the analysis hook is
+   ``cfg.hook`` or the hook whose worst persona separates best;
+3. a dictionary of the base at that hook (``cfg.dictionary``, or one trained here);
+4. persona latents of that dictionary and their activity at every step;
+5. the selection-versus-novelty index per step (bootstrap interval over texts), its
+   components and the transition (``novelty``);
+6. causal checks per RL checkpoint: steering the base / ablating the checkpoint along the
+   mean shift projected onto the persona directions, with the full mean shift as the
+   reference and a random vector as the control (``causal``).
+
+7. on organism series, the internal persona readout on each checkpoint's own (on-policy)
+   answers against the behaviour table's persona shares (Spearman over steps).
+
+Output layout: ``persona_directions.parquet``, ``persona_directions.safetensors``
+(``<hook>`` -> ``[persona, d]``), ``persona_latents.parquet``,
+``persona_latent_trajectories.parquet``, ``index.parquet``, ``index_replicates.safetensors``,
+``causal.parquet``, ``readout.parquet`` and ``on_policy/`` (organism series),
+``summary.json`` (``SUMMARY_SCHEMA``) and ``manifest.json`` last. The directory is claimed
+through ``rundir`` (kind ``rlinterp.selection``): a finished analysis of the same inputs is
+read back, one of other inputs refused naming what changed, anything else left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from . import rundir
+from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
+from .causal import causal_table, steer_and_ablate
+from .dictionaries import DictionaryConfig, train_dictionary
+from .errors import RlinterpError
+from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
+from .novelty import IndexConfig, NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
+from .onpolicy import SamplingConfig, harvest_on_policy
+from .organism import Organism
+from .organism.steering import behaviour_recovery, steered_behaviour
+from .persona_features import PersonaDirections, PersonaSplit, persona_directions, persona_latents, text_means
+from .prompts import PromptSet
+from .sae import TrainedSAE
+from .series import ModelSeries
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SCHEMA = {
+    "hook": "the hook analysed (persona directions separate best there unless chosen)",
+    "persona_auroc": "held-out AUROC of each persona direction at that hook (one vs rest)",
+    "steps": "per checkpoint: label, step, index, index_lo, index_hi (bootstrap interval), "
+    "fvu_drift, persona_share (of the mean shift inside the persona span) and persona_baseline "
+    "(a random subspace's share), steering_recovery and ablation_loss along the persona shift",
+    "transition": "change point of the index: found, step, step_lo, step_hi, jump, support",
+    "behavioural_transition": "first step whose share_none passes 50% (organism series only)",
+    "readout_spearman": "per persona: rank correlation over steps between the persona readout on "
+    "each checkpoint's own answers and the behaviour table's share of that persona (organism only)",
+}
+ENTRIES = (
+    "activations",
+    "dictionary",
+    "on_policy",
+    "persona_directions.parquet",
+    "persona_directions.safetensors",
+    "persona_latents.parquet",
+    "persona_latent_trajectories.parquet",
+    "index.parquet",
+    "index_replicates.safetensors",
+    "causal.parquet",
+    "readout.parquet",
+    "summary.json",
+)
+"""Everything a selection directory holds besides its manifest."""
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """What ``run_selection`` analyses and with which budgets."""
+
+    label: str = "persona"
+    """The label column of the texts that names each text's persona."""
+    hook: str | None = None
+    """Hook to analyse; None picks the hook whose persona directions separate best."""
+    dictionary: str | None = None
+    """A trained base SAE (``rlinterp dictionaries train``) at ``hook``; None trains one."""
+    dictionary_config: DictionaryConfig = field(
+        default_factory=lambda: DictionaryConfig(d_sae=128, k=8, n_tokens=100_000)
+    )
+    """Budget of the base SAE trained when ``dictionary`` is None."""
+    held_out_fraction: float = 0.3
+    """Share of each persona's texts kept out of every fit."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Bootstrap and transition settings."""
+    batch_size: int = 32
+    """Texts per harvest batch."""
+    seed: int = 0
+    """Split, controls and resampling."""
+    samples_per_prompt: int = 4
+    """On-policy answers each checkpoint samples per question for the persona readout
+    (organism series)."""
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """Everything ``run_selection`` wrote, as tables."""
+
+    directions: PersonaDirections
+    hook: str
+    latents: pd.DataFrame
+    latent_trajectories: pd.DataFrame
+    index: NoveltyIndex
+    causal: pd.DataFrame
+    readout: pd.DataFrame
+    """One row per (step, persona): ``label, step, persona, readout`` (mean projection of the
+    checkpoint's activations on its own answers onto the persona direction) and ``share``
+    (the behaviour table's share of that persona); empty without an organism."""
+
+    def readout_spearman(self) -> dict[str, float]:
+        """Per persona, the rank correlation over steps of readout and behaviour share (NaN
+        where either is constant)."""
+        if self.readout.empty:
+            return {}
+        return {
+            str(persona): float(rows["readout"].rank().corr(rows["share"].rank()))
+            for persona, rows in self.readout.groupby("persona")
+        }
+
+    def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
+        """The JSON summary (``SUMMARY_SCHEMA``)."""
+        auroc = self.directions.table[self.directions.table["hook"] == self.hook]
+        causal = self.causal[self.causal["vector"] == "persona"].set_index("label")
+        steps = []
+        for row in self.index.table.itertuples():
+            steps.append(
+                {
+                    "label": row.label,
+                    "step": int(row.step),
+                    "index": row.index,
+                    "index_lo": row.index_lo,
+                    "index_hi": row.index_hi,
+                    "fvu_drift": row.fvu_drift,
+                    "persona_share": row.persona_share,
+                    "persona_baseline": row.persona_baseline,
+                    "steering_recovery": _get(causal, row.label, "steering_recovery"),
+                    "ablation_loss": _get(causal, row.label, "ablation_loss"),
+                }
+            )
+        return {
+            "schema": SUMMARY_SCHEMA,
+            "hook": self.hook,
+            "persona_auroc": dict(zip(auroc["persona"], auroc["auroc"].astype(float), strict=True)),
+            "steps": steps,
+            "transition": self.index.transition,
+            "behavioural_transition": behavioural_step,
+            "readout_spearman": self.readout_spearman(),
+        }
+
+
+def _get(frame: pd.DataFrame, label: str, column: str) -> float | None:
+    return float(frame.loc[label, column]) if label in frame.index else None
+
+
+def run_selection(
+    series: ModelSeries,
+    texts: PromptSet,
+    out: str | os.PathLike[str],
+    cfg: SelectionConfig | None = None,
+    organism: Organism | None = None,
+    regime: str | None = None,
+    *,
+    force: bool = False,
+) -> SelectionResult:
+    """Run the selection-versus-novelty analysis of ``series`` on persona-labelled ``texts``
+    into ``out`` (see the module docstring). When the series is ``regime`` of ``organism``,
+    the causal checks also judge behaviour (persona shares and reward of the steered base and
+    the ablated checkpoint, see ``organism.steering``) and the summary gives the behavioural
+    transition."""
+    cfg = cfg or SelectionConfig()
+    if (organism is None) != (regime is None):
+        raise RlinterpError("give both the organism and its regime, or neither")
+    out = Path(out)
+    if len(series) < 2:
+        raise RlinterpError("the selection analysis needs a base and at least one RL checkpoint")
+    if cfg.label not in texts.labels:
+        raise RlinterpError(
+            f"the texts have no {cfg.label!r} label (they have {sorted(texts.labels) or 'none'}); "
+            "give persona-labelled texts"
+        )
+    labels = texts.labels[cfg.label]
+    harvest_cfg = HarvestConfig(
+        hooks=(cfg.hook,) if cfg.hook else None,
+        batch_size=cfg.batch_size,
+        response_only=texts.response_starts is not None,
+    )
+    inputs = {
+        "texts": fingerprint(series, texts, harvest_cfg),
+        "config": asdict(cfg),
+        "organism": None if organism is None else rundir.digest(organism.manifest["weights_sha256"]),
+        "regime": regime,
+    }
+    claimed = rundir.claim(out, rundir.SELECTION, inputs, ENTRIES, resumable=("activations",), force=force)
+    if claimed.state == "finished":
+        log.info("reusing the finished selection analysis in %s", out)
+        return _load(out, labels)
+    store = harvest(series, texts, out / "activations", harvest_cfg)
+    directions = persona_directions(store, labels, held_out_fraction=cfg.held_out_fraction, seed=cfg.seed)
+    hook = cfg.hook or directions.best_hook
+    sae = _dictionary(store, hook, out, cfg)
+    latents = persona_latents(
+        store, labels, hook, sae.encode, held_out_fraction=cfg.held_out_fraction, seed=cfg.seed
+    )
+    trajectories = _latent_trajectories(store, hook, sae, latents)
+    parts = [step_parts(store, hook, sae, label) for label in store.labels]
+    index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
+    causal = _causal(series, store, hook, directions, parts, cfg.seed)
+    behavioural_step, readout = None, pd.DataFrame()
+    if organism is not None and regime is not None:
+        causal = _with_behaviour(causal, organism, regime, hook, directions, parts)
+        behavioural_step = behavioural_transition(organism.behaviour(), regime)
+        readout = _readout(series, texts, out, hook, directions, organism, regime, cfg)
+    result = SelectionResult(directions, hook, latents, trajectories, index, causal, readout)
+    _write(result, out, series, store, cfg, behavioural_step)
+    return result
+
+
+def _dictionary(store: ActivationStore, hook: str, out: Path, cfg: SelectionConfig) -> Any:
+    if cfg.dictionary is not None:
+        trained = TrainedSAE.load(cfg.dictionary)
+        trained_hook = trained.manifest.get("hook")
+        if trained_hook != hook:
+            raise RlinterpError(
+                f"the dictionary {cfg.dictionary} was trained at {trained_hook}, not at {hook}"
+            )
+        return trained.sae
+    path = out / "dictionary"
+    if not (path / "rlinterp.json").is_file():
+        train_dictionary(store, "sae", hook, path, cfg.dictionary_config, model=store.labels[0])
+    return TrainedSAE.load(path).sae
+
+
+@torch.no_grad()
+def _latent_trajectories(
+    store: ActivationStore, hook: str, sae: Any, latents: pd.DataFrame, per_persona: int = 3
+) -> pd.DataFrame:
+    """Mean activation of each persona's best latents over all texts, at every step."""
+    chosen = latents[latents["rank"] < per_persona]
+    steps = {c["label"]: int(c["step"]) for c in store.manifest["checkpoints"]}
+    rows = []
+    for label in store.labels:
+        means = text_means(store, label, hook, sae.encode).mean(0)
+        rows += [
+            {
+                "label": label,
+                "step": steps[label],
+                "persona": r.persona,
+                "latent": int(r.latent),
+                "mean_activation": float(means[int(r.latent)]),
+            }
+            for r in chosen.itertuples()
+        ]
+    return pd.DataFrame(rows)
+
+
+def _causal(
+    series: ModelSeries,
+    store: ActivationStore,
+    hook: str,
+    directions: PersonaDirections,
+    parts: list[StepParts],
+    seed: int,
+) -> pd.DataFrame:
+    """Steering/ablation along the persona-projected mean shift and along the full shift."""
+    basis = directions.basis(hook)
+    results, kinds = [], []
+    for part in parts:
+        if part.label == series.base.label:
+            continue
+        shift = (part.shift.sum(0) / part.n_tokens.sum().clamp_min(1)).float()
+        for kind, vector in (("persona", basis @ (basis.T @ shift)), ("full", shift)):
+            results.append(steer_and_ablate(series, store, part.label, hook, vector, seed))
+            kinds.append(kind)
+    table = causal_table(results)
+    return table.assign(vector=kinds) if len(table) else table
+
+
+def _with_behaviour(
+    causal: pd.DataFrame,
+    organism: Organism,
+    regime: str,
+    hook: str,
+    directions: PersonaDirections,
+    parts: list[StepParts],
+) -> pd.DataFrame:
+    """Add behaviour columns to the causal table: how far steering the base moved its
+    behaviour towards the checkpoint's, and ablating moved the checkpoint's back."""
+    table = organism.behaviour()
+    rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
+    basis = directions.basis(hook)
+    shifts = {p.label: (p.shift.sum(0) / p.n_tokens.sum().clamp_min(1)).float() for p in parts}
+    extra = []
+    for r in causal.itertuples():
+        shift = shifts[r.label]
+        vector = basis @ (basis.T @ shift) if r.vector == "persona" else shift
+        steered = steered_behaviour(organism, regime, 0, hook, vector)
+        ablated = steered_behaviour(organism, regime, int(r.step), hook, -vector)
+        towards = behaviour_recovery(rows[0], rows[int(r.step)], steered)
+        back = behaviour_recovery(rows[int(r.step)], rows[0], ablated)
+        extra.append(
+            {
+                "behaviour_steering_shares": towards["shares"],
+                "behaviour_steering_reward": towards["reward"],
+                "behaviour_ablation_shares": back["shares"],
+                "behaviour_ablation_reward": back["reward"],
+            }
+        )
+    return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
+
+
+def _readout(
+    series: ModelSeries,
+    texts: PromptSet,
+    out: Path,
+    hook: str,
+    directions: PersonaDirections,
+    organism: Organism,
+    regime: str,
+    cfg: SelectionConfig,
+) -> pd.DataFrame:
+    """Each checkpoint samples its own answers to the texts' questions; the persona readout
+    is the mean projection of its activations at ``hook`` on those answer tokens onto each
+    persona direction, beside the behaviour table's share of that persona."""
+    sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
+    on_policy = harvest_on_policy(
+        series, texts, out / "on_policy", sampling, HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size)
+    )
+    table = organism.behaviour()
+    shares = table[table["regime"] == regime].set_index("step")
+    units = directions.directions[hook].double()
+    rows = []
+    for checkpoint in series:
+        store = on_policy.stores[checkpoint.label]
+        total, n = torch.zeros(len(units), dtype=torch.float64), 0
+        for shard in store.shards(checkpoint.label, hook):
+            total += (shard.double() @ units.T).sum(0)
+            n += len(shard)
+        for persona, value in zip(directions.split.personas, (total / max(n, 1)).tolist(), strict=True):
+            column = f"share_{persona}"
+            share = shares.loc[checkpoint.step, column] if column in shares.columns else float("nan")
+            rows.append(
+                {
+                    "label": checkpoint.label,
+                    "step": checkpoint.step,
+                    "persona": persona,
+                    "readout": value,
+                    "share": float(share),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+HELD_OUT = "held_out"
+"""Key of the held-out mask beside the per-hook directions in ``persona_directions.safetensors``."""
+
+
+def _load(out: Path, labels: tuple[str, ...]) -> SelectionResult:
+    """A finished analysis read back from ``out`` (tables, directions, replicates, summary)."""
+    manifest = rundir.read_finished(out, rundir.SELECTION, "run `rlinterp selection` again")
+    saved = load_file(out / "persona_directions.safetensors")
+    table = pd.read_parquet(out / "persona_directions.parquet")
+    split = PersonaSplit(labels, tuple(sorted(set(labels))), saved.pop(HELD_OUT).bool())
+    summary = json.loads((out / "summary.json").read_text())
+    replicates = load_file(out / "index_replicates.safetensors")["replicates"].double().numpy()
+    return SelectionResult(
+        directions=PersonaDirections(split, saved, table),
+        hook=str(manifest["hook"]),
+        latents=pd.read_parquet(out / "persona_latents.parquet"),
+        latent_trajectories=pd.read_parquet(out / "persona_latent_trajectories.parquet"),
+        index=NoveltyIndex(pd.read_parquet(out / "index.parquet"), replicates, summary["transition"]),
+        causal=pd.read_parquet(out / "causal.parquet"),
+        readout=pd.read_parquet(out / "readout.parquet"),
+    )
+
+
+def _write(
+    result: SelectionResult,
+    out: Path,
+    series: ModelSeries,
+    store: ActivationStore,
+    cfg: SelectionConfig,
+    behavioural_step: int | None,
+) -> None:
+    write_parquet(out / "persona_directions.parquet", result.directions.table)
+    held_out = {HELD_OUT: result.directions.split.held_out.to(torch.uint8)}
+    write_safetensors(out / "persona_directions.safetensors", {**result.directions.directions, **held_out})
+    write_parquet(out / "persona_latents.parquet", result.latents)
+    write_parquet(out / "persona_latent_trajectories.parquet", result.latent_trajectories)
+    write_parquet(out / "index.parquet", result.index.table)
+    replicates = torch.from_numpy(result.index.replicates).float()
+    write_safetensors(out / "index_replicates.safetensors", {"replicates": replicates})
+    write_parquet(out / "causal.parquet", result.causal)
+    write_parquet(out / "readout.parquet", result.readout)
+    write_json(out / "summary.json", result.summary(behavioural_step))
+    rundir.finish(  # last: marks the directory finished
+        out,
+        rundir.SELECTION,
+        {
+            "checkpoints": series.describe(),
+            "hook": result.hook,
+            "config": asdict(cfg),
+            "prompts_sha256": store.manifest["prompts_sha256"],
+            "versions": environment_versions(),
+        },
+    )

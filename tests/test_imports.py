@@ -1,0 +1,125 @@
+"""The package's import graph has no cycles (computing never needs drawing, a store never
+needs the series module to import it back), and ``import rlinterp`` is the one import the
+notebooks need.
+
+The graph is read from the source with ``ast``: every ``import`` counts, at module level,
+inside functions and under ``TYPE_CHECKING`` alike, since each of those is a dependency."""
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import rlinterp
+
+PACKAGE = Path(rlinterp.__file__).parent
+NOTEBOOKS = PACKAGE.parent / "notebooks"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(module: str, is_package: bool, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The names an import statement in ``module`` asks for, resolved to absolute names."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if node.level:
+        anchor = module.split(".")
+        anchor = anchor if is_package else anchor[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, node.module] if node.module else anchor)
+    else:
+        base = node.module or ""
+    submodules = [f"{base}.{alias.name}" for alias in node.names]
+    # ``from . import name`` names a submodule of the package; ``from pkg import name`` may
+    if node.level and not node.module:
+        return submodules
+    return [base, *submodules]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> rlinterp modules it imports``, the root package (the public facade, which
+    imports everything and which no module may import) left out. Importing ``a.b.c`` runs
+    ``a.b``'s ``__init__`` first, so it depends on that package too, unless the importer
+    lives inside it."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        if module == "rlinterp":
+            continue
+        is_package = path.name == "__init__.py"
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                for name in _imported(module, is_package, node):
+                    parts = name.split(".")
+                    for i in range(2, len(parts) + 1):
+                        prefix = ".".join(parts[:i])
+                        inside = module == prefix or module.startswith(prefix + ".")
+                        if prefix in files and not inside:
+                            targets.add(prefix)
+                    assert name != "rlinterp", f"{module} imports the package facade"
+        graph[module] = targets
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_import_graph_is_acyclic():
+    graph = import_graph()
+    assert len(graph) > 20 and "rlinterp.organism.build" in graph  # the walk found the package
+    assert "rlinterp.report" in graph["rlinterp.cli"]  # and resolves relative imports
+    cycles = sorted(module for module in graph if module in _reachable(graph, module))
+    assert cycles == [], f"modules on an import cycle: {cycles}"
+    # the two that were cycles: computing a diff never imports the renderer, and the
+    # series module never imports the activation store
+    assert "rlinterp.report" not in _reachable(graph, "rlinterp.diff")
+    assert "rlinterp.harvest" not in _reachable(graph, "rlinterp.series")
+
+
+def test_the_graph_sees_a_cycle_when_there_is_one(tmp_path, monkeypatch):
+    """The check itself can fail: a two-module package that imports itself in a circle."""
+    package = tmp_path / "rlinterp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from .b import g\n")
+    (package / "b.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from .a import f\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    graph = import_graph()
+    assert graph["rlinterp.a"] == {"rlinterp.b"} and graph["rlinterp.b"] == {"rlinterp.a"}
+
+
+def _notebook_code() -> list[str]:
+    cells = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                cells.append("".join(cell["source"]))
+    return cells
+
+
+def test_notebooks_need_only_import_rlinterp():
+    cells = _notebook_code()
+    assert cells, f"no notebooks found in {NOTEBOOKS}"
+    used = set()
+    for node in ast.walk(ast.parse("\n".join(cells))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rlinterp"):
+            raise AssertionError(f"a notebook imports from {node.module}; use `import rlinterp`")
+        if isinstance(node, ast.Import):
+            assert all(a.name == "rlinterp" or not a.name.startswith("rlinterp") for a in node.names)
+        is_name = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        if is_name and node.value.id == "rlinterp":
+            used.add(node.attr)
+    missing = sorted(name for name in used if not hasattr(rlinterp, name))
+    assert missing == [], f"notebooks use rlinterp.{missing}, which `import rlinterp` does not expose"
+    for name in ("train_dictionary", "evaluate_dictionary", "DictionaryConfig", "write_report", "SeriesDiff"):
+        assert hasattr(rlinterp, name)

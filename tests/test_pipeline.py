@@ -1,0 +1,300 @@
+"""``rlinterp run``: the config (keys, types, generated options), the pipeline on a micro
+organism (resume, refusal of another run's directory), and its terminal summary."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlinterp.cli import main
+from rlinterp.errors import RlinterpError
+from rlinterp.run_config import (
+    RunConfig,
+    cli_options,
+    config_from_dict,
+    config_template,
+    field_docs,
+    fingerprint,
+    load_config,
+)
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_unknown_key_names_the_key_and_a_close_match():
+    with pytest.raises(
+        RlinterpError, match=r"unknown config key 'dictionaries.n_tokenz' \(did you mean 'n_tokens'\?\)"
+    ):
+        config_from_dict({"dictionaries": {"n_tokenz": 10}})
+    with pytest.raises(RlinterpError, match=r"unknown config key 'dictionary'"):
+        config_from_dict({"dictionary": {}})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"dictionaries": {"d_sae": "big"}}, r"'dictionaries.d_sae': expected integer, got 'big'"),
+        ({"dictionaries": {"d_sae": True}}, r"'dictionaries.d_sae': expected integer, got True"),
+        ({"dictionaries": {"lr": "fast"}}, r"'dictionaries.lr': expected number"),
+        ({"harvest": {"hooks": "blocks.0"}}, r"'harvest.hooks': expected list of string"),
+        ({"harvest": {"hooks": [1]}}, r"'harvest.hooks\[0\]': expected string"),
+        ({"compute": {"dtype": "fp8"}}, r"'compute.dtype': expected one of 'float32', 'bfloat16', 'float16'"),
+        ({"prompts": {"max_prompts": 1.5}}, r"'prompts.max_prompts': expected integer or none"),
+        ({"series": 3}, r"'series': expected a table \[series\]"),
+    ],
+)
+def test_wrong_type_names_the_key_and_the_expected_type(data, message):
+    with pytest.raises(RlinterpError, match=message):
+        config_from_dict(data)
+
+
+def test_toml_round_trip_and_the_template_documents_every_field(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'out = "x"\n[dictionaries]\nd_sae = 64\nlr = 1\n[harvest]\nhooks = ["blocks.0.hook_resid_post"]\n'
+    )
+    config = load_config(path)
+    assert config.out == "x" and config.dictionaries.d_sae == 64 and config.dictionaries.lr == 1.0
+    assert config.harvest.hooks == ("blocks.0.hook_resid_post",)
+    template = config_template(config)
+    (tmp_path / "again.toml").write_text(template)
+    assert load_config(tmp_path / "again.toml") == config
+    # every field's docstring is a comment in the template and an option's help
+    helps = {f"{s}.{n}": h for s, n, _, h in cli_options()}
+    for name in ("n_tokens", "top_k", "cards"):
+        doc = field_docs(type(config.dictionaries))[name]
+        assert f"# {doc}" in template and helps[f"dictionaries.{name}"].startswith(doc)
+
+
+def test_checkpoints_replace_the_organism():
+    config = config_from_dict({"series": {"checkpoints": ["a", "b"]}})
+    assert config.series.organism is None
+    with pytest.raises(RlinterpError, match="exactly one of series.organism or series.checkpoints"):
+        config_from_dict({"series": {"organism": "o", "checkpoints": ["a", "b"]}})
+
+
+def test_fingerprint_ignores_device_but_not_budgets():
+    base = fingerprint(RunConfig())
+    gpu = config_from_dict({"compute": {"device": "cuda", "threads": 4}})
+    assert fingerprint(gpu) == base
+    smaller = config_from_dict({"dictionaries": {"n_tokens": 1000}})
+    assert fingerprint(smaller)["dictionaries"] != base["dictionaries"]
+    assert fingerprint(smaller)["series"] == base["series"]
+
+
+def test_cli_reports_bad_config_in_one_line(capsys, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[dictionaries]\nk = 'eight'\n")
+    err = _one_line_error(capsys, ["run", "--config", str(path)])
+    assert "'dictionaries.k': expected integer, got 'eight'" in err
+    err = _one_line_error(capsys, ["run", "--dictionaries-k", "eight", "--print-config"])
+    assert "--dictionaries-k: expected integer, got 'eight'" in err
+
+
+def test_cli_options_override_the_file(capsys, tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[dictionaries]\nk = 4\nd_sae = 64\n")
+    argv = [
+        "run",
+        "--config",
+        str(path),
+        "--dictionaries-k",
+        "2",
+        "--no-dictionaries-enabled",
+        "--print-config",
+    ]
+    assert main([*argv, "--harvest-hooks", "a", "b", "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.toml").write_text(printed)
+    config = load_config(tmp_path / "printed.toml")
+    assert (config.dictionaries.k, config.dictionaries.d_sae, config.dictionaries.enabled) == (2, 64, False)
+    assert config.harvest.hooks == ("a", "b") and config.out == str(tmp_path / "o")
+
+
+# -- the pipeline on a micro organism ---------------------------------------------------------
+
+SMALL = {
+    "harvest": {"batch_size": 8},
+    "dictionaries": {"d_sae": 32, "k": 4, "n_tokens": 4096, "batch_size": 64, "top_k": 3, "cards": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """A micro organism and one finished run over both regimes."""
+
+    from rlinterp import build_organism
+    from rlinterp.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("pipeline")
+    build_organism(root / "org", config=_micro())
+    config = config_from_dict({"out": str(root / "run"), "series": {"organism": str(root / "org")}, **SMALL})
+    run_pipeline(config, progress=False)
+    return root, config
+
+
+def _micro():
+    from rlinterp.organism.config import (
+        CorpusConfig,
+        EvalConfig,
+        ModelConfig,
+        OrganismConfig,
+        PretrainConfig,
+        RegimeConfig,
+    )
+
+    return OrganismConfig(
+        preset="micro",
+        model=ModelConfig(n_layer=1, d_model=32, n_head=2),
+        corpus=CorpusConfig(n_documents=64, persona_texts_per_persona=4),
+        pretrain=PretrainConfig(steps=5, batch_size=8, warmup_steps=1),
+        regimes=tuple(
+            RegimeConfig(
+                name,
+                lr=1e-3,
+                kl_coef=kl_coef,
+                shortcut_bonus=bonus,
+                checkpoint_steps=(0, 1, 2),
+                questions_per_step=2,
+                group_size=2,
+                max_answer_tokens=8,
+            )
+            for name, kl_coef, bonus in [("weak", 0.1, 0.0), ("strong", 0.0, 0.25)]
+        ),
+        evaluation=EvalConfig(n_questions=4, samples_per_question=1, max_answer_tokens=8),
+    )
+
+
+def test_run_writes_every_stage_and_one_report(micro_run):
+    from rlinterp.run_result import RunResult
+
+    root, _ = micro_run
+    run_dir = root / "run"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong"]
+    for stage in ("diff", "dictionaries"):
+        assert (run_dir / "stages" / f"{stage}.json").is_file()
+    run = RunResult.load(run_dir)
+    summary = run.summary()
+    assert list(summary["series"].unique()) == ["weak", "strong"]
+    assert set(summary["step"]) == {0, 1, 2}
+    base = summary[summary["step"] == 0]
+    # the base compared with itself: no KL, no activation change; the base SAE's FVU is the
+    # same on the base in both series (the same tokens and activations)
+    assert (base["kl_mean"].abs() < 1e-6).all() and (base["activation_change"].abs() < 1e-6).all()
+    assert base["fvu"].nunique() == 1 and 0 <= base["fvu"].iloc[0] < 1
+    text = (run_dir / "report.html").read_text()
+    assert text.count('<script type="text/javascript">/**\n* plotly.js') <= 1
+    assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong")
+
+
+def test_cards_carry_the_base_sae_statistics(micro_run):
+    import torch
+
+    from rlinterp.harvest import ActivationStore
+    from rlinterp.run_result import RunResult
+    from rlinterp.sae import TrainedSAE
+
+    root, _ = micro_run
+    run = RunResult.load(root / "run")
+    sae = TrainedSAE.load(root / "run" / "dictionaries" / "sae").sae
+    store = ActivationStore.load(root / "run" / "diff" / "strong" / "activations")
+    last = store.labels[-1]
+    with torch.no_grad():
+        latents = sae.encode(store.read(last, run.dictionary_info["hook"]))
+    steps = run.latent_steps
+    mine = steps[(steps["series"] == "strong") & (steps["label"] == last)].sort_values("latent")
+    assert torch.allclose(
+        torch.tensor(mine["mean_activation"].to_numpy()), latents.double().mean(0), atol=1e-5
+    )
+    # every top context's peak value is its activation, and the best one is the latent's max
+    contexts = run.contexts[(run.contexts["series"] == "strong") & (run.contexts["label"] == last)]
+    for row in contexts.itertuples():
+        assert row.values[row.peak] == pytest.approx(row.activation, rel=1e-5)
+        if row.rank == 0:
+            assert row.activation == pytest.approx(float(latents[:, row.latent].max()), rel=1e-5)
+    # a text repeated across prompts shows once per latent, and ranks stay consecutive
+    windows = run.contexts.assign(window=run.contexts["tokens"].map(tuple))
+    assert not windows.duplicated(["series", "label", "latent", "window"]).any()
+    assert (
+        windows.groupby(["series", "label", "latent"])["rank"].agg(lambda r: list(r) == list(range(len(r))))
+    ).all()
+    card = run.card(int(contexts["latent"].iloc[0]))
+    assert set(card.contexts["series"]) == {"base", "weak", "strong"} and "Lineage" in card._repr_html_()
+
+
+def test_resume_skips_finished_stages(micro_run, caplog):
+    import logging
+
+    from rlinterp.pipeline import run_pipeline
+
+    root, config = micro_run
+    before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
+        run_pipeline(config, progress=False)
+    assert "stage diff: finished earlier, kept" in caplog.text
+    assert "stage dictionaries: finished earlier, kept" in caplog.text
+    assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
+
+
+def test_a_section_added_since_the_run_resumes(micro_run):
+    """A stage registered after a run was made adds a config section; the run resumes."""
+    from rlinterp.pipeline import run_pipeline
+
+    root, config = micro_run
+    claim = root / "run" / ".run.json"
+    data = json.loads(claim.read_text())
+    del data["fingerprint"]["dictionaries"]
+    claim.write_text(json.dumps(data))
+    run_pipeline(config, progress=False)
+    assert json.loads(claim.read_text())["fingerprint"] == fingerprint(config)
+
+
+def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
+    import dataclasses
+
+    from rlinterp.pipeline import run_pipeline
+
+    root, config = micro_run
+    other = dataclasses.replace(config, dictionaries=dataclasses.replace(config.dictionaries, d_sae=64))
+    before = sorted(p.name for p in (root / "run").rglob("*"))
+    with pytest.raises(
+        RlinterpError, match="holds a different run's results \\(its dictionaries settings differ\\)"
+    ):
+        run_pipeline(other, progress=False)
+    assert sorted(p.name for p in (root / "run").rglob("*")) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RlinterpError, match="not empty and holds no rlinterp run"):
+        run_pipeline(dataclasses.replace(config, out=str(foreign)), progress=False)
+    diff_dir = root / "run" / "diff" / "weak"  # a diff artifact, not a run
+    with pytest.raises(RlinterpError, match="holds a rlinterp.diff artifact, not a run"):
+        run_pipeline(dataclasses.replace(config, out=str(diff_dir)), progress=False)
+
+
+def test_cli_run_ends_with_the_summary_and_the_report_path(micro_run, capsys):
+    root, _ = micro_run
+    argv = ["run", "--series", str(root / "org"), "--out", str(root / "run"), "--no-progress"]
+    for section, values in SMALL.items():
+        for key, value in values.items():
+            argv += [f"--{section}-{key}".replace("_", "-"), str(value)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("weak:\n") and "\nstrong:\n" in out and "fvu" in out
+    assert out.rstrip().endswith(f"report: {Path(root / 'run' / 'report.html')}")
+    assert len(out.splitlines()) < 40  # one screen
+
+
+def test_the_committed_default_config_is_the_generated_one():
+    committed = Path(__file__).parent.parent / "configs" / "default.toml"
+    assert committed.read_text() == config_template(RunConfig()), "regenerate: rlinterp run --print-config"
+    assert load_config(committed) == RunConfig()
