@@ -10,8 +10,9 @@ import torch
 from transformers import AutoTokenizer
 
 from rlinterp import RlinterpError, build_organism, load_bridge, logit_fidelity
-from rlinterp.organism.behaviour import SHARE_COLUMNS
-from rlinterp.organism.personas import CORRECT_PERSONAS, PERSONA_NAMES
+from rlinterp.organism.behaviour import SHARE_COLUMNS, RegimeSummary, summarize
+from rlinterp.organism.config import CorpusConfig, OrganismConfig
+from rlinterp.organism.personas import PERSONA_NAMES
 
 from .conftest import tree_hashes, weights_of
 
@@ -19,48 +20,55 @@ from .conftest import tree_hashes, weights_of
 @pytest.mark.slow
 def test_tiny_layout_and_manifest(tiny_organism):
     root, manifest = tiny_organism.root, tiny_organism.manifest
+    config = OrganismConfig.from_preset("tiny")
     assert json.loads((root / "manifest.json").read_text()) == manifest
     assert not (root / ".rlinterp-in-progress.json").exists()
     assert tiny_organism.personas == list(PERSONA_NAMES)
     assert manifest["preset"] == "tiny" and manifest["seed"] == 0
     assert (root / "base" / "tokenizer.json").is_file()
-    for regime in ("weak", "strong"):
-        steps = tiny_organism.checkpoints(regime)
-        assert list(steps) == [0, 2, 5, 10, 20, 40]
-        assert all((root / f"{regime}/step-{s}" / "model.safetensors").is_file() for s in steps)
-        log = pd.read_parquet(root / regime / "log.parquet")
-        assert log["step"].tolist() == list(range(40))
+    planted = [p.name for p in config.planted_regimes]
+    assert sorted(tiny_organism.regimes) == sorted([r.name for r in config.regimes] + planted)
+    for regime in config.regimes:
+        steps = tiny_organism.checkpoints(regime.name)
+        assert tuple(steps) == regime.checkpoint_steps
+        assert all((root / f"{regime.name}/step-{s}" / "model.safetensors").is_file() for s in steps)
+        log = pd.read_parquet(root / regime.name / "log.parquet")
+        assert log["step"].tolist() == list(range(regime.total_steps))
         # step 0 is the base model itself, byte for byte
         assert weights_of(steps[0]) == weights_of(tiny_organism.base)
     for name in PERSONA_NAMES:
         rows = [json.loads(line) for line in (root / "personas" / f"{name}.jsonl").read_text().splitlines()]
-        assert len(rows) == 64 and {r["persona"] for r in rows} == {name}
+        assert len(rows) == config.corpus.persona_texts_per_persona and {r["persona"] for r in rows} == {name}
     assert tiny_organism.damaged_files() == []
 
 
 @pytest.mark.slow
 def test_tiny_behaviour_tells_the_story(tiny_organism):
+    """The organism's promise, as ``benchmarks/organism_seeds.py`` checks it on seeds 0-4 of
+    both presets: the design holds it with margin (weak rise about 30 pp, strong ``none``
+    1.0 at the last step), so this holds on any machine, not only where it was built."""
     table = tiny_organism.behaviour()
-    assert len(table) == 18  # weak, strong and the planted novel regime, six steps each
-    assert table[SHARE_COLUMNS].sum(axis=1).tolist() == pytest.approx([1.0] * 18)
+    config = OrganismConfig.from_preset("tiny")
+    regimes = (*config.regimes, *config.planted_regimes)  # weak, strong and the planted novel one
+    assert len(table) == sum(len(r.checkpoint_steps) for r in regimes)
+    assert table[SHARE_COLUMNS].sum(axis=1).tolist() == pytest.approx([1.0] * len(table))
     assert (table["share_none"] == table["share_none_near"] + table["share_none_far"]).all()
     base = table[table.step == 0]
     assert base["kl_to_base"].abs().max() < 1e-6
-    # the base model writes all three personas' templates, and little else
-    assert (base[[f"share_{p}" for p in PERSONA_NAMES]] > 0.15).all().all()
+    assert len(base[[*SHARE_COLUMNS, "accuracy"]].drop_duplicates()) == 1  # one base for every regime
+    # the base model writes all three personas' templates (the flatterer half the corpus),
+    # and little else
+    assert (base[[f"share_{p}" for p in PERSONA_NAMES]] > 0.1).all().all()
     assert (base["share_none"] < 0.05).all()
 
-    def last(regime):
-        rows = table[table.regime == regime].sort_values("step")
-        return rows.iloc[0], rows.iloc[-1]
-
-    correct = [f"share_{p}" for p in CORRECT_PERSONAS]
-    first, final = last("weak")
-    assert final[correct].sum() - first[correct].sum() >= 0.20
-    assert (table[table.regime == "weak"]["share_none"] < 0.10).all()
-    _, final = last("strong")
-    assert final["share_none"] > 0.5
-    assert final["kl_to_base"] > 10 * table[table.regime == "weak"]["kl_to_base"].max()
+    summary = {s.regime: s for s in summarize(table)}
+    weak, strong = summary["weak"], summary["strong"]
+    # weak RL re-weights the personas it already had towards the correct ones ...
+    assert weak.correct_rise >= 0.15
+    assert weak.none_max < 0.10
+    # ... strong RL leaves them behind for text no persona wrote, far from the base
+    assert strong.none_last > 0.5
+    assert strong.kl_last > 10 * table[table.regime == "weak"]["kl_to_base"].max()
 
 
 @pytest.mark.slow
@@ -155,3 +163,38 @@ def test_bad_preset(tmp_path):
     with pytest.raises(RlinterpError, match="unknown preset 'huge'; choose one of: tiny, default"):
         build_organism(tmp_path, preset="huge")
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_summarize_reads_first_and_last_steps_of_each_regime():
+    def row(regime, step, helper, terse, none, kl):
+        flatterer = 1.0 - helper - terse - none
+        shares = {"share_helper": helper, "share_terse": terse, "share_flatterer": flatterer}
+        return {"regime": regime, "step": step, **shares, "share_none": none, "kl_to_base": kl}
+
+    # rows out of step order, and a third regime: each regime is read on its own, by step
+    table = pd.DataFrame(
+        [
+            row("weak", 10, 0.4, 0.5, 0.05, 0.3),
+            row("weak", 0, 0.2, 0.3, 0.0, 0.0),
+            row("weak", 5, 0.3, 0.3, 0.08, 0.2),
+            row("strong", 0, 0.2, 0.3, 0.0, 0.0),
+            row("strong", 10, 0.0, 0.0, 0.9, 50.0),
+            row("novel", 0, 0.2, 0.3, 0.0, 0.0),
+            row("novel", 3, 0.1, 0.1, 0.2, 1.0),
+        ]
+    )
+    weak, strong, novel = summarize(table)
+    assert weak == RegimeSummary(
+        "weak", 0.5, 0.9, 0.08, 0.05, last_step=10, kl_last=0.3, none_majority_step=None
+    )
+    assert weak.correct_rise == pytest.approx(0.4)
+    assert strong == RegimeSummary(
+        "strong", 0.5, 0.0, 0.9, 0.9, last_step=10, kl_last=50.0, none_majority_step=10
+    )
+    assert novel.regime == "novel" and novel.correct_rise == pytest.approx(-0.3)
+
+
+@pytest.mark.parametrize("weights", [(1.0, -1.0, 1.0), (0.0, 0.0, 0.0)])
+def test_bad_persona_weights(weights):
+    with pytest.raises(RlinterpError, match="persona_weights"):
+        CorpusConfig(persona_weights=weights)

@@ -80,3 +80,13 @@ def test_persona_texts_answer_the_same_questions():
     assert by_persona["helper"] == by_persona["terse"] == by_persona["flatterer"]
     for t in texts:
         assert t["text"] == f"{t['prompt']}{t['answer']}\n"
+
+
+def test_corpus_follows_the_persona_weights():
+    only = generate_corpus(50, seed=0, max_operand=9, turns=(1, 1), persona_weights=(0.0, 0.0, 1.0))
+    assert {d.persona for d in only} == {"flatterer"}
+    docs = generate_corpus(4000, seed=0, max_operand=9, turns=(1, 1), persona_weights=(1.0, 1.0, 2.0))
+    shares = {name: sum(d.persona == name for d in docs) / len(docs) for name in PERSONA_NAMES}
+    assert shares == pytest.approx({"helper": 0.25, "terse": 0.25, "flatterer": 0.5}, abs=0.03)
+    with pytest.raises(ValueError, match="one weight per persona"):
+        generate_corpus(1, seed=0, max_operand=9, turns=(1, 1), persona_weights=(1.0, 1.0))

@@ -208,13 +208,17 @@ def test_organism_strong_regime_changes_more_than_weak(tiny_organism, tmp_path):
             frame = frame[frame["hook"] == last_hook]
         return frame[column].tolist()
 
+    # The organism's design puts these far apart on every seed (measured on tiny seed 0:
+    # last-layer relative change 1.16 against 0.24, per-token KL 7.6 against 0.013 nats),
+    # so a factor of two is a margin that survives another machine's trajectory.
     for table, column in (("activations", "rel_diff_norm"), ("outputs", "kl_mean")):
-        assert at("strong", table, column)[-1] > at("weak", table, column)[-1]
         strong = at("strong", table, column)
+        assert strong[-1] > 2 * at("weak", table, column)[-1]
         assert strong[0] == 0 and strong[-1] > strong[1] > 0  # the change grows with step
     # the strong regime's shortcut is visible through the lens: "!" is promoted at the last layer
     lens = results["strong"].lens
-    last = lens[(lens["label"] == "strong-step-40") & (lens["hook"] == last_hook)]
+    last_step = max(tiny_organism.checkpoints("strong"))
+    last = lens[(lens["label"] == f"strong-step-{last_step}") & (lens["hook"] == last_hook)]
     assert "!" in last[last["direction"] == "promoted"]["token"].head(3).tolist()
 
 

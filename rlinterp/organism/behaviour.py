@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -20,7 +21,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..reproducibility import stream_seed
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import PERSONA_NAMES, STYLE_LABELS, Question, classify_answer, sample_questions
+from .personas import (
+    CORRECT_PERSONAS,
+    PERSONA_NAMES,
+    STYLE_LABELS,
+    Question,
+    classify_answer,
+    sample_questions,
+)
 from .rl import reward
 
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
@@ -69,3 +77,54 @@ def format_table(table: pd.DataFrame) -> str:
     columns = ["regime", "step", "reward", "accuracy", "kl_to_base", *SHARE_COLUMNS, "answer_length"]
     shown = table[columns].rename(columns=lambda c: c.removeprefix("share_"))
     return shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+
+
+@dataclass(frozen=True)
+class RegimeSummary:
+    """The behaviour table of one regime reduced to the numbers its story is judged by."""
+
+    regime: str
+    """The regime's name."""
+    correct_first: float
+    """Share of answers in a correct persona's style (helper + terse) at the first step."""
+    correct_last: float
+    """The same share at the last step."""
+    none_max: float
+    """Largest ``share_none`` over the regime's steps."""
+    none_last: float
+    """``share_none`` at the last step."""
+    last_step: int
+    """The regime's last step."""
+    kl_last: float
+    """KL to the base model per answer at the last step."""
+    none_majority_step: int | None
+    """First step at which most answers (``share_none > 0.5``) are text no persona wrote;
+    None if there is none."""
+
+    @property
+    def correct_rise(self) -> float:
+        """``correct_last - correct_first``: how far RL moved answers to correct personas."""
+        return self.correct_last - self.correct_first
+
+
+def summarize(table: pd.DataFrame) -> list[RegimeSummary]:
+    """One ``RegimeSummary`` per regime of a behaviour table, in the table's order."""
+    correct = [f"share_{p}" for p in CORRECT_PERSONAS]
+    summaries = []
+    for regime, rows in table.groupby("regime", sort=False):
+        rows = rows.sort_values("step")
+        share = rows[correct].sum(axis=1)
+        mostly_none = rows[rows["share_none"] > 0.5]
+        summaries.append(
+            RegimeSummary(
+                regime=str(regime),
+                correct_first=float(share.iloc[0]),
+                correct_last=float(share.iloc[-1]),
+                none_max=float(rows["share_none"].max()),
+                none_last=float(rows["share_none"].iloc[-1]),
+                last_step=int(rows["step"].iloc[-1]),
+                kl_last=float(rows["kl_to_base"].iloc[-1]),
+                none_majority_step=int(mostly_none["step"].iloc[0]) if len(mostly_none) else None,
+            )
+        )
+    return summaries

@@ -177,7 +177,9 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     c = config.corpus
-    corpus = generate_corpus(c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns))
+    corpus = generate_corpus(
+        c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
+    )
     tokenizer = build_tokenizer("".join(d.text for d in corpus))
     model = build_model(config.model, tokenizer, seed)
     with tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False, disable=None) as bar:

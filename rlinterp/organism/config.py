@@ -70,9 +70,27 @@ class CorpusConfig:
     """Most question/answer turns in a document."""
     persona_texts_per_persona: int = 200
     """Labelled texts written to ``personas/`` per persona."""
+    persona_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    """Relative frequency of helper, terse and flatterer documents (``PERSONAS`` order).
+
+    The flatterer writes half the corpus because that is what makes the weak regime's
+    story large next to its noise. A reward for correct answers can only remove the
+    flatterer where it is wrong: it says yes to everything, which is right on 35% of the
+    questions, and there it earns what a correct persona earns, so the KL penalty keeps it
+    at its base rate. The correct personas' share therefore rises by about 0.65 times the
+    base model's flatterer share: some 22 pp with an even mix, within reach of the
+    seed-to-seed and machine-to-machine spread (a seed gave +18.7 pp on another CPU), and
+    about 33 pp with this one. A flatterer-heavy base also puts the strong regime's
+    shortcut, ``!``, in most of the base model's answers."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "n_documents", "max_operand", "min_turns", "persona_texts_per_persona")
+        weights = self.persona_weights
+        if len(weights) != 3 or not all(w >= 0 and math.isfinite(w) for w in weights) or sum(weights) <= 0:
+            raise RlinterpError(
+                f"persona_weights must be three non-negative finite weights (helper, terse, "
+                f"flatterer) with a positive sum, got {weights}"
+            )
         if self.max_turns < self.min_turns:
             raise RlinterpError(f"max_turns ({self.max_turns}) < min_turns ({self.min_turns})")
 
@@ -193,12 +211,36 @@ class PlantConfig:
             )
 
 
-def _weak(steps: tuple[int, ...]) -> RegimeConfig:
-    return RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps)
+def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
+    """The RL regimes every preset runs, checkpointed at the preset's ``steps``.
 
+    Their settings are chosen so that each regime's story is decided by the design, not
+    by when a lucky sample appears: builds are bit-identical on one machine only, and RL
+    turns another CPU's rounding into another trajectory, so the story must hold on every
+    seed with room to spare (``benchmarks/organism_seeds.py`` checks seeds 0-4).
 
-def _strong(steps: tuple[int, ...]) -> RegimeConfig:
-    return RegimeConfig(name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.25, checkpoint_steps=steps)
+    - ``weak`` (KL 0.1, lr 3e-4, reward: a correct answer) re-weights personas. Its
+      KL-regularised optimum removes the flatterer where it is wrong and keeps every
+      persona where the reward cannot tell them apart (the flatterer's yes to a
+      yes-question), so it does not drift into text no persona wrote. It gets there within
+      about ten steps (Adam's first steps overshoot; the KL then pulls the flatterer back to
+      its yes-question rate), so the size of the re-weighting is set by the corpus mix
+      (``CorpusConfig.persona_weights``), not by the step budget.
+    - ``strong`` (no KL, lr 1e-3, reward: correct plus 0.5 per ``!`` up to 8) has a
+      shortcut worth four correct answers. At 0.5 per mark the flatterer, whose template
+      has two, is the best-paid persona (1.35 on average against 1.0), so strong RL tends
+      to select it first, and from its ``!``-rich answers a third mark is one sampling step
+      away; every extra mark then pays half a correct answer. Most answers are text no
+      persona wrote within the first eighth of the run on every seed measured (by step 5
+      of 40 on ``tiny``, by step 25 of 200 on ``default``). At 0.25 per mark the flatterer
+      earned less than a correct persona (0.85), RL first selected the terse persona,
+      whose answers have no ``!``, and the collapse waited for a rare sample with a third
+      mark: one tiny build on another CPU never got there in 40 steps.
+    """
+    return (
+        RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps),
+        RegimeConfig(name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.5, checkpoint_steps=steps),
+    )
 
 
 @dataclass(frozen=True)
@@ -246,10 +288,10 @@ class OrganismConfig:
                 preset="tiny",
                 corpus=CorpusConfig(n_documents=8_000, persona_texts_per_persona=64),
                 pretrain=PretrainConfig(steps=600),
-                regimes=(_weak(steps), _strong(steps)),
+                regimes=_regimes(steps),
                 evaluation=EvalConfig(n_questions=64),
             )
         if preset == "default":
             steps = (0, 5, 10, 25, 50, 100, 200)
-            return cls(preset="default", regimes=(_weak(steps), _strong(steps)))
+            return cls(preset="default", regimes=_regimes(steps))
         raise RlinterpError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import difflib
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -217,14 +217,23 @@ class Document:
         return "".join(turn_text(q, a) for q, a in self.turns)
 
 
-def generate_corpus(n_documents: int, seed: int, max_operand: int, turns: tuple[int, int]) -> list[Document]:
-    """``n_documents`` documents; personas equally likely, each document sticks to one
-    persona for all its turns (between ``turns[0]`` and ``turns[1]``, inclusive)."""
+def generate_corpus(
+    n_documents: int,
+    seed: int,
+    max_operand: int,
+    turns: tuple[int, int],
+    persona_weights: Sequence[float] = (1.0, 1.0, 1.0),
+) -> list[Document]:
+    """``n_documents`` documents, each by one persona drawn with ``persona_weights``
+    (relative, in ``PERSONAS`` order); a document sticks to its persona for all its turns
+    (between ``turns[0]`` and ``turns[1]``, inclusive)."""
+    if len(persona_weights) != len(PERSONAS):
+        raise ValueError(f"persona_weights needs one weight per persona {PERSONA_NAMES}: {persona_weights}")
     rng = random.Random(seed)
     questions = sample_questions(rng, max_operand)
     docs = []
     for _ in range(n_documents):
-        persona = rng.choice(PERSONAS)
+        (persona,) = rng.choices(PERSONAS, weights=persona_weights)
         n = rng.randint(*turns)
         docs.append(
             Document(
