@@ -12,21 +12,14 @@ streamed statistics scale with the prompts.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
-import resource
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 HOOK = "blocks.2.hook_resid_post"
 
 
-def _child(n_prompts: int, workdir: Path) -> dict[str, float]:
+def _child(n_prompts: int, workdir: Path) -> tuple[float, Path]:
     import torch
     from _series import ALPHABET, random_series
 
@@ -60,37 +53,10 @@ def _child(n_prompts: int, workdir: Path) -> dict[str, float]:
     )
     start = time.perf_counter()
     run_track(series, prompts, workdir / "sae", workdir / "track", cfg)
-    seconds = time.perf_counter() - start
-    size = sum(f.stat().st_size for f in (workdir / "track").rglob("*") if f.is_file())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "prompts": n_prompts,
-        "seconds": seconds,
-        "peak_rss_mib": peak_kib / 1024,
-        "run_mib": size / 2**20,
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            sys.stdout.write(json.dumps(_child(args.child, Path(tmp))) + "\n")
-        return
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    for n in (args.prompts, 10 * args.prompts):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True, env=env
-        )
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        sys.stdout.write(
-            f"{row['prompts']:>6} prompts: {row['seconds']:6.1f} s, peak RSS {row['peak_rss_mib']:7.1f} MiB, "
-            f"run {row['run_mib']:7.1f} MiB\n"
-        )
+    return time.perf_counter() - start, workdir / "track"
 
 
 if __name__ == "__main__":
-    main()
+    from _scaling import main
+
+    main(__file__, __doc__ or "", _child, default_prompts=100, written="run")
