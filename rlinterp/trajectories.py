@@ -50,20 +50,12 @@ from .crosscoder import Crosscoder
 from .dictionaries import top_activations
 from .errors import RlinterpError
 from .harvest import ActivationStore
+from .lineage import TRAJECTORY_COLUMNS as LINEAGE_INPUT
 from .sae import TrainedSAE
 from .series import ModelSeries
 
-TRAJECTORY_COLUMNS = [
-    "source",
-    "label",
-    "step",
-    "latent",
-    "frequency",
-    "mean_activation",
-    "mass",
-    "logit_norm",
-    "logit_contribution",
-]
+TRAJECTORY_COLUMNS = list(LINEAGE_INPUT)
+"""The trajectory table's columns, in order: what ``lineage.lineage_table`` reads."""
 FIT_COLUMNS = ["source", "label", "step", "n_tokens", "explained_variance", "l0"]
 TOKEN_COLUMNS = ["label", "step", "latent", "direction", "rank", "token_id", "token", "logit"]
 CONTEXT_COLUMNS = ["source", "label", "step", "latent", "rank", "activation", "context", "token"]

@@ -18,6 +18,8 @@ from rlinterp.run_config import (
     load_config,
 )
 
+from .conftest import make_micro_config
+
 
 def _one_line_error(capsys, argv) -> str:
     assert main(argv) == 2
@@ -135,42 +137,10 @@ def micro_run(tmp_path_factory):
     from rlinterp.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("pipeline")
-    build_organism(root / "org", config=_micro())
+    build_organism(root / "org", config=make_micro_config())
     config = config_from_dict({"out": str(root / "run"), "series": {"organism": str(root / "org")}, **SMALL})
     run_pipeline(config, progress=False)
     return root, config
-
-
-def _micro():
-    from rlinterp.organism.config import (
-        CorpusConfig,
-        EvalConfig,
-        ModelConfig,
-        OrganismConfig,
-        PretrainConfig,
-        RegimeConfig,
-    )
-
-    return OrganismConfig(
-        preset="micro",
-        model=ModelConfig(n_layer=1, d_model=32, n_head=2),
-        corpus=CorpusConfig(n_documents=64, persona_texts_per_persona=4),
-        pretrain=PretrainConfig(steps=5, batch_size=8, warmup_steps=1),
-        regimes=tuple(
-            RegimeConfig(
-                name,
-                lr=1e-3,
-                kl_coef=kl_coef,
-                shortcut_bonus=bonus,
-                checkpoint_steps=(0, 1, 2),
-                questions_per_step=2,
-                group_size=2,
-                max_answer_tokens=8,
-            )
-            for name, kl_coef, bonus in [("weak", 0.1, 0.0), ("strong", 0.0, 0.25)]
-        ),
-        evaluation=EvalConfig(n_questions=4, samples_per_question=1, max_answer_tokens=8),
-    )
 
 
 def test_run_writes_every_stage_and_one_report(micro_run):
