@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import rundir
-from .artifacts import environment_versions, write_json, write_parquet, write_safetensors
+from .artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
 from .causal import causal_table, steer_and_ablate
 from .dictionaries import DictionaryConfig, train_dictionary
 from .errors import RlinterpError
@@ -211,6 +211,9 @@ def run_selection(
         "config": asdict(cfg),
         "organism": None if organism is None else rundir.digest(organism.manifest["weights_sha256"]),
         "regime": regime,
+        # A given dictionary is an input by content, not by path: a retrained SAE at the
+        # same path must not reuse an analysis made with the old one.
+        "dictionary": None if cfg.dictionary is None else _dictionary_digest(Path(cfg.dictionary)),
     }
     claimed = rundir.claim(out, rundir.SELECTION, inputs, ENTRIES, resumable=("activations",), force=force)
     if claimed.state == "finished":
@@ -235,6 +238,13 @@ def run_selection(
     result = SelectionResult(directions, hook, latents, trajectories, index, causal, readout)
     _write(result, out, series, store, cfg, behavioural_step)
     return result
+
+
+def _dictionary_digest(path: Path) -> str:
+    weights = path / "sae_weights.safetensors"
+    if not weights.is_file():
+        raise RlinterpError(f"{path} holds no trained SAE (no sae_weights.safetensors); train one first")
+    return sha256_file(weights)
 
 
 def _dictionary(store: ActivationStore, hook: str, out: Path, cfg: SelectionConfig) -> Any:

@@ -321,6 +321,17 @@ def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, mic
     )
     assert again.index.table.equals(weak.index.table) and again.causal.equals(weak.causal)
     assert again.readout_spearman() == pytest.approx(weak.readout_spearman(), nan_ok=True)
+    # a given dictionary counts by content: replacing it at the same path is a change
+    shutil.copytree(tmp_path / "weak" / "dictionary", tmp_path / "sae")
+    given = dataclasses.replace(cfg, dictionary=str(tmp_path / "sae"))
+    with_given = run_selection(series, PromptSet.from_organism(organism.root), tmp_path / "given", given)
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RlinterpError, match="dictionary changed"):
+        run_selection(series, PromptSet.from_organism(organism.root), tmp_path / "given", given)
+    assert with_given.hook == cfg.hook
     # an organism directory is never written into
     before = tree_hashes(organism.root)
     with pytest.raises(RlinterpError, match="holds a finished organism, not a selection analysis"):
