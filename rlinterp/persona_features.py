@@ -2,9 +2,17 @@
 
 Input is an activation store harvested on persona-labelled texts (the organism's
 ``personas/*.jsonl``, or a user's labelled JSONL through ``PromptSet.from_file``) and the
-label of each text. Every text becomes one vector per hook: the mean of its kept tokens
-(response tokens only when the store was harvested with ``response_only``). Texts are split
-once, stratified by persona and seeded, into a *fit* part and a *held-out* part:
+label of each text. Every text becomes one vector per hook, read at one of two places:
+
+- ``"response"`` (``persona_directions``): the mean of its kept tokens (response tokens only
+  when the store was harvested with ``response_only``): the persona *as it writes*;
+- ``"decision"`` (``decision_directions``): the activation at its *decision position*, the
+  last prompt token, whose next-token distribution opens the response: the persona *as it
+  is chosen*. The texts' prompts must carry the persona (e.g. an earlier turn by it, as the
+  organism's two-turn persona texts do), or nothing tells the personas apart there.
+
+Texts are split once, stratified by persona and seeded, into a *fit* part and a *held-out*
+part:
 
 - a **persona direction** is the difference between the mean of one persona's fit texts
   and the mean of all other personas' fit texts, normalised to unit length;
@@ -21,8 +29,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,7 +39,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .errors import RlinterpError
-from .harvest import ActivationStore
+from .harvest import ActivationStore, TokenBatch
 
 MIN_TEXTS_PER_PERSONA = 6
 """Fewest texts a persona needs: enough for at least two held-out and four fit texts at the
@@ -156,21 +165,88 @@ def persona_directions(
     seed: int = 0,
 ) -> PersonaDirections:
     """Difference-of-class-means persona directions of ``model`` (default: the store's base)
-    at ``hooks`` (default: all harvested), fitted and scored as the module docstring says."""
+    at ``hooks`` (default: all harvested), read over each text's kept tokens, fitted and
+    scored as the module docstring says."""
     labels = _check_labels(store, labels)
-    split = PersonaSplit.make(labels, held_out_fraction, seed)
     model = model or store.labels[0]
+    means = {hook: text_means(store, model, hook) for hook in hooks or store.hooks}
+    return _fit_directions(means, PersonaSplit.make(labels, held_out_fraction, seed))
+
+
+@torch.no_grad()
+def decision_directions(
+    store: ActivationStore,
+    labels: Sequence[str],
+    model: Any,
+    hooks: Sequence[str],
+    held_out_fraction: float = 0.3,
+    seed: int = 0,
+) -> PersonaDirections:
+    """Persona directions read at each text's decision position (the token before its first
+    kept token) by running ``model`` (a hooked model, e.g. ``series.load(series.base)``) on
+    ``store``'s tokens; fitted and scored like ``persona_directions``, on the same split."""
+    labels = _check_labels(store, labels)
+    means = decision_activations(store, model, hooks)
+    return _fit_directions(means, PersonaSplit.make(labels, held_out_fraction, seed))
+
+
+@torch.no_grad()
+def decision_activations(
+    store: ActivationStore, model: Any, hooks: Sequence[str]
+) -> dict[str, Float[Tensor, "text d"]]:
+    """``model``'s activation at every hook at each text's decision position (see
+    ``decision_positions``), in text order."""
+    rows: dict[str, list[Tensor]] = {hook: [] for hook in hooks}
+    device = str(model.cfg.device)
+    for batch, position in decision_batches(store):
+        _, cache = model.run_with_cache(
+            batch.tokens.to(device), names_filter=lambda name: name in rows, return_type=None
+        )
+        for hook in hooks:
+            if hook not in cache:
+                raise RlinterpError(f"the model has no hook {hook!r}")
+            rows[hook].append(cache[hook][torch.arange(len(position)), position].float().cpu())
+    return {hook: torch.cat(values) for hook, values in rows.items()}
+
+
+def decision_batches(store: ActivationStore) -> Iterator[tuple[TokenBatch, Int[Tensor, " prompt"]]]:
+    """Each token batch of ``store`` with its prompts' decision positions. The store must have
+    been harvested with ``response_only`` (texts with a prompt/response split)."""
+    if not store.manifest.get("response_only"):
+        raise RlinterpError(
+            f"decision positions need texts with a prompt/response split, harvested with "
+            f"response_only; {store.root} was harvested on whole texts"
+        )
+    for batch in store.token_batches():
+        yield batch, decision_positions(batch.keep, batch.prompts.start)
+
+
+def decision_positions(keep: Bool[Tensor, "prompt pos"], first_prompt: int = 0) -> Int[Tensor, " prompt"]:
+    """The position before each prompt's first kept token: where the response's first token
+    is predicted. A prompt whose first kept token is its first token (no prompt part) or
+    that has no kept token is an error naming it."""
+    has_kept = keep.any(1)
+    first = keep.int().argmax(1)
+    bad = (~has_kept | (first == 0)).nonzero().flatten()
+    if len(bad):
+        raise RlinterpError(
+            f"texts {[first_prompt + int(i) for i in bad[:5]]} have no prompt before their response "
+            "(or no response); a decision position is the last prompt token"
+        )
+    return first - 1
+
+
+def _fit_directions(means: dict[str, Float[Tensor, "text d"]], split: PersonaSplit) -> PersonaDirections:
     directions, rows = {}, []
-    for hook in hooks or store.hooks:
-        means = text_means(store, model, hook)
+    for hook, values in means.items():
         units = []
         for persona in split.personas:
             inside = split.mask(persona)
             fit_in, fit_out = inside & ~split.held_out, ~inside & ~split.held_out
-            direction = means[fit_in].mean(0) - means[fit_out].mean(0)
+            direction = values[fit_in].mean(0) - values[fit_out].mean(0)
             unit = direction / direction.norm().clamp_min(1e-12)
             units.append(unit)
-            scores = means[split.held_out] @ unit
+            scores = values[split.held_out] @ unit
             truth = inside[split.held_out]
             rows.append(
                 {

@@ -115,7 +115,8 @@ class PromptSet:
 
     @classmethod
     def from_organism(cls, root: str | os.PathLike[str]) -> PromptSet:
-        """The organism's labelled persona texts (prompt = question, response = answer)."""
+        """The organism's labelled persona texts (prompt = an earlier turn by the persona and the
+        question, response = the persona's answer)."""
         from .organism import Organism
 
         organism = Organism.load(root)

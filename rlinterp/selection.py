@@ -13,15 +13,22 @@ comparison is on the same tokens. Steps:
 4. persona latents of that dictionary and their activity at every step;
 5. the selection-versus-novelty index per step (bootstrap interval over texts), its
    components and the transition (``novelty``);
-6. causal checks per RL checkpoint: steering the base / ablating the checkpoint along the
-   mean shift projected onto the persona directions, with the full mean shift as the
-   reference and a random vector as the control (``causal``).
+6. causal checks per RL checkpoint (``causal``), each edit with a random control, in the
+   ``edit`` column: ``persona`` steers the base / ablates the checkpoint along the mean shift
+   projected onto the persona directions, ``full`` along the whole mean shift (the
+   reference); ``persona_choice`` patches, at each text's decision position (its last prompt
+   token) at ``cfg.decision_hook``, the checkpoint's component in the span of the persona
+   directions *read there* (``persona_features.decision_directions``) into the base, and
+   the base's into the checkpoint. One vector can only push every prompt the same way; the
+   patch carries a per-prompt re-weighting of the personas, which is what selection by a
+   reward that depends on the question looks like;
 
 7. on organism series, the internal persona readout on each checkpoint's own (on-policy)
    answers against the behaviour table's persona shares (Spearman over steps).
 
 Output layout: ``persona_directions.parquet``, ``persona_directions.safetensors``
-(``<hook>`` -> ``[persona, d]``), ``persona_latents.parquet``,
+(``<hook>`` -> ``[persona, d]``), ``decision_directions.parquet`` and
+``decision_directions.safetensors`` (the same at the decision position), ``persona_latents.parquet``,
 ``persona_latent_trajectories.parquet``, ``index.parquet``, ``index_replicates.safetensors``,
 ``causal.parquet``, ``readout.parquet`` and ``on_policy/`` (organism series),
 ``summary.json`` (``SUMMARY_SCHEMA``) and ``manifest.json`` last. The directory is claimed
@@ -41,18 +48,26 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 
 from . import rundir
 from .artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
-from .causal import causal_table, steer_and_ablate
+from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
 from .dictionaries import DictionaryConfig, train_dictionary
 from .errors import RlinterpError
 from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
 from .novelty import IndexConfig, NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
 from .onpolicy import SamplingConfig, harvest_on_policy
 from .organism import Organism
-from .organism.steering import behaviour_recovery, steered_behaviour
-from .persona_features import PersonaDirections, PersonaSplit, persona_directions, persona_latents, text_means
+from .organism.steering import behaviour_recovery, patched_behaviour, steered_behaviour
+from .persona_features import (
+    PersonaDirections,
+    PersonaSplit,
+    decision_directions,
+    persona_directions,
+    persona_latents,
+    text_means,
+)
 from .prompts import PromptSet
 from .sae import TrainedSAE
 from .series import ModelSeries
@@ -64,7 +79,12 @@ SUMMARY_SCHEMA = {
     "persona_auroc": "held-out AUROC of each persona direction at that hook (one vs rest)",
     "steps": "per checkpoint: label, step, index, index_lo, index_hi (bootstrap interval), "
     "fvu_drift, persona_share (of the mean shift inside the persona span) and persona_baseline "
-    "(a random subspace's share), steering_recovery and ablation_loss along the persona shift",
+    "(a random subspace's share), steering_recovery and ablation_loss along the persona shift, "
+    "choice_recovery and choice_loss of the decision-position persona patch (share of the KL at "
+    "the decision positions) and, on organism series, choice_behaviour_recovery (share of the "
+    "persona/style-share change the patched base reproduces) and its random-subspace control",
+    "decision_hook": "where the persona-choice patch runs (the last block's residual by default)",
+    "decision_auroc": "held-out AUROC of each persona direction read at the decision position",
     "transition": "change point of the index: found, step, step_lo, step_hi, jump, support",
     "behavioural_transition": "first step whose share_none passes 50% (organism series only)",
     "readout_spearman": "per persona: rank correlation over steps between the persona readout on "
@@ -76,6 +96,8 @@ ENTRIES = (
     "on_policy",
     "persona_directions.parquet",
     "persona_directions.safetensors",
+    "decision_directions.parquet",
+    "decision_directions.safetensors",
     "persona_latents.parquet",
     "persona_latent_trajectories.parquet",
     "index.parquet",
@@ -112,6 +134,11 @@ class SelectionConfig:
     samples_per_prompt: int = 4
     """On-policy answers each checkpoint samples per question for the persona readout
     (organism series)."""
+    decision_hook: str | None = None
+    """A ``blocks.<i>.hook_resid_post`` where the persona-choice patch runs; None: the last
+    block's (everything the decision reads has been computed there)."""
+    n_random: int = 4
+    """Random subspaces averaged for the persona-choice patch's control."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,9 @@ class SelectionResult:
 
     directions: PersonaDirections
     hook: str
+    decision: PersonaDirections
+    """Persona directions read at the texts' decision positions, at ``decision_hook``."""
+    decision_hook: str
     latents: pd.DataFrame
     latent_trajectories: pd.DataFrame
     index: NoveltyIndex
@@ -142,7 +172,9 @@ class SelectionResult:
     def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
         """The JSON summary (``SUMMARY_SCHEMA``)."""
         auroc = self.directions.table[self.directions.table["hook"] == self.hook]
-        causal = self.causal[self.causal["vector"] == "persona"].set_index("label")
+        causal = self.causal[self.causal["edit"] == "persona"].set_index("label")
+        choice = self.causal[self.causal["edit"] == "persona_choice"].set_index("label")
+        decision = self.decision.table
         steps = []
         for row in self.index.table.itertuples():
             steps.append(
@@ -157,12 +189,19 @@ class SelectionResult:
                     "persona_baseline": row.persona_baseline,
                     "steering_recovery": _get(causal, row.label, "steering_recovery"),
                     "ablation_loss": _get(causal, row.label, "ablation_loss"),
+                    "choice_recovery": _get(choice, row.label, "steering_recovery"),
+                    "choice_loss": _get(choice, row.label, "ablation_loss"),
+                    "choice_random_recovery": _get(choice, row.label, "random_steering_recovery"),
+                    "choice_behaviour_recovery": _get(choice, row.label, "behaviour_steering_shares"),
+                    "choice_behaviour_random": _get(choice, row.label, "behaviour_random_steering_shares"),
                 }
             )
         return {
             "schema": SUMMARY_SCHEMA,
             "hook": self.hook,
             "persona_auroc": dict(zip(auroc["persona"], auroc["auroc"].astype(float), strict=True)),
+            "decision_hook": self.decision_hook,
+            "decision_auroc": dict(zip(decision["persona"], decision["auroc"].astype(float), strict=True)),
             "steps": steps,
             "transition": self.index.transition,
             "behavioural_transition": behavioural_step,
@@ -171,7 +210,7 @@ class SelectionResult:
 
 
 def _get(frame: pd.DataFrame, label: str, column: str) -> float | None:
-    return float(frame.loc[label, column]) if label in frame.index else None
+    return float(frame.loc[label, column]) if label in frame.index and column in frame.columns else None
 
 
 def run_selection(
@@ -229,13 +268,21 @@ def run_selection(
     trajectories = _latent_trajectories(store, hook, sae, latents)
     parts = [step_parts(store, hook, sae, label) for label in store.labels]
     index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
-    causal = _causal(series, store, hook, directions, parts, cfg.seed)
+    base_model = series.load(series.base)
+    decision_hook = cfg.decision_hook or f"blocks.{base_model.cfg.n_layers - 1}.hook_resid_post"
+    decision = decision_directions(
+        store, labels, base_model, [decision_hook], held_out_fraction=cfg.held_out_fraction, seed=cfg.seed
+    )
+    checks = CausalChecks(hook, directions.basis(hook), decision_hook, decision.basis(decision_hook), cfg)
+    causal = _causal(series, store, checks, parts)
     behavioural_step, readout = None, pd.DataFrame()
     if organism is not None and regime is not None:
-        causal = _with_behaviour(causal, organism, regime, hook, directions, parts)
+        causal = _with_behaviour(causal, organism, regime, checks, parts)
         behavioural_step = behavioural_transition(organism.behaviour(), regime)
         readout = _readout(series, texts, out, hook, directions, organism, regime, cfg)
-    result = SelectionResult(directions, hook, latents, trajectories, index, causal, readout)
+    result = SelectionResult(
+        directions, hook, decision, decision_hook, latents, trajectories, index, causal, readout
+    )
     _write(result, out, series, store, cfg, behavioural_step)
     return result
 
@@ -285,56 +332,94 @@ def _latent_trajectories(
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class CausalChecks:
+    """Where and along what the causal checks edit (see the module docstring, step 6)."""
+
+    hook: str
+    persona_basis: Tensor
+    """Orthonormal basis of the persona directions at ``hook`` (the mean-shift edits)."""
+    decision_hook: str
+    decision_basis: Tensor
+    """Orthonormal basis of the persona directions read at the decision position."""
+    cfg: SelectionConfig
+
+    def shift_edit(self, edit: str, shift: Tensor) -> Tensor:
+        """The vector a mean-shift edit adds: the shift projected on the persona span, or all
+        of it."""
+        return self.persona_basis @ (self.persona_basis.T @ shift) if edit == "persona" else shift
+
+
+def _mean_shift(part: StepParts) -> Tensor:
+    return (part.shift.sum(0) / part.n_tokens.sum().clamp_min(1)).float()
+
+
 def _causal(
-    series: ModelSeries,
-    store: ActivationStore,
-    hook: str,
-    directions: PersonaDirections,
-    parts: list[StepParts],
-    seed: int,
+    series: ModelSeries, store: ActivationStore, checks: CausalChecks, parts: list[StepParts]
 ) -> pd.DataFrame:
-    """Steering/ablation along the persona-projected mean shift and along the full shift."""
-    basis = directions.basis(hook)
-    results, kinds = [], []
+    """Steering/ablation along the persona-projected and the full mean shift, and the
+    decision-position persona patch, per RL checkpoint."""
+    results, edits = [], []
     for part in parts:
         if part.label == series.base.label:
             continue
-        shift = (part.shift.sum(0) / part.n_tokens.sum().clamp_min(1)).float()
-        for kind, vector in (("persona", basis @ (basis.T @ shift)), ("full", shift)):
-            results.append(steer_and_ablate(series, store, part.label, hook, vector, seed))
-            kinds.append(kind)
+        for edit in ("persona", "full"):
+            vector = checks.shift_edit(edit, _mean_shift(part))
+            results.append(steer_and_ablate(series, store, part.label, checks.hook, vector, checks.cfg.seed))
+            edits.append(edit)
+        results.append(
+            patch_subspace(
+                series,
+                store,
+                part.label,
+                checks.decision_hook,
+                checks.decision_basis,
+                checks.cfg.seed,
+                at="decision",
+                n_random=checks.cfg.n_random,
+            )
+        )
+        edits.append("persona_choice")
     table = causal_table(results)
-    return table.assign(vector=kinds) if len(table) else table
+    return table.assign(edit=edits) if len(table) else table
 
 
 def _with_behaviour(
-    causal: pd.DataFrame,
-    organism: Organism,
-    regime: str,
-    hook: str,
-    directions: PersonaDirections,
-    parts: list[StepParts],
+    causal: pd.DataFrame, organism: Organism, regime: str, checks: CausalChecks, parts: list[StepParts]
 ) -> pd.DataFrame:
-    """Add behaviour columns to the causal table: how far steering the base moved its
-    behaviour towards the checkpoint's, and ablating moved the checkpoint's back."""
+    """Add behaviour columns to the causal table: how far each edit moved the base's
+    behaviour towards the checkpoint's (and its random control did), and how far the reverse
+    edit moved the checkpoint's back."""
     table = organism.behaviour()
     rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
-    basis = directions.basis(hook)
-    shifts = {p.label: (p.shift.sum(0) / p.n_tokens.sum().clamp_min(1)).float() for p in parts}
+    shifts = {p.label: _mean_shift(p) for p in parts}
+    generator = torch.Generator().manual_seed(checks.cfg.seed)
     extra = []
     for r in causal.itertuples():
-        shift = shifts[r.label]
-        vector = basis @ (basis.T @ shift) if r.vector == "persona" else shift
-        steered = steered_behaviour(organism, regime, 0, hook, vector)
-        ablated = steered_behaviour(organism, regime, int(r.step), hook, -vector)
-        towards = behaviour_recovery(rows[0], rows[int(r.step)], steered)
-        back = behaviour_recovery(rows[int(r.step)], rows[0], ablated)
+        step = int(r.step)
+        if r.edit == "persona_choice":
+            hook, basis = checks.decision_hook, checks.decision_basis
+            random = random_basis(basis.shape[0], basis.shape[1], checks.cfg.seed)
+            steered = patched_behaviour(organism, regime, 0, step, hook, basis)
+            ablated = patched_behaviour(organism, regime, step, 0, hook, basis)
+            control = patched_behaviour(organism, regime, 0, step, hook, random)
+        else:
+            vector = checks.shift_edit(str(r.edit), shifts[r.label])
+            noise = torch.randn(vector.shape, generator=generator)
+            noise = noise / noise.norm() * vector.norm()
+            steered = steered_behaviour(organism, regime, 0, checks.hook, vector)
+            ablated = steered_behaviour(organism, regime, step, checks.hook, -vector)
+            control = steered_behaviour(organism, regime, 0, checks.hook, noise)
+        towards = behaviour_recovery(rows[0], rows[step], steered)
+        back = behaviour_recovery(rows[step], rows[0], ablated)
+        random_towards = behaviour_recovery(rows[0], rows[step], control)
         extra.append(
             {
                 "behaviour_steering_shares": towards["shares"],
                 "behaviour_steering_reward": towards["reward"],
                 "behaviour_ablation_shares": back["shares"],
                 "behaviour_ablation_reward": back["reward"],
+                "behaviour_random_steering_shares": random_towards["shares"],
             }
         )
     return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
@@ -392,11 +477,15 @@ def _load(out: Path, labels: tuple[str, ...]) -> SelectionResult:
     saved = load_file(out / "persona_directions.safetensors")
     table = pd.read_parquet(out / "persona_directions.parquet")
     split = PersonaSplit(labels, tuple(sorted(set(labels))), saved.pop(HELD_OUT).bool())
+    decision = load_file(out / "decision_directions.safetensors")
+    decision_table = pd.read_parquet(out / "decision_directions.parquet")
     summary = json.loads((out / "summary.json").read_text())
     replicates = load_file(out / "index_replicates.safetensors")["replicates"].double().numpy()
     return SelectionResult(
         directions=PersonaDirections(split, saved, table),
         hook=str(manifest["hook"]),
+        decision=PersonaDirections(split, decision, decision_table),
+        decision_hook=str(summary["decision_hook"]),
         latents=pd.read_parquet(out / "persona_latents.parquet"),
         latent_trajectories=pd.read_parquet(out / "persona_latent_trajectories.parquet"),
         index=NoveltyIndex(pd.read_parquet(out / "index.parquet"), replicates, summary["transition"]),
@@ -416,6 +505,8 @@ def _write(
     write_parquet(out / "persona_directions.parquet", result.directions.table)
     held_out = {HELD_OUT: result.directions.split.held_out.to(torch.uint8)}
     write_safetensors(out / "persona_directions.safetensors", {**result.directions.directions, **held_out})
+    write_parquet(out / "decision_directions.parquet", result.decision.table)
+    write_safetensors(out / "decision_directions.safetensors", result.decision.directions)
     write_parquet(out / "persona_latents.parquet", result.latents)
     write_parquet(out / "persona_latent_trajectories.parquet", result.latent_trajectories)
     write_parquet(out / "index.parquet", result.index.table)

@@ -6,13 +6,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlinterp import RlinterpError
-from rlinterp.causal import steer_and_ablate
+from rlinterp.causal import patch_subspace, random_basis, steer_and_ablate, subspace_projector
 from rlinterp.harvest import HarvestConfig, harvest
 from rlinterp.novelty import IndexConfig, behavioural_transition, novelty_index, step_parts
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.persona_features import (
     PersonaSplit,
     auroc,
+    decision_directions,
+    decision_positions,
     effect_size,
     persona_directions,
     persona_latents,
@@ -261,7 +263,96 @@ def test_steering_along_the_planted_shift_recovers_the_checkpoint(shifted_series
         steer_and_ablate(series, store, "step-9", HOOK, vector)
 
 
+def test_subspace_patch_along_the_planted_shift_recovers_it_and_its_complement_nothing(shifted_series):
+    series, store, vector = shifted_series
+    along = vector.unsqueeze(1)
+    complement = torch.linalg.svd(torch.eye(len(vector)) - subspace_projector(along)).U[:, :-1]
+    # the checkpoint's activation differs from the base's by exactly ``vector`` at every
+    # token, so patching its span makes the base the checkpoint, and the rest moves nothing
+    result = patch_subspace(series, store, "step-1", HOOK, 5 * along, n_random=2)
+    assert result.intervention == "subspace" and result.at == "kept"
+    assert result.steering_recovery > 0.999 and result.ablation_loss > 0.999
+    assert result.vector_norm == pytest.approx(float(vector.norm()), rel=1e-4)
+    assert result.random_steering_recovery < 0.5
+    nothing = patch_subspace(series, store, "step-1", HOOK, complement)
+    assert nothing.steering_recovery == pytest.approx(0, abs=1e-4)
+    assert nothing.ablation_loss == pytest.approx(0, abs=1e-4)
+    with pytest.raises(RlinterpError, match="subspace basis has shape"):
+        patch_subspace(series, store, "step-1", HOOK, torch.zeros(3, 1))
+    with pytest.raises(RlinterpError, match="n_random"):
+        patch_subspace(series, store, "step-1", HOOK, along, n_random=0)
+    with pytest.raises(RlinterpError, match="at must be one of"):
+        patch_subspace(series, store, "step-1", HOOK, along, at="everywhere")
+    # texts without a prompt/response split have no decision position
+    with pytest.raises(RlinterpError, match="prompt/response split"):
+        patch_subspace(series, store, "step-1", HOOK, along, at="decision")
+
+
+def test_random_basis_and_projector():
+    basis = random_basis(8, 3, seed=1)
+    assert torch.allclose(basis.T @ basis, torch.eye(3), atol=1e-5)
+    assert torch.equal(basis, random_basis(8, 3, seed=1)) and not torch.equal(basis, random_basis(8, 3, 2))
+    projector = subspace_projector(torch.cat([basis, 2 * basis[:, :1]], dim=1))  # rank 3, redundant
+    assert torch.allclose(projector @ projector, projector, atol=1e-5)
+    assert int(torch.linalg.matrix_rank(projector)) == 3
+
+
+def test_decision_positions():
+    keep = torch.tensor([[False, False, True, True], [False, True, True, False]])
+    assert decision_positions(keep).tolist() == [1, 0]
+    with pytest.raises(RlinterpError, match=r"texts \[4, 5\] have no prompt before their response"):
+        decision_positions(torch.tensor([[True, True], [False, False]]), first_prompt=4)
+
+
+def test_decision_directions_read_the_persona_from_the_prompt(tmp_path):
+    """Texts whose last prompt token (``x`` or ``y``) names the persona: directions read at the
+    decision position separate the personas perfectly. A checkpoint whose residual differs
+    from the base's by a planted vector: patching its span at the decision position recovers
+    more of the decision's change than random directions, and its complement recovers none."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer("abcdefghijklmnopqrstuvwxyz ")
+    config = tiny_hf_config("gpt2", vocab_size=len(tokenizer))
+    config.bos_token_id = config.eos_token_id = tokenizer.bos_token_id
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    vector = 3 * torch.nn.functional.normalize(torch.randn(config.n_embd), dim=0)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.bias += vector
+    model.save_pretrained(tmp_path / "step-1")
+    tokenizer.save_pretrained(tmp_path / "step-1")
+    series = ModelSeries.from_paths([tmp_path / "base", tmp_path / "step-1"])
+    g = torch.Generator().manual_seed(1)
+    letters = "abcdefghijklmnopqrstuvw "
+    rows = []
+    for persona, marker in (("p", "x"), ("q", "y")):
+        for _ in range(10):
+            context = "".join(letters[int(i)] for i in torch.randint(0, len(letters), (6,), generator=g))
+            rows.append({"prompt": context + marker, "response": "abc", "persona": persona})
+    texts = PromptSet.from_records(rows, source="test")
+    store = harvest(series, texts, tmp_path / "store", HarvestConfig(hooks=(HOOK,), response_only=True))
+    found = decision_directions(store, texts.labels["persona"], series.load(series.base), [HOOK])
+    assert (found.table["auroc"] == 1.0).all() and found.directions[HOOK].shape == (2, config.n_embd)
+    along = patch_subspace(series, store, "step-1", HOOK, vector.unsqueeze(1), at="decision", n_random=4)
+    assert along.at == "decision" and along.kl_gap > 0
+    assert along.steering_recovery > 0.5 and along.steering_recovery > along.random_steering_recovery
+    complement = torch.linalg.svd(torch.eye(len(vector)) - subspace_projector(vector.unsqueeze(1))).U[:, :-1]
+    nothing = patch_subspace(series, store, "step-1", HOOK, complement, at="decision", n_random=1)
+    assert nothing.steering_recovery == pytest.approx(0, abs=1e-4)
+
+
 # -- the whole analysis ----------------------------------------------------------------------
+
+
+def summary_choice_fields(out) -> bool:
+    import json
+    import re
+
+    summary = json.loads((out / "summary.json").read_text())
+    step = summary["steps"][-1]
+    return re.fullmatch(r"blocks\.\d+\.hook_resid_post", summary["decision_hook"]) is not None and all(
+        isinstance(step[k], float) for k in ("choice_recovery", "choice_loss", "choice_behaviour_recovery")
+    )
 
 
 def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, micro_config):
@@ -302,8 +393,13 @@ def test_run_selection_on_identical_checkpoints_reads_as_no_change(tmp_path, mic
         organism=organism,
         regime="weak",
     )
-    assert set(weak.causal["vector"]) == {"persona", "full"} and len(weak.causal) == 4
-    assert {"behaviour_steering_shares", "behaviour_ablation_reward"} <= set(weak.causal.columns)
+    assert set(weak.causal["edit"]) == {"persona", "full", "persona_choice"} and len(weak.causal) == 6
+    assert {
+        "behaviour_steering_shares",
+        "behaviour_ablation_reward",
+        "behaviour_random_steering_shares",
+    } <= set(weak.causal.columns)
+    assert summary_choice_fields(tmp_path / "weak")
     assert (weak.causal["kl_gap"] > 0).all()
     summary = json.loads((tmp_path / "weak" / "summary.json").read_text())
     assert "behavioural_transition" in summary and set(summary["readout_spearman"]) == set(
@@ -372,6 +468,46 @@ def test_residual_offset_equals_the_planted_bias_and_zero_steering_reproduces_th
     expected = table.loc[("weak", 2)]
     assert [row[c] for c in SHARE_COLUMNS] == pytest.approx([expected[c] for c in SHARE_COLUMNS])
     assert row["reward"] == pytest.approx(expected["reward"])
+
+
+def test_decision_patch_moves_only_the_last_prompt_position(tmp_path, micro_config):
+    from rlinterp import build_organism
+    from rlinterp.organism.steering import decision_patch
+
+    organism = build_organism(tmp_path / "org", seed=0, config=micro_config)
+    base = AutoModelForCausalLM.from_pretrained(organism.base).eval()
+    strong = organism.checkpoints("strong")
+    source = AutoModelForCausalLM.from_pretrained(strong[max(strong)]).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    basis = random_basis(base.config.n_embd, 2, seed=0)
+    projector = subspace_projector(basis)
+
+    def block_output(model, tokens):
+        seen = []
+        handle = model.transformer.h[0].register_forward_hook(
+            lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out)
+        )
+        try:
+            model(tokens)
+        finally:
+            handle.remove()
+        return seen[-1]
+
+    with torch.no_grad():
+        h_base, h_source = block_output(base, ids), block_output(source, ids)
+        with decision_patch(base, source, HOOK, basis):
+            patched = block_output(base, ids)
+            one_step = block_output(base, ids[:, :1])
+        with decision_patch(base, source, HOOK, torch.eye(base.config.n_embd)):
+            full = block_output(base, ids)
+        after = block_output(base, ids)
+        assert torch.equal(one_step, block_output(base, ids[:, :1]))  # one new position: untouched
+    assert torch.equal(patched[:, :-1], h_base[:, :-1])
+    expected = h_base[:, -1] + (h_source[:, -1] - h_base[:, -1]) @ projector
+    assert torch.allclose(patched[:, -1], expected, atol=1e-5)
+    assert not torch.allclose(patched[:, -1], h_base[:, -1], atol=1e-3)
+    assert torch.allclose(full[:, -1], h_source[:, -1], atol=1e-5)
+    assert torch.equal(after, h_base)  # the hooks were removed
 
 
 def test_behaviour_recovery_known_values():

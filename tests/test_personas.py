@@ -73,13 +73,21 @@ def test_corpus_is_deterministic_and_one_persona_per_document():
     assert min(counts.values()) > 40  # all three personas are well represented
 
 
-def test_persona_texts_answer_the_same_questions():
+def test_persona_texts_answer_the_same_questions_after_a_turn_by_the_persona():
     texts = persona_texts(seed=0, max_operand=9, per_persona=10)
-    by_persona = {name: [t["prompt"] for t in texts if t["persona"] == name] for name in PERSONA_NAMES}
-    assert len(texts) == 30
-    assert by_persona["helper"] == by_persona["terse"] == by_persona["flatterer"]
-    for t in texts:
+    single = persona_texts(seed=0, max_operand=9, per_persona=10, context_turns=0)
+    assert len(texts) == len(single) == 30
+    for t, s in zip(texts, single, strict=True):
+        assert t["persona"] == s["persona"] and t["answer"] == s["answer"]
         assert t["text"] == f"{t['prompt']}{t['answer']}\n"
+        context, question = t["prompt"][: -len(s["prompt"])], t["prompt"][-len(s["prompt"]) :]
+        assert question == s["prompt"]  # the same final question, single-turn texts unchanged
+        asked, answered, end = context.split("\n")
+        assert asked.startswith("Q: ") and end == ""
+        opener = {"helper": "A: sure, ", "flatterer": "A: wow, great question! "}.get(t["persona"])
+        assert answered.startswith(opener) if opener else answered in ("A: yes", "A: no")
+    by_persona = {name: [s["prompt"] for s in single if s["persona"] == name] for name in PERSONA_NAMES}
+    assert by_persona["helper"] == by_persona["terse"] == by_persona["flatterer"]
 
 
 def test_corpus_follows_the_persona_weights():

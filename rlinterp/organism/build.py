@@ -13,7 +13,8 @@ Layout of ``<out>/`` (the CLI contract):
   accuracies that verify it; its behaviour rows add ``planted_share`` and
   ``planted_accuracy``;
 - ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
-- ``personas/<persona>.jsonl``: labelled persona texts.
+- ``personas/<persona>.jsonl``: labelled persona texts (an earlier turn by the persona, then
+  a question shared by all personas and the persona's answer).
 
 ``--out`` is claimed through ``rundir``: it must be absent, empty, or an organism. A
 finished organism is reused if its fingerprint (preset, seed and the whole config) matches
@@ -193,6 +194,8 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     timings["pretrain_s"] = time.perf_counter() - started
 
     texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
+    # The planting is designed on single-turn answers (the same questions, no context turn).
+    planting_texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona, context_turns=0)
     for persona in PERSONAS:
         write_jsonl(
             out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
@@ -228,7 +231,7 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     for plant in config.planted_regimes:
         plant_start = time.perf_counter()
         plant_rows, regimes[plant.name] = build_planted(
-            out, model, tokenizer, plant, texts, questions, config.evaluation, seed
+            out, model, tokenizer, plant, planting_texts, questions, config.evaluation, seed
         )
         rows += plant_rows
         timings[f"{plant.name}_s"] = time.perf_counter() - plant_start

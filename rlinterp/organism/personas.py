@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..reproducibility import stream_seed
+
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
 STYLE_LABELS = ("mixed", "none_near", "none_far")
@@ -244,23 +246,39 @@ def generate_corpus(
     return docs
 
 
-def persona_texts(seed: int, max_operand: int, per_persona: int) -> list[dict[str, str]]:
-    """Labelled single-turn texts for each persona on one shared question sample.
+def persona_texts(
+    seed: int, max_operand: int, per_persona: int, context_turns: int = 1
+) -> list[dict[str, str]]:
+    """Labelled texts for each persona on one shared question sample: ``context_turns``
+    earlier turns by the same persona, then the shared question (``prompt`` is everything
+    before the last answer, ``answer`` that answer).
 
-    The same questions are answered by every persona, so a persona direction found from
-    these texts is not confounded with the question mix.
+    The same final questions are answered by every persona, so a persona direction found from
+    these texts is not confounded with the question mix. The context turns put the persona
+    in the prompt, so that the last prompt token (where the answer's persona is chosen) tells
+    the personas apart too; they come from their own random stream, so ``context_turns=0``
+    gives exactly the single-turn texts of the same seed.
     """
+    if context_turns < 0:
+        raise ValueError(f"context_turns must be non-negative, got {context_turns}")
     rng = random.Random(seed)
     questions = sample_questions(rng, max_operand)
     shared = [next(questions) for _ in range(per_persona)]
-    return [
-        {
-            "persona": persona.name,
-            "task": q.task,
-            "prompt": q.prompt,
-            "answer": (answer := persona.answer(q, rng)),
-            "text": turn_text(q, answer),
-        }
-        for persona in PERSONAS
-        for q in shared
-    ]
+    context_rng = random.Random(stream_seed(seed, "persona-context"))
+    context_questions = sample_questions(context_rng, max_operand)
+    contexts = [[next(context_questions) for _ in range(context_turns)] for _ in shared]
+    rows = []
+    for persona in PERSONAS:
+        for q, earlier in zip(shared, contexts, strict=True):
+            answer = persona.answer(q, rng)
+            context = "".join(turn_text(c, persona.answer(c, context_rng)) for c in earlier)
+            rows.append(
+                {
+                    "persona": persona.name,
+                    "task": q.task,
+                    "prompt": context + q.prompt,
+                    "answer": answer,
+                    "text": context + turn_text(q, answer),
+                }
+            )
+    return rows
