@@ -196,14 +196,13 @@ def _selection(args: argparse.Namespace) -> None:
         label=args.label,
         hook=args.hook,
         dictionary=args.dictionary,
+        decision_hook=args.decision_hook,
         index=IndexConfig(n_bootstrap=args.n_bootstrap, seed=args.seed),
         seed=args.seed,
     )
     result = run_selection(series, texts, args.out, cfg, organism, args.regime if organism else None)
     behavioural = json.loads((Path(args.out) / "summary.json").read_text())["behavioural_transition"]
-    shown = result.index.table[
-        ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
-    ]
+    shown = result.step_table()
     transition = result.index.transition
     verdict = (
         f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']})"
@@ -490,6 +489,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     selection.add_argument(
         "--dictionary", default=None, help="a trained base SAE at --hook (default: train one)"
+    )
+    selection.add_argument(
+        "--decision-hook",
+        default=None,
+        help="blocks.<i>.hook_resid_post where the persona-choice patch runs (default: the last block's)",
     )
     selection.add_argument("--n-bootstrap", type=int, default=500, help="bootstrap resamples (default: 500)")
     selection.add_argument("--seed", type=int, default=0)

@@ -169,6 +169,25 @@ class SelectionResult:
             for persona, rows in self.readout.groupby("persona")
         }
 
+    def step_table(self) -> pd.DataFrame:
+        """One row per step: the index with its interval, FVU drift, the persona share of the
+        shift, and the persona-choice patch's KL recovery against its random control (and,
+        on organism series, the behaviour-share recovery against its control)."""
+        shown = self.index.table[
+            ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
+        ]
+        choice = self.causal[self.causal["edit"] == "persona_choice"] if len(self.causal) else self.causal
+        columns = {
+            "steering_recovery": "choice_kl",
+            "random_steering_recovery": "choice_kl_random",
+            "behaviour_steering_shares": "choice_shares",
+            "behaviour_random_steering_shares": "choice_shares_random",
+        }
+        if choice.empty:
+            return shown
+        present = {k: v for k, v in columns.items() if k in choice.columns}
+        return shown.merge(choice[["label", *present]].rename(columns=present), on="label", how="left")
+
     def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
         """The JSON summary (``SUMMARY_SCHEMA``)."""
         auroc = self.directions.table[self.directions.table["hook"] == self.hook]
