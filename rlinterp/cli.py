@@ -64,6 +64,7 @@ def _diff(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=DTYPES.get(args.dtype),  # auto: None
         on_identical=args.on_identical,
+        device_map=args.device_map,
     )
     if args.steps is not None:
         series = series.select(**args.steps)
@@ -472,6 +473,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="dtype the models run in (default: auto, the widest dtype the checkpoints store; "
         "float32 upcasts half-precision checkpoints)",
+    )
+    diff.add_argument(
+        "--device-map",
+        default=None,
+        help="split each model over this machine's (or Ray task's) GPUs: auto, balanced "
+        "(Hugging Face device maps; instead of --device)",
     )
     diff.add_argument(
         "--on-identical",

@@ -156,7 +156,7 @@ def prepare(config: RunConfig) -> RunContext:
 
     s, p, c = config.series, config.prompts, config.compute
     ctx = RunContext(config=config, out=Path(config.out))
-    kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype]}
+    kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
     if s.organism is not None:
         root = Path(s.organism)
         if not (root / "manifest.json").is_file():

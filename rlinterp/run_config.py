@@ -149,6 +149,8 @@ class ComputeSection:
     """Model dtype."""
     threads: int | None = None
     """Torch CPU threads (None: torch's default)."""
+    device_map: str | None = None
+    """Split each model over the GPUs in view (``auto``, ``balanced``) instead of ``device``."""
     executor: Literal["local", "ray"] = "local"
     """Where per-checkpoint work runs: this process, or one Ray task per checkpoint."""
     address: str | None = None

@@ -36,8 +36,8 @@ BF16_REL_DIFF_NORM = 2.0**-8
 """Largest change of ``rel_diff_norm`` (a fraction of ``||x||``) from storing bfloat16: each of
 x and y is rounded by at most 2^-9 of its size, so ``||y - x||`` moves by at most about
 2^-8 ``||x||``. Measured: 7.6e-4 (micro organism), see README for the tiny one."""
-BF16_ANGLES = 1e-4
-"""Largest change of cosine and CKA (measured: 1.3e-5)."""
+BF16_ANGLES = 1e-3
+"""Largest change of cosine and CKA (measured: 1.3e-5 on the micro organism, 8.1e-5 on the tiny)."""
 BF16_RELATIVE = 1e-2
 """Largest relative change of any activation-diff number of a checkpoint whose change is well
 above bfloat16's resolution (``rel_diff_norm >= 0.05``; measured: 4.1e-3). Below it (the
@@ -348,3 +348,36 @@ def test_cli_run_shortcuts_set_the_executor(capsys):
     assert main(["run", "--executor", "ray", "--address", "auto", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert 'executor = "ray"' in printed and 'address = "auto"' in printed
+
+
+# -- large-model loading --------------------------------------------------------------------
+
+
+def test_a_bfloat16_llama_loads_in_its_own_dtype_through_a_device_map(tmp_path):
+    """A random-init 4-layer Llama saved in bfloat16 (the layout of real large checkpoints):
+    the series loads it in bfloat16 without being told, through a device map, reproducing
+    transformers; its harvest stores bfloat16 and a self-diff is exactly zero."""
+    from transformers import AutoModelForCausalLM
+
+    from rlinterp.organism.model import build_tokenizer
+
+    from .conftest import ALPHABET, tiny_hf_config
+
+    torch.manual_seed(0)
+    config = tiny_hf_config("llama", vocab_size=len(ALPHABET) + 8, d_model=64, n_layer=4)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    for name in ("base", "step-1"):
+        model.save_pretrained(tmp_path / name)
+        build_tokenizer(ALPHABET).save_pretrained(tmp_path / name)
+    series = ModelSeries.from_paths([tmp_path / "base", tmp_path / "step-1"], device_map="auto")
+    assert series.load_dtype == torch.bfloat16
+    bridge = series.load(series.base)
+    assert {p.dtype for p in bridge.original_model.parameters()} == {torch.bfloat16}
+    assert series.fidelity["base"] < 0.05
+    texts = PromptSet.from_list(["hello there", "the quick brown fox", "a b c d"])
+    store = harvest(series, texts, tmp_path / "store", HarvestConfig(batch_size=2, store_dtype="bfloat16"))
+    assert store.manifest["checkpoints"][0]["dtype"] == "bfloat16"
+    header = (store.shard_path("step-1", "blocks.3.hook_resid_post", 0)).read_bytes()[8:200]
+    assert b'"dtype":"BF16"' in header
+    table = run_diff(series, texts, tmp_path / "diff", HarvestConfig(batch_size=2, store_dtype="bfloat16"))
+    assert (table.activations["diff_norm_max"] == 0).all() and (table.outputs["kl_max"] == 0).all()
