@@ -381,3 +381,30 @@ def test_a_bfloat16_llama_loads_in_its_own_dtype_through_a_device_map(tmp_path):
     assert b'"dtype":"BF16"' in header
     table = run_diff(series, texts, tmp_path / "diff", HarvestConfig(batch_size=2, store_dtype="bfloat16"))
     assert (table.activations["diff_norm_max"] == 0).all() and (table.outputs["kl_max"] == 0).all()
+
+
+def test_ray_is_imported_only_inside_the_ray_executor():
+    """The default install has no Ray: no module imports it at module level, and only
+    ``executor._import_ray`` imports it at all."""
+    import ast
+
+    importers = []
+    for path in sorted((REPO / "rlinterp").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = {
+            id(node): fn.name
+            for fn in ast.walk(tree)
+            if isinstance(fn, ast.FunctionDef)
+            for node in ast.walk(fn)
+        }
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.append((path.name, functions.get(id(node))))
+    assert importers == [("executor.py", "_import_ray")]
