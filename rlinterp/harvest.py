@@ -461,6 +461,7 @@ def harvest(
     task = HarvestTask(out, plan, stop_at)
     todo = [checkpoint for checkpoint in series if task.missing(checkpoint.label)]
     (executor or LocalExecutor()).map(task, series, todo)
+    rundir.remove_orphans(out, entries)  # temporary files of tasks that died and were retried
     cut = tokenized.tokens_cut  # truncation is also logged by tokenize
     truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
     budget = {"n_tokens": int(keep.sum()), "n_tokens_before_budget": int(tokenized.keep.sum())}

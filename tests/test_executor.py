@@ -105,22 +105,17 @@ def assert_same_diff(a: Path, b: Path) -> None:
 # -- killing a worker ------------------------------------------------------------------------
 
 
-def _die_after_one_shard(partial_write: bool) -> None:
-    """In this (worker) process: exit hard after one complete shard, either between shards
-    or halfway through writing the second one (its bytes in a temporary file)."""
+def _die_writing_the_second_shard() -> None:
+    """In this (worker) process: exit hard halfway through writing the second shard, its
+    bytes in a temporary file, as a process killed mid-write leaves them."""
     module = importlib.import_module("rlinterp.harvest")  # `rlinterp.harvest` is the function
-    original_batch, original_write = module._harvest_batch, module.write_safetensors
+    original = module.write_safetensors
     written = {"shards": 0}
-
-    def batch(*args: Any, **kwargs: Any) -> None:
-        if written["shards"] == 1 and not partial_write:
-            os._exit(1)
-        original_batch(*args, **kwargs)
-        written["shards"] += 1
 
     def write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         if written["shards"] == 0:
-            return original_write(path, tensors)
+            written["shards"] += 1
+            return original(path, tensors)
 
         def half(tmp: Path) -> None:
             save_file(tensors, str(tmp))
@@ -129,7 +124,7 @@ def _die_after_one_shard(partial_write: bool) -> None:
 
         atomic_write(path, half)
 
-    module._harvest_batch, module.write_safetensors = batch, write
+    module.write_safetensors = write
 
 
 @dataclass(frozen=True)
@@ -139,19 +134,18 @@ class DiesOnce:
     task: HarvestTask
     label: str
     flag: Path
-    partial_write: bool
 
     def __call__(self, series: ModelSeries, checkpoint: Any) -> int:
         if checkpoint.label == self.label and not self.flag.exists():
             self.flag.touch()
-            _die_after_one_shard(self.partial_write)
+            _die_writing_the_second_shard()
         return self.task(series, checkpoint)
 
 
 class KillingRayExecutor(RayExecutor):
-    def __init__(self, config: ExecutorConfig, label: str, flag: Path, partial_write: bool):
+    def __init__(self, config: ExecutorConfig, label: str, flag: Path):
         super().__init__(config)
-        self.kill = (label, flag, partial_write)
+        self.kill = (label, flag)
 
     def map(self, task, series, checkpoints):
         if isinstance(task, HarvestTask):
@@ -175,9 +169,10 @@ def test_ray_executor_writes_the_local_executors_tables(ray_cluster, organism, p
 def test_a_worker_killed_mid_harvest_is_retried(ray_cluster, organism, prompts, reference, tmp_path):
     del ray_cluster
     series, label = weak(organism), "weak-step-2"
-    executor = KillingRayExecutor(ExecutorConfig(kind="ray", max_retries=1), label, tmp_path / "died", False)
+    executor = KillingRayExecutor(ExecutorConfig(kind="ray", max_retries=1), label, tmp_path / "died")
     store = harvest(series, prompts, tmp_path / "store", BATCH, executor=executor)
     assert (tmp_path / "died").exists()  # the first attempt did die
+    assert not list(store.root.rglob("*.tmp"))  # and its half-written shard is gone
     expected = ActivationStore.load(reference / "activations")
     assert store.n_shards >= 2
     for key, value in shards_of(expected).items():
@@ -189,7 +184,7 @@ def test_a_task_that_dies_for_good_is_reported_and_its_partial_shard_is_not_comp
 ):
     del ray_cluster
     series, label, out = weak(organism), "weak-step-1", tmp_path / "store"
-    executor = KillingRayExecutor(ExecutorConfig(kind="ray", max_retries=0), label, tmp_path / "died", True)
+    executor = KillingRayExecutor(ExecutorConfig(kind="ray", max_retries=0), label, tmp_path / "died")
     with pytest.raises(RlinterpError, match=f"checkpoint.s. {label} .*run the command again to resume"):
         harvest(series, prompts, out, BATCH, executor=executor)
     with pytest.raises(RlinterpError, match="unfinished"):
