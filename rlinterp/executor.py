@@ -97,6 +97,8 @@ class RayExecutor:
         self.config = config or ExecutorConfig(kind="ray")
 
     def map(self, task: Task[R], series: ModelSeries, checkpoints: Sequence[Checkpoint]) -> list[R]:
+        if not checkpoints:
+            return []
         ray = _import_ray()
         self._connect(ray)
         remote = ray.remote(_on_worker).options(
@@ -109,20 +111,23 @@ class RayExecutor:
         detached = dataclasses.replace(series, fidelity={}, _loaded=OrderedDict())
         refs = [remote.remote(task, detached, checkpoint) for checkpoint in checkpoints]
         results: list[R] = []
-        failures: list[str] = []
+        failed: list[tuple[str, BaseException]] = []
         for checkpoint, ref in zip(checkpoints, refs, strict=True):
             try:
                 value, fidelity = ray.get(ref)
             except ray.exceptions.RayError as e:  # wait for every task: finished work is kept
-                failures.append(f"{checkpoint.label} ({_cause(e)})")
+                failed.append((checkpoint.label, getattr(e, "cause", None) or e))
                 continue
             series.fidelity.update(fidelity)
             results.append(value)
-        if failures:
+        for label, cause in failed:  # an error the task raised says what to fix: pass it on
+            if isinstance(cause, RlinterpError):
+                raise RlinterpError(f"checkpoint {label}: {cause}") from cause
+        if failed:
+            shown = "; ".join(f"{label} ({_describe(cause)})" for label, cause in failed)
             raise RlinterpError(
-                f"the Ray task(s) of checkpoint(s) {'; '.join(failures)} failed after up to "
-                f"{self.config.max_retries} retries; finished work is kept: run the command again "
-                "to resume"
+                f"the Ray task(s) of checkpoint(s) {shown} failed after up to {self.config.max_retries} "
+                "retries; finished work is kept: run the command again to resume"
             )
         return results
 
@@ -148,11 +153,8 @@ def _on_worker(task: Task[R], series: ModelSeries, checkpoint: Checkpoint) -> tu
     return task(series, checkpoint), dict(series.fidelity)
 
 
-def _cause(error: BaseException) -> str:
-    """One line for a failed Ray task: the task's own exception, or how its worker died."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
+def _describe(error: BaseException) -> str:
+    """One line for a failed Ray task: its exception, or how its worker died."""
     first = str(error).strip().splitlines()
     return f"{type(error).__name__}: {first[0] if first else 'no message'}"
 

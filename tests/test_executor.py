@@ -204,6 +204,28 @@ def test_a_task_that_dies_for_good_is_reported_and_its_partial_shard_is_not_comp
         torch.testing.assert_close(shards_of(store)[key], value, rtol=1e-6, atol=1e-6)
 
 
+@dataclass(frozen=True)
+class Refuses:
+    """A task that returns the checkpoint's step, or raises for ``label``."""
+
+    label: str
+
+    def __call__(self, series: ModelSeries, checkpoint: Any) -> int:
+        del series
+        if checkpoint.label == self.label:
+            raise RlinterpError("non-finite activations at blocks.0.hook_resid_post")
+        return checkpoint.step
+
+
+def test_results_come_in_order_and_a_task_error_is_passed_on_with_its_checkpoint(ray_cluster, organism):
+    del ray_cluster
+    series = weak(organism)
+    assert RayExecutor().map(Refuses("none"), series, list(reversed(series.checkpoints))) == [2, 1, 0]
+    with pytest.raises(RlinterpError, match="^checkpoint weak-step-1: non-finite activations"):
+        RayExecutor().map(Refuses("weak-step-1"), series, list(series))
+    assert RayExecutor().map(Refuses("none"), series, []) == []
+
+
 # -- storage --------------------------------------------------------------------------------
 
 
