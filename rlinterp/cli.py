@@ -20,7 +20,7 @@ import transformers
 from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
 from .diff import run_diff
 from .errors import RlinterpError
-from .executor import ExecutorConfig, make_executor
+from .executor import Executor, ExecutorConfig, make_executor
 from .harvest import ActivationStore, HarvestConfig
 from .novelty import IndexConfig
 from .organism import PRESETS, Organism, build_organism, format_table
@@ -82,15 +82,19 @@ def _diff(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         token_seed=args.token_seed,
     )
-    executor = make_executor(
+    result = run_diff(series, prompts, args.out, config, force=args.force, executor=_executor(args))
+    write_report(result, Path(args.out) / "report.html")
+    summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    """The executor of ``--executor``, ``--address``, ``--task-cpus``, ``--task-gpus``."""
+    return make_executor(
         ExecutorConfig(
             kind=args.executor, address=args.address, num_cpus=args.task_cpus, num_gpus=args.task_gpus
         )
     )
-    result = run_diff(series, prompts, args.out, config, force=args.force, executor=executor)
-    write_report(result, Path(args.out) / "report.html")
-    summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
-    sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
 
 
 def _dictionaries_train(args: argparse.Namespace) -> None:
@@ -105,7 +109,7 @@ def _dictionaries_train(args: argparse.Namespace) -> None:
 
 
 def _dictionaries_eval(args: argparse.Namespace) -> None:
-    table = evaluate_dictionary(args.dictionary, downstream=not args.no_downstream)
+    table = evaluate_dictionary(args.dictionary, downstream=not args.no_downstream, executor=_executor(args))
     sys.stdout.write(table.to_string(index=False, float_format=lambda x: f"{x:.4g}") + "\n")
 
 
@@ -379,6 +383,10 @@ def _add_storage_and_executor(command: argparse.ArgumentParser) -> None:
         help="token budget: store a seeded random sample of this many tokens (default: all)",
     )
     storage.add_argument("--token-seed", type=int, default=0, help="seed of the --max-tokens sample")
+    _add_executor(command)
+
+
+def _add_executor(command: argparse.ArgumentParser) -> None:
     scale = command.add_argument_group("where per-checkpoint work runs")
     scale.add_argument(
         "--executor",
@@ -528,6 +536,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
     evaluate.add_argument("--dictionary", type=Path, required=True)
     evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
+    _add_executor(evaluate)
     evaluate.set_defaults(run=_dictionaries_eval)
     _add_circuits(commands)
     selection = commands.add_parser(

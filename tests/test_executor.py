@@ -226,6 +226,19 @@ def test_results_come_in_order_and_a_task_error_is_passed_on_with_its_checkpoint
     assert RayExecutor().map(Refuses("none"), series, []) == []
 
 
+def test_dictionary_evaluation_per_checkpoint_on_ray_equals_local(ray_cluster, reference, tmp_path):
+    from rlinterp.dictionaries import DictionaryConfig, evaluate_dictionary, train_dictionary
+
+    del ray_cluster
+    store = ActivationStore.load(reference / "activations")
+    cfg = DictionaryConfig(d_sae=16, k=2, n_tokens=1024, batch_size=64)
+    sae = train_dictionary(store, "sae", HOOK, tmp_path / "sae", cfg, model="base")
+    local = evaluate_dictionary(sae)
+    on_ray = evaluate_dictionary(sae, executor=RayExecutor())
+    assert list(local["label"]) == store.labels and local["ce_recovered"].notna().all()
+    pd.testing.assert_frame_equal(on_ray, local, rtol=1e-6)
+
+
 # -- storage --------------------------------------------------------------------------------
 
 
