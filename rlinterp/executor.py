@@ -101,15 +101,19 @@ class RayExecutor:
             return []
         ray = _import_ray()
         self._connect(ray)
-        remote = ray.remote(_on_worker).options(
-            num_cpus=self.config.num_cpus,
-            num_gpus=self.config.num_gpus,
-            max_retries=self.config.max_retries,
-            retry_exceptions=False,
-        )
+        remote = ray.remote(_on_worker)
+        options = {
+            "num_cpus": self.config.num_cpus,
+            "num_gpus": self.config.num_gpus,
+            "max_retries": self.config.max_retries,
+            "retry_exceptions": False,
+        }
         # The workers get the series without its loaded models (they load their own).
         detached = dataclasses.replace(series, fidelity={}, _loaded=OrderedDict())
-        refs = [remote.remote(task, detached, checkpoint) for checkpoint in checkpoints]
+        refs = [
+            remote.options(name=f"rlinterp {checkpoint.label}", **options).remote(task, detached, checkpoint)
+            for checkpoint in checkpoints
+        ]
         results: list[R] = []
         failed: list[tuple[str, BaseException]] = []
         for checkpoint, ref in zip(checkpoints, refs, strict=True):
