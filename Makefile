@@ -13,6 +13,8 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Torch is pinned to the CPU wheel in pyproject.toml; the venv is rebuilt when it changes.
+# The ray extra is installed so that the test suite also runs the Ray executor's tests
+# (without it they are skipped: the default install does not need Ray).
 # Static figures (kaleido) and the report's browser test need a Chromium: Debian's package,
 # installed here when it is missing and apt-get is available (CI machines run as root).
 $(STAMP): pyproject.toml
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
 	touch $@
 
 run: setup

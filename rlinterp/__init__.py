@@ -18,6 +18,10 @@ from .dictionaries import train_dictionary as train_dictionary
 from .diff import SeriesDiff as SeriesDiff
 from .diff import run_diff as run_diff
 from .errors import RlinterpError as RlinterpError
+from .executor import ExecutorConfig as ExecutorConfig
+from .executor import LocalExecutor as LocalExecutor
+from .executor import RayExecutor as RayExecutor
+from .executor import make_executor as make_executor
 from .figures import export_figures as export_figures
 from .harvest import ActivationStore as ActivationStore
 from .harvest import HarvestConfig as HarvestConfig

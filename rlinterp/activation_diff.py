@@ -15,6 +15,7 @@ A model compared with itself gives exactly zero difference, cosine 1 and CKA 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -87,12 +88,17 @@ class ActivationDiff:
         return self.table
 
 
-def diff_activations(store: ActivationStore, top_k: int = 10) -> ActivationDiff:
-    """Compare every checkpoint of ``store`` with its base (the first checkpoint)."""
+def diff_activations(
+    store: ActivationStore, top_k: int = 10, labels: Sequence[str] | None = None
+) -> ActivationDiff:
+    """Compare every checkpoint of ``store`` (or those of ``labels``) with its base (the
+    first checkpoint)."""
     checkpoints = store.manifest["checkpoints"]
     base = checkpoints[0]["label"]
     rows, tops, mean_diffs = [], [], {}
     for checkpoint in checkpoints:
+        if labels is not None and checkpoint["label"] not in labels:
+            continue
         label = checkpoint["label"]
         for hook in store.hooks:
             moments = _Moments()
@@ -125,3 +131,19 @@ def diff_activations(store: ActivationStore, top_k: int = 10) -> ActivationDiff:
                 if v > 0
             ]
     return ActivationDiff(pd.DataFrame(rows), mean_diffs, pd.DataFrame(tops))
+
+
+def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Row-wise concatenation of per-checkpoint tables, empty ones (no rows) left out, so the
+    result is the table that one pass over every checkpoint builds."""
+    found = [f for f in frames if len(f)]
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+
+
+def merge_activation_diffs(parts: Sequence[ActivationDiff]) -> ActivationDiff:
+    """Per-checkpoint diffs (in checkpoint order) as one."""
+    return ActivationDiff(
+        concat_frames([p.table for p in parts]),
+        {key: value for p in parts for key, value in p.mean_diffs.items()},
+        concat_frames([p.top_tokens for p in parts]),
+    )

@@ -20,6 +20,7 @@ import transformers
 from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
 from .diff import run_diff
 from .errors import RlinterpError
+from .executor import Executor, ExecutorConfig, make_executor
 from .harvest import ActivationStore, HarvestConfig
 from .novelty import IndexConfig
 from .organism import PRESETS, Organism, build_organism, format_table
@@ -63,6 +64,7 @@ def _diff(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=DTYPES.get(args.dtype),  # auto: None
         on_identical=args.on_identical,
+        device_map=args.device_map,
     )
     if args.steps is not None:
         series = series.select(**args.steps)
@@ -76,11 +78,23 @@ def _diff(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         include_bos=args.include_bos,
         response_only=args.response_only,
+        store_dtype=args.store_dtype,
+        max_tokens=args.max_tokens,
+        token_seed=args.token_seed,
     )
-    result = run_diff(series, prompts, args.out, config, force=args.force)
+    result = run_diff(series, prompts, args.out, config, force=args.force, executor=_executor(args))
     write_report(result, Path(args.out) / "report.html")
     summary = pd.DataFrame(result.summary()).to_string(index=False, float_format=lambda x: f"{x:.4g}")
     sys.stdout.write(f"diff in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary}\n")
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    """The executor of ``--executor``, ``--address``, ``--task-cpus``, ``--task-gpus``."""
+    return make_executor(
+        ExecutorConfig(
+            kind=args.executor, address=args.address, num_cpus=args.task_cpus, num_gpus=args.task_gpus
+        )
+    )
 
 
 def _dictionaries_train(args: argparse.Namespace) -> None:
@@ -95,7 +109,7 @@ def _dictionaries_train(args: argparse.Namespace) -> None:
 
 
 def _dictionaries_eval(args: argparse.Namespace) -> None:
-    table = evaluate_dictionary(args.dictionary, downstream=not args.no_downstream)
+    table = evaluate_dictionary(args.dictionary, downstream=not args.no_downstream, executor=_executor(args))
     sys.stdout.write(table.to_string(index=False, float_format=lambda x: f"{x:.4g}") + "\n")
 
 
@@ -269,6 +283,9 @@ def _run(args: argparse.Namespace) -> None:
             overrides.setdefault(section, {})[name] = value
     if args.series:
         overrides.setdefault("series", {}).update(_series_shortcut(args.series))
+    for name in ("executor", "address"):  # shortcuts for --compute-executor, --compute-address
+        if getattr(args, name) is not None:
+            overrides.setdefault("compute", {})[name] = getattr(args, name)
     config = with_overrides(config, overrides, out=str(args.out) if args.out else None)
     if args.print_config:
         sys.stdout.write(config_template(config))
@@ -313,6 +330,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--out", type=Path, default=None, help="shortcut for the run's output directory")
     run.add_argument(
+        "--executor", choices=("local", "ray"), default=None, help="shortcut for --compute-executor"
+    )
+    run.add_argument("--address", default=None, help="shortcut for --compute-address (auto, ray://...)")
+    run.add_argument(
         "--print-config", action="store_true", help="print the resulting config as documented TOML and stop"
     )
     run.add_argument(
@@ -344,6 +365,44 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     figures.add_argument("--format", choices=("pdf", "svg", "png"), default="pdf")
     figures.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/figures)")
     figures.set_defaults(run=_figures)
+
+
+def _add_storage_and_executor(command: argparse.ArgumentParser) -> None:
+    storage = command.add_argument_group("storage of the activation store")
+    storage.add_argument(
+        "--store-dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="dtype of the stored activations; bfloat16/float16 halve the bytes (default: float32)",
+    )
+    storage.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="token budget: store a seeded random sample of this many tokens (default: all)",
+    )
+    storage.add_argument("--token-seed", type=int, default=0, help="seed of the --max-tokens sample")
+    _add_executor(command)
+
+
+def _add_executor(command: argparse.ArgumentParser) -> None:
+    scale = command.add_argument_group("where per-checkpoint work runs")
+    scale.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one checkpoint after another here (default); ray: one Ray task per checkpoint "
+        "(pip install 'rlinterp[ray]')",
+    )
+    scale.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: auto, or ray://<head>:10001 (default: RAY_ADDRESS, else a local cluster)",
+    )
+    scale.add_argument("--task-cpus", type=float, default=1.0, help="CPUs per Ray task (default: 1)")
+    scale.add_argument(
+        "--task-gpus", type=float, default=0.0, help="GPUs per Ray task (default: 0; use with --device cuda)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -423,6 +482,12 @@ def _parser() -> argparse.ArgumentParser:
         "float32 upcasts half-precision checkpoints)",
     )
     diff.add_argument(
+        "--device-map",
+        default=None,
+        help="split each model over this machine's (or Ray task's) GPUs: auto, balanced "
+        "(Hugging Face device maps; instead of --device)",
+    )
+    diff.add_argument(
         "--on-identical",
         choices=("warn", "error", "ignore"),
         default="warn",
@@ -433,6 +498,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute from scratch, even if --out holds a diff (of these or other inputs)",
     )
+    _add_storage_and_executor(diff)
     diff.set_defaults(run=_diff)
 
     dictionaries = commands.add_parser(
@@ -469,6 +535,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = actions.add_parser("eval", help="evaluate a trained dictionary on every model of its store")
     evaluate.add_argument("--dictionary", type=Path, required=True)
     evaluate.add_argument("--no-downstream", action="store_true", help="skip splicing into the models")
+    _add_executor(evaluate)
     evaluate.set_defaults(run=_dictionaries_eval)
     _add_circuits(commands)
     selection = commands.add_parser(

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -61,6 +61,10 @@ from .sae import (
     fit_sae,
 )
 from .sae_eval import evaluate_sae, fvu_drift
+from .series import Checkpoint, ModelSeries
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 Method = Literal["sae", "diff-sae", "crosscoder"]
 METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
@@ -204,10 +208,13 @@ def _check_models(
         raise RlinterpError(f"a diff-SAE needs two different models; both are {model or labels[-1]!r}")
 
 
-def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -> pd.DataFrame:
+def evaluate_dictionary(
+    path: str | os.PathLike[str], downstream: bool = True, *, executor: Executor | None = None
+) -> pd.DataFrame:
     """Evaluate a trained SAE or diff-SAE on every model of its store (the FVU drift curve,
     with spliced CE/KL when ``downstream``); written to ``eval.parquet`` beside it. For a
-    crosscoder, its latent table with the latent-scaling verdicts."""
+    crosscoder, its latent table with the latent-scaling verdicts. With an ``executor``, the
+    downstream evaluation of an SAE is one task per checkpoint (``DriftTask``)."""
     path = Path(path)
     hint = "train it with `rlinterp dictionaries train`"
     manifest = rundir.read_finished(path, rundir.DICTIONARY, hint)
@@ -226,10 +233,27 @@ def evaluate_dictionary(path: str | os.PathLike[str], downstream: bool = True) -
         table = pd.DataFrame(
             [asdict(evaluate_sae(sae, store, manifest["model"], manifest["hook"], series, manifest["base"]))]
         )
+    elif executor is not None and series is not None:
+        table = pd.DataFrame(executor.map(DriftTask(path), series, list(series)))
     else:
         table = fvu_drift(sae, store, manifest["hook"], series)
     write_parquet(path / "eval.parquet", table)
     return table
+
+
+@dataclass(frozen=True)
+class DriftTask:
+    """The SAE at ``path`` evaluated on one checkpoint of its store and spliced into that
+    model: one row of ``fvu_drift`` (an executor task; it loads the SAE and store itself)."""
+
+    path: Path
+
+    def __call__(self, series: ModelSeries, checkpoint: Checkpoint) -> dict[str, Any]:
+        manifest = rundir.read_finished(self.path, rundir.DICTIONARY, "train it again")
+        store = ActivationStore.load(manifest["store"])
+        sae = TrainedSAE.load(self.path).sae
+        found = evaluate_sae(sae, store, checkpoint.label, manifest["hook"], series)
+        return {"step": checkpoint.step, **asdict(found)}
 
 
 def _repeat(

@@ -17,6 +17,11 @@ checkpoint against the base, written as Parquet tables and a JSON summary.
 - ``summary.json``: per checkpoint, one headline number per metric family
   (schema in ``SUMMARY_SCHEMA``).
 
+Per-checkpoint work goes through an executor (see ``executor``): the harvest (one task per
+checkpoint), then the weight, activation and output diffs of each checkpoint against the
+base (one task per checkpoint, ``CheckpointDiffTask``); this process only merges their
+tables, so a local run and a Ray run write the same files.
+
 Computing a diff does not draw it: ``report.write_report`` turns the returned
 ``SeriesDiff`` (or ``SeriesDiff.load(out)``) into ``report.html``, which ``rlinterp diff``
 writes beside the tables.
@@ -27,18 +32,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from . import rundir
-from .activation_diff import ActivationDiff, diff_activations
+from .activation_diff import ActivationDiff, diff_activations, merge_activation_diffs
 from .artifacts import environment_versions, read_parquet, write_json, write_parquet, write_safetensors
+from .checkpoint import Checkpoint
 from .harvest import ActivationStore, HarvestConfig, fingerprint, harvest
-from .output_diff import diff_outputs
+from .output_diff import OutputDiff, diff_outputs, merge_output_diffs
 from .prompts import PromptSet
 from .series import ModelSeries
 from .weight_diff import diff_weights
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,7 @@ def run_diff(
     harvest_cfg: HarvestConfig | None = None,
     *,
     force: bool = False,
+    executor: Executor | None = None,
 ) -> SeriesDiff:
     """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``.
 
@@ -127,20 +137,24 @@ def run_diff(
     refused naming what changed, or (``force``) computed again from scratch.
 
     Each checkpoint is run twice: once to harvest its activations, once beside the base for
-    the KL (next-token distributions are too large to store)."""
+    the KL (next-token distributions are too large to store). Both are tasks of
+    ``executor`` (default: this process, one checkpoint after another)."""
+    from .executor import LocalExecutor
+
     out = Path(out)
     series.validate()
+    executor = executor or LocalExecutor()
     inputs = fingerprint(series, prompts, harvest_cfg)
     claimed = rundir.claim(out, rundir.DIFF, inputs, ENTRIES, resumable=(STORE,), force=force)
     if claimed.state == "finished":
         return SeriesDiff.load(out)
-    store = harvest(series, prompts, out / STORE, harvest_cfg)
-    weights, by_component = _weight_tables(series)
-    activations = diff_activations(store)
-    outputs = diff_outputs(series, store, activations.mean_diffs)
+    store = harvest(series, prompts, out / STORE, harvest_cfg, executor=executor)
+    parts = executor.map(CheckpointDiffTask(store.root), series, list(series))
+    activations = merge_activation_diffs([p.activations for p in parts])
+    outputs = merge_output_diffs([p.outputs for p in parts])
     result = SeriesDiff(
-        weights=weights,
-        weights_by_component=by_component,
+        weights=pd.concat([p.weights for p in parts], ignore_index=True),
+        weights_by_component=pd.concat([p.weights_by_component for p in parts], ignore_index=True),
         activations=activations.table,
         outputs=outputs.table,
         lens=outputs.lens,
@@ -150,14 +164,36 @@ def run_diff(
     return result
 
 
-def _weight_tables(series: ModelSeries) -> tuple[pd.DataFrame, pd.DataFrame]:
-    weights, by_component = [], []
-    for checkpoint in series:
+@dataclass(frozen=True)
+class CheckpointDiff:
+    """One checkpoint's diffs against the base (``SeriesDiff``'s rows for it)."""
+
+    weights: pd.DataFrame
+    """Its rows of ``weights.parquet``."""
+    weights_by_component: pd.DataFrame
+    """Its rows of ``weights_by_component.parquet``."""
+    activations: ActivationDiff
+    """Its activation diff per hook, with mean difference vectors and top tokens."""
+    outputs: OutputDiff
+    """Its KL row, top tokens and difference lens."""
+
+
+@dataclass(frozen=True)
+class CheckpointDiffTask:
+    """The diffs of one checkpoint against the base, from the finished store at ``store``
+    and the checkpoint folders (an executor task)."""
+
+    store: Path
+
+    def __call__(self, series: ModelSeries, checkpoint: Checkpoint) -> CheckpointDiff:
+        store = ActivationStore.load(self.store)
         diff = diff_weights(series.base.path, checkpoint.path)
         meta = {"label": checkpoint.label, "step": checkpoint.step}
-        weights.append(diff.to_frame().assign(**meta))
-        by_component.append(diff.by_component().assign(**meta))
-    return pd.concat(weights, ignore_index=True), pd.concat(by_component, ignore_index=True)
+        activations = diff_activations(store, labels=[checkpoint.label])
+        outputs = diff_outputs(series, store, activations.mean_diffs, checkpoints=[checkpoint])
+        return CheckpointDiff(
+            diff.to_frame().assign(**meta), diff.by_component().assign(**meta), activations, outputs
+        )
 
 
 def _top_tokens_in_context(

@@ -10,12 +10,23 @@ written as one safetensors shard per (model, hook, batch), so:
   models are compared shard by shard without any index bookkeeping;
 - an interrupted harvest resumes: a shard that exists was written atomically and is
   complete, so only missing shards are computed; the store's fingerprint (``fingerprint``:
-  weight, config and tokenizer hashes, prompts, hooks, truncation, dtype, batch size)
-  must match, so shards of other inputs are never mixed in (see ``rundir``).
+  weight, config and tokenizer hashes, prompts, hooks, truncation, dtype, batch size,
+  storage options) must match, so shards of other inputs are never mixed in (see ``rundir``);
+- each checkpoint is one task of an executor (``executor``: in this process, or one Ray
+  task per checkpoint); a task writes only its own checkpoint's shards, so tasks never
+  race, and a dead task's shards are judged by their final names like any others.
+
+Storage options (``HarvestConfig``): ``store_dtype`` stores the shards in bfloat16 or
+float16 (half the bytes of float32); ``max_tokens`` keeps a seeded uniform sample of the
+kept tokens. The budget is applied to the ``keep`` mask before anything is written, so every
+reader that maps store rows to tokens (``token_batches``, ``token_contexts``, the KL pass,
+SAE splicing) sees the same subsample without knowing about it, and ``shards`` upcasts to
+float32 for every reader. Both are in the manifest and, when not the defaults, in the
+fingerprint (defaults add no key, so stores written before these options keep theirs).
 
 Layout: ``manifest.json`` (written last, see ``rundir.finish``), ``tokens.safetensors``
 (``tokens``, ``keep``, ``lengths``), ``<label>/<hook>/shard-<k>.safetensors`` (``acts``:
-``[kept tokens of batch k, d]``, float32).
+``[kept tokens of batch k, d]``, in ``store_dtype``).
 
 One rule maps shards to tokens, ``token_batches``: batch ``k`` is prompts
 ``[k * batch_size, (k + 1) * batch_size)``, cut to its longest real row, and its shard holds
@@ -35,7 +46,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pandas as pd
 import torch
@@ -57,6 +68,9 @@ from .artifacts import (
 from .errors import RlinterpError
 from .prompts import PromptSet, TokenizedPrompts
 from .series import DTYPES, Checkpoint, ModelSeries
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +123,22 @@ class HarvestConfig:
     """Keep the BOS / attention-sink position in statistics."""
     response_only: bool = False
     """Keep only response tokens (prompts need a prompt/response split)."""
+    store_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the stored activations; bfloat16 and float16 halve the bytes (readers
+    upcast to float32)."""
+    max_tokens: int | None = None
+    """Token budget: store a uniform random sample of at most this many of the kept tokens
+    (None: all)."""
+    token_seed: int = 0
+    """Seed of the ``max_tokens`` sample."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
+        if self.store_dtype not in DTYPES:
+            raise RlinterpError(f"store_dtype must be one of {', '.join(DTYPES)}, got {self.store_dtype!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise RlinterpError(f"max_tokens must be positive (or None for all), got {self.max_tokens}")
         if self.max_length is not None and self.max_length < 2:
             raise RlinterpError(f"max_length must leave room for BOS and one token, got {self.max_length}")
         if self.hooks is not None and not self.hooks:
@@ -153,6 +179,21 @@ def token_batches(tokenized: TokenizedPrompts, batch_size: int) -> Iterator[Toke
         offset += n_kept
 
 
+def budget_keep(
+    keep: Bool[Tensor, "prompt pos"], max_tokens: int | None, seed: int
+) -> Bool[Tensor, "prompt pos"]:
+    """``keep`` cut to a uniform random sample of ``max_tokens`` of its positions (all of them
+    when there are no more than that), the same for the same ``seed``."""
+    n_kept = int(keep.sum())
+    if max_tokens is None or n_kept <= max_tokens:
+        return keep
+    where = keep.flatten().nonzero().squeeze(1)
+    chosen = where[torch.randperm(n_kept, generator=torch.Generator().manual_seed(seed))[:max_tokens]]
+    sampled = torch.zeros(keep.numel(), dtype=torch.bool)
+    sampled[chosen] = True
+    return sampled.view(keep.shape)
+
+
 class ActivationStore:
     """A finished (or resumable) harvest on disk."""
 
@@ -187,6 +228,11 @@ class ActivationStore:
     @property
     def n_shards(self) -> int:
         return int(self.manifest["n_shards"])
+
+    @property
+    def store_dtype(self) -> str:
+        """Dtype the shards are stored in (stores from before the option: float32)."""
+        return str(self.manifest.get("store_dtype", "float32"))
 
     @property
     def checkpoints(self) -> tuple[Checkpoint, ...]:
@@ -237,13 +283,14 @@ class ActivationStore:
         return self.root / label / hook / f"shard-{k:05d}.safetensors"
 
     def shards(self, label: str, hook: str) -> Iterator[Float[Tensor, "token d"]]:
-        """The activations of ``label`` at ``hook``, one shard at a time, in token order."""
+        """The activations of ``label`` at ``hook``, one shard at a time, in token order, as
+        float32 whatever ``store_dtype`` they are stored in."""
         if label not in self.labels:
             raise RlinterpError(f"no model {label!r} in {self.root}; it has {self.labels}")
         if hook not in self.hooks:
             raise RlinterpError(f"hook {hook!r} was not harvested in {self.root}; it has {self.hooks}")
         for k in range(self.n_shards):
-            yield load_file(self.shard_path(label, hook, k))["acts"]
+            yield load_file(self.shard_path(label, hook, k))["acts"].float()
 
     def read(self, label: str, hook: str) -> Float[Tensor, "token d"]:
         """All activations of ``label`` at ``hook`` (loads every shard: mind the size)."""
@@ -312,8 +359,9 @@ def fingerprint(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig | No
     """Everything that determines the shards of harvesting ``prompts`` through ``series``
     (what resume compares): checkpoint labels and steps, every checkpoint's weight and
     config hashes, the tokenizer files, prompts, hooks, truncation, dtype, BOS and
-    response handling, batch size. Not the device or paths: they do not change the result.
-    Loads the base model (to resolve default hooks and context length)."""
+    response handling, batch size, and the storage options when they are not the defaults.
+    Not the device, paths or executor: they do not change the result. Loads the base model
+    (to resolve default hooks and context length)."""
     cfg = cfg or HarvestConfig()
     _, hooks, max_length = _settings(series, cfg)
     return _fingerprint(series, prompts, cfg, hooks, max_length)
@@ -326,16 +374,30 @@ def _fingerprint(
     for c in series:
         found[f"weights of {c.label}"] = weights_sha256(c.path)
         found[f"config of {c.label}"] = config_sha256(c.path)
-    return found | {
-        "tokenizer": tokenizer_sha256(series.base.path),
-        "prompts": prompts_sha256(prompts),
-        "hooks": hooks,
-        "max_length": max_length,
-        "dtype": str(series.dtype).removeprefix("torch."),
-        "include_bos": cfg.include_bos,
-        "response_only": cfg.response_only,
-        "batch_size": cfg.batch_size,
-    }
+    return (
+        found
+        | {
+            "tokenizer": tokenizer_sha256(series.base.path),
+            "prompts": prompts_sha256(prompts),
+            "hooks": hooks,
+            "max_length": max_length,
+            "dtype": str(series.dtype).removeprefix("torch."),
+            "include_bos": cfg.include_bos,
+            "response_only": cfg.response_only,
+            "batch_size": cfg.batch_size,
+        }
+        | _storage(cfg)
+    )
+
+
+def _storage(cfg: HarvestConfig) -> dict[str, Any]:
+    """The storage options that differ from the defaults (older stores have no such keys)."""
+    found: dict[str, Any] = {}
+    if cfg.store_dtype != "float32":
+        found["store_dtype"] = cfg.store_dtype
+    if cfg.max_tokens is not None:
+        found |= {"max_tokens": cfg.max_tokens, "token_seed": cfg.token_seed}
+    return found
 
 
 def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: list[str]) -> dict[str, Any]:
@@ -348,6 +410,9 @@ def _plan(series: ModelSeries, prompts: PromptSet, cfg: HarvestConfig, hooks: li
         "prompts_sha256": prompts_sha256(prompts),
         "include_bos": cfg.include_bos,
         "response_only": cfg.response_only,
+        "store_dtype": cfg.store_dtype,
+        "max_tokens": cfg.max_tokens,
+        "token_seed": cfg.token_seed,
     }
 
 
@@ -358,12 +423,16 @@ def harvest(
     cfg: HarvestConfig | None = None,
     *,
     force: bool = False,
+    executor: Executor | None = None,
 ) -> ActivationStore:
     """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``.
 
     ``out`` must be absent, empty, or a store: a finished store of the same fingerprint is
     returned as it is, an interrupted one resumed; one of other inputs is refused naming
-    what changed, or (``force``) harvested again from scratch."""
+    what changed, or (``force``) harvested again from scratch. Each checkpoint with missing
+    shards is one task of ``executor`` (default: this process, one after another)."""
+    from .executor import LocalExecutor
+
     cfg = cfg or HarvestConfig()
     out = Path(out)
     series.validate()
@@ -381,30 +450,57 @@ def harvest(
         return ActivationStore(out, claimed.manifest)
     plan = _plan(series, prompts, cfg, hooks)
     tokenized = prompts.tokenize(base.tokenizer, max_length, cfg.include_bos, cfg.response_only)
+    keep = budget_keep(tokenized.keep, cfg.max_tokens, cfg.token_seed)
     write_safetensors(
         out / TOKENS,
-        {"tokens": tokenized.tokens, "keep": tokenized.keep.to(torch.uint8), "lengths": tokenized.lengths},
+        {"tokens": tokenized.tokens, "keep": keep.to(torch.uint8), "lengths": tokenized.lengths},
     )
     layers = [hook_layer(h) for h in hooks]
     # Stop after the deepest requested block, unless a hook lies outside the blocks.
     stop_at = None if any(x is None for x in layers) else max(x for x in layers if x is not None) + 1
-    store = ActivationStore(out, plan)
-    for checkpoint in series:
-        missing = [
-            k
-            for k in range(plan["n_shards"])
-            if not all(store.shard_path(checkpoint.label, h, k).is_file() for h in hooks)
-        ]
-        if not missing:
-            continue
-        model = series.load(checkpoint)
-        todo = [batch for batch in token_batches(tokenized, cfg.batch_size) if batch.shard in missing]
-        for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
-            _harvest_batch(model, checkpoint.label, batch, hooks, stop_at, store)
+    task = HarvestTask(out, plan, stop_at)
+    todo = [checkpoint for checkpoint in series if task.missing(checkpoint.label)]
+    (executor or LocalExecutor()).map(task, series, todo)
+    rundir.remove_orphans(out, entries)  # temporary files of tasks that died and were retried
     cut = tokenized.tokens_cut  # truncation is also logged by tokenize
     truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
-    manifest = {**plan, "truncated": truncated, "versions": environment_versions()}
+    budget = {"n_tokens": int(keep.sum()), "n_tokens_before_budget": int(tokenized.keep.sum())}
+    manifest = {**plan, **budget, "truncated": truncated, "versions": environment_versions()}
     return ActivationStore(out, rundir.finish(out, rundir.STORE, manifest))
+
+
+@dataclass(frozen=True)
+class HarvestTask:
+    """One checkpoint's missing shards of the store at ``root`` (an executor task: plain,
+    picklable data; it reads the tokens the driver wrote to ``root``)."""
+
+    root: Path
+    plan: dict[str, Any]
+    """The store's manifest so far (``_plan``): hooks, batch size, shards, storage."""
+    stop_at: int | None
+    """Block after which the forward pass stops (None: run the whole model)."""
+
+    def missing(self, label: str) -> list[int]:
+        """Shards of ``label`` not written yet (a shard under its final name is complete)."""
+        store = ActivationStore(self.root, self.plan)
+        return [
+            k
+            for k in range(self.plan["n_shards"])
+            if not all(store.shard_path(label, h, k).is_file() for h in self.plan["hooks"])
+        ]
+
+    def __call__(self, series: ModelSeries, checkpoint: Checkpoint) -> int:
+        """Harvest the missing shards of ``checkpoint``; return how many were written."""
+        missing = set(self.missing(checkpoint.label))
+        if not missing:
+            return 0
+        store = ActivationStore(self.root, self.plan)
+        model = series.load(checkpoint)
+        todo = [b for b in token_batches(store.tokens(), self.plan["batch_size"]) if b.shard in missing]
+        hooks, dtype = list(self.plan["hooks"]), DTYPES[self.plan["store_dtype"]]
+        for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
+            _harvest_batch(model, checkpoint.label, batch, hooks, self.stop_at, store, dtype)
+        return len(todo)
 
 
 @torch.no_grad()
@@ -415,6 +511,7 @@ def _harvest_batch(
     hooks: list[str],
     stop_at: int | None,
     store: ActivationStore,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     keep = batch.keep
     stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
@@ -431,4 +528,10 @@ def _harvest_batch(
             first = batch.prompts.start
             bad = sorted({first + int(i) for i in torch.nonzero(~torch.isfinite(acts).all(-1))[:, 0]})
             raise RlinterpError(f"non-finite activations in {label} at {hook} (prompts {bad[:5]})")
-        write_safetensors(store.shard_path(label, hook, batch.shard), {"acts": kept})
+        stored = kept.to(dtype)
+        if not torch.isfinite(stored).all():
+            raise RlinterpError(
+                f"activations of {label} at {hook} exceed the range of {str(dtype).removeprefix('torch.')} "
+                f"(largest magnitude {kept.abs().max().item():.3g}); store them as bfloat16 or float32"
+            )
+        write_safetensors(store.shard_path(label, hook, batch.shard), {"acts": stored})

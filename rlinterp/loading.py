@@ -10,6 +10,11 @@ and ``AutoModelForCausalLM`` on the same tokens.
 A PEFT LoRA adapter checkpoint (see ``adapters``) is loaded over its ``base``: the merged
 ``transformers`` model is handed to the same ``boot_transformers`` (``hf_model=``; with the
 base folder's config and tokenizer), and its fidelity reference is base + adapter unmerged.
+
+Large checkpoints load in the dtype they store (``series_checks.series_dtype``) and, with a
+Hugging Face ``device_map`` (``"auto"``, ``"balanced"`` or an explicit map), split over the
+GPUs this process sees (the bridge's accelerate dispatch); the fidelity reference is then
+dispatched with the same map.
 """
 
 from __future__ import annotations
@@ -84,11 +89,19 @@ def load_bridge(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     base: str | os.PathLike[str] | None = None,
+    device_map: str | None = None,
 ) -> TransformerBridge:
     """A checkpoint folder as a hooked TransformerLens model, never touching the hub. An
-    adapter checkpoint needs the ``base`` folder it is merged into."""
+    adapter checkpoint needs the ``base`` folder it is merged into. ``device_map`` (instead
+    of ``device``) splits a full checkpoint over several devices."""
     folder = require_checkpoint(path)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    if device_map is not None and is_adapter(folder):
+        raise RlinterpError(
+            f"{folder} is an adapter checkpoint, which loads on one device; drop the device map"
+        )
+    if device_map is not None:
+        return TransformerBridge.boot_transformers(str(folder), device_map=device_map, dtype=dtype)
     if not is_adapter(folder):
         return TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
     if base is None:
@@ -118,6 +131,7 @@ def logit_fidelity(
     tokens: Int[Tensor, "batch pos"],
     bridge: TransformerBridge | None = None,
     base: str | os.PathLike[str] | None = None,
+    device_map: str | None = None,
 ) -> Fidelity:
     """Compare the bridge's logits with those of ``AutoModelForCausalLM.from_pretrained(path)``
     (for an adapter: ``base`` with the adapter applied unmerged) on ``tokens``, the reference
@@ -132,6 +146,11 @@ def logit_fidelity(
                 f"{folder} is an adapter checkpoint; give the base model folder it applies to"
             )
         reference = reference_model(base, folder, bridge.cfg.dtype, str(device))
+    elif device_map is not None:  # dispatched like the bridge; inputs go to its first device
+        reference = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=bridge.cfg.dtype, device_map=device_map
+        ).eval()
+        device = reference.get_input_embeddings().weight.device
     else:
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=bridge.cfg.dtype).eval()
         reference.to(device)

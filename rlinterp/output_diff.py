@@ -13,6 +13,7 @@ A checkpoint compared with itself gives KL exactly 0 (the same logits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,6 +23,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from .activation_diff import concat_frames
+from .checkpoint import Checkpoint
 from .harvest import ActivationStore
 from .series import ModelSeries
 
@@ -45,6 +48,15 @@ class OutputDiff:
         return self.table
 
 
+def merge_output_diffs(parts: Sequence[OutputDiff]) -> OutputDiff:
+    """Per-checkpoint output diffs (in checkpoint order) as one."""
+    return OutputDiff(
+        concat_frames([p.table for p in parts]),
+        concat_frames([p.top_tokens for p in parts]),
+        concat_frames([p.lens for p in parts]),
+    )
+
+
 @torch.no_grad()
 def diff_outputs(
     series: ModelSeries,
@@ -52,12 +64,13 @@ def diff_outputs(
     directions: dict[tuple[str, str], Float[Tensor, " d_model"]] | None = None,
     top_k: int = 10,
     top_positions: int = 50,
+    checkpoints: Sequence[Checkpoint] | None = None,
 ) -> OutputDiff:
-    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series``, and
-    the lens of each ``(label, hook) -> direction`` read through that checkpoint's ``W_U``
-    (while the checkpoint is loaded anyway)."""
+    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series`` (or
+    of ``checkpoints``), and the lens of each ``(label, hook) -> direction`` read through
+    that checkpoint's ``W_U`` (while the checkpoint is loaded anyway)."""
     rows, tops, lenses = [], [], []
-    for checkpoint in series:
+    for checkpoint in series if checkpoints is None else checkpoints:
         base_model, post_model = series.load(series.base), series.load(checkpoint)
         for (label, hook), vector in (directions or {}).items():
             if label == checkpoint.label and checkpoint != series.base:

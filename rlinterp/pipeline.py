@@ -156,7 +156,7 @@ def prepare(config: RunConfig) -> RunContext:
 
     s, p, c = config.series, config.prompts, config.compute
     ctx = RunContext(config=config, out=Path(config.out))
-    kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype]}
+    kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
     if s.organism is not None:
         root = Path(s.organism)
         if not (root / "manifest.json").is_file():
@@ -194,14 +194,21 @@ def _first(prompts: PromptSet, n: int) -> PromptSet:
 def diff_stage(ctx: RunContext) -> None:
     """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
     from .diff import run_diff
+    from .executor import ExecutorConfig, make_executor
     from .harvest import HarvestConfig
 
-    h = ctx.config.harvest
+    h, c = ctx.config.harvest, ctx.config.compute
     harvest_cfg = HarvestConfig(
         hooks=h.hooks or None,
         batch_size=h.batch_size,
         include_bos=h.include_bos,
         response_only=h.response_only,
+        store_dtype=h.store_dtype,
+        max_tokens=h.max_tokens,
+        token_seed=h.token_seed,
+    )
+    executor = make_executor(
+        ExecutorConfig(kind=c.executor, address=c.address, num_cpus=c.task_cpus, num_gpus=c.task_gpus)
     )
     assert ctx.prompts is not None
     for name, series in ctx.series.items():
@@ -209,7 +216,7 @@ def diff_stage(ctx: RunContext) -> None:
         if (out / "manifest.json").is_file():
             continue
         log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
-        run_diff(series, ctx.prompts, out, harvest_cfg)
+        run_diff(series, ctx.prompts, out, harvest_cfg, executor=executor)
 
 
 def dictionaries_stage(ctx: RunContext) -> None:

@@ -90,10 +90,18 @@ class HarvestSection:
     """Keep the BOS position in statistics."""
     response_only: bool = False
     """Keep only response tokens (prompts need a prompt/response split)."""
+    store_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the stored activations (bfloat16 / float16 halve the bytes)."""
+    max_tokens: int | None = None
+    """Token budget per store: a seeded uniform sample of at most this many tokens (None: all)."""
+    token_seed: int = 0
+    """Seed of the max_tokens sample."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise RlinterpError(f"harvest.batch_size must be positive, got {self.batch_size}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise RlinterpError(f"harvest.max_tokens must be positive, got {self.max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,16 @@ class ComputeSection:
     """Model dtype."""
     threads: int | None = None
     """Torch CPU threads (None: torch's default)."""
+    device_map: str | None = None
+    """Split each model over the GPUs in view (``auto``, ``balanced``) instead of ``device``."""
+    executor: Literal["local", "ray"] = "local"
+    """Where per-checkpoint work runs: this process, or one Ray task per checkpoint."""
+    address: str | None = None
+    """Ray cluster (``auto``, ``ray://<head>:10001``; None: RAY_ADDRESS or a local one)."""
+    task_cpus: float = 1.0
+    """CPUs each Ray task requests."""
+    task_gpus: float = 0.0
+    """GPUs each Ray task requests (with device = "cuda")."""
 
 
 @dataclass(frozen=True)
@@ -330,8 +348,9 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def fingerprint(config: RunConfig) -> dict[str, str]:
-    """Per section, a hash of its settings; ``compute.device`` and ``threads`` are left out
-    (where a run computes does not change what it means)."""
+    """Per section, a hash of its settings; of ``compute`` only the dtype counts (where a
+    run computes, on how many threads or through which executor does not change what it
+    means)."""
     data = to_dict(config)
     data["compute"] = {"dtype": data["compute"]["dtype"]}
     return {

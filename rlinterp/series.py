@@ -85,6 +85,9 @@ class ModelSeries:
     store (bf16 checkpoints load in bf16; ask for ``torch.float32`` to upcast)."""
     max_loaded: int = 2
     """Models kept in memory at once (the base and the one being compared)."""
+    device_map: str | None = None
+    """Hugging Face device map (e.g. ``auto``) that splits each full checkpoint over the GPUs
+    this process sees, instead of putting it on ``device``; None: all on ``device``."""
     check_fidelity: bool = True
     on_identical: Literal["warn", "error", "ignore"] = "warn"
     """What ``validate`` does about checkpoints holding byte-identical weights: log a
@@ -260,11 +263,13 @@ class ModelSeries:
         while len(self._loaded) >= self.max_loaded:
             self._loaded.popitem(last=False)
         base = self.base.path if is_adapter(checkpoint.path) else None
-        model = load_bridge(checkpoint.path, device=self.device, dtype=self.load_dtype, base=base)
+        model = load_bridge(
+            checkpoint.path, device=self.device, dtype=self.load_dtype, base=base, device_map=self.device_map
+        )
         _require_finite(checkpoint, model, self.load_dtype)
         if self.check_fidelity and checkpoint.label not in self.fidelity:
             tokens = torch.arange(min(16, model.cfg.d_vocab)).unsqueeze(0)
-            fidelity = logit_fidelity(checkpoint.path, tokens, model, base=base)
+            fidelity = logit_fidelity(checkpoint.path, tokens, model, base=base, device_map=self.device_map)
             tolerance = FIDELITY_TOLERANCE.get(self.load_dtype, FIDELITY_TOLERANCE[torch.float32])
             if not fidelity.relative <= tolerance:  # also catches NaN
                 raise RlinterpError(
