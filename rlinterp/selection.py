@@ -407,8 +407,10 @@ def _with_behaviour(
     causal: pd.DataFrame, organism: Organism, regime: str, checks: CausalChecks, parts: list[StepParts]
 ) -> pd.DataFrame:
     """Add behaviour columns to the causal table: how far each edit moved the base's
-    behaviour towards the checkpoint's (and its random control did), and how far the reverse
-    edit moved the checkpoint's back."""
+    behaviour towards the checkpoint's, how far the reverse edit moved the checkpoint's back,
+    and how far a random control moved the base (the mean over ``n_random`` random subspaces
+    for the persona-choice patch; one random vector of the same norm for the mean-shift
+    edits)."""
     table = organism.behaviour()
     rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
     shifts = {p.label: _mean_shift(p) for p in parts}
@@ -418,27 +420,38 @@ def _with_behaviour(
         step = int(r.step)
         if r.edit == "persona_choice":
             hook, basis = checks.decision_hook, checks.decision_basis
-            random = random_basis(basis.shape[0], basis.shape[1], checks.cfg.seed)
             steered = patched_behaviour(organism, regime, 0, step, hook, basis)
             ablated = patched_behaviour(organism, regime, step, 0, hook, basis)
-            control = patched_behaviour(organism, regime, 0, step, hook, random)
+            controls = [
+                patched_behaviour(
+                    organism,
+                    regime,
+                    0,
+                    step,
+                    hook,
+                    random_basis(basis.shape[0], basis.shape[1], checks.cfg.seed + i),
+                )
+                for i in range(checks.cfg.n_random)
+            ]
         else:
             vector = checks.shift_edit(str(r.edit), shifts[r.label])
             noise = torch.randn(vector.shape, generator=generator)
             noise = noise / noise.norm() * vector.norm()
             steered = steered_behaviour(organism, regime, 0, checks.hook, vector)
             ablated = steered_behaviour(organism, regime, step, checks.hook, -vector)
-            control = steered_behaviour(organism, regime, 0, checks.hook, noise)
+            controls = [steered_behaviour(organism, regime, 0, checks.hook, noise)]
         towards = behaviour_recovery(rows[0], rows[step], steered)
         back = behaviour_recovery(rows[step], rows[0], ablated)
-        random_towards = behaviour_recovery(rows[0], rows[step], control)
+        random_towards = sum(behaviour_recovery(rows[0], rows[step], c)["shares"] for c in controls) / len(
+            controls
+        )
         extra.append(
             {
                 "behaviour_steering_shares": towards["shares"],
                 "behaviour_steering_reward": towards["reward"],
                 "behaviour_ablation_shares": back["shares"],
                 "behaviour_ablation_reward": back["reward"],
-                "behaviour_random_steering_shares": random_towards["shares"],
+                "behaviour_random_steering_shares": random_towards,
             }
         )
     return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
