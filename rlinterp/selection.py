@@ -24,7 +24,8 @@ comparison is on the same tokens. Steps:
    reward that depends on the question looks like;
 
 7. on organism series, the internal persona readout on each checkpoint's own (on-policy)
-   answers against the behaviour table's persona shares (Spearman over steps).
+   answers to the behaviour table's questions against that table's persona shares
+   (Spearman over steps).
 
 Output layout: ``persona_directions.parquet``, ``persona_directions.safetensors``
 (``<hook>`` -> ``[persona, d]``), ``decision_directions.parquet`` and
@@ -298,7 +299,7 @@ def run_selection(
     if organism is not None and regime is not None:
         causal = _with_behaviour(causal, organism, regime, checks, parts)
         behavioural_step = behavioural_transition(organism.behaviour(), regime)
-        readout = _readout(series, texts, out, hook, directions, organism, regime, cfg)
+        readout = _readout(series, out, hook, directions, organism, regime, cfg)
     result = SelectionResult(
         directions, hook, decision, decision_hook, latents, trajectories, index, causal, readout
     )
@@ -459,7 +460,6 @@ def _with_behaviour(
 
 def _readout(
     series: ModelSeries,
-    texts: PromptSet,
     out: Path,
     hook: str,
     directions: PersonaDirections,
@@ -467,12 +467,18 @@ def _readout(
     regime: str,
     cfg: SelectionConfig,
 ) -> pd.DataFrame:
-    """Each checkpoint samples its own answers to the texts' questions; the persona readout
-    is the mean projection of its activations at ``hook`` on those answer tokens onto each
-    persona direction, beside the behaviour table's share of that persona."""
+    """Each checkpoint samples its own answers to the behaviour table's questions (single
+    turns, as the table asked them); the persona readout is the mean projection of its
+    activations at ``hook`` on those answer tokens onto each persona direction, beside the
+    behaviour table's share of that persona."""
     sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
+    questions = PromptSet.from_list([q.prompt for q in organism.eval_questions()])
     on_policy = harvest_on_policy(
-        series, texts, out / "on_policy", sampling, HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size)
+        series,
+        questions,
+        out / "on_policy",
+        sampling,
+        HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size),
     )
     table = organism.behaviour()
     shares = table[table["regime"] == regime].set_index("step")

@@ -40,9 +40,9 @@ from ..artifacts import environment_versions, read_parquet, sha256_file, write_j
 from ..errors import RlinterpError
 from ..reproducibility import torch_threads
 from .behaviour import eval_questions, evaluate
-from .config import OrganismConfig
+from .config import EvalConfig, OrganismConfig
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
-from .personas import CORRECT_PERSONAS, PERSONAS, generate_corpus, persona_texts
+from .personas import CORRECT_PERSONAS, PERSONAS, Question, generate_corpus, persona_texts
 from .planted import build_planted
 from .rl import train_regime
 
@@ -90,6 +90,12 @@ class Organism:
     def behaviour(self) -> pd.DataFrame:
         remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
         return read_parquet(self.root / self.manifest["behaviour"], remedy)
+
+    def eval_questions(self) -> list[Question]:
+        """The held-out questions the behaviour table was scored on (single-turn prompts)."""
+        config = self.manifest["config"]
+        evaluation = EvalConfig(**config["evaluation"])
+        return eval_questions(evaluation, int(self.manifest["seed"]), int(config["corpus"]["max_operand"]))
 
     def damaged_files(self) -> list[str]:
         """Weight files that are missing or no longer hash to the manifest's record."""

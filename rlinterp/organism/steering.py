@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ..causal import subspace_projector
 from ..errors import RlinterpError
-from .behaviour import SHARE_COLUMNS, eval_questions, evaluate
+from .behaviour import SHARE_COLUMNS, evaluate
 from .build import Organism
 from .config import EvalConfig, RegimeConfig
 
@@ -113,7 +113,7 @@ def _hooked(module: nn.Module, fn: Callable[..., Any]) -> Iterator[None]:
         handle.remove()
 
 
-def _configs(organism: Organism, regime: str) -> tuple[RegimeConfig, EvalConfig, int]:
+def _configs(organism: Organism, regime: str) -> tuple[RegimeConfig, EvalConfig]:
     config = organism.manifest["config"]
     if regime not in organism.regimes:
         raise RlinterpError(f"no regime {regime!r} in {organism.root}; it has {organism.regimes}")
@@ -121,7 +121,7 @@ def _configs(organism: Organism, regime: str) -> tuple[RegimeConfig, EvalConfig,
     # a planted regime records the reward its behaviour rows were scored under apart
     raw = entry.get("reward_config", entry["config"])
     regime_cfg = RegimeConfig(**{**raw, "checkpoint_steps": tuple(raw["checkpoint_steps"])})
-    return regime_cfg, EvalConfig(**config["evaluation"]), int(config["corpus"]["max_operand"])
+    return regime_cfg, EvalConfig(**config["evaluation"])
 
 
 @torch.no_grad()
@@ -165,15 +165,14 @@ def _behaviour_under(
     step: int,
     edit: Callable[[PreTrainedModel], AbstractContextManager[None]],
 ) -> dict[str, float]:
-    regime_cfg, eval_cfg, max_operand = _configs(organism, regime)
+    regime_cfg, eval_cfg = _configs(organism, regime)
     path = _checkpoint(organism, regime, step)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(organism.base)
     base = AutoModelForCausalLM.from_pretrained(organism.base).eval()
     policy = AutoModelForCausalLM.from_pretrained(path).eval()
     seed = int(organism.manifest["seed"])
-    questions = eval_questions(eval_cfg, seed, max_operand)
     with edit(policy):
-        return evaluate(policy, base, tokenizer, questions, regime_cfg, eval_cfg, seed)
+        return evaluate(policy, base, tokenizer, organism.eval_questions(), regime_cfg, eval_cfg, seed)
 
 
 def behaviour_recovery(base: dict[str, Any], post: dict[str, Any], moved: dict[str, Any]) -> dict[str, float]:
