@@ -37,7 +37,7 @@ from rlinterp.sae import SAETrainConfig, train_sae, train_saes
 from rlinterp.series import ModelSeries
 
 HOOK = "blocks.1.hook_resid_post"
-LR = 1e-3
+LR = 3e-3
 SEED = 0
 
 
@@ -58,8 +58,8 @@ class DictionarySizes:
     sweep_steps: int
 
 
-DEFAULT = DictionarySizes(128, 2048, 32, 4096, 8, 256, 1024, (8, 16, 32, 64), 1024, 16)
-QUICK = DictionarySizes(32, 128, 8, 256, 4, 32, 64, (4, 8), 256, 4)
+DEFAULT = DictionarySizes(128, 2048, 32, 1024, 32, 256, 1024, (8, 16, 32, 64), 1024, 16)
+QUICK = DictionarySizes(32, 128, 8, 128, 4, 16, 64, (4, 8), 128, 4)
 
 
 @dataclass
@@ -162,9 +162,11 @@ def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
 
 
 def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
-    """A plain PyTorch TopK SAE loop: inputs scaled to mean norm sqrt(d_in) (estimated on as
-    many batches as SAELens uses), unit-norm decoder rows, Adam with the same cosine
-    schedule, nothing else."""
+    """The same TopK recipe as a plain PyTorch loop: inputs scaled to mean norm sqrt(d_in)
+    (estimated on as many batches as SAELens uses), decoder rows initialised at norm 0.1 with
+    a tied encoder, latents ranked and decoded as if the decoder rows had unit norm,
+    gradients clipped at norm 1, Adam with the same cosine schedule; no firing statistics,
+    no AuxK loss, no hooks."""
 
     def run(scratch: Path) -> Outcome:
         d, n, k = sizes.d_in, sizes.d_sae, sizes.k
@@ -172,36 +174,40 @@ def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
         norms = [next(batches).norm(dim=-1).mean().item() for _ in range(min(100, sizes.steps))]
         scale = math.sqrt(d) / (sum(norms) / len(norms))
         generator = torch.Generator().manual_seed(SEED)
-        W_dec = torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1)
+        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1)
         W_enc = W_dec.T.contiguous().requires_grad_()
         W_dec.requires_grad_()
         b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
         params = [W_enc, b_enc, W_dec, b_dec]
         optimizer = torch.optim.Adam(params, lr=LR)
 
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            pre = torch.addmm(b_enc, x - b_dec, W_enc)
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            norm = W_dec.norm(dim=-1)
+            pre = torch.addmm(b_enc * norm, x - b_dec, W_enc * norm)
             top = pre.topk(k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+            acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+            return torch.addmm(b_dec, acts, W_dec / norm[:, None])
 
         for step in range(sizes.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = LR / 10 + (LR - LR / 10) * (1 + math.cos(math.pi * step / sizes.steps)) / 2
             x = next(batches) * scale
-            loss = (torch.addmm(b_dec, encode(x), W_dec) - x).pow(2).sum(-1).mean()
+            loss = (reconstruct(x) - x).pow(2).sum(-1).mean()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                W_dec /= W_dec.norm(dim=-1, keepdim=True)
+            for group in optimizer.param_groups:  # cosine from LR to LR / 10, as SAELens
+                group["lr"] = (
+                    LR / 10 + (LR - LR / 10) * (1 + math.cos(math.pi * (step + 1) / sizes.steps)) / 2
+                )
         weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-        save_file({name: w.detach() for name, w in weights.items()}, str(scratch / "sae.safetensors"))
+        save_file(
+            {name: w.detach().contiguous() for name, w in weights.items()}, str(scratch / "sae.safetensors")
+        )
 
         def check() -> dict[str, float]:
-            ev = explained_variance(
-                data.base, lambda c: (torch.addmm(b_dec, encode(c * scale), W_dec)) / scale
-            )
-            return {"explained_variance": ev}
+            return {
+                "explained_variance": explained_variance(data.base, lambda c: reconstruct(c * scale) / scale)
+            }
 
         return Outcome(sizes.steps * sizes.batch, check=check)
 
@@ -228,9 +234,13 @@ def rlinterp_crosscoder(data: Data, sizes: DictionarySizes) -> Contender:
         train_crosscoder(stream, cfg, checkpoint=scratch / "checkpoint").save(scratch / "crosscoder")
 
         def check() -> dict[str, float]:
-            crosscoder = Crosscoder.load(scratch / "crosscoder")
+            # in training mode (BatchTopK over each chunk of a batch's size): what training
+            # optimised; a short run has not settled the inference threshold yet
+            crosscoder = Crosscoder.load(scratch / "crosscoder").train()
             both = torch.stack([data.base, data.post], dim=1)
-            return {"explained_variance": explained_variance(both, lambda c: crosscoder(c).reconstruction)}
+            chunks = both.split(sizes.batch)
+            error = sum(((crosscoder(c).reconstruction - c) ** 2).sum().item() for c in chunks)
+            return {"explained_variance": 1.0 - error / ((both - both.mean(0)) ** 2).sum().item()}
 
         return Outcome(sizes.steps * sizes.batch, check=check)
 

@@ -58,8 +58,8 @@ class HarvestSizes:
     scaling_checkpoints: tuple[int, ...]
 
 
-DEFAULT = HarvestSizes(256, 4, 2, (100, 32, 16), (1024, 4, 2), 8, 8, (2, 4, 8))
-QUICK = HarvestSizes(64, 2, 2, (20, 8, 4), (128, 2, 1), 2, 2, (2, 3))
+DEFAULT = HarvestSizes(256, 4, 2, (100, 32, 16), (1024, 2, 2), 4, 4, (2, 4, 8))
+QUICK = HarvestSizes(32, 2, 2, (20, 4, 2), (64, 2, 1), 1, 1, (2, 3))
 
 
 @dataclass
