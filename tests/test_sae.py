@@ -193,3 +193,33 @@ def test_saes_trained_on_one_stream_equal_saes_trained_apart(store, tmp_path):
         other_seed = dataclasses.replace(cfgs[0], seed=1)
         train_saes(store, "base", HOOK, [tmp_path / "x", tmp_path / "y"], [cfgs[0], other_seed])
     assert not (tmp_path / "x").exists()
+
+
+def test_lean_trainer_trains_what_saelens_trainer_trains():
+    """Same SAE, same batches, dead latents (so the AuxK loss acts): our trainer's weights
+    and firing statistics equal SAELens' bit for bit."""
+    from sae_lens import LoggingConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    from rlinterp.sae import LeanSAETrainer
+
+    cfg = SAETrainerConfig(
+        total_training_samples=64 * 6, train_batch_size_samples=64, lr=3e-3, lr_end=3e-4,
+        lr_scheduler_name="cosineannealing", dead_feature_window=1, logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    x = torch.randn(64 * 6, 16, generator=torch.Generator().manual_seed(0))
+    trainers = []
+    for kind in (SAETrainer, LeanSAETrainer):
+        torch.manual_seed(0)
+        trainer = kind(cfg, TopKTrainingSAE(TopKTrainingSAEConfig(k=2, d_in=16, d_sae=64)), iter(()))
+        for batch in x.split(64):
+            step = trainer.step(batch)
+            trainer.n_training_steps += 1
+        trainers.append(trainer)
+    assert step.losses["auxiliary_reconstruction_loss"] > 0 and trainers[0].dead_neurons.any()
+    theirs, ours = trainers
+    for name, value in theirs.sae.state_dict().items():
+        assert torch.equal(value, ours.sae.state_dict()[name]), name
+    assert torch.equal(theirs.act_freq_scores, ours.act_freq_scores)
+    assert torch.equal(theirs.n_forward_passes_since_fired, ours.n_forward_passes_since_fired)
+    assert theirs.n_frac_active_samples == ours.n_frac_active_samples
