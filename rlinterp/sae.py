@@ -172,10 +172,10 @@ class WeightScaledTopKTrainingSAE(TopKTrainingSAE):
 class LeanSAETrainer(SAETrainer[Any, Any]):
     """SAELens' trainer with its per-step firing statistics counted in one pass.
 
-    SAELens turns the ``[batch, d_sae]`` latents into floats and sums them twice to learn
-    which latents fired and how often (four passes over the latents, about a tenth of a
-    CPU step at 2,048 latents); ``count_nonzero`` gives both in one. The statistics, the
-    optimisation and therefore the weights are SAELens' own, bit for bit."""
+    SAELens turns the ``[batch, d_sae]`` latents into booleans, then floats, and sums them
+    twice to learn which latents fired and how often (about a tenth of a CPU step at 2,048
+    latents); one float sum of their signs gives both, three times faster. The statistics,
+    the optimisation and therefore the weights are SAELens' own, bit for bit."""
 
     def _train_step(self, sae: TrainingSAE[Any], sae_in: Tensor) -> TrainStepOutput:
         sae.train()
@@ -191,7 +191,8 @@ class LeanSAETrainer(SAETrainer[Any, Any]):
             )
             with torch.no_grad():
                 acts = output.feature_acts
-                fired = torch.count_nonzero(acts.to_dense() if acts.is_sparse else acts, dim=0)
+                # 1 where a latent fired, 0 elsewhere, as floats: exact counts when summed
+                fired = (acts.to_dense() if acts.is_sparse else acts).sign().abs_().sum(0)
                 self.n_forward_passes_since_fired += 1
                 self.n_forward_passes_since_fired[fired > 0] = 0
                 self.act_freq_scores += fired
