@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint bench clean
 
 setup: $(STAMP)
 
@@ -36,5 +36,10 @@ lint: setup
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
+# The comparative benchmarks (README, "Benchmarks"): every lane, 5 interleaved repeats, one
+# thread; about 10 minutes on 2 cores. BENCH_FLAGS=--quick runs tiny sizes (about a minute).
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py --out artifacts/bench $(BENCH_FLAGS)
+
 clean:
-	rm -rf $(VENV) artifacts/organism artifacts/diff artifacts/run
+	rm -rf $(VENV) artifacts/organism artifacts/diff artifacts/run artifacts/bench

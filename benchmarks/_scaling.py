@@ -1,4 +1,4 @@
-"""The driver the memory benchmarks share: one child process per size, so that each peak
+"""The driver of benchmarks/track_memory.py: one child process per size, so that each peak
 resident memory is that size's own, and one line of results per size."""
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """SAEs through SAELens on our activation store: known encodings, planted directions,
 resumable training, evaluation, and bad input."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -131,3 +133,93 @@ def test_organism_sae_and_fvu_drift(tiny_organism, tmp_path):
     weak = evaluate_sae(sae, stores["weak"], "weak-step-40", hook)
     strong = evaluate_sae(sae, stores["strong"], "strong-step-40", hook)
     assert weak.explained_variance > strong.explained_variance + 0.05
+
+
+def test_weight_scaled_topk_sae_computes_what_saelens_computes():
+    """Same weights, same batch: the loss, latents, reconstruction and every gradient of
+    our TopK training SAE equal SAELens' (to float rounding), the AuxK loss included."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    from rlinterp.sae import WeightScaledTopKTrainingSAE
+
+    cfg = TopKTrainingSAEConfig(k=4, d_in=16, d_sae=64)
+    torch.manual_seed(0)
+    theirs, ours = TopKTrainingSAE(cfg), WeightScaledTopKTrainingSAE(cfg)
+    with torch.no_grad():  # decoder rows of unequal norms, so that the rescaling matters
+        theirs.W_dec.mul_(torch.rand(64, 1, generator=torch.Generator().manual_seed(1)) * 3 + 0.1)
+        theirs.b_enc.normal_(0, 0.1)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    dead = torch.arange(64) % 3 == 0
+    outputs = []
+    for sae in (theirs, ours):
+        step = sae.training_forward_pass(TrainStepInput(x, {}, dead, 0, is_logging_step=False))
+        step.loss.backward()
+        outputs.append(step)
+    assert outputs[0].losses["auxiliary_reconstruction_loss"] > 0
+    for name in ("loss", "sae_out", "feature_acts", "hidden_pre"):
+        assert torch.allclose(getattr(outputs[0], name), getattr(outputs[1], name), atol=1e-5), name
+    assert torch.equal(outputs[0].feature_acts > 0, outputs[1].feature_acts > 0)
+    for (name, a), b in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_saes_trained_on_one_stream_equal_saes_trained_apart(store, tmp_path):
+    """A sweep trained together is, weight for weight, the SAEs trained one by one; an SAE
+    of the sweep that is already finished is kept, not trained again."""
+    from rlinterp.sae import train_saes
+
+    store, _ = store
+    cfgs = [
+        SAETrainConfig(d_sae=32, k=2, n_tokens=128 * 60, batch_size=128, checkpoint_every=25),
+        SAETrainConfig(d_sae=64, k=4, n_tokens=128 * 60, batch_size=128, lr=1e-3, seed=0),
+        SAETrainConfig(d_sae=32, k=2, n_tokens=128 * 60, batch_size=128, architecture="standard"),
+    ]
+    apart = [train_sae(store, "base", HOOK, tmp_path / f"apart-{i}", cfg) for i, cfg in enumerate(cfgs)]
+    train_sae(store, "base", HOOK, tmp_path / "together-0", cfgs[0])
+    before = (tmp_path / "together-0" / "sae_weights.safetensors").stat().st_mtime_ns
+    outs = [tmp_path / f"together-{i}" for i in range(3)]
+    together = train_saes(store, "base", HOOK, outs, cfgs)
+    assert (tmp_path / "together-0" / "sae_weights.safetensors").stat().st_mtime_ns == before
+    for i, (a, b) in enumerate(zip(apart, together, strict=True)):
+        for name, value in a.sae.state_dict().items():
+            assert torch.equal(value, b.sae.state_dict()[name]), (i, name)
+        logs = [pd.read_parquet(d / "training_log.parquet") for d in (a.path, b.path)]
+        assert logs[0].equals(logs[1])
+    assert not torch.equal(apart[0].sae.W_dec, apart[2].sae.W_dec)  # the sweep's SAEs differ
+
+    with pytest.raises(RlinterpError, match="must share batch_size, n_tokens, seed, device; got seed"):
+        other_seed = dataclasses.replace(cfgs[0], seed=1)
+        train_saes(store, "base", HOOK, [tmp_path / "x", tmp_path / "y"], [cfgs[0], other_seed])
+    assert not (tmp_path / "x").exists()
+
+
+def test_lean_trainer_trains_what_saelens_trainer_trains():
+    """Same SAE, same batches, dead latents (so the AuxK loss acts): our trainer's weights
+    and firing statistics equal SAELens' bit for bit."""
+    from sae_lens import LoggingConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    from rlinterp.sae import LeanSAETrainer
+
+    cfg = SAETrainerConfig(
+        total_training_samples=64 * 6, train_batch_size_samples=64, lr=3e-3, lr_end=3e-4,
+        lr_scheduler_name="cosineannealing", dead_feature_window=1, logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    x = torch.randn(64 * 6, 16, generator=torch.Generator().manual_seed(0))
+    trainers = []
+    for kind in (SAETrainer, LeanSAETrainer):
+        torch.manual_seed(0)
+        trainer = kind(cfg, TopKTrainingSAE(TopKTrainingSAEConfig(k=2, d_in=16, d_sae=64)), iter(()))
+        for batch in x.split(64):
+            step = trainer.step(batch)
+            trainer.n_training_steps += 1
+        trainers.append(trainer)
+    assert step.losses["auxiliary_reconstruction_loss"] > 0 and trainers[0].dead_neurons.any()
+    theirs, ours = trainers
+    for name, value in theirs.sae.state_dict().items():
+        assert torch.equal(value, ours.sae.state_dict()[name]), name
+    assert torch.equal(theirs.act_freq_scores, ours.act_freq_scores)
+    assert torch.equal(theirs.n_forward_passes_since_fired, ours.n_forward_passes_since_fired)
+    assert theirs.n_frac_active_samples == ours.n_frac_active_samples

@@ -1,0 +1,291 @@
+"""Lanes A and C: training dictionaries on one activation tensor.
+
+The tensor is the residual stream of a random-init GPT-2 (``d_model = d_in``, 2 layers) and
+of a perturbed copy ("step-1"), harvested once into an rlinterp store; every contender
+trains on the same tokens with the same sizes, learning rate (cosine to a tenth), seed and
+number of steps, and reports the explained variance of its dictionary on the whole tensor
+(1 - sum ||x - x_hat||^2 / sum ||x - mean||^2), so none can buy speed by skipping work.
+
+Lane A, one dictionary:
+- ``rlinterp``: ``train_sae`` on the store (its whole path: claim, input-norm estimate,
+  SAELens trainer, saving);
+- ``saelens``: SAELens' ``TopKTrainingSAE`` + ``SAETrainer.fit`` fed the in-memory tensor;
+- ``plain``: a plain PyTorch TopK loop (unit-norm decoder rows, Adam, no bookkeeping);
+- ``diff-sae`` (rlinterp, on step-1 minus base) and ``crosscoder`` (rlinterp, both
+  models), at the same size, without contenders.
+
+Lane C, a sweep of dictionaries differing in ``k``: ``train_saes`` training all of them
+on one pass over the store (``joint``), against one ``train_sae`` per dictionary
+(``separate``) and a single dictionary (``one``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from _measure import Contender, Outcome
+from _series import random_checkpoints, random_prompts
+from safetensors.torch import save_file
+
+from rlinterp.crosscoder import Crosscoder, CrosscoderConfig, paired_batches, train_crosscoder
+from rlinterp.harvest import ActivationStore, HarvestConfig, epoch_batches, harvest
+from rlinterp.sae import SAETrainConfig, train_sae, train_saes
+from rlinterp.series import ModelSeries
+
+HOOK = "blocks.1.hook_resid_post"
+LR = 3e-3
+SEED = 0
+
+
+@dataclass(frozen=True)
+class DictionarySizes:
+    d_in: int
+    """Width of the activations (the random GPT-2's d_model)."""
+    d_sae: int
+    k: int
+    batch: int
+    steps: int
+    """Training steps of every contender (tokens = steps x batch)."""
+    prompts: int
+    """Prompts of 100 tokens harvested (the tensor holds 100 x prompts tokens per model)."""
+    sweep_d_sae: int
+    sweep_ks: tuple[int, ...]
+    sweep_batch: int
+    sweep_steps: int
+
+
+DEFAULT = DictionarySizes(128, 2048, 32, 1024, 32, 256, 1024, (8, 16, 32, 64), 1024, 16)
+QUICK = DictionarySizes(32, 128, 8, 128, 4, 16, 64, (4, 8), 128, 4)
+
+
+@dataclass
+class Data:
+    """The store and its two tensors (base and step-1 activations at ``HOOK``)."""
+
+    store: ActivationStore
+    base: torch.Tensor
+    post: torch.Tensor
+
+
+def prepare(root: Path, sizes: DictionarySizes) -> Data:
+    folders = random_checkpoints(root / "models", d_model=sizes.d_in, n_layer=2, perturbation=0.2)
+    store = harvest(
+        ModelSeries.from_paths(folders),
+        random_prompts(sizes.prompts),
+        root / "store",
+        HarvestConfig(hooks=(HOOK,), batch_size=32),
+    )
+    return Data(store, store.read("base", HOOK), store.read(store.labels[1], HOOK))
+
+
+@torch.no_grad()
+def explained_variance(x: torch.Tensor, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """1 - residual energy / variance over all rows of ``x`` (reconstructed in chunks)."""
+    error = sum(((reconstruct(c) - c) ** 2).sum().item() for c in x.split(4096))
+    return 1.0 - error / ((x - x.mean(0)) ** 2).sum().item()
+
+
+def tensor_batches(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless full batches of rows of ``x``, each epoch in a fresh seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x) - batch + 1, batch):
+            yield x[order[start : start + batch]]
+
+
+def _sae_config(sizes: DictionarySizes, **changes: int) -> SAETrainConfig:
+    fields = {"d_sae": sizes.d_sae, "k": sizes.k, "batch_size": sizes.batch, "steps": sizes.steps} | changes
+    steps = fields.pop("steps")
+    return SAETrainConfig(n_tokens=steps * fields["batch_size"], lr=LR, seed=SEED, **fields)
+
+
+def _saved_sae_ev(path: Path, x: torch.Tensor) -> float:
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(path))
+    return explained_variance(x, lambda c: sae.decode(sae.encode(c)))
+
+
+def rlinterp_sae(data: Data, sizes: DictionarySizes, diff: bool = False) -> Contender:
+    cfg = _sae_config(sizes)
+
+    def run(scratch: Path) -> Outcome:
+        if diff:
+            train_sae(
+                data.store, data.store.labels[1], HOOK, scratch / "sae", cfg, source="diff", base="base"
+            )
+        else:
+            train_sae(data.store, "base", HOOK, scratch / "sae", cfg)
+        x = data.post - data.base if diff else data.base
+        return Outcome(cfg.n_tokens, check=lambda: {"explained_variance": _saved_sae_ev(scratch / "sae", x)})
+
+    return run
+
+
+def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
+    """What a SAELens user writes for an in-memory tensor: its TopK SAE and trainer."""
+    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    def run(scratch: Path) -> Outcome:
+        torch.manual_seed(SEED)
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                k=sizes.k,
+                d_in=sizes.d_in,
+                d_sae=sizes.d_sae,
+                normalize_activations="expected_average_only_in",
+            )
+        )
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=sizes.steps * sizes.batch,
+            train_batch_size_samples=sizes.batch,
+            lr=LR,
+            lr_end=LR / 10,
+            lr_scheduler_name="cosineannealing",
+            n_batches_for_norm_estimate=min(100, sizes.steps),
+            logger=LoggingConfig(log_to_wandb=False),
+        )
+        trained = SAETrainer(trainer_cfg, sae, tensor_batches(data.base, sizes.batch, SEED)).fit()
+        trained.save_inference_model(str(scratch / "sae"))
+        return Outcome(
+            sizes.steps * sizes.batch,
+            check=lambda: {"explained_variance": _saved_sae_ev(scratch / "sae", data.base)},
+        )
+
+    return run
+
+
+def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
+    """The same TopK recipe as a plain PyTorch loop: inputs scaled to mean norm sqrt(d_in)
+    (estimated on as many batches as SAELens uses), decoder rows initialised at norm 0.1 with
+    a tied encoder, latents ranked and decoded as if the decoder rows had unit norm,
+    gradients clipped at norm 1, Adam with the same cosine schedule; no firing statistics,
+    no AuxK loss, no hooks."""
+
+    def run(scratch: Path) -> Outcome:
+        d, n, k = sizes.d_in, sizes.d_sae, sizes.k
+        batches = tensor_batches(data.base, sizes.batch, SEED)
+        norms = [next(batches).norm(dim=-1).mean().item() for _ in range(min(100, sizes.steps))]
+        scale = math.sqrt(d) / (sum(norms) / len(norms))
+        generator = torch.Generator().manual_seed(SEED)
+        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1)
+        W_enc = W_dec.T.contiguous().requires_grad_()
+        W_dec.requires_grad_()
+        b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
+        params = [W_enc, b_enc, W_dec, b_dec]
+        optimizer = torch.optim.Adam(params, lr=LR)
+
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            norm = W_dec.norm(dim=-1)
+            pre = torch.addmm(b_enc * norm, x - b_dec, W_enc * norm)
+            top = pre.topk(k, dim=-1, sorted=False)
+            acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+            return torch.addmm(b_dec, acts, W_dec / norm[:, None])
+
+        for step in range(sizes.steps):
+            x = next(batches) * scale
+            loss = (reconstruct(x) - x).pow(2).sum(-1).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:  # cosine from LR to LR / 10, as SAELens
+                group["lr"] = (
+                    LR / 10 + (LR - LR / 10) * (1 + math.cos(math.pi * (step + 1) / sizes.steps)) / 2
+                )
+        weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+        save_file(
+            {name: w.detach().contiguous() for name, w in weights.items()}, str(scratch / "sae.safetensors")
+        )
+
+        def check() -> dict[str, float]:
+            return {
+                "explained_variance": explained_variance(data.base, lambda c: reconstruct(c * scale) / scale)
+            }
+
+        return Outcome(sizes.steps * sizes.batch, check=check)
+
+    return run
+
+
+def rlinterp_crosscoder(data: Data, sizes: DictionarySizes) -> Contender:
+    labels = data.store.labels
+    cfg = CrosscoderConfig(
+        d_in=sizes.d_in,
+        d_sae=sizes.d_sae,
+        n_models=2,
+        k=sizes.k,
+        lr=LR,
+        batch_size=sizes.batch,
+        n_steps=sizes.steps,
+        seed=SEED,
+    )
+
+    def run(scratch: Path) -> Outcome:
+        stream = epoch_batches(
+            lambda s: paired_batches(data.store, labels, HOOK, sizes.batch, s), sizes.batch, SEED
+        )
+        train_crosscoder(stream, cfg, checkpoint=scratch / "checkpoint").save(scratch / "crosscoder")
+
+        def check() -> dict[str, float]:
+            # in training mode (BatchTopK over each chunk of a batch's size): what training
+            # optimised; a short run has not settled the inference threshold yet
+            crosscoder = Crosscoder.load(scratch / "crosscoder").train()
+            both = torch.stack([data.base, data.post], dim=1)
+            chunks = both.split(sizes.batch)
+            error = sum(((crosscoder(c).reconstruction - c) ** 2).sum().item() for c in chunks)
+            return {"explained_variance": 1.0 - error / ((both - both.mean(0)) ** 2).sum().item()}
+
+        return Outcome(sizes.steps * sizes.batch, check=check)
+
+    return run
+
+
+def lane_a(data: Data, sizes: DictionarySizes) -> dict[str, Contender]:
+    return {
+        "rlinterp": rlinterp_sae(data, sizes),
+        "saelens": saelens_sae(data, sizes),
+        "plain": plain_sae(data, sizes),
+        "diff-sae": rlinterp_sae(data, sizes, diff=True),
+        "crosscoder": rlinterp_crosscoder(data, sizes),
+    }
+
+
+def lane_c(data: Data, sizes: DictionarySizes) -> dict[str, Contender]:
+    common = {"d_sae": sizes.sweep_d_sae, "batch_size": sizes.sweep_batch, "steps": sizes.sweep_steps}
+    cfgs = [_sae_config(sizes, k=k, **common) for k in sizes.sweep_ks]
+    tokens = cfgs[0].n_tokens
+
+    def evs(folders: list[Path]) -> dict[str, float]:
+        return {
+            f"explained_variance_k{k}": _saved_sae_ev(f, data.base)
+            for k, f in zip(sizes.sweep_ks, folders, strict=True)
+        }
+
+    def one(scratch: Path) -> Outcome:
+        middle = cfgs[len(cfgs) // 2]
+        train_sae(data.store, "base", HOOK, scratch / "one", middle)
+        return Outcome(
+            tokens,
+            {"dictionaries": 1},
+            lambda: {f"explained_variance_k{middle.k}": _saved_sae_ev(scratch / "one", data.base)},
+        )
+
+    def joint(scratch: Path) -> Outcome:
+        folders = [scratch / f"k{cfg.k}" for cfg in cfgs]
+        train_saes(data.store, "base", HOOK, folders, cfgs)
+        return Outcome(tokens * len(cfgs), {"dictionaries": len(cfgs)}, lambda: evs(folders))
+
+    def separate(scratch: Path) -> Outcome:
+        folders = [scratch / f"k{cfg.k}" for cfg in cfgs]
+        for folder, cfg in zip(folders, cfgs, strict=True):
+            train_sae(data.store, "base", HOOK, folder, cfg)
+        return Outcome(tokens * len(cfgs), {"dictionaries": len(cfgs)}, lambda: evs(folders))
+
+    return {"one": one, "joint": joint, "separate": separate}
