@@ -223,9 +223,9 @@ def test_persona_share_of_the_shift(planted_store):
 
 
 @pytest.fixture(scope="module")
-def shifted_series(tmp_path_factory):
+def shifted_pair(tmp_path_factory):
     """A base GPT-2 and a checkpoint whose first block writes a constant extra vector ``v``
-    into the residual stream (its MLP output bias moved by ``v``)."""
+    into the residual stream (its MLP output bias moved by ``v``): the series and ``v``."""
     root = tmp_path_factory.mktemp("causal")
     torch.manual_seed(0)
     tokenizer = build_tokenizer("abcdefghijklmnopqrstuvwxyz ")
@@ -239,10 +239,17 @@ def shifted_series(tmp_path_factory):
         model.transformer.h[0].mlp.c_proj.bias += vector
     model.save_pretrained(root / "step-1")
     tokenizer.save_pretrained(root / "step-1")
-    series = ModelSeries.from_paths([root / "base", root / "step-1"])
+    return ModelSeries.from_paths([root / "base", root / "step-1"]), vector
+
+
+@pytest.fixture(scope="module")
+def shifted_series(shifted_pair, tmp_path_factory):
+    """``shifted_pair`` harvested on random texts: the series, the store and ``v``."""
+    series, vector = shifted_pair
     g = torch.Generator().manual_seed(0)
     letters = "abcdefghijklmnopqrstuvwxyz "
     texts = ["".join(letters[int(i)] for i in torch.randint(0, 27, (20,), generator=g)) for _ in range(12)]
+    root = tmp_path_factory.mktemp("shifted-store")
     store = harvest(
         series, PromptSet.from_list(texts), root / "store", HarvestConfig(hooks=(HOOK,), batch_size=4)
     )
@@ -304,24 +311,12 @@ def test_decision_positions():
         decision_positions(torch.tensor([[True, True], [False, False]]), first_prompt=4)
 
 
-def test_decision_directions_read_the_persona_from_the_prompt(tmp_path):
+def test_decision_directions_read_the_persona_from_the_prompt(shifted_pair, tmp_path):
     """Texts whose last prompt token (``x`` or ``y``) names the persona: directions read at the
     decision position separate the personas perfectly. A checkpoint whose residual differs
     from the base's by a planted vector: patching its span at the decision position recovers
     more of the decision's change than random directions, and its complement recovers none."""
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer("abcdefghijklmnopqrstuvwxyz ")
-    config = tiny_hf_config("gpt2", vocab_size=len(tokenizer))
-    config.bos_token_id = config.eos_token_id = tokenizer.bos_token_id
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    vector = 3 * torch.nn.functional.normalize(torch.randn(config.n_embd), dim=0)
-    with torch.no_grad():
-        model.transformer.h[0].mlp.c_proj.bias += vector
-    model.save_pretrained(tmp_path / "step-1")
-    tokenizer.save_pretrained(tmp_path / "step-1")
-    series = ModelSeries.from_paths([tmp_path / "base", tmp_path / "step-1"])
+    series, vector = shifted_pair
     g = torch.Generator().manual_seed(1)
     letters = "abcdefghijklmnopqrstuvw "
     rows = []
@@ -332,7 +327,7 @@ def test_decision_directions_read_the_persona_from_the_prompt(tmp_path):
     texts = PromptSet.from_records(rows, source="test")
     store = harvest(series, texts, tmp_path / "store", HarvestConfig(hooks=(HOOK,), response_only=True))
     found = decision_directions(store, texts.labels["persona"], series.load(series.base), [HOOK])
-    assert (found.table["auroc"] == 1.0).all() and found.directions[HOOK].shape == (2, config.n_embd)
+    assert (found.table["auroc"] == 1.0).all() and found.directions[HOOK].shape == (2, len(vector))
     along = patch_subspace(series, store, "step-1", HOOK, vector.unsqueeze(1), at="decision", n_random=4)
     assert along.at == "decision" and along.kl_gap > 0
     assert along.steering_recovery > 0.5 and along.steering_recovery > along.random_steering_recovery
