@@ -2,10 +2,11 @@
 resumable stages over one output directory.
 
 A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>/``; the
-built-in ones are ``diff`` (harvest, weight/activation/output diffs per series) and
-``dictionaries`` (a base SAE, its FVU drift, feature-card tables). Later stages
-(tracking, circuits, ...) plug in with ``register_stage`` and a config section with
-``run_config.register_section``; the report plugs them in with
+built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
+``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
+``selection`` and ``circuits`` (``run_stages``: the commands of those names per series,
+reading the run's base SAE). More stages plug in with ``register_stage`` and a config
+section with ``run_config.register_section``; the report plugs them in with
 ``run_report.register_section``.
 
 Layout of ``<out>/``:
@@ -40,7 +41,15 @@ from tqdm.auto import tqdm
 from .artifacts import environment_versions, sha256_file, write_json
 from .errors import RlinterpError
 from .prompts import PromptSet
-from .run_config import RunConfig, RunContext, config_from_dict, fingerprint, to_dict
+from .run_config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
+from .run_stages import (
+    CircuitsSection,
+    SelectionSection,
+    TrackingSection,
+    circuits_stage,
+    selection_stage,
+    tracking_stage,
+)
 from .series import ModelSeries
 
 if TYPE_CHECKING:
@@ -221,6 +230,12 @@ def dictionaries_stage(ctx: RunContext) -> None:
 
 register_stage(Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")))
 register_stage(Stage("dictionaries", dictionaries_stage, ("dictionaries",)))
+register_section("tracking", TrackingSection)
+register_stage(Stage("tracking", tracking_stage, ("tracking",)))
+register_section("selection", SelectionSection)
+register_stage(Stage("selection", selection_stage, ("selection",)))
+register_section("circuits", CircuitsSection)
+register_stage(Stage("circuits", circuits_stage, ("circuits",)))
 
 
 # -- running -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``rlinterp run``: the config (keys, types, generated options), the pipeline on a micro
 organism (resume, refusal of another run's directory), and its terminal summary."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,7 +127,23 @@ def test_cli_options_override_the_file(capsys, tmp_path):
 SMALL = {
     "harvest": {"batch_size": 8},
     "dictionaries": {"d_sae": 32, "k": 4, "n_tokens": 4096, "batch_size": 64, "top_k": 3, "cards": 4},
+    # The micro organism's own answers are a few tokens each: too few for stage-wise SAEs.
+    "tracking": {"sources": ["texts"], "independent_tokens": 2048, "stagewise": {"n_tokens": 1024}},
+    "selection": {"samples_per_prompt": 1, "index": {"n_bootstrap": 50}},
+    "circuits": {"metrics": ["persona"], "exact_prompts": 8},
 }
+
+
+def _argv(sections: dict, prefix: str = "-") -> list[str]:
+    """``SMALL`` as generated options (nested tables dotted into the option name)."""
+    argv = []
+    for key, value in sections.items():
+        flag = f"{prefix}-{key}".replace("_", "-")
+        if isinstance(value, dict):
+            argv += _argv(value, flag)
+        else:
+            argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +154,9 @@ def micro_run(tmp_path_factory):
     from rlinterp.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("pipeline")
-    build_organism(root / "org", config=make_micro_config())
+    micro = make_micro_config()  # persona directions need six texts per persona at least
+    corpus = dataclasses.replace(micro.corpus, persona_texts_per_persona=8)
+    build_organism(root / "org", config=dataclasses.replace(micro, corpus=corpus))
     config = config_from_dict({"out": str(root / "run"), "series": {"organism": str(root / "org")}, **SMALL})
     run_pipeline(config, progress=False)
     return root, config
@@ -253,10 +272,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
 
 def test_cli_run_ends_with_the_summary_and_the_report_path(micro_run, capsys):
     root, _ = micro_run
-    argv = ["run", "--series", str(root / "org"), "--out", str(root / "run"), "--no-progress"]
-    for section, values in SMALL.items():
-        for key, value in values.items():
-            argv += [f"--{section}-{key}".replace("_", "-"), str(value)]
+    argv = ["run", "--series", str(root / "org"), "--out", str(root / "run"), "--no-progress", *_argv(SMALL)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("weak:\n") and "\nstrong:\n" in out and "fvu" in out
