@@ -25,6 +25,7 @@ writes beside the tables.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +120,15 @@ def run_diff(
     harvest_cfg: HarvestConfig | None = None,
     *,
     force: bool = False,
+    reuse: Sequence[ActivationStore] = (),
 ) -> SeriesDiff:
     """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``.
 
     ``out`` must be absent, empty or a diff: a finished diff of the same inputs is read
     back, not recomputed; an interrupted one resumes its harvest; one of other inputs is
-    refused naming what changed, or (``force``) computed again from scratch.
+    refused naming what changed, or (``force``) computed again from scratch. ``reuse``:
+    finished stores whose shards of the same checkpoints and tokens are taken, not
+    recomputed (``harvest.reusable_shards``), e.g. another series' base.
 
     Each checkpoint is run twice: once to harvest its activations, once beside the base for
     the KL (next-token distributions are too large to store)."""
@@ -134,7 +138,7 @@ def run_diff(
     claimed = rundir.claim(out, rundir.DIFF, inputs, ENTRIES, resumable=(STORE,), force=force)
     if claimed.state == "finished":
         return SeriesDiff.load(out)
-    store = harvest(series, prompts, out / STORE, harvest_cfg)
+    store = harvest(series, prompts, out / STORE, harvest_cfg, reuse=reuse)
     weights, by_component = _weight_tables(series)
     activations = diff_activations(store)
     outputs = diff_outputs(series, store, activations.mean_diffs)

@@ -31,7 +31,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import rundir
 from .artifacts import (
+    atomic_write,
     config_sha256,
     environment_versions,
     tokenizer_sha256,
@@ -358,21 +361,27 @@ def harvest(
     cfg: HarvestConfig | None = None,
     *,
     force: bool = False,
+    reuse: Sequence[ActivationStore] = (),
 ) -> ActivationStore:
     """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``.
 
     ``out`` must be absent, empty, or a store: a finished store of the same fingerprint is
     returned as it is, an interrupted one resumed; one of other inputs is refused naming
-    what changed, or (``force``) harvested again from scratch."""
+    what changed, or (``force``) harvested again from scratch.
+
+    ``reuse``: finished stores whose shards are taken (hard-linked, or copied) instead of
+    computed wherever they hold the same checkpoint weights on the same tokens (see
+    ``reusable_shards``), e.g. the base model shared by several series."""
     cfg = cfg or HarvestConfig()
     out = Path(out)
     series.validate()
     base, hooks, max_length = _settings(series, cfg)
     entries = {TOKENS, *(c.label for c in series)}
+    fingerprint = _fingerprint(series, prompts, cfg, hooks, max_length)
     claimed = rundir.claim(
         out,
         rundir.STORE,
-        _fingerprint(series, prompts, cfg, hooks, max_length),
+        fingerprint,
         entries,
         resumable=entries,
         force=force,
@@ -390,6 +399,8 @@ def harvest(
     stop_at = None if any(x is None for x in layers) else max(x for x in layers if x is not None) + 1
     store = ActivationStore(out, plan)
     for checkpoint in series:
+        for donor in reuse:
+            _link_shards(donor, store, reusable_shards(donor, fingerprint, checkpoint.label, hooks))
         missing = [
             k
             for k in range(plan["n_shards"])
@@ -405,6 +416,49 @@ def harvest(
     truncated = {"prompts": int((cut > 0).sum()), "tokens": int(cut.sum())} if cut is not None else None
     manifest = {**plan, "truncated": truncated, "versions": environment_versions()}
     return ActivationStore(out, rundir.finish(out, rundir.STORE, manifest))
+
+
+TOKEN_SETTINGS = ("tokenizer", "prompts", "max_length", "dtype", "include_bos", "response_only", "batch_size")
+"""The fingerprint entries that fix a store's tokens and their shards (``reusable_shards``)."""
+
+
+def reusable_shards(
+    donor: ActivationStore, fingerprint: dict[str, Any], label: str, hooks: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """Which of ``label``'s shards (per hook) a finished ``donor`` store already holds for a
+    store of ``fingerprint``: ``(label, hook) -> donor label``. The donor must have the same
+    tokens (``TOKEN_SETTINGS``) and a checkpoint with the same weight and config hashes;
+    activations at a hook depend on nothing else."""
+    theirs = donor.fingerprint
+    if any(theirs.get(key) != fingerprint.get(key) for key in TOKEN_SETTINGS):
+        return {}
+    same = [
+        other
+        for other in donor.labels
+        if theirs.get(f"weights of {other}") == fingerprint[f"weights of {label}"]
+        and theirs.get(f"config of {other}") == fingerprint[f"config of {label}"]
+    ]
+    if not same:
+        return {}
+    return {(label, hook): same[0] for hook in hooks if hook in donor.hooks}
+
+
+def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tuple[str, str], str]) -> None:
+    """Hard-link (or copy, across file systems) ``found``'s shards from ``donor`` into
+    ``store``, skipping shards it already has. Shards are never modified after they are
+    written, so a link is as good as a copy; each appears under its final name at once."""
+    for (label, hook), theirs in found.items():
+        for k in range(store.n_shards):
+            target = store.shard_path(label, hook, k)
+            if target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = donor.shard_path(theirs, hook, k)
+            try:
+                os.link(source, target)
+            except OSError:
+                atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        log.info("harvest: %s at %s taken from %s", label, hook, donor.root)
 
 
 @torch.no_grad()

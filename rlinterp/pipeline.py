@@ -13,8 +13,8 @@ Layout of ``<out>/``:
 
 - ``.run.json``: the claim, written first: kind ``rlinterp.run`` and the config's
   fingerprint; a directory claimed by another config is refused, never mixed;
-- ``stages/<name>.json``: a finished stage (its fingerprint and duration); a stage whose
-  marker matches is skipped on resume;
+- ``stages/<name>.json``: a finished stage (its fingerprint, wall ``seconds`` and
+  ``cpu_seconds``); a stage whose marker matches is skipped on resume;
 - ``diff/<series>/``: one ``run_diff`` output per series (regime);
 - ``dictionaries/``: see ``dictionaries_stage``;
 - ``report.html``, ``report.md``: rendered from the files above (always re-rendered);
@@ -27,10 +27,12 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,7 +205,7 @@ def _first(prompts: PromptSet, n: int) -> PromptSet:
 def diff_stage(ctx: RunContext) -> None:
     """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
     from .diff import run_diff
-    from .harvest import HarvestConfig
+    from .harvest import ActivationStore, HarvestConfig
 
     h = ctx.config.harvest
     harvest_cfg = HarvestConfig(
@@ -213,12 +215,13 @@ def diff_stage(ctx: RunContext) -> None:
         response_only=h.response_only,
     )
     assert ctx.prompts is not None
+    done: list[ActivationStore] = []  # every series shares the base: harvested once
     for name, series in ctx.series.items():
         out = ctx.stage_dir("diff") / name
-        if (out / "manifest.json").is_file():
-            continue
-        log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
-        run_diff(series, ctx.prompts, out, harvest_cfg)
+        if not (out / "manifest.json").is_file():
+            log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
+            run_diff(series, ctx.prompts, out, harvest_cfg, reuse=done)
+        done.append(ActivationStore.load(out / "activations"))
 
 
 def dictionaries_stage(ctx: RunContext) -> None:
@@ -260,7 +263,8 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
     if config.compute.threads:
         torch.set_num_threads(config.compute.threads)
     try:
-        ctx = prepare(config)
+        with _timed() as preparing:  # the organism build, when it is missing
+            ctx = prepare(config)
         _check_inputs(ctx)
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
@@ -280,6 +284,7 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
             "series": list(ctx.series),
             "stages": [s.name for s in STAGES],
             "seconds": round(time.perf_counter() - started, 1),
+            "prepare": preparing,  # the organism build, when it was missing
             "versions": environment_versions(),
         },
     )
@@ -322,8 +327,24 @@ def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
         log.info("stage %s: finished earlier, kept", stage.name)
         return
-    begin = time.perf_counter()
-    stage.run(ctx)
-    seconds = time.perf_counter() - begin
-    write_json(marker, {"fingerprint": expected, "seconds": round(seconds, 1)})
-    log.info("stage %s: done in %.1f s", stage.name, seconds)
+    with _timed() as spent:
+        stage.run(ctx)
+    write_json(marker, {"fingerprint": expected, **spent})
+    log.info("stage %s: done in %.1f s (%.1f CPU-s)", stage.name, spent["seconds"], spent["cpu_seconds"])
+
+
+@contextmanager
+def _timed() -> Iterator[dict[str, float]]:
+    """Wall and CPU seconds of the block (this process, all its threads, and finished child
+    processes), filled in when it ends: the CPU time says what a stage costs on a machine
+    shared with other work, where the wall time does not."""
+    spent: dict[str, float] = {}
+    begin, cpu = time.perf_counter(), _cpu_seconds()
+    yield spent
+    spent["seconds"] = round(time.perf_counter() - begin, 1)
+    spent["cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
