@@ -191,14 +191,20 @@ def transitions(run: RunResult) -> list[str]:
     lines = []
     for row in found.to_dict(orient="records"):
         index = (
-            f"step {row['index_step']} (interval {row['index_step_lo']}-{row['index_step_hi']})"
+            f"step {_int(row['index_step'])} (interval {_int(row['index_step_lo'])}-"
+            f"{_int(row['index_step_hi'])})"
             if row.get("index_found")
             else "none"
         )
         behaviour = row.get("behavioural_step")
-        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {int(behaviour)}"
+        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {_int(behaviour)}"
         lines.append(f"{row['series']}: index transition {index}; behavioural transition {behaviour}")
     return lines
+
+
+def _int(value: Any) -> str:
+    """A step read back from Parquet (a float where the column has gaps) as an integer."""
+    return str(int(value))
 
 
 def summary_text(run: RunResult) -> str:

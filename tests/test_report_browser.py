@@ -22,11 +22,12 @@ def test_the_console_is_captured(tmp_path):
 
 def test_report_loads_without_console_messages_and_draws_every_figure(tmp_path):
     page = tmp_path / "report.html"
-    page.write_text(render_run_report(synthetic_run(tmp_path)), encoding="utf-8")
+    page.write_text(render_run_report(synthetic_run(tmp_path, stages=True)), encoding="utf-8")
     rendered = render(page)
     assert rendered.console == []
     drawn = figures_rendered(rendered.dom)
-    assert len(drawn) == 5 and all(drawn), drawn  # behaviour, weights, activations, outputs, FVU drift
+    # behaviour, weights, activations, outputs, FVU drift, tracking, the index
+    assert len(drawn) == 7 and all(drawn), drawn
     assert "<script>alert" not in rendered.dom  # hostile model text stayed text
     # the latent table's script ran without error and the cards are in the page
     assert rendered.dom.count('class="card"') == 3
