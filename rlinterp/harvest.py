@@ -36,6 +36,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -457,7 +458,7 @@ def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tup
             try:
                 os.link(source, target)
             except OSError:
-                atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+                atomic_write(target, partial(shutil.copyfile, source))
         log.info("harvest: %s at %s taken from %s", label, hook, donor.root)
 
 
