@@ -174,7 +174,9 @@ def prepare(config: RunConfig) -> RunContext:
             log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
         organism = Organism.load(root) if _finished(root) else build_organism(root, s.preset, s.seed)
         ctx.organism_root = organism.root
-        built = [r["name"] for r in organism.manifest["config"]["regimes"]]  # build order
+        # RL regimes in build order, then the planted positive control(s), e.g. ``novel``
+        built = [r["name"] for r in organism.manifest["config"]["regimes"]]
+        built += [r for r in organism.regimes if r not in built]
         for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
             ctx.series[regime] = ModelSeries.from_organism(organism.root, regime, **kwargs)
     else:

@@ -315,7 +315,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
             close = difflib.get_close_matches(key, [*known, "out"], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: out, {', '.join(known)})"
             raise RlinterpError(f"unknown config key {key!r}{hint}")
-    extra = tuple((name, built.pop(name)) for name in list(built) if name not in BUILTIN_SECTIONS)
+    extra = _extra({name: built.pop(name) for name in list(built) if name not in BUILTIN_SECTIONS})
     return RunConfig(**top, **built, extra=extra)
 
 
@@ -350,7 +350,16 @@ def with_overrides(
             replaced[name] = new
         else:
             extra[name] = new
-    return dataclasses.replace(config, **replaced, extra=tuple(extra.items()))
+    return dataclasses.replace(config, **replaced, extra=_extra(extra))
+
+
+def _extra(found: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Registered sections as ``RunConfig.extra``: in registration order, those equal to
+    their defaults left out (``section`` gives the defaults), so two configs that mean
+    the same compare equal however they were written."""
+    return tuple(
+        (name, found[name]) for name in _REGISTERED if name in found and found[name] != _REGISTERED[name]()
+    )
 
 
 def _replace_path(obj: Any, path: list[str], value: Any) -> Any:

@@ -39,6 +39,7 @@ import pandas as pd
 from .artifacts import write_json, write_parquet
 from .circuits_result import CircuitsConfig
 from .errors import RlinterpError
+from .onpolicy import SamplingConfig
 from .run_result import RunResult, register_headline
 from .selection import SelectionConfig
 from .stagewise import StagewiseConfig
@@ -69,6 +70,10 @@ class TrackingSection(TrackConfig):
     """Training tokens of each independent per-checkpoint SAE (the matched evidence). A
     source trains one per checkpoint and control (about 15 per series); 30k tokens keeps
     that a few seconds each on one CPU core."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples_per_prompt=16))
+    """How each checkpoint samples its own answers. The organism asks a few dozen distinct
+    questions, so one answer each is a few hundred tokens, too few for the SAEs trained on
+    them; 16 give several thousand, and sampling a tiny model costs well under a second."""
     stagewise: StagewiseConfig = field(default_factory=lambda: StagewiseConfig(n_tokens=10_000))
     """Budget of each stage-wise fine-tune (12 per series and source with its self control);
     a stage only follows its checkpoint from the previous stage's SAE, so 10k tokens do."""
@@ -86,9 +91,6 @@ class SelectionSection(SelectionConfig):
     dictionary: str | None = None
     """A trained base SAE at ``hook``; None: the run's base SAE when ``hook`` is its hook,
     else one trained here with ``dictionary_config``."""
-    samples_per_prompt: int = 2
-    """On-policy answers each checkpoint samples per question for the persona readout
-    (organism series): 2 gives each persona readout a few hundred answer tokens per step."""
     enabled: bool = True
     """Run the selection stage."""
 

@@ -168,21 +168,33 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     root, _ = micro_run
     run_dir = root / "run"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong"]
-    for stage in ("diff", "dictionaries"):
-        assert (run_dir / "stages" / f"{stage}.json").is_file()
+    # the RL regimes in build order, then the planted positive control
+    assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+        timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
+        assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
     summary = run.summary()
-    assert list(summary["series"].unique()) == ["weak", "strong"]
+    assert list(summary["series"].unique()) == ["weak", "strong", "novel"]
     assert set(summary["step"]) == {0, 1, 2}
     base = summary[summary["step"] == 0]
     # the base compared with itself: no KL, no activation change; the base SAE's FVU is the
-    # same on the base in both series (the same tokens and activations)
+    # same on the base in every series (the same tokens and activations); no tracked latent
+    # changed class, the index is 0, and circuits have no step to judge
     assert (base["kl_mean"].abs() < 1e-6).all() and (base["activation_change"].abs() < 1e-6).all()
     assert base["fvu"].nunique() == 1 and 0 <= base["fvu"].iloc[0] < 1
+    assert (base["changed_latents"] == 0).all() and (base["index"] == 0).all()
+    assert base["circuits_persona"].isna().all() and summary["circuits_persona"].notna().sum() == 6
+    # every series and step of the later stages is in the run's tables
+    for table in ("tracking/summary", "selection/index", "circuits/steps"):
+        found = run.tables[table]
+        assert set(found["series"]) == {"weak", "strong", "novel"}, table
     text = (run_dir / "report.html").read_text()
     assert text.count('<script type="text/javascript">/**\n* plotly.js') <= 1
-    assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong")
+    for state in ("Feature tracking has not run", "No persona features", "No circuit diffs yet"):
+        assert state not in text
+    assert "not analysed" not in text  # the organism's series suit every stage
+    assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong, novel")
 
 
 def test_cards_carry_the_base_sae_statistics(micro_run):
@@ -217,7 +229,8 @@ def test_cards_carry_the_base_sae_statistics(micro_run):
         windows.groupby(["series", "label", "latent"])["rank"].agg(lambda r: list(r) == list(range(len(r))))
     ).all()
     card = run.card(int(contexts["latent"].iloc[0]))
-    assert set(card.contexts["series"]) == {"base", "weak", "strong"} and "Lineage" in card._repr_html_()
+    assert set(card.contexts["series"]) == {"base", "weak", "strong", "novel"}
+    assert "Lineage" in card._repr_html_() and "step 2" in card._repr_html_()  # lineage by step
 
 
 def test_resume_skips_finished_stages(micro_run, caplog):
@@ -229,8 +242,8 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    assert "stage diff: finished earlier, kept" in caplog.text
-    assert "stage dictionaries: finished earlier, kept" in caplog.text
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+        assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
 
