@@ -29,6 +29,7 @@ with a ``series`` column, written when every series is done:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from .artifacts import write_json, write_parquet
 from .circuits_result import CircuitsConfig
 from .errors import RlinterpError
 from .onpolicy import SamplingConfig
+from .organism.metrics import METRICS as ORGANISM_METRICS
 from .run_result import RunResult, register_headline
 from .selection import SelectionConfig
 from .stagewise import StagewiseConfig
@@ -111,6 +113,15 @@ class CircuitsSection(CircuitsConfig):
     enabled: bool = True
     """Run the circuits stage."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [m for m in self.metrics if m not in ORGANISM_METRICS]
+        if unknown or not self.metrics:
+            raise RlinterpError(
+                f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
+                f"{list(self.metrics)}; for your own metric give circuits.prompts"
+            )
+
 
 def _plain(cls: type, section: Any, **changes: Any) -> Any:
     """The command's own config from a section (the section's extra fields dropped)."""
@@ -123,8 +134,6 @@ def _plain(cls: type, section: Any, **changes: Any) -> Any:
 
 def base_sae(ctx: RunContext) -> tuple[Path, str]:
     """The run's base SAE folder and its hook (the dictionaries stage must have run)."""
-    import json
-
     info = ctx.stage_dir("dictionaries") / "info.json"
     if not info.is_file():
         raise RlinterpError(
@@ -178,8 +187,6 @@ def tracking_stage(ctx: RunContext) -> None:
 def selection_stage(ctx: RunContext) -> None:
     """``run_selection`` per series into ``selection/<series>/``, at the base SAE's hook with
     the base SAE unless the section names another."""
-    import json
-
     from .organism import Organism
     from .selection import run_selection
 

@@ -122,6 +122,40 @@ def test_cli_options_override_the_file(capsys, tmp_path):
     assert config.harvest.hooks == ("a", "b") and config.out == str(tmp_path / "o")
 
 
+def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path):
+    """``[tracking]`` is a ``TrackConfig`` (plus ``enabled``) whose nested configs are
+    sub-tables: a key given in ``[tracking.sampling]`` keeps the section's other budgets,
+    and every nested key is checked, documented and an option."""
+    from rlinterp.track import TrackConfig
+
+    config = config_from_dict({"tracking": {"sampling": {"seed": 3}, "enabled": False}})
+    tracking = config.section("tracking")
+    assert isinstance(tracking, TrackConfig) and not tracking.enabled
+    assert (tracking.sampling.seed, tracking.sampling.samples_per_prompt) == (3, 16)  # the run's budget
+    with pytest.raises(RlinterpError, match=r"'tracking.sampling.seed': expected integer, got 'x'"):
+        config_from_dict({"tracking": {"sampling": {"seed": "x"}}})
+    with pytest.raises(RlinterpError, match=r"'tracking.sampling': expected a table \[tracking.sampling\]"):
+        config_from_dict({"tracking": {"sampling": 3}})
+    with pytest.raises(
+        RlinterpError, match=r"unknown config key 'tracking.samplin' \(did you mean 'sampling'"
+    ):
+        config_from_dict({"tracking": {"samplin": {}}})
+    with pytest.raises(RlinterpError, match=r"circuits.metrics must name organism metrics"):
+        config_from_dict({"circuits": {"metrics": ["answr"]}})
+    template = config_template(config)
+    assert "[tracking.sampling]\n# How each checkpoint samples its own answers." in template
+    assert "[selection.index]" in template and "[circuits]" in template
+    (tmp_path / "t.toml").write_text(template)
+    assert load_config(tmp_path / "t.toml") == config
+    argv = ["run", "--tracking-sampling-seed", "5", "--selection-index-n-bootstrap", "20", "--print-config"]
+    assert main(argv) == 0
+    (tmp_path / "printed.toml").write_text(capsys.readouterr().out)
+    printed = load_config(tmp_path / "printed.toml")
+    assert printed.section("tracking").sampling.seed == 5
+    assert printed.section("tracking").sampling.samples_per_prompt == 16
+    assert printed.section("selection").index.n_bootstrap == 20
+
+
 # -- the pipeline on a micro organism ---------------------------------------------------------
 
 SMALL = {
