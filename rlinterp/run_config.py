@@ -74,7 +74,9 @@ class PromptsConfig:
     source: str = "organism"
     """``organism`` (the organism's persona texts) or a ``.txt`` / ``.jsonl`` prompt file."""
     max_prompts: int | None = None
-    """Use only the first this many prompts (None: all)."""
+    """Use only the first this many prompts (None: all). All by default: the default
+    organism's 600 persona texts (about 23k kept tokens per model) cost the diff stage about
+    15 CPU-s for every regime together, and the selection stage needs every persona."""
 
     def __post_init__(self) -> None:
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -114,7 +116,9 @@ class DictionariesSection:
     k: int = 8
     """Active latents per token."""
     n_tokens: int = 100_000
-    """Training tokens per dictionary (the budget), repeats included."""
+    """Training tokens per dictionary (the budget), repeats included. 100k is about four
+    passes over the default organism's tokens and trains in a few CPU-seconds; the base SAE
+    then leaves about 1% of the base's variance unexplained."""
     batch_size: int = 256
     """Tokens per training step."""
     lr: float = 3e-3
