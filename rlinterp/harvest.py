@@ -449,6 +449,7 @@ def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tup
     ``store``, skipping shards it already has. Shards are never modified after they are
     written, so a link is as good as a copy; each appears under its final name at once."""
     for (label, hook), theirs in found.items():
+        taken = 0
         for k in range(store.n_shards):
             target = store.shard_path(label, hook, k)
             if target.is_file():
@@ -459,7 +460,9 @@ def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tup
                 os.link(source, target)
             except OSError:
                 atomic_write(target, partial(shutil.copyfile, source))
-        log.info("harvest: %s at %s taken from %s", label, hook, donor.root)
+            taken += 1
+        if taken:
+            log.info("harvest: %s at %s taken from %s", label, hook, donor.root)
 
 
 @torch.no_grad()

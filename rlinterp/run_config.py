@@ -146,8 +146,11 @@ class ComputeSection:
     """Torch device (``cuda`` on a GPU machine)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Model dtype."""
-    threads: int | None = None
-    """Torch CPU threads (None: torch's default)."""
+    threads: int | None = 1
+    """Torch CPU threads (None: torch's default). 1 by default: the organism's matrices are
+    too small to split, and on a shared 2-core machine two threads spent 20x the CPU time
+    of one on the diff stage (they spin while waiting for each other); raise it for real
+    models on a CPU."""
 
 
 @dataclass(frozen=True)
