@@ -352,8 +352,18 @@ def _make_stable(path: Path, fmt: Format) -> None:
         data = _PDF_DATE.sub(
             lambda m: m.group(0)[: m.group(0).index(b"(D:") + 3] + b"19700101000000+00'00')", data
         )
-    elif fmt == "svg" and (found := _SVG_UID.search(data)):
-        uid = found.group(1)
-        stable = hashlib.sha256(path.name.encode()).hexdigest()[: len(uid)].encode()
-        data = re.sub(rb"(?<=[a-z-])" + uid + rb"(?![0-9a-f])", stable, data)
+    elif fmt == "svg":
+        if found := _SVG_UID.search(data):
+            uid = found.group(1)
+            stable = hashlib.sha256(path.name.encode()).hexdigest()[: len(uid)].encode()
+            data = re.sub(rb"(?<=[a-z-])" + uid + rb"(?![0-9a-f])", stable, data)
+        # The root element's attribute order varies between exports (seen on figures
+        # without traces): write them sorted.
+        data = _SVG_ROOT.sub(
+            lambda m: b"<svg " + b" ".join(sorted(_SVG_ATTRIBUTE.findall(m.group(1)))) + b">", data, count=1
+        )
     path.write_bytes(data)
+
+
+_SVG_ROOT = re.compile(rb"<svg ([^>]*)>")
+_SVG_ATTRIBUTE = re.compile(rb'[\w:-]+="[^"]*"')
