@@ -1,7 +1,7 @@
 # The two commands a new user needs (see README.md):
 #   make run    set up, then run the whole pipeline on the default model organism (built if
-#               missing): diffs of both RL regimes, a base SAE and feature cards, one report
-#               (artifacts/run/default-seed0/report.html)
+#               missing): diffs, a base SAE and feature cards, tracking, the selection index
+#               and circuits for every regime, one report (artifacts/run/default-seed0/report.html)
 #   make test   set up, then lint, type-check and run the whole test suite
 PYTHON ?= python3
 VENV := .venv

@@ -279,7 +279,11 @@ def _run(args: argparse.Namespace) -> None:
     for section, name, tp, _ in cli_options():
         given = getattr(args, f"{section}_{name}")
         if given is not None:
-            value = given if isinstance(given, bool) else parse_cli_value(given, tp, f"{section}-{name}")
+            value = (
+                given
+                if isinstance(given, bool)
+                else parse_cli_value(given, tp, f"{section}-{name}".replace(".", "-"))
+            )
             overrides.setdefault(section, {})[name] = value
     if args.series:
         overrides.setdefault("series", {}).update(_series_shortcut(args.series))
@@ -343,7 +347,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="progress bars (default: only on a terminal; else one log line per stage)",
     )
     for section, name, tp, help_text in cli_options():
-        flag = f"--{section}-{name}".replace("_", "-")
+        flag = f"--{section}-{name}".replace("_", "-").replace(".", "-")
         dest = f"{section}_{name}"
         if tp is bool:
             run.add_argument(

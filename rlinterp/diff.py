@@ -30,6 +30,7 @@ writes beside the tables.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,12 +130,15 @@ def run_diff(
     *,
     force: bool = False,
     executor: Executor | None = None,
+    reuse: Sequence[ActivationStore] = (),
 ) -> SeriesDiff:
     """Diff every checkpoint of ``series`` against its base on ``prompts``; write to ``out``.
 
     ``out`` must be absent, empty or a diff: a finished diff of the same inputs is read
     back, not recomputed; an interrupted one resumes its harvest; one of other inputs is
-    refused naming what changed, or (``force``) computed again from scratch.
+    refused naming what changed, or (``force``) computed again from scratch. ``reuse``:
+    finished stores whose shards of the same checkpoints and tokens are taken, not
+    recomputed (``harvest.reusable_shards``), e.g. another series' base.
 
     Each checkpoint is run twice: once to harvest its activations, once beside the base for
     the KL (next-token distributions are too large to store). Both are tasks of
@@ -148,7 +152,7 @@ def run_diff(
     claimed = rundir.claim(out, rundir.DIFF, inputs, ENTRIES, resumable=(STORE,), force=force)
     if claimed.state == "finished":
         return SeriesDiff.load(out)
-    store = harvest(series, prompts, out / STORE, harvest_cfg, executor=executor)
+    store = harvest(series, prompts, out / STORE, harvest_cfg, executor=executor, reuse=reuse)
     parts = executor.map(CheckpointDiffTask(store.root), series, list(series))
     activations = merge_activation_diffs([p.activations for p in parts])
     outputs = merge_output_diffs([p.outputs for p in parts])

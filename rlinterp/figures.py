@@ -192,12 +192,77 @@ def latent_trajectory_figure(run: RunResult, latent: int) -> go.Figure:
     return _titled(figure, f"Latent {latent}: activation by RL step")
 
 
+TRACKED_CHANGES = ("amplified", "suppressed", "rotated", "repurposed", "born", "died", "split", "merged")
+"""The lineage classes drawn (``stable`` and ``inactive`` are the rest of the latents)."""
+
+
+def tracking_figure(run: RunResult) -> go.Figure:
+    """Tracked latents of the base SAE in each changing lineage class, by RL step (one
+    panel per series; the on-policy source where measured, else the first)."""
+    summary = run.tables.get("tracking/summary", pd.DataFrame())
+    if summary.empty:
+        return _empty("Tracking: no lineage (the tracking stage has not run)")
+    names = list(dict.fromkeys(summary["series"]))
+    figure = _side_by_side(names)
+    for col, name in enumerate(names, 1):
+        rows = summary[summary["series"] == name]
+        source = "on-policy" if "on-policy" in set(rows["source"]) else rows["source"].iloc[0]
+        rows = rows[rows["source"] == source].sort_values("step")
+        for i, cls in enumerate(TRACKED_CHANGES):
+            figure.add_trace(
+                go.Bar(
+                    x=rows["step"].astype(str),
+                    y=rows[f"n_{cls}"],
+                    name=cls,
+                    legendgroup=cls,
+                    showlegend=col == 1,
+                    marker_color=PALETTE[i % len(PALETTE)],
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_layout(barmode="stack", yaxis_title="tracked latents")
+    return _titled(figure, "Tracking: lineage of the base SAE's latents")
+
+
+def index_figure(run: RunResult) -> go.Figure:
+    """The selection-versus-novelty index by RL step with its bootstrap interval, one
+    line per series (0: RL re-weighted persona directions; 1: it wrote new ones)."""
+    index = run.tables.get("selection/index", pd.DataFrame())
+    if index.empty:
+        return _empty("Selection: no index (the selection stage has not run)")
+    figure = go.Figure()
+    for i, name in enumerate(dict.fromkeys(index["series"])):
+        rows = index[index["series"] == name].sort_values("step")
+        colour = PALETTE[i % len(PALETTE)]
+        figure.add_trace(
+            go.Scatter(
+                x=rows["step"],
+                y=rows["index"],
+                name=str(name),
+                mode="lines+markers",
+                line={"color": colour},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": rows["index_hi"] - rows["index"],
+                    "arrayminus": rows["index"] - rows["index_lo"],
+                    "color": colour,
+                },
+            )
+        )
+    figure.update_layout(xaxis_title="RL step", yaxis_title="selection (0) … novelty (1)")
+    return _titled(figure, "Selection-versus-novelty index")
+
+
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "behaviour": behaviour_figure,
     "weights": weights_figure,
     "activations": activations_figure,
     "outputs_kl": kl_figure,
     "fvu_drift": fvu_drift_figure,
+    "tracking": tracking_figure,
+    "index": index_figure,
 }
 """The report's figures by file name; later stages add theirs with ``register_figure``."""
 
@@ -287,8 +352,18 @@ def _make_stable(path: Path, fmt: Format) -> None:
         data = _PDF_DATE.sub(
             lambda m: m.group(0)[: m.group(0).index(b"(D:") + 3] + b"19700101000000+00'00')", data
         )
-    elif fmt == "svg" and (found := _SVG_UID.search(data)):
-        uid = found.group(1)
-        stable = hashlib.sha256(path.name.encode()).hexdigest()[: len(uid)].encode()
-        data = re.sub(rb"(?<=[a-z-])" + uid + rb"(?![0-9a-f])", stable, data)
+    elif fmt == "svg":
+        if found := _SVG_UID.search(data):
+            uid = found.group(1)
+            stable = hashlib.sha256(path.name.encode()).hexdigest()[: len(uid)].encode()
+            data = re.sub(rb"(?<=[a-z-])" + uid + rb"(?![0-9a-f])", stable, data)
+        # The root element's attribute order varies between exports (seen on figures
+        # without traces): write them sorted.
+        data = _SVG_ROOT.sub(
+            lambda m: b"<svg " + b" ".join(sorted(_SVG_ATTRIBUTE.findall(m.group(1)))) + b">", data, count=1
+        )
     path.write_bytes(data)
+
+
+_SVG_ROOT = re.compile(rb"<svg ([^>]*)>")
+_SVG_ATTRIBUTE = re.compile(rb'[\w:-]+="[^"]*"')

@@ -42,9 +42,12 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -59,6 +62,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import rundir
 from .artifacts import (
+    atomic_write,
     config_sha256,
     environment_versions,
     tokenizer_sha256,
@@ -424,13 +428,18 @@ def harvest(
     *,
     force: bool = False,
     executor: Executor | None = None,
+    reuse: Sequence[ActivationStore] = (),
 ) -> ActivationStore:
     """Harvest ``cfg.hooks`` of every checkpoint of ``series`` on ``prompts`` into ``out``.
 
     ``out`` must be absent, empty, or a store: a finished store of the same fingerprint is
     returned as it is, an interrupted one resumed; one of other inputs is refused naming
     what changed, or (``force``) harvested again from scratch. Each checkpoint with missing
-    shards is one task of ``executor`` (default: this process, one after another)."""
+    shards is one task of ``executor`` (default: this process, one after another).
+
+    ``reuse``: finished stores whose shards are taken (hard-linked, or copied) instead of
+    computed wherever they hold the same checkpoint weights on the same tokens (see
+    ``reusable_shards``), e.g. the base model shared by several series."""
     from .executor import LocalExecutor
 
     cfg = cfg or HarvestConfig()
@@ -438,10 +447,11 @@ def harvest(
     series.validate()
     base, hooks, max_length = _settings(series, cfg)
     entries = {TOKENS, *(c.label for c in series)}
+    fingerprint = _fingerprint(series, prompts, cfg, hooks, max_length)
     claimed = rundir.claim(
         out,
         rundir.STORE,
-        _fingerprint(series, prompts, cfg, hooks, max_length),
+        fingerprint,
         entries,
         resumable=entries,
         force=force,
@@ -459,6 +469,10 @@ def harvest(
     # Stop after the deepest requested block, unless a hook lies outside the blocks.
     stop_at = None if any(x is None for x in layers) else max(x for x in layers if x is not None) + 1
     task = HarvestTask(out, plan, stop_at)
+    store = ActivationStore(out, plan)
+    for checkpoint in series:
+        for donor in reuse:
+            _link_shards(donor, store, reusable_shards(donor, fingerprint, checkpoint.label, hooks))
     todo = [checkpoint for checkpoint in series if task.missing(checkpoint.label)]
     (executor or LocalExecutor()).map(task, series, todo)
     rundir.remove_orphans(out, entries)  # temporary files of tasks that died and were retried
@@ -501,6 +515,64 @@ class HarvestTask:
         for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
             _harvest_batch(model, checkpoint.label, batch, hooks, self.stop_at, store, dtype)
         return len(todo)
+
+
+TOKEN_SETTINGS = (
+    "tokenizer",
+    "prompts",
+    "max_length",
+    "dtype",
+    "include_bos",
+    "response_only",
+    "batch_size",
+    "store_dtype",
+    "max_tokens",
+    "token_seed",
+)
+"""The fingerprint entries that fix a store's tokens, their shards and how they are stored
+(``reusable_shards``; the storage ones are absent from the fingerprint at their defaults)."""
+
+
+def reusable_shards(
+    donor: ActivationStore, fingerprint: dict[str, Any], label: str, hooks: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """Which of ``label``'s shards (per hook) a finished ``donor`` store already holds for a
+    store of ``fingerprint``: ``(label, hook) -> donor label``. The donor must have the same
+    tokens (``TOKEN_SETTINGS``) and a checkpoint with the same weight and config hashes;
+    activations at a hook depend on nothing else."""
+    theirs = donor.fingerprint
+    if any(theirs.get(key) != fingerprint.get(key) for key in TOKEN_SETTINGS):
+        return {}
+    same = [
+        other
+        for other in donor.labels
+        if theirs.get(f"weights of {other}") == fingerprint[f"weights of {label}"]
+        and theirs.get(f"config of {other}") == fingerprint[f"config of {label}"]
+    ]
+    if not same:
+        return {}
+    return {(label, hook): same[0] for hook in hooks if hook in donor.hooks}
+
+
+def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tuple[str, str], str]) -> None:
+    """Hard-link (or copy, across file systems) ``found``'s shards from ``donor`` into
+    ``store``, skipping shards it already has. Shards are never modified after they are
+    written, so a link is as good as a copy; each appears under its final name at once."""
+    for (label, hook), theirs in found.items():
+        taken = 0
+        for k in range(store.n_shards):
+            target = store.shard_path(label, hook, k)
+            if target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = donor.shard_path(theirs, hook, k)
+            try:
+                os.link(source, target)
+            except OSError:
+                atomic_write(target, partial(shutil.copyfile, source))
+            taken += 1
+        if taken:
+            log.info("harvest: %s at %s taken from %s", label, hook, donor.root)
 
 
 @torch.no_grad()

@@ -46,9 +46,9 @@ class MetricBatch:
     """BOS + prompt tokens, right-padded."""
     lengths: Int[Tensor, " batch"]
     """Real length of each row; the metric reads logits at ``lengths - 1``."""
-    positive: Int[Tensor, "batch k"]
+    positive: Int[Tensor, "batch k_positive"]
     """Token ids the behaviour promotes, per prompt, padded with -1."""
-    negative: Int[Tensor, "batch k"]
+    negative: Int[Tensor, "batch k_negative"]
     """Token ids the behaviour competes with, per prompt, padded with -1 (may be empty)."""
 
     def last_logits(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, "batch vocab"]:

@@ -2,8 +2,9 @@
 and what the mean activation change of each layer says about tokens.
 
 - **KL**: per kept token, ``KL(post || base)`` of the next-token distributions, computed
-  batch by batch with the base and one checkpoint in memory; summarised by mean and
-  quantiles, with the tokens whose distribution moved most.
+  batch by batch with the base and one checkpoint in memory (the base's log-probs kept
+  across checkpoints when they are small); summarised by mean and quantiles, with the
+  tokens whose distribution moved most.
 - **Activation-difference lens**: the mean difference vector of a hook (``post - base``)
   read through the checkpoint's unembedding ``W_U`` (no final norm: a difference vector
   has no scale of its own to normalise), listing the tokens it promotes and suppresses.
@@ -25,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .activation_diff import concat_frames
 from .checkpoint import Checkpoint
-from .harvest import ActivationStore
+from .harvest import ActivationStore, TokenBatch
 from .series import ModelSeries
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -65,13 +66,17 @@ def diff_outputs(
     top_k: int = 10,
     top_positions: int = 50,
     checkpoints: Sequence[Checkpoint] | None = None,
+    cache_bytes: int = 256 * 2**20,
 ) -> OutputDiff:
     """KL(post || base) on the store's kept tokens, for every checkpoint of ``series`` (or
     of ``checkpoints``), and the lens of each ``(label, hook) -> direction`` read through
-    that checkpoint's ``W_U`` (while the checkpoint is loaded anyway)."""
+    that checkpoint's ``W_U`` (while the checkpoint is loaded anyway). The base's log-probs
+    are computed once and kept when they fit in ``cache_bytes`` (small vocabularies), else
+    the base is run again beside every checkpoint (see ``_BaseRuns``)."""
     rows, tops, lenses = [], [], []
+    base_runs = _BaseRuns(series, store, cache_bytes)
     for checkpoint in series if checkpoints is None else checkpoints:
-        base_model, post_model = series.load(series.base), series.load(checkpoint)
+        post_model = series.load(checkpoint)
         for (label, hook), vector in (directions or {}).items():
             if label == checkpoint.label and checkpoint != series.base:
                 lens = difference_lens(vector, post_model.W_U, post_model.tokenizer, top_k)
@@ -80,9 +85,7 @@ def diff_outputs(
         for batch in store.token_batches():  # in store-row order: kl[i] is store row i
             tokens = batch.tokens.to(post_model.cfg.device)
             keep = batch.keep.to(post_model.cfg.device)
-            # The base is run again for every checkpoint: its [tokens, vocab] log-probs are
-            # too large to keep for real vocabularies, and a forward is cheaper than the disk.
-            log_q = F.log_softmax(base_model(tokens, return_type="logits").float()[keep], dim=-1)
+            log_q = base_runs.log_probs(batch)
             log_p = F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
             kls.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu())
             base_top.append(log_q.argmax(-1).cpu())
@@ -119,6 +122,33 @@ def diff_outputs(
         pd.DataFrame(tops),
         pd.concat(lenses, ignore_index=True) if lenses else pd.DataFrame(),
     )
+
+
+class _BaseRuns:
+    """The base model's next-token log-probs on each batch of a store's kept tokens.
+
+    Kept in memory when all of them fit in ``cache_bytes`` (``kept tokens x vocabulary``
+    float32: a few MB for a character-level vocabulary), so the base runs once for the
+    whole series; for real vocabularies they do not fit, and the base is run again beside
+    every checkpoint (a forward is cheaper than the disk). Either way the values are
+    those of the same forward pass, so the KL does not depend on the choice."""
+
+    def __init__(self, series: ModelSeries, store: ActivationStore, cache_bytes: int) -> None:
+        self.series = series
+        n_kept = int(store.tokens().keep.sum())
+        vocab = int(series.load(series.base).cfg.d_vocab)
+        self.cached: dict[int, Tensor] | None = {} if n_kept * vocab * 4 <= cache_bytes else None
+
+    @torch.no_grad()
+    def log_probs(self, batch: TokenBatch) -> Float[Tensor, "kept vocab"]:
+        if self.cached is not None and batch.shard in self.cached:
+            return self.cached[batch.shard]
+        model = self.series.load(self.series.base)
+        tokens, keep = batch.tokens.to(model.cfg.device), batch.keep.to(model.cfg.device)
+        log_q = F.log_softmax(model(tokens, return_type="logits").float()[keep], dim=-1)
+        if self.cached is not None:
+            self.cached[batch.shard] = log_q
+        return log_q
 
 
 @torch.no_grad()

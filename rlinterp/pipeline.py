@@ -2,18 +2,19 @@
 resumable stages over one output directory.
 
 A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>/``; the
-built-in ones are ``diff`` (harvest, weight/activation/output diffs per series) and
-``dictionaries`` (a base SAE, its FVU drift, feature-card tables). Later stages
-(tracking, circuits, ...) plug in with ``register_stage`` and a config section with
-``run_config.register_section``; the report plugs them in with
+built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
+``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
+``selection`` and ``circuits`` (``run_stages``: the commands of those names per series,
+reading the run's base SAE). More stages plug in with ``register_stage`` and a config
+section with ``run_config.register_section``; the report plugs them in with
 ``run_report.register_section``.
 
 Layout of ``<out>/``:
 
 - ``.run.json``: the claim, written first: kind ``rlinterp.run`` and the config's
   fingerprint; a directory claimed by another config is refused, never mixed;
-- ``stages/<name>.json``: a finished stage (its fingerprint and duration); a stage whose
-  marker matches is skipped on resume;
+- ``stages/<name>.json``: a finished stage (its fingerprint, wall ``seconds`` and
+  ``cpu_seconds``); a stage whose marker matches is skipped on resume;
 - ``diff/<series>/``: one ``run_diff`` output per series (regime);
 - ``dictionaries/``: see ``dictionaries_stage``;
 - ``report.html``, ``report.md``: rendered from the files above (always re-rendered);
@@ -26,10 +27,12 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +43,15 @@ from tqdm.auto import tqdm
 from .artifacts import environment_versions, sha256_file, write_json
 from .errors import RlinterpError
 from .prompts import PromptSet
-from .run_config import RunConfig, RunContext, config_from_dict, fingerprint, to_dict
+from .run_config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
+from .run_stages import (
+    CircuitsSection,
+    SelectionSection,
+    TrackingSection,
+    circuits_stage,
+    selection_stage,
+    tracking_stage,
+)
 from .series import ModelSeries
 
 if TYPE_CHECKING:
@@ -163,7 +174,9 @@ def prepare(config: RunConfig) -> RunContext:
             log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
         organism = Organism.load(root) if _finished(root) else build_organism(root, s.preset, s.seed)
         ctx.organism_root = organism.root
-        built = [r["name"] for r in organism.manifest["config"]["regimes"]]  # build order
+        # RL regimes in build order, then the planted positive control(s), e.g. ``novel``
+        built = [r["name"] for r in organism.manifest["config"]["regimes"]]
+        built += [r for r in organism.regimes if r not in built]
         for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
             ctx.series[regime] = ModelSeries.from_organism(organism.root, regime, **kwargs)
     else:
@@ -195,7 +208,7 @@ def diff_stage(ctx: RunContext) -> None:
     """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
     from .diff import run_diff
     from .executor import ExecutorConfig, make_executor
-    from .harvest import HarvestConfig
+    from .harvest import ActivationStore, HarvestConfig
 
     h, c = ctx.config.harvest, ctx.config.compute
     harvest_cfg = HarvestConfig(
@@ -211,12 +224,13 @@ def diff_stage(ctx: RunContext) -> None:
         ExecutorConfig(kind=c.executor, address=c.address, num_cpus=c.task_cpus, num_gpus=c.task_gpus)
     )
     assert ctx.prompts is not None
+    done: list[ActivationStore] = []  # every series shares the base: harvested once
     for name, series in ctx.series.items():
         out = ctx.stage_dir("diff") / name
-        if (out / "manifest.json").is_file():
-            continue
-        log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
-        run_diff(series, ctx.prompts, out, harvest_cfg, executor=executor)
+        if not (out / "manifest.json").is_file():
+            log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
+            run_diff(series, ctx.prompts, out, harvest_cfg, executor=executor, reuse=done)
+        done.append(ActivationStore.load(out / "activations"))
 
 
 def dictionaries_stage(ctx: RunContext) -> None:
@@ -228,6 +242,12 @@ def dictionaries_stage(ctx: RunContext) -> None:
 
 register_stage(Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")))
 register_stage(Stage("dictionaries", dictionaries_stage, ("dictionaries",)))
+register_section("tracking", TrackingSection)
+register_stage(Stage("tracking", tracking_stage, ("tracking",)))
+register_section("selection", SelectionSection)
+register_stage(Stage("selection", selection_stage, ("selection",)))
+register_section("circuits", CircuitsSection)
+register_stage(Stage("circuits", circuits_stage, ("circuits",)))
 
 
 # -- running -------------------------------------------------------------------------------
@@ -252,7 +272,8 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
     if config.compute.threads:
         torch.set_num_threads(config.compute.threads)
     try:
-        ctx = prepare(config)
+        with _timed() as preparing:  # the organism build, when it is missing
+            ctx = prepare(config)
         _check_inputs(ctx)
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
@@ -272,6 +293,7 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
             "series": list(ctx.series),
             "stages": [s.name for s in STAGES],
             "seconds": round(time.perf_counter() - started, 1),
+            "prepare": preparing,  # the organism build, when it was missing
             "versions": environment_versions(),
         },
     )
@@ -314,8 +336,24 @@ def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
         log.info("stage %s: finished earlier, kept", stage.name)
         return
-    begin = time.perf_counter()
-    stage.run(ctx)
-    seconds = time.perf_counter() - begin
-    write_json(marker, {"fingerprint": expected, "seconds": round(seconds, 1)})
-    log.info("stage %s: done in %.1f s", stage.name, seconds)
+    with _timed() as spent:
+        stage.run(ctx)
+    write_json(marker, {"fingerprint": expected, **spent})
+    log.info("stage %s: done in %.1f s (%.1f CPU-s)", stage.name, spent["seconds"], spent["cpu_seconds"])
+
+
+@contextmanager
+def _timed() -> Iterator[dict[str, float]]:
+    """Wall and CPU seconds of the block (this process, all its threads, and finished child
+    processes), filled in when it ends: the CPU time says what a stage costs on a machine
+    shared with other work, where the wall time does not."""
+    spent: dict[str, float] = {}
+    begin, cpu = time.perf_counter(), _cpu_seconds()
+    yield spent
+    spent["seconds"] = round(time.perf_counter() - begin, 1)
+    spent["cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

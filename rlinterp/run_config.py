@@ -5,7 +5,10 @@ A run config is one ``RunConfig`` made of sections (``[series]``, ``[prompts]``,
 ``[harvest]``, ``[dictionaries]``, ``[compute]``); every field carries a docstring, which
 becomes the comment in ``config_template()`` and the ``--help`` text of its generated
 option (``--<section>-<field>``, underscores as dashes). Later stages add their own
-section with ``register_section``.
+section with ``register_section``. A field whose type is itself a config dataclass (a
+command's own config reused inside a section) is a sub-table, ``[section.field]``, with
+options ``--<section>-<field>-<subfield>``; a section may subclass a command's config
+(adding ``enabled`` and redeclaring budgets), and inherits its fields' docstrings.
 
 Invariants:
 - loading checks every key and type against the dataclasses: an unknown key or a wrong
@@ -71,7 +74,9 @@ class PromptsConfig:
     source: str = "organism"
     """``organism`` (the organism's persona texts) or a ``.txt`` / ``.jsonl`` prompt file."""
     max_prompts: int | None = None
-    """Use only the first this many prompts (None: all)."""
+    """Use only the first this many prompts (None: all). All by default: the default
+    organism's 600 persona texts (about 23k kept tokens per model) cost the diff stage about
+    15 CPU-s for every regime together, and the selection stage needs every persona."""
 
     def __post_init__(self) -> None:
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -119,7 +124,9 @@ class DictionariesSection:
     k: int = 8
     """Active latents per token."""
     n_tokens: int = 100_000
-    """Training tokens per dictionary (the budget), repeats included."""
+    """Training tokens per dictionary (the budget), repeats included. 100k is about four
+    passes over the default organism's tokens and trains in a few CPU-seconds; the base SAE
+    then leaves about 1% of the base's variance unexplained."""
     batch_size: int = 256
     """Tokens per training step."""
     lr: float = 3e-3
@@ -147,8 +154,11 @@ class ComputeSection:
     """Torch device (``cuda`` on a GPU machine)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Model dtype."""
-    threads: int | None = None
-    """Torch CPU threads (None: torch's default)."""
+    threads: int | None = 1
+    """Torch CPU threads (None: torch's default). 1 by default: the organism's matrices are
+    too small to split, and on a shared 2-core machine two threads spent 20x the CPU time
+    of one on the diff stage (they spin while waiting for each other); raise it for real
+    models on a CPU."""
     device_map: str | None = None
     """Split each model over the GPUs in view (``auto``, ``balanced``) instead of ``device``."""
     executor: Literal["local", "ray"] = "local"
@@ -206,7 +216,16 @@ def sections() -> dict[str, type]:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (from its source)."""
+    """The docstring written under each field of a dataclass (from its source), those of
+    its dataclass bases included (a subclass's own docstring wins)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not object and dataclasses.is_dataclass(base):
+            docs |= _own_field_docs(base)
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -222,8 +241,15 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def is_table(tp: Any) -> bool:
+    """Whether a field of type ``tp`` is a nested config (a TOML sub-table)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
 def type_name(tp: Any) -> str:
     """How a field's type reads in messages and help: ``int``, ``list of str``, ``one of 'a', 'b'``."""
+    if is_table(tp):
+        return "a table"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
@@ -264,8 +290,10 @@ def _is_a(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """A section dataclass from a TOML table, every key and type checked."""
+def _build(cls: type, values: dict[str, Any], prefix: str, default: Any = None) -> Any:
+    """A section dataclass from a TOML table, every key and type checked. A sub-table
+    starts from the field's default in ``default`` (the section's own defaults unless
+    given), so a section's budgets hold for the keys a file leaves out."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
     kwargs = {}
@@ -274,11 +302,21 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
             raise RlinterpError(f"unknown config key {prefix + key!r}{hint}")
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        if is_table(hints[key]):
+            if not isinstance(value, dict):
+                raise RlinterpError(
+                    f"config key {prefix + key!r}: expected a table [{prefix + key}], got {value!r}"
+                )
+            inner = getattr(default if default is not None else cls(), key)
+            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.", inner)
+        else:
+            kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
+        if default is not None:
+            return dataclasses.replace(default, **kwargs)
         return cls(**kwargs)
-    except ValueError as e:  # a section's own validation
-        raise RlinterpError(str(e)) from e
+    except (ValueError, RlinterpError) as e:  # a section's own validation
+        raise RlinterpError(f"config [{prefix.rstrip('.')}]: {e}") from e
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -302,7 +340,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
             close = difflib.get_close_matches(key, [*known, "out"], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: out, {', '.join(known)})"
             raise RlinterpError(f"unknown config key {key!r}{hint}")
-    extra = tuple((name, built.pop(name)) for name in list(built) if name not in BUILTIN_SECTIONS)
+    extra = _extra({name: built.pop(name) for name in list(built) if name not in BUILTIN_SECTIONS})
     return RunConfig(**top, **built, extra=extra)
 
 
@@ -327,16 +365,32 @@ def with_overrides(
     for name, values in overrides.items():
         if not values:
             continue
-        current = config.section(name)
+        new = config.section(name)
         try:
-            new = dataclasses.replace(current, **values)
+            for key, value in values.items():  # nested fields are dotted: ``sampling.seed``
+                new = _replace_path(new, key.split("."), value)
         except ValueError as e:
             raise RlinterpError(str(e)) from e
         if name in BUILTIN_SECTIONS:
             replaced[name] = new
         else:
             extra[name] = new
-    return dataclasses.replace(config, **replaced, extra=tuple(extra.items()))
+    return dataclasses.replace(config, **replaced, extra=_extra(extra))
+
+
+def _extra(found: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Registered sections as ``RunConfig.extra``: in registration order, those equal to
+    their defaults left out (``section`` gives the defaults), so two configs that mean
+    the same compare equal however they were written."""
+    return tuple(
+        (name, found[name]) for name in _REGISTERED if name in found and found[name] != _REGISTERED[name]()
+    )
+
+
+def _replace_path(obj: Any, path: list[str], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _replace_path(getattr(obj, path[0]), path[1:], value)})
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
@@ -384,32 +438,54 @@ def config_template(config: RunConfig | None = None) -> str:
         f"out = {_toml_value(config.out)}",
     ]
     for name, cls in sections().items():
-        lines += ["", f"[{name}]", f"# {' '.join((cls.__doc__ or '').split())}"]
-        docs = field_docs(cls)
-        section = config.section(name)
-        for f in dataclasses.fields(cls):
-            value = getattr(section, f.name)
-            expected = type_name(typing.get_type_hints(cls)[f.name])
-            lines.append(f"# {docs.get(f.name, '')} ({expected})")
-            if value is None:
-                lines.append(f'# {f.name} = ""' if name == "series" else f"# {f.name} =")
-            else:
-                lines.append(f"{f.name} = {_toml_value(value)}")
+        lines += _template_table(name, cls, config.section(name))
     return "\n".join(lines) + "\n"
+
+
+def _template_table(name: str, cls: type, section: Any) -> list[str]:
+    """``[name]`` with its scalar keys, then its sub-tables ``[name.field]``."""
+    lines = ["", f"[{name}]", f"# {' '.join((cls.__doc__ or '').split())}"]
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    nested = []
+    for f in dataclasses.fields(cls):
+        value, tp = getattr(section, f.name), hints[f.name]
+        if is_table(tp):
+            nested.append((f.name, tp, value))
+            continue
+        lines.append(f"# {docs.get(f.name, '')} ({type_name(tp)})")
+        if value is None:
+            lines.append(f'# {f.name} = ""' if name == "series" else f"# {f.name} =")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for key, tp, value in nested:
+        sub = _template_table(f"{name}.{key}", tp, value)
+        sub[2] = f"# {docs.get(key, '')}"  # what the field is for, not the reused class's doc
+        lines += sub
+    return lines
 
 
 # -- the command line ----------------------------------------------------------------------
 
 
 def cli_options() -> list[tuple[str, str, Any, str]]:
-    """``(section, field, type, help)`` of every generated ``--<section>-<field>`` option."""
+    """``(section, field, type, help)`` of every generated ``--<section>-<field>`` option;
+    a nested field is dotted (``sampling.seed``: ``--track-sampling-seed``)."""
     options = []
     for name, cls in sections().items():
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            tp = typing.get_type_hints(cls)[f.name]
-            options.append((name, f.name, tp, f"{docs.get(f.name, '')} [{type_name(tp)}]"))
+        options += [(name, *option) for option in _fields(cls)]
     return options
+
+
+def _fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if is_table(tp):
+            found += _fields(tp, f"{prefix}{f.name}.")
+        else:
+            found.append((prefix + f.name, tp, f"{docs.get(f.name, '')} [{type_name(tp)}]"))
+    return found
 
 
 def metavar(tp: Any) -> str:

@@ -13,6 +13,7 @@ backticks removed in Markdown).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,18 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .artifacts import atomic_write
-from .figures import activations_figure, behaviour_figure, fvu_drift_figure, kl_figure, weights_figure
+from .figures import (
+    TRACKED_CHANGES,
+    activations_figure,
+    behaviour_figure,
+    fvu_drift_figure,
+    index_figure,
+    kl_figure,
+    tracking_figure,
+    weights_figure,
+)
 from .page import empty, esc, figure_div, fmt, linked_table, page, table
-from .run_result import RunResult
+from .run_result import RunResult, transitions
 
 
 @dataclass(frozen=True)
@@ -139,20 +149,116 @@ def features_section(run: RunResult, cards: int | None = None) -> Content:
     )
 
 
+def _skipped(run: RunResult, stage: str) -> str:
+    """The series a stage could not analyse, with its reasons (``run_stages.SKIPPED``)."""
+    path = run.root / stage / "skipped.json"
+    reasons = json.loads(path.read_text()) if path.is_file() else {}
+    return "".join(empty(f"{name}: not analysed ({why})") for name, why in reasons.items())
+
+
+def _per_series(frame: pd.DataFrame, columns: list[str]) -> str:
+    """One table per series, side by side."""
+    blocks = [
+        f"<div><h3>{esc(name)}</h3>{table(rows, [c for c in columns if c in rows])}</div>"
+        for name, rows in frame.groupby("series", sort=False)
+    ]
+    return f"<div class='side'>{''.join(blocks)}</div>"
+
+
 def tracking_section(run: RunResult) -> Content:
-    found = {k: v for k, v in run.tables.items() if k.startswith("tracking/")}
-    if not found:
-        return Content((empty("Feature tracking has not run for this run (stage 'tracking')."),))
-    return Content(tuple(f"<h3>{esc(k)}</h3>{table(v.head(50))}" for k, v in found.items()))
+    summary = run.tables.get("tracking/summary", pd.DataFrame())
+    if summary.empty:
+        return Content((empty("Feature tracking has not run (stage 'tracking')."), _skipped(run, "tracking")))
+    counts = [f"n_{c}" for c in TRACKED_CHANGES]
+    columns = [
+        "source",
+        "step",
+        "explained_variance",
+        *counts,
+        "born",
+        "noise_born",
+        "novel_born",
+        "seed_born",
+    ]
+    intro = (
+        "<p>Every latent of the base SAE followed over the RL steps (<code>rlinterp track</code>): its "
+        "lineage class per step and token source; <i>born</i> / <i>noise_born</i> count new directions of "
+        "an SAE trained on the step against the seed control's chance count; <i>novel_born</i> / "
+        "<i>seed_born</i> the same on the step's own tokens with only the model changed.</p>"
+    )
+    lineage = run.tables.get("tracking/lineage", pd.DataFrame())
+    changed = pd.DataFrame()
+    if not lineage.empty:
+        last = lineage[lineage["step"] == lineage.groupby("series")["step"].transform("max")]
+        changed = last[last["class"].isin(TRACKED_CHANGES)]
+    shown = ["series", "source", "latent", "class", "frequency_ratio", "activity_ratio", "dec_cos_base"]
+    latents = (
+        "<p>Latents in a changing class at each series' last step (type to filter; click a header "
+        "to sort):</p>" + table(changed, [c for c in shown if c in changed], table_id="lineage")
+        if not changed.empty
+        else empty("No tracked latent changed class at the last step.")
+    )
+    return Content(
+        (intro, tracking_figure(run), _per_series(summary, columns), latents, _skipped(run, "tracking"))
+    )
 
 
 def persona_section(run: RunResult) -> Content:
-    found = {k: v for k, v in run.tables.items() if k.startswith(("persona/", "index/"))}
-    if not found:
+    index = run.tables.get("selection/index", pd.DataFrame())
+    if index.empty:
         return Content(
-            (empty("No persona features or selection-vs-novelty index yet (stages 'persona', 'index')."),)
+            (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
         )
-    return Content(tuple(f"<h3>{esc(k)}</h3>{table(v.head(50))}" for k, v in found.items()))
+    transition = run.tables.get("selection/transition", pd.DataFrame())
+    latents = run.tables.get("selection/persona_latents", pd.DataFrame())
+    causal = run.tables.get("selection/causal", pd.DataFrame())
+    columns = [
+        "step",
+        "index",
+        "index_lo",
+        "index_hi",
+        "side",
+        "fvu_drift",
+        "persona_share",
+        "persona_baseline",
+    ]
+    parts: list[str | go.Figure] = [
+        "<p>The selection-versus-novelty index per step (<code>rlinterp selection</code>) with its "
+        "bootstrap interval: near 0, RL moved activations along the persona directions the base "
+        "already had; near 1, along new ones. The transition is the index's change point; the "
+        "behavioural step is where most sampled answers stop matching any persona.</p>",
+        index_figure(run),
+        table(transition),
+        _per_series(index, columns),
+    ]
+    if not latents.empty:
+        top = latents[latents["rank"] < 3] if "rank" in latents else latents
+        parts += ["<h3>Persona latents (base SAE)</h3>", table(top, table_id="persona-latents")]
+    if not causal.empty:
+        parts += ["<h3>Causal checks</h3>", table(causal, table_id="causal")]
+    return Content((*parts, _skipped(run, "selection")))
+
+
+def circuits_section(run: RunResult) -> Content:
+    steps = run.tables.get("circuits/steps", pd.DataFrame())
+    if steps.empty:
+        return Content((empty("No circuit diffs yet (stage 'circuits')."), _skipped(run, "circuits")))
+    verdicts = steps.pivot_table(
+        index=["series", "step"], columns="metric", values="verdict", aggfunc="first"
+    )
+    columns = ["metric", "step", "change", "carriers", "joint_recovery", "overlap", "chance_overlap"]
+    columns += ["cancellation", "verdict", "top_sufficiency"]
+    return Content(
+        (
+            "<p>Which components carry each behaviour metric's change (<code>rlinterp circuits</code>): "
+            "the <i>carriers</i> are the fewest components whose joint patch from the checkpoint into "
+            "the base recovers the change; <i>enhanced</i> when most of them were already used by the "
+            "base for the behaviour, <i>new</i> when not.</p>",
+            _per_series(verdicts.reset_index().rename_axis(columns=None), ["step", *verdicts.columns]),
+            _per_series(steps, columns),
+            _skipped(run, "circuits"),
+        )
+    )
 
 
 SECTIONS: list[Section] = [
@@ -164,6 +270,7 @@ SECTIONS: list[Section] = [
     Section("features", "Features", features_section),
     Section("tracking", "Tracking", tracking_section),
     Section("persona", "Persona features and index", persona_section),
+    Section("circuits", "Circuits", circuits_section),
 ]
 
 
@@ -207,6 +314,10 @@ def render_markdown(run: RunResult, top: int = 10) -> str:
     lines = [f"# rlinterp run: {', '.join(run.series)}", "", f"Report: `{run.report_path}`", ""]
     lines += ["| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
     lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in summary.itertuples(index=False)]
+    found = transitions(run)
+    if found:
+        lines += ["", "## Transitions (selection-versus-novelty index, behaviour)", ""]
+        lines += [f"- {_md_code(line)}" for line in found]
     latents = run.latent_table()
     if not latents.empty:
         hook = run.dictionary_info.get("hook", "")

@@ -118,7 +118,9 @@ class RunResult:
             fvu = self.fvu_drift[["series", "step", "fvu"]]
             frame = frame.merge(fvu, on=["series", "step"], how="left")
         for headline in HEADLINES:
-            frame = frame.merge(headline(self), on=["series", "step"], how="left")
+            columns = headline(self)
+            if not columns.empty:  # a stage that has not run adds no column
+                frame = frame.merge(columns, on=["series", "step"], how="left")
         return frame
 
     def latent_table(self) -> pd.DataFrame:
@@ -150,7 +152,7 @@ class RunResult:
             raise RlinterpError(f"{self.root} has no dictionaries yet; run the dictionaries stage")
         lineage = self.tables.get("tracking/lineage")
         if lineage is not None and "latent" in lineage:
-            lineage = lineage[lineage["latent"] == latent]
+            lineage = _lineage_by_step(lineage[lineage["latent"] == latent])
         return FeatureCard(
             latent=latent,
             activity=self.latent_steps[self.latent_steps["latent"] == latent],
@@ -172,6 +174,39 @@ class RunResult:
         )
 
 
+def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
+    """One latent's lineage rows as one row per (series, source) and a class per step."""
+    if rows.empty or "series" not in rows:
+        return rows
+    wide = rows.pivot_table(
+        index=["series", "source"], columns="step", values="class", aggfunc="first", sort=False
+    )
+    return wide.rename(columns=lambda step: f"step {step}").reset_index().rename_axis(columns=None)
+
+
+def transitions(run: RunResult) -> list[str]:
+    """Per series, where the selection-versus-novelty index jumps and where behaviour does
+    (empty before the selection stage)."""
+    found = run.tables.get("selection/transition", pd.DataFrame())
+    lines = []
+    for row in found.to_dict(orient="records"):
+        index = (
+            f"step {_int(row['index_step'])} (interval {_int(row['index_step_lo'])}-"
+            f"{_int(row['index_step_hi'])})"
+            if row.get("index_found")
+            else "none"
+        )
+        behaviour = row.get("behavioural_step")
+        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {_int(behaviour)}"
+        lines.append(f"{row['series']}: index transition {index}; behavioural transition {behaviour}")
+    return lines
+
+
+def _int(value: Any) -> str:
+    """A step read back from Parquet (a float where the column has gaps) as an integer."""
+    return str(int(value))
+
+
 def summary_text(run: RunResult) -> str:
     """The run's headline table for a terminal (one screen), and where the report is."""
     summary = run.summary()
@@ -186,5 +221,6 @@ def summary_text(run: RunResult) -> str:
             f"{j} ({t})" for j, t in zip(latents["latent"].head(5), latents["promotes"].head(5), strict=True)
         )
         lines.append(f"latents that changed most (promoted token): {top}")
+    lines += transitions(run)
     lines.append(f"report: {run.report_path}")
     return "\n".join(lines) + "\n"

@@ -15,10 +15,130 @@ SERIES = ("weak", "strong")
 N_LATENTS = 5
 
 
-def synthetic_run(root: Path) -> RunResult:
+def stage_tables() -> dict[str, pd.DataFrame]:
+    """The tables the tracking, selection and circuits stages leave, with known values: in
+    ``strong`` at step 5, latent 4 is amplified and one latent born (3 changed latents),
+    the index is 0.8 with a transition at step 5, and the shortcut's carriers are new; in
+    ``weak`` nothing changed class, the index is 0.1 and the carriers were already used.
+    One persona is named ``EVIL`` (labels come from the user's data)."""
+    classes = ("stable", "amplified", "suppressed", "rotated", "repurposed", "born", "died", "split")
+    classes += ("merged", "inactive")
+    summary = pd.DataFrame(
+        [
+            {
+                "series": r,
+                "source": "on-policy",
+                "label": "base" if s == 0 else "step-5",
+                "step": s,
+                "explained_variance": 0.9,
+                **{f"n_{c}": 0 for c in classes},
+                **({"n_amplified": 2, "n_born": 1} if (r, s) == ("strong", 5) else {}),
+                "born": 1,
+                "noise_born": 0,
+                "novel_born": 0,
+                "seed_born": 0,
+            }
+            for r in SERIES
+            for s in (0, 5)
+        ]
+    )
+    lineage = pd.DataFrame(
+        [
+            {
+                "series": r,
+                "evidence": "tracked",
+                "source": "on-policy",
+                "step": s,
+                "latent": j,
+                "class": "amplified" if (r, s, j) == ("strong", 5, 4) else "stable",
+                "frequency_ratio": 1.0,
+                "activity_ratio": 1.5 if (r, s, j) == ("strong", 5, 4) else 1.0,
+                "dec_cos_base": 1.0,
+            }
+            for r in SERIES
+            for s in (0, 5)
+            for j in range(N_LATENTS)
+        ]
+    )
+    index = pd.DataFrame(
+        [
+            {
+                "series": r,
+                "label": "base" if s == 0 else "step-5",
+                "step": s,
+                "index": 0.0 if s == 0 else (0.1 if r == "weak" else 0.8),
+                "index_lo": 0.0 if s == 0 else (0.0 if r == "weak" else 0.7),
+                "index_hi": 0.0 if s == 0 else (0.2 if r == "weak" else 0.9),
+                "side": "selection" if s == 0 or r == "weak" else "novelty",
+                "fvu_drift": 0.0,
+                "persona_share": 0.5,
+                "persona_baseline": 0.1,
+            }
+            for r in SERIES
+            for s in (0, 5)
+        ]
+    )
+    transition = pd.DataFrame(
+        [
+            {
+                "series": "weak",
+                "hook": HOOK,
+                "index_found": False,
+                "index_step": None,
+                "behavioural_step": None,
+            },
+            {
+                "series": "strong",
+                "hook": HOOK,
+                "index_found": True,
+                "index_step": 5,
+                "index_step_lo": 5,
+                "index_step_hi": 5,
+                "behavioural_step": 5,
+            },
+        ]
+    )
+    personas = pd.DataFrame(
+        [
+            {"series": r, "persona": p, "rank": 0, "latent": j, "auroc": 0.9}
+            for r in SERIES
+            for j, p in enumerate(("helper", EVIL))
+        ]
+    )
+    steps = pd.DataFrame(
+        [
+            {
+                "series": r,
+                "metric": "shortcut",
+                "label": "step-5",
+                "step": 5,
+                "change": 1.0,
+                "carriers": "L1 MLP",
+                "joint_recovery": 0.9,
+                "overlap": 1.0 if r == "weak" else 0.0,
+                "chance_overlap": 0.2,
+                "cancellation": 1.0,
+                "verdict": "enhanced" if r == "weak" else "new",
+                "top_sufficiency": "L1 MLP (0.90)",
+            }
+            for r in SERIES
+        ]
+    )
+    return {
+        "tracking/summary": summary,
+        "tracking/lineage": lineage,
+        "selection/index": index,
+        "selection/transition": transition,
+        "selection/persona_latents": personas,
+        "circuits/steps": steps,
+    }
+
+
+def synthetic_run(root: Path, stages: bool = False) -> RunResult:
     """Two series sharing one diff; five latents, each with a base and a per-series top
     context holding ``EVIL``; latent j's mean activation at the last step is j / 10 higher
-    in ``strong`` (so the latent table sorts them 4, 3, 2, 1, 0)."""
+    in ``strong`` (so the latent table sorts them 4, 3, 2, 1, 0). ``stages``: with the
+    later stages' tables (``stage_tables``)."""
     diff = _diff()
     steps = [0, 5]
     behaviour = pd.DataFrame(
@@ -95,4 +215,5 @@ def synthetic_run(root: Path) -> RunResult:
         contexts=contexts,
         decoder_tokens=decoder,
         dictionary_info={"hook": HOOK},
+        tables=stage_tables() if stages else {},
     )

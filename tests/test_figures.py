@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_pdf_and_svg_for_every_figure_byte_stable(tmp_path):
-    run = synthetic_run(tmp_path)
+    run = synthetic_run(tmp_path, stages=True)  # every figure with data, tracking and index included
     for fmt in ("pdf", "svg"):
         first = export_figures(run, tmp_path / "a", fmt)
         again = export_figures(run, tmp_path / "b", fmt)

@@ -1,6 +1,7 @@
 """``rlinterp run``: the config (keys, types, generated options), the pipeline on a micro
 organism (resume, refusal of another run's directory), and its terminal summary."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -121,12 +122,62 @@ def test_cli_options_override_the_file(capsys, tmp_path):
     assert config.harvest.hooks == ("a", "b") and config.out == str(tmp_path / "o")
 
 
+def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path):
+    """``[tracking]`` is a ``TrackConfig`` (plus ``enabled``) whose nested configs are
+    sub-tables: a key given in ``[tracking.sampling]`` keeps the section's other budgets,
+    and every nested key is checked, documented and an option."""
+    from rlinterp.track import TrackConfig
+
+    config = config_from_dict({"tracking": {"sampling": {"seed": 3}, "enabled": False}})
+    tracking = config.section("tracking")
+    assert isinstance(tracking, TrackConfig) and not tracking.enabled
+    assert (tracking.sampling.seed, tracking.sampling.samples_per_prompt) == (3, 16)  # the run's budget
+    with pytest.raises(RlinterpError, match=r"'tracking.sampling.seed': expected integer, got 'x'"):
+        config_from_dict({"tracking": {"sampling": {"seed": "x"}}})
+    with pytest.raises(RlinterpError, match=r"'tracking.sampling': expected a table \[tracking.sampling\]"):
+        config_from_dict({"tracking": {"sampling": 3}})
+    with pytest.raises(
+        RlinterpError, match=r"unknown config key 'tracking.samplin' \(did you mean 'sampling'"
+    ):
+        config_from_dict({"tracking": {"samplin": {}}})
+    with pytest.raises(RlinterpError, match=r"circuits.metrics must name organism metrics"):
+        config_from_dict({"circuits": {"metrics": ["answr"]}})
+    template = config_template(config)
+    assert "[tracking.sampling]\n# How each checkpoint samples its own answers." in template
+    assert "[selection.index]" in template and "[circuits]" in template
+    (tmp_path / "t.toml").write_text(template)
+    assert load_config(tmp_path / "t.toml") == config
+    argv = ["run", "--tracking-sampling-seed", "5", "--selection-index-n-bootstrap", "20", "--print-config"]
+    assert main(argv) == 0
+    (tmp_path / "printed.toml").write_text(capsys.readouterr().out)
+    printed = load_config(tmp_path / "printed.toml")
+    assert printed.section("tracking").sampling.seed == 5
+    assert printed.section("tracking").sampling.samples_per_prompt == 16
+    assert printed.section("selection").index.n_bootstrap == 20
+
+
 # -- the pipeline on a micro organism ---------------------------------------------------------
 
 SMALL = {
     "harvest": {"batch_size": 8},
     "dictionaries": {"d_sae": 32, "k": 4, "n_tokens": 4096, "batch_size": 64, "top_k": 3, "cards": 4},
+    # The micro organism's own answers are a few tokens each: too few for stage-wise SAEs.
+    "tracking": {"sources": ["texts"], "independent_tokens": 2048, "stagewise": {"n_tokens": 1024}},
+    "selection": {"samples_per_prompt": 1, "index": {"n_bootstrap": 50}},
+    "circuits": {"metrics": ["persona"], "exact_prompts": 8},
 }
+
+
+def _argv(sections: dict, prefix: str = "-") -> list[str]:
+    """``SMALL`` as generated options (nested tables dotted into the option name)."""
+    argv = []
+    for key, value in sections.items():
+        flag = f"{prefix}-{key}".replace("_", "-")
+        if isinstance(value, dict):
+            argv += _argv(value, flag)
+        else:
+            argv += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return argv
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +188,9 @@ def micro_run(tmp_path_factory):
     from rlinterp.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("pipeline")
-    build_organism(root / "org", config=make_micro_config())
+    micro = make_micro_config()  # persona directions need six texts per persona at least
+    corpus = dataclasses.replace(micro.corpus, persona_texts_per_persona=8)
+    build_organism(root / "org", config=dataclasses.replace(micro, corpus=corpus))
     config = config_from_dict({"out": str(root / "run"), "series": {"organism": str(root / "org")}, **SMALL})
     run_pipeline(config, progress=False)
     return root, config
@@ -149,21 +202,33 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     root, _ = micro_run
     run_dir = root / "run"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong"]
-    for stage in ("diff", "dictionaries"):
-        assert (run_dir / "stages" / f"{stage}.json").is_file()
+    # the RL regimes in build order, then the planted positive control
+    assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+        timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
+        assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
     summary = run.summary()
-    assert list(summary["series"].unique()) == ["weak", "strong"]
+    assert list(summary["series"].unique()) == ["weak", "strong", "novel"]
     assert set(summary["step"]) == {0, 1, 2}
     base = summary[summary["step"] == 0]
     # the base compared with itself: no KL, no activation change; the base SAE's FVU is the
-    # same on the base in both series (the same tokens and activations)
+    # same on the base in every series (the same tokens and activations); no tracked latent
+    # changed class, the index is 0, and circuits have no step to judge
     assert (base["kl_mean"].abs() < 1e-6).all() and (base["activation_change"].abs() < 1e-6).all()
     assert base["fvu"].nunique() == 1 and 0 <= base["fvu"].iloc[0] < 1
+    assert (base["changed_latents"] == 0).all() and (base["index"] == 0).all()
+    assert base["circuits_persona"].isna().all() and summary["circuits_persona"].notna().sum() == 6
+    # every series and step of the later stages is in the run's tables
+    for table in ("tracking/summary", "selection/index", "circuits/steps"):
+        found = run.tables[table]
+        assert set(found["series"]) == {"weak", "strong", "novel"}, table
     text = (run_dir / "report.html").read_text()
     assert text.count('<script type="text/javascript">/**\n* plotly.js') <= 1
-    assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong")
+    for state in ("Feature tracking has not run", "No persona features", "No circuit diffs yet"):
+        assert state not in text
+    assert "not analysed" not in text  # the organism's series suit every stage
+    assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong, novel")
 
 
 def test_cards_carry_the_base_sae_statistics(micro_run):
@@ -198,7 +263,8 @@ def test_cards_carry_the_base_sae_statistics(micro_run):
         windows.groupby(["series", "label", "latent"])["rank"].agg(lambda r: list(r) == list(range(len(r))))
     ).all()
     card = run.card(int(contexts["latent"].iloc[0]))
-    assert set(card.contexts["series"]) == {"base", "weak", "strong"} and "Lineage" in card._repr_html_()
+    assert set(card.contexts["series"]) == {"base", "weak", "strong", "novel"}
+    assert "Lineage" in card._repr_html_() and "step 2" in card._repr_html_()  # lineage by step
 
 
 def test_resume_skips_finished_stages(micro_run, caplog):
@@ -210,8 +276,8 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    assert "stage diff: finished earlier, kept" in caplog.text
-    assert "stage dictionaries: finished earlier, kept" in caplog.text
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+        assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
 
@@ -253,10 +319,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
 
 def test_cli_run_ends_with_the_summary_and_the_report_path(micro_run, capsys):
     root, _ = micro_run
-    argv = ["run", "--series", str(root / "org"), "--out", str(root / "run"), "--no-progress"]
-    for section, values in SMALL.items():
-        for key, value in values.items():
-            argv += [f"--{section}-{key}".replace("_", "-"), str(value)]
+    argv = ["run", "--series", str(root / "org"), "--out", str(root / "run"), "--no-progress", *_argv(SMALL)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("weak:\n") and "\nstrong:\n" in out and "fvu" in out

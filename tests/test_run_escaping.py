@@ -80,6 +80,9 @@ def hostile_run(tmp_path_factory):
                 "top_k": 3,
                 "cards": 9,
             },
+            # the random checkpoints' context (64) is too short to sample answers in; the
+            # selection and circuits stages skip checkpoint series without labels or metric
+            "tracking": {"sources": ["prompts"], "independent_tokens": 2048, "stagewise": {"n_tokens": 1024}},
         }
     )
     run_pipeline(run_config, progress=False)
@@ -101,6 +104,9 @@ def test_report_and_every_card_show_hostile_prompts_as_text(hostile_run):
             assert any(text.strip("\n") in p for p in _prompts()), (card, text)
         joined = "".join(contexts)
         assert any(c in joined for c in "<>\"'"), card
+    # stages that cannot analyse a checkpoint series say so, with the reason
+    assert "checkpoints: not analysed (the prompts have no &#x27;persona&#x27; label" in page
+    assert "checkpoints: not analysed (checkpoint series need circuits.prompts" in page
     markdown = (hostile_run / "report.md").read_text()
     assert "<" not in re.sub(r"`[^`]*`", "", markdown)  # model text only inside code spans
 

@@ -16,6 +16,7 @@ from rlinterp.run_report import (
     render_markdown,
     render_run_report,
 )
+from rlinterp.run_result import summary_text
 from tests.run_fixtures import EVIL, N_LATENTS, SERIES, synthetic_run
 
 ESCAPED = html.escape(EVIL, quote=True)
@@ -89,12 +90,12 @@ def test_a_registered_section_appears_where_asked(run):
     before = list(SECTIONS)
     try:
         register_section(
-            Section("circuits", "Circuits", lambda r: Content((f"<p>{len(r.series)} series</p>",))),
+            Section("fidelity", "Fidelity", lambda r: Content((f"<p>{len(r.series)} series</p>",))),
             "tracking",
         )
         page = render_run_report(run)
-        assert page.index("<h2 id='tracking'>") < page.index("<h2 id='circuits'>Circuits</h2><p>2 series</p>")
-        assert page.index("<h2 id='circuits'>") < page.index("<h2 id='persona'>")
+        assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
+        assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
     finally:
         SECTIONS[:] = before
 
@@ -128,3 +129,31 @@ def test_empty_tables_give_empty_states(tmp_path):
     page = render_run_report(run)
     assert "No dictionaries yet" in page and "No feature cards yet" in page and "No behaviour table" in page
     assert len(run.latent_table()) == 0 and N_LATENTS == 5
+
+
+def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
+    run = synthetic_run(tmp_path, stages=True)
+    summary = run.summary().set_index(["series", "step"])
+    assert (
+        summary.loc[("strong", 5), "changed_latents"] == 3
+        and summary.loc[("weak", 5), "changed_latents"] == 0
+    )
+    assert summary.loc[("strong", 5), "index"] == 0.8 and summary.loc[("weak", 5), "index"] == 0.1
+    assert summary.loc[("strong", 5), "circuits_shortcut"] == "new"
+    assert summary.loc[("weak", 5), "circuits_shortcut"] == "enhanced"
+    page = render_run_report(run)
+    for gone in ("Feature tracking has not run", "No persona features", "No circuit diffs yet"):
+        assert gone not in page
+    tracking = page[page.index("<h2 id='tracking'>") : page.index("<h2 id='persona'>")]
+    assert "id='lineage'" in tracking and "<td>amplified</td>" in tracking  # latent 4, strong, last step
+    persona = page[page.index("<h2 id='persona'>") : page.index("<h2 id='circuits'>")]
+    assert ESCAPED in persona and EVIL not in page  # a persona named by the user's data
+    circuits = page[page.index("<h2 id='circuits'>") :]
+    assert "<td>new</td>" in circuits and "<td>enhanced</td>" in circuits
+    assert page.count("<div class='figure'>") == 7  # the five before, tracking, the index
+    card = run.card(4).to_html()
+    assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
+    text = summary_text(run)
+    assert "strong: index transition step 5 (interval 5-5); behavioural transition step 5" in text
+    assert "weak: index transition none; behavioural transition none" in text
+    assert "index transition step 5" in render_markdown(run)
