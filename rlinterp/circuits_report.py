@@ -117,6 +117,15 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _estimator(steps: int) -> str:
+    if steps == 1:
+        return "Attribution patching: the plain gradient estimate at the receiver's run (1 step)."
+    return (
+        f"Attribution patching: integrated gradients, {steps} interpolation steps per site "
+        "(embedding, one layer's attention, one MLP, the readout, one residual site)."
+    )
+
+
 def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> str:
     """The circuits part of a report as an HTML fragment."""
     steps = result.steps()
@@ -164,7 +173,8 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
         "recovers the coverage target; base_used: the components the base ranks highest for the "
         "behaviour (same number). overlap vs chance_overlap is the evidence.</p>"
         f"{verdicts}<h3>Top components per step</h3>{tops}"
-        f"<h3>Attribution patching vs exact patching (rank correlation over components)</h3>{agreement}"
+        f"<h3>Attribution patching vs exact patching (rank correlation over components)</h3>"
+        f"<p>{html.escape(_estimator(result.config.attribution_steps))}</p>{agreement}"
         f"<h3>Heads whose attention at the answer position changed most</h3>{attention_rows}{plots}"
     )
 

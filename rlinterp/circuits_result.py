@@ -43,6 +43,14 @@ class CircuitsConfig:
     |attribution| (``None``: all; residual-stream sites are always measured). For large
     models, where one forward pass per component is the cost; the others get NaN exact
     effects and stay out of the agreement."""
+    attribution_steps: int = 2
+    """Attribution patching's interpolation steps (``patching.attribution``): 1 is the plain
+    first-order estimate (one backward pass); n > 1 averages the gradient at n points
+    between the receiver's and the donor's terms, per site (integrated gradients; n
+    passes per site). On the tiny organism 1 step ranked components like exact patching
+    with Spearman as low as 0.49 (the strong regime's checkpoint -> base patching, where
+    the embedding's estimate has the wrong sign) and 2 steps at least 0.89 everywhere
+    (README, Circuits)."""
     coverage: float = 0.8
     """Fraction of the metric change that the carriers must recover jointly."""
     enhanced_overlap: float = 0.5
@@ -67,6 +75,9 @@ class CircuitsConfig:
             raise ValueError("CircuitsConfig.exact_prompts must be positive or None")
         if self.exact_components is not None and self.exact_components <= 0:
             raise ValueError("CircuitsConfig.exact_components must be positive or None")
+        if self.attribution_steps < 1:
+            steps = self.attribution_steps
+            raise ValueError(f"CircuitsConfig.attribution_steps must be at least 1, got {steps}")
         if not 0 < self.coverage <= 1 or not 0 <= self.enhanced_overlap <= 1:
             raise ValueError("CircuitsConfig.coverage must be in (0, 1], enhanced_overlap in [0, 1]")
 

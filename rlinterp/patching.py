@@ -22,8 +22,12 @@ Invariants (tested):
 - a head's term is taken from the donor *with the donor's* ``W_O``, so patching every
   component of a checkpoint into its base reproduces the checkpoint's logits exactly;
 - patching nothing, or patching a model into itself on the same tokens, changes nothing;
-- attribution patching is the first-order Taylor term of exact patching:
-  ``d metric / d term . (term_donor - term_receiver)``, one backward pass for all components.
+- attribution patching with one step is the first-order Taylor term of exact patching:
+  ``d metric / d term . (term_donor - term_receiver)``, one backward pass for all
+  components; with ``n`` steps it integrates that gradient along the line from the
+  receiver's terms to the donor's, one site at a time, and for a component alone at its
+  site converges to the exact effect (exactly at 2 steps when the metric is quadratic
+  along the line).
 """
 
 from __future__ import annotations
@@ -291,61 +295,104 @@ def attribution(
     donor: Terms,
     comps: Sequence[Component],
     metric: MetricOnLogits,
+    steps: int = 1,
 ) -> Float[Tensor, "batch component"]:
-    """Attribution patching: per prompt and component, the gradient of ``metric`` at the
-    receiver's run dotted with ``donor``'s term minus the receiver's (one backward pass)."""
-    grads, own = _gradients(receiver, tokens, metric, donor.last)
-    columns = []
-    for c in comps:
-        if c.kind == "head":
-            assert c.layer is not None
-            delta = donor.term(c) - own.term(c)
-            g = grads[f"attn{c.layer}"]
-        elif c.kind == "attn_bias":
-            delta = (donor.term(c) - own.term(c)).expand_as(own.embed)
-            g = grads[f"attn{c.layer}"]
-        elif c.kind == "unembed":
-            delta = donor.readout(own.final) - own.logits
-            g = grads["logits"]
-        elif c.kind == "resid":
-            delta = donor.term(c) - own.term(c)
-            g = grads["embed" if c.layer == 0 else f"resid{c.layer}"]
-        else:
-            delta = donor.term(c) - own.term(c)
-            g = grads["embed" if c.kind == "embed" else f"mlp{c.layer}"]
-        columns.append((g * delta).flatten(1).sum(1))
-    return torch.stack(columns, dim=1).detach()
+    """Attribution patching: per prompt and component, a gradient estimate of the effect
+    on ``metric`` of patching the component's term from ``donor`` into ``receiver``'s run
+    on ``tokens``: ``delta . mean_k grad(alpha_k)``, ``delta`` the donor's term minus the
+    receiver's.
+
+    ``steps=1``: the gradient at the receiver's own run, ``alpha = 0`` (plain attribution
+    patching: one forward and backward pass for all components). ``steps=n > 1``:
+    integrated gradients per *site* (``site_of``: the embedding, one block's attention --
+    its heads and bias together --, one MLP, the readout, one residual site): the site's
+    terms are moved ``alpha`` of the way to the donor's with everything downstream
+    recomputed, at the midpoints ``alpha = (k + 1/2) / n``; ``n`` passes per site. For a
+    component alone at its site (an MLP, the embedding, the readout, a head whose
+    layer-mates did not change) this converges to the exact patching effect as ``n``
+    grows; for heads of one layer it converges to each head's share of the layer's joint
+    effect along that line (their interactions are split between them)."""
+    if steps < 1:
+        raise RlinterpError(f"attribution steps must be at least 1, got {steps}")
+    own = run_terms(receiver, tokens, donor.last + 1)
+    deltas = [_delta(c, donor, own) for c in comps]
+    total = torch.zeros(tokens.shape[0], len(comps), device=own.logits.device)
+    runs: list[tuple[str | None, float]] = [(None, 0.0)]
+    if steps > 1:
+        sites = dict.fromkeys(site_of(c) for c in comps)
+        runs = [(site, (k + 0.5) / steps) for site in sites for k in range(steps)]
+    for site, alpha in runs:
+        grads = _gradients(receiver, tokens, metric, donor, site, alpha)
+        for i, c in enumerate(comps):
+            if site is None or site_of(c) == site:
+                total[:, i] += (grads[_grad_key(c)] * deltas[i]).flatten(1).sum(1).detach()
+    return total / steps  # each component summed the gradients of its own site's steps
+
+
+def site_of(c: Component) -> str:
+    """Where ``c`` writes: ``embed``, ``attn{l}`` (heads and bias of block ``l``),
+    ``mlp{l}``, ``logits`` (the readout), ``resid{l}`` or ``resid{l}@last``."""
+    if c.kind == "resid":
+        return f"resid{c.layer}{'@last' if c.last_only else ''}"
+    return _grad_key(c)
+
+
+def _grad_key(c: Component) -> str:
+    """The site whose gradient ``c``'s term difference is dotted with."""
+    if c.kind in ("head", "attn_bias"):
+        return f"attn{c.layer}"
+    if c.kind == "mlp":
+        return f"mlp{c.layer}"
+    if c.kind == "resid":
+        return "embed" if c.layer == 0 else f"resid{c.layer}"
+    return "embed" if c.kind == "embed" else "logits"
+
+
+def _delta(c: Component, donor: Terms, own: Terms) -> Tensor:
+    """``c``'s donor term minus the receiver's, shaped like the gradient at its site."""
+    if c.kind == "attn_bias":
+        return (donor.term(c) - own.term(c)).expand_as(own.embed)
+    if c.kind == "unembed":
+        return donor.readout(own.final) - own.logits
+    return donor.term(c) - own.term(c)
 
 
 def _gradients(
-    model: TransformerBridge, tokens: Tensor, metric: MetricOnLogits, last: Tensor
-) -> tuple[dict[str, Tensor], Terms]:
-    """Gradients of ``metric.sum()`` with respect to every component's output site, and
-    the run's terms. Only activations are differentiated (no weight gradients)."""
-    sites: dict[str, Tensor] = {}
+    model: TransformerBridge,
+    tokens: Tensor,
+    metric: MetricOnLogits,
+    donor: Terms,
+    site: str | None = None,
+    alpha: float = 0.0,
+) -> dict[str, Tensor]:
+    """Gradients of ``metric.sum()`` with respect to every site's value (keys as in
+    ``_grad_key``), on ``model``'s run with ``site``'s terms moved ``alpha`` of the way to
+    ``donor``'s (``None``: the plain run). Only activations are differentiated."""
+    values: dict[str, Tensor] = {}
     z: dict[int, Tensor] = {}
+    n = model.cfg.n_layers
 
-    def root(x: Tensor, hook: HookPoint) -> Tensor:
-        del hook
-        sites["embed"] = x.detach().requires_grad_(True)  # upstream of everything we attribute
-        return sites["embed"]
-
-    def keep(key: str) -> Callable[[Tensor, HookPoint], None]:
-        def hook(x: Tensor, hook: HookPoint) -> None:
+    def keep(key: str) -> Callable[[Tensor, HookPoint], Tensor]:
+        def hook(x: Tensor, hook: HookPoint) -> Tensor:
             del hook
-            sites[key] = x
+            if site is not None and site.removesuffix("@last") == key:
+                step = alpha * (_donor_value(model, donor, key, x, z, values.get(f"resid{n}")) - x)
+                x = x + (step * _last_mask(x, donor.last) if site.endswith("@last") else step)
+            if key == "embed":  # upstream of everything we attribute: the graph's root
+                x = x.detach().requires_grad_(True)
+            values[key] = x
+            return x
 
         return hook
 
     def keep_z(layer: int) -> Callable[[Tensor, HookPoint], None]:
         def hook(x: Tensor, hook: HookPoint) -> None:
             del hook
-            z[layer] = x.detach()
+            z[layer] = x
 
         return hook
 
-    n = model.cfg.n_layers
-    hooks: list[Hook] = [(EMBED, root), (FINAL, keep(f"resid{n}"))]
+    hooks: list[Hook] = [(EMBED, keep("embed")), (FINAL, keep(f"resid{n}")), (LOGITS, keep("logits"))]
     for layer in range(n):
         hooks += [
             (f"blocks.{layer}.attn.hook_z", keep_z(layer)),
@@ -356,24 +403,31 @@ def _gradients(
             hooks.append((f"blocks.{layer}.hook_resid_pre", keep(f"resid{layer}")))
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        sites["logits"] = logits
-        values = metric(logits)
-        keys = list(sites)
-        grads = torch.autograd.grad(values.sum(), [sites[k] for k in keys], allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(sites[k])) for k, g in zip(keys, grads, strict=True)}
-    resid = [sites["embed"], *(sites[f"resid{layer}"] for layer in range(1, n + 1))]
-    own = Terms(
-        model=model,
-        embed=sites["embed"].detach(),
-        heads=[head_terms(model, layer, z[layer]).detach() for layer in range(n)],
-        attn_bias=[_bias(model, layer) for layer in range(n)],
-        mlp=[sites[f"mlp{layer}"].detach() for layer in range(n)],
-        final=sites[f"resid{n}"].detach(),
-        logits=logits.detach(),
-        resid=[r.detach() for r in resid],
-        last=last,
-    )
-    return out, own
+        keys = list(values)
+        grads = torch.autograd.grad(metric(logits).sum(), [values[k] for k in keys], allow_unused=True)
+    return {k: torch.zeros_like(values[k]) if g is None else g for k, g in zip(keys, grads, strict=True)}
+
+
+def _donor_value(
+    model: TransformerBridge, donor: Terms, key: str, x: Tensor, z: dict[int, Tensor], final: Tensor | None
+) -> Tensor:
+    """What site ``key`` holds with its terms taken from ``donor``, in a run of ``model``
+    where it holds ``x`` (the attention swaps heads' terms computed from the live ``z``;
+    the readout reads the live ``final`` residual stream)."""
+    if key == "embed":
+        return donor.embed.to(x.dtype)
+    if key.startswith("attn"):
+        layer = int(key[4:])
+        own = head_terms(model, layer, z[layer]).sum(2)
+        value = x - own + donor.heads[layer].sum(2).to(x.dtype)
+        theirs, ours = donor.attn_bias[layer], _bias(model, layer)
+        return value if theirs is None or ours is None else value + (theirs - ours).to(x.dtype)
+    if key.startswith("mlp"):
+        return donor.mlp[int(key[3:])].to(x.dtype)
+    if key.startswith("resid"):
+        return donor.resid[int(key[5:])].to(x.dtype)
+    assert final is not None  # the readout comes after the final residual stream
+    return donor.readout(final).to(x.dtype)
 
 
 def direct_logit_attribution(
