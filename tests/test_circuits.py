@@ -310,6 +310,7 @@ def test_report_section_escapes_and_draws(planted):
     assert list(heat.x) == ["1"] and "L1.H2" in list(heat.y)
     section = circuits_section(result)
     assert "<b>m</b>" not in section and "&lt;b&gt;m&lt;/b&gt;" in section
+    assert "integrated gradients, 2 interpolation steps per site" in section
 
 
 def test_circuits_cli_on_an_organism(capsys, tmp_path, micro_config):
