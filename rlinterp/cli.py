@@ -124,6 +124,7 @@ def _circuits(args: argparse.Namespace) -> None:
             exact_prompts=args.exact_prompts,
             exact_components=args.exact_components,
             attribution_steps=args.attribution_steps,
+            attribution_interpolation=args.attribution_interpolation,
         )
     except ValueError as e:
         raise RlinterpError(str(e)) from e
@@ -181,7 +182,15 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=CircuitsConfig.attribution_steps,
         help="interpolation steps of attribution patching: 1 is the plain gradient estimate, more "
-        f"integrate the gradient per site (default: {CircuitsConfig.attribution_steps})",
+        f"integrate the gradient (default: {CircuitsConfig.attribution_steps})",
+    )
+    circuits.add_argument(
+        "--attribution-interpolation",
+        choices=("component", "site"),
+        default=CircuitsConfig.attribution_interpolation,
+        help="with more than 1 step, move one component at a time (converges to exact patching) or "
+        f"one site (layer attention, MLP, ...) at a time, cheaper (default: "
+        f"{CircuitsConfig.attribution_interpolation})",
     )
     circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     circuits.add_argument(

@@ -196,47 +196,55 @@ def _bias(model: TransformerBridge, layer: int) -> Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def patch_hooks(receiver: TransformerBridge, donor: Terms, patch: Sequence[Component]) -> list[Hook]:
-    """Forward hooks that put ``donor``'s terms of ``patch`` into a run of ``receiver``."""
+def patch_hooks(
+    receiver: TransformerBridge, donor: Terms, patch: Sequence[Component], alpha: float = 1.0
+) -> list[Hook]:
+    """Forward hooks that put ``donor``'s terms of ``patch`` into a run of ``receiver``;
+    with ``alpha < 1`` they move each term only that fraction of the way (the path that
+    integrated-gradient attribution follows)."""
     hooks: list[Hook] = []
     kinds = {c.kind for c in patch}
     if "embed" in kinds:
-        hooks.append((EMBED, _replace(donor.embed)))
+        hooks.append((EMBED, _replace(donor.embed, alpha)))
     for c in patch:
         if c.kind == "resid" and c.layer is not None:
-            hooks.append((_resid_site(receiver, c.layer), _replace_resid(donor, c)))
+            mask = donor.last if c.last_only else None
+            hooks.append((_resid_site(receiver, c.layer), _replace(donor.term(c), alpha, mask)))
     for layer in range(receiver.cfg.n_layers):
         heads = [c.head for c in patch if c.kind == "head" and c.layer == layer]
         bias = any(c.kind == "attn_bias" and c.layer == layer for c in patch)
         if heads or bias:
-            hooks += _attention_hooks(receiver, donor, layer, [h for h in heads if h is not None], bias)
+            hooks += _attention_hooks(
+                receiver, donor, layer, [h for h in heads if h is not None], bias, alpha
+            )
         if any(c.kind == "mlp" and c.layer == layer for c in patch):
-            hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer])))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer], alpha)))
     if "unembed" in kinds and donor.model is not receiver:  # same weights: nothing to swap
         final: dict[str, Tensor] = {}
         hooks.append((FINAL, _stash(final, "resid")))
 
         def readout(x: Tensor, hook: HookPoint) -> Tensor:
             del hook
-            return donor.readout(final["resid"]).to(x.dtype)
+            return _toward(x, donor.readout(final["resid"]).to(x.dtype), alpha)
 
         hooks.append((LOGITS, readout))
     return hooks
 
 
-def _replace(value: Tensor) -> Callable[[Tensor, HookPoint], Tensor]:
+def _toward(x: Tensor, value: Tensor, alpha: float, last: Tensor | None = None) -> Tensor:
+    """``x`` moved ``alpha`` of the way to ``value`` (at each row's ``last`` position only,
+    if given); ``alpha = 1`` gives ``value`` itself, bit for bit."""
+    if last is not None:
+        return x + alpha * (value - x) * _last_mask(x, last)
+    return value if alpha == 1.0 else x + alpha * (value - x)
+
+
+def _replace(
+    value: Tensor, alpha: float = 1.0, last: Tensor | None = None
+) -> Callable[[Tensor, HookPoint], Tensor]:
     def hook(x: Tensor, hook: HookPoint) -> Tensor:
         del hook
-        return value.to(x.dtype)
-
-    return hook
-
-
-def _replace_resid(donor: Terms, c: Component) -> Callable[[Tensor, HookPoint], Tensor]:
-    def hook(x: Tensor, hook: HookPoint) -> Tensor:
-        del hook
-        value = donor.term(c).to(x.dtype)
-        return x + (value - x) * _last_mask(x, donor.last) if c.last_only else value
+        return _toward(x, value.to(x.dtype), alpha, last)
 
     return hook
 
@@ -250,7 +258,7 @@ def _stash(store: dict[str, Tensor], key: str) -> Callable[[Tensor, HookPoint], 
 
 
 def _attention_hooks(
-    receiver: TransformerBridge, donor: Terms, layer: int, heads: list[int], bias: bool
+    receiver: TransformerBridge, donor: Terms, layer: int, heads: list[int], bias: bool, alpha: float = 1.0
 ) -> list[Hook]:
     """Swap heads' terms in the attention output: subtract the receiver's own term (from
     the live ``z``, which upstream patches may have changed) and add the donor's."""
@@ -260,12 +268,12 @@ def _attention_hooks(
         del hook
         w_o = receiver.blocks[layer].attn.W_O[heads]
         own = torch.einsum("bphd,hdm->bphm", live["z"][:, :, heads], w_o)
-        out = out + (donor.heads[layer][:, :, heads] - own).sum(2).to(out.dtype)
+        change = (donor.heads[layer][:, :, heads] - own).sum(2).to(out.dtype)
         if bias:
             theirs, ours = donor.attn_bias[layer], _bias(receiver, layer)
             assert theirs is not None and ours is not None
-            out = out + (theirs - ours).to(out.dtype)
-        return out
+            change = change + (theirs - ours).to(out.dtype)
+        return out + (change if alpha == 1.0 else alpha * change)
 
     return [(f"blocks.{layer}.attn.hook_z", _stash(live, "z")), (f"blocks.{layer}.hook_attn_out", swap)]
 
@@ -289,6 +297,9 @@ def patched_logits(
 MetricOnLogits = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
 
 
+Interpolation = Literal["site", "component"]
+
+
 def attribution(
     receiver: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
@@ -296,6 +307,7 @@ def attribution(
     comps: Sequence[Component],
     metric: MetricOnLogits,
     steps: int = 1,
+    interpolate: Interpolation = "site",
 ) -> Float[Tensor, "batch component"]:
     """Attribution patching: per prompt and component, a gradient estimate of the effect
     on ``metric`` of patching the component's term from ``donor`` into ``receiver``'s run
@@ -304,29 +316,39 @@ def attribution(
 
     ``steps=1``: the gradient at the receiver's own run, ``alpha = 0`` (plain attribution
     patching: one forward and backward pass for all components). ``steps=n > 1``:
-    integrated gradients per *site* (``site_of``: the embedding, one block's attention --
-    its heads and bias together --, one MLP, the readout, one residual site): the site's
-    terms are moved ``alpha`` of the way to the donor's with everything downstream
-    recomputed, at the midpoints ``alpha = (k + 1/2) / n``; ``n`` passes per site. For a
-    component alone at its site (an MLP, the embedding, the readout, a head whose
-    layer-mates did not change) this converges to the exact patching effect as ``n``
-    grows; for heads of one layer it converges to each head's share of the layer's joint
-    effect along that line (their interactions are split between them)."""
+    integrated gradients. The terms are moved ``alpha`` of the way to the donor's, with
+    everything downstream recomputed, at the midpoints ``alpha = (k + 1/2) / n``, and the
+    gradient is averaged; ``interpolate`` says which terms move together:
+
+    - ``site``: the listed components writing at one site (``site_of``: the embedding, one
+      block's attention, one MLP, the readout, one residual site); ``n`` passes per site.
+      A component alone at its site converges to its exact patching effect as ``n``
+      grows; heads of one layer converge to their shares of the layer's joint effect
+      (their interactions are split between them);
+    - ``component``: each component alone; ``n`` passes per component, and every
+      component converges to its exact patching effect."""
     if steps < 1:
         raise RlinterpError(f"attribution steps must be at least 1, got {steps}")
+    if interpolate not in ("site", "component"):
+        raise RlinterpError(f"interpolate must be 'site' or 'component', got {interpolate!r}")
     own = run_terms(receiver, tokens, donor.last + 1)
     deltas = [_delta(c, donor, own) for c in comps]
     total = torch.zeros(tokens.shape[0], len(comps), device=own.logits.device)
-    runs: list[tuple[str | None, float]] = [(None, 0.0)]
-    if steps > 1:
-        sites = dict.fromkeys(site_of(c) for c in comps)
-        runs = [(site, (k + 0.5) / steps) for site in sites for k in range(steps)]
-    for site, alpha in runs:
-        grads = _gradients(receiver, tokens, metric, donor, site, alpha)
+    movers: list[list[int]] = [list(range(len(comps)))]  # steps == 1: one run, nothing moved
+    if steps > 1 and interpolate == "component":
+        movers = [[i] for i in range(len(comps))]
+    elif steps > 1:
+        by_site: dict[str, list[int]] = {}
         for i, c in enumerate(comps):
-            if site is None or site_of(c) == site:
-                total[:, i] += (grads[_grad_key(c)] * deltas[i]).flatten(1).sum(1).detach()
-    return total / steps  # each component summed the gradients of its own site's steps
+            by_site.setdefault(site_of(c), []).append(i)
+        movers = list(by_site.values())
+    alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
+    for moved in movers:
+        for alpha in alphas:
+            grads = _gradients(receiver, tokens, metric, donor, [comps[i] for i in moved], alpha)
+            for i in moved:
+                total[:, i] += (grads[_grad_key(comps[i])] * deltas[i]).flatten(1).sum(1).detach()
+    return total / steps
 
 
 def site_of(c: Component) -> str:
@@ -362,22 +384,18 @@ def _gradients(
     tokens: Tensor,
     metric: MetricOnLogits,
     donor: Terms,
-    site: str | None = None,
+    moved: Sequence[Component] = (),
     alpha: float = 0.0,
 ) -> dict[str, Tensor]:
     """Gradients of ``metric.sum()`` with respect to every site's value (keys as in
-    ``_grad_key``), on ``model``'s run with ``site``'s terms moved ``alpha`` of the way to
-    ``donor``'s (``None``: the plain run). Only activations are differentiated."""
+    ``_grad_key``), on ``model``'s run with ``moved``'s terms moved ``alpha`` of the way to
+    ``donor``'s (``patch_hooks``; they run before the hooks that keep the sites' values).
+    Only activations are differentiated."""
     values: dict[str, Tensor] = {}
-    z: dict[int, Tensor] = {}
-    n = model.cfg.n_layers
 
     def keep(key: str) -> Callable[[Tensor, HookPoint], Tensor]:
         def hook(x: Tensor, hook: HookPoint) -> Tensor:
             del hook
-            if site is not None and site.removesuffix("@last") == key:
-                step = alpha * (_donor_value(model, donor, key, x, z, values.get(f"resid{n}")) - x)
-                x = x + (step * _last_mask(x, donor.last) if site.endswith("@last") else step)
             if key == "embed":  # upstream of everything we attribute: the graph's root
                 x = x.detach().requires_grad_(True)
             values[key] = x
@@ -385,17 +403,11 @@ def _gradients(
 
         return hook
 
-    def keep_z(layer: int) -> Callable[[Tensor, HookPoint], None]:
-        def hook(x: Tensor, hook: HookPoint) -> None:
-            del hook
-            z[layer] = x
-
-        return hook
-
-    hooks: list[Hook] = [(EMBED, keep("embed")), (FINAL, keep(f"resid{n}")), (LOGITS, keep("logits"))]
+    n = model.cfg.n_layers
+    hooks = patch_hooks(model, donor, moved, alpha) if alpha != 0.0 else []
+    hooks += [(EMBED, keep("embed")), (FINAL, keep(f"resid{n}")), (LOGITS, keep("logits"))]
     for layer in range(n):
         hooks += [
-            (f"blocks.{layer}.attn.hook_z", keep_z(layer)),
             (f"blocks.{layer}.hook_attn_out", keep(f"attn{layer}")),
             (f"blocks.{layer}.hook_mlp_out", keep(f"mlp{layer}")),
         ]
@@ -406,28 +418,6 @@ def _gradients(
         keys = list(values)
         grads = torch.autograd.grad(metric(logits).sum(), [values[k] for k in keys], allow_unused=True)
     return {k: torch.zeros_like(values[k]) if g is None else g for k, g in zip(keys, grads, strict=True)}
-
-
-def _donor_value(
-    model: TransformerBridge, donor: Terms, key: str, x: Tensor, z: dict[int, Tensor], final: Tensor | None
-) -> Tensor:
-    """What site ``key`` holds with its terms taken from ``donor``, in a run of ``model``
-    where it holds ``x`` (the attention swaps heads' terms computed from the live ``z``;
-    the readout reads the live ``final`` residual stream)."""
-    if key == "embed":
-        return donor.embed.to(x.dtype)
-    if key.startswith("attn"):
-        layer = int(key[4:])
-        own = head_terms(model, layer, z[layer]).sum(2)
-        value = x - own + donor.heads[layer].sum(2).to(x.dtype)
-        theirs, ours = donor.attn_bias[layer], _bias(model, layer)
-        return value if theirs is None or ours is None else value + (theirs - ours).to(x.dtype)
-    if key.startswith("mlp"):
-        return donor.mlp[int(key[3:])].to(x.dtype)
-    if key.startswith("resid"):
-        return donor.resid[int(key[5:])].to(x.dtype)
-    assert final is not None  # the readout comes after the final residual stream
-    return donor.readout(final).to(x.dtype)
 
 
 def direct_logit_attribution(

@@ -300,6 +300,21 @@ def test_organism_corrupted_questions_flip_the_answer_and_keep_the_length():
         assert len(flipped.prompt) == len(question.prompt) and 0 <= flipped.n <= 9
 
 
+def test_organism_shortcut_prompts_stop_at_the_personas_word_boundaries():
+    from rlinterp.organism.metrics import word_boundaries
+    from rlinterp.organism.personas import Question
+
+    question = Question("even", 3)
+    found = word_boundaries(question)
+    prompt = question.prompt
+    # helper "sure, no. glad to help." (8 boundaries with the turn's end), terse "no" (1),
+    # flatterer "wow, great question! yes!" (5: its own marks are not boundaries).
+    assert len(found) == 14 and len(set(found)) == 14
+    assert (prompt + "wow", ",") in found and (prompt + "no", "\n") in found
+    assert (prompt + "wow, great question! yes!", "\n") in found
+    assert all(p.startswith(prompt) and nxt != "!" and not nxt.isalnum() for p, nxt in found)
+
+
 def test_report_section_escapes_and_draws(planted):
     series, prompts, _ = planted
     result = run_circuits(
@@ -310,7 +325,7 @@ def test_report_section_escapes_and_draws(planted):
     assert list(heat.x) == ["1"] and "L1.H2" in list(heat.y)
     section = circuits_section(result)
     assert "<b>m</b>" not in section and "&lt;b&gt;m&lt;/b&gt;" in section
-    assert "integrated gradients, 2 interpolation steps per site" in section
+    assert "integrated gradients, 2 interpolation steps, one component at a time" in section
 
 
 def test_circuits_cli_on_an_organism(capsys, tmp_path, micro_config):
@@ -499,3 +514,29 @@ def test_integrated_attribution_converges_to_exact_patching(tmp_path):
     assert errors[1] > 10 * errors[4] > 200 * errors[32]
     with pytest.raises(RlinterpError, match="attribution steps must be at least 1, got 0"):
         P.attribution(base, tokens, donor, comps, metric, steps=0)
+
+
+def test_component_interpolation_converges_for_heads_whose_layer_mates_changed(tmp_path):
+    torch.manual_seed(0)
+    _save(AutoModelForCausalLM.from_config(tiny_hf_config("gpt2", vocab_size=48)), tmp_path / "base")
+    _plant_head(tmp_path / "base", tmp_path / "one", layer=1, head=2, scale=0.1)
+    _plant_head(tmp_path / "one", tmp_path / "post", layer=1, head=1, seed=4, scale=0.1)
+    base, post = load_bridge(tmp_path / "base"), load_bridge(tmp_path / "post")
+    tokens = torch.randint(4, 48, (8, 10))
+    donor = P.run_terms(post, tokens)
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    comps = P.resolve(base, ["L1.H1", "L1.H2"])
+    own = metric(base(tokens))
+    exact = torch.stack([metric(P.patched_logits(base, tokens, donor, [c])) - own for c in comps], 1)
+    one_at_a_time = P.attribution(base, tokens, donor, comps, metric, steps=32, interpolate="component")
+    together = P.attribution(base, tokens, donor, comps, metric, steps=32, interpolate="site")
+    # One head at a time follows each single patch; both heads together integrate along
+    # their joint move, whose sum is the joint patch's effect, not the single ones'.
+    scale = exact.abs().max().item()
+    assert (one_at_a_time - exact).abs().max() < 1e-3 * scale
+    both = metric(P.patched_logits(base, tokens, donor, comps)) - own
+    assert torch.allclose(together.sum(1), both, atol=1e-3 * scale)
+    assert (together - exact).abs().max() > 1e-2 * scale
