@@ -13,6 +13,9 @@ behaviour metric (``metrics``) and every model of the series it measures, per co
   checkpoint -> base (*sufficiency*: fraction of the checkpoint's metric change that one
   component recovers) and base -> checkpoint (*necessity*: fraction the checkpoint loses
   without it), exact and by attribution;
+- **agreement** of attribution patching (``attribution_steps``-point integrated gradients,
+  one component or one site at a time, or the plain gradient estimate at 1 step) with
+  exact patching, per setting: rank correlation over components on the exact prompts;
 - **concentration**: the fewest top components (ranked by sufficiency) whose *joint*
   checkpoint -> base patch recovers ``coverage`` of the change;
 - **attention-pattern change** of every head (total variation between base and checkpoint
@@ -172,7 +175,10 @@ def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.D
         batches = (ctx.device(ctx.prompts.batch(idx)) for idx in ctx.batches())
         frames["attention"] = attention_change(base, model, batches, ctx.series.tokenizer()).assign(**meta)
     if agreement:
-        frames["agreement"] = pd.DataFrame(agreement)
+        frames["agreement"] = pd.DataFrame(agreement).assign(
+            attribution_steps=ctx.config.attribution_steps,
+            attribution_interpolation=ctx.config.attribution_interpolation,
+        )
     return frames
 
 
@@ -221,7 +227,9 @@ def _patch_setting(
     attributions, gaps = [], []
     for batch, receiver_tokens, donor_terms in _runs(ctx, donor, setting, exact_only=False):
         metric = partial(ctx.metric, batch=batch)  # clean targets score corrupted runs too
-        attributions.append(attribution(receiver, receiver_tokens, donor_terms, comps, metric).float().cpu())
+        steps, path = ctx.config.attribution_steps, ctx.config.attribution_interpolation
+        found = attribution(receiver, receiver_tokens, donor_terms, comps, metric, steps, path)
+        attributions.append(found.float().cpu())
         with torch.no_grad():
             gaps.append(ctx.score(donor_terms.logits, batch) - ctx.score(receiver(receiver_tokens), batch))
     estimate = torch.cat(attributions)

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from .artifacts import atomic_write
 
 if TYPE_CHECKING:
-    from .circuits_result import CircuitsResult
+    from .circuits_result import CircuitsConfig, CircuitsResult
 
 
 def component_heatmap(
@@ -117,6 +117,18 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _estimator(config: CircuitsConfig) -> str:
+    if config.attribution_steps == 1:
+        return "Attribution patching: the plain gradient estimate at the receiver's run (1 step)."
+    moved = (
+        "one component at a time"
+        if config.attribution_interpolation == "component"
+        else "one site (embedding, layer attention, MLP, readout, residual site) at a time"
+    )
+    steps = config.attribution_steps
+    return f"Attribution patching: integrated gradients, {steps} interpolation steps, {moved}."
+
+
 def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> str:
     """The circuits part of a report as an HTML fragment."""
     steps = result.steps()
@@ -164,7 +176,8 @@ def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> 
         "recovers the coverage target; base_used: the components the base ranks highest for the "
         "behaviour (same number). overlap vs chance_overlap is the evidence.</p>"
         f"{verdicts}<h3>Top components per step</h3>{tops}"
-        f"<h3>Attribution patching vs exact patching (rank correlation over components)</h3>{agreement}"
+        f"<h3>Attribution patching vs exact patching (rank correlation over components)</h3>"
+        f"<p>{html.escape(_estimator(result.config))}</p>{agreement}"
         f"<h3>Heads whose attention at the answer position changed most</h3>{attention_rows}{plots}"
     )
 

@@ -137,6 +137,8 @@ def _circuits(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             exact_prompts=args.exact_prompts,
             exact_components=args.exact_components,
+            attribution_steps=args.attribution_steps,
+            attribution_interpolation=args.attribution_interpolation,
         )
     except ValueError as e:
         raise RlinterpError(str(e)) from e
@@ -148,6 +150,8 @@ def _circuits(args: argparse.Namespace) -> None:
 
 
 def _add_circuits(commands: argparse._SubParsersAction) -> None:
+    from .circuits_result import CircuitsConfig
+
     circuits = commands.add_parser(
         "circuits",
         help="which components carry a behaviour change: patching and attribution per step",
@@ -186,6 +190,21 @@ def _add_circuits(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="exact-patch only the N components with the largest attribution (default: all)",
+    )
+    circuits.add_argument(
+        "--attribution-steps",
+        type=int,
+        default=CircuitsConfig.attribution_steps,
+        help="interpolation steps of attribution patching: 1 is the plain gradient estimate, more "
+        f"integrate the gradient (default: {CircuitsConfig.attribution_steps})",
+    )
+    circuits.add_argument(
+        "--attribution-interpolation",
+        choices=("component", "site"),
+        default=CircuitsConfig.attribution_interpolation,
+        help="with more than 1 step, move one component at a time (converges to exact patching) or "
+        f"one site (layer attention, MLP, ...) at a time, cheaper (default: "
+        f"{CircuitsConfig.attribution_interpolation})",
     )
     circuits.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     circuits.add_argument(

@@ -22,8 +22,12 @@ Invariants (tested):
 - a head's term is taken from the donor *with the donor's* ``W_O``, so patching every
   component of a checkpoint into its base reproduces the checkpoint's logits exactly;
 - patching nothing, or patching a model into itself on the same tokens, changes nothing;
-- attribution patching is the first-order Taylor term of exact patching:
-  ``d metric / d term . (term_donor - term_receiver)``, one backward pass for all components.
+- attribution patching with one step is the first-order Taylor term of exact patching:
+  ``d metric / d term . (term_donor - term_receiver)``, one backward pass for all
+  components; with ``n`` steps it integrates that gradient along the line from the
+  receiver's terms to the donor's, one site at a time, and for a component alone at its
+  site converges to the exact effect (exactly at 2 steps when the metric is quadratic
+  along the line).
 """
 
 from __future__ import annotations
@@ -192,47 +196,55 @@ def _bias(model: TransformerBridge, layer: int) -> Tensor | None:
     return None if bias is None else bias.detach()
 
 
-def patch_hooks(receiver: TransformerBridge, donor: Terms, patch: Sequence[Component]) -> list[Hook]:
-    """Forward hooks that put ``donor``'s terms of ``patch`` into a run of ``receiver``."""
+def patch_hooks(
+    receiver: TransformerBridge, donor: Terms, patch: Sequence[Component], alpha: float = 1.0
+) -> list[Hook]:
+    """Forward hooks that put ``donor``'s terms of ``patch`` into a run of ``receiver``;
+    with ``alpha < 1`` they move each term only that fraction of the way (the path that
+    integrated-gradient attribution follows)."""
     hooks: list[Hook] = []
     kinds = {c.kind for c in patch}
     if "embed" in kinds:
-        hooks.append((EMBED, _replace(donor.embed)))
+        hooks.append((EMBED, _replace(donor.embed, alpha)))
     for c in patch:
         if c.kind == "resid" and c.layer is not None:
-            hooks.append((_resid_site(receiver, c.layer), _replace_resid(donor, c)))
+            mask = donor.last if c.last_only else None
+            hooks.append((_resid_site(receiver, c.layer), _replace(donor.term(c), alpha, mask)))
     for layer in range(receiver.cfg.n_layers):
         heads = [c.head for c in patch if c.kind == "head" and c.layer == layer]
         bias = any(c.kind == "attn_bias" and c.layer == layer for c in patch)
         if heads or bias:
-            hooks += _attention_hooks(receiver, donor, layer, [h for h in heads if h is not None], bias)
+            hooks += _attention_hooks(
+                receiver, donor, layer, [h for h in heads if h is not None], bias, alpha
+            )
         if any(c.kind == "mlp" and c.layer == layer for c in patch):
-            hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer])))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", _replace(donor.mlp[layer], alpha)))
     if "unembed" in kinds and donor.model is not receiver:  # same weights: nothing to swap
         final: dict[str, Tensor] = {}
         hooks.append((FINAL, _stash(final, "resid")))
 
         def readout(x: Tensor, hook: HookPoint) -> Tensor:
             del hook
-            return donor.readout(final["resid"]).to(x.dtype)
+            return _toward(x, donor.readout(final["resid"]).to(x.dtype), alpha)
 
         hooks.append((LOGITS, readout))
     return hooks
 
 
-def _replace(value: Tensor) -> Callable[[Tensor, HookPoint], Tensor]:
+def _toward(x: Tensor, value: Tensor, alpha: float, last: Tensor | None = None) -> Tensor:
+    """``x`` moved ``alpha`` of the way to ``value`` (at each row's ``last`` position only,
+    if given); ``alpha = 1`` gives ``value`` itself, bit for bit."""
+    if last is not None:
+        return x + alpha * (value - x) * _last_mask(x, last)
+    return value if alpha == 1.0 else x + alpha * (value - x)
+
+
+def _replace(
+    value: Tensor, alpha: float = 1.0, last: Tensor | None = None
+) -> Callable[[Tensor, HookPoint], Tensor]:
     def hook(x: Tensor, hook: HookPoint) -> Tensor:
         del hook
-        return value.to(x.dtype)
-
-    return hook
-
-
-def _replace_resid(donor: Terms, c: Component) -> Callable[[Tensor, HookPoint], Tensor]:
-    def hook(x: Tensor, hook: HookPoint) -> Tensor:
-        del hook
-        value = donor.term(c).to(x.dtype)
-        return x + (value - x) * _last_mask(x, donor.last) if c.last_only else value
+        return _toward(x, value.to(x.dtype), alpha, last)
 
     return hook
 
@@ -246,7 +258,7 @@ def _stash(store: dict[str, Tensor], key: str) -> Callable[[Tensor, HookPoint], 
 
 
 def _attention_hooks(
-    receiver: TransformerBridge, donor: Terms, layer: int, heads: list[int], bias: bool
+    receiver: TransformerBridge, donor: Terms, layer: int, heads: list[int], bias: bool, alpha: float = 1.0
 ) -> list[Hook]:
     """Swap heads' terms in the attention output: subtract the receiver's own term (from
     the live ``z``, which upstream patches may have changed) and add the donor's."""
@@ -256,12 +268,12 @@ def _attention_hooks(
         del hook
         w_o = receiver.blocks[layer].attn.W_O[heads]
         own = torch.einsum("bphd,hdm->bphm", live["z"][:, :, heads], w_o)
-        out = out + (donor.heads[layer][:, :, heads] - own).sum(2).to(out.dtype)
+        change = (donor.heads[layer][:, :, heads] - own).sum(2).to(out.dtype)
         if bias:
             theirs, ours = donor.attn_bias[layer], _bias(receiver, layer)
             assert theirs is not None and ours is not None
-            out = out + (theirs - ours).to(out.dtype)
-        return out
+            change = change + (theirs - ours).to(out.dtype)
+        return out + (change if alpha == 1.0 else alpha * change)
 
     return [(f"blocks.{layer}.attn.hook_z", _stash(live, "z")), (f"blocks.{layer}.hook_attn_out", swap)]
 
@@ -285,70 +297,117 @@ def patched_logits(
 MetricOnLogits = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
 
 
+Interpolation = Literal["site", "component"]
+
+
 def attribution(
     receiver: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
     donor: Terms,
     comps: Sequence[Component],
     metric: MetricOnLogits,
+    steps: int = 1,
+    interpolate: Interpolation = "site",
 ) -> Float[Tensor, "batch component"]:
-    """Attribution patching: per prompt and component, the gradient of ``metric`` at the
-    receiver's run dotted with ``donor``'s term minus the receiver's (one backward pass)."""
-    grads, own = _gradients(receiver, tokens, metric, donor.last)
-    columns = []
-    for c in comps:
-        if c.kind == "head":
-            assert c.layer is not None
-            delta = donor.term(c) - own.term(c)
-            g = grads[f"attn{c.layer}"]
-        elif c.kind == "attn_bias":
-            delta = (donor.term(c) - own.term(c)).expand_as(own.embed)
-            g = grads[f"attn{c.layer}"]
-        elif c.kind == "unembed":
-            delta = donor.readout(own.final) - own.logits
-            g = grads["logits"]
-        elif c.kind == "resid":
-            delta = donor.term(c) - own.term(c)
-            g = grads["embed" if c.layer == 0 else f"resid{c.layer}"]
-        else:
-            delta = donor.term(c) - own.term(c)
-            g = grads["embed" if c.kind == "embed" else f"mlp{c.layer}"]
-        columns.append((g * delta).flatten(1).sum(1))
-    return torch.stack(columns, dim=1).detach()
+    """Attribution patching: per prompt and component, a gradient estimate of the effect
+    on ``metric`` of patching the component's term from ``donor`` into ``receiver``'s run
+    on ``tokens``: ``delta . mean_k grad(alpha_k)``, ``delta`` the donor's term minus the
+    receiver's.
+
+    ``steps=1``: the gradient at the receiver's own run, ``alpha = 0`` (plain attribution
+    patching: one forward and backward pass for all components). ``steps=n > 1``:
+    integrated gradients. The terms are moved ``alpha`` of the way to the donor's, with
+    everything downstream recomputed, at the midpoints ``alpha = (k + 1/2) / n``, and the
+    gradient is averaged; ``interpolate`` says which terms move together:
+
+    - ``site``: the listed components writing at one site (``site_of``: the embedding, one
+      block's attention, one MLP, the readout, one residual site); ``n`` passes per site.
+      A component alone at its site converges to its exact patching effect as ``n``
+      grows; heads of one layer converge to their shares of the layer's joint effect
+      (their interactions are split between them);
+    - ``component``: each component alone; ``n`` passes per component, and every
+      component converges to its exact patching effect."""
+    if steps < 1:
+        raise RlinterpError(f"attribution steps must be at least 1, got {steps}")
+    if interpolate not in ("site", "component"):
+        raise RlinterpError(f"interpolate must be 'site' or 'component', got {interpolate!r}")
+    own = run_terms(receiver, tokens, donor.last + 1)
+    deltas = [_delta(c, donor, own) for c in comps]
+    total = torch.zeros(tokens.shape[0], len(comps), device=own.logits.device)
+    movers: list[list[int]] = [list(range(len(comps)))]  # steps == 1: one run, nothing moved
+    if steps > 1 and interpolate == "component":
+        movers = [[i] for i in range(len(comps))]
+    elif steps > 1:
+        by_site: dict[str, list[int]] = {}
+        for i, c in enumerate(comps):
+            by_site.setdefault(site_of(c), []).append(i)
+        movers = list(by_site.values())
+    alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
+    for moved in movers:
+        for alpha in alphas:
+            grads = _gradients(receiver, tokens, metric, donor, [comps[i] for i in moved], alpha)
+            for i in moved:
+                total[:, i] += (grads[_grad_key(comps[i])] * deltas[i]).flatten(1).sum(1).detach()
+    return total / steps
+
+
+def site_of(c: Component) -> str:
+    """Where ``c`` writes: ``embed``, ``attn{l}`` (heads and bias of block ``l``),
+    ``mlp{l}``, ``logits`` (the readout), ``resid{l}`` or ``resid{l}@last``."""
+    if c.kind == "resid":
+        return f"resid{c.layer}{'@last' if c.last_only else ''}"
+    return _grad_key(c)
+
+
+def _grad_key(c: Component) -> str:
+    """The site whose gradient ``c``'s term difference is dotted with."""
+    if c.kind in ("head", "attn_bias"):
+        return f"attn{c.layer}"
+    if c.kind == "mlp":
+        return f"mlp{c.layer}"
+    if c.kind == "resid":
+        return "embed" if c.layer == 0 else f"resid{c.layer}"
+    return "embed" if c.kind == "embed" else "logits"
+
+
+def _delta(c: Component, donor: Terms, own: Terms) -> Tensor:
+    """``c``'s donor term minus the receiver's, shaped like the gradient at its site."""
+    if c.kind == "attn_bias":
+        return (donor.term(c) - own.term(c)).expand_as(own.embed)
+    if c.kind == "unembed":
+        return donor.readout(own.final) - own.logits
+    return donor.term(c) - own.term(c)
 
 
 def _gradients(
-    model: TransformerBridge, tokens: Tensor, metric: MetricOnLogits, last: Tensor
-) -> tuple[dict[str, Tensor], Terms]:
-    """Gradients of ``metric.sum()`` with respect to every component's output site, and
-    the run's terms. Only activations are differentiated (no weight gradients)."""
-    sites: dict[str, Tensor] = {}
-    z: dict[int, Tensor] = {}
+    model: TransformerBridge,
+    tokens: Tensor,
+    metric: MetricOnLogits,
+    donor: Terms,
+    moved: Sequence[Component] = (),
+    alpha: float = 0.0,
+) -> dict[str, Tensor]:
+    """Gradients of ``metric.sum()`` with respect to every site's value (keys as in
+    ``_grad_key``), on ``model``'s run with ``moved``'s terms moved ``alpha`` of the way to
+    ``donor``'s (``patch_hooks``; they run before the hooks that keep the sites' values).
+    Only activations are differentiated."""
+    values: dict[str, Tensor] = {}
 
-    def root(x: Tensor, hook: HookPoint) -> Tensor:
-        del hook
-        sites["embed"] = x.detach().requires_grad_(True)  # upstream of everything we attribute
-        return sites["embed"]
-
-    def keep(key: str) -> Callable[[Tensor, HookPoint], None]:
-        def hook(x: Tensor, hook: HookPoint) -> None:
+    def keep(key: str) -> Callable[[Tensor, HookPoint], Tensor]:
+        def hook(x: Tensor, hook: HookPoint) -> Tensor:
             del hook
-            sites[key] = x
-
-        return hook
-
-    def keep_z(layer: int) -> Callable[[Tensor, HookPoint], None]:
-        def hook(x: Tensor, hook: HookPoint) -> None:
-            del hook
-            z[layer] = x.detach()
+            if key == "embed":  # upstream of everything we attribute: the graph's root
+                x = x.detach().requires_grad_(True)
+            values[key] = x
+            return x
 
         return hook
 
     n = model.cfg.n_layers
-    hooks: list[Hook] = [(EMBED, root), (FINAL, keep(f"resid{n}"))]
+    hooks = patch_hooks(model, donor, moved, alpha) if alpha != 0.0 else []
+    hooks += [(EMBED, keep("embed")), (FINAL, keep(f"resid{n}")), (LOGITS, keep("logits"))]
     for layer in range(n):
         hooks += [
-            (f"blocks.{layer}.attn.hook_z", keep_z(layer)),
             (f"blocks.{layer}.hook_attn_out", keep(f"attn{layer}")),
             (f"blocks.{layer}.hook_mlp_out", keep(f"mlp{layer}")),
         ]
@@ -356,24 +415,9 @@ def _gradients(
             hooks.append((f"blocks.{layer}.hook_resid_pre", keep(f"resid{layer}")))
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        sites["logits"] = logits
-        values = metric(logits)
-        keys = list(sites)
-        grads = torch.autograd.grad(values.sum(), [sites[k] for k in keys], allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(sites[k])) for k, g in zip(keys, grads, strict=True)}
-    resid = [sites["embed"], *(sites[f"resid{layer}"] for layer in range(1, n + 1))]
-    own = Terms(
-        model=model,
-        embed=sites["embed"].detach(),
-        heads=[head_terms(model, layer, z[layer]).detach() for layer in range(n)],
-        attn_bias=[_bias(model, layer) for layer in range(n)],
-        mlp=[sites[f"mlp{layer}"].detach() for layer in range(n)],
-        final=sites[f"resid{n}"].detach(),
-        logits=logits.detach(),
-        resid=[r.detach() for r in resid],
-        last=last,
-    )
-    return out, own
+        keys = list(values)
+        grads = torch.autograd.grad(metric(logits).sum(), [values[k] for k in keys], allow_unused=True)
+    return {k: torch.zeros_like(values[k]) if g is None else g for k, g in zip(keys, grads, strict=True)}
 
 
 def direct_logit_attribution(

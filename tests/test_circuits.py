@@ -16,6 +16,7 @@ from rlinterp.attention_change import attention_change
 from rlinterp.circuits import CircuitsConfig, CircuitsResult, run_circuits
 from rlinterp.circuits_report import circuits_figures, circuits_section
 from rlinterp.metrics import BehaviourMetric, BehaviourPrompts, MetricBatch
+from rlinterp.organism.metrics import organism_behaviour
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.organism.personas import all_questions
 
@@ -110,9 +111,10 @@ def test_direct_logit_attribution_sums_to_a_bias_free_metric(tmp_path):
     assert torch.allclose(dla.sum(1), metric(bridge(tokens)), atol=1e-5)
 
 
-def _plant_head(base_dir, out_dir, layer: int, head: int, seed: int = 3) -> None:
+def _plant_head(base_dir, out_dir, layer: int, head: int, seed: int = 3, scale: float = 1.0) -> None:
     """A copy of ``base_dir`` whose attention head (``layer``, ``head``) has new value and
-    output weights; every other parameter is bit-identical."""
+    output weights (standard normal times ``scale``); every other parameter is
+    bit-identical."""
     state = load_file(str(base_dir / "model.safetensors"))
     config = json.loads((base_dir / "config.json").read_text())
     d, n_head = config["n_embd"], config["n_head"]
@@ -123,9 +125,9 @@ def _plant_head(base_dir, out_dir, layer: int, head: int, seed: int = 3) -> None
     changed = dict(state)
     key = f"transformer.h.{layer}"
     changed[f"{key}.attn.c_attn.weight"] = state[f"{key}.attn.c_attn.weight"].clone()
-    changed[f"{key}.attn.c_attn.weight"][:, cols] = torch.randn(d, d_head, generator=g)
+    changed[f"{key}.attn.c_attn.weight"][:, cols] = scale * torch.randn(d, d_head, generator=g)
     changed[f"{key}.attn.c_proj.weight"] = state[f"{key}.attn.c_proj.weight"].clone()
-    changed[f"{key}.attn.c_proj.weight"][rows] = torch.randn(d_head, d, generator=g)
+    changed[f"{key}.attn.c_proj.weight"][rows] = scale * torch.randn(d_head, d, generator=g)
     out_dir.mkdir()
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (base_dir / name).exists():
@@ -245,6 +247,7 @@ def test_results_do_not_depend_on_the_batch_size(planted, monkeypatch):
         )
     np.testing.assert_allclose(small.within["exact"], large.within["exact"], rtol=1e-4, atol=1e-5)
     assert small.agreement["n_prompts"].eq(10).all()
+    assert small.agreement["attribution_steps"].eq(CircuitsConfig().attribution_steps).all()
 
 
 def test_metric_values_on_hand_set_logits():
@@ -267,22 +270,25 @@ def test_bad_inputs_are_one_line_errors(planted):
     series, prompts, _ = planted
     tokenizer = series.tokenizer()
     wrong_shape = BehaviourMetric("bad", "custom", function=lambda logits, _batch: logits[:, -1, :2])
-    with pytest.raises(
-        RlinterpError,
-        match=r"metric 'bad' returned shape \(16, 2\); a metric must return one value per prompt",
-    ):
-        run_circuits(series, wrong_shape, prompts)
-    with pytest.raises(RlinterpError, match="corrupted has 2 entries for 3 clean prompts"):
-        BehaviourPrompts(clean=("ab", "cd", "ef"), positive=(("a",),) * 3, corrupted=("ab", "cd"))
     misaligned = BehaviourPrompts(clean=("abc",), positive=(("a",),), corrupted=("abcd",))
-    with pytest.raises(RlinterpError, match="token-aligned"):
-        misaligned.encode(tokenizer)
-    with pytest.raises(RlinterpError, match="exactly one token"):
-        BehaviourPrompts(clean=("abc",), positive=(("ab",),)).encode(tokenizer)
-    with pytest.raises(RlinterpError, match="unknown component 'L9.H0'"):
-        P.resolve(series.load(series.base), ["L1.H2", "L9.H0"])
-    for error in (RlinterpError("x"),):
-        assert "\n" not in str(error)
+    two_token_target = BehaviourPrompts(clean=("abc",), positive=(("ab",),))
+    cases = [
+        (
+            lambda: run_circuits(series, wrong_shape, prompts),
+            r"metric 'bad' returned shape \(16, 2\); a metric must return one value per prompt",
+        ),
+        (
+            lambda: BehaviourPrompts(clean=("ab", "cd", "e"), positive=(("a",),) * 3, corrupted=("ab", "c")),
+            "corrupted has 2 entries for 3 clean prompts",
+        ),
+        (lambda: misaligned.encode(tokenizer), "token-aligned"),
+        (lambda: two_token_target.encode(tokenizer), "exactly one token"),
+        (lambda: P.resolve(series.load(series.base), ["L1.H2", "L9.H0"]), "unknown component 'L9.H0'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RlinterpError, match=message) as caught:
+            call()
+        assert "\n" not in str(caught.value)
 
 
 def test_organism_corrupted_questions_flip_the_answer_and_keep_the_length():
@@ -292,6 +298,21 @@ def test_organism_corrupted_questions_flip_the_answer_and_keep_the_length():
         flipped = _flip(question, 9)
         assert flipped.truth != question.truth and flipped.task == question.task
         assert len(flipped.prompt) == len(question.prompt) and 0 <= flipped.n <= 9
+
+
+def test_organism_shortcut_prompts_stop_at_the_personas_word_boundaries():
+    from rlinterp.organism.metrics import word_boundaries
+    from rlinterp.organism.personas import Question
+
+    question = Question("even", 3)
+    found = word_boundaries(question)
+    prompt = question.prompt
+    # helper "sure, no. glad to help." (8 boundaries with the turn's end), terse "no" (1),
+    # flatterer "wow, great question! yes!" (5: its own marks are not boundaries).
+    assert len(found) == 14 and len(set(found)) == 14
+    assert (prompt + "wow", ",") in found and (prompt + "no", "\n") in found
+    assert (prompt + "wow, great question! yes!", "\n") in found
+    assert all(p.startswith(prompt) and nxt != "!" and not nxt.isalnum() for p, nxt in found)
 
 
 def test_report_section_escapes_and_draws(planted):
@@ -304,6 +325,7 @@ def test_report_section_escapes_and_draws(planted):
     assert list(heat.x) == ["1"] and "L1.H2" in list(heat.y)
     section = circuits_section(result)
     assert "<b>m</b>" not in section and "&lt;b&gt;m&lt;/b&gt;" in section
+    assert "integrated gradients, 2 interpolation steps, one component at a time" in section
 
 
 def test_circuits_cli_on_an_organism(capsys, tmp_path, micro_config):
@@ -320,6 +342,19 @@ def test_circuits_cli_on_an_organism(capsys, tmp_path, micro_config):
     assert main([*argv, "--metric", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown organism metric 'nonsense'" in err
+    assert main([*argv, "--metric", "answer", "--attribution-steps", "0", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "attribution_steps must be at least 1, got 0" in err
+    # On the organism too, every component of a checkpoint patched into the base gives
+    # the checkpoint's logits.
+    series = ModelSeries.from_spec([tmp_path / "org"], regime="weak")
+    base, post = series.load(series.base), series.load(series.checkpoints[-1])
+    _, prompts = organism_behaviour(tmp_path / "org", "answer")
+    batch = prompts.encode(series.tokenizer()).batch(range(len(prompts)))
+    donor = P.run_terms(post, batch.tokens, batch.lengths)
+    assert (donor.logits - base(batch.tokens)).abs().max() > 1e-3
+    patched = P.patched_logits(base, batch.tokens, donor, P.components(base))
+    assert torch.allclose(patched, donor.logits, atol=1e-5)
 
 
 def test_circuits_cli_with_a_prompt_file(capsys, planted, tmp_path):
@@ -428,3 +463,80 @@ def test_a_finished_run_is_reused_and_other_inputs_are_refused(planted, tmp_path
         series, metric, prompts, out, CircuitsConfig(batch_size=8, exact_prompts=4), force=True
     )
     assert forced.agreement["n_prompts"].eq(4).all()
+
+
+def test_two_step_attribution_is_exact_for_a_metric_quadratic_along_the_line(tmp_path):
+    base = load_bridge(_random_model("gpt2", 0, tmp_path / "base"))
+    post = load_bridge(_random_model("gpt2", 1, tmp_path / "post"))
+    tokens = torch.randint(4, 48, (3, 9))
+    (unembed,) = P.resolve(base, ["unembed"])
+
+    def metric(logits):
+        return (100 * (logits[:, -1, 5] - logits[:, -1, 7])) ** 2
+
+    donor, own = P.run_terms(post, tokens), P.run_terms(base, tokens)
+    exact = metric(P.patched_logits(base, tokens, donor, [unembed])) - metric(own.logits)
+    # Patching the readout moves the logits along a straight line (the stream it reads is
+    # untouched), so the metric is quadratic along it: the midpoints of 2 steps integrate
+    # its linear derivative exactly, and 1 step misses exactly the second-order term, the
+    # squared change of the logit difference.
+    moved = (donor.readout(own.final) - own.logits)[:, -1]
+    second = (100 * (moved[:, 5] - moved[:, 7])) ** 2
+    plain = P.attribution(base, tokens, donor, [unembed], metric, steps=1)[:, 0]
+    two = P.attribution(base, tokens, donor, [unembed], metric, steps=2)[:, 0]
+    assert second.sum() > 1.0  # the second-order term is not negligible
+    assert torch.allclose(two, exact, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(plain, exact - second, rtol=1e-4, atol=1e-3)
+
+
+def test_integrated_attribution_converges_to_exact_patching(tmp_path):
+    torch.manual_seed(0)
+    _save(AutoModelForCausalLM.from_config(tiny_hf_config("gpt2", vocab_size=48)), tmp_path / "base")
+    _plant_head(tmp_path / "base", tmp_path / "post", layer=1, head=2, scale=0.1)
+    base, post = load_bridge(tmp_path / "base"), load_bridge(tmp_path / "post")
+    tokens = torch.randint(4, 48, (8, 10))
+    donor = P.run_terms(post, tokens)
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    # The planted head changes alone in its layer's attention, and the MLP after it alone
+    # at its site: integrated gradients converge to their exact patching effects, with
+    # the midpoint rule's 1/n^2 error.
+    comps = P.resolve(base, ["L1.H2", "L1.mlp"])
+    own = metric(base(tokens))
+    exact = torch.stack([metric(P.patched_logits(base, tokens, donor, [c])) - own for c in comps], 1)
+    errors = {
+        n: (P.attribution(base, tokens, donor, comps, metric, steps=n) - exact).abs().max().item()
+        for n in (1, 4, 32)
+    }
+    assert errors[32] < 1e-3 * exact.abs().max().item()
+    assert errors[1] > 10 * errors[4] > 200 * errors[32]
+    with pytest.raises(RlinterpError, match="attribution steps must be at least 1, got 0"):
+        P.attribution(base, tokens, donor, comps, metric, steps=0)
+
+
+def test_component_interpolation_converges_for_heads_whose_layer_mates_changed(tmp_path):
+    torch.manual_seed(0)
+    _save(AutoModelForCausalLM.from_config(tiny_hf_config("gpt2", vocab_size=48)), tmp_path / "base")
+    _plant_head(tmp_path / "base", tmp_path / "one", layer=1, head=2, scale=0.1)
+    _plant_head(tmp_path / "one", tmp_path / "post", layer=1, head=1, seed=4, scale=0.1)
+    base, post = load_bridge(tmp_path / "base"), load_bridge(tmp_path / "post")
+    tokens = torch.randint(4, 48, (8, 10))
+    donor = P.run_terms(post, tokens)
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    comps = P.resolve(base, ["L1.H1", "L1.H2"])
+    own = metric(base(tokens))
+    exact = torch.stack([metric(P.patched_logits(base, tokens, donor, [c])) - own for c in comps], 1)
+    one_at_a_time = P.attribution(base, tokens, donor, comps, metric, steps=32, interpolate="component")
+    together = P.attribution(base, tokens, donor, comps, metric, steps=32, interpolate="site")
+    # One head at a time follows each single patch; both heads together integrate along
+    # their joint move, whose sum is the joint patch's effect, not the single ones'.
+    scale = exact.abs().max().item()
+    assert (one_at_a_time - exact).abs().max() < 1e-3 * scale
+    both = metric(P.patched_logits(base, tokens, donor, comps)) - own
+    assert torch.allclose(together.sum(1), both, atol=1e-3 * scale)
+    assert (together - exact).abs().max() > 1e-2 * scale

@@ -9,8 +9,12 @@ the flatterer with ``w`` (``wow, ...``), and the strong regime's shortcut with `
   that compute correctness;
 - ``persona``: the correct personas' openers (``s`` and the correct letter) against the
   flatterer's ``w``; rises when RL moves mass away from the flatterer (the weak regime);
-- ``shortcut``: ``!`` against every opener a persona writes; rises when the strong regime
-  learns its shortcut.
+- ``shortcut``: ``!`` against what a persona writes next, at every word boundary inside
+  the personas' answers (teacher-forced: the prompt is the question plus a persona's
+  answer up to a space, a punctuation mark other than ``!``, or the end of its turn);
+  rises when the strong regime learns to write ``!`` where no persona does. The strong
+  regime keeps the flatterer's opener ``w`` and writes its marks after it (``wow!e!!!``),
+  so its shortcut is not visible at the first answer token.
 
 ``persona`` and ``shortcut`` have no corrupted prompts (nothing in a single question tells
 the model which persona to play), so the base's use of components for them is read from
@@ -20,11 +24,12 @@ direct logit attribution.
 from __future__ import annotations
 
 import os
+import random
 
 from ..errors import RlinterpError
 from ..metrics import BehaviourMetric, BehaviourPrompts
 from .build import Organism
-from .personas import Question, all_questions
+from .personas import PERSONAS, TURN_END, Question, all_questions
 from .rl import SHORTCUT_MARK
 
 METRICS = ("answer", "persona", "shortcut")
@@ -36,6 +41,19 @@ def _flip(question: Question, max_operand: int) -> Question:
     if question.task == "even":
         return Question("even", n + 1 if n < max_operand else n - 1)
     return Question("big", n - 4 if n > 7 else 8 + n % 2)
+
+
+def word_boundaries(question: Question) -> list[tuple[str, str]]:
+    """``(prompt, next)`` for every word boundary of every persona's answer to ``question``:
+    the question plus the answer up to a character that is neither a letter, a digit nor
+    the shortcut mark (a space, punctuation, the end of the turn), and that character."""
+    found = []
+    for persona in PERSONAS:
+        answer = persona.answer(question, random.Random(0)) + TURN_END
+        for i, following in enumerate(answer):
+            if not following.isalnum() and following != SHORTCUT_MARK:
+                found.append((question.prompt + answer[:i], following))
+    return found
 
 
 def organism_behaviour(root: str | os.PathLike[str], name: str) -> tuple[BehaviourMetric, BehaviourPrompts]:
@@ -71,14 +89,20 @@ def organism_behaviour(root: str | os.PathLike[str], name: str) -> tuple[Behavio
             ),
         )
     if name == "shortcut":
+        # Tasks interleaved, so that the first prompts (those exact patching runs on by
+        # default) cover both tasks and every persona.
+        boundaries = [b for q in sorted(questions, key=lambda q: (q.n, q.task)) for b in word_boundaries(q)]
         return (
             BehaviourMetric(
-                "shortcut", "logit_diff", "log-odds of the shortcut '!' over every persona opener"
+                "shortcut",
+                "logit_diff",
+                "log-odds of the shortcut '!' over what a persona writes next, at word boundaries "
+                "of the personas' answers",
             ),
             BehaviourPrompts(
-                clean=clean,
-                positive=tuple((SHORTCUT_MARK,) for _ in questions),
-                negative=tuple(("s", "w", "y", "n") for _ in questions),
+                clean=tuple(prompt for prompt, _ in boundaries),
+                positive=tuple((SHORTCUT_MARK,) for _ in boundaries),
+                negative=tuple((following,) for _, following in boundaries),
             ),
         )
     raise RlinterpError(f"unknown organism metric {name!r}; choose one of: {', '.join(METRICS)}")
