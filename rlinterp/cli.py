@@ -26,7 +26,7 @@ from .novelty import IndexConfig
 from .organism import PRESETS, Organism, build_organism, format_table
 from .prompts import PromptSet
 from .report import write_report
-from .selection import SelectionConfig, run_selection
+from .selection import CHOICE_COLUMNS, SelectionConfig, run_selection
 from .series import DTYPES, ModelSeries
 
 
@@ -235,7 +235,9 @@ def _selection(args: argparse.Namespace) -> None:
     )
     result = run_selection(series, texts, args.out, cfg, organism, args.regime if organism else None)
     behavioural = json.loads((Path(args.out) / "summary.json").read_text())["behavioural_transition"]
-    shown = result.step_table()
+    table = result.step_table()
+    columns = ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
+    shown = table[[*columns, *(c for c in CHOICE_COLUMNS.values() if c in table.columns)]]
     transition = result.index.transition
     verdict = (
         f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']})"

@@ -34,6 +34,7 @@ from .figures import (
 )
 from .page import empty, esc, figure_div, fmt, linked_table, page, table
 from .run_result import RunResult, transitions
+from .selection import CHOICE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -221,12 +222,17 @@ def persona_section(run: RunResult) -> Content:
         "fvu_drift",
         "persona_share",
         "persona_baseline",
+        *(c for c in CHOICE_COLUMNS.values() if c in index.columns),
     ]
     parts: list[str | go.Figure] = [
         "<p>The selection-versus-novelty index per step (<code>rlinterp selection</code>) with its "
         "bootstrap interval: near 0, RL moved activations along the persona directions the base "
         "already had; near 1, along new ones. The transition is the index's change point; the "
-        "behavioural step is where most sampled answers stop matching any persona.</p>",
+        "behavioural step is where most sampled answers stop matching any persona. "
+        "<code>choice_*</code>: patching each prompt's coordinates along the persona directions "
+        "at its decision position from the checkpoint into the base, the share of the decision "
+        "KL (<code>choice_kl</code>) and of the behaviour change (<code>choice_shares</code>) it "
+        "reproduces, each beside random subspaces of the same dimension.</p>",
         index_figure(run),
         table(transition),
         _per_series(index, columns),

@@ -220,7 +220,7 @@ def selection_stage(ctx: RunContext) -> None:
         regime = name if organism is not None else None
         result = run_selection(series, ctx.prompts, out / name, cfg, organism, regime)
         summary = json.loads((out / name / "summary.json").read_text())
-        tables["index"].append(result.index.table.assign(series=name))
+        tables["index"].append(result.step_table().assign(series=name))
         tables["persona_latents"].append(result.latents.assign(series=name))
         tables["causal"].append(result.causal.assign(series=name))
         transition = {f"index_{k}": v for k, v in result.index.transition.items()}

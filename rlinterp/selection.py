@@ -142,6 +142,15 @@ class SelectionConfig:
     """Random subspaces averaged for the persona-choice patch's control."""
 
 
+CHOICE_COLUMNS = {
+    "steering_recovery": "choice_kl",
+    "random_steering_recovery": "choice_kl_random",
+    "behaviour_steering_shares": "choice_shares",
+    "behaviour_random_steering_shares": "choice_shares_random",
+}
+"""Causal-table columns of the persona-choice patch -> their names in ``step_table``."""
+
+
 @dataclass(frozen=True)
 class SelectionResult:
     """Everything ``run_selection`` wrote, as tables."""
@@ -171,23 +180,17 @@ class SelectionResult:
         }
 
     def step_table(self) -> pd.DataFrame:
-        """One row per step: the index with its interval, FVU drift, the persona share of the
-        shift, and the persona-choice patch's KL recovery against its random control (and,
-        on organism series, the behaviour-share recovery against its control)."""
-        shown = self.index.table[
-            ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
-        ]
+        """The index table (one row per step) with the persona-choice patch's columns:
+        ``choice_kl`` (share of the decision-position KL recovered) against
+        ``choice_kl_random``, and on organism series ``choice_shares`` (share of the
+        behaviour change reproduced) against ``choice_shares_random``."""
         choice = self.causal[self.causal["edit"] == "persona_choice"] if len(self.causal) else self.causal
-        columns = {
-            "steering_recovery": "choice_kl",
-            "random_steering_recovery": "choice_kl_random",
-            "behaviour_steering_shares": "choice_shares",
-            "behaviour_random_steering_shares": "choice_shares_random",
-        }
         if choice.empty:
-            return shown
-        present = {k: v for k, v in columns.items() if k in choice.columns}
-        return shown.merge(choice[["label", *present]].rename(columns=present), on="label", how="left")
+            return self.index.table
+        present = {k: v for k, v in CHOICE_COLUMNS.items() if k in choice.columns}
+        return self.index.table.merge(
+            choice[["label", *present]].rename(columns=present), on="label", how="left"
+        )
 
     def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
         """The JSON summary (``SUMMARY_SCHEMA``)."""
