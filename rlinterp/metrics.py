@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -138,6 +138,25 @@ class BehaviourPrompts:
 
     def __len__(self) -> int:
         return len(self.clean)
+
+    def spread(self, n: int | None) -> BehaviourPrompts:
+        """``n`` prompts evenly spaced over these (all of them when ``n`` is None or at least
+        their number), every field kept aligned."""
+        if n is not None and n < 1:
+            raise RlinterpError(f"a prompt subset needs at least one prompt, got {n}")
+        if n is None or n >= len(self):
+            return self
+        keep = [round(i * (len(self) - 1) / max(n - 1, 1)) for i in range(n)]
+
+        def pick(values: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+            return None if values is None else tuple(values[i] for i in keep)
+
+        return BehaviourPrompts(
+            clean=tuple(self.clean[i] for i in keep),
+            positive=tuple(self.positive[i] for i in keep),
+            negative=pick(self.negative),
+            corrupted=pick(self.corrupted),
+        )
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike[str]) -> BehaviourPrompts:

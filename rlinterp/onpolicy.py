@@ -124,10 +124,19 @@ def sample(
     for job in jobs:
         by_length[len(encoded[job[0]])].append(job)
     device = next(model.parameters()).device
+    context = _context_length(model)
+    too_long = [i for i, ids in enumerate(encoded) if context is not None and len(ids) >= context]
+    if too_long:
+        raise RlinterpError(
+            f"prompts {too_long[:5]} have {len(encoded[too_long[0]])}+ tokens, leaving no room to answer "
+            f"in the model's context of {context}; shorten them"
+        )
     rows: list[dict[str, Any]] = []
     batch_index = 0
     for length in sorted(by_length):
         group = by_length[length]
+        # prompt and answer must fit the model's context (learned positions end there)
+        budget = cfg.max_new_tokens if context is None else min(cfg.max_new_tokens, context - length)
         for start in range(0, len(group), cfg.batch_size):
             chunk = group[start : start + cfg.batch_size]
             torch.manual_seed(stream_seed(cfg.seed, "on-policy", str(batch_index)))
@@ -139,7 +148,7 @@ def sample(
                 temperature=cfg.temperature,
                 top_k=None,
                 top_p=None,
-                max_new_tokens=cfg.max_new_tokens,
+                max_new_tokens=budget,
                 eos_token_id=sorted(stops) or None,
                 pad_token_id=_pad_id(tokenizer, stops),
             )
@@ -147,6 +156,16 @@ def sample(
                 rows.append(_sample_row(tokenizer, prompts[i], i, s, generated, stops))
     frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     return frame.sort_values(["prompt_index", "sample"], ignore_index=True)
+
+
+def _context_length(model: PreTrainedModel) -> int | None:
+    """The most positions ``model`` can read (GPT-2's ``n_positions``, Llama's
+    ``max_position_embeddings``), or None when its config does not say."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase, stops: set[int]) -> int:

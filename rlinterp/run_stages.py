@@ -42,6 +42,7 @@ from .circuits_result import CircuitsConfig
 from .errors import RlinterpError
 from .onpolicy import SamplingConfig
 from .organism.metrics import METRICS as ORGANISM_METRICS
+from .prompts import PromptSet
 from .run_result import RunResult, register_headline
 from .selection import SelectionConfig
 from .stagewise import StagewiseConfig
@@ -110,6 +111,10 @@ class CircuitsSection(CircuitsConfig):
     checkpoint series (None: the organism's metrics)."""
     kind: Literal["logit_diff", "logprob"] = "logit_diff"
     """Metric of ``prompts``: positive minus negative logits, or the log-prob of positive."""
+    max_prompts: int | None = 64
+    """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
+    all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
+    the others 20; 64 keep the stage to a few CPU-minutes with per-component attribution."""
     enabled: bool = True
     """Run the circuits stage."""
 
@@ -158,6 +163,7 @@ def _finish(out: Path, tables: dict[str, list[pd.DataFrame]], skipped: dict[str,
 
 def tracking_stage(ctx: RunContext) -> None:
     """``run_track`` of the base SAE over every series into ``tracking/<series>/``."""
+    from .organism import Organism
     from .track import run_track
 
     section = ctx.config.section("tracking")
@@ -170,13 +176,17 @@ def tracking_stage(ctx: RunContext) -> None:
     skipped = {}
     with_answers = ctx.prompts.response_starts is not None
     sources = tuple(s for s in section.sources if s != "texts" or with_answers)
+    # An organism's checkpoints answer its behaviour questions (single turns), not the persona
+    # texts' prompts, whose persona turn would steer what they write.
+    organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
+    questions = PromptSet.from_list(organism.question_prompts()) if organism is not None else None
     for name, series in ctx.series.items():
         if not sources:
             skipped[name] = "the only source asked for is 'texts', and the prompts have no answers"
             continue
         log.info("tracking %s: %d checkpoints on %s", name, len(series) - 1, ", ".join(sources))
         result = run_track(
-            series, ctx.prompts, sae, out / name, _plain(TrackConfig, section, sources=sources)
+            series, ctx.prompts, sae, out / name, _plain(TrackConfig, section, sources=sources), questions
         )
         tables["summary"].append(pd.DataFrame(result.summary()).assign(series=name))
         tracked = result.lineage[result.lineage["evidence"] == "tracked"]
@@ -268,7 +278,8 @@ def circuits_stage(ctx: RunContext) -> None:
             continue
         for metric, prompts in metrics:
             log.info("circuits %s: metric %s", name, metric.name)
-            result = run_circuits(series, metric, prompts, out / name / metric.name, cfg)
+            subset = prompts.spread(section.max_prompts)
+            result = run_circuits(series, metric, subset, out / name / metric.name, cfg)
             steps.append(_steps_frame(result.steps()).assign(series=name, metric=metric.name))
     _finish(out, {"steps": steps}, skipped)
 

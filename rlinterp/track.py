@@ -53,7 +53,7 @@ import torch
 
 from .artifacts import environment_versions, sha256_file, write_json, write_parquet
 from .errors import RlinterpError
-from .harvest import HarvestConfig, harvest
+from .harvest import HarvestConfig, harvest, prompts_sha256
 from .lineage import CLASSES, INACTIVE_FREQUENCY, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage_table
 from .matching import DictionaryMatch, match_dictionaries
 from .onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
@@ -140,15 +140,19 @@ def run_track(
     dictionary: str | Path,
     out: str | Path,
     cfg: TrackConfig | None = None,
+    questions: PromptSet | None = None,
 ) -> TrackResult:
-    """Track every latent of ``dictionary`` over ``series`` (see the module docstring)."""
+    """Track every latent of ``dictionary`` over ``series`` (see the module docstring).
+    ``questions``: what the on-policy source asks each checkpoint (default: the prompt part
+    of ``prompts``), e.g. an organism's behaviour questions when ``prompts`` carry a persona
+    turn that would steer the answers."""
     cfg = cfg or TrackConfig()
     out = Path(out)
     tracked = TrackedDictionary.load(dictionary)
     check_inputs(series, prompts, tracked, cfg)
-    _claim(out, _plan(series, prompts, tracked, cfg))
+    _claim(out, _plan(series, prompts, tracked, cfg, questions))
     (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
-    sources, samples = _sources(series, prompts, tracked.hook, out, cfg)
+    sources, samples = _sources(series, prompts, tracked.hook, out, cfg, questions)
     trajectories = compute_trajectories(tracked, sources, series)
     table = trajectories.table
     per_source = [
@@ -380,11 +384,16 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 def _plan(
-    series: ModelSeries, prompts: PromptSet, dictionary: TrackedDictionary, cfg: TrackConfig
+    series: ModelSeries,
+    prompts: PromptSet,
+    dictionary: TrackedDictionary,
+    cfg: TrackConfig,
+    questions: PromptSet | None = None,
 ) -> dict[str, Any]:
     """Everything that determines a track run's result (weights by content hash)."""
     weights = sorted(dictionary.path.glob("*.safetensors"))
-    return {
+    asked = {} if questions is None else {"questions_sha256": prompts_sha256(questions)}
+    return asked | {
         "kind": KIND,
         "checkpoints": [
             {**c, "weights_sha256": _folder_digest(Path(str(c["path"])))} for c in series.describe()
@@ -430,7 +439,12 @@ def _claim(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _sources(
-    series: ModelSeries, prompts: PromptSet, hook: str, out: Path, cfg: TrackConfig
+    series: ModelSeries,
+    prompts: PromptSet,
+    hook: str,
+    out: Path,
+    cfg: TrackConfig,
+    questions: PromptSet | None = None,
 ) -> tuple[list[TokenSource], pd.DataFrame]:
     """The token sources asked for, harvested at ``hook`` (resuming), and the on-policy
     samples of every checkpoint (empty without that source)."""
@@ -447,7 +461,8 @@ def _sources(
                 TokenSource.fixed(name, harvest(series, prompts, out / "stores" / name, texts_cfg))
             )
         else:
-            on_policy = harvest_on_policy(series, prompts, out / "on-policy", cfg.sampling, harvest_cfg)
+            asked = prompts if questions is None else questions
+            on_policy = harvest_on_policy(series, asked, out / "on-policy", cfg.sampling, harvest_cfg)
             sources.append(TokenSource(name, on_policy.stores))
             steps = {c.label: c.step for c in series}
             samples = pd.concat(

@@ -60,6 +60,18 @@ def test_prompts_are_the_prompt_parts_once_each():
     assert prompt_texts(PromptSet.from_list(["x", "y", "x"])) == ["x", "y"]
 
 
+def test_answers_stop_at_the_context_and_prompts_that_fill_it_are_refused(checkpoints):
+    model = AutoModelForCausalLM.from_pretrained(checkpoints / "step-2").eval()
+    tokenizer = ModelSeries.from_paths([checkpoints / "step-2"]).tokenizer()
+    context = model.config.n_positions
+    cfg = SamplingConfig(samples_per_prompt=1, max_new_tokens=context, temperature=1.0)
+    near = "a" * (context - 4)  # BOS + prompt leave room for 3 tokens
+    table = sample(model, tokenizer, [near], cfg)
+    assert table["n_tokens"].max() <= 3
+    with pytest.raises(RlinterpError, match=f"context of {context}"):
+        sample(model, tokenizer, ["a" * context], cfg)
+
+
 def test_near_zero_temperature_is_greedy_decoding(checkpoints):
     model = AutoModelForCausalLM.from_pretrained(checkpoints / "step-2").eval()
     tokenizer = ModelSeries.from_paths([checkpoints / "step-2"]).tokenizer()

@@ -97,6 +97,11 @@ class Organism:
         evaluation = EvalConfig(**config["evaluation"])
         return eval_questions(evaluation, int(self.manifest["seed"]), int(config["corpus"]["max_operand"]))
 
+    def question_prompts(self) -> list[str]:
+        """The prompts of ``eval_questions``: what the checkpoints are asked when they answer
+        for themselves (on-policy), as the behaviour table asked them."""
+        return [q.prompt for q in self.eval_questions()]
+
     def damaged_files(self) -> list[str]:
         """Weight files that are missing or no longer hash to the manifest's record."""
         return [
