@@ -94,6 +94,12 @@ class SelectionSection(SelectionConfig):
     dictionary: str | None = None
     """A trained base SAE at ``hook``; None: the run's base SAE when ``hook`` is its hook,
     else one trained here with ``dictionary_config``."""
+    behaviour_edits: tuple[str, ...] = ("persona_choice",)
+    """Causal edits whose behaviour is re-sampled (organism series). Only the persona-choice
+    patch by default: the behaviour evaluations were two thirds of the stage's time on the
+    default organism (345 CPU-s with all three edits); ``rlinterp selection`` does all."""
+    n_random: int = 2
+    """Random subspaces averaged for the persona-choice patch's control."""
     enabled: bool = True
     """Run the selection stage."""
 
@@ -111,15 +117,18 @@ class CircuitsSection(CircuitsConfig):
     checkpoint series (None: the organism's metrics)."""
     kind: Literal["logit_diff", "logprob"] = "logit_diff"
     """Metric of ``prompts``: positive minus negative logits, or the log-prob of positive."""
-    max_prompts: int | None = 64
+    max_prompts: int | None = 32
     """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
     all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
-    the others 20; 64 keep the stage to a few CPU-minutes with per-component attribution."""
+    the others 20; with per-component attribution 64 took 229 CPU-s on the default
+    organism, 32 keep the stage near two minutes."""
     enabled: bool = True
     """Run the circuits stage."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise RlinterpError(f"circuits.max_prompts must be positive or none, got {self.max_prompts}")
         unknown = [m for m in self.metrics if m not in ORGANISM_METRICS]
         if unknown or not self.metrics:
             raise RlinterpError(

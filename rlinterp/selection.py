@@ -110,6 +110,10 @@ ENTRIES = (
 """Everything a selection directory holds besides its manifest."""
 
 
+EDITS = ("persona", "full", "persona_choice")
+"""The causal table's edits (see the module docstring, step 6)."""
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """What ``run_selection`` analyses and with which budgets."""
@@ -140,6 +144,17 @@ class SelectionConfig:
     block's (everything the decision reads has been computed there)."""
     n_random: int = 4
     """Random subspaces averaged for the persona-choice patch's control."""
+    behaviour_edits: tuple[str, ...] = ("persona", "full", "persona_choice")
+    """Causal edits whose behaviour is re-sampled on organism series (each costs about
+    three behaviour-table evaluations per step, ``n_random + 2`` for ``persona_choice``);
+    the others keep their KL columns and get NaN behaviour columns."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.behaviour_edits) - set(EDITS))
+        if unknown:
+            raise RlinterpError(f"behaviour_edits must name causal edits {EDITS}, got {unknown}")
+        if self.n_random < 1:
+            raise RlinterpError(f"n_random must be at least 1, got {self.n_random}")
 
 
 CHOICE_COLUMNS = {
@@ -419,9 +434,12 @@ def _with_behaviour(
     rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
     shifts = {p.label: _mean_shift(p) for p in parts}
     generator = torch.Generator().manual_seed(checks.cfg.seed)
-    extra = []
+    extra: list[dict[str, float]] = []
     for r in causal.itertuples():
         step = int(r.step)
+        if r.edit not in checks.cfg.behaviour_edits:
+            extra.append({})
+            continue
         if r.edit == "persona_choice":
             hook, basis = checks.decision_hook, checks.decision_basis
             steered = patched_behaviour(organism, regime, 0, step, hook, basis)

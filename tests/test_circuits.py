@@ -540,3 +540,19 @@ def test_component_interpolation_converges_for_heads_whose_layer_mates_changed(t
     both = metric(P.patched_logits(base, tokens, donor, comps)) - own
     assert torch.allclose(together.sum(1), both, atol=1e-3 * scale)
     assert (together - exact).abs().max() > 1e-2 * scale
+
+
+def test_prompt_spread_keeps_fields_aligned_and_spans_the_set():
+    prompts = BehaviourPrompts(
+        clean=tuple(f"p{i}" for i in range(10)),
+        positive=tuple((f"a{i}",) for i in range(10)),
+        negative=tuple((f"b{i}",) for i in range(10)),
+        corrupted=tuple(f"c{i}" for i in range(10)),
+    )
+    few = prompts.spread(4)
+    assert few.clean == ("p0", "p3", "p6", "p9")
+    assert few.positive == (("a0",), ("a3",), ("a6",), ("a9",)) and few.corrupted == ("c0", "c3", "c6", "c9")
+    assert prompts.spread(None) is prompts and prompts.spread(10) is prompts
+    assert prompts.spread(1).clean == ("p0",)
+    with pytest.raises(RlinterpError, match="at least one prompt"):
+        prompts.spread(0)

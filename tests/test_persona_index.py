@@ -304,6 +304,15 @@ def test_random_basis_and_projector():
     assert int(torch.linalg.matrix_rank(projector)) == 3
 
 
+def test_selection_config_checks_its_causal_settings():
+    from rlinterp.selection import SelectionConfig
+
+    with pytest.raises(RlinterpError, match="behaviour_edits must name causal edits"):
+        SelectionConfig(behaviour_edits=("persona", "sideways"))
+    with pytest.raises(RlinterpError, match="n_random must be at least 1"):
+        SelectionConfig(n_random=0)
+
+
 def test_decision_positions():
     keep = torch.tensor([[False, False, True, True], [False, True, True, False]])
     assert decision_positions(keep).tolist() == [1, 0]
