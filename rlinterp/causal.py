@@ -100,11 +100,18 @@ def _batches(store: ActivationStore, device: str, at: str) -> Iterator[Batch]:
         yield batch.tokens.to(device), real.to(device), batch.keep.to(device)
 
 
-def _log_probs(model: Any, batch: Batch, hook: str, edit: Edit | None) -> Tensor:
+def _log_probs(model: Any, batch: Batch, hook: str, edit: Edit) -> Tensor:
     tokens, _, keep = batch
-    hooks = [] if edit is None else [(hook, edit)]
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits").float()
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, edit)], return_type="logits").float()
     return F.log_softmax(logits[keep], dim=-1)
+
+
+def _clean_run(model: Any, batch: Batch, hook: str) -> tuple[Tensor, Tensor]:
+    """One unedited forward pass: log-probs at the measured positions and the activation at
+    ``hook`` (what a patch needs), so no pass is run twice."""
+    tokens, _, keep = batch
+    logits, cache = model.run_with_cache(tokens, names_filter=hook, return_type="logits")
+    return F.log_softmax(logits.float()[keep], dim=-1), cache[hook].float()
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -135,19 +142,20 @@ def _measure(
     hook: str,
     at: str,
     intervention: str,
-    edits: Callable[[Any, Any, Batch], tuple[EditPair, list[EditPair], float]],
+    edits: Callable[[Batch, Tensor, Tensor], tuple[EditPair, list[EditPair], float]],
 ) -> CausalResult:
-    """The KL bookkeeping shared by both interventions: ``edits(base, post, batch)`` gives
-    one batch's real edit pair, its control edit pairs (their recoveries are averaged) and
-    the summed norm of what the real edit moves over the measured positions."""
+    """The KL bookkeeping shared by both interventions: ``edits(batch, h_base, h_post)``
+    (the two models' activations at ``hook``) gives one batch's real edit pair, its control
+    edit pairs (their recoveries are averaged) and the summed norm of what the real edit
+    moves over the measured positions."""
     checkpoint = _checkpoint(series, label)
     base_model, post_model = series.load(series.base), series.load(checkpoint)
     sums = dict.fromkeys(("gap", "steered", "ablated", "random_steered", "random_ablated", "norm"), 0.0)
     n = 0
     for batch in _batches(store, str(post_model.cfg.device), at):
-        (steer, ablate), controls, norm = edits(base_model, post_model, batch)
-        base = _log_probs(base_model, batch, hook, None)
-        post = _log_probs(post_model, batch, hook, None)
+        base, h_base = _clean_run(base_model, batch, hook)
+        post, h_post = _clean_run(post_model, batch, hook)
+        (steer, ablate), controls, norm = edits(batch, h_base, h_post)
         sums["gap"] += _kl(post, base).sum().item()
         sums["steered"] += _kl(post, _log_probs(base_model, batch, hook, steer)).sum().item()
         sums["ablated"] += _kl(_log_probs(post_model, batch, hook, ablate), base).sum().item()
@@ -201,7 +209,7 @@ def steer_and_ablate(
     random = torch.randn(vector.shape, generator=generator)
     random = random / random.norm() * vector.norm()
 
-    def edits(_base: Any, _post: Any, batch: Batch) -> tuple[EditPair, list[EditPair], float]:
+    def edits(batch: Batch, _h_base: Tensor, _h_post: Tensor) -> tuple[EditPair, list[EditPair], float]:
         edited = batch[1]
         return (
             (_offset(edited, vector), _offset(edited, -vector)),
@@ -253,13 +261,9 @@ def patch_subspace(
         raise RlinterpError(f"n_random must be at least 1, got {n_random}")
     randoms = [subspace_projector(random_basis(basis.shape[0], rank, seed + i)) for i in range(n_random)]
 
-    def activation(model: Any, tokens: Tensor) -> Tensor:
-        _, cache = model.run_with_cache(tokens, names_filter=hook, return_type=None)
-        return cache[hook].float()
-
-    def edits(base: Any, post: Any, batch: Batch) -> tuple[EditPair, list[EditPair], float]:
-        tokens, edited, measured = batch
-        difference = activation(post, tokens) - activation(base, tokens)
+    def edits(batch: Batch, h_base: Tensor, h_post: Tensor) -> tuple[EditPair, list[EditPair], float]:
+        _, edited, measured = batch
+        difference = h_post - h_base
         moved = difference @ projector
         controls = [difference @ random for random in randoms]
         return (
