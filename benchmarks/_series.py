@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from rlinterp.activations.prompts import PromptSet
+from rlinterp.models.series import ModelSeries
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.prompts import PromptSet
-from rlinterp.series import ModelSeries
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from rlinterp import CircuitsConfig, CircuitsResult, ModelSeries, run_circuits
-from rlinterp.organism.metrics import METRICS, organism_behaviour
+from rlinterp.circuits.organism_metrics import METRICS, organism_behaviour
 
 
 def markdown(rows: list[dict[str, object]]) -> str:

@@ -31,10 +31,10 @@ from _measure import Contender, Outcome
 from _series import random_checkpoints, random_prompts
 from safetensors.torch import save_file
 
-from rlinterp.crosscoder import Crosscoder, CrosscoderConfig, paired_batches, train_crosscoder
-from rlinterp.harvest import ActivationStore, HarvestConfig, epoch_batches, harvest
-from rlinterp.sae import SAETrainConfig, train_sae, train_saes
-from rlinterp.series import ModelSeries
+from rlinterp.activations.harvest import ActivationStore, HarvestConfig, epoch_batches, harvest
+from rlinterp.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, paired_batches, train_crosscoder
+from rlinterp.dictionaries.sae import SAETrainConfig, train_sae, train_saes
+from rlinterp.models.series import ModelSeries
 
 HOOK = "blocks.1.hook_resid_post"
 LR = 3e-3

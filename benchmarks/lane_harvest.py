@@ -37,10 +37,10 @@ from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlinterp.diff import run_diff
-from rlinterp.harvest import HarvestConfig, harvest
-from rlinterp.prompts import PromptSet
-from rlinterp.series import ModelSeries
+from rlinterp.activations.harvest import HarvestConfig, harvest
+from rlinterp.activations.prompts import PromptSet
+from rlinterp.diff.analysis import run_diff
+from rlinterp.models.series import ModelSeries
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ def _child(n_prompts: int, workdir: Path) -> tuple[float, Path]:
     import torch
     from _series import ALPHABET, random_series
 
-    from rlinterp.dictionaries import DictionaryConfig, train_dictionary
-    from rlinterp.harvest import HarvestConfig, harvest
-    from rlinterp.onpolicy import SamplingConfig
-    from rlinterp.prompts import PromptSet
-    from rlinterp.stagewise import StagewiseConfig
-    from rlinterp.track import TrackConfig, run_track
+    from rlinterp.activations.harvest import HarvestConfig, harvest
+    from rlinterp.activations.onpolicy import SamplingConfig
+    from rlinterp.activations.prompts import PromptSet
+    from rlinterp.dictionaries.stagewise import StagewiseConfig
+    from rlinterp.dictionaries.train import DictionaryConfig, train_dictionary
+    from rlinterp.tracking.analysis import TrackConfig, run_track
 
     torch.set_num_threads(1)
     series = random_series(workdir, perturbation=0.05)

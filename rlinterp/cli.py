@@ -17,17 +17,17 @@ from pathlib import Path
 import pandas as pd
 import transformers
 
-from .dictionaries import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
-from .diff import run_diff
+from .activations.harvest import ActivationStore, HarvestConfig
+from .activations.prompts import PromptSet
+from .dictionaries.train import METHODS, DictionaryConfig, evaluate_dictionary, train_dictionary
+from .diff.analysis import run_diff
+from .diff.report import write_report
 from .errors import RlinterpError
-from .executor import Executor, ExecutorConfig, make_executor
-from .harvest import ActivationStore, HarvestConfig
-from .novelty import IndexConfig
+from .models.executor import Executor, ExecutorConfig, make_executor
+from .models.series import DTYPES, ModelSeries
 from .organism import PRESETS, Organism, build_organism, format_table
-from .prompts import PromptSet
-from .report import write_report
-from .selection import CHOICE_COLUMNS, SelectionConfig, run_selection
-from .series import DTYPES, ModelSeries
+from .selection.analysis import CHOICE_COLUMNS, SelectionConfig, run_selection
+from .selection.index import IndexConfig
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -114,8 +114,8 @@ def _dictionaries_eval(args: argparse.Namespace) -> None:
 
 
 def _circuits(args: argparse.Namespace) -> None:
-    from .circuits import CircuitsConfig, run_circuits
-    from .metrics import BehaviourMetric, BehaviourPrompts
+    from .circuits.analysis import CircuitsConfig, run_circuits
+    from .circuits.metrics import BehaviourMetric, BehaviourPrompts
 
     series = ModelSeries.from_spec(
         args.series, regime=args.regime, device=args.device, dtype=DTYPES[args.dtype]
@@ -123,7 +123,7 @@ def _circuits(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         metric, prompts = BehaviourMetric(args.metric, args.kind), BehaviourPrompts.from_jsonl(args.prompts)
     else:
-        from .organism.metrics import organism_behaviour
+        from .circuits.organism_metrics import organism_behaviour
 
         root = Path(args.series[0])
         root = root.parent if root.name == "manifest.json" else root
@@ -150,7 +150,7 @@ def _circuits(args: argparse.Namespace) -> None:
 
 
 def _add_circuits(commands: argparse._SubParsersAction) -> None:
-    from .circuits_result import CircuitsConfig
+    from .circuits.result import CircuitsConfig
 
     circuits = commands.add_parser(
         "circuits",
@@ -252,10 +252,10 @@ def _selection(args: argparse.Namespace) -> None:
 
 
 def _track(args: argparse.Namespace) -> None:
-    from .onpolicy import SamplingConfig
-    from .stagewise import StagewiseConfig
-    from .track import TrackConfig, run_track
-    from .track_result import summary_text
+    from .activations.onpolicy import SamplingConfig
+    from .dictionaries.stagewise import StagewiseConfig
+    from .tracking.analysis import TrackConfig, run_track
+    from .tracking.result import summary_text
 
     cfg = TrackConfig(
         sources=tuple(args.sources),
@@ -284,8 +284,7 @@ def _prompts(spec: str, series: list[str]) -> PromptSet:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .pipeline import run_pipeline
-    from .run_config import (
+    from .pipeline.config import (
         RunConfig,
         cli_options,
         config_template,
@@ -293,7 +292,8 @@ def _run(args: argparse.Namespace) -> None:
         parse_cli_value,
         with_overrides,
     )
-    from .run_result import RunResult, summary_text
+    from .pipeline.result import RunResult, summary_text
+    from .pipeline.runner import run_pipeline
 
     config = load_config(args.config) if args.config else RunConfig()
     overrides: dict[str, dict[str, object]] = {}
@@ -327,8 +327,8 @@ def _series_shortcut(paths: list[str]) -> dict[str, object]:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from .figures import export_figures
-    from .run_result import RunResult
+    from .pipeline.figures import export_figures
+    from .pipeline.result import RunResult
 
     paths = export_figures(
         RunResult.load(args.run_dir), args.out or Path(args.run_dir) / "figures", args.format
@@ -337,7 +337,7 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from .run_config import cli_options, metavar
+    from .pipeline.config import cli_options, metavar
 
     run = commands.add_parser(
         "run",
@@ -597,9 +597,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _track_parser(commands: argparse._SubParsersAction[_OneLineParser]) -> None:
-    from .onpolicy import SamplingConfig
-    from .stagewise import StagewiseConfig
-    from .track import SOURCES, TrackConfig
+    from .activations.onpolicy import SamplingConfig
+    from .dictionaries.stagewise import StagewiseConfig
+    from .tracking.analysis import SOURCES, TrackConfig
 
     track = commands.add_parser(
         "track",

@@ -100,7 +100,7 @@ def synthetic_store(root: Path, acts: dict, hook: str = "blocks.0.hook_resid_pos
 
     from safetensors.torch import save_file
 
-    from rlinterp.harvest import ActivationStore
+    from rlinterp.activations.harvest import ActivationStore
 
     n = next(iter(acts.values())).shape[0]
     prompts, per_shard = n // per_prompt, 8

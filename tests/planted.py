@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
+from rlinterp.activations.prompts import PromptSet
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.prompts import PromptSet
 
 from .conftest import tiny_hf_config
 

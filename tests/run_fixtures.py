@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlinterp.run_result import RunResult
-from tests.test_report import _diff
+from rlinterp.pipeline.result import RunResult
+from tests.diff.test_report import _diff
 
 EVIL = '<script>alert("x")</script>\' onmouseover=\'alert(1)"'
 """Model text that would run script or break out of an attribute if not escaped."""

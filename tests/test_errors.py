@@ -14,15 +14,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlinterp import RlinterpError
+from rlinterp.activations.harvest import HarvestConfig, harvest
+from rlinterp.activations.prompts import PromptSet
 from rlinterp.cli import main
-from rlinterp.crosscoder import CrosscoderConfig
-from rlinterp.dictionaries import DictionaryConfig
-from rlinterp.harvest import HarvestConfig, harvest
+from rlinterp.dictionaries.crosscoder import CrosscoderConfig
+from rlinterp.dictionaries.sae import SAETrainConfig
+from rlinterp.dictionaries.train import DictionaryConfig
+from rlinterp.models.series import ModelSeries
 from rlinterp.organism.config import ModelConfig, PretrainConfig, RegimeConfig
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.prompts import PromptSet
-from rlinterp.sae import SAETrainConfig
-from rlinterp.series import ModelSeries
 
 from .conftest import synthetic_store, tiny_hf_config, tree_hashes
 

@@ -1,6 +1,6 @@
-"""The package's import graph has no cycles (computing never needs drawing, a store never
-needs the series module to import it back), and ``import rlinterp`` is the one import the
-notebooks need.
+"""The package's import graph has no cycles and follows the table of layers (a module imports
+only from its own layer or below: the folders in the order data flows), and ``import rlinterp``
+is the one import the notebooks need.
 
 The graph is read from the source with ``ast``: every ``import`` counts, at module level,
 inside functions and under ``TYPE_CHECKING`` alike, since each of those is a dependency."""
@@ -77,13 +77,58 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_import_graph_is_acyclic():
     graph = import_graph()
     assert len(graph) > 20 and "rlinterp.organism.build" in graph  # the walk found the package
-    assert "rlinterp.report" in graph["rlinterp.cli"]  # and resolves relative imports
+    assert "rlinterp.diff.report" in graph["rlinterp.cli"]  # and resolves relative imports
     cycles = sorted(module for module in graph if module in _reachable(graph, module))
     assert cycles == [], f"modules on an import cycle: {cycles}"
     # the two that were cycles: computing a diff never imports the renderer, and the
     # series module never imports the activation store
-    assert "rlinterp.report" not in _reachable(graph, "rlinterp.diff")
-    assert "rlinterp.harvest" not in _reachable(graph, "rlinterp.series")
+    assert "rlinterp.diff.report" not in _reachable(graph, "rlinterp.diff.analysis")
+    assert "rlinterp.activations.harvest" not in _reachable(graph, "rlinterp.models.series")
+
+
+LAYERS = (
+    ("errors",),
+    ("core",),
+    ("organism",),
+    ("models",),
+    ("activations",),
+    ("diff",),
+    ("dictionaries",),
+    ("tracking",),
+    ("selection",),
+    ("circuits",),
+    ("pipeline",),
+    ("cli", "__main__"),
+)
+"""The layers of the package, bottom first: each top-level module or folder of ``rlinterp``
+is in exactly one, and a module imports only from its own layer or those below it."""
+
+
+def layer(module: str) -> int:
+    """The layer of ``rlinterp.<top>...``."""
+    top = module.split(".")[1]
+    found = [i for i, names in enumerate(LAYERS) if top in names]
+    assert found, f"rlinterp.{top} is in no layer of LAYERS; add it where it belongs"
+    return found[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if layer(target) > layer(module)
+    )
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"rlinterp.models.series": {"rlinterp.pipeline.runner"}, "rlinterp.pipeline.runner": set()}
+    assert upward_imports(graph) == ["rlinterp.models.series -> rlinterp.pipeline.runner"]
 
 
 def test_the_graph_sees_a_cycle_when_there_is_one(tmp_path, monkeypatch):

@@ -13,16 +13,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlinterp import RlinterpError, build_organism
+from rlinterp.activations.harvest import ActivationStore, HarvestConfig, harvest
+from rlinterp.activations.prompts import PromptSet
 from rlinterp.cli import main
-from rlinterp.dictionaries import DictionaryConfig, evaluate_dictionary, train_dictionary
-from rlinterp.diff import SeriesDiff, run_diff
-from rlinterp.harvest import ActivationStore, HarvestConfig, harvest
+from rlinterp.core.rundir import MARKER, Kind, changes, claim, finish, read_finished
+from rlinterp.dictionaries.sae import TrainedSAE
+from rlinterp.dictionaries.train import DictionaryConfig, evaluate_dictionary, train_dictionary
+from rlinterp.diff.analysis import SeriesDiff, run_diff
+from rlinterp.models.series import ModelSeries
 from rlinterp.organism import Organism
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.prompts import PromptSet
-from rlinterp.rundir import MARKER, Kind, changes, claim, finish, read_finished
-from rlinterp.sae import TrainedSAE
-from rlinterp.series import ModelSeries
 
 from .conftest import sparse_data, synthetic_store, tiny_hf_config, tree_hashes
 
@@ -31,7 +31,7 @@ TEXTS = [f"q: is {n} even? a: {'yes' if n % 2 == 0 else 'no'}" for n in range(10
 PROMPTS = PromptSet.from_list(TEXTS)
 HOOK = "blocks.0.hook_resid_post"
 SMALL = DictionaryConfig(d_sae=16, k=2, n_tokens=10_000, batch_size=128)
-harvest_module = sys.modules["rlinterp.harvest"]  # `rlinterp.harvest` is the function
+harvest_module = sys.modules["rlinterp.activations.harvest"]
 
 
 def _save(model, folder: Path) -> Path:
@@ -302,14 +302,14 @@ def test_the_fingerprint_names_every_setting_that_changed(ckpts, tmp_path):
 def test_a_killed_dictionary_run_resumes_and_is_never_evaluated_half_done(
     store, tmp_path, capsys, monkeypatch
 ):
-    import rlinterp.dictionaries
+    import rlinterp.dictionaries.train
 
     out = tmp_path / "sae"
 
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rlinterp.dictionaries, "top_activations", killed)  # dies after training
+    monkeypatch.setattr(rlinterp.dictionaries.train, "top_activations", killed)  # dies after training
     with pytest.raises(KeyboardInterrupt):
         train_dictionary(store, "sae", HOOK, out, SMALL)
     monkeypatch.undo()
@@ -363,7 +363,7 @@ def test_a_dictionary_left_by_an_older_rlinterp_is_reported_not_a_keyerror(store
 
 
 def test_sharded_checkpoints_hash_every_shard(tmp_path):
-    from rlinterp.artifacts import tokenizer_sha256, weights_sha256
+    from rlinterp.core.artifacts import tokenizer_sha256, weights_sha256
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_hf_config("gpt2"))
@@ -383,29 +383,29 @@ def test_sharded_checkpoints_hash_every_shard(tmp_path):
 
 
 def test_an_unfinished_diff_is_not_loadable_and_its_stale_outputs_go(ckpts, tmp_path, monkeypatch):
-    import rlinterp.diff
-    import rlinterp.rundir
+    import rlinterp.core.rundir
+    import rlinterp.diff.analysis
 
     out = tmp_path / "diff"
 
     def dies(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    finish = rlinterp.rundir.finish
+    finish = rlinterp.core.rundir.finish
 
     def dies_at_the_diff_manifest(path, kind, manifest):
-        if kind == rlinterp.rundir.DIFF:  # after summary.json, before the manifest
+        if kind == rlinterp.core.rundir.DIFF:  # after summary.json, before the manifest
             raise KeyboardInterrupt
         return finish(path, kind, manifest)
 
-    monkeypatch.setattr(rlinterp.rundir, "finish", dies_at_the_diff_manifest)
+    monkeypatch.setattr(rlinterp.core.rundir, "finish", dies_at_the_diff_manifest)
     series = ModelSeries.from_paths([ckpts / "base", ckpts / "step-1"])
     with pytest.raises(KeyboardInterrupt):
         run_diff(series, PROMPTS, out, HarvestConfig(batch_size=4))
     assert (out / "summary.json").is_file() and not (out / "manifest.json").exists()
     with pytest.raises(RlinterpError, match="the diff in .* is unfinished; run `rlinterp diff` again"):
         SeriesDiff.load(out)
-    monkeypatch.setattr(rlinterp.diff, "diff_activations", dies)  # the rerun dies before any table
+    monkeypatch.setattr(rlinterp.diff.analysis, "diff_activations", dies)  # the rerun dies before any table
     with pytest.raises(KeyboardInterrupt):
         run_diff(series, PROMPTS, out, HarvestConfig(batch_size=4))
     assert not (out / "summary.json").exists() and not (out / "weights.parquet").exists()

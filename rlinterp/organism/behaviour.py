@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from ..reproducibility import stream_seed
+from ..core.reproducibility import stream_seed
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import (

@@ -35,10 +35,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import rundir
-from ..artifacts import environment_versions, read_parquet, sha256_file, write_jsonl, write_parquet
+from ..core import rundir
+from ..core.artifacts import environment_versions, read_parquet, sha256_file, write_jsonl, write_parquet
+from ..core.reproducibility import torch_threads
 from ..errors import RlinterpError
-from ..reproducibility import torch_threads
 from .behaviour import eval_questions, evaluate
 from .config import EvalConfig, OrganismConfig
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..reproducibility import stream_seed
+from ..core.reproducibility import stream_seed
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")

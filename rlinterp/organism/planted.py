@@ -50,8 +50,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from ..core.reproducibility import stream_seed
 from ..errors import RlinterpError
-from ..reproducibility import stream_seed
 from .behaviour import evaluate
 from .config import EvalConfig, PlantConfig, RegimeConfig
 from .model import encode, sample_answers, save_checkpoint

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from ..reproducibility import stream_seed
+from ..core.reproducibility import stream_seed
 from .config import RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import Question, is_correct, sample_questions

@@ -1,0 +1,184 @@
+"""Output diffs: how each RL checkpoint's next-token distribution moved away from the base,
+and what the mean activation change of each layer says about tokens.
+
+- **KL**: per kept token, ``KL(post || base)`` of the next-token distributions, computed
+  batch by batch with the base and one checkpoint in memory (the base's log-probs kept
+  across checkpoints when they are small); summarised by mean and quantiles, with the
+  tokens whose distribution moved most.
+- **Activation-difference lens**: the mean difference vector of a hook (``post - base``)
+  read through the checkpoint's unembedding ``W_U`` (no final norm: a difference vector
+  has no scale of its own to normalise), listing the tokens it promotes and suppresses.
+
+A checkpoint compared with itself gives KL exactly 0 (the same logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from ..activations.harvest import ActivationStore, TokenBatch
+from ..models.checkpoint import Checkpoint
+from ..models.series import ModelSeries
+from .activations import concat_frames
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """Output change of every checkpoint against the base."""
+
+    table: pd.DataFrame
+    """One row per checkpoint: ``label, step, n_tokens, kl_mean, kl_p50/p90/p99, kl_max``."""
+    top_tokens: pd.DataFrame
+    """Tokens whose next-token distribution moved most: ``label, rank, row, kl,
+    base_top, post_top`` (the argmax next token before and after)."""
+    lens: pd.DataFrame
+    """The activation-difference lens of each given direction: ``label, hook`` and the
+    columns of ``difference_lens``."""
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+
+def merge_output_diffs(parts: Sequence[OutputDiff]) -> OutputDiff:
+    """Per-checkpoint output diffs (in checkpoint order) as one."""
+    return OutputDiff(
+        concat_frames([p.table for p in parts]),
+        concat_frames([p.top_tokens for p in parts]),
+        concat_frames([p.lens for p in parts]),
+    )
+
+
+@torch.no_grad()
+def diff_outputs(
+    series: ModelSeries,
+    store: ActivationStore,
+    directions: dict[tuple[str, str], Float[Tensor, " d_model"]] | None = None,
+    top_k: int = 10,
+    top_positions: int = 50,
+    checkpoints: Sequence[Checkpoint] | None = None,
+    cache_bytes: int = 256 * 2**20,
+) -> OutputDiff:
+    """KL(post || base) on the store's kept tokens, for every checkpoint of ``series`` (or
+    of ``checkpoints``), and the lens of each ``(label, hook) -> direction`` read through
+    that checkpoint's ``W_U`` (while the checkpoint is loaded anyway). The base's log-probs
+    are computed once and kept when they fit in ``cache_bytes`` (small vocabularies), else
+    the base is run again beside every checkpoint (see ``_BaseRuns``)."""
+    rows, tops, lenses = [], [], []
+    base_runs = _BaseRuns(series, store, cache_bytes)
+    for checkpoint in series if checkpoints is None else checkpoints:
+        post_model = series.load(checkpoint)
+        for (label, hook), vector in (directions or {}).items():
+            if label == checkpoint.label and checkpoint != series.base:
+                lens = difference_lens(vector, post_model.W_U, post_model.tokenizer, top_k)
+                lenses.append(lens.assign(label=label, hook=hook))
+        kls, base_top, post_top = [], [], []
+        for batch in store.token_batches():  # in store-row order: kl[i] is store row i
+            tokens = batch.tokens.to(post_model.cfg.device)
+            keep = batch.keep.to(post_model.cfg.device)
+            log_q = base_runs.log_probs(batch)
+            log_p = F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
+            kls.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu())
+            base_top.append(log_q.argmax(-1).cpu())
+            post_top.append(log_p.argmax(-1).cpu())
+        kl = torch.cat(kls)
+        quantiles = torch.quantile(kl, torch.tensor(QUANTILES)).tolist()
+        rows.append(
+            {
+                "label": checkpoint.label,
+                "step": checkpoint.step,
+                "n_tokens": len(kl),
+                "kl_mean": kl.mean().item(),
+                **{f"kl_p{round(q * 100)}": v for q, v in zip(QUANTILES, quantiles, strict=True)},
+                "kl_max": kl.max().item(),
+            }
+        )
+        before, after = torch.cat(base_top), torch.cat(post_top)
+        values, index = kl.topk(min(top_positions, len(kl)))
+        tokenizer = post_model.tokenizer
+        tops += [
+            {
+                "label": checkpoint.label,
+                "rank": r,
+                "row": int(i),
+                "kl": float(v),
+                "base_top": tokenizer.decode([int(before[i])]),
+                "post_top": tokenizer.decode([int(after[i])]),
+            }
+            for r, (v, i) in enumerate(zip(values, index, strict=True))
+            if v > 0
+        ]
+    return OutputDiff(
+        pd.DataFrame(rows),
+        pd.DataFrame(tops),
+        pd.concat(lenses, ignore_index=True) if lenses else pd.DataFrame(),
+    )
+
+
+class _BaseRuns:
+    """The base model's next-token log-probs on each batch of a store's kept tokens.
+
+    Kept in memory when all of them fit in ``cache_bytes`` (``kept tokens x vocabulary``
+    float32: a few MB for a character-level vocabulary), so the base runs once for the
+    whole series; for real vocabularies they do not fit, and the base is run again beside
+    every checkpoint (a forward is cheaper than the disk). Either way the values are
+    those of the same forward pass, so the KL does not depend on the choice."""
+
+    def __init__(self, series: ModelSeries, store: ActivationStore, cache_bytes: int) -> None:
+        self.series = series
+        n_kept = int(store.tokens().keep.sum())
+        vocab = int(series.load(series.base).cfg.d_vocab)
+        self.cached: dict[int, Tensor] | None = {} if n_kept * vocab * 4 <= cache_bytes else None
+
+    @torch.no_grad()
+    def log_probs(self, batch: TokenBatch) -> Float[Tensor, "kept vocab"]:
+        if self.cached is not None and batch.shard in self.cached:
+            return self.cached[batch.shard]
+        model = self.series.load(self.series.base)
+        tokens, keep = batch.tokens.to(model.cfg.device), batch.keep.to(model.cfg.device)
+        log_q = F.log_softmax(model(tokens, return_type="logits").float()[keep], dim=-1)
+        if self.cached is not None:
+            self.cached[batch.shard] = log_q
+        return log_q
+
+
+@torch.no_grad()
+def difference_lens(
+    direction: Float[Tensor, " d_model"],
+    unembed: Float[Tensor, "d_model d_vocab"],
+    tokenizer: PreTrainedTokenizerBase,
+    top_k: int = 10,
+) -> pd.DataFrame:
+    """Tokens a direction promotes (largest logits) and suppresses (smallest) when read
+    through ``unembed``: ``direction, rank, token_id, token, logit``."""
+    all_logits = direction.float().to(unembed.device) @ unembed.float()
+    # Special tokens (padding, BOS, ...) are never predicted in text; leave them out.
+    usable = torch.ones(all_logits.shape[0], dtype=torch.bool, device=all_logits.device)
+    usable[torch.tensor(tokenizer.all_special_ids, dtype=torch.long, device=usable.device)] = False
+    ids = usable.nonzero().squeeze(1)
+    logits = all_logits[ids]
+    k = min(top_k, len(ids))
+    rows = []
+    for kind, (values, positions) in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
+        index = ids[positions]
+        sign = 1.0 if kind == "promoted" else -1.0
+        rows += [
+            {
+                "direction": kind,
+                "rank": r,
+                "token_id": int(i),
+                "token": tokenizer.decode([int(i)]),
+                "logit": sign * float(v),
+            }
+            for r, (v, i) in enumerate(zip(values, index, strict=True))
+        ]
+    return pd.DataFrame(rows)

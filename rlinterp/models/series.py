@@ -1,0 +1,334 @@
+"""A base model and its RL checkpoints, as one ordered, validated series.
+
+``ModelSeries`` is the entry point of every diff: it names each checkpoint (a label and
+an RL step), checks *before any compute* (``validate``, see ``models.checks``: configs,
+tokenizer files, safetensors headers, weight bytes for duplicates) that all checkpoints are
+comparable, and loads them lazily through TransformerLens, at most ``max_loaded`` at a
+time. Index 0 is always the base, a full checkpoint; the others are full checkpoints
+(single-file or sharded safetensors, any float dtype) or PEFT LoRA adapters over the base.
+
+Layouts read (``from_run_dir``, ``from_paths``): ``checkpoint-<N>/`` (transformers/TRL,
+full or adapter), ``step-<N>/`` (the organism), ``global_step<N>/`` (DeepSpeed, once
+converted to safetensors) and plain numbered folders ``<N>/``. Real runs save hundreds of
+checkpoints; ``select`` keeps a subset.
+
+Invariants:
+- steps strictly increase along the series and labels are unique; the device exists here;
+- every checkpoint is loaded in one dtype (``dtype``, or the widest dtype the checkpoints
+  store), so bf16 weights stay bf16 unless float32 is asked for;
+- ``load(i)`` returns a model with only finite weights (a NaN or Inf weight is reported by
+  its name, as loaded in the series' dtype) whose logits were checked against the plain
+  ``transformers`` model (for an adapter: PEFT's unmerged model) on a few tokens
+  (``fidelity[label]`` holds the max abs difference), so a diff is never an artefact of
+  the loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from ..errors import RlinterpError
+from .adapters import LoraAdapter, is_adapter
+from .checkpoint import Checkpoint
+from .checks import check_comparable, check_steps, identical_pairs, series_dtype
+from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^(?:(?:checkpoint|step|global_step)[-_]?)?(\d+)$")
+"""Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
+the organism (``step-5``), DeepSpeed (``global_step500``), or just the step (``500``)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+"""Largest relative logit difference (``Fidelity.relative``) accepted between the hooked
+model and ``transformers`` in the same dtype. Measured: the organism gives ~3e-7 in float32
+and 6e-3 to 9e-3 in bfloat16 (CPU and an H200); a random-init 8-layer, d_model 1024 Llama on
+the H200 gave absolute differences of 5e-6 (float32), 5e-3 (float16) and 4.7e-2 (bfloat16).
+Two implementations round half precision differently, hence the looser bounds; a wrong
+loader is off by O(1)."""
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def _step_label(path: Path) -> tuple[int, str] | None:
+    """Step and label of a folder named in a known layout (``500/`` is labelled step-500)."""
+    match = STEP_DIR.match(path.name)
+    if not match:
+        return None
+    step = int(match.group(1))
+    return step, f"step-{step}" if path.name.isdigit() else _label(path.name)
+
+
+@dataclass
+class ModelSeries:
+    """A base checkpoint followed by RL checkpoints, ordered by step."""
+
+    checkpoints: tuple[Checkpoint, ...]
+    device: str = "cpu"
+    dtype: torch.dtype | None = None
+    """Dtype every model is loaded in; None: the widest floating dtype the full checkpoints
+    store (bf16 checkpoints load in bf16; ask for ``torch.float32`` to upcast)."""
+    max_loaded: int = 2
+    """Models kept in memory at once (the base and the one being compared)."""
+    device_map: str | None = None
+    """Hugging Face device map (e.g. ``auto``) that splits each full checkpoint over the GPUs
+    this process sees, instead of putting it on ``device``; None: all on ``device``."""
+    check_fidelity: bool = True
+    on_identical: Literal["warn", "error", "ignore"] = "warn"
+    """What ``validate`` does about checkpoints holding byte-identical weights: log a
+    warning naming both, raise, or skip the check (it reads every weight byte)."""
+    fidelity: dict[str, float] = field(default_factory=dict)
+    """Label -> max absolute logit difference measured when the model was loaded."""
+    _loaded: OrderedDict[str, TransformerBridge] = field(default_factory=OrderedDict, repr=False)
+    _validated: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.checkpoints) < 1:
+            raise RlinterpError("a model series needs at least one checkpoint")
+        check_steps(self.checkpoints)
+        labels = [c.label for c in self.checkpoints]
+        if len(set(labels)) != len(labels):
+            raise RlinterpError(f"checkpoint labels must be unique, got {labels}")
+        for c in self.checkpoints:
+            require_checkpoint(c.path)
+        if is_adapter(self.base.path):
+            raise RlinterpError(
+                f"the base of a series must be a full checkpoint, but {self.base.path} is an adapter; "
+                "give the model it was trained on as the base"
+            )
+        require_device(self.device)
+        if self.on_identical not in ("warn", "error", "ignore"):
+            raise RlinterpError(f"on_identical must be warn, error or ignore, got {self.on_identical!r}")
+        if self.dtype is None:
+            self.dtype = series_dtype(self.checkpoints)
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype every model is loaded in (``dtype``, resolved)."""
+        assert self.dtype is not None  # resolved by __post_init__
+        return self.dtype
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | os.PathLike[str]], **kwargs: object) -> ModelSeries:
+        """The first path is the base; the rest are RL checkpoints in step order (their
+        step is parsed from the folder name when it follows a known layout, else their
+        position)."""
+        checkpoints = [Checkpoint("base", 0, Path(paths[0]))]
+        for i, p in enumerate(paths[1:], 1):
+            path = Path(p)
+            step, label = _step_label(path) or (i, _label(f"{path.parent.name}-{path.name}"))
+            checkpoints.append(Checkpoint(label, step, path))
+        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_run_dir(
+        cls, run_dir: str | os.PathLike[str], base: str | os.PathLike[str] | None = None, **kwargs: object
+    ) -> ModelSeries:
+        """The checkpoints of a training run directory (``checkpoint-<N>/``, ``step-<N>/``,
+        ``global_step<N>/`` or ``<N>/``), ordered by step. ``base`` defaults to the step-0
+        folder, else to the local base model the adapter checkpoints name."""
+        root = Path(run_dir)
+        if not root.is_dir():
+            raise RlinterpError(f"run directory {root} does not exist")
+        found = sorted(
+            (parsed[0], parsed[1], p) for p in root.iterdir() if p.is_dir() and (parsed := _step_label(p))
+        )
+        if not found:
+            raise RlinterpError(
+                f"{root} has no checkpoint folders named checkpoint-<N>, step-<N>, global_step<N> or <N>"
+            )
+        if base is None and found[0][0] == 0:
+            base_path, rest = found[0][2], found[1:]
+        else:
+            base_path = Path(base) if base is not None else _named_base(root, [p for _, _, p in found])
+            rest = [f for f in found if f[0] != 0]
+        checkpoints = [Checkpoint("base", 0, base_path)] + [Checkpoint(label, s, p) for s, label, p in rest]
+        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_organism(cls, root: str | os.PathLike[str], regime: str, **kwargs: object) -> ModelSeries:
+        """The organism's base and the RL checkpoints of one regime."""
+        from ..organism import Organism
+
+        organism = Organism.load(Path(root).parent if Path(root).name == "manifest.json" else root)
+        steps = organism.checkpoints(regime)
+        checkpoints = [Checkpoint("base", 0, organism.base)] + [
+            Checkpoint(f"{regime}-step-{s}", s, p) for s, p in steps.items() if s != 0
+        ]
+        return cls(tuple(checkpoints), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_spec(
+        cls,
+        specs: Sequence[str | os.PathLike[str]],
+        regime: str | None = None,
+        base: str | os.PathLike[str] | None = None,
+        **kwargs: object,
+    ) -> ModelSeries:
+        """What the CLI's ``--series`` (and ``--base``) accept: one organism directory (or
+        its ``manifest.json``) with ``regime``; one training run directory; or checkpoint
+        folders, base first unless ``base`` is given."""
+        root = Path(specs[0])
+        folders = len(specs) > 1 or (root / "config.json").is_file() or is_adapter(root)
+        if folders and base is not None:
+            return cls.from_paths([base, *specs], **kwargs)
+        if len(specs) > 1:
+            return cls.from_paths(specs, **kwargs)
+        organism_root = root.parent if root.name == "manifest.json" else root
+        if (organism_root / "manifest.json").is_file():
+            if regime is None:
+                raise RlinterpError(f"{organism_root} is an organism; say which regime to diff with --regime")
+            return cls.from_organism(organism_root, regime, **kwargs)
+        if root.is_dir() and not (root / "config.json").is_file() and not is_adapter(root):
+            return cls.from_run_dir(root, base, **kwargs)
+        raise RlinterpError(
+            f"{root}: give an organism directory, a run directory with checkpoint-<N> folders, "
+            "or checkpoint folders (base first, or the base with --base)"
+        )
+
+    def select(self, steps: Sequence[int] | None = None, every: int | None = None) -> ModelSeries:
+        """The base and some of the RL checkpoints: those at ``steps``, or every
+        ``every``-th one (the every-th, 2·every-th, ... and always the last)."""
+        rest = self.checkpoints[1:]
+        if (steps is None) == (every is None):
+            raise RlinterpError("select checkpoints by steps or by every, not both or neither")
+        if every is not None:
+            if every < 1:
+                raise RlinterpError(f"every must be a positive number of checkpoints, got {every}")
+            chosen = [c for i, c in enumerate(rest, 1) if i % every == 0 or i == len(rest)]
+        else:
+            by_step = {c.step: c for c in rest}
+            missing = sorted({s for s in steps or () if s not in by_step and s != 0})
+            if missing:
+                have = sorted(by_step)
+                shown = ", ".join(map(str, have[:10])) + (", ..." if len(have) > 10 else "")
+                raise RlinterpError(f"no checkpoint at step(s) {missing}; the series has steps {shown}")
+            chosen = [by_step[s] for s in sorted(set(steps or ())) if s != 0]
+        return dataclasses.replace(
+            self, checkpoints=(self.base, *chosen), fidelity={}, _loaded=OrderedDict(), _validated=False
+        )
+
+    # -- validation ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``RlinterpError`` if the checkpoints cannot be compared with the base
+        (``series_checks.check_comparable``), and report byte-identical checkpoints as
+        ``on_identical`` says. Reads files, never builds a model; once per series object."""
+        if self._validated:
+            return
+        check_comparable(self.checkpoints)
+        if self.on_identical != "ignore":
+            for first, later in identical_pairs(self.checkpoints):
+                message = (
+                    f"checkpoints {first.label} ({first.path}) and {later.label} ({later.path}) hold "
+                    "byte-identical weights"
+                )
+                if self.on_identical == "error":
+                    raise RlinterpError(f"{message}; leave one out, or allow it with on_identical='warn'")
+                log.warning("%s; their diffs against the base will be the same", message)
+        self._validated = True
+
+    # -- loading ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def __iter__(self) -> Iterator[Checkpoint]:
+        return iter(self.checkpoints)
+
+    @property
+    def base(self) -> Checkpoint:
+        return self.checkpoints[0]
+
+    def load(self, checkpoint: Checkpoint) -> TransformerBridge:
+        """The hooked model of ``checkpoint``, loading it (and evicting the least recently
+        used one beyond ``max_loaded``) if needed."""
+        if checkpoint.label in self._loaded:
+            self._loaded.move_to_end(checkpoint.label)
+            return self._loaded[checkpoint.label]
+        while len(self._loaded) >= self.max_loaded:
+            self._loaded.popitem(last=False)
+        base = self.base.path if is_adapter(checkpoint.path) else None
+        model = load_bridge(
+            checkpoint.path, device=self.device, dtype=self.load_dtype, base=base, device_map=self.device_map
+        )
+        _require_finite(checkpoint, model, self.load_dtype)
+        if self.check_fidelity and checkpoint.label not in self.fidelity:
+            tokens = torch.arange(min(16, model.cfg.d_vocab)).unsqueeze(0)
+            fidelity = logit_fidelity(checkpoint.path, tokens, model, base=base, device_map=self.device_map)
+            tolerance = FIDELITY_TOLERANCE.get(self.load_dtype, FIDELITY_TOLERANCE[torch.float32])
+            if not fidelity.relative <= tolerance:  # also catches NaN
+                raise RlinterpError(
+                    f"TransformerLens does not reproduce {checkpoint.label} ({checkpoint.path}): "
+                    f"relative logit difference {fidelity.relative:.2e} > {tolerance:.0e} in "
+                    f"{self.load_dtype}; this architecture is not safe to diff"
+                )
+            self.fidelity[checkpoint.label] = fidelity.max_abs_diff
+        self._loaded[checkpoint.label] = model
+        return model
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The series' tokenizer (``validate`` checks that all checkpoints share it)."""
+        return AutoTokenizer.from_pretrained(self.base.path)
+
+    def describe(self) -> list[dict[str, object]]:
+        """JSON-ready description for manifests: label, step, path, the dtype the models
+        are loaded in, and whether the checkpoint is an adapter over the base."""
+        dtype = str(self.load_dtype).removeprefix("torch.")
+        return [
+            {
+                "label": c.label,
+                "step": c.step,
+                "path": str(c.path),
+                "dtype": dtype,
+                "adapter": is_adapter(c.path),
+            }
+            for c in self.checkpoints
+        ]
+
+
+def _named_base(root: Path, folders: list[Path]) -> Path:
+    """The base model that the adapter checkpoints of a run name, if it is a local folder."""
+    adapters = [LoraAdapter.open(p) for p in folders if is_adapter(p)]
+    names = {a.base_name for a in adapters}
+    if not adapters:
+        raise RlinterpError(
+            f"{root} has no step-0 checkpoint; pass the base model folder explicitly (--base)"
+        )
+    if len(names) != 1 or None in names:
+        raise RlinterpError(
+            f"the adapters in {root} name {len(names - {None})} different base models "
+            f"({sorted(n for n in names if n)[:3]}); pass the base model folder explicitly (--base)"
+        )
+    name = str(next(iter(names)))
+    if not Path(name).is_dir():
+        raise RlinterpError(
+            f"the adapters in {root} name the base model {name!r} (adapter_config.json), which is not a "
+            "local folder; pass the base model folder explicitly (--base)"
+        )
+    return Path(name)
+
+
+def _require_finite(checkpoint: Checkpoint, model: TransformerBridge, dtype: torch.dtype) -> None:
+    for wrapped, parameter in model.original_model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            # The bridge wraps each Hugging Face module; unwrapped, the name is the checkpoint's.
+            name = wrapped.replace("._original_component", "")
+            raise RlinterpError(
+                f"weight {name} of {checkpoint.label} ({checkpoint.path}) holds NaN or Inf values "
+                f"when loaded in {dtype}; the checkpoint is damaged or does not fit this dtype"
+            )

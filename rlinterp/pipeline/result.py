@@ -1,0 +1,226 @@
+"""A finished (or partly finished) ``rlinterp run`` directory, read back as one object.
+
+``RunResult.load(path)`` reads every table the stages wrote; it is what the report, the
+paper figures and notebooks work from, so none of them needs a model. A table a stage
+has not written is empty, and whatever reads it shows an empty state instead.
+
+``summary()`` is the headline table: one row per (series, step) with the KL, the
+activation change at the deepest hook, the base SAE's FVU, and the headline columns later
+stages register with ``register_headline``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..dictionaries.cards import FeatureCard
+from ..diff.analysis import SeriesDiff
+from ..errors import RlinterpError
+
+HEADLINES: list[Callable[[RunResult], pd.DataFrame]] = []
+"""Functions returning ``series, step`` plus headline columns for ``summary()``."""
+
+
+def register_headline(headline: Callable[[RunResult], pd.DataFrame]) -> None:
+    """Add a later stage's columns to the run summary (rows keyed by ``series, step``)."""
+    HEADLINES.append(headline)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The tables of one run directory."""
+
+    root: Path
+    config: dict[str, Any]
+    diffs: dict[str, SeriesDiff]
+    """Series name -> its diff tables, in run order."""
+    behaviour: pd.DataFrame
+    """The organism's behaviour table (empty for checkpoint series)."""
+    fvu_drift: pd.DataFrame
+    latent_steps: pd.DataFrame
+    contexts: pd.DataFrame
+    decoder_tokens: pd.DataFrame
+    dictionary_info: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """Tables of later stages, ``<stage>/<name>`` -> frame (every Parquet file of a stage
+    folder other than ``diff`` and ``dictionaries``)."""
+
+    @classmethod
+    def load(cls, root: str | Path) -> RunResult:
+        root = Path(root)
+        claim = root / ".run.json"
+        if not claim.is_file() and not (root / "manifest.json").is_file():
+            raise RlinterpError(f"{root} is not an rlinterp run directory; run `rlinterp run` first")
+        claimed = json.loads(claim.read_text()) if claim.is_file() else {}
+        if not claimed:
+            claimed = json.loads((root / "manifest.json").read_text())
+        config = claimed.get("config", {})
+        diff_root = root / "diff"
+        diffs = {
+            name: SeriesDiff.load(diff_root / name)
+            for name in claimed.get("series", [])
+            if (diff_root / name / "manifest.json").is_file()
+        }
+        behaviour = pd.DataFrame()
+        organism = claimed.get("organism")
+        if organism and (Path(organism) / "behaviour.parquet").is_file():
+            behaviour = pd.read_parquet(Path(organism) / "behaviour.parquet")
+        dictionaries = root / "dictionaries"
+        info = dictionaries / "info.json"
+        later = {
+            f"{p.parent.name}/{p.stem}": pd.read_parquet(p)
+            for p in sorted(root.glob("*/*.parquet"))
+            if p.parent.name not in ("diff", "dictionaries")
+        }
+        return cls(
+            root=root,
+            config=config,
+            diffs=diffs,
+            behaviour=behaviour,
+            fvu_drift=_read(dictionaries / "fvu_drift.parquet"),
+            latent_steps=_read(dictionaries / "latent_steps.parquet"),
+            contexts=_read(dictionaries / "contexts.parquet"),
+            decoder_tokens=_read(dictionaries / "decoder_tokens.parquet"),
+            dictionary_info=json.loads(info.read_text()) if info.is_file() else {},
+            tables=later,
+        )
+
+    @property
+    def series(self) -> list[str]:
+        return list(self.diffs)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per (series, step): ``kl_mean``, ``activation_change`` (deepest hook),
+        ``fvu`` of the base SAE, and the registered headline columns."""
+        rows = []
+        for name, diff in self.diffs.items():
+            for row in diff.summary():
+                rows.append(
+                    {
+                        "series": name,
+                        "step": row["step"],
+                        "kl_mean": row["kl_mean"],
+                        "activation_change": row["activation_rel_diff_norm"],
+                    }
+                )
+        frame = pd.DataFrame(rows, columns=["series", "step", "kl_mean", "activation_change"])
+        if not self.fvu_drift.empty:
+            fvu = self.fvu_drift[["series", "step", "fvu"]]
+            frame = frame.merge(fvu, on=["series", "step"], how="left")
+        for headline in HEADLINES:
+            columns = headline(self)
+            if not columns.empty:  # a stage that has not run adds no column
+                frame = frame.merge(columns, on=["series", "step"], how="left")
+        return frame
+
+    def latent_table(self) -> pd.DataFrame:
+        """One row per latent: base firing rate, and per series the firing rate and mean
+        activation at its last step with the change from the base; the top promoted token.
+        Sorted by the largest absolute change in mean activation."""
+        steps = self.latent_steps
+        if steps.empty:
+            return pd.DataFrame()
+        base = steps[steps["step"] == 0].drop_duplicates("latent").set_index("latent")
+        table = pd.DataFrame({"latent": base.index, "base_firing": base["firing_rate"].to_numpy()})
+        score = pd.Series(0.0, index=base.index)
+        for name, group in steps.groupby("series", sort=False):
+            last = group[group["step"] == group["step"].max()].set_index("latent")
+            change = last["mean_activation"] - base["mean_activation"]
+            table[f"{name}_firing"] = last["firing_rate"].to_numpy()
+            table[f"{name}_change"] = change.to_numpy()
+            score = score.combine(change.abs(), max)
+        promoted = self.decoder_tokens[
+            (self.decoder_tokens["direction"] == "promoted") & (self.decoder_tokens["rank"] == 0)
+        ].set_index("latent")["token"]
+        table["promotes"] = table["latent"].map(lambda j: repr(promoted.get(j, "")))
+        table["score"] = score.to_numpy()
+        return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+    def card(self, latent: int) -> FeatureCard:
+        """The feature card of ``latent`` (renders in Jupyter)."""
+        if self.latent_steps.empty:
+            raise RlinterpError(f"{self.root} has no dictionaries yet; run the dictionaries stage")
+        lineage = self.tables.get("tracking/lineage")
+        if lineage is not None and "latent" in lineage:
+            lineage = _lineage_by_step(lineage[lineage["latent"] == latent])
+        return FeatureCard(
+            latent=latent,
+            activity=self.latent_steps[self.latent_steps["latent"] == latent],
+            contexts=self.contexts[self.contexts["latent"] == latent],
+            decoder=self.decoder_tokens[self.decoder_tokens["latent"] == latent],
+            lineage=lineage,
+        )
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.html"
+
+    def _repr_html_(self) -> str:
+        from ..core.page import esc, table
+
+        return (
+            f"<p><b>rlinterp run</b> {esc(self.root)} — report: "
+            f"<a href='{esc(self.report_path)}'>{esc(self.report_path)}</a></p>" + table(self.summary())
+        )
+
+
+def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
+    """One latent's lineage rows as one row per (series, source) and a class per step."""
+    if rows.empty or "series" not in rows:
+        return rows
+    wide = rows.pivot_table(
+        index=["series", "source"], columns="step", values="class", aggfunc="first", sort=False
+    )
+    return wide.rename(columns=lambda step: f"step {step}").reset_index().rename_axis(columns=None)
+
+
+def transitions(run: RunResult) -> list[str]:
+    """Per series, where the selection-versus-novelty index jumps and where behaviour does
+    (empty before the selection stage)."""
+    found = run.tables.get("selection/transition", pd.DataFrame())
+    lines = []
+    for row in found.to_dict(orient="records"):
+        index = (
+            f"step {_int(row['index_step'])} (interval {_int(row['index_step_lo'])}-"
+            f"{_int(row['index_step_hi'])})"
+            if row.get("index_found")
+            else "none"
+        )
+        behaviour = row.get("behavioural_step")
+        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {_int(behaviour)}"
+        lines.append(f"{row['series']}: index transition {index}; behavioural transition {behaviour}")
+    return lines
+
+
+def _int(value: Any) -> str:
+    """A step read back from Parquet (a float where the column has gaps) as an integer."""
+    return str(int(value))
+
+
+def summary_text(run: RunResult) -> str:
+    """The run's headline table for a terminal (one screen), and where the report is."""
+    summary = run.summary()
+    lines = []
+    for name, group in summary.groupby("series", sort=False):
+        shown = group.drop(columns=["series"])
+        lines.append(f"{name}:")
+        lines.append(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+    latents = run.latent_table()
+    if not latents.empty:
+        top = ", ".join(
+            f"{j} ({t})" for j, t in zip(latents["latent"].head(5), latents["promotes"].head(5), strict=True)
+        )
+        lines.append(f"latents that changed most (promoted token): {top}")
+    lines += transitions(run)
+    lines.append(f"report: {run.report_path}")
+    return "\n".join(lines) + "\n"

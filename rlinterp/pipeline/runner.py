@@ -1,0 +1,359 @@
+"""``rlinterp run``: the whole analysis of one or more checkpoint series as a list of named,
+resumable stages over one output directory.
+
+A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>/``; the
+built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
+``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
+``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
+reading the run's base SAE). More stages plug in with ``register_stage`` and a config
+section with ``config.register_section``; the report plugs them in with
+``report.register_section``.
+
+Layout of ``<out>/``:
+
+- ``.run.json``: the claim, written first: kind ``rlinterp.run`` and the config's
+  fingerprint; a directory claimed by another config is refused, never mixed;
+- ``stages/<name>.json``: a finished stage (its fingerprint, wall ``seconds`` and
+  ``cpu_seconds``); a stage whose marker matches is skipped on resume;
+- ``diff/<series>/``: one ``run_diff`` output per series (regime);
+- ``dictionaries/``: see ``dictionaries_stage``;
+- ``report.html``, ``report.md``: rendered from the files above (always re-rendered);
+- ``manifest.json``: written last; its presence marks the run finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..activations.prompts import PromptSet
+from ..core.artifacts import environment_versions, sha256_file, write_json
+from ..errors import RlinterpError
+from ..models.series import ModelSeries
+from .config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
+from .stages import (
+    CircuitsSection,
+    SelectionSection,
+    TrackingSection,
+    circuits_stage,
+    selection_stage,
+    tracking_stage,
+)
+
+if TYPE_CHECKING:
+    from .result import RunResult
+
+log = logging.getLogger(__name__)
+
+KIND = "rlinterp.run"
+CLAIM = ".run.json"
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named step of the pipeline."""
+
+    name: str
+    """Folder name under the run directory, and the name in logs and markers."""
+    run: Callable[[RunContext], None]
+    """Computes the stage's results and writes them under ``ctx.stage_dir(name)``."""
+    sections: tuple[str, ...]
+    """Config sections its results depend on (with those of the stages before it)."""
+
+
+STAGES: list[Stage] = []
+"""The pipeline, in order; ``register_stage`` adds to it."""
+
+
+def register_stage(stage: Stage, after: str | None = None) -> None:
+    """Add ``stage`` to the pipeline (after the stage named ``after``, default: at the end);
+    registering a name again replaces that stage."""
+    names = [s.name for s in STAGES]
+    if stage.name in names:
+        STAGES[names.index(stage.name)] = stage
+        return
+    STAGES.insert(names.index(after) + 1 if after else len(STAGES), stage)
+
+
+# -- the run directory ---------------------------------------------------------------------
+
+
+def claim_run_dir(out: Path, config: RunConfig) -> None:
+    """Make ``out`` this run's directory: absent or empty, or one claimed by a run with the
+    same fingerprint (then it resumes). Anything else is refused."""
+    expected = fingerprint(config)
+    if out.exists() and not out.is_dir():
+        raise RlinterpError(f"run output {out} is a file; choose a directory")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries:
+        marker = out / CLAIM if CLAIM in entries else out / MANIFEST if MANIFEST in entries else None
+        if marker is None:
+            raise RlinterpError(
+                f"{out} is not empty and holds no rlinterp run; choose a new or empty output directory"
+            )
+        found = json.loads(marker.read_text())
+        if found.get("kind") != KIND:
+            raise RlinterpError(
+                f"{out} holds a {found.get('kind', 'non-rlinterp')} artifact, not a run; "
+                "choose another output directory"
+            )
+        # A section the claim lacks belongs to a stage added since: it runs, nothing mixes.
+        recorded = found.get("fingerprint", {})
+        changed = sorted(k for k, v in expected.items() if k in recorded and recorded[k] != v)
+        if changed:
+            raise RlinterpError(
+                f"{out} holds a different run's results (its {', '.join(changed)} settings differ); "
+                "choose another output directory or delete it"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable output") from e
+    previous = json.loads((out / CLAIM).read_text()) if (out / CLAIM).is_file() else {}
+    write_json(out / CLAIM, {**previous, "kind": KIND, "fingerprint": expected, "config": to_dict(config)})
+    (out / MANIFEST).unlink(missing_ok=True)  # unfinished until rewritten at the end
+
+
+def _check_inputs(ctx: RunContext) -> None:
+    """Record the weights the run reads; refuse to resume on other weights at the same paths."""
+    digests = {
+        name: [[c.label, c.step, _weights_digest(c.path, ctx.organism_root)] for c in series]
+        for name, series in ctx.series.items()
+    }
+    claim = json.loads((ctx.out / CLAIM).read_text())
+    if "inputs" in claim and claim["inputs"] != digests:
+        raise RlinterpError(
+            f"{ctx.out} holds results for other weights at the same checkpoint paths; "
+            "choose another output directory"
+        )
+    organism = str(ctx.organism_root.resolve()) if ctx.organism_root else None
+    write_json(
+        ctx.out / CLAIM, {**claim, "inputs": digests, "series": list(ctx.series), "organism": organism}
+    )
+
+
+def _weights_digest(path: Path, organism_root: Path | None) -> str:
+    if organism_root is not None:  # the organism's manifest already hashes its weights
+        recorded = json.loads((organism_root / "manifest.json").read_text())["weights_sha256"]
+        rel = str((path / "model.safetensors").relative_to(organism_root))
+        if rel in recorded:
+            return str(recorded[rel])
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return ",".join(sha256_file(f) for f in files)
+
+
+# -- stages --------------------------------------------------------------------------------
+
+
+def prepare(config: RunConfig) -> RunContext:
+    """The context of a run: organism built if needed, series and prompts resolved."""
+    from ..organism import Organism, build_organism
+
+    s, p, c = config.series, config.prompts, config.compute
+    ctx = RunContext(config=config, out=Path(config.out))
+    kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
+    if s.organism is not None:
+        root = Path(s.organism)
+        if not (root / "manifest.json").is_file():
+            log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
+        organism = Organism.load(root) if _finished(root) else build_organism(root, s.preset, s.seed)
+        ctx.organism_root = organism.root
+        # RL regimes in build order, then the planted positive control(s), e.g. ``novel``
+        built = [r["name"] for r in organism.manifest["config"]["regimes"]]
+        built += [r for r in organism.regimes if r not in built]
+        for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
+            ctx.series[regime] = ModelSeries.from_organism(organism.root, regime, **kwargs)
+    else:
+        ctx.series[s.name] = ModelSeries.from_paths(list(s.checkpoints), **kwargs)
+    if p.source == "organism":
+        if ctx.organism_root is None:
+            raise RlinterpError("prompts.source = 'organism' needs series.organism; give a prompt file")
+        prompts = PromptSet.from_organism(ctx.organism_root)
+    else:
+        prompts = PromptSet.from_file(p.source)
+    ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
+    return ctx
+
+
+def _finished(root: Path) -> bool:
+    return (root / "manifest.json").is_file() and not (root / ".building").exists()
+
+
+def _first(prompts: PromptSet, n: int) -> PromptSet:
+    return dataclasses.replace(
+        prompts,
+        texts=prompts.texts[:n],
+        response_starts=prompts.response_starts[:n] if prompts.response_starts else None,
+        labels={k: v[:n] for k, v in prompts.labels.items()},
+    )
+
+
+def diff_stage(ctx: RunContext) -> None:
+    """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
+    from ..activations.harvest import ActivationStore, HarvestConfig
+    from ..diff.analysis import run_diff
+    from ..models.executor import ExecutorConfig, make_executor
+
+    h, c = ctx.config.harvest, ctx.config.compute
+    harvest_cfg = HarvestConfig(
+        hooks=h.hooks or None,
+        batch_size=h.batch_size,
+        include_bos=h.include_bos,
+        response_only=h.response_only,
+        store_dtype=h.store_dtype,
+        max_tokens=h.max_tokens,
+        token_seed=h.token_seed,
+    )
+    executor = make_executor(
+        ExecutorConfig(kind=c.executor, address=c.address, num_cpus=c.task_cpus, num_gpus=c.task_gpus)
+    )
+    assert ctx.prompts is not None
+    done: list[ActivationStore] = []  # every series shares the base: harvested once
+    for name, series in ctx.series.items():
+        out = ctx.stage_dir("diff") / name
+        if not (out / "manifest.json").is_file():
+            log.info("diff %s: %d checkpoints against the base", name, len(series) - 1)
+            run_diff(series, ctx.prompts, out, harvest_cfg, executor=executor, reuse=done)
+        done.append(ActivationStore.load(out / "activations"))
+
+
+def dictionaries_stage(ctx: RunContext) -> None:
+    from .base_sae import run_dictionaries
+
+    if ctx.config.dictionaries.enabled:
+        run_dictionaries(ctx)
+
+
+register_stage(Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")))
+register_stage(Stage("dictionaries", dictionaries_stage, ("dictionaries",)))
+register_section("tracking", TrackingSection)
+register_stage(Stage("tracking", tracking_stage, ("tracking",)))
+register_section("selection", SelectionSection)
+register_stage(Stage("selection", selection_stage, ("selection",)))
+register_section("circuits", CircuitsSection)
+register_stage(Stage("circuits", circuits_stage, ("circuits",)))
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _stage_fingerprint(config: RunConfig, upto: int) -> dict[str, str]:
+    prints = fingerprint(config)
+    names = {n for stage in STAGES[: upto + 1] for n in stage.sections}
+    return {n: prints[n] for n in sorted(names)}
+
+
+def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
+    """Run every stage of ``config`` (resuming finished ones), render the report; return
+    the run directory. ``progress``: a bar over the stages (None: only on a terminal;
+    otherwise one log line per stage)."""
+    from .report import write_reports
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    claim_run_dir(out, config)
+    previous_threads = torch.get_num_threads()
+    if config.compute.threads:
+        torch.set_num_threads(config.compute.threads)
+    try:
+        with _timed() as preparing:  # the organism build, when it is missing
+            ctx = prepare(config)
+        _check_inputs(ctx)
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
+            for i, stage in enumerate(STAGES):
+                bar.set_postfix_str(stage.name)
+                _run_stage(ctx, stage, _stage_fingerprint(config, i))
+                bar.update()
+        write_reports(out)
+    finally:
+        torch.set_num_threads(previous_threads)
+    write_json(
+        out / MANIFEST,  # last: marks the run finished
+        {
+            "kind": KIND,
+            "fingerprint": fingerprint(config),
+            "config": to_dict(config),
+            "series": list(ctx.series),
+            "stages": [s.name for s in STAGES],
+            "seconds": round(time.perf_counter() - started, 1),
+            "prepare": preparing,  # the organism build, when it was missing
+            "versions": environment_versions(),
+        },
+    )
+    return out
+
+
+def run(
+    config: RunConfig | str | os.PathLike[str] | None = None,
+    *,
+    out: str | None = None,
+    progress: bool | None = None,
+    **sections: dict[str, Any],
+) -> RunResult:
+    """Run the pipeline and return its result: the notebook entry point.
+
+    ``config`` is a ``RunConfig``, a TOML file or None (the defaults); ``out`` and keyword
+    sections override it, e.g. ``run("tiny.toml", dictionaries={"n_tokens": 20_000})``.
+    Keys and types are checked as in a TOML file."""
+    from .result import RunResult
+
+    if isinstance(config, RunConfig):
+        data = to_dict(config)
+    elif config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise RlinterpError(f"config file {path} does not exist")
+        data = tomllib.loads(path.read_text())
+    else:
+        data = {}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    if out is not None:
+        data["out"] = out
+    root = run_pipeline(config_from_dict(data), progress=progress)
+    return RunResult.load(root)
+
+
+def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
+    marker = ctx.out / "stages" / f"{stage.name}.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
+        log.info("stage %s: finished earlier, kept", stage.name)
+        return
+    with _timed() as spent:
+        stage.run(ctx)
+    write_json(marker, {"fingerprint": expected, **spent})
+    log.info("stage %s: done in %.1f s (%.1f CPU-s)", stage.name, spent["seconds"], spent["cpu_seconds"])
+
+
+@contextmanager
+def _timed() -> Iterator[dict[str, float]]:
+    """Wall and CPU seconds of the block (this process, all its threads, and finished child
+    processes), filled in when it ends: the CPU time says what a stage costs on a machine
+    shared with other work, where the wall time does not."""
+    spent: dict[str, float] = {}
+    begin, cpu = time.perf_counter(), _cpu_seconds()
+    yield spent
+    spent["seconds"] = round(time.perf_counter() - begin, 1)
+    spent["cpu_seconds"] = round(_cpu_seconds() - cpu, 1)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -1,0 +1,159 @@
+"""The run report: every section present, plotly.js once, the latent table linking to the
+cards, and model text escaped everywhere (page, every card, Markdown, Jupyter)."""
+
+import html
+import re
+
+import pandas as pd
+import pytest
+
+from rlinterp.pipeline.figures import FIGURES, fvu_drift_figure, kl_figure, latent_trajectory_figure, paper
+from rlinterp.pipeline.report import (
+    SECTIONS,
+    Content,
+    Section,
+    register_section,
+    render_markdown,
+    render_run_report,
+)
+from rlinterp.pipeline.result import summary_text
+from tests.run_fixtures import EVIL, N_LATENTS, SERIES, synthetic_run
+
+ESCAPED = html.escape(EVIL, quote=True)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return synthetic_run(tmp_path)
+
+
+def _cards(page: str) -> dict[int, str]:
+    parts = re.split(r"<div class='card' id='latent-(\d+)'>", page)
+    return {int(parts[i]): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def test_every_section_renders_and_plotly_is_inlined_once(run):
+    page = render_run_report(run)
+    for section in SECTIONS:
+        assert f"<h2 id='{section.id}'>{section.title}</h2>" in page
+    assert page.count("* plotly.js v") == 1
+    assert "<script src=" not in page and "<link" not in page  # opens offline
+    # stages that have not run say so
+    assert "Feature tracking has not run" in page and "No persona features" in page
+
+
+def test_model_text_is_escaped_in_the_page_and_every_card(run):
+    page = render_run_report(run)
+    assert EVIL not in page and "<script>alert" not in page
+    assert "onmouseover='alert" not in page
+    cards = _cards(page)
+    assert sorted(cards) == [2, 3, 4]  # the three latents whose activity changed most
+    for latent, card in cards.items():
+        body = card.split("<div class='card'")[0]
+        assert ESCAPED in body, latent  # in its contexts and its decoder tokens
+        assert EVIL not in body
+        # side by side: base and each series' checkpoint
+        for series in ("base", *SERIES):
+            assert f"<h4>{series}: " in body
+
+
+def test_the_markdown_keeps_model_text_in_code_spans(run):
+    markdown = render_markdown(run)
+    rows = [line for line in markdown.splitlines() if line.startswith("| 4 |")]
+    assert len(rows) == 1
+    # every cell holding model text is one code span: no raw markup outside backticks
+    outside = re.sub(r"`[^`]*`", "", rows[0])
+    assert "<" not in outside and ">" not in outside
+    assert markdown.startswith("# rlinterp run: weak, strong")
+
+
+def test_the_latent_table_links_to_the_cards_and_sorts_by_change(run):
+    table = run.latent_table()
+    assert table["latent"].tolist() == [4, 3, 2, 1, 0]
+    assert table["strong_change"].round(6).tolist() == [0.4, 0.3, 0.2, 0.1, 0.0]
+    assert table["weak_change"].abs().max() == 0
+    page = render_run_report(run)
+    for latent in (2, 3, 4):
+        assert f"<a href='#latent-{latent}'>{latent}</a>" in page
+    assert "<a href='#latent-1'>" not in page
+    assert "<input class='search'" in page and "table class='sortable' id='latents'" in page
+
+
+def test_jupyter_reprs_escape(run):
+    assert EVIL not in run._repr_html_() and "weak" in run._repr_html_()
+    assert "<td>step-5</td>" in run.diffs["weak"]._repr_html_()
+    card = run.card(0)._repr_html_()
+    assert ESCAPED in card and EVIL not in card
+
+
+def test_a_registered_section_appears_where_asked(run):
+    before = list(SECTIONS)
+    try:
+        register_section(
+            Section("fidelity", "Fidelity", lambda r: Content((f"<p>{len(r.series)} series</p>",))),
+            "tracking",
+        )
+        page = render_run_report(run)
+        assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
+        assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
+    finally:
+        SECTIONS[:] = before
+
+
+def test_figures_carry_the_table_values(run):
+    fvu = fvu_drift_figure(run)
+    assert [t.name for t in fvu.data] == list(SERIES)
+    assert list(fvu.data[1].y) == [0.1, 0.4] and list(fvu.data[0].y) == [0.1, 0.2]
+    kl = kl_figure(run)
+    assert [list(t.y) for t in kl.data] == [[0.0, 0.7], [0.0, 0.7]]
+    trajectory = latent_trajectory_figure(run, 4)
+    assert [list(t.y) for t in trajectory.data] == [[1.0, 1.0], [1.0, 1.4]]
+    for name, make in FIGURES.items():
+        figure = make(run)
+        themed = paper(figure)
+        assert themed.layout.font.size == 8 and themed.layout.width in (252, 504), name
+        assert figure.layout.width is None  # the report's figure is not modified
+
+
+def test_empty_tables_give_empty_states(tmp_path):
+    import dataclasses
+
+    run = dataclasses.replace(
+        synthetic_run(tmp_path),
+        fvu_drift=pd.DataFrame(),
+        latent_steps=pd.DataFrame(),
+        contexts=pd.DataFrame(),
+        decoder_tokens=pd.DataFrame(),
+        behaviour=pd.DataFrame(),
+    )
+    page = render_run_report(run)
+    assert "No dictionaries yet" in page and "No feature cards yet" in page and "No behaviour table" in page
+    assert len(run.latent_table()) == 0 and N_LATENTS == 5
+
+
+def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
+    run = synthetic_run(tmp_path, stages=True)
+    summary = run.summary().set_index(["series", "step"])
+    assert (
+        summary.loc[("strong", 5), "changed_latents"] == 3
+        and summary.loc[("weak", 5), "changed_latents"] == 0
+    )
+    assert summary.loc[("strong", 5), "index"] == 0.8 and summary.loc[("weak", 5), "index"] == 0.1
+    assert summary.loc[("strong", 5), "circuits_shortcut"] == "new"
+    assert summary.loc[("weak", 5), "circuits_shortcut"] == "enhanced"
+    page = render_run_report(run)
+    for gone in ("Feature tracking has not run", "No persona features", "No circuit diffs yet"):
+        assert gone not in page
+    tracking = page[page.index("<h2 id='tracking'>") : page.index("<h2 id='persona'>")]
+    assert "id='lineage'" in tracking and "<td>amplified</td>" in tracking  # latent 4, strong, last step
+    persona = page[page.index("<h2 id='persona'>") : page.index("<h2 id='circuits'>")]
+    assert ESCAPED in persona and EVIL not in page  # a persona named by the user's data
+    circuits = page[page.index("<h2 id='circuits'>") :]
+    assert "<td>new</td>" in circuits and "<td>enhanced</td>" in circuits
+    assert page.count("<div class='figure'>") == 7  # the five before, tracking, the index
+    card = run.card(4).to_html()
+    assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
+    text = summary_text(run)
+    assert "strong: index transition step 5 (interval 5-5); behavioural transition step 5" in text
+    assert "weak: index transition none; behavioural transition none" in text
+    assert "index transition step 5" in render_markdown(run)
