@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlinterp import HarvestConfig, ModelSeries
-from rlinterp.activations import harvest
+from rlinterp import HarvestConfig, ModelSeries, harvest
 
 from .planted import FIRING_FRACTION, KINDS, PlantedModels, build_planted, neuron_activations, planted_prompts
 

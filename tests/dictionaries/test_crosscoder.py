@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch.nn.functional import cosine_similarity
 
-from rlinterp import HarvestConfig, ModelSeries
-from rlinterp.activations import harvest
+from rlinterp import HarvestConfig, ModelSeries, harvest
 from rlinterp.activations.harvest import KIND, ActivationStore
 from rlinterp.core.artifacts import write_json, write_safetensors
 from rlinterp.dictionaries.crosscoder import (

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rlinterp import HarvestConfig, ModelSeries
-from rlinterp.activations import harvest
+from rlinterp import HarvestConfig, ModelSeries, harvest
 from rlinterp.dictionaries.crosscoder import LATENT_KINDS
 from rlinterp.dictionaries.matching import match_dictionaries
 from rlinterp.dictionaries.sae import TrainedSAE
