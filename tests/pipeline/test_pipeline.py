@@ -302,9 +302,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
     root, config = micro_run
     other = dataclasses.replace(config, dictionaries=dataclasses.replace(config.dictionaries, d_sae=64))
     before = sorted(p.name for p in (root / "run").rglob("*"))
-    with pytest.raises(
-        RlinterpError, match="holds a different run's results \\(its dictionaries settings differ\\)"
-    ):
+    with pytest.raises(RlinterpError, match=r"holds a finished run of other inputs \(dictionaries changed\)"):
         run_pipeline(other, progress=False)
     assert sorted(p.name for p in (root / "run").rglob("*")) == before
     foreign = tmp_path / "foreign"
@@ -313,7 +311,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
     with pytest.raises(RlinterpError, match="not empty and holds no rlinterp run"):
         run_pipeline(dataclasses.replace(config, out=str(foreign)), progress=False)
     diff_dir = root / "run" / "diff" / "weak"  # a diff artifact, not a run
-    with pytest.raises(RlinterpError, match="holds a rlinterp.diff artifact, not a run"):
+    with pytest.raises(RlinterpError, match="holds a finished diff, not a run"):
         run_pipeline(dataclasses.replace(config, out=str(diff_dir)), progress=False)
 
 
