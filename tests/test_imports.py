@@ -98,7 +98,7 @@ LAYERS = (
     ("selection",),
     ("circuits",),
     ("pipeline",),
-    ("cli", "__main__"),
+    ("cli", "commands", "__main__"),
 )
 """The layers of the package, bottom first: each top-level module or folder of ``rlinterp``
 is in exactly one, and a module imports only from its own layer or those below it."""

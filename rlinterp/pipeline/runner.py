@@ -48,7 +48,15 @@ from ..core import rundir
 from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
-from .config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
+from .config import (
+    RunConfig,
+    RunContext,
+    command_config,
+    config_from_dict,
+    fingerprint,
+    register_section,
+    to_dict,
+)
 from .stages import (
     CircuitsSection,
     SelectionSection,
@@ -191,21 +199,10 @@ def diff_stage(ctx: RunContext) -> None:
     """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
     from ..activations.harvest import ActivationStore, HarvestConfig
     from ..diff.analysis import run_diff
-    from ..models.executor import ExecutorConfig, make_executor
+    from ..models.executor import make_executor
 
-    h, c = ctx.config.harvest, ctx.config.compute
-    harvest_cfg = HarvestConfig(
-        hooks=h.hooks or None,
-        batch_size=h.batch_size,
-        include_bos=h.include_bos,
-        response_only=h.response_only,
-        store_dtype=h.store_dtype,
-        max_tokens=h.max_tokens,
-        token_seed=h.token_seed,
-    )
-    executor = make_executor(
-        ExecutorConfig(kind=c.executor, address=c.address, num_cpus=c.task_cpus, num_gpus=c.task_gpus)
-    )
+    harvest_cfg = command_config(HarvestConfig, ctx.config.harvest)
+    executor = make_executor(ctx.config.compute.executor_config())
     assert ctx.prompts is not None
     done: list[ActivationStore] = []  # every series shares the base: harvested once
     for name, series in ctx.series.items():

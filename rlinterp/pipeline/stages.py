@@ -33,19 +33,21 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..activations.onpolicy import SamplingConfig
 from ..activations.prompts import PromptSet
-from ..circuits.organism_metrics import METRICS as ORGANISM_METRICS
+from ..circuits.config import METRICS as ORGANISM_METRICS
+from ..circuits.config import MetricPrompts
 from ..circuits.result import CircuitsConfig
 from ..core.artifacts import write_json, write_parquet
 from ..dictionaries.stagewise import StagewiseConfig
 from ..errors import RlinterpError
 from ..selection.analysis import SelectionConfig
 from ..tracking.analysis import SourceName, TrackConfig
+from .config import command_config
 from .result import RunResult, register_headline
 
 if TYPE_CHECKING:
@@ -105,18 +107,13 @@ class SelectionSection(SelectionConfig):
 
 
 @dataclass(frozen=True)
-class CircuitsSection(CircuitsConfig):
+class CircuitsSection(MetricPrompts, CircuitsConfig):
     """Circuit diffs (``rlinterp circuits``): which components carry each behaviour metric's
     change, per series and step, by cross-model patching and attribution."""
 
-    metrics: tuple[str, ...] = ("answer", "persona", "shortcut")
+    metrics: tuple[str, ...] = ORGANISM_METRICS
     """Organism metrics to measure (``answer``, ``persona``, ``shortcut``); ignored when
     ``prompts`` is given."""
-    prompts: str | None = None
-    """A ``.jsonl`` of ``{prompt, positive, negative?, corrupted?}`` rows: the metric for
-    checkpoint series (None: the organism's metrics)."""
-    kind: Literal["logit_diff", "logprob"] = "logit_diff"
-    """Metric of ``prompts``: positive minus negative logits, or the log-prob of positive."""
     max_prompts: int | None = 32
     """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
     all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
@@ -135,12 +132,6 @@ class CircuitsSection(CircuitsConfig):
                 f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
                 f"{list(self.metrics)}; for your own metric give circuits.prompts"
             )
-
-
-def _plain(cls: type, section: Any, **changes: Any) -> Any:
-    """The command's own config from a section (the section's extra fields dropped)."""
-    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
-    return cls(**(values | changes))
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -195,7 +186,12 @@ def tracking_stage(ctx: RunContext) -> None:
             continue
         log.info("tracking %s: %d checkpoints on %s", name, len(series) - 1, ", ".join(sources))
         result = run_track(
-            series, ctx.prompts, sae, out / name, _plain(TrackConfig, section, sources=sources), questions
+            series,
+            ctx.prompts,
+            sae,
+            out / name,
+            command_config(TrackConfig, section, sources=sources),
+            questions,
         )
         tables["summary"].append(pd.DataFrame(result.summary()).assign(series=name))
         tracked = result.lineage[result.lineage["evidence"] == "tracked"]
@@ -215,7 +211,7 @@ def selection_stage(ctx: RunContext) -> None:
     assert ctx.prompts is not None
     sae, sae_hook = base_sae(ctx)
     hook = section.hook or sae_hook
-    cfg = _plain(
+    cfg = command_config(
         SelectionConfig,
         section,
         hook=hook,
@@ -266,7 +262,7 @@ def circuits_stage(ctx: RunContext) -> None:
     section = ctx.config.section("circuits")
     if not section.enabled:
         return
-    cfg = _plain(CircuitsConfig, section)
+    cfg = command_config(CircuitsConfig, section)
     out = ctx.stage_dir("circuits")
     steps: list[pd.DataFrame] = []
     skipped = {}

@@ -44,16 +44,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..activations.harvest import HarvestConfig, harvest, prompts_sha256
-from ..activations.onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
+from ..activations.onpolicy import harvest_on_policy, prompt_texts
 from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
@@ -63,12 +63,14 @@ from ..dictionaries.stagewise import (
     STAGE_FIT_COLUMNS,
     STAGEWISE_COLUMNS,
     Stage,
-    StagewiseConfig,
     fine_tune,
     latent_activity,
 )
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
+from .config import SOURCES as SOURCES
+from .config import SourceName as SourceName
+from .config import TrackConfig as TrackConfig
 from .lineage import CLASSES, INACTIVE_FREQUENCY, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage_table
 from .result import CONTROL_COLUMNS, MATCH_COLUMNS, SCHEMA, TABLES, TrackResult
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
@@ -85,36 +87,6 @@ ENTRIES = (
     "report.html",
 )
 """Everything a track directory holds besides its manifest and ``track.json``."""
-SourceName = Literal["prompts", "texts", "on-policy"]
-SOURCES: tuple[SourceName, ...] = ("prompts", "texts", "on-policy")
-
-
-@dataclass(frozen=True)
-class TrackConfig:
-    """What ``run_track`` measures and with which budgets (recorded in ``track.json``)."""
-
-    sources: tuple[SourceName, ...] = SOURCES
-    """Token sources to measure on (``texts`` needs prompts with answers)."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """How each checkpoint samples its on-policy answers."""
-    batch_size: int = 32
-    """Prompts per harvest batch and shard: the memory bound of harvesting."""
-    stagewise: StagewiseConfig = field(default_factory=StagewiseConfig)
-    """Budget of each stage-wise fine-tune."""
-    independent_tokens: int | None = 100_000
-    """Training tokens of each independent per-checkpoint SAE; None: the tracked
-    dictionary's own budget."""
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.sources if s not in SOURCES]
-        if unknown or not self.sources or len(set(self.sources)) != len(self.sources):
-            raise RlinterpError(
-                f"sources must be distinct names from {', '.join(SOURCES)}, got {self.sources}"
-            )
-        if self.batch_size < 1:
-            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
-        if self.independent_tokens is not None and self.independent_tokens < 1:
-            raise RlinterpError(f"independent_tokens must be positive, got {self.independent_tokens}")
 
 
 def check_inputs(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from rlinterp.cli import main
+from rlinterp.core.options import options
 from rlinterp.errors import RlinterpError
 from rlinterp.pipeline.config import (
     RunConfig,
-    cli_options,
     config_from_dict,
     config_template,
     field_docs,
@@ -23,7 +23,9 @@ from ..conftest import make_micro_config
 
 
 def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse's errors exit, ours return
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     return err
@@ -71,7 +73,7 @@ def test_toml_round_trip_and_the_template_documents_every_field(tmp_path):
     (tmp_path / "again.toml").write_text(template)
     assert load_config(tmp_path / "again.toml") == config
     # every field's docstring is a comment in the template and an option's help
-    helps = {f"{s}.{n}": h for s, n, _, h in cli_options()}
+    helps = {option.path: option.help for option in options(RunConfig)}
     for name in ("n_tokens", "top_k", "cards"):
         doc = field_docs(type(config.dictionaries))[name]
         assert f"# {doc}" in template and helps[f"dictionaries.{name}"].startswith(doc)
@@ -329,3 +331,41 @@ def test_the_committed_default_config_is_the_generated_one():
     committed = Path(__file__).parents[2] / "configs" / "default.toml"
     assert committed.read_text() == config_template(RunConfig()), "regenerate: rlinterp run --print-config"
     assert load_config(committed) == RunConfig()
+
+
+# Sections as rlinterp wrote them into ``.run.json`` before they subclassed their commands'
+# configs (the defaults; ``compute`` as fingerprinted: its dtype only).
+OLD_SECTIONS = {
+    "series": {"organism": "artifacts/organism/default-seed0", "preset": "default", "seed": 0, "regimes": [],
+               "checkpoints": [], "name": "checkpoints"},
+    "prompts": {"source": "organism", "max_prompts": None},
+    "harvest": {"hooks": [], "batch_size": 32, "include_bos": False, "response_only": False,
+                "store_dtype": "float32", "max_tokens": None, "token_seed": 0},
+    "dictionaries": {"enabled": True, "hook": None, "methods": [], "d_sae": 256, "k": 8, "n_tokens": 100000,
+                     "batch_size": 256, "lr": 0.003, "seed": 0, "top_k": 8, "cards": 24},
+    "compute": {"dtype": "float32"},
+}  # fmt: skip
+
+
+def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
+    """The fingerprints a run directory recorded before harvest and dictionaries became
+    their commands' configs still match, and the old TOML spelling of every block loads."""
+    import hashlib
+
+    from rlinterp.core import rundir
+
+    old = {
+        name: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        for name, data in OLD_SECTIONS.items()
+    }
+    assert {k: v for k, v in fingerprint(RunConfig()).items() if k in old} == old
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
+    claimed = rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
+    assert claimed.state == "resume"
+    (tmp_path / "old.toml").write_text("[harvest]\nhooks = []\nbatch_size = 32\n")
+    assert load_config(tmp_path / "old.toml") == RunConfig()
+    with pytest.raises(RlinterpError, match=r"run of other inputs \(harvest changed\)"):
+        changed = config_from_dict({"harvest": {"max_length": 64}})
+        rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])
