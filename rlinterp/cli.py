@@ -295,17 +295,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_config_options(run: argparse.ArgumentParser) -> list[options.Option]:
     """Every key of the run config as ``--<section>-<key>`` (and ``--out``)."""
-    from .pipeline import runner  # noqa: F401  # registers the stages' config sections
-    from .pipeline.config import BUILTIN_SECTIONS, RunConfig, sections
+    from .pipeline.config import RunConfig
 
-    added = options.add_options(run, RunConfig, skip=("extra",))
-    config = RunConfig()
-    for name, cls in sections().items():
-        if name not in BUILTIN_SECTIONS:
-            for option in options.options(cls, config.section(name), f"{name}.", f"{name}-"):
-                run.add_argument(*option.flags, **options.argparse_keywords(option))
-                added.append(option)
-    return added
+    return options.add_options(run, RunConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,9 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE). More stages plug in with ``register_stage`` and a config
-section with ``config.register_section``; the report plugs them in with
-``report.register_section``.
+reading the run's base SAE). The stages are declared in one ordered tuple, ``STAGES``, each
+naming the config sections its results depend on; a new stage is a new entry there and a
+new section field of ``RunConfig``.
 
 Layout of ``<out>/`` (claimed through ``rundir`` as kind ``rlinterp.run``, once the config,
 the checkpoint folders and a prompt file are checked and before anything is computed):
@@ -51,20 +51,12 @@ from ..models.series import ModelSeries
 from .config import (
     RunConfig,
     RunContext,
-    command_config,
     config_from_dict,
     fingerprint,
-    register_section,
     to_dict,
 )
-from .stages import (
-    CircuitsSection,
-    SelectionSection,
-    TrackingSection,
-    circuits_stage,
-    selection_stage,
-    tracking_stage,
-)
+from .sections import command_config
+from .stages import circuits_stage, selection_stage, tracking_stage
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -84,20 +76,6 @@ class Stage:
     """Computes the stage's results and writes them under ``ctx.stage_dir(name)``."""
     sections: tuple[str, ...]
     """Config sections its results depend on (with those of the stages before it)."""
-
-
-STAGES: list[Stage] = []
-"""The pipeline, in order; ``register_stage`` adds to it."""
-
-
-def register_stage(stage: Stage, after: str | None = None) -> None:
-    """Add ``stage`` to the pipeline (after the stage named ``after``, default: at the end);
-    registering a name again replaces that stage."""
-    names = [s.name for s in STAGES]
-    if stage.name in names:
-        STAGES[names.index(stage.name)] = stage
-        return
-    STAGES.insert(names.index(after) + 1 if after else len(STAGES), stage)
 
 
 # -- the run directory ---------------------------------------------------------------------
@@ -220,14 +198,16 @@ def dictionaries_stage(ctx: RunContext) -> None:
         run_dictionaries(ctx)
 
 
-register_stage(Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")))
-register_stage(Stage("dictionaries", dictionaries_stage, ("dictionaries",)))
-register_section("tracking", TrackingSection)
-register_stage(Stage("tracking", tracking_stage, ("tracking",)))
-register_section("selection", SelectionSection)
-register_stage(Stage("selection", selection_stage, ("selection",)))
-register_section("circuits", CircuitsSection)
-register_stage(Stage("circuits", circuits_stage, ("circuits",)))
+STAGES = (
+    Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")),
+    Stage("dictionaries", dictionaries_stage, ("dictionaries",)),
+    Stage("tracking", tracking_stage, ("tracking",)),
+    Stage("selection", selection_stage, ("selection",)),
+    Stage("circuits", circuits_stage, ("circuits",)),
+)
+"""The pipeline, in order. A stage's fingerprint is that of its sections and those of the
+stages before it, so a changed budget reruns its stage and the ones after, never those
+before."""
 
 
 # -- running -------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path
     from rlinterp.tracking.analysis import TrackConfig
 
     config = config_from_dict({"tracking": {"sampling": {"seed": 3}, "enabled": False}})
-    tracking = config.section("tracking")
+    tracking = config.tracking
     assert isinstance(tracking, TrackConfig) and not tracking.enabled
     assert (tracking.sampling.seed, tracking.sampling.samples_per_prompt) == (3, 16)  # the run's budget
     with pytest.raises(RlinterpError, match=r"'tracking.sampling.seed': expected integer, got 'x'"):
@@ -153,9 +153,9 @@ def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path
     assert main(argv) == 0
     (tmp_path / "printed.toml").write_text(capsys.readouterr().out)
     printed = load_config(tmp_path / "printed.toml")
-    assert printed.section("tracking").sampling.seed == 5
-    assert printed.section("tracking").sampling.samples_per_prompt == 16
-    assert printed.section("selection").index.n_bootstrap == 20
+    assert printed.tracking.sampling.seed == 5
+    assert printed.tracking.sampling.samples_per_prompt == 16
+    assert printed.selection.index.n_bootstrap == 20
 
 
 # -- the pipeline on a micro organism ---------------------------------------------------------
@@ -344,12 +344,30 @@ OLD_SECTIONS = {
     "dictionaries": {"enabled": True, "hook": None, "methods": [], "d_sae": 256, "k": 8, "n_tokens": 100000,
                      "batch_size": 256, "lr": 0.003, "seed": 0, "top_k": 8, "cards": 24},
     "compute": {"dtype": "float32"},
+    # sections a stage registered at import time before they were fields of RunConfig
+    "tracking": {"sources": ["texts", "on-policy"], "batch_size": 32, "independent_tokens": 30000,
+                 "enabled": True,
+                 "sampling": {"samples_per_prompt": 16, "max_new_tokens": 48, "temperature": 1.0, "seed": 0,
+                              "batch_size": 64},
+                 "stagewise": {"n_tokens": 10000, "lr_scale": 0.1}},
+    "selection": {"label": "persona", "hook": None, "dictionary": None, "held_out_fraction": 0.3,
+                  "batch_size": 32, "seed": 0, "samples_per_prompt": 4, "decision_hook": None, "n_random": 2,
+                  "behaviour_edits": ["persona_choice"], "enabled": True,
+                  "dictionary_config": {"d_sae": 128, "k": 8, "architecture": "topk", "n_tokens": 100000,
+                                        "batch_size": 256, "lr": 0.003, "seed": 0, "device": "cpu"},
+                  "index": {"n_bootstrap": 500, "confidence": 0.9, "min_jump": 0.2, "seed": 0}},
+    "circuits": {"batch_size": 16, "exact_prompts": 64, "exact_components": None, "attribution_steps": 2,
+                 "attribution_interpolation": "component", "coverage": 0.8, "enhanced_overlap": 0.5,
+                 "used_share": 0.1, "min_change": 0.05, "max_cancellation": 5.0, "top_k": 5,
+                 "metrics": ["answer", "persona", "shortcut"], "prompts": None, "kind": "logit_diff",
+                 "max_prompts": 32, "enabled": True},
 }  # fmt: skip
 
 
 def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     """The fingerprints a run directory recorded before harvest and dictionaries became
-    their commands' configs still match, and the old TOML spelling of every block loads."""
+    their commands' configs, and before the stages' sections were fields of ``RunConfig``,
+    still match, and the old TOML spelling of every block loads."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -358,7 +376,7 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
         name: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
         for name, data in OLD_SECTIONS.items()
     }
-    assert {k: v for k, v in fingerprint(RunConfig()).items() if k in old} == old
+    assert fingerprint(RunConfig()) == old
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
