@@ -62,7 +62,8 @@ def _table(frame: Any, digits: int = 4) -> str:
 
 def _organism(cmd: c.OrganismCommand) -> None:
     _start()
-    from .organism import build_organism, format_table
+    from .organism.behaviour import format_table
+    from .organism.build import build_organism
 
     out = cmd.out or cmd.build.default_dir
     organism = build_organism(out, preset=cmd.build.preset, seed=cmd.build.seed, force=cmd.force)
@@ -137,7 +138,7 @@ def _selection(cmd: c.SelectionCommand) -> None:
     _start()
     import json
 
-    from .organism import Organism
+    from .organism.layout import Organism
     from .selection.analysis import CHOICE_COLUMNS, run_selection
 
     series, texts = cmd.series.load(), _prompts(cmd.texts, cmd.series)

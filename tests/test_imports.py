@@ -168,3 +168,55 @@ def test_notebooks_need_only_import_rlinterp():
     assert missing == [], f"notebooks use rlinterp.{missing}, which `import rlinterp` does not expose"
     for name in ("train_dictionary", "evaluate_dictionary", "DictionaryConfig", "write_report", "SeriesDiff"):
         assert hasattr(rlinterp, name)
+
+
+ORGANISM_DATA = ("rlinterp.organism.layout", "rlinterp.organism.config", "rlinterp.organism.personas")
+"""What the library reads of the organism: its layout on disk, its configs and its world
+(the questions and personas), none of which imports torch."""
+ORGANISM_BUILDERS = ("rlinterp.cli", "rlinterp.pipeline.runner", "rlinterp.selection.steering")
+"""The only modules outside ``organism`` that may import the code that builds or runs its
+models (``build``, ``model``, ``rl``, ``behaviour``, ``planted``): ``rlinterp organism``,
+``rlinterp run`` when the organism is missing, and the causal checks' behaviour
+re-sampling (steered models answer the behaviour table's questions)."""
+
+
+def organism_imports(graph: dict[str, set[str]], faces: dict[str, set[str]]) -> list[str]:
+    """Imports of the organism's builder modules, or of its package face (whose names include
+    the builder), from modules that are neither the organism's nor its builders."""
+    found = []
+    for module in sorted(set(graph) | set(faces)):
+        targets = graph.get(module, set())
+        if module.startswith("rlinterp.organism") or module in (*ORGANISM_BUILDERS, "rlinterp"):
+            continue  # the organism itself, its builders and the public facade
+        found += [
+            f"{module} -> {t}"
+            for t in sorted(targets)
+            if t.startswith("rlinterp.organism.") and t not in ORGANISM_DATA
+        ]
+        found += [f"{module} -> rlinterp.organism ({name})" for name in sorted(faces.get(module, ()))]
+    return found
+
+
+def face_imports(package: str = "rlinterp.organism") -> dict[str, set[str]]:
+    """``module -> names`` it imports from ``package``'s face (``from ..organism import X``)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found: dict[str, set[str]] = {}
+    for module, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and _imported(module, is_package, node)[0] == package:
+                found.setdefault(module, set()).update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_library_reads_the_organism_as_data():
+    assert organism_imports(import_graph(), face_imports()) == []
+
+
+def test_the_organism_rule_sees_a_trainer_import():
+    graph = {"rlinterp.models.series": {"rlinterp.organism.build", "rlinterp.organism.layout"}}
+    faces = {"rlinterp.pipeline.stages": {"Organism"}}
+    assert organism_imports(graph, faces) == [
+        "rlinterp.models.series -> rlinterp.organism.build",
+        "rlinterp.pipeline.stages -> rlinterp.organism (Organism)",
+    ]

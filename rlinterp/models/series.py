@@ -165,7 +165,7 @@ class ModelSeries:
     @classmethod
     def from_organism(cls, root: str | os.PathLike[str], regime: str, **kwargs: object) -> ModelSeries:
         """The organism's base and the RL checkpoints of one regime."""
-        from ..organism import Organism
+        from ..organism.layout import Organism
 
         organism = Organism.load(organism_root([root]) or root)
         steps = organism.checkpoints(regime)

@@ -138,7 +138,8 @@ def check(config: RunConfig) -> RunContext:
 def prepare(ctx: RunContext) -> RunContext:
     """The context of a checked run (``check``) with the organism built if needed, its
     regimes' series and its prompts."""
-    from ..organism import Organism, build_organism
+    from ..organism.build import build_organism  # the builder: only when it is missing
+    from ..organism.layout import Organism
 
     s, p, c = ctx.config.series, ctx.config.prompts, ctx.config.compute
     kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}

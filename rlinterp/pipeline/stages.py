@@ -83,7 +83,7 @@ def _finish(out: Path, tables: dict[str, list[pd.DataFrame]], skipped: dict[str,
 
 def tracking_stage(ctx: RunContext) -> None:
     """``run_track`` of the base SAE over every series into ``tracking/<series>/``."""
-    from ..organism import Organism
+    from ..organism.layout import Organism
     from ..tracking.analysis import run_track
 
     section = ctx.config.tracking
@@ -122,7 +122,7 @@ def tracking_stage(ctx: RunContext) -> None:
 def selection_stage(ctx: RunContext) -> None:
     """``run_selection`` per series into ``selection/<series>/``, at the base SAE's hook with
     the base SAE unless the section names another."""
-    from ..organism import Organism
+    from ..organism.layout import Organism
     from ..selection.analysis import run_selection
 
     section = ctx.config.selection

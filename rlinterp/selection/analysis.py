@@ -60,7 +60,7 @@ from ..dictionaries.sae import TrainedSAE
 from ..dictionaries.train import train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
-from ..organism import Organism
+from ..organism.layout import Organism
 from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
 from .config import EDITS as EDITS
 from .config import SelectionConfig as SelectionConfig

@@ -391,7 +391,7 @@ def test_a_bfloat16_llama_loads_in_its_own_dtype_through_a_device_map(tmp_path):
 
     from rlinterp.organism.model import build_tokenizer
 
-    from .conftest import ALPHABET, tiny_hf_config
+    from ..conftest import ALPHABET, tiny_hf_config
 
     torch.manual_seed(0)
     config = tiny_hf_config("llama", vocab_size=len(ALPHABET) + 8, d_model=64, n_layer=4)
