@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,16 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, read only when asked (``importlib.metadata`` is
+    slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib import metadata
+
+        parser.exit(message=f"rlinterp {metadata.version('rlinterp')}\n")
 
 
 def _start() -> None:
@@ -218,12 +227,16 @@ def _figures(cmd: c.FiguresCommand) -> None:
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its name, its options' dataclass, a one-line help and what it runs."""
+    """One subcommand."""
 
     name: str
+    """What the user types: ``rlinterp <name>``."""
     options: type
+    """Its options' dataclass (``commands``): every option is generated from it."""
     help: str
+    """One line in ``rlinterp --help``."""
     run: Callable[..., None]
+    """What it runs on the checked options (``run`` also reads its config options)."""
 
 
 COMMANDS = (
@@ -277,7 +290,7 @@ def _add(commands: argparse._SubParsersAction, command: Command) -> argparse.Arg
 
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rlinterp", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"rlinterp {metadata.version('rlinterp')}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show rlinterp's version and exit")
     commands = parser.add_subparsers(dest="name", required=True, parser_class=_OneLineParser)
     for command in COMMANDS[:2]:
         _add(commands, command)

@@ -7,6 +7,8 @@ inside functions and under ``TYPE_CHECKING`` alike, since each of those is a dep
 
 import ast
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,3 +222,58 @@ def test_the_organism_rule_sees_a_trainer_import():
         "rlinterp.models.series -> rlinterp.organism.build",
         "rlinterp.pipeline.stages -> rlinterp.organism (Organism)",
     ]
+
+
+HEAVY = (
+    "torch",
+    "transformers",
+    "transformer_lens",
+    "sae_lens",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "plotly",
+    "scipy",
+)
+"""Libraries whose import takes seconds (all of them together ~8 CPU-s on this machine)."""
+
+
+def _imported_after(code: str) -> list[str]:
+    """The ``HEAVY`` modules a fresh interpreter has imported after running ``code``."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_command_line_and_the_facade_answer_without_heavy_imports():
+    """``--help``, argument and config errors and ``--print-config`` build every command's
+    options and config without importing a heavy library; ``import rlinterp`` neither."""
+    code = (
+        "import contextlib, io, rlinterp\n"
+        "from rlinterp.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['diff', '--bogus'], ['run', '--print-config'],\n"
+        "             ['run', '--dictionaries-k', 'x'], ['circuits', '--series', 'a', 'b', '--metric', 'm',\n"
+        "              '--out', 'o', '--exact-prompts', '0']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "assert len(dir(rlinterp)) > 70"
+    )
+    assert _imported_after(code) == []
+    assert "torch" in _imported_after("import rlinterp\nrlinterp.ModelSeries")  # names resolve when used
+
+
+def test_reading_an_organism_imports_none_of_its_trainer(tmp_path, micro_config):
+    from rlinterp import build_organism
+
+    root = build_organism(tmp_path / "organism", config=micro_config).root
+    code = (
+        "from rlinterp.organism.layout import Organism\n"
+        f"organism = Organism.load({str(root)!r})\n"
+        "assert organism.checkpoints(organism.regimes[0]) and organism.question_prompts()\n"
+    )
+    assert _imported_after(code) == []

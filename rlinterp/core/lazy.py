@@ -42,11 +42,14 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         source, attribute = exports[name]
-        owner = importlib.import_module(source)
-        try:
-            value = getattr(owner, attribute)
-        except AttributeError:  # a submodule its package does not import
+        if source == package:  # ``from . import submodule``
             value = importlib.import_module(f"{source}.{attribute}")
+        else:
+            owner = importlib.import_module(source)
+            try:
+                value = getattr(owner, attribute)
+            except AttributeError:  # a submodule its package does not import
+                value = importlib.import_module(f"{source}.{attribute}")
         setattr(module, name, value)
         return value
 
