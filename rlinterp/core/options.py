@@ -109,7 +109,7 @@ def nested(values: dict[str, Any]) -> dict[str, Any]:
 
 def from_args(cls: type, args: argparse.Namespace, added: Iterable[Option]) -> Any:
     """The config ``cls`` of what was typed (defaults for the rest), checked."""
-    return schema.build(cls, nested(given(args, added)))
+    return schema.build(cls, nested(given(args, added)), tables=False)
 
 
 def argparse_keywords(option: Option) -> dict[str, Any]:

@@ -193,12 +193,15 @@ def parse_text(text: str, tp: Any) -> Any:
 # -- dataclasses from tables ----------------------------------------------------------------
 
 
-def build(cls: type, values: dict[str, Any], prefix: str = "", default: Any = None) -> Any:
+def build(
+    cls: type, values: dict[str, Any], prefix: str = "", default: Any = None, tables: bool = True
+) -> Any:
     """A config dataclass from a (nested) dict, every key and type checked. A sub-table
     starts from the field's default in ``default`` (the class's own defaults unless given),
     so a section's budgets hold for the keys a file leaves out. Keys are named
     ``prefix + key`` in errors; a failing ``__post_init__`` is reported as
-    ``config [prefix]: ...`` when ``prefix`` is given."""
+    ``config [prefix]: ...`` when ``prefix`` is given and ``tables`` (a TOML file's tables;
+    options name themselves)."""
     found = hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -214,13 +217,13 @@ def build(cls: type, values: dict[str, Any], prefix: str = "", default: Any = No
                 )
             inner = getattr(default, key) if default is not None else default_of(cls, key)
             inner = None if inner is dataclasses.MISSING else inner  # a required table
-            kwargs[key] = build(found[key], value, f"{prefix}{key}.", inner)
+            kwargs[key] = build(found[key], value, f"{prefix}{key}.", inner, tables)
         else:
             kwargs[key] = coerce(value, found[key], prefix + key)
     try:
         return dataclasses.replace(default, **kwargs) if default is not None else cls(**kwargs)
     except (ValueError, RlinterpError) as e:  # the dataclass's own validation
-        raise RlinterpError(f"config [{prefix.rstrip('.')}]: {e}" if prefix else str(e)) from e
+        raise RlinterpError(f"config [{prefix.rstrip('.')}]: {e}" if prefix and tables else str(e)) from e
 
 
 def merge(obj: Any, changes: dict[str, Any]) -> Any:
