@@ -12,7 +12,9 @@ spreads, targets) and ``bench.html`` (a plotly figure of medians and spreads) in
 - Lane B: harvesting a checkpoint series at a short and a long context, rlinterp vs
   TransformerLens loops and forward-only floors (``lane_harvest``);
 - Lane C: a sweep of dictionaries on one pass over the activations vs separate runs;
-- scaling: rlinterp's harvest and diff on 1x/4x/16x the prompts and 2/4/8 checkpoints.
+- scaling: rlinterp's harvest and diff on 1x/4x/16x the prompts and 2/4/8 checkpoints;
+- CLI: ``import rlinterp``, ``rlinterp --help``, an argument error and ``--print-config`` in
+  fresh interpreters, median of 5 (``lane_cli``), against the full library import.
 
     make bench        # or: .venv/bin/python benchmarks/bench.py [--quick] [--out DIR]
 """
@@ -43,6 +45,7 @@ TARGETS = {
     "B": ">= 0.9x the plain transformers forward per checkpoint; switching <= 10% of per-checkpoint "
     "time; peak memory flat in prompt count, and at the long context a fraction of the naive loop's",
     "C": "K dictionaries on one stream cost <= 1.3x one dictionary's pass",
+    "cli": "--help, --print-config and argument errors answer in < 1 s wall (median of 5)",
 }
 
 
@@ -190,6 +193,7 @@ def main() -> None:
     torch.manual_seed(SEED)
     sys.path.insert(0, str(Path(__file__).parent))
     import calibration as cal
+    import lane_cli as lc
     import lane_dictionaries as ld
     import lane_harvest as lh
     from _measure import machine
@@ -208,6 +212,7 @@ def main() -> None:
         root = Path(tmp)
         lane_a, lane_c = dictionaries(root, args.quick, repeats, calibration)
         lane_b, scaling = harvesting(root, args.quick, repeats, calibration)
+    cli = lc.lane_cli(5, library_repeats=repeats)
     result = {
         "settings": {
             "quick": args.quick,
@@ -222,7 +227,7 @@ def main() -> None:
         "flops_per_token": cal.FLOPS,
         "calibration": calibration,
         "targets": TARGETS,
-        "lanes": {"A": lane_a, "B": lane_b, "C": lane_c, "scaling": scaling},
+        "lanes": {"A": lane_a, "B": lane_b, "C": lane_c, "scaling": scaling, "cli": cli},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
@@ -260,7 +265,9 @@ def summary(result: dict[str, Any]) -> str:
             f" scaling {name:>20}: {point['seconds']['median']:6.1f} s"
             + (f", peak {peak:7.1f} MiB" if peak else "")
         )
-    return "\n".join(lines)
+    from lane_cli import summary as cli_summary
+
+    return "\n".join(lines + cli_summary(lanes["cli"]))
 
 
 if __name__ == "__main__":

@@ -1,81 +1,92 @@
 """rlinterp: mechanistic interpretability of what reinforcement learning does to language
-models. One import line in a notebook: ``import rlinterp``."""
+models. One import line in a notebook: ``import rlinterp``.
 
-from .activations.harvest import ActivationStore as ActivationStore
-from .activations.harvest import HarvestConfig as HarvestConfig
-from .activations.harvest import TokenBatch as TokenBatch
-from .activations.harvest import harvest as harvest
-from .activations.onpolicy import SamplingConfig as SamplingConfig
-from .activations.onpolicy import harvest_on_policy as harvest_on_policy
-from .activations.prompts import PromptSet as PromptSet
-from .circuits.analysis import run_circuits as run_circuits
-from .circuits.metrics import BehaviourMetric as BehaviourMetric
-from .circuits.metrics import BehaviourPrompts as BehaviourPrompts
-from .circuits.result import CircuitsConfig as CircuitsConfig
-from .circuits.result import CircuitsResult as CircuitsResult
-from .dictionaries.cards import FeatureCard as FeatureCard
-from .dictionaries.crosscoder import Crosscoder as Crosscoder
-from .dictionaries.crosscoder import CrosscoderConfig as CrosscoderConfig
-from .dictionaries.evaluation import SAEEval as SAEEval
-from .dictionaries.evaluation import evaluate_sae as evaluate_sae
-from .dictionaries.evaluation import fvu_drift as fvu_drift
-from .dictionaries.matching import DictionaryMatch as DictionaryMatch
-from .dictionaries.matching import match_dictionaries as match_dictionaries
-from .dictionaries.sae import SAETrainConfig as SAETrainConfig
-from .dictionaries.sae import TrainedSAE as TrainedSAE
-from .dictionaries.sae import train_sae as train_sae
-from .dictionaries.stagewise import StagewiseConfig as StagewiseConfig
-from .dictionaries.train import DictionaryConfig as DictionaryConfig
-from .dictionaries.train import evaluate_dictionary as evaluate_dictionary
-from .dictionaries.train import train_dictionary as train_dictionary
-from .diff.activations import ActivationDiff as ActivationDiff
-from .diff.activations import diff_activations as diff_activations
-from .diff.analysis import SeriesDiff as SeriesDiff
-from .diff.analysis import run_diff as run_diff
-from .diff.outputs import OutputDiff as OutputDiff
-from .diff.outputs import diff_outputs as diff_outputs
-from .diff.report import activation_heatmap as activation_heatmap
-from .diff.report import kl_figure as kl_figure
-from .diff.report import render_report as render_report
-from .diff.report import weight_heatmap as weight_heatmap
-from .diff.report import write_report as write_report
-from .diff.weights import WeightDiff as WeightDiff
-from .diff.weights import diff_weights as diff_weights
-from .errors import RlinterpError as RlinterpError
-from .models.executor import ExecutorConfig as ExecutorConfig
-from .models.executor import LocalExecutor as LocalExecutor
-from .models.executor import RayExecutor as RayExecutor
-from .models.executor import make_executor as make_executor
-from .models.loading import load_bridge as load_bridge
-from .models.loading import logit_fidelity as logit_fidelity
-from .models.series import Checkpoint as Checkpoint
-from .models.series import ModelSeries as ModelSeries
-from .organism import Organism as Organism
-from .organism import OrganismConfig as OrganismConfig
-from .organism import build_organism as build_organism
-from .pipeline import figures as figures
-from .pipeline.config import RunConfig as RunConfig
-from .pipeline.config import load_config as load_config
-from .pipeline.figures import export_figures as export_figures
-from .pipeline.result import RunResult as RunResult
-from .pipeline.runner import run as run
-from .pipeline.runner import run_pipeline as run_pipeline
-from .selection.analysis import SelectionConfig as SelectionConfig
-from .selection.analysis import SelectionResult as SelectionResult
-from .selection.analysis import run_selection as run_selection
-from .selection.causal import CausalResult as CausalResult
-from .selection.causal import steer_and_ablate as steer_and_ablate
-from .selection.index import IndexConfig as IndexConfig
-from .selection.index import NoveltyIndex as NoveltyIndex
-from .selection.index import novelty_index as novelty_index
-from .selection.index import step_parts as step_parts
-from .selection.personas import PersonaDirections as PersonaDirections
-from .selection.personas import persona_directions as persona_directions
-from .selection.personas import persona_latents as persona_latents
-from .tracking.analysis import TrackConfig as TrackConfig
-from .tracking.analysis import run_track as run_track
-from .tracking.lineage import LineageThresholds as LineageThresholds
-from .tracking.lineage import lineage_table as lineage_table
-from .tracking.result import TrackResult as TrackResult
+Every name below is imported when first used (``core.lazy``, PEP 562), from the face of
+its folder: ``import rlinterp`` itself imports no heavy library, so the command line answers
+at once, and a notebook pays for what it uses."""
+
+from typing import TYPE_CHECKING
+
+from .core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .activations import ActivationStore as ActivationStore
+    from .activations import HarvestConfig as HarvestConfig
+    from .activations import PromptSet as PromptSet
+    from .activations import SamplingConfig as SamplingConfig
+    from .activations import TokenBatch as TokenBatch
+    from .activations import harvest as harvest
+    from .activations import harvest_on_policy as harvest_on_policy
+    from .circuits import BehaviourMetric as BehaviourMetric
+    from .circuits import BehaviourPrompts as BehaviourPrompts
+    from .circuits import CircuitsConfig as CircuitsConfig
+    from .circuits import CircuitsResult as CircuitsResult
+    from .circuits import run_circuits as run_circuits
+    from .dictionaries import Crosscoder as Crosscoder
+    from .dictionaries import CrosscoderConfig as CrosscoderConfig
+    from .dictionaries import DictionaryConfig as DictionaryConfig
+    from .dictionaries import DictionaryMatch as DictionaryMatch
+    from .dictionaries import FeatureCard as FeatureCard
+    from .dictionaries import SAEEval as SAEEval
+    from .dictionaries import SAETrainConfig as SAETrainConfig
+    from .dictionaries import StagewiseConfig as StagewiseConfig
+    from .dictionaries import TrainedSAE as TrainedSAE
+    from .dictionaries import evaluate_dictionary as evaluate_dictionary
+    from .dictionaries import evaluate_sae as evaluate_sae
+    from .dictionaries import fvu_drift as fvu_drift
+    from .dictionaries import match_dictionaries as match_dictionaries
+    from .dictionaries import train_dictionary as train_dictionary
+    from .dictionaries import train_sae as train_sae
+    from .diff import ActivationDiff as ActivationDiff
+    from .diff import OutputDiff as OutputDiff
+    from .diff import SeriesDiff as SeriesDiff
+    from .diff import WeightDiff as WeightDiff
+    from .diff import activation_heatmap as activation_heatmap
+    from .diff import diff_activations as diff_activations
+    from .diff import diff_outputs as diff_outputs
+    from .diff import diff_weights as diff_weights
+    from .diff import kl_figure as kl_figure
+    from .diff import render_report as render_report
+    from .diff import run_diff as run_diff
+    from .diff import weight_heatmap as weight_heatmap
+    from .diff import write_report as write_report
+    from .errors import RlinterpError as RlinterpError
+    from .models import Checkpoint as Checkpoint
+    from .models import ExecutorConfig as ExecutorConfig
+    from .models import LocalExecutor as LocalExecutor
+    from .models import ModelSeries as ModelSeries
+    from .models import RayExecutor as RayExecutor
+    from .models import load_bridge as load_bridge
+    from .models import logit_fidelity as logit_fidelity
+    from .models import make_executor as make_executor
+    from .organism import Organism as Organism
+    from .organism import OrganismConfig as OrganismConfig
+    from .organism import build_organism as build_organism
+    from .pipeline import RunConfig as RunConfig
+    from .pipeline import RunResult as RunResult
+    from .pipeline import export_figures as export_figures
+    from .pipeline import figures as figures
+    from .pipeline import load_config as load_config
+    from .pipeline import run as run
+    from .pipeline import run_pipeline as run_pipeline
+    from .selection import CausalResult as CausalResult
+    from .selection import IndexConfig as IndexConfig
+    from .selection import NoveltyIndex as NoveltyIndex
+    from .selection import PersonaDirections as PersonaDirections
+    from .selection import SelectionConfig as SelectionConfig
+    from .selection import SelectionResult as SelectionResult
+    from .selection import novelty_index as novelty_index
+    from .selection import persona_directions as persona_directions
+    from .selection import persona_latents as persona_latents
+    from .selection import run_selection as run_selection
+    from .selection import steer_and_ablate as steer_and_ablate
+    from .selection import step_parts as step_parts
+    from .tracking import LineageThresholds as LineageThresholds
+    from .tracking import TrackConfig as TrackConfig
+    from .tracking import TrackResult as TrackResult
+    from .tracking import lineage_table as lineage_table
+    from .tracking import run_track as run_track
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__)
 
 __version__ = "0.1.0"

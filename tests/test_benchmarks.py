@@ -39,7 +39,14 @@ def test_quick_benchmark_reports_every_lane(tmp_path):
     assert all(lane["gflops"] > 0 for lane in result["calibration"].values())
 
     lanes = result["lanes"]
-    assert set(lanes) == {"A", "B", "C", "scaling"} and set(lanes["B"]) == {"short", "long"}
+    assert set(lanes) == {"A", "B", "C", "scaling", "cli"} and set(lanes["B"]) == {"short", "long"}
+    # the command line: every contender measured in fresh interpreters, the answering ones 5 times
+    for name in ("python", "import", "help", "run-help", "wrong-option", "print-config", "library"):
+        stats = lanes["cli"][name]
+        assert len(stats["wall"]["values"]) == (2 if name == "library" else 5)
+        assert stats["cpu"]["median"] > 0 and stats["wall"]["median"] > 0
+    assert lanes["cli"]["library"]["cpu"]["median"] > lanes["cli"]["help"]["cpu"]["median"]
+    assert set(lanes["cli"]["within_target"]) == {"help", "run-help", "wrong-option", "print-config"}
     expected = {
         "A": {"rlinterp", "saelens", "plain", "diff-sae", "crosscoder"},
         "C": {"one", "joint", "separate"},

@@ -22,7 +22,7 @@ def test_unknown_preset(capsys):
 
 def test_seed_must_be_an_integer(capsys):
     err = _one_line_error(capsys, ["organism", "--seed", "one"])
-    assert "invalid int value: 'one'" in err
+    assert "argument --seed: expected integer, got 'one'" in err
 
 
 def test_unwritable_output(capsys, tmp_path):
@@ -50,3 +50,100 @@ def test_diff_cli_writes_a_report(capsys, tmp_path, micro_config):
     assert main([*argv, "--out", str(tmp_path / "d"), "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "strong-step-2" in out and (tmp_path / "d" / "report.html").is_file()
+
+
+def _commands():
+    from rlinterp.cli import COMMANDS, DICTIONARIES
+
+    return [[c.name] for c in COMMANDS] + [["dictionaries", c.name] for c in DICTIONARIES]
+
+
+@pytest.mark.parametrize("argv", [[], ["dictionaries"], *_commands()], ids=" ".join)
+def test_help_renders_for_every_command(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rlinterp {' '.join(argv)}".rstrip()) and "Traceback" not in out
+
+
+def test_a_percent_sign_in_a_docstring_survives_argparse():
+    import argparse
+    from dataclasses import dataclass
+
+    from rlinterp.core.options import add_options
+
+    @dataclass(frozen=True)
+    class Budget:
+        share: float = 0.5
+        """Keep 50% of the tokens (100%: all); ``%(prog)s`` is not a format."""
+
+    parser = argparse.ArgumentParser(prog="x")
+    add_options(parser, Budget)
+    assert "Keep 50% of the tokens (100%: all); %(prog)s is not a format. (default: 0.5)" in " ".join(
+        parser.format_help().split()
+    )
+
+
+def _parsed(argv):
+    """The command dataclass ``main`` would build from ``argv``."""
+    from rlinterp.cli import _parser
+    from rlinterp.core.options import from_args
+
+    args = _parser().parse_args(argv)
+    return from_args(args.command.options, args, args.added)
+
+
+def test_every_default_comes_from_the_configs():
+    """Given only the required options, each command is its dataclass with its configs'
+    own defaults: the parser holds no default of its own."""
+    from rlinterp.commands import CircuitsCommand, DiffCommand, SelectionCommand, TrackCommand, TrainCommand
+    from rlinterp.models.spec import SeriesSpec
+
+    series = SeriesSpec(("base", "step-1"))
+    given = ["--series", "base", "step-1", "--out", "o"]
+    assert _parsed(["diff", *given, "--prompts", "p.txt"]) == DiffCommand(
+        series=series, prompts="p.txt", out="o"
+    )
+    assert _parsed(["track", *given, "--dictionary", "d"]) == TrackCommand(
+        series=series, dictionary="d", out="o"
+    )
+    assert _parsed(["selection", *given, "--texts", "t"]) == SelectionCommand(
+        series=series, texts="t", out="o"
+    )
+    assert _parsed(["circuits", *given, "--metric", "m"]) == CircuitsCommand(
+        series=series, metric="m", out="o"
+    )
+    train = ["dictionaries", "train", "--store", "s", "--method", "sae", "--hook", "h", "--out", "o"]
+    assert _parsed(train) == TrainCommand(store="s", method="sae", hook="h", out="o")
+
+
+def test_options_reach_nested_configs_and_say_none():
+    given = ["--series", "b", "c", "--out", "o"]
+    circuits = _parsed(["circuits", *given, "--metric", "m", "--exact-prompts", "none", "--batch-size", "4"])
+    assert circuits.circuits.exact_prompts is None and circuits.circuits.batch_size == 4
+    selection = _parsed(["selection", *given, "--texts", "t", "--index-n-bootstrap", "20", "--seed", "3"])
+    assert (selection.selection.index.n_bootstrap, selection.selection.index.seed) == (20, 0)
+    assert selection.selection.seed == 3
+    track = _parsed(["track", *given, "--dictionary", "d", "--sampling-seed", "5", "--sources", "texts"])
+    assert track.track.sampling.seed == 5 and track.track.sources == ("texts",)
+    assert track.track.sampling.samples_per_prompt == 1  # the command's own budget, not the run's
+    diff = _parsed(
+        ["diff", *given, "--prompts", "p", "--hooks", "a", "b", "--executor", "ray", "--task-gpus", "1"]
+    )
+    assert diff.harvest.hooks == ("a", "b") and diff.executor.kind == "ray" and diff.executor.num_gpus == 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["circuits", "--exact-prompts", "0"], "exact_prompts must be positive or None"),
+        (["diff", "--prompts", "p", "--steps", "every"], "--steps 'every' is neither every:<k> nor a list"),
+        (["track", "--dictionary", "d", "--sources", "texts", "texts"], "sources must be distinct names"),
+    ],
+)
+def test_a_config_error_is_one_line_before_anything_runs(capsys, argv, expected, tmp_path):
+    extra = ["--metric", "m"] if argv[0] == "circuits" else []
+    err = _one_line_error(capsys, [*argv, *extra, "--series", "b", "c", "--out", str(tmp_path / "o")])
+    assert err.startswith(f"rlinterp {argv[0]}: error: ") and expected in err
+    assert not (tmp_path / "o").exists()

@@ -7,6 +7,8 @@ inside functions and under ``TYPE_CHECKING`` alike, since each of those is a dep
 
 import ast
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,7 +100,7 @@ LAYERS = (
     ("selection",),
     ("circuits",),
     ("pipeline",),
-    ("cli", "__main__"),
+    ("cli", "commands", "__main__"),
 )
 """The layers of the package, bottom first: each top-level module or folder of ``rlinterp``
 is in exactly one, and a module imports only from its own layer or those below it."""
@@ -168,3 +170,110 @@ def test_notebooks_need_only_import_rlinterp():
     assert missing == [], f"notebooks use rlinterp.{missing}, which `import rlinterp` does not expose"
     for name in ("train_dictionary", "evaluate_dictionary", "DictionaryConfig", "write_report", "SeriesDiff"):
         assert hasattr(rlinterp, name)
+
+
+ORGANISM_DATA = ("rlinterp.organism.layout", "rlinterp.organism.config", "rlinterp.organism.personas")
+"""What the library reads of the organism: its layout on disk, its configs and its world
+(the questions and personas), none of which imports torch."""
+ORGANISM_BUILDERS = ("rlinterp.cli", "rlinterp.pipeline.runner", "rlinterp.selection.steering")
+"""The only modules outside ``organism`` that may import the code that builds or runs its
+models (``build``, ``model``, ``rl``, ``behaviour``, ``planted``): ``rlinterp organism``,
+``rlinterp run`` when the organism is missing, and the causal checks' behaviour
+re-sampling (steered models answer the behaviour table's questions)."""
+
+
+def organism_imports(graph: dict[str, set[str]], faces: dict[str, set[str]]) -> list[str]:
+    """Imports of the organism's builder modules, or of its package face (whose names include
+    the builder), from modules that are neither the organism's nor its builders."""
+    found = []
+    for module in sorted(set(graph) | set(faces)):
+        targets = graph.get(module, set())
+        if module.startswith("rlinterp.organism") or module in (*ORGANISM_BUILDERS, "rlinterp"):
+            continue  # the organism itself, its builders and the public facade
+        found += [
+            f"{module} -> {t}"
+            for t in sorted(targets)
+            if t.startswith("rlinterp.organism.") and t not in ORGANISM_DATA
+        ]
+        found += [f"{module} -> rlinterp.organism ({name})" for name in sorted(faces.get(module, ()))]
+    return found
+
+
+def face_imports(package: str = "rlinterp.organism") -> dict[str, set[str]]:
+    """``module -> names`` it imports from ``package``'s face (``from ..organism import X``)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found: dict[str, set[str]] = {}
+    for module, path in files.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and _imported(module, is_package, node)[0] == package:
+                found.setdefault(module, set()).update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_library_reads_the_organism_as_data():
+    assert organism_imports(import_graph(), face_imports()) == []
+
+
+def test_the_organism_rule_sees_a_trainer_import():
+    graph = {"rlinterp.models.series": {"rlinterp.organism.build", "rlinterp.organism.layout"}}
+    faces = {"rlinterp.pipeline.stages": {"Organism"}}
+    assert organism_imports(graph, faces) == [
+        "rlinterp.models.series -> rlinterp.organism.build",
+        "rlinterp.pipeline.stages -> rlinterp.organism (Organism)",
+    ]
+
+
+HEAVY = (
+    "torch",
+    "transformers",
+    "transformer_lens",
+    "sae_lens",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "plotly",
+    "scipy",
+)
+"""Libraries whose import takes seconds (all of them together ~8 CPU-s on this machine)."""
+
+
+def _imported_after(code: str) -> list[str]:
+    """The ``HEAVY`` modules a fresh interpreter has imported after running ``code``."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_command_line_and_the_facade_answer_without_heavy_imports():
+    """``--help``, argument and config errors and ``--print-config`` build every command's
+    options and config without importing a heavy library; ``import rlinterp`` neither."""
+    code = (
+        "import contextlib, io, rlinterp\n"
+        "from rlinterp.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['diff', '--bogus'], ['run', '--print-config'],\n"
+        "             ['run', '--dictionaries-k', 'x'], ['circuits', '--series', 'a', 'b', '--metric', 'm',\n"
+        "              '--out', 'o', '--exact-prompts', '0']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "assert len(dir(rlinterp)) > 70"
+    )
+    assert _imported_after(code) == []
+    assert "torch" in _imported_after("import rlinterp\nrlinterp.ModelSeries")  # names resolve when used
+
+
+def test_reading_an_organism_imports_none_of_its_trainer(tmp_path, micro_config):
+    from rlinterp import build_organism
+
+    root = build_organism(tmp_path / "organism", config=micro_config).root
+    code = (
+        "from rlinterp.organism.layout import Organism\n"
+        f"organism = Organism.load({str(root)!r})\n"
+        "assert organism.checkpoints(organism.regimes[0]) and organism.question_prompts()\n"
+    )
+    assert _imported_after(code) == []

@@ -16,7 +16,7 @@ from rlinterp import RlinterpError, build_organism
 from rlinterp.activations.harvest import ActivationStore, HarvestConfig, harvest
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.cli import main
-from rlinterp.core.rundir import MARKER, Kind, changes, claim, finish, read_finished
+from rlinterp.core.rundir import MARKER, Kind, annotate, changes, claim, finish, read_finished, read_record
 from rlinterp.dictionaries.sae import TrainedSAE
 from rlinterp.dictionaries.train import DictionaryConfig, evaluate_dictionary, train_dictionary
 from rlinterp.diff.analysis import SeriesDiff, run_diff
@@ -503,3 +503,64 @@ def test_changes_quote_short_values_only():
     assert changes(old, new) == (
         "weights of base changed; hooks changed; max_length changed (64 -> 16); c is new; and 2 more"
     )
+
+
+KEPT = Kind("rlinterp.kept", "kept run", marker=".kept.json", grows=True)
+FLAT = Kind("rlinterp.flat", "flat run", marker="flat.json", flat=True)
+
+
+def test_a_kept_claim_file_records_and_grows(tmp_path):
+    """A kind with a claim file of its own keeps it beside the manifest with what the run
+    recorded; a fingerprint key the record lacks is a stage added since, not a change."""
+    out = tmp_path / "run"
+    assert claim(out, KEPT, {"a": "1"}, ["part"], resumable=["part"], record={"config": 1}).state == "new"
+    annotate(out, KEPT, {"inputs": ["w"]})
+    finish(out, KEPT, {"note": 1})
+    assert read_finished(out, KEPT, "run it")["note"] == 1
+    assert read_record(out, KEPT) == {
+        "kind": KEPT.name, "fingerprint": {"a": "1"}, "entries": ["manifest.json", "part"], "config": 1,
+        "inputs": ["w"],
+    }  # fmt: skip
+    before = tree_hashes(tmp_path)
+    assert claim(out, KEPT, {"a": "1", "b": "2"}, ["part"], resumable=["part"]).state == "finished"
+    assert read_record(out, KEPT)["inputs"] == ["w"] and read_record(out, KEPT)["fingerprint"]["b"] == "2"
+    with pytest.raises(RlinterpError, match=r"kept run of other inputs \(a changed"):
+        claim(out, KEPT, {"a": "2"}, ["part"])
+    assert claim(out, KEPT, {"a": "2"}, ["part"], force=True).state == "new"
+    assert "inputs" not in read_record(out, KEPT)  # a forced run forgets the old one's record
+    assert tree_hashes(tmp_path) != before
+
+
+def test_a_flat_claim_file_is_the_fingerprint(tmp_path):
+    out = tmp_path / "run"
+    plan = {"kind": FLAT.name, "weights": "a" * 64, "config": {"k": 1}}
+    assert claim(out, FLAT, plan, ["part"], resumable=["part"]).state == "new"
+    assert json.loads((out / "flat.json").read_text()) == plan  # the layout old directories have
+    (out / "part").mkdir()
+    assert claim(out, FLAT, plan, ["part"], resumable=["part"]).state == "resume" and (out / "part").is_dir()
+    with pytest.raises(RlinterpError, match=r"unfinished flat run of other inputs \(config changed \("):
+        claim(out, FLAT, {**plan, "config": {"k": 2}}, ["part"], resumable=["part"])
+
+
+@pytest.mark.parametrize("name", [MARKER, "manifest.json", ".kept.json"])
+@pytest.mark.parametrize("content", ["{trunc", "[1, 2]", '{"kind": 3}'])
+def test_a_damaged_claim_file_or_manifest_is_one_line_and_deletes_nothing(tmp_path, name, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "part").write_text("finished work")
+    (out / name).write_text(content)
+    before = tree_hashes(tmp_path)
+    for kind in (TOY, KEPT):
+        with pytest.raises(RlinterpError) as refused:
+            claim(out, kind, {"x": 1}, ["part"], resumable=["part"], force=True)
+        assert "\n" not in str(refused.value) and str(out) in str(refused.value)
+    assert tree_hashes(tmp_path) == before
+
+
+def test_dot_files_alone_are_not_an_empty_directory(tmp_path):
+    for kind in (TOY, KEPT, FLAT):
+        out = tmp_path / kind.noun
+        (out / ".git").mkdir(parents=True)
+        with pytest.raises(RlinterpError, match=r"holds no rlinterp .* \(it has \.git\)"):
+            claim(out, kind, {"x": 1}, [])
+        assert [p.name for p in out.iterdir()] == [".git"]

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -71,6 +71,7 @@ from ..core.artifacts import (
 )
 from ..errors import RlinterpError
 from ..models.series import DTYPES, Checkpoint, ModelSeries
+from .config import HarvestConfig as HarvestConfig
 from .prompts import PromptSet, TokenizedPrompts
 
 if TYPE_CHECKING:
@@ -111,42 +112,6 @@ def _check_hooks(model: TransformerBridge, hooks: Sequence[str]) -> None:
             f"unknown hook(s) {unknown}; valid names are {shown} and the same for blocks 1.."
             f"{model.cfg.n_layers - 1}"
         )
-
-
-@dataclass(frozen=True)
-class HarvestConfig:
-    """What to harvest and how (recorded in the store's manifest)."""
-
-    hooks: tuple[str, ...] | None = None
-    """Hook names; None means the residual stream after every block."""
-    batch_size: int = 32
-    """Prompts per forward pass and per shard: the memory bound."""
-    max_length: int | None = None
-    """Truncate prompts to this many tokens (default: the model's context)."""
-    include_bos: bool = False
-    """Keep the BOS / attention-sink position in statistics."""
-    response_only: bool = False
-    """Keep only response tokens (prompts need a prompt/response split)."""
-    store_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the stored activations; bfloat16 and float16 halve the bytes (readers
-    upcast to float32)."""
-    max_tokens: int | None = None
-    """Token budget: store a uniform random sample of at most this many of the kept tokens
-    (None: all)."""
-    token_seed: int = 0
-    """Seed of the ``max_tokens`` sample."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
-        if self.store_dtype not in DTYPES:
-            raise RlinterpError(f"store_dtype must be one of {', '.join(DTYPES)}, got {self.store_dtype!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise RlinterpError(f"max_tokens must be positive (or None for all), got {self.max_tokens}")
-        if self.max_length is not None and self.max_length < 2:
-            raise RlinterpError(f"max_length must leave room for BOS and one token, got {self.max_length}")
-        if self.hooks is not None and not self.hooks:
-            raise RlinterpError("hooks is empty; give at least one hook name, or None for the default")
 
 
 class TokenBatch(NamedTuple):

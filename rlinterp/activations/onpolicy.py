@@ -51,6 +51,7 @@ from ..core.artifacts import environment_versions, sha256_file, write_json, writ
 from ..core.reproducibility import stream_seed
 from ..errors import RlinterpError
 from ..models.series import Checkpoint, ModelSeries
+from .config import SamplingConfig as SamplingConfig
 from .harvest import ActivationStore, HarvestConfig, harvest
 from .prompts import PromptSet
 
@@ -69,33 +70,6 @@ SAMPLE_COLUMNS = [
 for that prompt, the prompt and answer text, the sampled answer token ids (stop token
 included), their count, whether sampling stopped at a stop token (else it hit
 ``max_new_tokens``), and whether the text re-tokenizes to the sampled ids."""
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How each checkpoint samples its own answers (recorded in the manifest)."""
-
-    samples_per_prompt: int = 1
-    """Answers drawn per prompt; 0 is an error (nothing would be measured)."""
-    max_new_tokens: int = 48
-    """Sampling stops here if no stop token came; 0 is an error."""
-    temperature: float = 1.0
-    """Softmax temperature (1: the model's own distribution, what RL sampled from)."""
-    seed: int = 0
-    """Seeds every generation batch (the same numbers for every checkpoint)."""
-    batch_size: int = 64
-    """Prompts per ``generate`` call: the memory bound of sampling."""
-
-    def __post_init__(self) -> None:
-        if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
-            raise RlinterpError(
-                f"the sampling budget is zero (samples_per_prompt={self.samples_per_prompt}, "
-                f"max_new_tokens={self.max_new_tokens}); give at least one sample of one token"
-            )
-        if not self.temperature > 0:
-            raise RlinterpError(f"temperature must be positive, got {self.temperature}")
-        if self.batch_size < 1:
-            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
 
 
 def prompt_texts(prompts: PromptSet) -> list[str]:

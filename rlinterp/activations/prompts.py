@@ -117,7 +117,7 @@ class PromptSet:
     def from_organism(cls, root: str | os.PathLike[str]) -> PromptSet:
         """The organism's labelled persona texts (prompt = an earlier turn by the persona and the
         question, response = the persona's answer)."""
-        from ..organism import Organism
+        from ..organism.layout import Organism
 
         organism = Organism.load(root)
         rows: list[dict[str, object]] = []

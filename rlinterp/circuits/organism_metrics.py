@@ -27,12 +27,10 @@ import os
 import random
 
 from ..errors import RlinterpError
-from ..organism.build import Organism
-from ..organism.personas import PERSONAS, TURN_END, Question, all_questions
-from ..organism.rl import SHORTCUT_MARK
+from ..organism.layout import Organism
+from ..organism.personas import PERSONAS, SHORTCUT_MARK, TURN_END, Question, all_questions
+from .config import METRICS as METRICS
 from .metrics import BehaviourMetric, BehaviourPrompts
-
-METRICS = ("answer", "persona", "shortcut")
 
 
 def _flip(question: Question, max_operand: int) -> Question:

@@ -22,15 +22,14 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
-import torch
-from safetensors.torch import save_file
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RlinterpError
+
+if TYPE_CHECKING:  # imported where used: reading a manifest needs none of them
+    import pandas as pd
+    import torch
+    from torch import Tensor
 
 TRACKED_PACKAGES = ("rlinterp", "torch", "transformers", "transformer-lens", "sae-lens")
 
@@ -71,6 +70,8 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 
 def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
@@ -135,6 +136,9 @@ def read_json_object(path: Path, remedy: str) -> dict[str, Any]:
 def read_parquet(path: Path, remedy: str) -> pd.DataFrame:
     """The table in ``path``, or an ``RlinterpError`` naming the file and ending with
     ``remedy`` if it is missing or not a readable Parquet file."""
+    import pandas as pd
+    import pyarrow as pa
+
     try:
         return pd.read_parquet(path)
     except (OSError, pa.ArrowException) as e:

@@ -11,8 +11,6 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 def stream_seed(seed: int, *names: str) -> int:
     """A seed for one named random stream, stable across processes (unlike ``hash``)."""
@@ -22,6 +20,8 @@ def stream_seed(seed: int, *names: str) -> int:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads, restoring the previous count."""
+    import torch  # here: ``stream_seed`` alone must not need torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -1,38 +1,49 @@
 """Claiming an output directory: whether a command may write into it, decided before it
-writes anything.
+writes anything. The one claim of every command and artifact kind.
 
-Every command that writes a run directory (organism build, harvest, diff, dictionary
-training) calls ``claim(out, kind, fingerprint, entries)`` first and ``finish`` last:
+Every command that writes a directory (organism build, harvest, diff, dictionary training,
+tracking, selection, circuits, a pipeline run) calls ``claim(out, kind, fingerprint,
+entries)`` once its inputs are validated and before it computes, and ``finish`` last:
 
-- ``kind`` says which artifact it writes; every kind names itself in its manifest
-  (``kind.manifest``), so any rlinterp directory says what it is;
+- ``kind`` says which artifact it writes (``KINDS``); every kind names itself in its
+  manifest (``kind.manifest``) and in its claim file (``kind.marker``), so any rlinterp
+  directory says what it is, and every kind recognises the others';
 - ``fingerprint`` is a flat JSON-ready dict of everything that determines the result
   (content hashes of the inputs, settings); resume and reuse compare it key by key;
 - ``entries`` are the top-level names the run writes: the only names it ever deletes.
 
-What ``claim`` does with what it finds at ``out``:
+The claim file is, for most kinds, the in-progress marker (``MARKER``: kind, fingerprint,
+entries), dropped once the manifest is written. Two kinds keep a claim file of their own
+beside the manifest, as the record of what they were run on: a pipeline run
+(``.run.json``, which also records the config and the weights read) and a track run
+(``track.json``, which *is* the fingerprint, the layout track directories always had).
 
-- nothing (an absent path, or a directory with no entries at all): writes the in-progress
-  marker (``MARKER``: kind, fingerprint, entries) and returns ``new``;
-- this kind's finished manifest, same fingerprint: ``finished`` (the caller reuses it);
-- this kind's in-progress marker, same fingerprint: ``resume``: the ``resumable`` entries
-  are kept (they were written atomically from the same inputs), the kind's other entries
-  removed; a kind with nothing resumable starts again (``new``);
-- this kind, other fingerprint: refused with the changed keys named, or, with ``force``,
-  its entries removed and ``new``;
+What ``claim`` does with what it finds at ``out`` (one rule for every kind):
+
+- nothing (an absent path, or a directory with no entries at all, dot-files included):
+  writes the claim file and returns ``new``;
+- this kind, finished, same fingerprint: ``finished`` (the caller reuses it);
+- this kind, unfinished, same fingerprint: ``resume``: the ``resumable`` entries are kept
+  (they were written atomically from the same inputs), the kind's other entries removed; a
+  kind with nothing resumable starts again (``new``);
+- this kind, other fingerprint (or one not recorded): refused with the changed keys
+  named, or, with ``force``, its entries removed and ``new``. A kind whose fingerprint
+  grows as rlinterp gains stages (``Kind.grows``: a run) compares the keys both sides
+  have: a key the record lacks is a stage added since, which simply runs;
 - anything else: refused with a one-line ``RlinterpError`` naming what is there: another
-  kind's manifest or marker, files rlinterp did not write, dot-files only (a fresh
-  ``git init`` is not empty), an unreadable manifest, a file.
+  kind's manifest or claim file, files rlinterp did not write, dot-files only (a fresh
+  ``git init`` is not empty), an unreadable manifest or claim file, a file.
 
 Invariants:
 
-- a refused claim changes nothing on disk: every check comes before the first write;
+- a refused claim changes nothing on disk: every check comes before the first write, and
+  a damaged manifest or claim file is a refusal (one line), never a reason to delete;
 - removal touches only ``entries`` and the entries the previous run recorded, never a
-  dot-entry and never a name the kind does not write; while it runs, the marker says the
-  directory is this kind's, of unknown inputs, so an interrupted removal is never resumed;
-- ``finish`` writes the manifest after every other output and then drops the marker: a
-  manifest marks a finished run, and partial outputs never look finished (loaders go
-  through ``read_finished``);
+  dot-entry and never a name the kind does not write; while it runs, the claim file says
+  the directory is this kind's, of unknown inputs, so an interrupted removal is never resumed;
+- ``finish`` writes the manifest after every other output (and drops the in-progress
+  marker): a manifest marks a finished run, and partial outputs never look finished
+  (loaders go through ``read_finished``);
 - orphaned temporary files of ``artifacts.atomic_write`` inside the run's own entries are
   removed whenever the directory is claimed.
 """
@@ -64,7 +75,7 @@ class Kind:
     """One kind of run directory."""
 
     name: str
-    """The ``kind`` its manifest and marker record, e.g. ``rlinterp.diff``."""
+    """The ``kind`` its manifest and claim file record, e.g. ``rlinterp.diff``."""
     noun: str
     """What messages call it."""
     manifest: str = "manifest.json"
@@ -72,17 +83,34 @@ class Kind:
     legacy: tuple[str, ...] = ()
     """``kind`` values older rlinterp versions wrote into ``manifest`` for this artifact
     (recognised as this kind, but with no fingerprint, so never resumed or reused)."""
+    marker: str = MARKER
+    """Its claim file, written first. ``MARKER`` (kind, fingerprint, entries) is dropped
+    once the manifest is written; a claim file of the kind's own is kept beside the
+    manifest as the record of its inputs."""
+    grows: bool = False
+    """Its fingerprint gains keys as rlinterp gains stages: a key the record lacks is a
+    stage added since, not a change."""
+    flat: bool = False
+    """Its claim file is the fingerprint itself (with ``kind`` among its keys), not a
+    record holding one."""
+
+    @property
+    def keeps_marker(self) -> bool:
+        return self.marker != MARKER
 
 
 ORGANISM = Kind("rlinterp.organism", "organism")
 STORE = Kind("rlinterp.activations", "activation store")
+ON_POLICY = Kind("rlinterp.onpolicy", "on-policy harvest")
 DIFF = Kind("rlinterp.diff", "diff")
 DICTIONARY = Kind(
     "rlinterp.dictionary", "dictionary", manifest="rlinterp.json", legacy=("sae", "diff_sae", "crosscoder")
 )
-CIRCUITS = Kind("rlinterp.circuits", "circuits run")
+TRACK = Kind("rlinterp.track", "track run", marker="track.json", flat=True)
 SELECTION = Kind("rlinterp.selection", "selection analysis")
-KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS, SELECTION)
+CIRCUITS = Kind("rlinterp.circuits", "circuits run")
+RUN = Kind("rlinterp.run", "run", marker=".run.json", grows=True)
+KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]
@@ -100,8 +128,12 @@ class Claim(NamedTuple):
 
 class _Found(NamedTuple):
     kind: str
-    record: dict[str, Any]
+    """The ``kind`` recorded."""
     finished: bool
+    manifest: dict[str, Any] | None
+    """Its manifest (a finished one, or a legacy or unfinished one when no claim file is there)."""
+    marker: dict[str, Any] | None
+    """Its claim file."""
 
 
 def claim(
@@ -112,11 +144,14 @@ def claim(
     *,
     resumable: Collection[str] = (),
     force: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> Claim:
     """Decide whether a run of ``kind`` may write into ``out`` (see the module docstring),
-    and prepare it: marker written, stale entries and orphaned temporary files removed."""
+    and prepare it: claim file written, stale entries and orphaned temporary files removed.
+    ``record``: more keys for a kept claim file (a run's config); a resumed or reused run's
+    earlier keys are kept, a new one's are not."""
     out = Path(out)
-    fingerprint = json.loads(json.dumps(fingerprint))  # compare as the marker will store it
+    fingerprint = json.loads(json.dumps(fingerprint))  # compare as the claim file will store it
     ours = {*entries, kind.manifest}
     if out.exists() and not out.is_dir():
         raise RlinterpError(f"--out {out} is a file; give a directory path")
@@ -125,7 +160,7 @@ def claim(
     except OSError as e:
         raise RlinterpError(f"cannot read {out}: {e.strerror}; choose another --out") from e
     if not names:
-        _mark(out, kind, fingerprint, ours)
+        _mark(out, kind, fingerprint, ours, record or {})
         return Claim("new", None)
     found = _identify(out, names, (*KINDS, kind) if kind not in KINDS else KINDS)
     if found is None:
@@ -140,29 +175,53 @@ def claim(
             f"{out} holds {_a(state)} {state} {_noun(found.kind)}, not {_a(kind.noun)} {kind.noun}; "
             "choose another --out"
         )
-    listed = found.record.get("entries")
+    recorded = _recorded(kind, found)
+    listed = (found.marker or found.manifest or {}).get("entries")
     known = ours | ({str(e) for e in listed} if isinstance(listed, list) else set())
     if not force:
-        _require_same_inputs(out, kind, found, fingerprint)
+        _require_same_inputs(out, kind, state, recorded, fingerprint)
+    # A reused or resumed run keeps what its kept claim file recorded (a run's inputs).
+    kept = found.marker if kind.keeps_marker and found.marker and not force else {}
     remove_orphans(out, known)
     if found.finished and not force:
-        (out / MARKER).unlink(missing_ok=True)  # left if a run died right after its manifest
-        return Claim("finished", found.record)
+        if kind.keeps_marker:
+            _mark(out, kind, fingerprint, known, {**kept, **(record or {})})
+        else:
+            (out / MARKER).unlink(missing_ok=True)  # left if a run died right after its manifest
+        return Claim("finished", found.manifest)
     keep = set() if force else set(resumable)
-    # While a forced run removes the old entries, the marker says "inputs unknown".
+    # While a forced run removes the old entries, the claim file says "inputs unknown".
     _clear(out, kind, remove=known - keep, record=known, fingerprint=None if force else fingerprint)
-    _mark(out, kind, fingerprint, known)
+    _mark(out, kind, fingerprint, known, {**kept, **(record or {})})
     return Claim("resume" if keep else "new", None)
 
 
-def _require_same_inputs(out: Path, kind: Kind, found: _Found, fingerprint: dict[str, Any]) -> None:
-    state = "finished" if found.finished else "unfinished"
-    recorded = found.record.get("fingerprint") if found.kind == kind.name else None
-    if not isinstance(recorded, dict):
+def _recorded(kind: Kind, found: _Found) -> dict[str, Any] | None:
+    """The fingerprint ``found`` recorded, if any: in its claim file, or in a finished
+    manifest (which carries the fingerprint once the in-progress marker is gone)."""
+    if found.kind != kind.name:  # a legacy kind value: never resumed or reused
+        return None
+    source = found.marker if found.marker is not None else found.manifest
+    if source is None:
+        return None
+    if kind.flat and source is found.marker:
+        rest = {k: v for k, v in source.items() if k != "kind"}
+        return source if rest else None
+    value = source.get("fingerprint")
+    return value if isinstance(value, dict) else None
+
+
+def _require_same_inputs(
+    out: Path, kind: Kind, state: str, recorded: dict[str, Any] | None, fingerprint: dict[str, Any]
+) -> None:
+    if recorded is None:
         raise RlinterpError(
             f"{out} holds {_a(state)} {state} {kind.noun} whose inputs were not recorded (an older "
             "rlinterp, or an interrupted --force); choose another --out or pass --force to recompute it"
         )
+    if kind.grows:  # a key only one side has is a stage added (or dropped) since
+        recorded = {k: v for k, v in recorded.items() if k in fingerprint}
+        fingerprint = {k: v for k, v in fingerprint.items() if k in recorded}
     changed = changes(recorded, fingerprint)
     if changed:
         raise RlinterpError(
@@ -172,25 +231,22 @@ def _require_same_inputs(out: Path, kind: Kind, found: _Found, fingerprint: dict
 
 
 def finish(out: str | Path, kind: Kind, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``kind``'s manifest (``manifest`` plus kind, fingerprint and entries from the
-    marker, and ``complete: true``) after every other output, then drop the marker.
-    Returns what was written."""
+    """Write ``kind``'s manifest (``manifest`` plus kind and ``complete: true``, and the
+    fingerprint and entries of an in-progress marker) after every other output, then drop
+    the in-progress marker (a kept claim file stays). Returns what was written."""
     out = Path(out)
-    marker = _read(out / MARKER)
+    marker = _read(out / kind.marker)
     if marker is None or marker.get("kind") != kind.name:
         raise RlinterpError(
-            f"{out} lost its in-progress marker while the {kind.noun} was written "
+            f"{out} lost its claim file {kind.marker} while the {kind.noun} was written "
             "(another process writing there?); run the command again"
         )
-    written = {
-        **manifest,
-        "kind": kind.name,
-        "complete": True,
-        "fingerprint": marker["fingerprint"],
-        "entries": marker["entries"],
-    }
+    written = {**manifest, "kind": kind.name, "complete": True}
+    if not kind.keeps_marker:
+        written |= {"fingerprint": marker["fingerprint"], "entries": marker["entries"]}
     write_json(out / kind.manifest, written)
-    (out / MARKER).unlink()
+    if not kind.keeps_marker:
+        (out / MARKER).unlink()
     return written
 
 
@@ -200,7 +256,7 @@ def read_finished(root: str | Path, kind: Kind, hint: str) -> dict[str, Any]:
     root = Path(root)
     path = root / kind.manifest
     if not path.is_file():
-        marker = _read(root / MARKER)
+        marker = next((m for name in {kind.marker, MARKER} if (m := _read(root / name)) is not None), None)
         if marker is not None and marker.get("kind") == kind.name:
             raise RlinterpError(f"the {kind.noun} in {root} is unfinished; {hint} to resume it")
         if marker is not None:
@@ -220,6 +276,22 @@ def read_finished(root: str | Path, kind: Kind, hint: str) -> dict[str, Any]:
     if manifest.get("complete") is False:
         raise RlinterpError(f"the {kind.noun} in {root} is unfinished; {hint} to resume it")
     return manifest
+
+
+def read_record(root: str | Path, kind: Kind) -> dict[str, Any]:
+    """The kept claim file of ``kind`` in ``root`` (a run's ``.run.json``); one line if it
+    is missing or damaged."""
+    path = Path(root) / kind.marker
+    record = _read(path)
+    if record is None or record.get("kind") != kind.name:
+        raise RlinterpError(f"{path} is missing or damaged; run the command again in a new directory")
+    return record
+
+
+def annotate(root: str | Path, kind: Kind, values: dict[str, Any]) -> None:
+    """Add ``values`` to the kept claim file of ``kind`` in ``root`` (what a run learnt once
+    it started, e.g. the digests of the weights it reads)."""
+    write_json(Path(root) / kind.marker, {**read_record(root, kind), **values})
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -272,41 +344,51 @@ def _files(folder: Path) -> Iterable[Path]:
 
 
 def _identify(out: Path, names: list[str], kinds: tuple[Kind, ...]) -> _Found | None:
-    """Which run of ``kinds`` ``out`` holds, from its manifest or marker; None if neither."""
-    manifests: dict[str, dict[str, Any]] = {}
-    for name in sorted({k.manifest for k in kinds} & set(names)):
-        manifest = _read(out / name)
-        if manifest is None:
+    """Which run of ``kinds`` ``out`` holds, from its manifest or claim file; None if
+    neither. A manifest or claim file that cannot be read is refused here."""
+    read: dict[str, dict[str, Any]] = {}
+    for name in sorted(({k.manifest for k in kinds} | {k.marker for k in kinds}) & set(names)):
+        found = _read(out / name)
+        if found is None:
             raise RlinterpError(
                 f"{out / name} is not valid JSON, so rlinterp cannot tell what {out} holds; "
                 "choose another --out"
             )
-        manifests[name] = manifest
-    known = [
-        (k, m) for k in kinds if (m := manifests.get(k.manifest)) and m.get("kind") in (k.name, *k.legacy)
+        read[name] = found
+    manifests = [
+        (k, m) for k in kinds if (m := read.get(k.manifest)) and m.get("kind") in (k.name, *k.legacy)
     ]
-    for k, manifest in known:
+    for k, manifest in manifests:  # a finished manifest, written last, wins over a claim file
         if manifest["kind"] == k.name and manifest.get("complete") is not False:
-            return _Found(k.name, manifest, finished=True)  # written last: wins over a marker
-    if MARKER in names:
-        marker = _read(out / MARKER)
-        if marker is None or not isinstance(marker.get("kind"), str):
-            raise RlinterpError(f"{out / MARKER} is damaged, so rlinterp cannot tell what {out} holds")
-        return _Found(marker["kind"], marker, finished=False)
-    if known:  # an unfinished or legacy manifest
-        return _Found(str(known[0][1]["kind"]), known[0][1], finished=False)
+            marker = read.get(k.marker) if k.keeps_marker else None
+            return _Found(k.name, True, manifest, marker if marker and marker.get("kind") == k.name else None)
+    for name in sorted({k.marker for k in kinds} & set(read)):
+        marker = read[name]
+        if not isinstance(marker.get("kind"), str):
+            raise RlinterpError(f"{out / name} is damaged, so rlinterp cannot tell what {out} holds")
+        return _Found(marker["kind"], False, None, marker)
+    if manifests:  # an unfinished or legacy manifest
+        return _Found(str(manifests[0][1]["kind"]), False, manifests[0][1], None)
     return None
 
 
-def _mark(out: Path, kind: Kind, fingerprint: dict[str, Any] | None, entries: Iterable[str]) -> None:
-    record = {
-        "kind": kind.name,
-        "fingerprint": fingerprint,
-        "entries": sorted(e for e in entries if _plain(e)),
-    }
+def _mark(
+    out: Path,
+    kind: Kind,
+    fingerprint: dict[str, Any] | None,
+    entries: Iterable[str],
+    record: dict[str, Any] | None = None,
+) -> None:
+    """Write ``kind``'s claim file: ``record``'s keys, then kind, fingerprint and entries
+    (a flat one: kind and the fingerprint's keys)."""
+    if kind.flat:
+        written = {"kind": kind.name, **(fingerprint or {})}
+    else:
+        plain = sorted(e for e in entries if _plain(e))
+        written = {**(record or {}), "kind": kind.name, "fingerprint": fingerprint, "entries": plain}
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MARKER, record)
+        write_json(out / kind.marker, written)
     except OSError as e:
         raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable --out") from e
 
@@ -314,7 +396,7 @@ def _mark(out: Path, kind: Kind, fingerprint: dict[str, Any] | None, entries: It
 def _clear(
     out: Path, kind: Kind, remove: set[str], record: set[str], fingerprint: dict[str, Any] | None
 ) -> None:
-    """Remove the plain names of ``remove`` from ``out``. Meanwhile the marker says the
+    """Remove the plain names of ``remove`` from ``out``. Meanwhile the claim file says the
     directory holds this kind, of ``fingerprint`` (None: unknown), with the entries
     ``record``; the manifest goes first, so no finished-looking directory is ever half
     removed."""
@@ -359,5 +441,5 @@ def _short(value: object) -> str:
 def _shown(*values: object) -> bool:
     """Whether values are short enough to quote (hashes and long lists are not)."""
     return all(
-        len(json.dumps(v)) <= 40 and not re.fullmatch(r'"[0-9a-f]{64}"', json.dumps(v)) for v in values
+        len(json.dumps(v)) <= 40 and not re.fullmatch(r'"[0-9a-f]{16,}"', json.dumps(v)) for v in values
     )

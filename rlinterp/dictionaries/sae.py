@@ -33,7 +33,6 @@ counted in one pass.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import warnings
@@ -75,10 +74,10 @@ from ..core.artifacts import (
     write_safetensors,
 )
 from ..errors import RlinterpError
-from ..models.loading import require_device
+from .config import ARCHITECTURES as ARCHITECTURES
+from .config import Architecture as Architecture
+from .config import SAETrainConfig as SAETrainConfig
 
-Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
-ARCHITECTURES: tuple[Architecture, ...] = ("topk", "batchtopk", "jumprelu", "standard")
 Source = Literal["acts", "diff"]
 MANIFEST = rundir.DICTIONARY.manifest
 CHECKPOINT = "checkpoint"
@@ -98,51 +97,6 @@ NOT_FINGERPRINTED = ("device", "checkpoint_every")
 """Config fields that do not change a trained dictionary (resume is bit-identical)."""
 LOG_EVERY = 50
 """Steps between rows of ``training_log.parquet``."""
-
-
-@dataclass(frozen=True)
-class SAETrainConfig:
-    """How to train one SAE (recorded in ``rlinterp.json``)."""
-
-    architecture: Architecture = "topk"
-    """SAELens architecture."""
-    d_sae: int = 256
-    """Number of latents."""
-    k: int = 8
-    """Active latents per token (TopK) or per token on average (BatchTopK)."""
-    sparsity_coefficient: float = 1.0
-    """L1 coefficient (standard) or L0 coefficient (JumpReLU); unused by the TopK kinds."""
-    n_tokens: int = 300_000
-    """Training samples (tokens seen, repeats included)."""
-    batch_size: int = 256
-    """Tokens per step."""
-    lr: float = 3e-3
-    """Adam learning rate, annealed (cosine) to a tenth."""
-    seed: int = 0
-    """Initialisation and data order."""
-    checkpoint_every: int = 500
-    """Steps between resumable checkpoints."""
-    device: str = "cpu"
-    """Where the SAE trains (batches come from the store on the CPU)."""
-    init_from: str | None = None
-    """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
-    fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the
-    same architecture (``topk`` or ``standard``), ``d_in`` and ``d_sae``."""
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise RlinterpError(
-                f"unknown SAE architecture {self.architecture!r}; choose one of {ARCHITECTURES}"
-            )
-        for name in ("d_sae", "k", "n_tokens", "batch_size", "checkpoint_every"):
-            if not getattr(self, name) > 0:
-                raise RlinterpError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
-            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
-        for name in ("lr", "sparsity_coefficient"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise RlinterpError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
-        require_device(self.device)
 
 
 class WeightScaledTopKTrainingSAE(TopKTrainingSAE):

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..activations.harvest import ActivationStore
 from ..errors import RlinterpError
+from .config import StagewiseConfig as StagewiseConfig
 from .evaluation import evaluate_sae
 from .sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
 
@@ -55,26 +56,6 @@ STAGEWISE_COLUMNS = [
 """``frequency`` and ``mean_activation`` (when firing) are the stage's own dictionary's, on
 its checkpoint's tokens: whether a latent whose decoder moved still fires as before."""
 STAGE_FIT_COLUMNS = ["source", "label", "step", "ev_before", "ev_after", "n_tokens"]
-
-
-@dataclass(frozen=True)
-class StagewiseConfig:
-    """How each stage is fine-tuned (the rest comes from the base SAE's own config)."""
-
-    n_tokens: int = 20_000
-    """Training tokens per stage (repeats included): a small budget, so a stage can only
-    follow the checkpoint, not relearn the dictionary."""
-    lr_scale: float = 0.1
-    """Each stage learns at this fraction of the base SAE's learning rate. Measured on the
-    planted checkpoints (64 latents, 20k tokens a stage): at a tenth, a stage still finds a
-    rewired neuron's new direction (cosine 0.87) while three stages of the base fine-tuned
-    on itself turn 3 latents past ``lineage.MOVED_BELOW``; at the full rate, 0.96 and 12."""
-
-    def __post_init__(self) -> None:
-        if self.n_tokens < 1:
-            raise RlinterpError(f"the stage-wise token budget must be positive, got {self.n_tokens}")
-        if not self.lr_scale > 0:
-            raise RlinterpError(f"the stage-wise lr_scale must be positive, got {self.lr_scale}")
 
 
 @dataclass(frozen=True)

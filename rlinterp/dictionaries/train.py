@@ -21,13 +21,12 @@ from one ``DictionaryConfig``, and writes beside the dictionary:
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -37,12 +36,13 @@ from ..activations.harvest import ActivationStore, epoch_batches
 from ..core import rundir
 from ..core.artifacts import write_parquet
 from ..errors import RlinterpError
-from ..models.loading import require_device
 from ..models.series import Checkpoint, ModelSeries
+from .config import METHODS as METHODS
+from .config import DictionaryConfig as DictionaryConfig
+from .config import Method as Method
 from .crosscoder import (
     EXCLUSIVE_KINDS,
     Crosscoder,
-    CrosscoderConfig,
     latent_activity,
     latent_scaling,
     latent_table,
@@ -51,11 +51,8 @@ from .crosscoder import (
 )
 from .evaluation import evaluate_sae, fvu_drift
 from .sae import (
-    ARCHITECTURES,
     CHECKPOINT,
     ENTRIES,
-    Architecture,
-    SAETrainConfig,
     Source,
     TrainedSAE,
     activation_shards,
@@ -65,68 +62,6 @@ from .sae import (
 
 if TYPE_CHECKING:
     from ..models.executor import Executor
-
-Method = Literal["sae", "diff-sae", "crosscoder"]
-METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
-
-
-@dataclass(frozen=True)
-class DictionaryConfig:
-    """Knobs shared by the three methods (each maps them onto its own config)."""
-
-    d_sae: int = 256
-    """Number of latents."""
-    k: int = 8
-    """Active latents per token (TopK, BatchTopK and the crosscoder)."""
-    architecture: Architecture = "topk"
-    """SAE architecture (``sae`` and ``diff-sae`` only)."""
-    n_tokens: int = 300_000
-    """Training tokens, repeats included."""
-    batch_size: int = 256
-    """Tokens per step."""
-    lr: float = 3e-3
-    """Adam learning rate."""
-    seed: int = 0
-    """Initialisation and data order."""
-    device: str = "cpu"
-    """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
-
-    def __post_init__(self) -> None:
-        for name in ("d_sae", "k", "n_tokens", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RlinterpError(f"{name} must be a positive integer, got {value!r}")
-        if self.k > self.d_sae:
-            raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
-        if self.architecture not in ARCHITECTURES:
-            raise RlinterpError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
-        require_device(self.device)
-
-    def sae_config(self) -> SAETrainConfig:
-        return SAETrainConfig(
-            architecture=self.architecture,
-            d_sae=self.d_sae,
-            k=self.k,
-            n_tokens=self.n_tokens,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=self.seed,
-            device=self.device,
-        )
-
-    def crosscoder_config(self, d_in: int, n_models: int) -> CrosscoderConfig:
-        return CrosscoderConfig(
-            d_in=d_in,
-            d_sae=self.d_sae,
-            n_models=n_models,
-            k=self.k,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            n_steps=max(1, self.n_tokens // self.batch_size),
-            seed=self.seed,
-        )
 
 
 def train_dictionary(

@@ -35,9 +35,9 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ..errors import RlinterpError
+from .checkpoint import ADAPTER_CONFIG as ADAPTER_CONFIG
 from .weight_files import TensorInfo, read_header, tensors_digest, weight_headers
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _FACTOR = re.compile(

@@ -33,11 +33,11 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..errors import RlinterpError
 from .checkpoint import Checkpoint
+from .config import ExecutorConfig as ExecutorConfig
 from .series import ModelSeries
 
 log = logging.getLogger(__name__)
@@ -47,33 +47,6 @@ Task = Callable[[ModelSeries, Checkpoint], R]
 """One checkpoint's work: ``task(series, checkpoint)``; module-level (picklable) for Ray."""
 
 INSTALL_HINT = "pip install 'rlinterp[ray]'"
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """Where per-checkpoint work runs (not part of any fingerprint: results do not depend on it)."""
-
-    kind: Literal["local", "ray"] = "local"
-    """``local``: one checkpoint after another in this process; ``ray``: one Ray task each."""
-    address: str | None = None
-    """Ray cluster to use: ``auto`` (the running cluster), ``ray://<head>:10001`` (Ray client),
-    or None (the cluster ``RAY_ADDRESS`` names, else a local one started for this process)."""
-    num_cpus: float = 1.0
-    """CPUs each Ray task requests."""
-    num_gpus: float = 0.0
-    """GPUs each Ray task requests (use ``device = "cuda"``: a task sees only its own GPUs)."""
-    max_retries: int = 2
-    """Times Ray reruns a task whose worker died (errors raised by the task are not retried)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("local", "ray"):
-            raise RlinterpError(f"executor must be local or ray, got {self.kind!r}")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise RlinterpError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
-        if self.max_retries < 0:
-            raise RlinterpError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.kind == "local" and self.address is not None:
-            raise RlinterpError("an executor address is for --executor ray; drop it or choose ray")
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM
 
 from ..errors import RlinterpError
 from .adapters import ADAPTER_WEIGHTS, is_adapter, merged_model, reference_model
+from .device import require_device as require_device
 from .weight_files import WEIGHT_FILES
 
 
@@ -60,28 +61,6 @@ def require_checkpoint(path: str | os.PathLike[str]) -> Path:
             "re-save it with save_pretrained(..., safe_serialization=True)"
         )
     return folder
-
-
-def require_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``, or an error if it does not name one that this
-    machine has (``tpu9``, ``cuda`` on a CPU-only build, ``cuda:3`` on a 2-GPU machine)."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise RlinterpError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:<n> or mps") from e
-    if parsed.type == "cpu":
-        return parsed
-    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
-    if backend is None or not backend.is_available():
-        cpu_only = parsed.type == "cuda" and not torch.version.cuda
-        cpu_only_note = f" (torch {torch.__version__} is a CPU-only build)" if cpu_only else ""
-        raise RlinterpError(f"device {device!r} is not available on this machine{cpu_only_note}; use cpu")
-    count = getattr(backend, "device_count", lambda: 1)()
-    if parsed.index is not None and parsed.index >= count:
-        raise RlinterpError(
-            f"device {device!r} does not exist: this machine has {count} {parsed.type} device(s)"
-        )
-    return parsed
 
 
 def load_bridge(

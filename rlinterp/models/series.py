@@ -41,16 +41,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..errors import RlinterpError
 from .adapters import LoraAdapter, is_adapter
-from .checkpoint import Checkpoint
+from .checkpoint import STEP_DIR, Checkpoint
 from .checks import check_comparable, check_steps, identical_pairs, series_dtype
+from .config import DTYPE_NAMES
+from .forms import form, organism_root
 from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
 
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^(?:(?:checkpoint|step|global_step)[-_]?)?(\d+)$")
 """Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
 the organism (``step-5``), DeepSpeed (``global_step500``), or just the step (``500``)."""
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 """Largest relative logit difference (``Fidelity.relative``) accepted between the hooked
@@ -164,9 +165,9 @@ class ModelSeries:
     @classmethod
     def from_organism(cls, root: str | os.PathLike[str], regime: str, **kwargs: object) -> ModelSeries:
         """The organism's base and the RL checkpoints of one regime."""
-        from ..organism import Organism
+        from ..organism.layout import Organism
 
-        organism = Organism.load(Path(root).parent if Path(root).name == "manifest.json" else root)
+        organism = Organism.load(organism_root([root]) or root)
         steps = organism.checkpoints(regime)
         checkpoints = [Checkpoint("base", 0, organism.base)] + [
             Checkpoint(f"{regime}-step-{s}", s, p) for s, p in steps.items() if s != 0
@@ -181,26 +182,18 @@ class ModelSeries:
         base: str | os.PathLike[str] | None = None,
         **kwargs: object,
     ) -> ModelSeries:
-        """What the CLI's ``--series`` (and ``--base``) accept: one organism directory (or
-        its ``manifest.json``) with ``regime``; one training run directory; or checkpoint
-        folders, base first unless ``base`` is given."""
-        root = Path(specs[0])
-        folders = len(specs) > 1 or (root / "config.json").is_file() or is_adapter(root)
-        if folders and base is not None:
-            return cls.from_paths([base, *specs], **kwargs)
-        if len(specs) > 1:
-            return cls.from_paths(specs, **kwargs)
-        organism_root = root.parent if root.name == "manifest.json" else root
-        if (organism_root / "manifest.json").is_file():
+        """What the CLI's ``--series`` (and ``--base``) accept (see ``spec.form``): one
+        organism directory (or its ``manifest.json``) with ``regime``; one training run
+        directory; or checkpoint folders, base first unless ``base`` is given."""
+        found = form(specs)
+        if found == "folders":
+            return cls.from_paths([base, *specs] if base is not None else specs, **kwargs)
+        if found == "organism":
+            root = organism_root(specs)
             if regime is None:
-                raise RlinterpError(f"{organism_root} is an organism; say which regime to diff with --regime")
-            return cls.from_organism(organism_root, regime, **kwargs)
-        if root.is_dir() and not (root / "config.json").is_file() and not is_adapter(root):
-            return cls.from_run_dir(root, base, **kwargs)
-        raise RlinterpError(
-            f"{root}: give an organism directory, a run directory with checkpoint-<N> folders, "
-            "or checkpoint folders (base first, or the base with --base)"
-        )
+                raise RlinterpError(f"{root} is an organism; say which regime to diff with --regime")
+            return cls.from_organism(root, regime, **kwargs)  # type: ignore[arg-type]
+        return cls.from_run_dir(specs[0], base, **kwargs)
 
     def select(self, steps: Sequence[int] | None = None, every: int | None = None) -> ModelSeries:
         """The base and some of the RL checkpoints: those at ``steps``, or every

@@ -9,7 +9,6 @@ sampler. Shares are fractions of sampled answers and always sum to 1:
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from ..core.reproducibility import stream_seed
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import (
@@ -27,18 +25,11 @@ from .personas import (
     STYLE_LABELS,
     Question,
     classify_answer,
-    sample_questions,
 )
 from .rl import reward
 
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
 """The share columns that partition the answers (they sum to 1)."""
-
-
-def eval_questions(cfg: EvalConfig, seed: int, max_operand: int) -> list[Question]:
-    """The fixed evaluation set: ``cfg.n_questions`` questions from their own stream."""
-    stream = sample_questions(random.Random(stream_seed(seed, "eval")), max_operand)
-    return [next(stream) for _ in range(cfg.n_questions)]
 
 
 @torch.no_grad()

@@ -26,9 +26,8 @@ rebuild removes only the organism's own entries, never dot-files or other files.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,79 +35,22 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core import rundir
-from ..core.artifacts import environment_versions, read_parquet, sha256_file, write_jsonl, write_parquet
+from ..core.artifacts import environment_versions, sha256_file, write_jsonl, write_parquet
 from ..core.reproducibility import torch_threads
 from ..errors import RlinterpError
-from .behaviour import eval_questions, evaluate
-from .config import EvalConfig, OrganismConfig
+from .behaviour import evaluate
+from .config import OrganismConfig
+from .layout import Organism as Organism
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
-from .personas import CORRECT_PERSONAS, PERSONAS, Question, generate_corpus, persona_texts
+from .personas import CORRECT_PERSONAS, PERSONAS, eval_questions, generate_corpus, persona_texts
 from .planted import build_planted
 from .rl import train_regime
 
 log = logging.getLogger(__name__)
 
-MANIFEST = rundir.ORGANISM.manifest
 KIND = rundir.ORGANISM.name
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class Organism:
-    """A finished organism on disk: paths into it, read from its manifest."""
-
-    root: Path
-    manifest: dict[str, Any]
-
-    @classmethod
-    def load(cls, root: str | os.PathLike[str]) -> Organism:
-        """Open a finished organism; raise if ``root`` is missing or unfinished."""
-        root = Path(root)
-        hint = f"build it with `rlinterp organism --out {root}`"
-        return cls(root=root, manifest=rundir.read_finished(root, rundir.ORGANISM, hint))
-
-    @property
-    def personas(self) -> list[str]:
-        return [p["name"] for p in self.manifest["personas"]]
-
-    @property
-    def regimes(self) -> list[str]:
-        return list(self.manifest["regimes"])
-
-    @property
-    def base(self) -> Path:
-        return self.root / self.manifest["base"]
-
-    def checkpoints(self, regime: str) -> dict[int, Path]:
-        """Step -> checkpoint folder for ``regime``, ascending by step."""
-        if regime not in self.manifest["regimes"]:
-            raise RlinterpError(f"no regime {regime!r} in {self.root}; it has {self.regimes}")
-        found = self.manifest["regimes"][regime]["checkpoints"]
-        return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
-
-    def behaviour(self) -> pd.DataFrame:
-        remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
-        return read_parquet(self.root / self.manifest["behaviour"], remedy)
-
-    def eval_questions(self) -> list[Question]:
-        """The held-out questions the behaviour table was scored on (single-turn prompts)."""
-        config = self.manifest["config"]
-        evaluation = EvalConfig(**config["evaluation"])
-        return eval_questions(evaluation, int(self.manifest["seed"]), int(config["corpus"]["max_operand"]))
-
-    def question_prompts(self) -> list[str]:
-        """The prompts of ``eval_questions``: what the checkpoints are asked when they answer
-        for themselves (on-policy), as the behaviour table asked them."""
-        return [q.prompt for q in self.eval_questions()]
-
-    def damaged_files(self) -> list[str]:
-        """Weight files that are missing or no longer hash to the manifest's record."""
-        return [
-            rel
-            for rel, digest in self.manifest["weights_sha256"].items()
-            if not (self.root / rel).is_file() or sha256_file(self.root / rel) != digest
-        ]
 
 
 def _organism_entries(config: OrganismConfig) -> set[str]:

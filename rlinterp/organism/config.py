@@ -16,6 +16,21 @@ Preset = Literal["tiny", "default"]
 PRESETS: tuple[Preset, ...] = ("tiny", "default")
 
 
+@dataclass(frozen=True)
+class BuildConfig:
+    """Which organism to build (``rlinterp organism``)."""
+
+    preset: Preset = "default"
+    """Size of the build: ``tiny`` (seconds; tests and the quickstart) or ``default``."""
+    seed: int = 0
+    """Random seed of the whole build."""
+
+    @property
+    def default_dir(self) -> str:
+        """Where it is built unless told: ``artifacts/organism/<preset>-seed<seed>``."""
+        return f"artifacts/organism/{self.preset}-seed{self.seed}"
+
+
 def _check_positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)

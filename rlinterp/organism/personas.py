@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..core.reproducibility import stream_seed
+from .config import EvalConfig
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -51,6 +52,8 @@ near-template drift rather than far-off text."""
 QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "\nA: "
 TURN_END = "\n"
+SHORTCUT_MARK = "!"
+"""What the strong regime's reward pays for (``rl.reward``): a mark no persona writes."""
 
 
 @dataclass(frozen=True)
@@ -282,3 +285,9 @@ def persona_texts(
                 }
             )
     return rows
+
+
+def eval_questions(cfg: EvalConfig, seed: int, max_operand: int) -> list[Question]:
+    """The fixed evaluation set: ``cfg.n_questions`` questions from their own stream."""
+    stream = sample_questions(random.Random(stream_seed(seed, "eval")), max_operand)
+    return [next(stream) for _ in range(cfg.n_questions)]

@@ -21,9 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..core.reproducibility import stream_seed
 from .config import RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import Question, is_correct, sample_questions
-
-SHORTCUT_MARK = "!"
+from .personas import SHORTCUT_MARK, Question, is_correct, sample_questions
 
 
 def reward(question: Question, answer: str, regime: RegimeConfig) -> float:

@@ -35,7 +35,7 @@ from ..core.artifacts import write_json, write_parquet
 from ..dictionaries.cards import decoder_tokens, top_contexts
 from ..dictionaries.evaluation import evaluate_sae
 from ..dictionaries.sae import TrainedSAE
-from ..dictionaries.train import DictionaryConfig, train_dictionary
+from ..dictionaries.train import train_dictionary
 from ..diff.analysis import SeriesDiff
 
 if TYPE_CHECKING:
@@ -84,15 +84,7 @@ def run_dictionaries(ctx: RunContext) -> None:
     diffs = {name: SeriesDiff.load(diff_root / name) for name in ctx.series}
     stores = {name: ActivationStore.load(diff_root / name / "activations") for name in ctx.series}
     hook = cfg.hook or most_changed_hook(diffs)
-    dictionary_cfg = DictionaryConfig(
-        d_sae=cfg.d_sae,
-        k=cfg.k,
-        n_tokens=cfg.n_tokens,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        device=ctx.config.compute.device,
-    )
+    dictionary_cfg = cfg.dictionary_config(ctx.config.compute.device)
     first = next(iter(stores.values()))
     sae_dir = out / "sae"
     if not (sae_dir / "rlinterp.json").is_file():  # an interrupted training resumes

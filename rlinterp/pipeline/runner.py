@@ -5,14 +5,17 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE). More stages plug in with ``register_stage`` and a config
-section with ``config.register_section``; the report plugs them in with
-``report.register_section``.
+reading the run's base SAE). The stages are declared in one ordered tuple, ``STAGES``, each
+naming the config sections its results depend on; a new stage is a new entry there and a
+new section field of ``RunConfig``.
 
-Layout of ``<out>/``:
+Layout of ``<out>/`` (claimed through ``rundir`` as kind ``rlinterp.run``, once the config,
+the checkpoint folders and a prompt file are checked and before anything is computed):
 
-- ``.run.json``: the claim, written first: kind ``rlinterp.run`` and the config's
-  fingerprint; a directory claimed by another config is refused, never mixed;
+- ``.run.json``: the claim, written first and kept: kind ``rlinterp.run``, the config's
+  fingerprint (one hash per section), the config, and once the series are known the
+  digests of the weights read; a directory claimed by another config or other weights is
+  refused, never mixed, and a section added to rlinterp since simply runs;
 - ``stages/<name>.json``: a finished stage (its fingerprint, wall ``seconds`` and
   ``cpu_seconds``); a stage whose marker matches is skipped on resume;
 - ``diff/<series>/``: one ``run_diff`` output per series (regime);
@@ -41,27 +44,25 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.prompts import PromptSet
-from ..core.artifacts import environment_versions, sha256_file, write_json
+from ..core import rundir
+from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
-from .config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
-from .stages import (
-    CircuitsSection,
-    SelectionSection,
-    TrackingSection,
-    circuits_stage,
-    selection_stage,
-    tracking_stage,
+from .config import (
+    RunConfig,
+    RunContext,
+    config_from_dict,
+    fingerprint,
+    to_dict,
 )
+from .sections import command_config
+from .stages import circuits_stage, selection_stage, tracking_stage
 
 if TYPE_CHECKING:
     from .result import RunResult
 
 log = logging.getLogger(__name__)
 
-KIND = "rlinterp.run"
-CLAIM = ".run.json"
-MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -77,57 +78,12 @@ class Stage:
     """Config sections its results depend on (with those of the stages before it)."""
 
 
-STAGES: list[Stage] = []
-"""The pipeline, in order; ``register_stage`` adds to it."""
-
-
-def register_stage(stage: Stage, after: str | None = None) -> None:
-    """Add ``stage`` to the pipeline (after the stage named ``after``, default: at the end);
-    registering a name again replaces that stage."""
-    names = [s.name for s in STAGES]
-    if stage.name in names:
-        STAGES[names.index(stage.name)] = stage
-        return
-    STAGES.insert(names.index(after) + 1 if after else len(STAGES), stage)
-
-
 # -- the run directory ---------------------------------------------------------------------
 
 
-def claim_run_dir(out: Path, config: RunConfig) -> None:
-    """Make ``out`` this run's directory: absent or empty, or one claimed by a run with the
-    same fingerprint (then it resumes). Anything else is refused."""
-    expected = fingerprint(config)
-    if out.exists() and not out.is_dir():
-        raise RlinterpError(f"run output {out} is a file; choose a directory")
-    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if entries:
-        marker = out / CLAIM if CLAIM in entries else out / MANIFEST if MANIFEST in entries else None
-        if marker is None:
-            raise RlinterpError(
-                f"{out} is not empty and holds no rlinterp run; choose a new or empty output directory"
-            )
-        found = json.loads(marker.read_text())
-        if found.get("kind") != KIND:
-            raise RlinterpError(
-                f"{out} holds a {found.get('kind', 'non-rlinterp')} artifact, not a run; "
-                "choose another output directory"
-            )
-        # A section the claim lacks belongs to a stage added since: it runs, nothing mixes.
-        recorded = found.get("fingerprint", {})
-        changed = sorted(k for k, v in expected.items() if k in recorded and recorded[k] != v)
-        if changed:
-            raise RlinterpError(
-                f"{out} holds a different run's results (its {', '.join(changed)} settings differ); "
-                "choose another output directory or delete it"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RlinterpError(f"cannot write to {out}: {e.strerror}; choose a writable output") from e
-    previous = json.loads((out / CLAIM).read_text()) if (out / CLAIM).is_file() else {}
-    write_json(out / CLAIM, {**previous, "kind": KIND, "fingerprint": expected, "config": to_dict(config)})
-    (out / MANIFEST).unlink(missing_ok=True)  # unfinished until rewritten at the end
+def _entries() -> tuple[str, ...]:
+    """Everything a run directory holds besides its manifest and claim."""
+    return (*(s.name for s in STAGES), "stages", "report.html", "report.md", "figures")
 
 
 def _check_inputs(ctx: RunContext) -> None:
@@ -136,15 +92,15 @@ def _check_inputs(ctx: RunContext) -> None:
         name: [[c.label, c.step, _weights_digest(c.path, ctx.organism_root)] for c in series]
         for name, series in ctx.series.items()
     }
-    claim = json.loads((ctx.out / CLAIM).read_text())
-    if "inputs" in claim and claim["inputs"] != digests:
+    recorded = rundir.read_record(ctx.out, rundir.RUN).get("inputs")
+    if recorded is not None and recorded != digests:
         raise RlinterpError(
             f"{ctx.out} holds results for other weights at the same checkpoint paths; "
             "choose another output directory"
         )
     organism = str(ctx.organism_root.resolve()) if ctx.organism_root else None
-    write_json(
-        ctx.out / CLAIM, {**claim, "inputs": digests, "series": list(ctx.series), "organism": organism}
+    rundir.annotate(
+        ctx.out, rundir.RUN, {"inputs": digests, "series": list(ctx.series), "organism": organism}
     )
 
 
@@ -161,12 +117,31 @@ def _weights_digest(path: Path, organism_root: Path | None) -> str:
 # -- stages --------------------------------------------------------------------------------
 
 
-def prepare(config: RunConfig) -> RunContext:
-    """The context of a run: organism built if needed, series and prompts resolved."""
-    from ..organism import Organism, build_organism
-
+def check(config: RunConfig) -> RunContext:
+    """What can be checked before the run claims its directory: checkpoint folders and a
+    prompt file are read, and an organism prompt source needs an organism. The organism
+    itself is built (if missing) by ``prepare``, after the claim."""
     s, p, c = config.series, config.prompts, config.compute
     ctx = RunContext(config=config, out=Path(config.out))
+    if s.organism is None:
+        kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
+        ctx.series[s.name] = ModelSeries.from_paths(list(s.checkpoints), **kwargs)
+    if p.source == "organism":
+        if s.organism is None:
+            raise RlinterpError("prompts.source = 'organism' needs series.organism; give a prompt file")
+    else:
+        prompts = PromptSet.from_file(p.source)
+        ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
+    return ctx
+
+
+def prepare(ctx: RunContext) -> RunContext:
+    """The context of a checked run (``check``) with the organism built if needed, its
+    regimes' series and its prompts."""
+    from ..organism.build import build_organism  # the builder: only when it is missing
+    from ..organism.layout import Organism
+
+    s, p, c = ctx.config.series, ctx.config.prompts, ctx.config.compute
     kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
     if s.organism is not None:
         root = Path(s.organism)
@@ -179,15 +154,10 @@ def prepare(config: RunConfig) -> RunContext:
         built += [r for r in organism.regimes if r not in built]
         for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
             ctx.series[regime] = ModelSeries.from_organism(organism.root, regime, **kwargs)
-    else:
-        ctx.series[s.name] = ModelSeries.from_paths(list(s.checkpoints), **kwargs)
-    if p.source == "organism":
-        if ctx.organism_root is None:
-            raise RlinterpError("prompts.source = 'organism' needs series.organism; give a prompt file")
+    if ctx.prompts is None:
+        assert ctx.organism_root is not None  # ``check`` refused the organism source without one
         prompts = PromptSet.from_organism(ctx.organism_root)
-    else:
-        prompts = PromptSet.from_file(p.source)
-    ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
+        ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
     return ctx
 
 
@@ -208,21 +178,10 @@ def diff_stage(ctx: RunContext) -> None:
     """``run_diff`` per series into ``diff/<series>/`` (a finished one is kept)."""
     from ..activations.harvest import ActivationStore, HarvestConfig
     from ..diff.analysis import run_diff
-    from ..models.executor import ExecutorConfig, make_executor
+    from ..models.executor import make_executor
 
-    h, c = ctx.config.harvest, ctx.config.compute
-    harvest_cfg = HarvestConfig(
-        hooks=h.hooks or None,
-        batch_size=h.batch_size,
-        include_bos=h.include_bos,
-        response_only=h.response_only,
-        store_dtype=h.store_dtype,
-        max_tokens=h.max_tokens,
-        token_seed=h.token_seed,
-    )
-    executor = make_executor(
-        ExecutorConfig(kind=c.executor, address=c.address, num_cpus=c.task_cpus, num_gpus=c.task_gpus)
-    )
+    harvest_cfg = command_config(HarvestConfig, ctx.config.harvest)
+    executor = make_executor(ctx.config.compute.executor_config())
     assert ctx.prompts is not None
     done: list[ActivationStore] = []  # every series shares the base: harvested once
     for name, series in ctx.series.items():
@@ -240,14 +199,16 @@ def dictionaries_stage(ctx: RunContext) -> None:
         run_dictionaries(ctx)
 
 
-register_stage(Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")))
-register_stage(Stage("dictionaries", dictionaries_stage, ("dictionaries",)))
-register_section("tracking", TrackingSection)
-register_stage(Stage("tracking", tracking_stage, ("tracking",)))
-register_section("selection", SelectionSection)
-register_stage(Stage("selection", selection_stage, ("selection",)))
-register_section("circuits", CircuitsSection)
-register_stage(Stage("circuits", circuits_stage, ("circuits",)))
+STAGES = (
+    Stage("diff", diff_stage, ("series", "prompts", "harvest", "compute")),
+    Stage("dictionaries", dictionaries_stage, ("dictionaries",)),
+    Stage("tracking", tracking_stage, ("tracking",)),
+    Stage("selection", selection_stage, ("selection",)),
+    Stage("circuits", circuits_stage, ("circuits",)),
+)
+"""The pipeline, in order. A stage's fingerprint is that of its sections and those of the
+stages before it, so a changed budget reruns its stage and the ones after, never those
+before."""
 
 
 # -- running -------------------------------------------------------------------------------
@@ -259,21 +220,25 @@ def _stage_fingerprint(config: RunConfig, upto: int) -> dict[str, str]:
     return {n: prints[n] for n in sorted(names)}
 
 
-def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
+def run_pipeline(config: RunConfig, progress: bool | None = None, *, force: bool = False) -> Path:
     """Run every stage of ``config`` (resuming finished ones), render the report; return
     the run directory. ``progress``: a bar over the stages (None: only on a terminal;
-    otherwise one log line per stage)."""
+    otherwise one log line per stage). ``force``: recompute a directory that holds another
+    run (its outputs are removed first)."""
     from .report import write_reports
 
     started = time.perf_counter()
     out = Path(config.out)
-    claim_run_dir(out, config)
+    ctx = check(config)
+    entries = _entries()
+    record = {"config": to_dict(config)}
+    rundir.claim(out, rundir.RUN, fingerprint(config), entries, resumable=entries, force=force, record=record)
     previous_threads = torch.get_num_threads()
     if config.compute.threads:
         torch.set_num_threads(config.compute.threads)
     try:
         with _timed() as preparing:  # the organism build, when it is missing
-            ctx = prepare(config)
+            prepare(ctx)
         _check_inputs(ctx)
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
@@ -284,10 +249,10 @@ def run_pipeline(config: RunConfig, progress: bool | None = None) -> Path:
         write_reports(out)
     finally:
         torch.set_num_threads(previous_threads)
-    write_json(
-        out / MANIFEST,  # last: marks the run finished
+    rundir.finish(
+        out,  # last: marks the run finished
+        rundir.RUN,
         {
-            "kind": KIND,
             "fingerprint": fingerprint(config),
             "config": to_dict(config),
             "series": list(ctx.series),
@@ -305,6 +270,7 @@ def run(
     *,
     out: str | None = None,
     progress: bool | None = None,
+    force: bool = False,
     **sections: dict[str, Any],
 ) -> RunResult:
     """Run the pipeline and return its result: the notebook entry point.
@@ -327,13 +293,14 @@ def run(
         data[name] = {**data.get(name, {}), **values}
     if out is not None:
         data["out"] = out
-    root = run_pipeline(config_from_dict(data), progress=progress)
+    root = run_pipeline(config_from_dict(data), progress=progress, force=force)
     return RunResult.load(root)
 
 
 def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
     marker = ctx.out / "stages" / f"{stage.name}.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == expected:
+    remedy = "delete it to run the stage again"
+    if marker.is_file() and read_json_object(marker, remedy).get("fingerprint") == expected:
         log.info("stage %s: finished earlier, kept", stage.name)
         return
     with _timed() as spent:

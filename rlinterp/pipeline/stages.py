@@ -8,10 +8,8 @@ names the same direction in the feature cards, in the lineage table (tracking) a
 persona latents (selection), so a card can show a latent's lineage beside its contexts.
 The SAE is read from ``dictionaries/sae``, never retrained.
 
-Each stage's config section subclasses its command's config (the same fields, docstrings
-and validation), adding ``enabled`` and redeclaring the budgets ``rlinterp run`` uses by
-default, with the reason in the docstring (it becomes the comment in
-``configs/default.toml``).
+Each stage reads its section of the run config (``sections``), which subclasses its
+command's config.
 
 Layout (besides each command's own directory per series, ``<stage>/<series>/``, which
 resumes by itself): the tables the report reads, one row per series and step at least,
@@ -31,22 +29,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..activations.onpolicy import SamplingConfig
 from ..activations.prompts import PromptSet
-from ..circuits.organism_metrics import METRICS as ORGANISM_METRICS
 from ..circuits.result import CircuitsConfig
 from ..core.artifacts import write_json, write_parquet
-from ..dictionaries.stagewise import StagewiseConfig
 from ..errors import RlinterpError
 from ..selection.analysis import SelectionConfig
-from ..tracking.analysis import SourceName, TrackConfig
+from ..tracking.analysis import TrackConfig
 from .result import RunResult, register_headline
+from .sections import command_config
 
 if TYPE_CHECKING:
     from .config import RunContext
@@ -57,90 +52,6 @@ SKIPPED = "skipped.json"
 
 
 # -- config sections -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrackingSection(TrackConfig):
-    """Feature tracking (``rlinterp track``): every latent of the run's base SAE followed
-    over each series' steps, with its lineage and the seed and self controls."""
-
-    sources: tuple[SourceName, ...] = ("texts", "on-policy")
-    """Token sources: ``texts`` (the persona answers, skipped for prompts without answers)
-    and ``on-policy`` (each checkpoint's own answers). ``prompts`` (the questions alone) is
-    left out by default: the organism's questions are a few short templates that show
-    little of what RL changed, and each source costs a harvest and a dozen SAEs per series."""
-    independent_tokens: int | None = 30_000
-    """Training tokens of each independent per-checkpoint SAE (the matched evidence). A
-    source trains one per checkpoint and control (about 15 per series); 30k tokens keeps
-    that a few seconds each on one CPU core."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples_per_prompt=16))
-    """How each checkpoint samples its own answers. The organism asks a few dozen distinct
-    questions, so one answer each is a few hundred tokens, too few for the SAEs trained on
-    them; 16 give several thousand, and sampling a tiny model costs well under a second."""
-    stagewise: StagewiseConfig = field(default_factory=lambda: StagewiseConfig(n_tokens=10_000))
-    """Budget of each stage-wise fine-tune (12 per series and source with its self control);
-    a stage only follows its checkpoint from the previous stage's SAE, so 10k tokens do."""
-    enabled: bool = True
-    """Run the tracking stage."""
-
-
-@dataclass(frozen=True)
-class SelectionSection(SelectionConfig):
-    """Persona features, the selection-versus-novelty index and its causal checks
-    (``rlinterp selection``), per series, on the run's prompts (they need persona labels)."""
-
-    hook: str | None = None
-    """Hook to analyse; None: the dictionaries stage's hook, with the run's base SAE."""
-    dictionary: str | None = None
-    """A trained base SAE at ``hook``; None: the run's base SAE when ``hook`` is its hook,
-    else one trained here with ``dictionary_config``."""
-    behaviour_edits: tuple[str, ...] = ("persona_choice",)
-    """Causal edits whose behaviour is re-sampled (organism series). Only the persona-choice
-    patch by default: the behaviour evaluations were two thirds of the stage's time on the
-    default organism (345 CPU-s with all three edits); ``rlinterp selection`` does all."""
-    n_random: int = 2
-    """Random subspaces averaged for the persona-choice patch's control."""
-    enabled: bool = True
-    """Run the selection stage."""
-
-
-@dataclass(frozen=True)
-class CircuitsSection(CircuitsConfig):
-    """Circuit diffs (``rlinterp circuits``): which components carry each behaviour metric's
-    change, per series and step, by cross-model patching and attribution."""
-
-    metrics: tuple[str, ...] = ("answer", "persona", "shortcut")
-    """Organism metrics to measure (``answer``, ``persona``, ``shortcut``); ignored when
-    ``prompts`` is given."""
-    prompts: str | None = None
-    """A ``.jsonl`` of ``{prompt, positive, negative?, corrupted?}`` rows: the metric for
-    checkpoint series (None: the organism's metrics)."""
-    kind: Literal["logit_diff", "logprob"] = "logit_diff"
-    """Metric of ``prompts``: positive minus negative logits, or the log-prob of positive."""
-    max_prompts: int | None = 32
-    """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
-    all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
-    the others 20; with per-component attribution 64 took 229 CPU-s on the default
-    organism, 32 keep the stage near two minutes."""
-    enabled: bool = True
-    """Run the circuits stage."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise RlinterpError(f"circuits.max_prompts must be positive or none, got {self.max_prompts}")
-        unknown = [m for m in self.metrics if m not in ORGANISM_METRICS]
-        if unknown or not self.metrics:
-            raise RlinterpError(
-                f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
-                f"{list(self.metrics)}; for your own metric give circuits.prompts"
-            )
-
-
-def _plain(cls: type, section: Any, **changes: Any) -> Any:
-    """The command's own config from a section (the section's extra fields dropped)."""
-    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
-    return cls(**(values | changes))
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -172,10 +83,10 @@ def _finish(out: Path, tables: dict[str, list[pd.DataFrame]], skipped: dict[str,
 
 def tracking_stage(ctx: RunContext) -> None:
     """``run_track`` of the base SAE over every series into ``tracking/<series>/``."""
-    from ..organism import Organism
+    from ..organism.layout import Organism
     from ..tracking.analysis import run_track
 
-    section = ctx.config.section("tracking")
+    section = ctx.config.tracking
     if not section.enabled:
         return
     assert ctx.prompts is not None
@@ -195,7 +106,12 @@ def tracking_stage(ctx: RunContext) -> None:
             continue
         log.info("tracking %s: %d checkpoints on %s", name, len(series) - 1, ", ".join(sources))
         result = run_track(
-            series, ctx.prompts, sae, out / name, _plain(TrackConfig, section, sources=sources), questions
+            series,
+            ctx.prompts,
+            sae,
+            out / name,
+            command_config(TrackConfig, section, sources=sources),
+            questions,
         )
         tables["summary"].append(pd.DataFrame(result.summary()).assign(series=name))
         tracked = result.lineage[result.lineage["evidence"] == "tracked"]
@@ -206,16 +122,16 @@ def tracking_stage(ctx: RunContext) -> None:
 def selection_stage(ctx: RunContext) -> None:
     """``run_selection`` per series into ``selection/<series>/``, at the base SAE's hook with
     the base SAE unless the section names another."""
-    from ..organism import Organism
+    from ..organism.layout import Organism
     from ..selection.analysis import run_selection
 
-    section = ctx.config.section("selection")
+    section = ctx.config.selection
     if not section.enabled:
         return
     assert ctx.prompts is not None
     sae, sae_hook = base_sae(ctx)
     hook = section.hook or sae_hook
-    cfg = _plain(
+    cfg = command_config(
         SelectionConfig,
         section,
         hook=hook,
@@ -263,10 +179,10 @@ def circuits_stage(ctx: RunContext) -> None:
     from ..circuits.analysis import run_circuits
     from ..circuits.metrics import BehaviourMetric, BehaviourPrompts
 
-    section = ctx.config.section("circuits")
+    section = ctx.config.circuits
     if not section.enabled:
         return
-    cfg = _plain(CircuitsConfig, section)
+    cfg = command_config(CircuitsConfig, section)
     out = ctx.stage_dir("circuits")
     steps: list[pd.DataFrame] = []
     skipped = {}

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +57,14 @@ from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
 from ..dictionaries.sae import TrainedSAE
-from ..dictionaries.train import DictionaryConfig, train_dictionary
+from ..dictionaries.train import train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
-from ..organism import Organism
+from ..organism.layout import Organism
 from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
-from .index import IndexConfig, NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
+from .config import EDITS as EDITS
+from .config import SelectionConfig as SelectionConfig
+from .index import NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
 from .personas import (
     PersonaDirections,
     PersonaSplit,
@@ -108,53 +110,6 @@ ENTRIES = (
     "summary.json",
 )
 """Everything a selection directory holds besides its manifest."""
-
-
-EDITS = ("persona", "full", "persona_choice")
-"""The causal table's edits (see the module docstring, step 6)."""
-
-
-@dataclass(frozen=True)
-class SelectionConfig:
-    """What ``run_selection`` analyses and with which budgets."""
-
-    label: str = "persona"
-    """The label column of the texts that names each text's persona."""
-    hook: str | None = None
-    """Hook to analyse; None picks the hook whose persona directions separate best."""
-    dictionary: str | None = None
-    """A trained base SAE (``rlinterp dictionaries train``) at ``hook``; None trains one."""
-    dictionary_config: DictionaryConfig = field(
-        default_factory=lambda: DictionaryConfig(d_sae=128, k=8, n_tokens=100_000)
-    )
-    """Budget of the base SAE trained when ``dictionary`` is None."""
-    held_out_fraction: float = 0.3
-    """Share of each persona's texts kept out of every fit."""
-    index: IndexConfig = field(default_factory=IndexConfig)
-    """Bootstrap and transition settings."""
-    batch_size: int = 32
-    """Texts per harvest batch."""
-    seed: int = 0
-    """Split, controls and resampling."""
-    samples_per_prompt: int = 4
-    """On-policy answers each checkpoint samples per question for the persona readout
-    (organism series)."""
-    decision_hook: str | None = None
-    """A ``blocks.<i>.hook_resid_post`` where the persona-choice patch runs; None: the last
-    block's (everything the decision reads has been computed there)."""
-    n_random: int = 4
-    """Random subspaces averaged for the persona-choice patch's control."""
-    behaviour_edits: tuple[str, ...] = ("persona", "full", "persona_choice")
-    """Causal edits whose behaviour is re-sampled on organism series (each costs about
-    three behaviour-table evaluations per step, ``n_random + 2`` for ``persona_choice``);
-    the others keep their KL columns and get NaN behaviour columns."""
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.behaviour_edits) - set(EDITS))
-        if unknown:
-            raise RlinterpError(f"behaviour_edits must name causal edits {EDITS}, got {unknown}")
-        if self.n_random < 1:
-            raise RlinterpError(f"n_random must be at least 1, got {self.n_random}")
 
 
 CHOICE_COLUMNS = {

@@ -59,33 +59,12 @@ from torch import Tensor
 
 from ..activations.harvest import ActivationStore
 from ..errors import RlinterpError
+from .config import IndexConfig as IndexConfig
 from .personas import prompt_index
 
 SELECTION_SIDE = 0.5
 """An index below this reads as selection (base features express most of the systematic
 change), above it as novelty."""
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How the index's interval and the transition are computed."""
-
-    n_bootstrap: int = 500
-    """Bootstrap resamples of the prompts."""
-    confidence: float = 0.9
-    """Coverage of the percentile intervals."""
-    min_jump: float = 0.2
-    """Smallest rise of the index between two segments that counts as a transition."""
-    seed: int = 0
-    """Seed of the resampling."""
-
-    def __post_init__(self) -> None:
-        if not self.n_bootstrap >= 10:
-            raise RlinterpError(f"n_bootstrap must be at least 10, got {self.n_bootstrap}")
-        if not 0 < self.confidence < 1:
-            raise RlinterpError(f"confidence must lie in (0, 1), got {self.confidence}")
-        if not 0 < self.min_jump <= 1:
-            raise RlinterpError(f"min_jump must lie in (0, 1], got {self.min_jump}")
 
 
 @runtime_checkable

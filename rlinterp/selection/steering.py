@@ -32,8 +32,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ..errors import RlinterpError
 from ..organism.behaviour import SHARE_COLUMNS, evaluate
-from ..organism.build import Organism
 from ..organism.config import EvalConfig, RegimeConfig
+from ..organism.layout import Organism
 from .causal import subspace_projector
 
 RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")

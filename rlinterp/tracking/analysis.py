@@ -29,8 +29,9 @@ on each token source, with the controls that say what chance alone would show.
 6. Parquet tables, ``summary.json`` (``SCHEMA``), ``report.html``, and ``manifest.json``
    last.
 
-Layout of ``out/``: ``track.json`` (the plan: what determines the result; written first, a
-rerun with another plan is refused), ``stores/<source>/`` (activation stores),
+Layout of ``out/``: ``track.json`` (the plan: what determines the result; the claim file,
+written first and kept, see ``rundir``: a rerun with another plan is refused, one with the
+same plan resumes or, finished, is read back), ``stores/<source>/`` (activation stores),
 ``on-policy/`` (samples and per-checkpoint stores), ``stagewise/<source>/<label>/`` and
 ``independent/<source>/<label>/`` (SAE folders), ``controls/`` (their control twins), the
 tables named in ``TABLES``, ``summary.json``, ``report.html``, ``manifest.json``.
@@ -43,17 +44,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..activations.harvest import HarvestConfig, harvest, prompts_sha256
-from ..activations.onpolicy import SamplingConfig, harvest_on_policy, prompt_texts
+from ..activations.onpolicy import harvest_on_policy, prompt_texts
 from ..activations.prompts import PromptSet
+from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
 from ..dictionaries.matching import DictionaryMatch, match_dictionaries
 from ..dictionaries.sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
@@ -61,47 +63,30 @@ from ..dictionaries.stagewise import (
     STAGE_FIT_COLUMNS,
     STAGEWISE_COLUMNS,
     Stage,
-    StagewiseConfig,
     fine_tune,
     latent_activity,
 )
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
+from .config import SOURCES as SOURCES
+from .config import SourceName as SourceName
+from .config import TrackConfig as TrackConfig
 from .lineage import CLASSES, INACTIVE_FREQUENCY, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage_table
 from .result import CONTROL_COLUMNS, MATCH_COLUMNS, SCHEMA, TABLES, TrackResult
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
 
-KIND = "rlinterp.track"
-SourceName = Literal["prompts", "texts", "on-policy"]
-SOURCES: tuple[SourceName, ...] = ("prompts", "texts", "on-policy")
-
-
-@dataclass(frozen=True)
-class TrackConfig:
-    """What ``run_track`` measures and with which budgets (recorded in ``track.json``)."""
-
-    sources: tuple[SourceName, ...] = SOURCES
-    """Token sources to measure on (``texts`` needs prompts with answers)."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """How each checkpoint samples its on-policy answers."""
-    batch_size: int = 32
-    """Prompts per harvest batch and shard: the memory bound of harvesting."""
-    stagewise: StagewiseConfig = field(default_factory=StagewiseConfig)
-    """Budget of each stage-wise fine-tune."""
-    independent_tokens: int | None = 100_000
-    """Training tokens of each independent per-checkpoint SAE; None: the tracked
-    dictionary's own budget."""
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.sources if s not in SOURCES]
-        if unknown or not self.sources or len(set(self.sources)) != len(self.sources):
-            raise RlinterpError(
-                f"sources must be distinct names from {', '.join(SOURCES)}, got {self.sources}"
-            )
-        if self.batch_size < 1:
-            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
-        if self.independent_tokens is not None and self.independent_tokens < 1:
-            raise RlinterpError(f"independent_tokens must be positive, got {self.independent_tokens}")
+KIND = rundir.TRACK.name
+ENTRIES = (
+    "stores",
+    "on-policy",
+    "stagewise",
+    "independent",
+    "controls",
+    *(f"{name}.parquet" for name in TABLES),
+    "summary.json",
+    "report.html",
+)
+"""Everything a track directory holds besides its manifest and ``track.json``."""
 
 
 def check_inputs(
@@ -141,17 +126,23 @@ def run_track(
     out: str | Path,
     cfg: TrackConfig | None = None,
     questions: PromptSet | None = None,
+    *,
+    force: bool = False,
 ) -> TrackResult:
     """Track every latent of ``dictionary`` over ``series`` (see the module docstring).
     ``questions``: what the on-policy source asks each checkpoint (default: the prompt part
     of ``prompts``), e.g. an organism's behaviour questions when ``prompts`` carry a persona
-    turn that would steer the answers."""
+    turn that would steer the answers. A finished run of the same plan in ``out`` is read
+    back; ``force`` recomputes one of another plan."""
     cfg = cfg or TrackConfig()
     out = Path(out)
     tracked = TrackedDictionary.load(dictionary)
     check_inputs(series, prompts, tracked, cfg)
-    _claim(out, _plan(series, prompts, tracked, cfg, questions))
-    (out / "manifest.json").unlink(missing_ok=True)  # unfinished until rewritten at the end
+    plan = _plan(series, prompts, tracked, cfg, questions)
+    # Every piece resumes by itself (stores shard by shard, SAEs stage by stage).
+    claimed = rundir.claim(out, rundir.TRACK, plan, ENTRIES, resumable=ENTRIES, force=force)
+    if claimed.state == "finished":
+        return TrackResult.load(out)
     sources, samples = _sources(series, prompts, tracked.hook, out, cfg, questions)
     trajectories = compute_trajectories(tracked, sources, series)
     table = trajectories.table
@@ -363,10 +354,10 @@ def _write(
     write_json(out / "summary.json", {"schema": SCHEMA, "steps": result.summary()})
     title = f"rlinterp track: {tracked.method} at {tracked.hook} over {len(series) - 1} checkpoints"
     write_tracking_report(result, out / "report.html", title)
-    write_json(
-        out / "manifest.json",  # last: marks the directory finished
+    rundir.finish(
+        out,  # last: marks the directory finished
+        rundir.TRACK,
         {
-            "kind": KIND,
             "checkpoints": series.describe(),
             "dictionary": str(tracked.path),
             "method": tracked.method,
@@ -417,25 +408,6 @@ def _folder_digest(folder: Path) -> str:
     for path in sorted(folder.glob("*.safetensors")):
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
-
-
-def _claim(out: Path, plan: dict[str, Any]) -> None:
-    """Make ``out`` this run's directory: new or empty, or holding a run of the same plan
-    (which is resumed). Anything else is refused before a byte is written."""
-    if out.exists() and not out.is_dir():
-        raise RlinterpError(f"--out {out} is a file; give a directory")
-    entries = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
-    previous = out / "track.json"
-    if previous.is_file():
-        if json.loads(previous.read_text()) != plan:
-            raise RlinterpError(
-                f"{out} holds a track run of other checkpoints, dictionary, prompts or settings; "
-                "choose another output directory"
-            )
-        return
-    if entries:
-        raise RlinterpError(f"{out} is not empty and holds no track run; choose an empty or new directory")
-    write_json(previous, plan)
 
 
 def _sources(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import RlinterpError
+from ..core import rundir
 from .lineage import CLASSES, above_noise_floor
 
 SCHEMA = {
@@ -90,10 +90,7 @@ class TrackResult:
     def load(cls, root: str | Path) -> TrackResult:
         """Read a finished ``run_track`` output directory."""
         root = Path(root)
-        if not (root / "manifest.json").is_file():
-            raise RlinterpError(
-                f"{root} is not a finished track run (no manifest.json); run `rlinterp track` again"
-            )
+        rundir.read_finished(root, rundir.TRACK, "run `rlinterp track` again")
         return cls(**{name: pd.read_parquet(root / f"{name}.parquet") for name in TABLES})
 
 

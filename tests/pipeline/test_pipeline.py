@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from rlinterp.cli import main
+from rlinterp.core.options import options
 from rlinterp.errors import RlinterpError
 from rlinterp.pipeline.config import (
     RunConfig,
-    cli_options,
     config_from_dict,
     config_template,
     field_docs,
@@ -23,7 +23,9 @@ from ..conftest import make_micro_config
 
 
 def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse's errors exit, ours return
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     return err
@@ -71,7 +73,7 @@ def test_toml_round_trip_and_the_template_documents_every_field(tmp_path):
     (tmp_path / "again.toml").write_text(template)
     assert load_config(tmp_path / "again.toml") == config
     # every field's docstring is a comment in the template and an option's help
-    helps = {f"{s}.{n}": h for s, n, _, h in cli_options()}
+    helps = {option.path: option.help for option in options(RunConfig)}
     for name in ("n_tokens", "top_k", "cards"):
         doc = field_docs(type(config.dictionaries))[name]
         assert f"# {doc}" in template and helps[f"dictionaries.{name}"].startswith(doc)
@@ -129,7 +131,7 @@ def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path
     from rlinterp.tracking.analysis import TrackConfig
 
     config = config_from_dict({"tracking": {"sampling": {"seed": 3}, "enabled": False}})
-    tracking = config.section("tracking")
+    tracking = config.tracking
     assert isinstance(tracking, TrackConfig) and not tracking.enabled
     assert (tracking.sampling.seed, tracking.sampling.samples_per_prompt) == (3, 16)  # the run's budget
     with pytest.raises(RlinterpError, match=r"'tracking.sampling.seed': expected integer, got 'x'"):
@@ -151,9 +153,9 @@ def test_a_stage_section_is_its_commands_config_with_sub_tables(capsys, tmp_path
     assert main(argv) == 0
     (tmp_path / "printed.toml").write_text(capsys.readouterr().out)
     printed = load_config(tmp_path / "printed.toml")
-    assert printed.section("tracking").sampling.seed == 5
-    assert printed.section("tracking").sampling.samples_per_prompt == 16
-    assert printed.section("selection").index.n_bootstrap == 20
+    assert printed.tracking.sampling.seed == 5
+    assert printed.tracking.sampling.samples_per_prompt == 16
+    assert printed.selection.index.n_bootstrap == 20
 
 
 # -- the pipeline on a micro organism ---------------------------------------------------------
@@ -302,9 +304,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
     root, config = micro_run
     other = dataclasses.replace(config, dictionaries=dataclasses.replace(config.dictionaries, d_sae=64))
     before = sorted(p.name for p in (root / "run").rglob("*"))
-    with pytest.raises(
-        RlinterpError, match="holds a different run's results \\(its dictionaries settings differ\\)"
-    ):
+    with pytest.raises(RlinterpError, match=r"holds a finished run of other inputs \(dictionaries changed\)"):
         run_pipeline(other, progress=False)
     assert sorted(p.name for p in (root / "run").rglob("*")) == before
     foreign = tmp_path / "foreign"
@@ -313,7 +313,7 @@ def test_a_different_run_is_refused_not_mixed(micro_run, tmp_path):
     with pytest.raises(RlinterpError, match="not empty and holds no rlinterp run"):
         run_pipeline(dataclasses.replace(config, out=str(foreign)), progress=False)
     diff_dir = root / "run" / "diff" / "weak"  # a diff artifact, not a run
-    with pytest.raises(RlinterpError, match="holds a rlinterp.diff artifact, not a run"):
+    with pytest.raises(RlinterpError, match="holds a finished diff, not a run"):
         run_pipeline(dataclasses.replace(config, out=str(diff_dir)), progress=False)
 
 
@@ -331,3 +331,59 @@ def test_the_committed_default_config_is_the_generated_one():
     committed = Path(__file__).parents[2] / "configs" / "default.toml"
     assert committed.read_text() == config_template(RunConfig()), "regenerate: rlinterp run --print-config"
     assert load_config(committed) == RunConfig()
+
+
+# Sections as rlinterp wrote them into ``.run.json`` before they subclassed their commands'
+# configs (the defaults; ``compute`` as fingerprinted: its dtype only).
+OLD_SECTIONS = {
+    "series": {"organism": "artifacts/organism/default-seed0", "preset": "default", "seed": 0, "regimes": [],
+               "checkpoints": [], "name": "checkpoints"},
+    "prompts": {"source": "organism", "max_prompts": None},
+    "harvest": {"hooks": [], "batch_size": 32, "include_bos": False, "response_only": False,
+                "store_dtype": "float32", "max_tokens": None, "token_seed": 0},
+    "dictionaries": {"enabled": True, "hook": None, "methods": [], "d_sae": 256, "k": 8, "n_tokens": 100000,
+                     "batch_size": 256, "lr": 0.003, "seed": 0, "top_k": 8, "cards": 24},
+    "compute": {"dtype": "float32"},
+    # sections a stage registered at import time before they were fields of RunConfig
+    "tracking": {"sources": ["texts", "on-policy"], "batch_size": 32, "independent_tokens": 30000,
+                 "enabled": True,
+                 "sampling": {"samples_per_prompt": 16, "max_new_tokens": 48, "temperature": 1.0, "seed": 0,
+                              "batch_size": 64},
+                 "stagewise": {"n_tokens": 10000, "lr_scale": 0.1}},
+    "selection": {"label": "persona", "hook": None, "dictionary": None, "held_out_fraction": 0.3,
+                  "batch_size": 32, "seed": 0, "samples_per_prompt": 4, "decision_hook": None, "n_random": 2,
+                  "behaviour_edits": ["persona_choice"], "enabled": True,
+                  "dictionary_config": {"d_sae": 128, "k": 8, "architecture": "topk", "n_tokens": 100000,
+                                        "batch_size": 256, "lr": 0.003, "seed": 0, "device": "cpu"},
+                  "index": {"n_bootstrap": 500, "confidence": 0.9, "min_jump": 0.2, "seed": 0}},
+    "circuits": {"batch_size": 16, "exact_prompts": 64, "exact_components": None, "attribution_steps": 2,
+                 "attribution_interpolation": "component", "coverage": 0.8, "enhanced_overlap": 0.5,
+                 "used_share": 0.1, "min_change": 0.05, "max_cancellation": 5.0, "top_k": 5,
+                 "metrics": ["answer", "persona", "shortcut"], "prompts": None, "kind": "logit_diff",
+                 "max_prompts": 32, "enabled": True},
+}  # fmt: skip
+
+
+def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
+    """The fingerprints a run directory recorded before harvest and dictionaries became
+    their commands' configs, and before the stages' sections were fields of ``RunConfig``,
+    still match, and the old TOML spelling of every block loads."""
+    import hashlib
+
+    from rlinterp.core import rundir
+
+    old = {
+        name: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        for name, data in OLD_SECTIONS.items()
+    }
+    assert fingerprint(RunConfig()) == old
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
+    claimed = rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
+    assert claimed.state == "resume"
+    (tmp_path / "old.toml").write_text("[harvest]\nhooks = []\nbatch_size = 32\n")
+    assert load_config(tmp_path / "old.toml") == RunConfig()
+    with pytest.raises(RlinterpError, match=r"run of other inputs \(harvest changed\)"):
+        changed = config_from_dict({"harvest": {"max_length": 64}})
+        rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])

@@ -187,7 +187,7 @@ def test_identical_checkpoints_are_all_stable_with_no_births_beyond_chance(plant
     # a rerun reuses everything and gives the same tables
     again = run_track(series, split_prompts(), sae, tmp_path / "track", FAST)
     assert again.trajectories.equals(result.trajectories) and again.lineage.equals(result.lineage)
-    with pytest.raises(RlinterpError, match="holds a track run of other"):
+    with pytest.raises(RlinterpError, match=r"holds a finished track run of other inputs \(config changed"):
         run_track(series, split_prompts(), sae, tmp_path / "track", dataclasses.replace(FAST, batch_size=32))
 
 

@@ -1,0 +1,227 @@
+"""The sections of the ``rlinterp run`` config, one per concern and stage, each a frozen
+dataclass whose fields are the section's TOML keys (``[harvest]``, ``[tracking.sampling]``)
+and command-line options (``--harvest-batch-size``, ``--tracking-sampling-seed``).
+
+A stage's section subclasses its command's config (the same fields, docstrings and
+validation), adding ``enabled`` and redeclaring the budgets ``rlinterp run`` uses by
+default, with the reason in the docstring (it becomes the comment in
+``configs/default.toml``): ``HarvestSection(HarvestConfig)``,
+``DictionariesSection(DictionaryConfig)``, ``TrackingSection(TrackConfig)``,
+``SelectionSection(SelectionConfig)``, ``CircuitsSection(CircuitsConfig)``; a stage hands
+its command the plain config (``command_config``). Torch-free, like every config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..activations.config import HarvestConfig, SamplingConfig
+from ..circuits.config import METRICS as ORGANISM_METRICS
+from ..circuits.config import CircuitsConfig, MetricPrompts
+from ..dictionaries.config import DictionaryConfig, StagewiseConfig
+from ..errors import RlinterpError
+from ..models.config import DtypeName, ExecutorConfig
+from ..organism.config import BuildConfig, Preset
+from ..selection.config import SelectionConfig
+from ..tracking.config import SourceName, TrackConfig
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """Which models: an organism (built if missing) and its regimes, or checkpoint folders."""
+
+    organism: str | None = BuildConfig().default_dir
+    """Organism directory; built there (with ``preset`` and ``seed``) if it is not finished."""
+    preset: Preset = BuildConfig.preset
+    """Organism preset to build when ``organism`` does not hold a finished one."""
+    seed: int = BuildConfig.seed
+    """Organism seed to build with."""
+    regimes: tuple[str, ...] = ()
+    """Organism regimes to analyse, each a series of its own (empty: every regime)."""
+    checkpoints: tuple[str, ...] = ()
+    """Hugging Face checkpoint folders, base first (used instead of ``organism``)."""
+    name: str = "checkpoints"
+    """Name of the series given by ``checkpoints`` (its column in the report)."""
+
+    def __post_init__(self) -> None:
+        if (self.organism is None) == (not self.checkpoints):
+            raise RlinterpError(
+                'give exactly one of series.organism or series.checkpoints (set organism = "" '
+                "in the config, or pass --series, to use checkpoint folders)"
+            )
+        if self.checkpoints and len(self.checkpoints) < 2:
+            raise RlinterpError("series.checkpoints needs a base and at least one RL checkpoint")
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """The tokens every model is run on."""
+
+    source: str = "organism"
+    """``organism`` (the organism's persona texts) or a ``.txt`` / ``.jsonl`` prompt file."""
+    max_prompts: int | None = None
+    """Use only the first this many prompts (None: all). All by default: the default
+    organism's 600 persona texts (about 23k kept tokens per model) cost the diff stage about
+    15 CPU-s for every regime together, and the selection stage needs every persona."""
+
+    def __post_init__(self) -> None:
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise RlinterpError(f"prompts.max_prompts must be positive, got {self.max_prompts}")
+
+
+@dataclass(frozen=True)
+class HarvestSection(HarvestConfig):
+    """Which activations are harvested, and in what batches."""
+
+    def __post_init__(self) -> None:
+        if self.hooks == ():  # ``hooks = []``, how configs written before said "every block"
+            object.__setattr__(self, "hooks", None)
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class DictionariesSection(DictionaryConfig):
+    """Dictionaries: a base SAE (FVU drift and feature cards) and optional per-regime ones."""
+
+    n_tokens: int = 100_000
+    """Training tokens per dictionary (the budget), repeats included. 100k is about four
+    passes over the default organism's tokens and trains in a few CPU-seconds; the base SAE
+    then leaves about 1% of the base's variance unexplained."""
+    device: str | None = None  # type: ignore[assignment]
+    """Where the dictionaries train (None: ``compute.device``)."""
+    enabled: bool = True
+    """Train dictionaries at all."""
+    hook: str | None = None
+    """Hook to train on (None: the hook whose activations changed most at the last step)."""
+    methods: tuple[Literal["diff-sae", "crosscoder"], ...] = ()
+    """Extra dictionaries per regime, base vs last checkpoint: ``diff-sae``, ``crosscoder``."""
+    top_k: int = 8
+    """Top-activating contexts kept per latent and model (feature cards)."""
+    cards: int = 24
+    """Latents that get a feature card (those whose activity changed most)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_k < 1:
+            raise RlinterpError(f"dictionaries.top_k must be positive, got {self.top_k}")
+        if self.cards < 0:
+            raise RlinterpError(f"dictionaries.cards must be >= 0, got {self.cards}")
+
+    def dictionary_config(self, device: str) -> DictionaryConfig:
+        """The base SAE's config: the section's knobs, on its device (else ``device``)."""
+        return command_config(DictionaryConfig, self, device=self.device or device)
+
+
+@dataclass(frozen=True)
+class ComputeSection:
+    """Where the models and dictionaries run."""
+
+    device: str = "cpu"
+    """Torch device (``cuda`` on a GPU machine)."""
+    dtype: DtypeName = "float32"
+    """Model dtype."""
+    threads: int | None = 1
+    """Torch CPU threads (None: torch's default). 1 by default: the organism's matrices are
+    too small to split, and on a shared 2-core machine two threads spent 20x the CPU time
+    of one on the diff stage (they spin while waiting for each other); raise it for real
+    models on a CPU."""
+    device_map: str | None = None
+    """Split each model over the GPUs in view (``auto``, ``balanced``) instead of ``device``."""
+    executor: Literal["local", "ray"] = field(
+        default=ExecutorConfig.kind, metadata={"aliases": ("executor",)}
+    )
+    """Where per-checkpoint work runs: this process, or one Ray task per checkpoint."""
+    address: str | None = field(default=ExecutorConfig.address, metadata={"aliases": ("address",)})
+    """Ray cluster (``auto``, ``ray://<head>:10001``; None: RAY_ADDRESS or a local one)."""
+    task_cpus: float = ExecutorConfig.num_cpus
+    """CPUs each Ray task requests."""
+    task_gpus: float = ExecutorConfig.num_gpus
+    """GPUs each Ray task requests (with device = "cuda")."""
+
+    def executor_config(self) -> ExecutorConfig:
+        """The executor these settings ask for."""
+        return ExecutorConfig(
+            kind=self.executor, address=self.address, num_cpus=self.task_cpus, num_gpus=self.task_gpus
+        )
+
+
+@dataclass(frozen=True)
+class TrackingSection(TrackConfig):
+    """Feature tracking (``rlinterp track``): every latent of the run's base SAE followed
+    over each series' steps, with its lineage and the seed and self controls."""
+
+    sources: tuple[SourceName, ...] = ("texts", "on-policy")
+    """Token sources: ``texts`` (the persona answers, skipped for prompts without answers)
+    and ``on-policy`` (each checkpoint's own answers). ``prompts`` (the questions alone) is
+    left out by default: the organism's questions are a few short templates that show
+    little of what RL changed, and each source costs a harvest and a dozen SAEs per series."""
+    independent_tokens: int | None = 30_000
+    """Training tokens of each independent per-checkpoint SAE (the matched evidence). A
+    source trains one per checkpoint and control (about 15 per series); 30k tokens keeps
+    that a few seconds each on one CPU core."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples_per_prompt=16))
+    """How each checkpoint samples its own answers. The organism asks a few dozen distinct
+    questions, so one answer each is a few hundred tokens, too few for the SAEs trained on
+    them; 16 give several thousand, and sampling a tiny model costs well under a second."""
+    stagewise: StagewiseConfig = field(default_factory=lambda: StagewiseConfig(n_tokens=10_000))
+    """Budget of each stage-wise fine-tune (12 per series and source with its self control);
+    a stage only follows its checkpoint from the previous stage's SAE, so 10k tokens do."""
+    enabled: bool = True
+    """Run the tracking stage."""
+
+
+@dataclass(frozen=True)
+class SelectionSection(SelectionConfig):
+    """Persona features, the selection-versus-novelty index and its causal checks
+    (``rlinterp selection``), per series, on the run's prompts (they need persona labels)."""
+
+    hook: str | None = None
+    """Hook to analyse; None: the dictionaries stage's hook, with the run's base SAE."""
+    dictionary: str | None = None
+    """A trained base SAE at ``hook``; None: the run's base SAE when ``hook`` is its hook,
+    else one trained here with ``dictionary_config``."""
+    behaviour_edits: tuple[str, ...] = ("persona_choice",)
+    """Causal edits whose behaviour is re-sampled (organism series). Only the persona-choice
+    patch by default: the behaviour evaluations were two thirds of the stage's time on the
+    default organism (345 CPU-s with all three edits); ``rlinterp selection`` does all."""
+    n_random: int = 2
+    """Random subspaces averaged for the persona-choice patch's control."""
+    enabled: bool = True
+    """Run the selection stage."""
+
+
+@dataclass(frozen=True)
+class CircuitsSection(MetricPrompts, CircuitsConfig):
+    """Circuit diffs (``rlinterp circuits``): which components carry each behaviour metric's
+    change, per series and step, by cross-model patching and attribution."""
+
+    metrics: tuple[str, ...] = ORGANISM_METRICS
+    """Organism metrics to measure (``answer``, ``persona``, ``shortcut``); ignored when
+    ``prompts`` is given."""
+    max_prompts: int | None = 32
+    """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
+    all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
+    the others 20; with per-component attribution 64 took 229 CPU-s on the default
+    organism, 32 keep the stage near two minutes."""
+    enabled: bool = True
+    """Run the circuits stage."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise RlinterpError(f"circuits.max_prompts must be positive or none, got {self.max_prompts}")
+        unknown = [m for m in self.metrics if m not in ORGANISM_METRICS]
+        if unknown or not self.metrics:
+            raise RlinterpError(
+                f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
+                f"{list(self.metrics)}; for your own metric give circuits.prompts"
+            )
+
+
+def command_config(cls: type, section: Any, **changes: Any) -> Any:
+    """The command's own config ``cls`` from a section that subclasses it (the section's
+    extra fields dropped), with ``changes``."""
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
+    return cls(**(values | changes))
