@@ -11,6 +11,7 @@ from .activations.prompts import PromptSet as PromptSet
 from .circuits.analysis import run_circuits as run_circuits
 from .circuits.metrics import BehaviourMetric as BehaviourMetric
 from .circuits.metrics import BehaviourPrompts as BehaviourPrompts
+from .circuits.report import write_circuits_report as write_circuits_report
 from .circuits.result import CircuitsConfig as CircuitsConfig
 from .circuits.result import CircuitsResult as CircuitsResult
 from .dictionaries.cards import FeatureCard as FeatureCard
@@ -76,6 +77,7 @@ from .tracking.analysis import TrackConfig as TrackConfig
 from .tracking.analysis import run_track as run_track
 from .tracking.lineage import LineageThresholds as LineageThresholds
 from .tracking.lineage import lineage_table as lineage_table
+from .tracking.report import write_tracking_report as write_tracking_report
 from .tracking.result import TrackResult as TrackResult
 
 __version__ = "0.1.0"

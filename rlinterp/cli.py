@@ -116,6 +116,7 @@ def _dictionaries_eval(args: argparse.Namespace) -> None:
 def _circuits(args: argparse.Namespace) -> None:
     from .circuits.analysis import CircuitsConfig, run_circuits
     from .circuits.metrics import BehaviourMetric, BehaviourPrompts
+    from .circuits.report import write_circuits_report
 
     series = ModelSeries.from_spec(
         args.series, regime=args.regime, device=args.device, dtype=DTYPES[args.dtype]
@@ -143,6 +144,7 @@ def _circuits(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise RlinterpError(str(e)) from e
     result = run_circuits(series, metric, prompts, args.out, config, force=args.force)
+    write_circuits_report(result, Path(args.out) / "report.html")
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
     sys.stdout.write(
         f"circuits in {args.out} (report: {Path(args.out) / 'report.html'})\n{rows.to_string(index=False)}\n"
@@ -255,6 +257,7 @@ def _track(args: argparse.Namespace) -> None:
     from .activations.onpolicy import SamplingConfig
     from .dictionaries.stagewise import StagewiseConfig
     from .tracking.analysis import TrackConfig, run_track
+    from .tracking.report import write_tracking_report
     from .tracking.result import summary_text
 
     cfg = TrackConfig(
@@ -271,6 +274,7 @@ def _track(args: argparse.Namespace) -> None:
     )
     series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
     result = run_track(series, _prompts(args.prompts, args.series), args.dictionary, args.out, cfg)
+    write_tracking_report(result, Path(args.out) / "report.html")
     sys.stdout.write(
         f"track in {args.out} (report: {Path(args.out) / 'report.html'})\n{summary_text(result)}\n"
     )

@@ -5,8 +5,8 @@ paper figures and notebooks work from, so none of them needs a model. A table a 
 has not written is empty, and whatever reads it shows an empty state instead.
 
 ``summary()`` is the headline table: one row per (series, step) with the KL, the
-activation change at the deepest hook, the base SAE's FVU, and the headline columns later
-stages register with ``register_headline``.
+activation change at the deepest hook, the base SAE's FVU, and the headline columns of the
+later stages (``HEADLINES``, in order).
 """
 
 from __future__ import annotations
@@ -22,14 +22,7 @@ import pandas as pd
 from ..dictionaries.cards import FeatureCard
 from ..diff.analysis import SeriesDiff
 from ..errors import RlinterpError
-
-HEADLINES: list[Callable[[RunResult], pd.DataFrame]] = []
-"""Functions returning ``series, step`` plus headline columns for ``summary()``."""
-
-
-def register_headline(headline: Callable[[RunResult], pd.DataFrame]) -> None:
-    """Add a later stage's columns to the run summary (rows keyed by ``series, step``)."""
-    HEADLINES.append(headline)
+from ..tracking.lineage import CHANGES
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -101,7 +94,7 @@ class RunResult:
 
     def summary(self) -> pd.DataFrame:
         """One row per (series, step): ``kl_mean``, ``activation_change`` (deepest hook),
-        ``fvu`` of the base SAE, and the registered headline columns."""
+        ``fvu`` of the base SAE, and the later stages' headline columns (``HEADLINES``)."""
         rows = []
         for name, diff in self.diffs.items():
             for row in diff.summary():
@@ -166,12 +159,48 @@ class RunResult:
         return self.root / "report.html"
 
     def _repr_html_(self) -> str:
-        from ..core.page import esc, table
+        from ..core.report import esc, table
 
         return (
             f"<p><b>rlinterp run</b> {esc(self.root)} — report: "
             f"<a href='{esc(self.report_path)}'>{esc(self.report_path)}</a></p>" + table(self.summary())
         )
+
+
+def tracking_headline(run: RunResult) -> pd.DataFrame:
+    """``changed_latents``: tracked latents in a changing lineage class at each step, on the
+    on-policy source where it was measured (what the checkpoint writes), else the first."""
+    summary = run.tables.get("tracking/summary", pd.DataFrame())
+    if summary.empty:
+        return summary
+    preferred = "on-policy" if "on-policy" in set(summary["source"]) else summary["source"].iloc[0]
+    rows = summary[summary["source"] == preferred]
+    changed = rows[[f"n_{c}" for c in CHANGES if f"n_{c}" in rows]].sum(axis=1)
+    return pd.DataFrame({"series": rows["series"], "step": rows["step"], "changed_latents": changed})
+
+
+def index_headline(run: RunResult) -> pd.DataFrame:
+    """``index``: the selection-versus-novelty index (0 selection, 1 novelty) per step."""
+    index = run.tables.get("selection/index", pd.DataFrame())
+    return index[["series", "step", "index"]] if not index.empty else index
+
+
+def circuits_headline(run: RunResult) -> pd.DataFrame:
+    """``circuits_<metric>``: the circuits verdict per metric (enhanced, new, unclear, no change)."""
+    steps = run.tables.get("circuits/steps", pd.DataFrame())
+    if steps.empty:
+        return steps
+    wide = steps.pivot_table(index=["series", "step"], columns="metric", values="verdict", aggfunc="first")
+    return wide.rename(columns=lambda m: f"circuits_{m}").reset_index().rename_axis(columns=None)
+
+
+HEADLINES: tuple[Callable[[RunResult], pd.DataFrame], ...] = (
+    tracking_headline,
+    index_headline,
+    circuits_headline,
+)
+"""The later stages' headline columns of ``RunResult.summary()``, in order: each returns
+``series, step`` plus its columns (empty when its stage has not run)."""
 
 
 def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:

@@ -8,14 +8,7 @@ import pandas as pd
 import pytest
 
 from rlinterp.pipeline.figures import FIGURES, fvu_drift_figure, kl_figure, latent_trajectory_figure, paper
-from rlinterp.pipeline.report import (
-    SECTIONS,
-    Content,
-    Section,
-    register_section,
-    render_markdown,
-    render_run_report,
-)
+from rlinterp.pipeline.report import SECTIONS, RunSection, render_markdown, render_run_report
 from rlinterp.pipeline.result import summary_text
 from tests.run_fixtures import EVIL, N_LATENTS, SERIES, synthetic_run
 
@@ -86,18 +79,13 @@ def test_jupyter_reprs_escape(run):
     assert ESCAPED in card and EVIL not in card
 
 
-def test_a_registered_section_appears_where_asked(run):
-    before = list(SECTIONS)
-    try:
-        register_section(
-            Section("fidelity", "Fidelity", lambda r: Content((f"<p>{len(r.series)} series</p>",))),
-            "tracking",
-        )
-        page = render_run_report(run)
-        assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
-        assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
-    finally:
-        SECTIONS[:] = before
+def test_a_section_appears_where_it_is_declared(run):
+    at = [s.id for s in SECTIONS].index("tracking") + 1
+    fidelity = RunSection("fidelity", "Fidelity", lambda r: (f"<p>{len(r.series)} series</p>",))
+    page = render_run_report(run, (*SECTIONS[:at], fidelity, *SECTIONS[at:]))
+    assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
+    assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
+    assert "<h2 id='fidelity'>" not in render_run_report(run)  # nothing registered by the call
 
 
 def test_figures_carry_the_table_values(run):
