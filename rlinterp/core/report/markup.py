@@ -56,8 +56,9 @@ def table(
     links: tuple[str, Mapping[object, str]] | None = None,
     markup: Collection[str] = (),
 ) -> Html:
-    """``frame`` (its ``columns``, default all) as a table. With ``table_id`` it is
-    searchable (a filter box above it) and sortable (click a header; numeric cells sort as
+    """``frame`` (its ``columns``, default all) as a table in its own box, which scrolls
+    when the table is wider (or, searchable, longer) than the page gives it: a table never
+    runs over what stands beside it. With ``table_id`` it is searchable (a filter box above it) and sortable (click a header; numeric cells sort as
     numbers). ``links = (column, anchors)``: that column's cells link to ``#anchor`` where
     ``anchors`` has the cell's value. The cells of the ``markup`` columns are markup built
     with this module (inserted as they are); every other cell is text, escaped. (A column
@@ -77,10 +78,10 @@ def table(
         rows.append("<tr>" + "".join(cells) + "</tr>")
     body = f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
     if table_id is None:
-        return Html(f"<table>{body}</table>")
+        return Html(f"<div class='table'><table>{body}</table></div>")
     return Html(
         f"<input class='search' type='search' placeholder='filter rows' data-table='{esc(table_id)}'>"
-        f"<div class='scroll'><table class='sortable' id='{esc(table_id)}'>{body}</table></div>"
+        f"<div class='table long'><table class='sortable' id='{esc(table_id)}'>{body}</table></div>"
     )
 
 
@@ -90,10 +91,11 @@ def marked(context: object, token: object) -> Html:
 
 
 def side_by_side(blocks: Mapping[str, str]) -> Html:
-    """Titled blocks (e.g. one table per series) side by side, wrapping when the page is
-    narrow; each block keeps its content inside its own box."""
+    """Titled blocks (e.g. one table per series) side by side while they fit at their own
+    width; a block too wide for its share of the line takes a line of its own, where its
+    tables scroll if still too wide (``page.STYLE``: ``.side.fit``)."""
     inner = "".join(f"<div><h3>{esc(name)}</h3>{block}</div>" for name, block in blocks.items())
-    return Html(f"<div class='side'>{inner}</div>")
+    return Html(f"<div class='side fit'>{inner}</div>")
 
 
 def empty(text: str) -> Html:

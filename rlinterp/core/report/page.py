@@ -47,14 +47,16 @@ th { background: #f3f3f3; }
 table.sortable th { cursor: pointer; }
 mark { background: #ffd54f; }
 .side { display: flex; flex-wrap: wrap; gap: 1em; }
-.side > div { flex: 1 1 0; min-width: 320px; }
+.side > div { flex: 1 1 0; min-width: min(320px, 100%); }
+.side.fit > div { flex: 1 1 auto; min-width: 0; max-width: 100%; }
+div.table { max-width: 100%; overflow-x: auto; }
+div.table.long { max-height: 32em; overflow-y: auto; }
 .card { border: 1px solid #bbb; border-radius: 6px; padding: 0.5em 1em; margin: 1em 0; }
-code.ctx { display: block; white-space: pre-wrap; margin: 0.2em 0; font-size: 0.85em; }
+code.ctx { display: block; white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2em 0; font-size: 0.85em; }
 code.ctx span.peak { outline: 2px solid #0072B2; }
 .empty { color: #777; font-style: italic; }
 .legend { font-size: 0.8em; }
 input.search { margin-top: 0.5em; width: 20em; }
-div.scroll { max-height: 32em; overflow: auto; }
 """
 
 SCRIPT = """
