@@ -38,7 +38,8 @@ from .figures import (
     tracking_figure,
     weights_figure,
 )
-from .result import RunResult, transitions
+from .result import RunResult
+from .verdict import verdict_lines
 
 Parts: TypeAlias = tuple[Part, ...]
 
@@ -185,7 +186,21 @@ def render_run_report(run: RunResult, sections: tuple[RunSection, ...] = SECTION
     """The whole report as one self-contained HTML page: the summary, then ``sections``."""
     shown = [Section(s.title, s.render(run), s.id) for s in sections]
     title = f"rlinterp run: {', '.join(run.series) or 'no series yet'}"
-    return page(title, [Section("Summary", (table(run.summary()),), "summary"), *shown], nav=True)
+    summary = Section("Summary", (_answer(run), table(run.summary())), "summary")
+    return page(title, [summary, *shown], nav=True)
+
+
+def _answer(run: RunResult) -> str:
+    """The verdict line of every regime (``verdict.verdict_lines``), first on the page."""
+    lines = verdict_lines(run.tables, run.series)
+    if not lines:
+        return empty("No answer yet: the selection stage (the selection-versus-novelty index) has not run.")
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (
+        "<p>Per regime: selection (RL re-weighted what the base computes) or new computation, from "
+        "which step, with the index interval (a step whose interval straddles 0.5 is undecided) "
+        f"and the signals that see new computation:</p><ul class='answer'>{items}</ul>"
+    )
 
 
 def _md_cell(value: object) -> str:
@@ -197,15 +212,15 @@ def _md_code(text: str) -> str:
 
 
 def render_markdown(run: RunResult, top: int = 10) -> str:
-    """The headline table and the top features as Markdown."""
+    """The answer per regime, the headline table and the top features as Markdown."""
     summary = run.summary()
     lines = [f"# rlinterp run: {', '.join(run.series)}", "", f"Report: `{run.report_path}`", ""]
+    answer = verdict_lines(run.tables, run.series)
+    if answer:
+        lines += ["## Answer (selection or new computation, per regime)", ""]
+        lines += [f"- {_md_code(line)}" for line in answer] + [""]
     lines += ["| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
     lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in summary.itertuples(index=False)]
-    found = transitions(run)
-    if found:
-        lines += ["", "## Transitions (selection-versus-novelty index, behaviour)", ""]
-        lines += [f"- {_md_code(line)}" for line in found]
     latents = run.latent_table()
     if not latents.empty:
         hook = run.dictionary_info.get("hook", "")

@@ -23,6 +23,7 @@ from ..dictionaries.cards import FeatureCard
 from ..diff.analysis import SeriesDiff
 from ..errors import RlinterpError
 from ..tracking.lineage import CHANGES
+from .verdict import verdict_lines
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -213,29 +214,6 @@ def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
     return wide.rename(columns=lambda step: f"step {step}").reset_index().rename_axis(columns=None)
 
 
-def transitions(run: RunResult) -> list[str]:
-    """Per series, where the selection-versus-novelty index jumps and where behaviour does
-    (empty before the selection stage)."""
-    found = run.tables.get("selection/transition", pd.DataFrame())
-    lines = []
-    for row in found.to_dict(orient="records"):
-        index = (
-            f"step {_int(row['index_step'])} (interval {_int(row['index_step_lo'])}-"
-            f"{_int(row['index_step_hi'])})"
-            if row.get("index_found")
-            else "none"
-        )
-        behaviour = row.get("behavioural_step")
-        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {_int(behaviour)}"
-        lines.append(f"{row['series']}: index transition {index}; behavioural transition {behaviour}")
-    return lines
-
-
-def _int(value: Any) -> str:
-    """A step read back from Parquet (a float where the column has gaps) as an integer."""
-    return str(int(value))
-
-
 def summary_text(run: RunResult) -> str:
     """The run's headline table for a terminal (one screen), and where the report is."""
     summary = run.summary()
@@ -250,6 +228,6 @@ def summary_text(run: RunResult) -> str:
             f"{j} ({t})" for j, t in zip(latents["latent"].head(5), latents["promotes"].head(5), strict=True)
         )
         lines.append(f"latents that changed most (promoted token): {top}")
-    lines += transitions(run)
+    lines += verdict_lines(run.tables, run.series)
     lines.append(f"report: {run.report_path}")
     return "\n".join(lines) + "\n"

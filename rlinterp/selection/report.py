@@ -1,12 +1,18 @@
-"""Report sections of the selection-versus-novelty reading: what the index table says and
-which of its columns every report shows. The page is the report kit's."""
+"""Report sections of the selection-versus-novelty reading: what the index table says,
+which of its columns every report shows, and how a step reads from its interval. The page
+is the report kit's."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pandas as pd
 
-from ..core.report import Html, table
+from ..core.report import Html, fmt, table
 from .analysis import CHOICE_COLUMNS
+from .index import SELECTION_SIDE
+
+Reading = Literal["selection", "novelty", "undecided"]
 
 INDEX_COLUMNS = (
     "step",
@@ -33,6 +39,24 @@ INDEX_NOTE = Html(
 """How to read the index table, above it in every report."""
 
 
+def reading(lo: float, hi: float) -> Reading:
+    """How a step reads from its index interval ``[lo, hi]``: ``novelty`` when all of it
+    lies above ``SELECTION_SIDE`` (0.5), ``selection`` when all of it lies below,
+    ``undecided`` when it straddles it (the point estimate alone would pick a side)."""
+    if lo > SELECTION_SIDE:
+        return "novelty"
+    return "selection" if hi < SELECTION_SIDE else "undecided"
+
+
+def side_label(lo: float, hi: float) -> str:
+    """A step's reading with its interval beside it, e.g. ``undecided (0.45-0.56)``."""
+    return f"{reading(lo, hi)} ({fmt(float(lo))}-{fmt(float(hi))})"
+
+
 def index_table(index: pd.DataFrame) -> Html:
-    """The index per step with its interval, side and evidence columns."""
+    """The index per step with its interval, side and evidence columns; the side is read
+    from the interval, with the interval beside it (``side_label``)."""
+    if "side" in index:
+        sides = [side_label(lo, hi) for lo, hi in zip(index["index_lo"], index["index_hi"], strict=True)]
+        index = index.assign(side=sides)
     return table(index, [c for c in INDEX_COLUMNS if c in index])

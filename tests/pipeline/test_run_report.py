@@ -142,6 +142,7 @@ def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
     card = run.card(4).to_html()
     assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
     text = summary_text(run)
-    assert "strong: index transition step 5 (interval 5-5); behavioural transition step 5" in text
-    assert "weak: index transition none; behavioural transition none" in text
-    assert "index transition step 5" in render_markdown(run)
+    assert "strong: new computation from step 5 (index 0.8, interval 0.7-0.9)" in text
+    assert "index change point (step 5, interval 5-5), behaviour (step 5)" in text
+    assert "weak: selection at every step (last step 5: index 0.1, interval 0-0.2)" in text
+    assert "strong: new computation from step 5" in render_markdown(run)

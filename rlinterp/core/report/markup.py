@@ -58,8 +58,9 @@ def table(
 ) -> Html:
     """``frame`` (its ``columns``, default all) as a table in its own box, which scrolls
     when the table is wider (or, searchable, longer) than the page gives it: a table never
-    runs over what stands beside it. With ``table_id`` it is searchable (a filter box above it) and sortable (click a header; numeric cells sort as
-    numbers). ``links = (column, anchors)``: that column's cells link to ``#anchor`` where
+    runs over what stands beside it. With ``table_id`` it is searchable (a filter box
+    above it) and sortable (click a header; numeric cells sort as numbers).
+    ``links = (column, anchors)``: that column's cells link to ``#anchor`` where
     ``anchors`` has the cell's value. The cells of the ``markup`` columns are markup built
     with this module (inserted as they are); every other cell is text, escaped. (A column
     cannot carry ``Html`` itself: pandas stores strings as plain ``str``.)"""

@@ -52,9 +52,11 @@ mark { background: #ffd54f; }
 div.table { max-width: 100%; overflow-x: auto; }
 div.table.long { max-height: 32em; overflow-y: auto; }
 .card { border: 1px solid #bbb; border-radius: 6px; padding: 0.5em 1em; margin: 1em 0; }
-code.ctx { display: block; white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2em 0; font-size: 0.85em; }
+code.ctx { display: block; white-space: pre-wrap; overflow-wrap: anywhere; margin: 0.2em 0;
+           font-size: 0.85em; }
 code.ctx span.peak { outline: 2px solid #0072B2; }
 .empty { color: #777; font-style: italic; }
+ul.answer li { font-weight: 600; margin: 0.3em 0; }
 .legend { font-size: 0.8em; }
 input.search { margin-top: 0.5em; width: 20em; }
 """
