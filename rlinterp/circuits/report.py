@@ -131,8 +131,17 @@ VERDICT_NOTE = Html(
     "base_used: the components the base ranks highest for the behaviour (same number). The verdict "
     "is <i>enhanced</i> when most carriers were already used by the base, <i>new</i> when not; "
     "overlap against chance_overlap is the evidence.</p>"
+    "<p><b>What the verdict can and cannot see.</b> It compares whole components (attention "
+    "heads, MLP layers, the embedding and readout): it sees which components carry the change "
+    "and whether the base already used them for the behaviour. It cannot see inside a "
+    "component: when RL writes new computation into a component the base already used (new "
+    "neurons of the same MLP, a head's new output direction), the verdict reads "
+    "<i>enhanced</i>. So <i>new</i> is evidence of new computation, <i>enhanced</i> is not "
+    "evidence against it; the dictionary-level evidence (tracking's births, the index) looks "
+    "inside components.</p>"
 )
-"""How to read the verdict table, above it in every report."""
+"""How to read the verdict table, and what the component-level verdict cannot see, above
+it in every report."""
 
 
 def verdict_table(steps: pd.DataFrame) -> Html:

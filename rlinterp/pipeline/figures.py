@@ -15,11 +15,13 @@ returns a themed copy.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -29,6 +31,7 @@ from ..core.report.theme import paper as paper
 from ..diff.report import kl_figure as kl_figure
 from ..diff.report import site_pivot
 from ..errors import RlinterpError
+from ..selection.index import SELECTION_SIDE
 from ..tracking.lineage import CHANGES
 
 if TYPE_CHECKING:
@@ -88,14 +91,19 @@ def behaviour_figure(run: RunResult) -> go.Figure:
 
 
 def weights_figure(run: RunResult) -> go.Figure:
-    """Relative Frobenius change of the weights per (layer, component) and step."""
-    names = run.series
-    figure = _side_by_side(names)
-    for col, name in enumerate(names, 1):
-        pivot = site_pivot(run.diffs[name].weights_by_component)
+    """Relative Frobenius change of the weights per (layer, component) and RL step, one
+    panel per series on one *log* colour scale: regimes differ by orders of magnitude, and a
+    linear scale shared by all paints every cell of the gentler one the same colour. Steps
+    without any change (the base against itself) are left out; hover shows the value."""
+    pivots = {name: site_pivot(run.diffs[name].weights_by_component) for name in run.series}
+    pivots = {name: pivot.loc[:, (pivot > 0).any()] for name, pivot in pivots.items()}
+    figure = _side_by_side(list(pivots))
+    for col, pivot in enumerate(pivots.values(), 1):
         figure.add_trace(
             go.Heatmap(
-                z=pivot.to_numpy(),
+                z=np.log10(pivot.where(pivot > 0)).to_numpy(),
+                customdata=pivot.to_numpy(),
+                hovertemplate="step %{x}, %{y}: %{customdata:.3g}<extra></extra>",
                 x=[str(s) for s in pivot.columns],
                 y=list(pivot.index),
                 coloraxis="coloraxis",
@@ -103,9 +111,20 @@ def weights_figure(run: RunResult) -> go.Figure:
             row=1,
             col=col,
         )
-    figure.update_layout(coloraxis={"colorscale": "Viridis", "colorbar": {"title": "rel. change"}})
+    figure.update_layout(
+        coloraxis={"colorscale": "Viridis", "colorbar": {"title": "rel. change", **_decades(pivots)}}
+    )
     figure.update_yaxes(autorange="reversed")
-    return _titled(figure, "Weights: relative Frobenius change")
+    return _titled(figure, "Weights: relative Frobenius change (log scale)")
+
+
+def _decades(pivots: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
+    """Colour-bar ticks of a log10 scale at every power of ten the changes span."""
+    changed = [float(v) for pivot in pivots.values() for v in pivot.to_numpy().ravel() if v > 0]
+    if not changed:
+        return {}
+    decades = range(math.floor(math.log10(min(changed))), math.ceil(math.log10(max(changed))) + 1)
+    return {"tickvals": list(decades), "ticktext": [f"{10.0**k:g}" for k in decades]}
 
 
 def activations_figure(run: RunResult) -> go.Figure:
@@ -122,13 +141,21 @@ def activations_figure(run: RunResult) -> go.Figure:
     return _titled(figure, "Activations: relative change per hook")
 
 
-def _lines_per_series(frame: pd.DataFrame, value: str, interval: tuple[str, str] | None = None) -> go.Figure:
-    """One line of ``value`` by step per series of ``frame`` (in its order), one colour
-    each; ``interval = (lo, hi)`` columns draw as error bars."""
+def series_colour(run: RunResult, name: str) -> str:
+    """A series' colour in every figure of the run: its place in the run's order."""
+    place = run.series.index(name) if name in run.series else len(run.series)
+    return PALETTE[place % len(PALETTE)]
+
+
+def _lines_per_series(
+    run: RunResult, frame: pd.DataFrame, value: str, interval: tuple[str, str] | None = None
+) -> go.Figure:
+    """One line of ``value`` by step per series of ``frame``, in the run's order and
+    colours; ``interval = (lo, hi)`` columns draw as error bars."""
     figure = go.Figure()
-    for i, (name, rows) in enumerate(frame.groupby("series", sort=False)):
+    for name, rows in run.in_run_order(frame).groupby("series", sort=False):
         rows = rows.sort_values("step")
-        colour = PALETTE[i % len(PALETTE)]
+        colour = series_colour(run, str(name))
         bars = None
         if interval is not None:
             lo, hi = interval
@@ -157,7 +184,7 @@ def fvu_drift_figure(run: RunResult) -> go.Figure:
     drift = run.fvu_drift
     if drift.empty:
         return _empty("Dictionaries: no FVU drift (the dictionaries stage has not run)")
-    figure = _lines_per_series(drift, "fvu")
+    figure = _lines_per_series(run, drift, "fvu")
     hook = run.dictionary_info.get("hook", "")
     figure.update_layout(xaxis_title="RL step", yaxis_title="FVU of the base SAE")
     return _titled(figure, f"Dictionaries: FVU drift at {hook}")
@@ -169,7 +196,7 @@ def latent_trajectory_figure(run: RunResult, latent: int) -> go.Figure:
     rows = steps[steps["latent"] == latent] if not steps.empty else steps
     if rows.empty:
         return _empty(f"Latent {latent}: no activity table")
-    figure = _lines_per_series(rows, "mean_activation")
+    figure = _lines_per_series(run, rows, "mean_activation")
     figure.update_layout(xaxis_title="RL step", yaxis_title="mean activation")
     return _titled(figure, f"Latent {latent}: activation by RL step")
 
@@ -180,7 +207,7 @@ def tracking_figure(run: RunResult) -> go.Figure:
     summary = run.tables.get("tracking/summary", pd.DataFrame())
     if summary.empty:
         return _empty("Tracking: no lineage (the tracking stage has not run)")
-    names = list(dict.fromkeys(summary["series"]))
+    names = list(dict.fromkeys(run.in_run_order(summary)["series"]))
     figure = _side_by_side(names)
     for col, name in enumerate(names, 1):
         rows = summary[summary["series"] == name]
@@ -209,9 +236,43 @@ def index_figure(run: RunResult) -> go.Figure:
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
         return _empty("Selection: no index (the selection stage has not run)")
-    figure = _lines_per_series(index, "index", interval=("index_lo", "index_hi"))
-    figure.update_layout(xaxis_title="RL step", yaxis_title="selection (0) … novelty (1)")
+    figure = _lines_per_series(run, index, "index", interval=("index_lo", "index_hi"))
+    figure.add_hline(
+        y=SELECTION_SIDE,
+        line={"dash": "dash", "width": 1, "color": "#777777"},
+        annotation_text="0.5: selection below, novelty above",
+        annotation_position="bottom right",
+    )
+    _mark_transitions(figure, run)
+    figure.update_layout(
+        xaxis_title="RL step", yaxis_title="selection (0) … novelty (1)", yaxis_range=[-0.05, 1.05]
+    )
     return _titled(figure, "Selection-versus-novelty index")
+
+
+def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
+    """Each series' index transition as a dotted line in its colour at the change point,
+    its bootstrap interval shaded, and a label at the top."""
+    found = run.in_run_order(run.tables.get("selection/transition", pd.DataFrame()))
+    if found.empty:
+        return
+    for i, row in enumerate(found[found["index_found"].astype(bool)].itertuples()):
+        colour = series_colour(run, str(row.series))
+        figure.add_vline(x=row.index_step, line={"dash": "dot", "width": 1.5, "color": colour})
+        if row.index_step_lo < row.index_step_hi:
+            figure.add_vrect(
+                x0=row.index_step_lo, x1=row.index_step_hi, fillcolor=colour, opacity=0.12, line_width=0
+            )
+        figure.add_annotation(
+            x=row.index_step,
+            y=1,
+            yref="paper",
+            yshift=-14 * i,
+            xanchor="left",
+            showarrow=False,
+            text=f" {row.series}: transition",
+            font={"color": colour},
+        )
 
 
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
@@ -228,8 +289,7 @@ FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
 
 def _titled(figure: go.Figure, title: str) -> go.Figure:
     figure.update_layout(title=title)
-    for col in range(1, len(figure.layout.annotations) + 1):  # one x title per subplot
-        figure.update_xaxes(title_text="RL step", row=1, col=col)
+    figure.update_xaxes(title_text="RL step")  # every panel's
     return figure
 
 

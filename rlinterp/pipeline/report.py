@@ -115,17 +115,20 @@ def _skipped(run: RunResult, stage: str) -> str:
     return "".join(empty(f"{name}: not analysed ({why})") for name, why in reasons.items())
 
 
-def _per_series(frame: pd.DataFrame, render: Callable[[pd.DataFrame], str]) -> str:
-    """One block per series (``render`` of its rows), side by side."""
-    return side_by_side({str(name): render(rows) for name, rows in frame.groupby("series", sort=False)})
+def _per_series(run: RunResult, frame: pd.DataFrame, render: Callable[[pd.DataFrame], str]) -> str:
+    """One block per series (``render`` of its rows), side by side, in the run's order."""
+    groups = run.in_run_order(frame).groupby("series", sort=False)
+    return side_by_side({str(name): render(rows) for name, rows in groups})
 
 
 def tracking_section(run: RunResult) -> Parts:
     summary = run.tables.get("tracking/summary", pd.DataFrame())
     if summary.empty:
         return (empty("Feature tracking has not run (stage 'tracking')."), _skipped(run, "tracking"))
-    per_series = _per_series(summary, lambda rows: table(rows, [c for c in TRACKING_COLUMNS if c in rows]))
-    lineage = run.tables.get("tracking/lineage", pd.DataFrame())
+    per_series = _per_series(
+        run, summary, lambda rows: table(rows, [c for c in TRACKING_COLUMNS if c in rows])
+    )
+    lineage = run.in_run_order(run.tables.get("tracking/lineage", pd.DataFrame()))
     return (
         TRACKING_NOTE,
         tracking_figure(run),
@@ -139,10 +142,16 @@ def persona_section(run: RunResult) -> Parts:
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
         return (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
-    transition = run.tables.get("selection/transition", pd.DataFrame())
-    latents = run.tables.get("selection/persona_latents", pd.DataFrame())
-    causal = run.tables.get("selection/causal", pd.DataFrame())
-    parts: list[Part] = [INDEX_NOTE, index_figure(run), table(transition), _per_series(index, index_table)]
+    transition, latents, causal = (
+        run.in_run_order(run.tables.get(f"selection/{name}", pd.DataFrame()))
+        for name in ("transition", "persona_latents", "causal")
+    )
+    parts: list[Part] = [
+        INDEX_NOTE,
+        index_figure(run),
+        table(transition),
+        _per_series(run, index, index_table),
+    ]
     if not latents.empty:
         top = latents[latents["rank"] < 3] if "rank" in latents else latents
         parts += ["<h3>Persona latents (base SAE)</h3>", table(top, table_id="persona-latents")]
@@ -156,14 +165,14 @@ def circuits_section(run: RunResult) -> Parts:
     if steps.empty:
         return (empty("No circuit diffs yet (stage 'circuits')."), _skipped(run, "circuits"))
     verdicts = steps.pivot_table(
-        index=["series", "step"], columns="metric", values="verdict", aggfunc="first"
+        index=["series", "step"], columns="metric", values="verdict", aggfunc="first", sort=False
     )
     by_metric = verdicts.reset_index().rename_axis(columns=None)
     return (
         "<p>Which components carry each behaviour metric's change (<code>rlinterp circuits</code>).</p>",
         VERDICT_NOTE,
-        _per_series(by_metric, lambda rows: table(rows, ["step", *verdicts.columns])),
-        _per_series(steps, verdict_table),
+        _per_series(run, by_metric, lambda rows: table(rows, ["step", *verdicts.columns])),
+        _per_series(run, steps, verdict_table),
         _skipped(run, "circuits"),
     )
 

@@ -117,6 +117,15 @@ class RunResult:
                 frame = frame.merge(columns, on=["series", "step"], how="left")
         return frame
 
+    def in_run_order(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame``'s rows by ``series`` in the run's order (each series' rows keep theirs;
+        a series the run does not list comes last): every table and figure of a run shows
+        the regimes in one order."""
+        if frame.empty or "series" not in frame:
+            return frame
+        rank = frame["series"].map({name: i for i, name in enumerate(self.series)}).fillna(len(self.series))
+        return frame.iloc[rank.to_numpy().argsort(kind="stable")]
+
     def latent_table(self) -> pd.DataFrame:
         """One row per latent: base firing rate, and per series the firing rate and mean
         activation at its last step with the change from the base; the top promoted token.
@@ -127,7 +136,7 @@ class RunResult:
         base = steps[steps["step"] == 0].drop_duplicates("latent").set_index("latent")
         table = pd.DataFrame({"latent": base.index, "base_firing": base["firing_rate"].to_numpy()})
         score = pd.Series(0.0, index=base.index)
-        for name, group in steps.groupby("series", sort=False):
+        for name, group in self.in_run_order(steps).groupby("series", sort=False):
             last = group[group["step"] == group["step"].max()].set_index("latent")
             change = last["mean_activation"] - base["mean_activation"]
             table[f"{name}_firing"] = last["firing_rate"].to_numpy()
