@@ -7,8 +7,9 @@ empty-state line instead. A section composes the sections its analysis contribut
 tables each command's own report shows too), one block per series side by side. The page
 is the report kit's (``core.report``): it opens offline, with plotly.js inlined once.
 
-``report.md`` holds the headline table and the top features, for pasting into an issue
-or a lab notebook. Both escape model text (HTML entities in the page; code spans with
+Both open with the answer per regime (``verdict.verdict_lines``, the lines the CLI summary
+ends with). ``report.md`` holds it, the headline table and the top features, for pasting
+into an issue or a lab notebook. Both escape model text (HTML entities in the page; code spans with
 backticks removed in Markdown).
 """
 
@@ -51,6 +52,7 @@ class RunSection:
     id: str
     """Anchor and navigation name."""
     title: str
+    """Its heading."""
     render: Callable[[RunResult], Parts]
     """Its parts (markup and figures, in order) from a run; an empty-state line when the
     stage it shows has not run."""

@@ -6,10 +6,14 @@ a step reads ``novelty`` when its whole bootstrap interval lies above
 ``selection.index.SELECTION_SIDE`` (0.5), ``selection`` when it lies below, and
 ``undecided`` when it straddles it (``selection.report.reading``). A regime is
 
-- ``new computation from step S``: S is the first step that reads novelty;
-- ``selection``: every RL step reads selection;
-- ``selection, undecided at ...`` / ``undecided``: no step reads novelty and some (or
-  every) step straddles 0.5.
+- ``new computation from step S``: S is the first step that reads novelty and every later
+  step reads novelty too; ``new computation at step S, ..., not sustained`` when a later
+  step (the last one's reading is shown) reads otherwise;
+- ``selection at every step``: every RL step reads selection;
+- ``selection, undecided at ...`` / ``undecided at every step``: no step reads novelty and
+  some (or every) step straddles 0.5.
+
+Every line names the undecided steps with their interval.
 
 Each line then names the signals (``SIGNALS``) that see new computation, with the step
 each sees it from, and those that are silent. A signal reads one run table for one series
@@ -62,10 +66,10 @@ def _interval(row: pd.Series) -> str:
 
 
 def index_onset(index: pd.DataFrame) -> Onset | None:
-    """The first step whose whole interval lies above 0.5."""
+    """The first step whose whole interval lies above 0.5 (the verdict states its interval)."""
     for _, row in _steps(index).iterrows():
         if reading(row["index_lo"], row["index_hi"]) == "novelty":
-            return Onset(int(row["step"]), _interval(row))
+            return Onset(int(row["step"]), "")
     return None
 
 
@@ -99,24 +103,30 @@ module docstring); every signal is shown beside it, agreeing or not."""
 def regime_verdict(index: pd.DataFrame) -> str:
     """The verdict of one series from its index rows (see the module docstring)."""
     steps = _steps(index)
-    onset = index_onset(index)
-    if onset is not None:
-        return f"new computation from step {onset.step} ({onset.detail})"
-    undecided = [
-        f"step {int(row['step'])} ({_interval(row)})"
-        for _, row in steps.iterrows()
-        if reading(row["index_lo"], row["index_hi"]) == "undecided"
-    ]
-    if undecided and len(undecided) == len(steps):
-        return f"undecided at every step: {', '.join(undecided)}"
-    last = (
-        f"last step {int(steps['step'].iloc[-1])}: {_interval(steps.iloc[-1])}"
-        if len(steps)
-        else "no RL step"
-    )
-    if undecided:
-        return f"selection ({last}), undecided at {', '.join(undecided)}"
-    return f"selection at every step ({last})"
+    if steps.empty:
+        return "no RL step"
+    readings = [reading(lo, hi) for lo, hi in zip(steps["index_lo"], steps["index_hi"], strict=True)]
+    named = {
+        kind: [
+            f"step {int(row['step'])} ({_interval(row)})"
+            for (_, row), r in zip(steps.iterrows(), readings, strict=True)
+            if r == kind
+        ]
+        for kind in ("novelty", "undecided")
+    }
+    last = steps.iloc[-1]
+    last_step = f"last step {int(last['step'])}"
+    undecided = f", undecided at {', '.join(named['undecided'])}" if named["undecided"] else ""
+    if named["novelty"]:
+        first = readings.index("novelty")
+        if all(r == "novelty" for r in readings[first:]):
+            return f"new computation from {named['novelty'][0]}{undecided}"
+        later = f"{last_step} reads {readings[-1]} ({_interval(last)})"
+        return f"new computation at {', '.join(named['novelty'])}, not sustained: {later}{undecided}"
+    if len(named["undecided"]) == len(readings):
+        return f"undecided at every step: {', '.join(named['undecided'])}"
+    head = "selection at every step" if not undecided else "selection"
+    return f"{head} ({last_step}: {_interval(last)}){undecided}"
 
 
 def verdict_lines(

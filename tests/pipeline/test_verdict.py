@@ -31,8 +31,20 @@ def test_a_step_reads_from_its_interval(lo, hi, expected):
 
 def test_the_first_step_whose_interval_clears_one_half_starts_new_computation():
     # step 10's point estimate is above 0.5, but its interval straddles it: undecided
-    index = _index([(10, 0.55, 0.45, 0.65), (20, 0.7, 0.6, 0.8), (30, 0.4, 0.3, 0.45)])
-    assert regime_verdict(index) == "new computation from step 20 (index 0.7, interval 0.6-0.8)"
+    index = _index([(10, 0.55, 0.45, 0.65), (20, 0.7, 0.6, 0.8), (30, 0.8, 0.7, 0.9)])
+    assert regime_verdict(index) == (
+        "new computation from step 20 (index 0.7, interval 0.6-0.8), "
+        "undecided at step 10 (index 0.55, interval 0.45-0.65)"
+    )
+
+
+def test_new_computation_that_does_not_last_says_so():
+    # as the weak regime of notebooks/tiny.toml read: one step above 0.5, then back below
+    index = _index([(5, 0.48, 0.46, 0.49), (10, 0.5465, 0.5327, 0.5602), (40, 0.3976, 0.38, 0.41)])
+    assert regime_verdict(index) == (
+        "new computation at step 10 (index 0.5465, interval 0.5327-0.5602), not sustained: "
+        "last step 40 reads selection (index 0.3976, interval 0.38-0.41)"
+    )
 
 
 def test_undecided_steps_are_named_with_their_interval():
@@ -62,8 +74,7 @@ def test_lines_name_every_signal_and_follow_the_run_order(tmp_path):
         "weak: selection at every step (last step 5: index 0.1, interval 0-0.2); "
         "signals of new computation: none; silent: index, index change point, behaviour",
         "strong: new computation from step 5 (index 0.8, interval 0.7-0.9); signals of new "
-        "computation: index (step 5, index 0.8, interval 0.7-0.9), index change point (step 5, "
-        "interval 5-5), behaviour (step 5)",
+        "computation: index (step 5), index change point (step 5, interval 5-5), behaviour (step 5)",
     ]
     # the tables in another order: the lines keep the run's
     tables = {k: v.iloc[::-1] for k, v in run.tables.items()}
