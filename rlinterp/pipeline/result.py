@@ -155,11 +155,14 @@ class RunResult:
             raise RlinterpError(f"{self.root} has no dictionaries yet; run the dictionaries stage")
         lineage = self.tables.get("tracking/lineage")
         if lineage is not None and "latent" in lineage:
-            lineage = _lineage_by_step(lineage[lineage["latent"] == latent])
+            lineage = _lineage_by_step(self.in_run_order(lineage[lineage["latent"] == latent]))
+        contexts = self.in_run_order(self.contexts[self.contexts["latent"] == latent])
+        if "series" in contexts:  # the base's contexts first, then each series'
+            contexts = contexts.iloc[(contexts["series"] != "base").to_numpy().argsort(kind="stable")]
         return FeatureCard(
             latent=latent,
-            activity=self.latent_steps[self.latent_steps["latent"] == latent],
-            contexts=self.contexts[self.contexts["latent"] == latent],
+            activity=self.in_run_order(self.latent_steps[self.latent_steps["latent"] == latent]),
+            contexts=contexts,
             decoder=self.decoder_tokens[self.decoder_tokens["latent"] == latent],
             lineage=lineage,
         )

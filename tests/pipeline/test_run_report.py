@@ -212,6 +212,12 @@ def test_series_keep_the_run_order_in_every_table_and_figure(tmp_path):
         body = page[page.index(f"<h2 id='{section}'>") : page.index(f"<h2 id='{after}'>") if after else None]
         assert 0 < body.index("<h3>weak</h3>") < body.index("<h3>strong</h3>"), section
     assert [a.text for a in tracking_figure(run).layout.annotations] == ["weak", "strong"]
+    shuffled = dataclasses.replace(
+        run, contexts=run.contexts.iloc[::-1], latent_steps=run.latent_steps.iloc[::-1]
+    )
+    card = shuffled.card(4).to_html()
+    assert card.index("<h4>base: ") < card.index("<h4>weak: ") < card.index("<h4>strong: ")
+    assert card.index("weak mean act.") < card.index("strong mean act.")
     for make in (index_figure, fvu_drift_figure, kl_figure):
         figure = make(run)
         assert [t.name for t in figure.data] == ["weak", "strong"], make.__name__
