@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .circuits import CircuitsConfig as CircuitsConfig
     from .circuits import CircuitsResult as CircuitsResult
     from .circuits import run_circuits as run_circuits
+    from .circuits import write_circuits_report as write_circuits_report
     from .dictionaries import Crosscoder as Crosscoder
     from .dictionaries import CrosscoderConfig as CrosscoderConfig
     from .dictionaries import DictionaryConfig as DictionaryConfig
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     from .tracking import TrackResult as TrackResult
     from .tracking import lineage_table as lineage_table
     from .tracking import run_track as run_track
+    from .tracking import write_tracking_report as write_tracking_report
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__)
 

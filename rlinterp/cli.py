@@ -127,6 +127,7 @@ def _circuits(cmd: c.CircuitsCommand) -> None:
 
     from .circuits.analysis import run_circuits
     from .circuits.metrics import BehaviourMetric, BehaviourPrompts
+    from .circuits.report import write_circuits_report
 
     series = cmd.series.load()
     if cmd.source.prompts is not None:
@@ -137,6 +138,7 @@ def _circuits(cmd: c.CircuitsCommand) -> None:
 
         metric, prompts = organism_behaviour(cmd.series.require_organism("an organism metric"), cmd.metric)
     result = run_circuits(series, metric, prompts, cmd.out, cmd.circuits, force=cmd.force)
+    write_circuits_report(result, Path(cmd.out) / "report.html")
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
     sys.stdout.write(
         f"circuits in {cmd.out} (report: {Path(cmd.out) / 'report.html'})\n{rows.to_string(index=False)}\n"
@@ -175,10 +177,12 @@ def _selection(cmd: c.SelectionCommand) -> None:
 def _track(cmd: c.TrackCommand) -> None:
     _start()
     from .tracking.analysis import run_track
+    from .tracking.report import write_tracking_report
     from .tracking.result import summary_text
 
     series, prompts = cmd.series.load(), _prompts(cmd.prompts, cmd.series)
     result = run_track(series, prompts, cmd.dictionary, cmd.out, cmd.track, force=cmd.force)
+    write_tracking_report(result, Path(cmd.out) / "report.html")
     sys.stdout.write(
         f"track in {cmd.out} (report: {Path(cmd.out) / 'report.html'})\n{summary_text(result)}\n"
     )

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .config import CircuitsConfig as CircuitsConfig
     from .metrics import BehaviourMetric as BehaviourMetric
     from .metrics import BehaviourPrompts as BehaviourPrompts
+    from .report import write_circuits_report as write_circuits_report
     from .result import CircuitsResult as CircuitsResult
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -112,7 +112,8 @@ def run_circuits(
     force: bool = False,
 ) -> CircuitsResult:
     """Measure every component of every model of ``series`` for ``metric`` on ``prompts``
-    (see the module docstring); write tables, summary, report and manifest to ``out``.
+    (see the module docstring); write tables, summary and manifest to ``out`` (the report
+    is drawn by the command: ``report.write_circuits_report``).
 
     ``out`` must be absent, empty or a circuits run (see ``rundir``): a finished run of the
     same inputs is read back, not recomputed; one of other inputs is refused naming what
@@ -357,13 +358,11 @@ def fingerprint(
 
 
 def write_circuits(result: CircuitsResult, out: Path, series: ModelSeries, n_prompts: int) -> None:
-    """Tables, ``summary.json``, ``report.html``, then ``manifest.json`` (finished marker)."""
-    from .report import write_circuits_report
-
+    """Tables, ``summary.json``, then ``manifest.json`` (finished marker). The report is the
+    command's to draw (``report.write_circuits_report``), not the computation's."""
     for name in TABLES:
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     write_json(out / "summary.json", result.summary())
-    write_circuits_report(result, out / "report.html")
     rundir.finish(  # last: marks the directory finished
         out,
         rundir.CIRCUITS,

@@ -1,21 +1,23 @@
-"""Figures and the HTML section of a circuits run.
+"""Figures and report sections of a circuits run, and ``rlinterp circuits``' report.
 
 Built from a ``CircuitsResult``'s tables only (no model), so they are testable on arrays.
-``circuits_section`` is an HTML fragment (plotly.js not included) that the diff report can
-append; ``render_circuits_report`` is a self-contained page (plotly.js embedded once).
-Component names and tokens are escaped: model text is data, never markup.
+The verdict table and its note are what the circuits report and the run report both show;
+``circuits_sections`` can follow a diff report's own (``diff.report.render_report``); the
+page is the report kit's. Component names and tokens are escaped: model text is data,
+never markup.
 """
 
 from __future__ import annotations
 
-import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from ..core.artifacts import atomic_write
+from ..core.report import Html, Section, esc, page, table
 
 if TYPE_CHECKING:
     from .result import CircuitsConfig, CircuitsResult
@@ -98,25 +100,6 @@ def circuits_figures(result: CircuitsResult) -> list[go.Figure]:
     return figures
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in columns) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list):
-        return ", ".join(
-            f"{v[0]} ({v[1]:.2f})" if isinstance(v, list) and len(v) == 2 else str(v) for v in value
-        )
-    return str(value)
-
-
 def _estimator(config: CircuitsConfig) -> str:
     if config.attribution_steps == 1:
         return "Attribution patching: the plain gradient estimate at the receiver's run (1 step)."
@@ -129,75 +112,79 @@ def _estimator(config: CircuitsConfig) -> str:
     return f"Attribution patching: integrated gradients, {steps} interpolation steps, {moved}."
 
 
-def circuits_section(result: CircuitsResult, include_plotlyjs: bool = False) -> str:
-    """The circuits part of a report as an HTML fragment."""
-    steps = result.steps()
-    verdicts = _table(
-        steps,
-        [
-            "label",
-            "step",
-            "change",
-            "carriers",
-            "joint_recovery",
-            "base_used",
-            "overlap",
-            "chance_overlap",
-            "cancellation",
-            "verdict",
-        ],
-    )
-    tops = _table(steps, ["label", "step", "top_sufficiency", "top_necessity"])
-    agreement = _table(
-        result.agreement.to_dict(orient="records"),
-        ["label", "step", "setting", "spearman", "pearson", "top3_overlap", "n_prompts"],
-    )
+VERDICT_COLUMNS = (
+    "metric",
+    "step",
+    "change",
+    "carriers",
+    "joint_recovery",
+    "base_used",
+    "overlap",
+    "chance_overlap",
+    "cancellation",
+    "verdict",
+)
+"""The columns of the verdict table (those a steps table has)."""
+VERDICT_NOTE = Html(
+    "<p>Carriers: the fewest components (ranked by checkpoint-to-base recovery) whose joint patch "
+    "from the checkpoint into the base recovers the coverage target of the metric's change; "
+    "base_used: the components the base ranks highest for the behaviour (same number). The verdict "
+    "is <i>enhanced</i> when most carriers were already used by the base, <i>new</i> when not; "
+    "overlap against chance_overlap is the evidence.</p>"
+    "<p><b>What the verdict can and cannot see.</b> It compares whole components (attention "
+    "heads, MLP layers, the embedding and readout): it sees which components carry the change "
+    "and whether the base already used them for the behaviour. It cannot see inside a "
+    "component: when RL writes new computation into a component the base already used (new "
+    "neurons of the same MLP, a head's new output direction), the verdict reads "
+    "<i>enhanced</i>. So <i>new</i> is evidence of new computation, <i>enhanced</i> is not "
+    "evidence against it; the dictionary-level evidence (tracking's births, the index) looks "
+    "inside components.</p>"
+)
+"""How to read the verdict table, and what the component-level verdict cannot see, above
+it in every report."""
+
+
+def verdict_table(steps: pd.DataFrame) -> Html:
+    """Per step (and metric, when the table has several): the carriers, the evidence and
+    the verdict."""
+    return _table(steps, VERDICT_COLUMNS)
+
+
+def _table(frame: pd.DataFrame, columns: Sequence[str]) -> Html:
+    """The ``columns`` a table has (an empty table of a run without them has none)."""
+    return table(frame, [c for c in columns if c in frame])
+
+
+def circuits_sections(result: CircuitsResult) -> tuple[Section, ...]:
+    """The sections of a circuits report: verdicts, top components, how far attribution
+    patching agrees with exact patching, attention change, then the figures."""
+    steps = pd.DataFrame(result.steps())
+    agreement = ["label", "step", "setting", "spearman", "pearson", "top3_overlap", "n_prompts"]
     attention = result.attention.sort_values("tv_last", ascending=False).groupby("label", sort=False).head(3)
     attention = attention.assign(gained_token=attention["gained_token"].map(repr))  # show spaces
-    attention_rows = _table(
-        attention.to_dict(orient="records"),
-        ["label", "step", "component", "tv_mean", "tv_last", "gained_token"],
+    name = esc(result.metric_name)
+    parts = (
+        Html(f"<p>{esc(result.metric_description)}</p><h3>Verdict per step: enhanced or new circuit</h3>"),
+        VERDICT_NOTE,
+        verdict_table(steps),
+        Html("<h3>Top components per step</h3>"),
+        _table(steps, ["label", "step", "top_sufficiency", "top_necessity"]),
+        Html("<h3>Attribution patching vs exact patching (rank correlation over components)</h3>"),
+        Html(f"<p>{esc(_estimator(result.config))}</p>"),
+        _table(result.agreement, agreement),
+        Html("<h3>Heads whose attention at the answer position changed most</h3>"),
+        _table(attention, ["label", "step", "component", "tv_mean", "tv_last", "gained_token"]),
+        *circuits_figures(result),
     )
-    plots = "".join(
-        f.to_html(
-            full_html=False,
-            include_plotlyjs=include_plotlyjs and i == 0,
-            div_id=f"circuits-figure-{i}",  # stable ids: the same run writes the same bytes
-            config={"displaylogo": False},
-        )
-        for i, f in enumerate(circuits_figures(result))
-    )
-    name = html.escape(result.metric_name)
-    description = html.escape(result.metric_description)
-    return (
-        f"<h2>Circuits: metric <code>{name}</code></h2><p>{description}</p>"
-        "<h3>Verdict per step: enhanced or new circuit</h3>"
-        "<p>Carriers: the fewest components (ranked by checkpoint-to-base recovery) whose joint patch "
-        "recovers the coverage target; base_used: the components the base ranks highest for the "
-        "behaviour (same number). overlap vs chance_overlap is the evidence.</p>"
-        f"{verdicts}<h3>Top components per step</h3>{tops}"
-        f"<h3>Attribution patching vs exact patching (rank correlation over components)</h3>"
-        f"<p>{html.escape(_estimator(result.config))}</p>{agreement}"
-        f"<h3>Heads whose attention at the answer position changed most</h3>{attention_rows}{plots}"
-    )
+    return (Section(Html(f"Circuits: metric <code>{name}</code>"), parts),)
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
-td, th { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; font-family: monospace; }
-"""
+def render_circuits_report(result: CircuitsResult, title: str | None = None) -> str:
+    """The circuits report as one self-contained HTML page."""
+    return page(title or f"rlinterp circuits: {result.metric_name}", circuits_sections(result))
 
 
-def render_circuits_report(result: CircuitsResult, title: str = "rlinterp circuits") -> str:
-    """A self-contained HTML page with plotly.js inlined once."""
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"{circuits_section(result, include_plotlyjs=True)}</body></html>"
-    )
-
-
-def write_circuits_report(result: CircuitsResult, path: Path) -> None:
-    text = render_circuits_report(result, f"rlinterp circuits: {result.metric_name}")
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_circuits_report(result: CircuitsResult, path: str | Path) -> None:
+    """Write ``render_circuits_report(result)`` to ``path`` (atomically)."""
+    text = render_circuits_report(result)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,2 +1,3 @@
 """What every layer shares: safe artifact writing, the output-directory claim, named random
-streams and the HTML building blocks of reports. Imports nothing above ``rlinterp.errors``."""
+streams and the report kit (``core.report``: every page rlinterp writes). Imports nothing
+above ``rlinterp.errors``."""

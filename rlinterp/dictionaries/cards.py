@@ -13,9 +13,10 @@ transformer-lens 2.x, transformers 4.x and numpy 1.x, which conflict with our pi
 (transformer-lens 3.9, transformers 5, sae-lens 6.54), and it renders through its own
 templates where ours must share the report's single plotly.js and escaping.
 
-The tables behind the cards are computed here (``top_contexts``, ``decoder_tokens``) and
-written by the ``dictionaries`` stage; ``FeatureCard`` renders one latent from them. All
-model text is escaped (``page.esc``).
+The tables behind the cards are computed here (``top_contexts``) and by
+``diff.outputs.logit_tokens`` (the decoder read through the unembedding), written by the
+``dictionaries`` stage; ``FeatureCard`` renders one latent from them with the report kit.
+All model text is escaped (``core.report.esc``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
 from sae_lens import SAE
-from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from ..activations.harvest import ActivationStore
-from ..core.page import empty, esc, fmt, highlighted, sparkline, table
+from ..core.report import empty, esc, fmt, fragment, highlighted, sparkline, table
 from .train import top_activations
 
 BEFORE, AFTER = 16, 4
@@ -112,40 +111,6 @@ def _values_at(
     return values
 
 
-@torch.no_grad()
-def decoder_tokens(
-    decoder: Float[Tensor, "d_sae d_model"],
-    unembed: Float[Tensor, "d_model d_vocab"],
-    tokenizer: PreTrainedTokenizerBase,
-    top_k: int = 8,
-) -> pd.DataFrame:
-    """Per latent, the tokens its decoder direction promotes (largest logits through
-    ``unembed``) and suppresses (smallest), special tokens left out: ``latent, direction,
-    rank, token, logit``."""
-    logits = decoder.float().cpu() @ unembed.float().cpu()
-    usable = torch.ones(logits.shape[1], dtype=torch.bool)
-    usable[torch.tensor(tokenizer.all_special_ids, dtype=torch.long)] = False
-    ids = usable.nonzero().squeeze(1)
-    logits = logits[:, ids]
-    k = min(top_k, len(ids))
-    rows = []
-    for direction, sign in (("promoted", 1.0), ("suppressed", -1.0)):
-        top = (sign * logits).topk(k, dim=1)
-        for latent in range(logits.shape[0]):
-            for rank in range(k):
-                token_id = int(ids[top.indices[latent, rank]])
-                rows.append(
-                    {
-                        "latent": latent,
-                        "direction": direction,
-                        "rank": rank,
-                        "token": tokenizer.decode([token_id]),
-                        "logit": sign * float(top.values[latent, rank]),
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
 @dataclass(frozen=True)
 class FeatureCard:
     """Everything shown for one latent (slices of the ``dictionaries`` stage's tables)."""
@@ -156,7 +121,7 @@ class FeatureCard:
     contexts: pd.DataFrame
     """``contexts`` rows of this latent: series (``base`` or a series), label, windows."""
     decoder: pd.DataFrame
-    """``decoder_tokens`` rows of this latent."""
+    """``decoder_tokens`` rows of this latent (``diff.outputs.logit_tokens`` of its decoder)."""
     lineage: pd.DataFrame | None = None
     """Rows of a tracking stage's lineage table for this latent, when there is one."""
 
@@ -204,6 +169,4 @@ class FeatureCard:
         return table(self.lineage)
 
     def _repr_html_(self) -> str:
-        from ..core.page import STYLE
-
-        return f"<style>{STYLE}</style>{self.to_html()}"
+        return fragment([self.to_html()])

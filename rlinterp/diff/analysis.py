@@ -97,7 +97,7 @@ class SeriesDiff:
         return rows
 
     def _repr_html_(self) -> str:
-        from ..core.page import table
+        from ..core.report import table
 
         return table(pd.DataFrame(self.summary()))
 

@@ -7,7 +7,9 @@ and what the mean activation change of each layer says about tokens.
   tokens whose distribution moved most.
 - **Activation-difference lens**: the mean difference vector of a hook (``post - base``)
   read through the checkpoint's unembedding ``W_U`` (no final norm: a difference vector
-  has no scale of its own to normalise), listing the tokens it promotes and suppresses.
+  has no scale of its own to normalise), listing the tokens it promotes and suppresses
+  (``logit_tokens``, the one reading of directions as tokens: feature cards and tracking
+  read decoders with it too).
 
 A checkpoint compared with itself gives KL exactly 0 (the same logits).
 """
@@ -43,7 +45,7 @@ class OutputDiff:
     base_top, post_top`` (the argmax next token before and after)."""
     lens: pd.DataFrame
     """The activation-difference lens of each given direction: ``label, hook`` and the
-    columns of ``difference_lens``."""
+    columns of ``logit_tokens`` (but ``latent``)."""
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -79,7 +81,8 @@ def diff_outputs(
         post_model = series.load(checkpoint)
         for (label, hook), vector in (directions or {}).items():
             if label == checkpoint.label and checkpoint != series.base:
-                lens = difference_lens(vector, post_model.W_U, post_model.tokenizer, top_k)
+                logits = vector[None].to(post_model.W_U.device).float() @ post_model.W_U.float()
+                lens = logit_tokens(logits, post_model.tokenizer, top_k).drop(columns="latent")
                 lenses.append(lens.assign(label=label, hook=hook))
         kls, base_top, post_top = [], [], []
         for batch in store.token_batches():  # in store-row order: kl[i] is store row i
@@ -152,33 +155,41 @@ class _BaseRuns:
 
 
 @torch.no_grad()
-def difference_lens(
-    direction: Float[Tensor, " d_model"],
-    unembed: Float[Tensor, "d_model d_vocab"],
+def logit_tokens(
+    logits: Float[Tensor, "n d_vocab"],
     tokenizer: PreTrainedTokenizerBase,
     top_k: int = 10,
+    skip_special: bool = True,
 ) -> pd.DataFrame:
-    """Tokens a direction promotes (largest logits) and suppresses (smallest) when read
-    through ``unembed``: ``direction, rank, token_id, token, logit``."""
-    all_logits = direction.float().to(unembed.device) @ unembed.float()
-    # Special tokens (padding, BOS, ...) are never predicted in text; leave them out.
-    usable = torch.ones(all_logits.shape[0], dtype=torch.bool, device=all_logits.device)
-    usable[torch.tensor(tokenizer.all_special_ids, dtype=torch.long, device=usable.device)] = False
-    ids = usable.nonzero().squeeze(1)
-    logits = all_logits[ids]
+    """What directions write into the logits, as tokens: per row of ``logits`` (directions
+    read through an unembedding, ``directions @ W_U``: a lens's mean difference, a
+    dictionary's decoder), the ``top_k`` tokens it promotes (largest logits) and suppresses
+    (smallest): ``latent`` (the row), ``direction``, ``rank``, ``token_id``, ``token``,
+    ``logit``; every row's promoted tokens first. Special tokens (padding, BOS, ...) are
+    left out unless ``skip_special`` is False: text never predicts them."""
+    logits = logits.float().cpu()
+    ids = torch.arange(logits.shape[1])
+    if skip_special:
+        usable = torch.ones(logits.shape[1], dtype=torch.bool)
+        usable[torch.tensor(tokenizer.all_special_ids, dtype=torch.long)] = False
+        ids = ids[usable]
     k = min(top_k, len(ids))
-    rows = []
-    for kind, (values, positions) in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
-        index = ids[positions]
-        sign = 1.0 if kind == "promoted" else -1.0
-        rows += [
-            {
-                "direction": kind,
-                "rank": r,
-                "token_id": int(i),
-                "token": tokenizer.decode([int(i)]),
-                "logit": sign * float(v),
-            }
-            for r, (v, i) in enumerate(zip(values, index, strict=True))
-        ]
-    return pd.DataFrame(rows)
+    kept = logits[:, ids]
+    frames = []
+    for direction, sign in (("promoted", 1.0), ("suppressed", -1.0)):
+        top = (sign * kept).topk(k, dim=-1)
+        token_ids = ids[top.indices.flatten()]
+        names = {int(i): tokenizer.decode([int(i)]) for i in token_ids.unique()}
+        frames.append(
+            pd.DataFrame(
+                {
+                    "latent": torch.arange(logits.shape[0]).repeat_interleave(k).numpy(),
+                    "direction": direction,
+                    "rank": torch.arange(k).repeat(logits.shape[0]).numpy(),
+                    "token_id": token_ids.numpy(),
+                    "token": [names[int(i)] for i in token_ids],
+                    "logit": (sign * top.values.flatten()).numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

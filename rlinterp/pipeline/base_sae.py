@@ -32,16 +32,20 @@ from sae_lens import SAE
 
 from ..activations.harvest import ActivationStore
 from ..core.artifacts import write_json, write_parquet
-from ..dictionaries.cards import decoder_tokens, top_contexts
+from ..dictionaries.cards import top_contexts
 from ..dictionaries.evaluation import evaluate_sae
 from ..dictionaries.sae import TrainedSAE
 from ..dictionaries.train import train_dictionary
 from ..diff.analysis import SeriesDiff
+from ..diff.outputs import logit_tokens
 
 if TYPE_CHECKING:
     from .config import RunContext
 
 log = logging.getLogger(__name__)
+
+CARD_TOKENS = 8
+"""Tokens listed per latent and direction in ``decoder_tokens.parquet`` (the cards)."""
 
 
 def most_changed_hook(diffs: dict[str, SeriesDiff]) -> str:
@@ -110,8 +114,9 @@ def run_dictionaries(ctx: RunContext) -> None:
     write_parquet(out / "fvu_drift.parquet", pd.DataFrame(drift))
     write_parquet(out / "latent_steps.parquet", pd.concat(activity, ignore_index=True))
     write_parquet(out / "contexts.parquet", pd.concat(contexts, ignore_index=True))
-    unembed = base_series.load(base_series.base).W_U
-    write_parquet(out / "decoder_tokens.parquet", decoder_tokens(sae.W_dec, unembed, tokenizer))
+    unembed = base_series.load(base_series.base).W_U.detach().float().cpu()
+    decoder = logit_tokens(sae.W_dec.detach().float().cpu() @ unembed, tokenizer, CARD_TOKENS)
+    write_parquet(out / "decoder_tokens.parquet", decoder)
 
     extra = {}
     for name, store in stores.items():

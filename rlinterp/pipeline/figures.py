@@ -15,25 +15,29 @@ returns a themed copy.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..core.page import PALETTE
+from ..core.report.theme import PALETTE
+from ..core.report.theme import paper as paper
+from ..diff.report import kl_figure as kl_figure
+from ..diff.report import site_pivot
 from ..errors import RlinterpError
+from ..selection.index import SELECTION_SIDE
+from ..tracking.lineage import CHANGES
 
 if TYPE_CHECKING:
     from .result import RunResult
 
 Format = Literal["pdf", "svg", "png"]
-FULL_WIDTH, COLUMN_WIDTH = 504, 252
-"""Figure widths in points (1 px = 1 pt in the export): a two-column paper's text width
-(7 in) and one column (3.5 in)."""
 
 
 def _side_by_side(names: list[str], shared_y: bool = True) -> go.Figure:
@@ -46,6 +50,28 @@ def _side_by_side(names: list[str], shared_y: bool = True) -> go.Figure:
     )
 
 
+def _lines_side_by_side(panels: dict[str, dict[str, tuple[pd.Series, pd.Series]]]) -> go.Figure:
+    """One panel per name, each holding named lines ``(x, y)``; a line name has one colour
+    and one legend entry across the panels."""
+    figure = _side_by_side(list(panels))
+    colours: dict[str, str] = {}
+    for col, lines in enumerate(panels.values(), 1):
+        for name, (x, y) in lines.items():
+            first = name not in colours
+            colour = colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
+            trace = go.Scatter(
+                x=x,
+                y=y,
+                name=name,
+                legendgroup=name,
+                showlegend=first,
+                mode="lines+markers",
+                line={"color": colour},
+            )
+            figure.add_trace(trace, row=1, col=col)
+    return figure
+
+
 def behaviour_figure(run: RunResult) -> go.Figure:
     """Share of sampled answers in each persona's style (and mixed / none) by RL step."""
     table = run.behaviour
@@ -55,43 +81,29 @@ def behaviour_figure(run: RunResult) -> go.Figure:
     shares = [
         c for c in table.columns if c.startswith("share_") and c not in ("share_none_near", "share_none_far")
     ]
-    figure = _side_by_side(regimes)
-    for col, regime in enumerate(regimes, 1):
+    panels = {}
+    for regime in regimes:
         rows = table[table["regime"] == regime].sort_values("step")
-        for i, share in enumerate(shares):
-            figure.add_trace(
-                go.Scatter(
-                    x=rows["step"],
-                    y=rows[share],
-                    name=share.removeprefix("share_"),
-                    legendgroup=share,
-                    showlegend=col == 1,
-                    mode="lines+markers",
-                    line={"color": PALETTE[i % len(PALETTE)]},
-                ),
-                row=1,
-                col=col,
-            )
+        panels[regime] = {share.removeprefix("share_"): (rows["step"], rows[share]) for share in shares}
+    figure = _lines_side_by_side(panels)
     figure.update_yaxes(title_text="share of answers", row=1, col=1)
     return _titled(figure, "Behaviour: answer styles by RL step")
 
 
 def weights_figure(run: RunResult) -> go.Figure:
-    """Relative Frobenius change of the weights per (layer, component) and step."""
-    names = run.series
-    figure = _side_by_side(names)
-    for col, name in enumerate(names, 1):
-        frame = run.diffs[name].weights_by_component
-        site = [
-            f"{'' if pd.isna(layer) else f'L{int(layer)} '}{component}"
-            for layer, component in zip(frame["layer"], frame["component"], strict=True)
-        ]
-        pivot = frame.assign(site=site).pivot_table(
-            index="site", columns="step", values="rel_frobenius", aggfunc="first", sort=False
-        )
+    """Relative Frobenius change of the weights per (layer, component) and RL step, one
+    panel per series on one *log* colour scale: regimes differ by orders of magnitude, and a
+    linear scale shared by all paints every cell of the gentler one the same colour. Steps
+    without any change (the base against itself) are left out; hover shows the value."""
+    pivots = {name: site_pivot(run.diffs[name].weights_by_component) for name in run.series}
+    pivots = {name: pivot.loc[:, (pivot > 0).any()] for name, pivot in pivots.items()}
+    figure = _side_by_side(list(pivots))
+    for col, pivot in enumerate(pivots.values(), 1):
         figure.add_trace(
             go.Heatmap(
-                z=pivot.to_numpy(),
+                z=np.log10(pivot.where(pivot > 0)).to_numpy(),
+                customdata=pivot.to_numpy(),
+                hovertemplate="step %{x}, %{y}: %{customdata:.3g}<extra></extra>",
                 x=[str(s) for s in pivot.columns],
                 y=list(pivot.index),
                 coloraxis="coloraxis",
@@ -99,53 +111,72 @@ def weights_figure(run: RunResult) -> go.Figure:
             row=1,
             col=col,
         )
-    figure.update_layout(coloraxis={"colorscale": "Viridis", "colorbar": {"title": "rel. change"}})
+    figure.update_layout(
+        coloraxis={"colorscale": "Viridis", "colorbar": {"title": "rel. change", **_decades(pivots)}}
+    )
     figure.update_yaxes(autorange="reversed")
-    return _titled(figure, "Weights: relative Frobenius change")
+    return _titled(figure, "Weights: relative Frobenius change (log scale)")
+
+
+def _decades(pivots: dict[str, pd.DataFrame]) -> dict[str, list[Any]]:
+    """Colour-bar ticks of a log10 scale at every power of ten the changes span."""
+    changed = [float(v) for pivot in pivots.values() for v in pivot.to_numpy().ravel() if v > 0]
+    if not changed:
+        return {}
+    decades = range(math.floor(math.log10(min(changed))), math.ceil(math.log10(max(changed))) + 1)
+    return {"tickvals": list(decades), "ticktext": [f"{10.0**k:g}" for k in decades]}
 
 
 def activations_figure(run: RunResult) -> go.Figure:
     """Mean per-token relative activation change ``||post - base|| / ||base||`` per hook."""
-    names = run.series
-    figure = _side_by_side(names)
-    hooks = list(dict.fromkeys(h for d in run.diffs.values() for h in d.activations["hook"]))
-    for col, name in enumerate(names, 1):
-        acts = run.diffs[name].activations
-        for i, hook in enumerate(hooks):
-            rows = acts[acts["hook"] == hook].sort_values("step")
-            figure.add_trace(
-                go.Scatter(
-                    x=rows["step"],
-                    y=rows["rel_diff_norm"],
-                    name=hook,
-                    legendgroup=hook,
-                    showlegend=col == 1,
-                    mode="lines+markers",
-                    line={"color": PALETTE[i % len(PALETTE)]},
-                ),
-                row=1,
-                col=col,
-            )
+    panels = {}
+    for name, diff in run.diffs.items():
+        acts = diff.activations.sort_values("step", kind="stable")
+        panels[name] = {
+            str(hook): (rows["step"], rows["rel_diff_norm"])
+            for hook, rows in acts.groupby("hook", sort=False)
+        }
+    figure = _lines_side_by_side(panels)
     figure.update_yaxes(title_text="relative change", row=1, col=1)
     return _titled(figure, "Activations: relative change per hook")
 
 
-def kl_figure(run: RunResult) -> go.Figure:
-    """Mean per-token KL(post || base) of the next-token distribution, every series."""
+def series_colour(run: RunResult, name: str) -> str:
+    """A series' colour in every figure of the run: its place in the run's order."""
+    place = run.series.index(name) if name in run.series else len(run.series)
+    return PALETTE[place % len(PALETTE)]
+
+
+def _lines_per_series(
+    run: RunResult, frame: pd.DataFrame, value: str, interval: tuple[str, str] | None = None
+) -> go.Figure:
+    """One line of ``value`` by step per series of ``frame``, in the run's order and
+    colours; ``interval = (lo, hi)`` columns draw as error bars."""
     figure = go.Figure()
-    for i, name in enumerate(run.series):
-        outputs = run.diffs[name].outputs.sort_values("step")
+    for name, rows in run.in_run_order(frame).groupby("series", sort=False):
+        rows = rows.sort_values("step")
+        colour = series_colour(run, str(name))
+        bars = None
+        if interval is not None:
+            lo, hi = interval
+            bars = {
+                "type": "data",
+                "symmetric": False,
+                "array": rows[hi] - rows[value],
+                "arrayminus": rows[value] - rows[lo],
+                "color": colour,
+            }
         figure.add_trace(
             go.Scatter(
-                x=outputs["step"],
-                y=outputs["kl_mean"],
-                name=name,
+                x=rows["step"],
+                y=rows[value],
+                name=str(name),
                 mode="lines+markers",
-                line={"color": PALETTE[i % len(PALETTE)]},
+                line={"color": colour},
+                error_y=bars,
             )
         )
-    figure.update_layout(xaxis_title="RL step", yaxis_title="nats per token", yaxis_type="log")
-    return _titled(figure, "Outputs: KL(post || base)")
+    return figure
 
 
 def fvu_drift_figure(run: RunResult) -> go.Figure:
@@ -153,18 +184,7 @@ def fvu_drift_figure(run: RunResult) -> go.Figure:
     drift = run.fvu_drift
     if drift.empty:
         return _empty("Dictionaries: no FVU drift (the dictionaries stage has not run)")
-    figure = go.Figure()
-    for i, name in enumerate(dict.fromkeys(drift["series"])):
-        rows = drift[drift["series"] == name].sort_values("step")
-        figure.add_trace(
-            go.Scatter(
-                x=rows["step"],
-                y=rows["fvu"],
-                name=str(name),
-                mode="lines+markers",
-                line={"color": PALETTE[i % len(PALETTE)]},
-            )
-        )
+    figure = _lines_per_series(run, drift, "fvu")
     hook = run.dictionary_info.get("hook", "")
     figure.update_layout(xaxis_title="RL step", yaxis_title="FVU of the base SAE")
     return _titled(figure, f"Dictionaries: FVU drift at {hook}")
@@ -176,24 +196,9 @@ def latent_trajectory_figure(run: RunResult, latent: int) -> go.Figure:
     rows = steps[steps["latent"] == latent] if not steps.empty else steps
     if rows.empty:
         return _empty(f"Latent {latent}: no activity table")
-    figure = go.Figure()
-    for i, (name, group) in enumerate(rows.groupby("series", sort=False)):
-        group = group.sort_values("step")
-        figure.add_trace(
-            go.Scatter(
-                x=group["step"],
-                y=group["mean_activation"],
-                name=str(name),
-                mode="lines+markers",
-                line={"color": PALETTE[i % len(PALETTE)]},
-            )
-        )
+    figure = _lines_per_series(run, rows, "mean_activation")
     figure.update_layout(xaxis_title="RL step", yaxis_title="mean activation")
     return _titled(figure, f"Latent {latent}: activation by RL step")
-
-
-TRACKED_CHANGES = ("amplified", "suppressed", "rotated", "repurposed", "born", "died", "split", "merged")
-"""The lineage classes drawn (``stable`` and ``inactive`` are the rest of the latents)."""
 
 
 def tracking_figure(run: RunResult) -> go.Figure:
@@ -202,13 +207,13 @@ def tracking_figure(run: RunResult) -> go.Figure:
     summary = run.tables.get("tracking/summary", pd.DataFrame())
     if summary.empty:
         return _empty("Tracking: no lineage (the tracking stage has not run)")
-    names = list(dict.fromkeys(summary["series"]))
+    names = list(dict.fromkeys(run.in_run_order(summary)["series"]))
     figure = _side_by_side(names)
     for col, name in enumerate(names, 1):
         rows = summary[summary["series"] == name]
         source = "on-policy" if "on-policy" in set(rows["source"]) else rows["source"].iloc[0]
         rows = rows[rows["source"] == source].sort_values("step")
-        for i, cls in enumerate(TRACKED_CHANGES):
+        for i, cls in enumerate(CHANGES):
             figure.add_trace(
                 go.Bar(
                     x=rows["step"].astype(str),
@@ -231,28 +236,43 @@ def index_figure(run: RunResult) -> go.Figure:
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
         return _empty("Selection: no index (the selection stage has not run)")
-    figure = go.Figure()
-    for i, name in enumerate(dict.fromkeys(index["series"])):
-        rows = index[index["series"] == name].sort_values("step")
-        colour = PALETTE[i % len(PALETTE)]
-        figure.add_trace(
-            go.Scatter(
-                x=rows["step"],
-                y=rows["index"],
-                name=str(name),
-                mode="lines+markers",
-                line={"color": colour},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": rows["index_hi"] - rows["index"],
-                    "arrayminus": rows["index"] - rows["index_lo"],
-                    "color": colour,
-                },
-            )
-        )
-    figure.update_layout(xaxis_title="RL step", yaxis_title="selection (0) … novelty (1)")
+    figure = _lines_per_series(run, index, "index", interval=("index_lo", "index_hi"))
+    figure.add_hline(
+        y=SELECTION_SIDE,
+        line={"dash": "dash", "width": 1, "color": "#777777"},
+        annotation_text="0.5: selection below, novelty above",
+        annotation_position="bottom right",
+    )
+    _mark_transitions(figure, run)
+    figure.update_layout(
+        xaxis_title="RL step", yaxis_title="selection (0) … novelty (1)", yaxis_range=[-0.05, 1.05]
+    )
     return _titled(figure, "Selection-versus-novelty index")
+
+
+def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
+    """Each series' index transition as a dotted line in its colour at the change point,
+    its bootstrap interval shaded, and a label at the top."""
+    found = run.in_run_order(run.tables.get("selection/transition", pd.DataFrame()))
+    if found.empty:
+        return
+    for i, row in enumerate(found[found["index_found"].astype(bool)].itertuples()):
+        colour = series_colour(run, str(row.series))
+        figure.add_vline(x=row.index_step, line={"dash": "dot", "width": 1.5, "color": colour})
+        if row.index_step_lo < row.index_step_hi:
+            figure.add_vrect(
+                x0=row.index_step_lo, x1=row.index_step_hi, fillcolor=colour, opacity=0.12, line_width=0
+            )
+        figure.add_annotation(
+            x=row.index_step,
+            y=1,
+            yref="paper",
+            yshift=-14 * i,
+            xanchor="left",
+            showarrow=False,
+            text=f" {row.series}: transition",
+            font={"color": colour},
+        )
 
 
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
@@ -264,17 +284,12 @@ FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "tracking": tracking_figure,
     "index": index_figure,
 }
-"""The report's figures by file name; later stages add theirs with ``register_figure``."""
-
-
-def register_figure(name: str, figure: Callable[[RunResult], go.Figure]) -> None:
-    FIGURES[name] = figure
+"""The run's figures by file name, in the report's order (what ``export_figures`` writes)."""
 
 
 def _titled(figure: go.Figure, title: str) -> go.Figure:
     figure.update_layout(title=title)
-    for col in range(1, len(figure.layout.annotations) + 1):  # one x title per subplot
-        figure.update_xaxes(title_text="RL step", row=1, col=col)
+    figure.update_xaxes(title_text="RL step")  # every panel's
     return figure
 
 
@@ -282,29 +297,6 @@ def _empty(text: str) -> go.Figure:
     figure = go.Figure()
     figure.update_layout(title=text, xaxis={"visible": False}, yaxis={"visible": False})
     return figure
-
-
-def paper(figure: go.Figure, width: int | None = None) -> go.Figure:
-    """A copy of ``figure`` in the publication theme: full text width when it has several
-    panels, one column otherwise; 8 pt sans-serif; white background; no modebar."""
-    themed = go.Figure(figure)
-    panels = sum(1 for key in themed.layout if key.startswith("xaxis"))  # xaxis, xaxis2, ...
-    width = width or (FULL_WIDTH if panels > 1 or themed.layout.coloraxis.colorscale else COLUMN_WIDTH)
-    themed.update_layout(
-        template="simple_white",
-        width=width,
-        height=int(width * (0.42 if width == FULL_WIDTH else 0.75)),
-        font={"family": "Helvetica, Arial, sans-serif", "size": 8, "color": "black"},
-        title={"font": {"size": 9}, "x": 0.0, "xanchor": "left"},
-        margin={"l": 45, "r": 10, "t": 35, "b": 35},
-        legend={"font": {"size": 7}, "tracegroupgap": 0, "itemwidth": 30},
-        colorway=list(PALETTE),
-    )
-    themed.update_annotations(font_size=8)
-    themed.update_traces(marker_size=4, line_width=1.5, selector={"type": "scatter"})
-    for i, trace in enumerate(themed.data):
-        trace.uid = f"trace-{i}"  # plotly draws a random one otherwise: byte-stable SVG
-    return themed
 
 
 def export_figures(run: RunResult, out: str | Path, fmt: Format = "pdf") -> list[Path]:

@@ -1,13 +1,15 @@
 """The report of a run: one self-contained ``report.html`` and a ``report.md`` summary.
 
-The HTML report is a list of sections (``SECTIONS``); each renders from a ``RunResult``
-into HTML and figures, and a section whose stage has not run shows an empty-state line
-instead. Later stages add theirs with ``register_section``. The page inlines plotly.js
-exactly once (in the first figure), so it opens offline; the latent table is searchable
-and sortable with a few lines of plain JavaScript (``page.SCRIPT``).
+The HTML report is the ordered tuple of sections ``SECTIONS``; each renders from a
+``RunResult`` into markup and figures, and a section whose stage has not run shows an
+empty-state line instead. A section composes the sections its analysis contributes
+(``diff.report``, ``tracking.report``, ``selection.report``, ``circuits.report``: the
+tables each command's own report shows too), one block per series side by side. The page
+is the report kit's (``core.report``): it opens offline, with plotly.js inlined once.
 
-``report.md`` holds the headline table and the top features, for pasting into an issue
-or a lab notebook. Both escape model text (HTML entities in the page; code spans with
+Both open with the answer per regime (``verdict.verdict_lines``, the lines the CLI summary
+ends with). ``report.md`` holds it, the headline table and the top features, for pasting
+into an issue or a lab notebook. Both escape model text (HTML entities in the page; code spans with
 backticks removed in Markdown).
 """
 
@@ -17,293 +19,199 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
-import plotly.graph_objects as go
 
+from ..circuits.report import VERDICT_NOTE, verdict_table
 from ..core.artifacts import atomic_write
-from ..core.page import empty, esc, figure_div, fmt, linked_table, page, table
-from ..selection.analysis import CHOICE_COLUMNS
+from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, table
+from ..diff.report import kl_figure, lens_table, top_tokens_table
+from ..selection.report import INDEX_NOTE, index_table
+from ..tracking.report import NOTE as TRACKING_NOTE
+from ..tracking.report import SUMMARY_COLUMNS as TRACKING_COLUMNS
+from ..tracking.report import changed_latents_table
 from .figures import (
-    TRACKED_CHANGES,
     activations_figure,
     behaviour_figure,
     fvu_drift_figure,
     index_figure,
-    kl_figure,
     tracking_figure,
     weights_figure,
 )
-from .result import RunResult, transitions
+from .result import RunResult
+from .verdict import verdict_lines
+
+Parts: TypeAlias = tuple[Part, ...]
 
 
 @dataclass(frozen=True)
-class Content:
-    """What a section shows: HTML blocks and figures, in order (a figure is placed where
-    its entry is)."""
-
-    parts: tuple[str | go.Figure, ...]
-
-
-@dataclass(frozen=True)
-class Section:
-    """One section of the report."""
+class RunSection:
+    """One section of the run report."""
 
     id: str
     """Anchor and navigation name."""
     title: str
-    render: Callable[[RunResult], Content]
+    """Its heading."""
+    render: Callable[[RunResult], Parts]
+    """Its parts (markup and figures, in order) from a run; an empty-state line when the
+    stage it shows has not run."""
 
 
-def behaviour_section(run: RunResult) -> Content:
+def behaviour_section(run: RunResult) -> Parts:
     if run.behaviour.empty:
-        return Content((empty("No behaviour table: the series do not come from the organism."),))
+        return (empty("No behaviour table: the series do not come from the organism."),)
     columns = [c for c in run.behaviour.columns if c not in ("share_none_near", "share_none_far")]
-    return Content((behaviour_figure(run), table(run.behaviour, columns)))
+    return (behaviour_figure(run), table(run.behaviour, columns))
 
 
-def weights_section(run: RunResult) -> Content:
-    return Content((weights_figure(run),)) if run.diffs else Content((empty("No diff yet."),))
+def weights_section(run: RunResult) -> Parts:
+    return (weights_figure(run),) if run.diffs else (empty("No diff yet."),)
 
 
-def activations_section(run: RunResult) -> Content:
-    return Content((activations_figure(run),)) if run.diffs else Content((empty("No diff yet."),))
+def activations_section(run: RunResult) -> Parts:
+    return (activations_figure(run),) if run.diffs else (empty("No diff yet."),)
 
 
-def outputs_section(run: RunResult) -> Content:
+def outputs_section(run: RunResult) -> Parts:
     if not run.diffs:
-        return Content((empty("No diff yet."),))
-    columns = []
-    for name, diff in run.diffs.items():
-        columns.append(f"<div><h3>{esc(name)}</h3>{_lens(diff.lens)}{_top_tokens(diff.top_tokens)}</div>")
-    return Content((kl_figure(run), f"<div class='side'>{''.join(columns)}</div>"))
+        return (empty("No diff yet."),)
+    blocks = {name: lens_table(d.lens) + top_tokens_table(d.top_tokens, n=8) for name, d in run.diffs.items()}
+    return (kl_figure(run), side_by_side(blocks))
 
 
-def _lens(lens: pd.DataFrame) -> str:
-    if lens.empty:
-        return empty("No RL checkpoint to read through the lens.")
-    last = lens[lens["label"] == lens["label"].iloc[-1]]
-    rows = [
-        {
-            "hook": hook,
-            "promoted": " ".join(map(repr, group[group["direction"] == "promoted"]["token"])),
-            "suppressed": " ".join(map(repr, group[group["direction"] == "suppressed"]["token"])),
-        }
-        for hook, group in last.groupby("hook", sort=False)
-    ]
-    return (
-        f"<p>Activation-difference lens at <b>{esc(last['label'].iloc[0])}</b> (mean difference "
-        "through W_U):</p>" + table(pd.DataFrame(rows))
-    )
-
-
-def _top_tokens(tops: pd.DataFrame, n: int = 8) -> str:
-    if tops.empty:
-        return empty("No token changed.")
-    last = tops[tops["label"] == tops["label"].iloc[-1]]
-    kl = last[last["source"] == "kl"]
-    if kl.empty:
-        return empty("No KL rows at the last checkpoint.")
-    shown = kl.drop_duplicates(["context", "token"]).head(n)
-    rows = "".join(
-        f"<tr><td>{esc(r.context)}<mark>{esc(r.token)}</mark></td><td>{esc(fmt(float(r.kl)))}</td>"
-        f"<td>{esc(repr(r.base_top))} → {esc(repr(r.post_top))}</td></tr>"
-        for r in shown.itertuples()
-    )
-    return (
-        "<p>Positions whose next-token distribution moved most:</p><table><thead><tr><th>context "
-        f"(position marked)</th><th>KL</th><th>base → post</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
-
-
-def dictionaries_section(run: RunResult) -> Content:
+def dictionaries_section(run: RunResult) -> Parts:
     if run.fvu_drift.empty:
-        return Content((empty("No dictionaries yet: the dictionaries stage has not run."),))
+        return (empty("No dictionaries yet: the dictionaries stage has not run."),)
     quality = run.fvu_drift[run.fvu_drift["step"] == 0].head(1)
     columns = ["explained_variance", "l0", "dead_fraction", "dense_fraction", "n_tokens"]
     info = run.dictionary_info
     extra = "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>" for k, v in info.get("extra", {}).items())
-    return Content(
-        (
-            f"<p>Base SAE at <code>{esc(info.get('hook', ''))}</code>, quality on the base model:</p>",
-            table(quality, columns),
-            fvu_drift_figure(run),
-            f"<ul>{extra}</ul>" if extra else "",
-        )
+    return (
+        f"<p>Base SAE at <code>{esc(info.get('hook', ''))}</code>, quality on the base model:</p>",
+        table(quality, columns),
+        fvu_drift_figure(run),
+        f"<ul>{extra}</ul>" if extra else "",
     )
 
 
-def features_section(run: RunResult, cards: int | None = None) -> Content:
+def features_section(run: RunResult, cards: int | None = None) -> Parts:
     latents = run.latent_table()
     if latents.empty:
-        return Content((empty("No feature cards yet: the dictionaries stage has not run."),))
+        return (empty("No feature cards yet: the dictionaries stage has not run."),)
     n = cards if cards is not None else int(run.config.get("dictionaries", {}).get("cards", 24))
     carded = [run.card(int(j)) for j in latents["latent"].head(n)]
     anchors: dict[object, str] = {c.latent: c.anchor for c in carded}
-    columns = [c for c in latents.columns]
     intro = (
         f"<p>Every latent of the base SAE; the {len(carded)} whose activity changed most link to "
         "their card. Type to filter; click a header to sort.</p>"
     )
-    return Content(
-        (intro, linked_table(latents, columns, "latent", anchors, "latents"), *(c.to_html() for c in carded))
-    )
+    latent_table = table(latents, table_id="latents", links=("latent", anchors))
+    return (intro, latent_table, *(c.to_html() for c in carded))
 
 
 def _skipped(run: RunResult, stage: str) -> str:
-    """The series a stage could not analyse, with its reasons (``run_stages.SKIPPED``)."""
+    """The series a stage could not analyse, with its reasons (``stages.SKIPPED``)."""
     path = run.root / stage / "skipped.json"
     reasons = json.loads(path.read_text()) if path.is_file() else {}
     return "".join(empty(f"{name}: not analysed ({why})") for name, why in reasons.items())
 
 
-def _per_series(frame: pd.DataFrame, columns: list[str]) -> str:
-    """One table per series, side by side."""
-    blocks = [
-        f"<div><h3>{esc(name)}</h3>{table(rows, [c for c in columns if c in rows])}</div>"
-        for name, rows in frame.groupby("series", sort=False)
-    ]
-    return f"<div class='side'>{''.join(blocks)}</div>"
+def _per_series(run: RunResult, frame: pd.DataFrame, render: Callable[[pd.DataFrame], str]) -> str:
+    """One block per series (``render`` of its rows), side by side, in the run's order."""
+    groups = run.in_run_order(frame).groupby("series", sort=False)
+    return side_by_side({str(name): render(rows) for name, rows in groups})
 
 
-def tracking_section(run: RunResult) -> Content:
+def tracking_section(run: RunResult) -> Parts:
     summary = run.tables.get("tracking/summary", pd.DataFrame())
     if summary.empty:
-        return Content((empty("Feature tracking has not run (stage 'tracking')."), _skipped(run, "tracking")))
-    counts = [f"n_{c}" for c in TRACKED_CHANGES]
-    columns = [
-        "source",
-        "step",
-        "explained_variance",
-        *counts,
-        "born",
-        "noise_born",
-        "novel_born",
-        "seed_born",
-    ]
-    intro = (
-        "<p>Every latent of the base SAE followed over the RL steps (<code>rlinterp track</code>): its "
-        "lineage class per step and token source; <i>born</i> / <i>noise_born</i> count new directions of "
-        "an SAE trained on the step against the seed control's chance count; <i>novel_born</i> / "
-        "<i>seed_born</i> the same on the step's own tokens with only the model changed.</p>"
+        return (empty("Feature tracking has not run (stage 'tracking')."), _skipped(run, "tracking"))
+    per_series = _per_series(
+        run, summary, lambda rows: table(rows, [c for c in TRACKING_COLUMNS if c in rows])
     )
-    lineage = run.tables.get("tracking/lineage", pd.DataFrame())
-    changed = pd.DataFrame()
-    if not lineage.empty:
-        last = lineage[lineage["step"] == lineage.groupby("series")["step"].transform("max")]
-        changed = last[last["class"].isin(TRACKED_CHANGES)]
-    shown = ["series", "source", "latent", "class", "frequency_ratio", "activity_ratio", "dec_cos_base"]
-    latents = (
-        "<p>Latents in a changing class at each series' last step (type to filter; click a header "
-        "to sort):</p>" + table(changed, [c for c in shown if c in changed], table_id="lineage")
-        if not changed.empty
-        else empty("No tracked latent changed class at the last step.")
-    )
-    return Content(
-        (intro, tracking_figure(run), _per_series(summary, columns), latents, _skipped(run, "tracking"))
+    lineage = run.in_run_order(run.tables.get("tracking/lineage", pd.DataFrame()))
+    return (
+        TRACKING_NOTE,
+        tracking_figure(run),
+        per_series,
+        changed_latents_table(lineage),
+        _skipped(run, "tracking"),
     )
 
 
-def persona_section(run: RunResult) -> Content:
+def persona_section(run: RunResult) -> Parts:
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
-        return Content(
-            (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
-        )
-    transition = run.tables.get("selection/transition", pd.DataFrame())
-    latents = run.tables.get("selection/persona_latents", pd.DataFrame())
-    causal = run.tables.get("selection/causal", pd.DataFrame())
-    columns = [
-        "step",
-        "index",
-        "index_lo",
-        "index_hi",
-        "side",
-        "fvu_drift",
-        "persona_share",
-        "persona_baseline",
-        *(c for c in CHOICE_COLUMNS.values() if c in index.columns),
-    ]
-    parts: list[str | go.Figure] = [
-        "<p>The selection-versus-novelty index per step (<code>rlinterp selection</code>) with its "
-        "bootstrap interval: near 0, RL moved activations along the persona directions the base "
-        "already had; near 1, along new ones. The transition is the index's change point; the "
-        "behavioural step is where most sampled answers stop matching any persona. "
-        "<code>choice_*</code>: patching each prompt's coordinates along the persona directions "
-        "at its decision position from the checkpoint into the base, the share of the decision "
-        "KL (<code>choice_kl</code>) and of the behaviour change (<code>choice_shares</code>) it "
-        "reproduces, each beside random subspaces of the same dimension.</p>",
+        return (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
+    transition, latents, causal = (
+        run.in_run_order(run.tables.get(f"selection/{name}", pd.DataFrame()))
+        for name in ("transition", "persona_latents", "causal")
+    )
+    parts: list[Part] = [
+        INDEX_NOTE,
         index_figure(run),
         table(transition),
-        _per_series(index, columns),
+        _per_series(run, index, index_table),
     ]
     if not latents.empty:
         top = latents[latents["rank"] < 3] if "rank" in latents else latents
         parts += ["<h3>Persona latents (base SAE)</h3>", table(top, table_id="persona-latents")]
     if not causal.empty:
         parts += ["<h3>Causal checks</h3>", table(causal, table_id="causal")]
-    return Content((*parts, _skipped(run, "selection")))
+    return (*parts, _skipped(run, "selection"))
 
 
-def circuits_section(run: RunResult) -> Content:
+def circuits_section(run: RunResult) -> Parts:
     steps = run.tables.get("circuits/steps", pd.DataFrame())
     if steps.empty:
-        return Content((empty("No circuit diffs yet (stage 'circuits')."), _skipped(run, "circuits")))
+        return (empty("No circuit diffs yet (stage 'circuits')."), _skipped(run, "circuits"))
     verdicts = steps.pivot_table(
-        index=["series", "step"], columns="metric", values="verdict", aggfunc="first"
+        index=["series", "step"], columns="metric", values="verdict", aggfunc="first", sort=False
     )
-    columns = ["metric", "step", "change", "carriers", "joint_recovery", "overlap", "chance_overlap"]
-    columns += ["cancellation", "verdict", "top_sufficiency"]
-    return Content(
-        (
-            "<p>Which components carry each behaviour metric's change (<code>rlinterp circuits</code>): "
-            "the <i>carriers</i> are the fewest components whose joint patch from the checkpoint into "
-            "the base recovers the change; <i>enhanced</i> when most of them were already used by the "
-            "base for the behaviour, <i>new</i> when not.</p>",
-            _per_series(verdicts.reset_index().rename_axis(columns=None), ["step", *verdicts.columns]),
-            _per_series(steps, columns),
-            _skipped(run, "circuits"),
-        )
+    by_metric = verdicts.reset_index().rename_axis(columns=None)
+    return (
+        "<p>Which components carry each behaviour metric's change (<code>rlinterp circuits</code>).</p>",
+        VERDICT_NOTE,
+        _per_series(run, by_metric, lambda rows: table(rows, ["step", *verdicts.columns])),
+        _per_series(run, steps, verdict_table),
+        _skipped(run, "circuits"),
     )
 
 
-SECTIONS: list[Section] = [
-    Section("behaviour", "Behaviour", behaviour_section),
-    Section("weights", "Weights", weights_section),
-    Section("activations", "Activations", activations_section),
-    Section("outputs", "Outputs", outputs_section),
-    Section("dictionaries", "Dictionaries", dictionaries_section),
-    Section("features", "Features", features_section),
-    Section("tracking", "Tracking", tracking_section),
-    Section("persona", "Persona features and index", persona_section),
-    Section("circuits", "Circuits", circuits_section),
-]
+SECTIONS: tuple[RunSection, ...] = (
+    RunSection("behaviour", "Behaviour", behaviour_section),
+    RunSection("weights", "Weights", weights_section),
+    RunSection("activations", "Activations", activations_section),
+    RunSection("outputs", "Outputs", outputs_section),
+    RunSection("dictionaries", "Dictionaries", dictionaries_section),
+    RunSection("features", "Features", features_section),
+    RunSection("tracking", "Tracking", tracking_section),
+    RunSection("persona", "Persona features and index", persona_section),
+    RunSection("circuits", "Circuits", circuits_section),
+)
+"""The run report's sections, in order."""
 
 
-def register_section(section: Section, after: str | None = None) -> None:
-    """Add (or replace, by id) a report section, after the one with id ``after``."""
-    ids = [s.id for s in SECTIONS]
-    if section.id in ids:
-        SECTIONS[ids.index(section.id)] = section
-    else:
-        SECTIONS.insert(ids.index(after) + 1 if after else len(SECTIONS), section)
-
-
-def render_run_report(run: RunResult) -> str:
-    """The whole report as one HTML string (plotly.js inlined once)."""
-    nav = "<nav>" + "".join(f"<a href='#{esc(s.id)}'>{esc(s.title)}</a>" for s in SECTIONS) + "</nav>"
-    body = [nav, "<h2 id='summary'>Summary</h2>", table(run.summary())]
-    plotly_included = False
-    for section in SECTIONS:
-        body.append(f"<h2 id='{esc(section.id)}'>{esc(section.title)}</h2>")
-        for part in section.render(run).parts:
-            if isinstance(part, go.Figure):
-                body.append(figure_div(part, include_plotlyjs=not plotly_included))
-                plotly_included = True
-            else:
-                body.append(part)
+def render_run_report(run: RunResult, sections: tuple[RunSection, ...] = SECTIONS) -> str:
+    """The whole report as one self-contained HTML page: the summary, then ``sections``."""
+    shown = [Section(s.title, s.render(run), s.id) for s in sections]
     title = f"rlinterp run: {', '.join(run.series) or 'no series yet'}"
-    return page(title, "".join(body))
+    summary = Section("Summary", (_answer(run), table(run.summary())), "summary")
+    return page(title, [summary, *shown], nav=True)
+
+
+def _answer(run: RunResult) -> str:
+    """The verdict line of every regime (``verdict.verdict_lines``), first on the page."""
+    lines = verdict_lines(run.tables, run.series)
+    if not lines:
+        return empty("No answer yet: the selection stage (the selection-versus-novelty index) has not run.")
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (
+        "<p>Per regime: selection (RL re-weighted what the base computes) or new computation, from "
+        "which step, with the index interval (a step whose interval straddles 0.5 is undecided) "
+        f"and the signals that see new computation:</p><ul class='answer'>{items}</ul>"
+    )
 
 
 def _md_cell(value: object) -> str:
@@ -315,15 +223,15 @@ def _md_code(text: str) -> str:
 
 
 def render_markdown(run: RunResult, top: int = 10) -> str:
-    """The headline table and the top features as Markdown."""
+    """The answer per regime, the headline table and the top features as Markdown."""
     summary = run.summary()
     lines = [f"# rlinterp run: {', '.join(run.series)}", "", f"Report: `{run.report_path}`", ""]
+    answer = verdict_lines(run.tables, run.series)
+    if answer:
+        lines += ["## Answer (selection or new computation, per regime)", ""]
+        lines += [f"- {_md_code(line)}" for line in answer] + [""]
     lines += ["| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
     lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in summary.itertuples(index=False)]
-    found = transitions(run)
-    if found:
-        lines += ["", "## Transitions (selection-versus-novelty index, behaviour)", ""]
-        lines += [f"- {_md_code(line)}" for line in found]
     latents = run.latent_table()
     if not latents.empty:
         hook = run.dictionary_info.get("hook", "")

@@ -5,8 +5,8 @@ paper figures and notebooks work from, so none of them needs a model. A table a 
 has not written is empty, and whatever reads it shows an empty state instead.
 
 ``summary()`` is the headline table: one row per (series, step) with the KL, the
-activation change at the deepest hook, the base SAE's FVU, and the headline columns later
-stages register with ``register_headline``.
+activation change at the deepest hook, the base SAE's FVU, and the headline columns of the
+later stages (``HEADLINES``, in order).
 """
 
 from __future__ import annotations
@@ -22,14 +22,8 @@ import pandas as pd
 from ..dictionaries.cards import FeatureCard
 from ..diff.analysis import SeriesDiff
 from ..errors import RlinterpError
-
-HEADLINES: list[Callable[[RunResult], pd.DataFrame]] = []
-"""Functions returning ``series, step`` plus headline columns for ``summary()``."""
-
-
-def register_headline(headline: Callable[[RunResult], pd.DataFrame]) -> None:
-    """Add a later stage's columns to the run summary (rows keyed by ``series, step``)."""
-    HEADLINES.append(headline)
+from ..tracking.lineage import CHANGES
+from .verdict import verdict_lines
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -101,7 +95,7 @@ class RunResult:
 
     def summary(self) -> pd.DataFrame:
         """One row per (series, step): ``kl_mean``, ``activation_change`` (deepest hook),
-        ``fvu`` of the base SAE, and the registered headline columns."""
+        ``fvu`` of the base SAE, and the later stages' headline columns (``HEADLINES``)."""
         rows = []
         for name, diff in self.diffs.items():
             for row in diff.summary():
@@ -123,6 +117,15 @@ class RunResult:
                 frame = frame.merge(columns, on=["series", "step"], how="left")
         return frame
 
+    def in_run_order(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame``'s rows by ``series`` in the run's order (each series' rows keep theirs;
+        a series the run does not list comes last): every table and figure of a run shows
+        the regimes in one order."""
+        if frame.empty or "series" not in frame:
+            return frame
+        rank = frame["series"].map({name: i for i, name in enumerate(self.series)}).fillna(len(self.series))
+        return frame.iloc[rank.to_numpy().argsort(kind="stable")]
+
     def latent_table(self) -> pd.DataFrame:
         """One row per latent: base firing rate, and per series the firing rate and mean
         activation at its last step with the change from the base; the top promoted token.
@@ -133,7 +136,7 @@ class RunResult:
         base = steps[steps["step"] == 0].drop_duplicates("latent").set_index("latent")
         table = pd.DataFrame({"latent": base.index, "base_firing": base["firing_rate"].to_numpy()})
         score = pd.Series(0.0, index=base.index)
-        for name, group in steps.groupby("series", sort=False):
+        for name, group in self.in_run_order(steps).groupby("series", sort=False):
             last = group[group["step"] == group["step"].max()].set_index("latent")
             change = last["mean_activation"] - base["mean_activation"]
             table[f"{name}_firing"] = last["firing_rate"].to_numpy()
@@ -152,11 +155,14 @@ class RunResult:
             raise RlinterpError(f"{self.root} has no dictionaries yet; run the dictionaries stage")
         lineage = self.tables.get("tracking/lineage")
         if lineage is not None and "latent" in lineage:
-            lineage = _lineage_by_step(lineage[lineage["latent"] == latent])
+            lineage = _lineage_by_step(self.in_run_order(lineage[lineage["latent"] == latent]))
+        contexts = self.in_run_order(self.contexts[self.contexts["latent"] == latent])
+        if "series" in contexts:  # the base's contexts first, then each series'
+            contexts = contexts.iloc[(contexts["series"] != "base").to_numpy().argsort(kind="stable")]
         return FeatureCard(
             latent=latent,
-            activity=self.latent_steps[self.latent_steps["latent"] == latent],
-            contexts=self.contexts[self.contexts["latent"] == latent],
+            activity=self.in_run_order(self.latent_steps[self.latent_steps["latent"] == latent]),
+            contexts=contexts,
             decoder=self.decoder_tokens[self.decoder_tokens["latent"] == latent],
             lineage=lineage,
         )
@@ -166,12 +172,48 @@ class RunResult:
         return self.root / "report.html"
 
     def _repr_html_(self) -> str:
-        from ..core.page import esc, table
+        from ..core.report import esc, table
 
         return (
             f"<p><b>rlinterp run</b> {esc(self.root)} — report: "
             f"<a href='{esc(self.report_path)}'>{esc(self.report_path)}</a></p>" + table(self.summary())
         )
+
+
+def tracking_headline(run: RunResult) -> pd.DataFrame:
+    """``changed_latents``: tracked latents in a changing lineage class at each step, on the
+    on-policy source where it was measured (what the checkpoint writes), else the first."""
+    summary = run.tables.get("tracking/summary", pd.DataFrame())
+    if summary.empty:
+        return summary
+    preferred = "on-policy" if "on-policy" in set(summary["source"]) else summary["source"].iloc[0]
+    rows = summary[summary["source"] == preferred]
+    changed = rows[[f"n_{c}" for c in CHANGES if f"n_{c}" in rows]].sum(axis=1)
+    return pd.DataFrame({"series": rows["series"], "step": rows["step"], "changed_latents": changed})
+
+
+def index_headline(run: RunResult) -> pd.DataFrame:
+    """``index``: the selection-versus-novelty index (0 selection, 1 novelty) per step."""
+    index = run.tables.get("selection/index", pd.DataFrame())
+    return index[["series", "step", "index"]] if not index.empty else index
+
+
+def circuits_headline(run: RunResult) -> pd.DataFrame:
+    """``circuits_<metric>``: the circuits verdict per metric (enhanced, new, unclear, no change)."""
+    steps = run.tables.get("circuits/steps", pd.DataFrame())
+    if steps.empty:
+        return steps
+    wide = steps.pivot_table(index=["series", "step"], columns="metric", values="verdict", aggfunc="first")
+    return wide.rename(columns=lambda m: f"circuits_{m}").reset_index().rename_axis(columns=None)
+
+
+HEADLINES: tuple[Callable[[RunResult], pd.DataFrame], ...] = (
+    tracking_headline,
+    index_headline,
+    circuits_headline,
+)
+"""The later stages' headline columns of ``RunResult.summary()``, in order: each returns
+``series, step`` plus its columns (empty when its stage has not run)."""
 
 
 def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
@@ -182,29 +224,6 @@ def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
         index=["series", "source"], columns="step", values="class", aggfunc="first", sort=False
     )
     return wide.rename(columns=lambda step: f"step {step}").reset_index().rename_axis(columns=None)
-
-
-def transitions(run: RunResult) -> list[str]:
-    """Per series, where the selection-versus-novelty index jumps and where behaviour does
-    (empty before the selection stage)."""
-    found = run.tables.get("selection/transition", pd.DataFrame())
-    lines = []
-    for row in found.to_dict(orient="records"):
-        index = (
-            f"step {_int(row['index_step'])} (interval {_int(row['index_step_lo'])}-"
-            f"{_int(row['index_step_hi'])})"
-            if row.get("index_found")
-            else "none"
-        )
-        behaviour = row.get("behavioural_step")
-        behaviour = "none" if behaviour is None or pd.isna(behaviour) else f"step {_int(behaviour)}"
-        lines.append(f"{row['series']}: index transition {index}; behavioural transition {behaviour}")
-    return lines
-
-
-def _int(value: Any) -> str:
-    """A step read back from Parquet (a float where the column has gaps) as an integer."""
-    return str(int(value))
 
 
 def summary_text(run: RunResult) -> str:
@@ -221,6 +240,6 @@ def summary_text(run: RunResult) -> str:
             f"{j} ({t})" for j, t in zip(latents["latent"].head(5), latents["promotes"].head(5), strict=True)
         )
         lines.append(f"latents that changed most (promoted token): {top}")
-    lines += transitions(run)
+    lines += verdict_lines(run.tables, run.series)
     lines.append(f"report: {run.report_path}")
     return "\n".join(lines) + "\n"

@@ -40,7 +40,6 @@ from ..core.artifacts import write_json, write_parquet
 from ..errors import RlinterpError
 from ..selection.analysis import SelectionConfig
 from ..tracking.analysis import TrackConfig
-from .result import RunResult, register_headline
 from .sections import command_config
 
 if TYPE_CHECKING:
@@ -223,41 +222,3 @@ def _steps_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(flat)
-
-
-# -- headline columns of the run summary ------------------------------------------------------
-
-CHANGED = ("amplified", "suppressed", "rotated", "repurposed", "born", "died", "split", "merged")
-"""Lineage classes that count as a change (all but ``stable`` and ``inactive``)."""
-
-
-def tracking_headline(run: RunResult) -> pd.DataFrame:
-    """``changed_latents``: tracked latents in a changing lineage class at each step, on the
-    on-policy source where it was measured (what the checkpoint writes), else the first."""
-    summary = run.tables.get("tracking/summary", pd.DataFrame())
-    if summary.empty:
-        return summary
-    preferred = "on-policy" if "on-policy" in set(summary["source"]) else summary["source"].iloc[0]
-    rows = summary[summary["source"] == preferred]
-    changed = rows[[f"n_{c}" for c in CHANGED if f"n_{c}" in rows]].sum(axis=1)
-    return pd.DataFrame({"series": rows["series"], "step": rows["step"], "changed_latents": changed})
-
-
-def index_headline(run: RunResult) -> pd.DataFrame:
-    """``index``: the selection-versus-novelty index (0 selection, 1 novelty) per step."""
-    index = run.tables.get("selection/index", pd.DataFrame())
-    return index[["series", "step", "index"]] if not index.empty else index
-
-
-def circuits_headline(run: RunResult) -> pd.DataFrame:
-    """``circuits_<metric>``: the circuits verdict per metric (enhanced, new, unclear, no change)."""
-    steps = run.tables.get("circuits/steps", pd.DataFrame())
-    if steps.empty:
-        return steps
-    wide = steps.pivot_table(index=["series", "step"], columns="metric", values="verdict", aggfunc="first")
-    return wide.rename(columns=lambda m: f"circuits_{m}").reset_index().rename_axis(columns=None)
-
-
-register_headline(tracking_headline)
-register_headline(index_headline)
-register_headline(circuits_headline)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .config import TrackConfig as TrackConfig
     from .lineage import LineageThresholds as LineageThresholds
     from .lineage import lineage_table as lineage_table
+    from .report import write_tracking_report as write_tracking_report
     from .result import TrackResult as TrackResult
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -26,15 +26,16 @@ on each token source, with the controls that say what chance alone would show.
      Its class counts are reported; where its chain turns a latent past
      ``lineage.MOVED_BELOW`` by itself, that latent's stage-wise cosine is no evidence of
      RL and the main table classifies it from its activity (``discount_self_moves``);
-6. Parquet tables, ``summary.json`` (``SCHEMA``), ``report.html``, and ``manifest.json``
-   last.
+6. Parquet tables, ``summary.json`` (``SCHEMA``), and ``manifest.json`` last. The
+   report is drawn by the command (``report.write_tracking_report``), not here.
 
 Layout of ``out/``: ``track.json`` (the plan: what determines the result; the claim file,
 written first and kept, see ``rundir``: a rerun with another plan is refused, one with the
 same plan resumes or, finished, is read back), ``stores/<source>/`` (activation stores),
 ``on-policy/`` (samples and per-checkpoint stores), ``stagewise/<source>/<label>/`` and
 ``independent/<source>/<label>/`` (SAE folders), ``controls/`` (their control twins), the
-tables named in ``TABLES``, ``summary.json``, ``report.html``, ``manifest.json``.
+tables named in ``TABLES``, ``summary.json``, ``manifest.json`` (and ``report.html``,
+which ``rlinterp track`` writes after).
 Every expensive piece resumes (stores shard by shard, SAEs stage by stage); tables are
 recomputed from them.
 """
@@ -347,13 +348,9 @@ def _or_none(frame: pd.DataFrame) -> pd.DataFrame | None:
 def _write(
     result: TrackResult, out: Path, series: ModelSeries, tracked: TrackedDictionary, cfg: TrackConfig
 ) -> None:
-    from .report import write_tracking_report
-
     for name in TABLES:
         write_parquet(out / f"{name}.parquet", getattr(result, name))
     write_json(out / "summary.json", {"schema": SCHEMA, "steps": result.summary()})
-    title = f"rlinterp track: {tracked.method} at {tracked.hook} over {len(series) - 1} checkpoints"
-    write_tracking_report(result, out / "report.html", title)
     rundir.finish(
         out,  # last: marks the directory finished
         rundir.TRACK,

@@ -105,6 +105,8 @@ CLASSES = (
     "merged",
     "inactive",
 )
+CHANGES = tuple(c for c in CLASSES if c not in ("stable", "inactive"))
+"""The classes that count as a change (what reports count and draw)."""
 CROSSCODER_CLASSES = {
     "shared": "stable",
     "amplified": "amplified",

@@ -1,12 +1,13 @@
-"""Figures and the self-contained HTML report of a track run (``rlinterp track``).
+"""Figures and report sections of feature tracking, and ``rlinterp track``'s report.
 
-Figures are built from a ``TrackResult``'s tables only; every piece of model-generated text
-is HTML-escaped.
+Figures are built from a ``TrackResult``'s tables only. The sections (``NOTE``,
+``changed_latents_table``) are what the track report and the run report both show; the
+page is the report kit's. Every piece of model text is escaped.
 """
 
 from __future__ import annotations
 
-import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..core.artifacts import atomic_write
-from ..diff.report import STYLE, TOP_ROWS, _fmt, _table
+from ..core.report import Html, Section, empty, fmt, marked, page, table
+from .lineage import CHANGES
 from .result import TrackResult
 
 TRACKED_CLASSES = ("amplified", "suppressed", "born", "died")
@@ -22,6 +24,26 @@ TRACKED_CLASSES = ("amplified", "suppressed", "born", "died")
 LATENTS_PER_CLASS = 3
 """Latents drawn per class and source: those whose mass changed most between the first
 and the last step."""
+SAMPLE_ROWS = 6
+"""On-policy samples shown per step (the first and the last)."""
+SUMMARY_COLUMNS = (
+    "source",
+    "step",
+    "explained_variance",
+    *(f"n_{c}" for c in CHANGES),
+    "born",
+    "noise_born",
+    "novel_born",
+    "seed_born",
+)
+"""The headline columns of a tracking summary (the run report's table per series)."""
+NOTE = Html(
+    "<p>Every latent of the dictionary followed over the RL steps (<code>rlinterp track</code>): its "
+    "lineage class per step and token source; <i>born</i> / <i>noise_born</i> count new directions of "
+    "an SAE trained on the step against the seed control's chance count; <i>novel_born</i> / "
+    "<i>seed_born</i> the same on the step's own tokens with only the model changed.</p>"
+)
+"""What the tracking tables say, above them in every report."""
 
 
 def trajectory_figure(trajectories: pd.DataFrame, source: str, latents: dict[str, list[int]]) -> go.Figure:
@@ -95,12 +117,32 @@ def chosen_latents(result: TrackResult, source: str) -> dict[str, list[int]]:
     return chosen
 
 
-def _contexts_html(result: TrackResult, source: str, latents: dict[str, list[int]]) -> str:
+def changed_latents_table(lineage: pd.DataFrame) -> Html:
+    """The tracked latents in a changing class at the last step (of each series, when the
+    table holds several), searchable and sortable."""
+    if "evidence" in lineage:
+        lineage = lineage[lineage["evidence"] == "tracked"]
+    if lineage.empty:
+        return empty("No tracked latent changed class at the last step.")
+    keys = ["series"] if "series" in lineage else []
+    last_step = lineage.groupby(keys)["step"].transform("max") if keys else lineage["step"].max()
+    last = lineage[lineage["step"] == last_step]
+    changed = last[last["class"].isin(CHANGES)]
+    if changed.empty:
+        return empty("No tracked latent changed class at the last step.")
+    shown = ["series", "source", "latent", "class", "frequency_ratio", "activity_ratio", "dec_cos_base"]
+    return Html(
+        "<p>Latents in a changing class at the last step (type to filter; click a header to "
+        "sort):</p>" + table(changed, [c for c in shown if c in changed], table_id="lineage")
+    )
+
+
+def contexts_table(result: TrackResult, source: str, latents: dict[str, list[int]]) -> Html:
     """Per chosen latent: its class with the evidence at the last step, and its distinct top
     contexts at the first and the last step."""
     contexts = result.contexts[result.contexts["source"] == source]
     if contexts.empty or not any(latents.values()):
-        return ""
+        return Html("")
     steps = (contexts["step"].min(), contexts["step"].max())
     tracked = result.lineage[
         (result.lineage["source"] == source)
@@ -110,81 +152,78 @@ def _contexts_html(result: TrackResult, source: str, latents: dict[str, list[int
     rows = []
     for cls, members in latents.items():
         for latent in members:
-            cells = []
+            row: dict[str, Any] = {"class": cls, "latent": latent}
+            row[f"evidence at step {steps[1]}"] = _evidence(
+                tracked.loc[latent] if latent in tracked.index else None
+            )
             for step in steps:
-                shown = contexts[(contexts["latent"] == latent) & (contexts["step"] == step)].sort_values(
-                    "rank"
-                )
-                shown = shown.drop_duplicates(["context", "token"]).head(3)
-                cells.append("<br>".join(_context_html(r) for r in shown.itertuples()) or "(never fires)")
-            evidence = tracked.loc[latent] if latent in tracked.index else None
-            rows.append(
-                f"<tr><td>{html.escape(cls)}</td><td>{latent}</td><td>{_evidence_html(evidence)}</td>"
-                f"<td>{cells[0]}</td><td>{cells[1]}</td></tr>"
-            )
-    return (
-        f"<table><tr><th>class</th><th>latent</th><th>evidence at step {steps[1]}</th>"
-        f"<th>top contexts, step {steps[0]}</th><th>top contexts, step {steps[1]}</th></tr>"
-        f"{''.join(rows)}</table>"
-    )
+                shown = contexts[(contexts["latent"] == latent) & (contexts["step"] == step)]
+                shown = shown.sort_values("rank").drop_duplicates(["context", "token"]).head(3)
+                lines = [
+                    Html(f"{marked(r.context, r.token)} ({float(r.activation):.3g})")
+                    for r in shown.itertuples()
+                ]
+                row[f"top contexts, step {step}"] = Html("<br>".join(lines) or "(never fires)")
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    return table(frame, markup=[c for c in frame.columns if c not in ("class", "latent")])
 
 
-def _evidence_html(row: pd.Series | None) -> str:
+def _evidence(row: pd.Series | None) -> Html:
     if row is None:
-        return ""
+        return Html("")
     names = ("frequency_ratio", "activation_ratio", "activity_ratio", "dec_cos_base")
-    return "<br>".join(f"{name}: {_fmt(float(row[name]))}" for name in names if pd.notna(row[name]))
+    return Html("<br>".join(f"{name}: {fmt(float(row[name]))}" for name in names if pd.notna(row[name])))
 
 
-def _context_html(row: Any) -> str:
-    escaped = f"{html.escape(str(row.context))}<mark>{html.escape(str(row.token))}</mark>"
-    return f"{escaped} ({float(row.activation):.3g})"
-
-
-def _samples_html(samples: pd.DataFrame) -> str:
+def samples_table(samples: pd.DataFrame) -> Html:
+    """The first answer to the first prompts at the first and the last step: prompt, then
+    the answer the checkpoint wrote, marked."""
     if samples.empty:
-        return ""
-    steps = (samples["step"].min(), samples["step"].max())
-    rows = []
-    for step in steps:
-        shown = samples[(samples["step"] == step) & (samples["sample"] == 0)].head(TOP_ROWS // 2)
-        for r in shown.itertuples():
-            rows.append(
-                f"<tr><td>{step}</td><td>{html.escape(str(r.prompt))}<mark>{html.escape(str(r.response))}</mark>"
-                "</td></tr>"
-            )
-    return (
-        "<p>On-policy samples (prompt, then the answer the checkpoint wrote, marked):</p>"
-        f"<table><tr><th>step</th><th>text</th></tr>{''.join(rows)}</table>"
+        return empty("No on-policy samples (the on-policy source was not tracked).")
+    first, last = samples["step"].min(), samples["step"].max()
+    shown = samples[samples["step"].isin((first, last)) & (samples["sample"] == 0)]
+    shown = shown.groupby("step", sort=True).head(SAMPLE_ROWS)
+    rows = pd.DataFrame(
+        {
+            "step": shown["step"],
+            "text": [marked(p, r) for p, r in zip(shown["prompt"], shown["response"], strict=True)],
+        }
     )
+    return Html(
+        "<p>On-policy samples (prompt, then the answer the checkpoint wrote, marked):</p>"
+        + table(rows, markup=["text"])
+    )
+
+
+def tracking_sections(result: TrackResult) -> tuple[Section, ...]:
+    """The sections of a track report: summary, one per token source, samples."""
+    summary = pd.DataFrame(result.summary())
+    shown = [c for c in summary.columns if not summary[c].isna().all()]
+    fit = fit_figure(result.trajectory_fit, result.stagewise_fit)
+    sections = [Section("Summary", (NOTE, table(summary, shown), fit, changed_latents_table(result.lineage)))]
+    for source in map(str, result.trajectory_fit["source"].unique()):
+        latents = chosen_latents(result, source)
+        figure = trajectory_figure(result.trajectories, source, latents)
+        sections.append(Section(f"Source: {source}", (figure, contexts_table(result, source, latents))))
+    sections.append(Section("On-policy samples", (samples_table(result.samples),)))
+    return tuple(sections)
 
 
 def render_tracking_report(result: TrackResult, title: str) -> str:
-    """The tracking report as one HTML string with plotly.js inlined once."""
-    summary = pd.DataFrame(result.summary())
-    shown = [c for c in summary.columns if not summary[c].isna().all()]
-    sections, figures = [], [fit_figure(result.trajectory_fit, result.stagewise_fit)]
-    for source in result.trajectory_fit["source"].unique():
-        latents = chosen_latents(result, str(source))
-        figures.append(trajectory_figure(result.trajectories, str(source), latents))
-        sections.append((str(source), _contexts_html(result, str(source), latents)))
-    plots = [
-        figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-        for i, figure in enumerate(figures)
-    ]
-    body = "".join(
-        f"<h2>Source: {html.escape(source)}</h2>{plot}{contexts}"
-        for (source, contexts), plot in zip(sections, plots[1:], strict=True)
-    )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<h2>Summary</h2>{_table(summary, shown)}{plots[0]}{body}"
-        f"<h2>On-policy samples</h2>{_samples_html(result.samples)}"
-        "</body></html>"
-    )
+    """The tracking report as one self-contained HTML page."""
+    return page(title, tracking_sections(result))
 
 
-def write_tracking_report(result: TrackResult, path: Path, title: str) -> None:
+def write_tracking_report(result: TrackResult, path: str | Path, title: str | None = None) -> None:
+    """Write the report of the track run beside ``path`` to ``path`` (atomically); the
+    default title names the tracked dictionary, from the run's manifest."""
+    path = Path(path)
+    if title is None:
+        manifest = path.parent / "manifest.json"
+        found = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        steps = result.trajectory_fit["step"].nunique() - 1
+        tracked = f"{found['method']} at {found['hook']} " if "method" in found else ""
+        title = f"rlinterp track: {tracked}over {steps} checkpoints"
     text = render_tracking_report(result, title)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -44,12 +44,12 @@ from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import PreTrainedTokenizerBase
 
 from ..activations.harvest import ActivationStore
 from ..dictionaries.crosscoder import Crosscoder
 from ..dictionaries.sae import TrainedSAE
 from ..dictionaries.train import top_activations
+from ..diff.outputs import logit_tokens
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
 from .lineage import TRAJECTORY_COLUMNS as LINEAGE_INPUT
@@ -191,7 +191,9 @@ def compute_trajectories(
     rows, fits, tokens, contexts = [], [], [], []
     for checkpoint in series:
         logits = decoder @ unembedding(series.load(checkpoint))
-        tokens.append(_token_table(logits, checkpoint.label, checkpoint.step, tokenizer))
+        # every token, special ones too: ``logit_norm`` counts the whole readout
+        found = logit_tokens(logits, tokenizer, TOP_TOKENS, skip_special=False)
+        tokens.append(found.assign(label=checkpoint.label, step=checkpoint.step))
         logit_norm = logits.norm(dim=-1)
         for source in sources:
             if checkpoint.label not in source.stores:
@@ -284,28 +286,3 @@ def _statistics(
         return stats, top_activations(encoded(), TOP_CONTEXTS)
     deque(encoded(), maxlen=0)
     return stats, None
-
-
-def _token_table(
-    logits: Float[Tensor, "d_sae d_vocab"], label: str, step: int, tokenizer: PreTrainedTokenizerBase
-) -> pd.DataFrame:
-    k = min(TOP_TOKENS, logits.shape[1])
-    frames = []
-    for direction, values in (("promoted", logits), ("suppressed", -logits)):
-        top = values.topk(k, dim=-1)
-        latent = torch.arange(logits.shape[0]).repeat_interleave(k)
-        ids = top.indices.flatten()
-        names = {int(i): tokenizer.decode([int(i)]) for i in ids.unique()}
-        frames.append(
-            pd.DataFrame(
-                {
-                    "latent": latent.numpy(),
-                    "direction": direction,
-                    "rank": torch.arange(k).repeat(logits.shape[0]).numpy(),
-                    "token_id": ids.numpy(),
-                    "token": [names[int(i)] for i in ids],
-                    "logit": logits.flatten()[latent * logits.shape[1] + ids].numpy(),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True).assign(label=label, step=step)

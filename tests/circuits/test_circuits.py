@@ -16,7 +16,7 @@ from rlinterp.circuits.analysis import CircuitsConfig, CircuitsResult, run_circu
 from rlinterp.circuits.attention import attention_change
 from rlinterp.circuits.metrics import BehaviourMetric, BehaviourPrompts, MetricBatch
 from rlinterp.circuits.organism_metrics import organism_behaviour
-from rlinterp.circuits.report import circuits_figures, circuits_section
+from rlinterp.circuits.report import circuits_figures, render_circuits_report, write_circuits_report
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.organism.personas import all_questions
 
@@ -191,6 +191,8 @@ def test_planted_head_change_is_found_by_cross_model_patching(planted, tmp_path)
     assert json.loads((out / "manifest.json").read_text())["kind"] == "rlinterp.circuits"
     loaded = CircuitsResult.load(out)
     assert loaded.steps()[0]["carriers"] == ["L1.H2"]
+    assert not (out / "report.html").exists()  # computing does not draw; the command does
+    write_circuits_report(loaded, out / "report.html")
     assert "L1.H2" in (out / "report.html").read_text()
 
 
@@ -323,7 +325,7 @@ def test_report_section_escapes_and_draws(planted):
     figures = circuits_figures(result)
     heat = figures[0].data[0]
     assert list(heat.x) == ["1"] and "L1.H2" in list(heat.y)
-    section = circuits_section(result)
+    section = render_circuits_report(result)
     assert "<b>m</b>" not in section and "&lt;b&gt;m&lt;/b&gt;" in section
     assert "integrated gradients, 2 interpolation steps, one component at a time" in section
 

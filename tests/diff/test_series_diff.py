@@ -222,18 +222,27 @@ def test_organism_strong_regime_changes_more_than_weak(tiny_organism, tmp_path):
     assert "!" in last[last["direction"] == "promoted"]["token"].head(3).tolist()
 
 
-def test_difference_lens_reads_a_known_direction():
-    from rlinterp.diff.outputs import difference_lens
+def test_logit_tokens_read_a_known_direction():
+    from rlinterp.diff.outputs import logit_tokens
 
     tokenizer = build_tokenizer("abc")  # ids: 4 specials, then a=4, b=5, c=6
     unembed = torch.zeros(2, len(tokenizer))
     unembed[0, 5], unembed[0, 6], unembed[0, 4] = 3.0, -2.0, 1.0
     unembed[0, 1] = 100.0  # <bos>: a special token, never reported
-    lens = difference_lens(torch.tensor([1.0, 0.0]), unembed, tokenizer, top_k=2)
-    promoted = lens[lens["direction"] == "promoted"]
-    suppressed = lens[lens["direction"] == "suppressed"]
+    unembed[1, 6], unembed[1, 4] = 5.0, -1.0
+    lens = logit_tokens(torch.eye(2) @ unembed, tokenizer, top_k=2)
+    first = lens[lens["latent"] == 0]
+    promoted = first[first["direction"] == "promoted"]
+    suppressed = first[first["direction"] == "suppressed"]
     assert promoted["token"].tolist() == ["b", "a"] and promoted["logit"].tolist() == [3.0, 1.0]
     assert suppressed["token"].tolist() == ["c", "a"] and suppressed["logit"].tolist() == [-2.0, 1.0]
+    second = lens[(lens["latent"] == 1) & (lens["rank"] == 0)]
+    assert second["token"].tolist() == ["c", "a"] and second["logit"].tolist() == [5.0, -1.0]
+    # every row's promoted tokens come first, then the suppressed ones
+    assert lens["direction"].tolist() == ["promoted"] * 4 + ["suppressed"] * 4
+    # with the special tokens, the direction's largest logit is <bos>'s
+    everything = logit_tokens(torch.eye(2) @ unembed, tokenizer, top_k=1, skip_special=False)
+    assert everything["token_id"].tolist()[0] == tokenizer.bos_token_id == 1
 
 
 def test_bfloat16_series_passes_the_fidelity_check_and_identity_is_zero(checkpoints, tmp_path):

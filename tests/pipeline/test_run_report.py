@@ -7,15 +7,18 @@ import re
 import pandas as pd
 import pytest
 
-from rlinterp.pipeline.figures import FIGURES, fvu_drift_figure, kl_figure, latent_trajectory_figure, paper
-from rlinterp.pipeline.report import (
-    SECTIONS,
-    Content,
-    Section,
-    register_section,
-    render_markdown,
-    render_run_report,
+from rlinterp.pipeline.figures import (
+    FIGURES,
+    fvu_drift_figure,
+    index_figure,
+    kl_figure,
+    latent_trajectory_figure,
+    paper,
+    series_colour,
+    tracking_figure,
+    weights_figure,
 )
+from rlinterp.pipeline.report import SECTIONS, RunSection, render_markdown, render_run_report
 from rlinterp.pipeline.result import summary_text
 from tests.run_fixtures import EVIL, N_LATENTS, SERIES, synthetic_run
 
@@ -86,18 +89,13 @@ def test_jupyter_reprs_escape(run):
     assert ESCAPED in card and EVIL not in card
 
 
-def test_a_registered_section_appears_where_asked(run):
-    before = list(SECTIONS)
-    try:
-        register_section(
-            Section("fidelity", "Fidelity", lambda r: Content((f"<p>{len(r.series)} series</p>",))),
-            "tracking",
-        )
-        page = render_run_report(run)
-        assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
-        assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
-    finally:
-        SECTIONS[:] = before
+def test_a_section_appears_where_it_is_declared(run):
+    at = [s.id for s in SECTIONS].index("tracking") + 1
+    fidelity = RunSection("fidelity", "Fidelity", lambda r: (f"<p>{len(r.series)} series</p>",))
+    page = render_run_report(run, (*SECTIONS[:at], fidelity, *SECTIONS[at:]))
+    assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
+    assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
+    assert "<h2 id='fidelity'>" not in render_run_report(run)  # nothing registered by the call
 
 
 def test_figures_carry_the_table_values(run):
@@ -154,6 +152,83 @@ def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
     card = run.card(4).to_html()
     assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
     text = summary_text(run)
-    assert "strong: index transition step 5 (interval 5-5); behavioural transition step 5" in text
-    assert "weak: index transition none; behavioural transition none" in text
-    assert "index transition step 5" in render_markdown(run)
+    assert "strong: new computation from step 5 (index 0.8, interval 0.7-0.9)" in text
+    assert "index change point (step 5, interval 5-5), behaviour (step 5)" in text
+    assert "weak: selection at every step (last step 5: index 0.1, interval 0-0.2)" in text
+    assert "strong: new computation from step 5" in render_markdown(run)
+
+
+def test_the_weights_figure_shows_a_thousandfold_smaller_regime_on_a_log_scale(tmp_path):
+    import dataclasses
+    import math
+
+    run = synthetic_run(tmp_path)
+    strong = run.diffs["strong"]
+    gentle = strong.weights_by_component.assign(
+        rel_frobenius=strong.weights_by_component["rel_frobenius"] / 1000
+    )
+    run = dataclasses.replace(
+        run, diffs={"weak": dataclasses.replace(strong, weights_by_component=gentle), "strong": strong}
+    )
+    figure = weights_figure(run)
+    weak, loud = (trace.z.tolist() for trace in figure.data)
+    # the base (step 0, no change) is left out; cells are log10 of the change
+    assert [list(t.x) for t in figure.data] == [["5"], ["5"]]
+    assert loud == [[pytest.approx(math.log10(0.1))], [pytest.approx(math.log10(0.3))]]
+    assert weak == [[pytest.approx(math.log10(1e-4))], [pytest.approx(math.log10(3e-4))]]
+    bar = figure.layout.coloraxis.colorbar
+    assert list(bar.tickvals) == [-4, -3, -2, -1, 0] and list(bar.ticktext) == [
+        "0.0001",
+        "0.001",
+        "0.01",
+        "0.1",
+        "1",
+    ]
+    # the gentle regime's two sites differ by a tenth of the scale, not by 0.1% of it
+    assert (weak[1][0] - weak[0][0]) / 4 > 0.1
+
+
+def test_the_index_figure_draws_one_half_and_the_transitions(tmp_path):
+    run = synthetic_run(tmp_path, stages=True)
+    figure = index_figure(run)
+    half = [s for s in figure.layout.shapes if s.y0 == 0.5 and s.y1 == 0.5]
+    assert len(half) == 1 and half[0].line.dash == "dash"
+    vertical = [s for s in figure.layout.shapes if s.x0 == s.x1]
+    assert [(s.x0, s.line.color) for s in vertical] == [(5, series_colour(run, "strong"))]  # weak has none
+    assert [a.text for a in figure.layout.annotations if "transition" in a.text] == [" strong: transition"]
+    paper_figure = paper(figure)
+    assert len(paper_figure.layout.shapes) == 2 and paper_figure.layout.yaxis.range == (-0.05, 1.05)
+
+
+def test_series_keep_the_run_order_in_every_table_and_figure(tmp_path):
+    import dataclasses
+
+    run = synthetic_run(tmp_path, stages=True)
+    backwards = {name: frame.iloc[::-1] for name, frame in run.tables.items()}
+    run = dataclasses.replace(run, tables=backwards, fvu_drift=run.fvu_drift.iloc[::-1])
+    assert run.series == ["weak", "strong"]
+    page = render_run_report(run)
+    for section, after in (("tracking", "persona"), ("persona", "circuits"), ("circuits", None)):
+        body = page[page.index(f"<h2 id='{section}'>") : page.index(f"<h2 id='{after}'>") if after else None]
+        assert 0 < body.index("<h3>weak</h3>") < body.index("<h3>strong</h3>"), section
+    assert [a.text for a in tracking_figure(run).layout.annotations] == ["weak", "strong"]
+    shuffled = dataclasses.replace(
+        run, contexts=run.contexts.iloc[::-1], latent_steps=run.latent_steps.iloc[::-1]
+    )
+    card = shuffled.card(4).to_html()
+    assert card.index("<h4>base: ") < card.index("<h4>weak: ") < card.index("<h4>strong: ")
+    assert card.index("weak mean act.") < card.index("strong mean act.")
+    for make in (index_figure, fvu_drift_figure, kl_figure):
+        figure = make(run)
+        assert [t.name for t in figure.data] == ["weak", "strong"], make.__name__
+        assert [t.line.color for t in figure.data] == [
+            series_colour(run, "weak"),
+            series_colour(run, "strong"),
+        ]
+
+
+def test_the_circuits_sections_say_what_the_verdict_cannot_see(tmp_path):
+    page = render_run_report(synthetic_run(tmp_path, stages=True))
+    circuits = page[page.index("<h2 id='circuits'>") :]
+    assert "What the verdict can and cannot see" in circuits
+    assert "the verdict reads <i>enhanced</i>" in circuits

@@ -19,6 +19,7 @@ from rlinterp.dictionaries.stagewise import StagewiseConfig
 from rlinterp.dictionaries.train import DictionaryConfig, train_dictionary
 from rlinterp.models.series import Checkpoint, ModelSeries
 from rlinterp.tracking.analysis import TrackConfig, TrackResult, run_track
+from rlinterp.tracking.report import write_tracking_report
 
 from ..planted import build_planted, planted_prompts
 
@@ -158,7 +159,10 @@ def test_planted_changes_are_found_as_what_they_are(planted, tmp_path):
     assert TrackResult.load(out).lineage.equals(result.lineage)
     manifest_time = (out / "manifest.json").stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= manifest_time for p in out.iterdir() if p.is_file())
+    assert not (out / "report.html").exists()  # computing does not draw; the command does
+    write_tracking_report(result, out / "report.html")
     report = (out / "report.html").read_text()
+    assert "<title>rlinterp track: sae at " in report  # named from the run's manifest
     assert "Source: on-policy" in report and "<script src=" not in report
 
 
