@@ -4,8 +4,9 @@
 through its plain ``transformers`` forward, reading the requested TransformerLens hooks
 from the modules they name and stopping once the last of them has fired
 (``models.hooked``: the values are the bridge's, at the speed of the plain model; a hook
-that is no module's input or output is read through the bridge instead). The kept positions of each batch (see ``prompts.TokenizedPrompts.keep``) are
-written as one safetensors shard per (model, hook, batch), so:
+that is no module's input or output is read through the bridge instead). The kept
+positions of each batch (see ``prompts.TokenizedPrompts.keep``) are written as one
+safetensors shard per (model, hook, batch), so:
 
 - peak memory is bounded by one batch, whatever the number of prompts;
 - shard ``k`` of every model and hook holds the same tokens, in the same order, so two
@@ -47,7 +48,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -586,6 +587,7 @@ def _harvest_batch(
 ) -> None:
     keep = batch.keep
     tokens = batch.tokens.to(model.cfg.device)
+    cache: Mapping[str, Tensor]
     if isinstance(model, HookedModel):  # stops after the last hook by itself
         _, cache = model.run_with_cache(tokens, hooks, return_type=None)
     else:

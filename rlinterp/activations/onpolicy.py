@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
 from ..core.reproducibility import stream_seed
@@ -325,10 +325,8 @@ def _samples(
             f"{folder} holds samples drawn with another sampling config, prompt set or checkpoint; "
             "choose another output directory"
         )
-    model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=series.dtype).eval()
-    model.to(series.device)
-    table = sample(model, tokenizer, asked, cfg)
-    del model
+    # The series' own model: the one the harvest then runs (loaded once for both).
+    table = sample(series.model(checkpoint), tokenizer, asked, cfg)
     write_parquet(folder / "samples.parquet", table)
     write_json(done, fingerprint)  # after the samples: its presence means they are complete
     return pd.read_parquet(folder / "samples.parquet")  # the same types as a resumed run

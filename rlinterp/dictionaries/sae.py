@@ -32,6 +32,7 @@ counted in one pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -124,6 +125,20 @@ class SAETrainConfig:
     """Steps between resumable checkpoints."""
     device: str = "cpu"
     """Where the SAE trains (batches come from the store on the CPU)."""
+    dead_after: int | None = None
+    """Tokens a latent may stay silent before it counts as dead and the AuxK loss (Gao et
+    al. 2024; SAELens' ``aux_loss_coefficient``, TopK kinds) trains it to reconstruct the
+    error; None fits the window to the budget: a twentieth of ``n_tokens``, at least one
+    batch. (SAELens' default window, 1,000 steps, ends after most short runs: the recipe
+    before this option, reachable as ``1000 * batch_size``.)"""
+    aux_coef: float = 1.0
+    """Weight of the AuxK loss (SAELens' default; 0 turns it off)."""
+    b_dec_init: Literal["zeros", "median"] = "median"
+    """Initial decoder bias: zeros (SAELens), or the geometric median of the first training
+    batch (dictionary_learning, Bricken et al. 2023), so that latents start by encoding
+    deviations from the data's centre rather than the centre itself."""
+    lr_warmup: float = 0.0
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
     init_from: str | None = None
     """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
     fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the
@@ -142,7 +157,27 @@ class SAETrainConfig:
         for name in ("lr", "sparsity_coefficient"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise RlinterpError(f"{name} must be a positive, finite number, got {getattr(self, name)}")
+        self._check_recipe()
         require_device(self.device)
+
+    def _check_recipe(self) -> None:
+        """The dead-latent and schedule options (the rest of ``__post_init__``)."""
+        if self.dead_after is not None and self.dead_after < 1:
+            raise RlinterpError(
+                f"dead_after must be a positive number of tokens (or None), got {self.dead_after}"
+            )
+        if not (self.aux_coef >= 0 and math.isfinite(self.aux_coef)):
+            raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
+        if self.b_dec_init not in ("zeros", "median"):
+            raise RlinterpError(f"b_dec_init must be zeros or median, got {self.b_dec_init!r}")
+        if not 0 <= self.lr_warmup < 1:
+            raise RlinterpError(f"lr_warmup must be a fraction of the steps in [0, 1), got {self.lr_warmup}")
+
+    @property
+    def dead_window(self) -> int:
+        """``dead_after`` resolved, in steps (SAELens' ``dead_feature_window``)."""
+        tokens = self.dead_after if self.dead_after is not None else self.n_tokens // 20
+        return max(1, math.ceil(tokens / self.batch_size))
 
 
 class WeightScaledTopKTrainingSAE(TopKTrainingSAE):
@@ -222,9 +257,13 @@ def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
     }
     torch.manual_seed(cfg.seed)
     if cfg.architecture == "topk":
-        return WeightScaledTopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+        return WeightScaledTopKTrainingSAE(
+            TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_coef, **common)
+        )
     if cfg.architecture == "batchtopk":
-        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=cfg.k, **common))
+        return BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_coef, **common)
+        )
     if cfg.architecture == "jumprelu":
         return JumpReLUTrainingSAE(
             JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient, **common)
@@ -401,6 +440,8 @@ def _start(out: Path, cfg: SAETrainConfig, d_in: int) -> _Run:
         lr=cfg.lr,
         lr_end=cfg.lr / 10,
         lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=round(cfg.lr_warmup * (cfg.n_tokens // cfg.batch_size)),
+        dead_feature_window=cfg.dead_window,
         n_batches_for_norm_estimate=min(100, max(1, cfg.n_tokens // cfg.batch_size)),
         device=cfg.device,
         logger=LoggingConfig(log_to_wandb=False),
@@ -436,10 +477,17 @@ def fit_saes(
     if fresh:  # then first == 0: the stream starts with the batches of the norm estimate
         scaler = fresh[0].trainer.activation_scaler
         scaler.estimate_scaling_factor(d_in, data, norm_batches)
+        first = next(data)
+        data = itertools.chain([first], data)
         for run in fresh:  # the same batches give the same factor: estimate it once
             run.trainer.activation_scaler.scaling_factor = scaler.scaling_factor
             if run.cfg.init_from is not None:
                 _warm_start(run.trainer.sae, Path(run.cfg.init_from), scaler.scaling_factor)
+            elif run.cfg.b_dec_init == "median":
+                with torch.no_grad():
+                    run.trainer.sae.b_dec.copy_(
+                        geometric_median(first.to(run.cfg.device) * scaler.scaling_factor)
+                    )
     total = started[0].trainer.cfg.total_training_steps
     what = f"SAE {label} {hook}" + (f" (x{len(started)})" if len(started) > 1 else "")
     with tqdm(total=total, initial=first, desc=what, disable=None, leave=False) as bar:
@@ -450,6 +498,22 @@ def fit_saes(
                     _train_step(run, batch, total)
             bar.update()
     return [_finish(run, store, label, hook, source, base) for run in started]
+
+
+@torch.no_grad()
+def geometric_median(
+    points: Float[Tensor, "n d"], iterations: int = 100, tol: float = 1e-5
+) -> Float[Tensor, " d"]:
+    """The point minimising the summed distance to ``points`` (Weiszfeld's iteration from
+    their mean): a centre that outliers pull less than they pull the mean."""
+    guess = points.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (points - guess).norm(dim=-1).clamp_min(1e-12)
+        moved = (weights[:, None] * points).sum(0) / weights.sum()
+        if (moved - guess).norm() < tol:
+            return moved
+        guess = moved
+    return guess
 
 
 def _train_step(run: _Run, batch: Tensor, total: int) -> None:

@@ -127,7 +127,9 @@ class HookMap:
         probe = torch.tensor([[bridge.tokenizer.bos_token_id or 0, *range(1, 8)]], device=model.device)
         _, expected = bridge.run_with_cache(probe)
         hooked = HookedModel(model, sites, bridge.cfg, bridge.tokenizer)
-        _, actual = hooked.run_with_cache(probe, [name for name in sites if name in expected], return_type=None)
+        _, actual = hooked.run_with_cache(
+            probe, [name for name in sites if name in expected], return_type=None
+        )
         kept, dropped = {}, []
         for name, value in actual.items():
             reference = expected[name]
@@ -253,4 +255,4 @@ class HookedModel:
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """The unembedding, as the bridge's ``W_U``."""
-        return self.model.get_output_embeddings().weight.T  # type: ignore[union-attr]
+        return self.model.get_output_embeddings().weight.T

@@ -6,8 +6,9 @@ tokenizer files, safetensors headers, weight bytes for duplicates) that all chec
 comparable, and loads them lazily, at most ``max_loaded`` at a time: each checkpoint once,
 as a plain ``transformers`` model (``model``), which the harvest runs with TransformerLens
 hook names (``hooked``), and over whose weights TransformerLens' bridge is built when a
-stage needs its internals (``load``); see ``loading`` and ``hooked``. Index 0 is always the base, a full checkpoint; the others are full checkpoints
-(single-file or sharded safetensors, any float dtype) or PEFT LoRA adapters over the base.
+stage needs its internals (``load``); see ``loading`` and ``hooked``. Index 0 is always
+the base, a full checkpoint; the others are full checkpoints (single-file or sharded
+safetensors, any float dtype) or PEFT LoRA adapters over the base.
 
 Layouts read (``from_run_dir``, ``from_paths``): ``checkpoint-<N>/`` (transformers/TRL,
 full or adapter), ``step-<N>/`` (the organism), ``global_step<N>/`` (DeepSpeed, once
@@ -50,7 +51,15 @@ from .adapters import LoraAdapter, is_adapter
 from .checkpoint import Checkpoint
 from .checks import check_comparable, check_steps, identical_pairs, series_dtype
 from .hooked import HookedModel, HookMap, Site
-from .loading import Fidelity, bridge_over, compare_logits, load_adapter, load_model, require_checkpoint, require_device
+from .loading import (
+    Fidelity,
+    bridge_over,
+    compare_logits,
+    load_adapter,
+    load_model,
+    require_checkpoint,
+    require_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +313,9 @@ class ModelSeries:
         if self._hook_map is None:
             entry = self._entry(self.base)
             bridge, sites = (
-                (entry.bridge, entry.sites) if entry.bridge is not None else self._bridge(self.base, entry.model)
+                (entry.bridge, entry.sites)
+                if entry.bridge is not None
+                else self._bridge(self.base, entry.model)
             )
             self._hook_map = HookMap.build(bridge, sites, entry.model, self._tolerance)
         return self._hook_map
@@ -328,7 +339,9 @@ class ModelSeries:
         self._loaded[checkpoint.label] = _Loaded(model)
         return self._loaded[checkpoint.label]
 
-    def _bridge(self, checkpoint: Checkpoint, model: PreTrainedModel) -> tuple[TransformerBridge, dict[str, Site]]:
+    def _bridge(
+        self, checkpoint: Checkpoint, model: PreTrainedModel
+    ) -> tuple[TransformerBridge, dict[str, Site]]:
         """The bridge over ``model`` and its hook sites, its logits checked against ``model``'s."""
         folder = self.base.path if is_adapter(checkpoint.path) else checkpoint.path
         bridge, sites = bridge_over(model, folder, self.load_dtype)

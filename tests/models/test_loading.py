@@ -48,7 +48,7 @@ def test_bridge_reproduces_the_transformers_logits(tmp_path, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_a_corrupted_bridge_weight_is_detected(tmp_path, arch, monkeypatch):
+def test_a_corrupted_bridge_weight_is_detected(tmp_path, arch):
     """One MLP weight of the hooked model nudged after loading (the checkpoint on disk is
     intact): the fidelity check sees it, and a series refuses to use that model."""
     folder = _checkpoint(tmp_path, arch)
@@ -76,7 +76,9 @@ def test_a_bridge_that_computes_something_else_is_refused(tmp_path, arch, monkey
     def wrong(*args, **kwargs):
         bridge, sites = build(*args, **kwargs)
         # a shift the final norm cannot undo (it would remove a constant one)
-        bridge.blocks[1].mlp.hook_out.add_hook(lambda x, hook: x + torch.linspace(-1, 1, x.shape[-1]), is_permanent=True)
+        bridge.blocks[1].mlp.hook_out.add_hook(
+            lambda x, hook: x + torch.linspace(-1, 1, x.shape[-1]), is_permanent=True
+        )
         return bridge, sites
 
     monkeypatch.setattr(series_module, "bridge_over", wrong)
