@@ -48,7 +48,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -587,7 +587,7 @@ def _harvest_batch(
 ) -> None:
     keep = batch.keep
     tokens = batch.tokens.to(model.cfg.device)
-    cache: Mapping[str, Tensor]
+    cache: Any  # a dict of tensors, or the bridge's ActivationCache
     if isinstance(model, HookedModel):  # stops after the last hook by itself
         _, cache = model.run_with_cache(tokens, hooks, return_type=None)
     else:

@@ -118,27 +118,38 @@ class SAETrainConfig:
     batch_size: int = 256
     """Tokens per step."""
     lr: float = 3e-3
-    """Adam learning rate, annealed (cosine) to a tenth."""
+    """Adam learning rate (peak; see ``lr_schedule``)."""
     seed: int = 0
     """Initialisation and data order."""
     checkpoint_every: int = 500
     """Steps between resumable checkpoints."""
     device: str = "cpu"
     """Where the SAE trains (batches come from the store on the CPU)."""
+    decoder_init_norm: float = 1.0
+    """Initial norm of every decoder row (the encoder starts as the decoder's transpose).
+    With the TopK kinds' decoder-norm rescaling a row's norm does not change what the SAE
+    computes, only how fast Adam turns it: measured on a 64-wide residual stream, SAELens'
+    0.1 left 28 of 256 latents dead where 1.0 (dictionary_learning's unit norm) left none."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """The rate between warm-up and decay: constant, or cosine annealing to a tenth."""
+    lr_decay: float = 0.2
+    """Fraction of the steps, at the end, over which the rate falls linearly to 0
+    (dictionary_learning's schedule; measured: held-out FVU 0.0180 against 0.0209 for the
+    cosine to a tenth)."""
+    lr_warmup: float = 0.0
+    """Fraction of the steps over which the rate rises linearly from 0 (measured: no
+    effect at these budgets)."""
     dead_after: int | None = None
     """Tokens a latent may stay silent before it counts as dead and the AuxK loss (Gao et
     al. 2024; SAELens' ``aux_loss_coefficient``, TopK kinds) trains it to reconstruct the
     error; None fits the window to the budget: a twentieth of ``n_tokens``, at least one
-    batch. (SAELens' default window, 1,000 steps, ends after most short runs: the recipe
-    before this option, reachable as ``1000 * batch_size``.)"""
+    batch. (SAELens' default window, 1,000 steps, ends after most short runs.)"""
     aux_coef: float = 1.0
     """Weight of the AuxK loss (SAELens' default; 0 turns it off)."""
     b_dec_init: Literal["zeros", "median"] = "median"
     """Initial decoder bias: zeros (SAELens), or the geometric median of the first training
-    batch (dictionary_learning, Bricken et al. 2023), so that latents start by encoding
-    deviations from the data's centre rather than the centre itself."""
-    lr_warmup: float = 0.0
-    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    batch (dictionary_learning), so that latents start by encoding deviations from the
+    data's centre rather than the centre itself."""
     init_from: str | None = None
     """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
     fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the
@@ -170,8 +181,17 @@ class SAETrainConfig:
             raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
         if self.b_dec_init not in ("zeros", "median"):
             raise RlinterpError(f"b_dec_init must be zeros or median, got {self.b_dec_init!r}")
-        if not 0 <= self.lr_warmup < 1:
-            raise RlinterpError(f"lr_warmup must be a fraction of the steps in [0, 1), got {self.lr_warmup}")
+        if not (0 <= self.lr_warmup and 0 <= self.lr_decay and self.lr_warmup + self.lr_decay < 1):
+            raise RlinterpError(
+                f"lr_warmup and lr_decay are fractions of the steps summing to less than 1, got "
+                f"{self.lr_warmup} and {self.lr_decay}"
+            )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise RlinterpError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if not (self.decoder_init_norm > 0 and math.isfinite(self.decoder_init_norm)):
+            raise RlinterpError(
+                f"decoder_init_norm must be positive and finite, got {self.decoder_init_norm}"
+            )
 
     @property
     def dead_window(self) -> int:
@@ -253,6 +273,7 @@ def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
         "d_in": d_in,
         "d_sae": cfg.d_sae,
         "normalize_activations": "expected_average_only_in",
+        "decoder_init_norm": cfg.decoder_init_norm,
         "device": cfg.device,
     }
     torch.manual_seed(cfg.seed)
@@ -434,13 +455,15 @@ class _Run:
 
 def _start(out: Path, cfg: SAETrainConfig, d_in: int) -> _Run:
     """A fresh SAELens trainer for ``cfg``, restored from ``out/checkpoint`` if there is one."""
+    steps = cfg.n_tokens // cfg.batch_size
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.n_tokens,
         train_batch_size_samples=cfg.batch_size,
         lr=cfg.lr,
         lr_end=cfg.lr / 10,
-        lr_scheduler_name="cosineannealing",
-        lr_warm_up_steps=round(cfg.lr_warmup * (cfg.n_tokens // cfg.batch_size)),
+        lr_scheduler_name="cosineannealing" if cfg.lr_schedule == "cosine" else "constant",
+        lr_warm_up_steps=round(cfg.lr_warmup * steps),
+        lr_decay_steps=round(cfg.lr_decay * steps),
         dead_feature_window=cfg.dead_window,
         n_batches_for_norm_estimate=min(100, max(1, cfg.n_tokens // cfg.batch_size)),
         device=cfg.device,
@@ -477,8 +500,8 @@ def fit_saes(
     if fresh:  # then first == 0: the stream starts with the batches of the norm estimate
         scaler = fresh[0].trainer.activation_scaler
         scaler.estimate_scaling_factor(d_in, data, norm_batches)
-        first = next(data)
-        data = itertools.chain([first], data)
+        head = next(data)  # the first training batch, put back
+        data = itertools.chain([head], data)
         for run in fresh:  # the same batches give the same factor: estimate it once
             run.trainer.activation_scaler.scaling_factor = scaler.scaling_factor
             if run.cfg.init_from is not None:
@@ -486,7 +509,7 @@ def fit_saes(
             elif run.cfg.b_dec_init == "median":
                 with torch.no_grad():
                     run.trainer.sae.b_dec.copy_(
-                        geometric_median(first.to(run.cfg.device) * scaler.scaling_factor)
+                        geometric_median(head.to(run.cfg.device) * scaler.scaling_factor)
                     )
     total = started[0].trainer.cfg.total_training_steps
     what = f"SAE {label} {hook}" + (f" (x{len(started)})" if len(started) > 1 else "")
