@@ -102,7 +102,8 @@ def harvesting(root: Path, quick: bool, repeats: int, calibration: dict) -> tupl
         shape = lh.shape(folders, length, n_prompts, batch, sizes.n_layer)
         lh.set_reference(shape, Path(tempfile.mkdtemp(dir=root)))
         flops = lh.forward_flops_per_token(folders[0], length)
-        lane = _lane(interleave(lh.lane_b(shape), repeats), dict.fromkeys(lh.lane_b(shape), flops),
+        # no warm-up round: set_reference ran the shape, and each run loads its models afresh
+        lane = _lane(interleave(lh.lane_b(shape), repeats, warmup=0), dict.fromkeys(lh.lane_b(shape), flops),
                      calibration[f"B-{name}"]["gflops"])  # fmt: skip
         for contender in lane.values():
             contender["seconds_per_checkpoint"] = contender["seconds"]["median"] / sizes.checkpoints
@@ -190,7 +191,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats: checks the harness")
     parser.add_argument("--repeats", type=int, default=None, help="measured runs per contender (default 5)")
     parser.add_argument("--peers", type=Path, default=Path("artifacts/peers"),
-                        help="where peer libraries run as contenders are installed (not the venv)")  # fmt: skip
+                        help="where peer contenders are installed (never the venv)")  # fmt: skip
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     torch.set_num_threads(THREADS)

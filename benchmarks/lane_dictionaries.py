@@ -317,7 +317,8 @@ def dictionary_learning_sae(data: Data, sizes: DictionarySizes, trainers: Any) -
         scale = math.sqrt(sizes.d_in) / (sum(norms) / len(norms))
         trainer = trainers.BatchTopKTrainer(
             steps=sizes.steps, activation_dim=sizes.d_in, dict_size=sizes.d_sae, k=sizes.k, layer=1,
-            lm_name="bench", warmup_steps=sizes.steps // 10, decay_start=sizes.steps - sizes.steps // 5,
+            lm_name="bench", warmup_steps=sizes.steps // 10,
+            decay_start=sizes.steps - max(1, sizes.steps // 5),
             threshold_start_step=sizes.steps // 10, seed=SEED, device="cpu",
         )  # fmt: skip
         for step in range(sizes.steps):

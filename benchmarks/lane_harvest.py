@@ -15,9 +15,10 @@ tokens) and a long (1,024 tokens) context, with the same batch size for every co
 - ``tl-forward`` and ``hf-forward``: floors, a hook-free TransformerLens forward and a
   plain ``transformers`` forward (``AutoModelForCausalLM``), logits only, nothing kept.
 
-Each run reports time per checkpoint, the time spent loading checkpoints (switching: for
-rlinterp every load and the base's bridge and hook check), peak memory, bytes written and,
-for those that keep activations, the largest absolute difference from the tuned loop's.
+Each run reports time per checkpoint, the time spent loading checkpoints (switching), for
+rlinterp apart from its once-per-series setup (the base's bridge, built over the loaded
+weights, and the check of the hook sites against it), peak memory, bytes written and, for
+those that keep activations, the largest absolute difference from the tuned loop's.
 
 The scaling lane runs rlinterp's ``harvest`` (one model loaded at a time:
 ``max_loaded=1``) and ``run_diff`` on 1x, 4x and 16x the prompts and on a growing number of
@@ -42,6 +43,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlinterp.activations.harvest import HarvestConfig, harvest
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.diff.analysis import run_diff
+from rlinterp.models import series as series_module
+from rlinterp.models.hooked import HookMap
 from rlinterp.models.series import ModelSeries
 
 
@@ -60,7 +63,7 @@ class HarvestSizes:
     scaling_checkpoints: tuple[int, ...]
 
 
-DEFAULT = HarvestSizes(1024, 8, 2, (100, 8, 8), (1024, 1, 1), 2, 2, (2, 3))
+DEFAULT = HarvestSizes(1024, 8, 2, (100, 16, 8), (1024, 1, 1), 2, 2, (2, 3))
 QUICK = HarvestSizes(32, 2, 2, (20, 4, 2), (64, 2, 1), 1, 1, (2, 3))
 
 
@@ -145,11 +148,13 @@ def _max_difference(shape: Shape, read: Callable[[int, str], torch.Tensor]) -> d
 
 def rlinterp_harvest(shape: Shape) -> Contender:
     def run(scratch: Path) -> Outcome:
-        clock = _Clock()
-        # every load and the base's bridge and hook check (a forked child's own copies)
-        originals = {name: getattr(ModelSeries, name) for name in ("_entry", "hook_map", "load")}
-        for name, method in originals.items():
-            setattr(ModelSeries, name, clock.wrap(method))
+        # switching: every checkpoint load; setup: the base's bridge and hook check, once
+        # per series (a forked child's own copies of the patched functions)
+        clock, setup = _Clock(), _Clock()
+        entry, bridge_over, build = ModelSeries._entry, series_module.bridge_over, HookMap.build
+        ModelSeries._entry = clock.wrap(entry)  # type: ignore[method-assign]
+        series_module.bridge_over = setup.wrap(bridge_over)
+        HookMap.build = setup.wrap(build)  # type: ignore[method-assign]
         try:
             series = ModelSeries.from_paths(shape.folders)
             store = harvest(
@@ -159,12 +164,12 @@ def rlinterp_harvest(shape: Shape) -> Contender:
                 HarvestConfig(hooks=shape.hooks, batch_size=shape.batch),
             )
         finally:
-            for name, method in originals.items():
-                setattr(ModelSeries, name, method)
+            ModelSeries._entry = entry  # type: ignore[method-assign]
+            series_module.bridge_over, HookMap.build = bridge_over, build  # type: ignore[method-assign]
         k = len(shape.folders)
         return Outcome(
             shape.tokens.numel() * k,
-            {"switch_seconds_per_checkpoint": clock.seconds / k},
+            {"switch_seconds_per_checkpoint": clock.seconds / k, "setup_seconds": setup.seconds},
             lambda: _max_difference(shape, lambda i, hook: store.read(store.labels[i], hook)),
         )
 

@@ -181,7 +181,7 @@ class SAETrainConfig:
             raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
         if self.b_dec_init not in ("zeros", "median"):
             raise RlinterpError(f"b_dec_init must be zeros or median, got {self.b_dec_init!r}")
-        if not (0 <= self.lr_warmup and 0 <= self.lr_decay and self.lr_warmup + self.lr_decay < 1):
+        if not (self.lr_warmup >= 0 and self.lr_decay >= 0 and self.lr_warmup + self.lr_decay < 1):
             raise RlinterpError(
                 f"lr_warmup and lr_decay are fractions of the steps summing to less than 1, got "
                 f"{self.lr_warmup} and {self.lr_decay}"

@@ -77,7 +77,7 @@ def test_a_bridge_that_computes_something_else_is_refused(tmp_path, arch, monkey
         bridge, sites = build(*args, **kwargs)
         # a shift the final norm cannot undo (it would remove a constant one)
         bridge.blocks[1].mlp.hook_out.add_hook(
-            lambda x, hook: x + torch.linspace(-1, 1, x.shape[-1]), is_permanent=True
+            lambda x, **_: x + torch.linspace(-1, 1, x.shape[-1]), is_permanent=True
         )
         return bridge, sites
 
