@@ -134,9 +134,9 @@ def harvesting(root: Path, quick: bool, repeats: int, calibration: dict) -> tupl
         peaks = [scaling["points"][f"{tool} prompts={m}x"].get("peak_mib", {}).get("median") for m in (1, 16)]
         scaling[f"{tool}: peak memory 16x / 1x prompts"] = peaks[1] / peaks[0] if None not in peaks else None
     largest = scaling["points"]["harvest prompts=16x"]
-    if "peak_mib" in largest:  # one model's weights plus one batch is the bound
-        scaling["harvest 16x: peak / (weights + batch)"] = largest["peak_mib"]["median"] / (
-            largest["weights_mib"] + largest["batch_mib"]
+    if "peak_mib" in largest:  # the bound: one model's weights plus one batch
+        scaling["harvest 16x: peak - weights - batch (MiB)"] = (
+            largest["peak_mib"]["median"] - largest["weights_mib"] - largest["batch_mib"]
         )
     return b, scaling
 
