@@ -1,6 +1,7 @@
 """Benchmark: rlinterp against the tools researchers would use instead, in one run.
 
-Runs every lane with one torch thread and a fixed seed, contenders interleaved (A B A B)
+Runs every lane with one torch thread and a fixed seed (on the GPU in bfloat16 when there
+is one, see ``_measure.DEVICE``; the machine record names the card), contenders interleaved (A B A B)
 after a warm-up, each measured run in a forked child (see ``_measure``), and writes
 ``bench.json`` (settings, machine, FLOP formulas, calibration, every lane's medians and
 spreads, targets) and ``bench.html`` (a plotly figure of medians and spreads) into

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _measure import Contender, Outcome
+from _measure import DEVICE, Contender, Outcome
 from _peers import dictionary_learning
 from _series import random_checkpoints, random_prompts
 from safetensors.torch import save_file
@@ -115,6 +115,7 @@ def judge(train: torch.Tensor, held: torch.Tensor, encode: Codec, decode: Codec)
     """Explained variance on the training tensor; on held-out rows the fraction of variance
     unexplained (``fvu``) and the mean number of active latents (``l0``); and the latents
     that never fire on the training tensor (``dead``)."""
+    train, held = train.to(DEVICE), held.to(DEVICE)
     fired = None
     for chunk in train.split(4096):
         active = (encode(chunk) != 0).any(0)
@@ -130,18 +131,21 @@ def judge(train: torch.Tensor, held: torch.Tensor, encode: Codec, decode: Codec)
 
 
 def tensor_batches(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless full batches of rows of ``x``, each epoch in a fresh seeded order."""
+    """Endless full batches of rows of ``x``, each epoch in a fresh seeded order, on the
+    lanes' device."""
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - batch + 1, batch):
-            yield x[order[start : start + batch]]
+            yield x[order[start : start + batch]].to(DEVICE)
 
 
 def _sae_config(sizes: DictionarySizes, **changes: int) -> SAETrainConfig:
     fields = {"d_sae": sizes.d_sae, "k": sizes.k, "batch_size": sizes.batch, "steps": sizes.steps} | changes
     steps = fields.pop("steps")
-    return SAETrainConfig(n_tokens=steps * fields["batch_size"], lr=LR, seed=SEED, **fields)
+    return SAETrainConfig(
+        n_tokens=steps * fields["batch_size"], lr=LR, seed=SEED, device=str(DEVICE), **fields
+    )
 
 
 def _saved_sae_ev(path: Path, x: torch.Tensor) -> float:
@@ -154,7 +158,7 @@ def _saved_sae_ev(path: Path, x: torch.Tensor) -> float:
 def _saved_sae_judged(path: Path, train: torch.Tensor, held: torch.Tensor) -> dict[str, float]:
     from sae_lens import SAE
 
-    sae = SAE.load_from_disk(str(path))
+    sae = SAE.load_from_disk(str(path), device=str(DEVICE))
     return judge(train, held, sae.encode, sae.decode)
 
 
@@ -188,6 +192,7 @@ def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
                 d_in=sizes.d_in,
                 d_sae=sizes.d_sae,
                 normalize_activations="expected_average_only_in",
+                device=str(DEVICE),
             )
         )
         trainer_cfg = SAETrainerConfig(
@@ -197,6 +202,7 @@ def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
             lr_end=LR / 10,
             lr_scheduler_name="cosineannealing",
             n_batches_for_norm_estimate=min(100, sizes.steps),
+            device=str(DEVICE),
             logger=LoggingConfig(log_to_wandb=False),
         )
         trained = SAETrainer(trainer_cfg, sae, tensor_batches(data.base, sizes.batch, SEED)).fit()
@@ -222,10 +228,11 @@ def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
         norms = [next(batches).norm(dim=-1).mean().item() for _ in range(min(100, sizes.steps))]
         scale = math.sqrt(d) / (sum(norms) / len(norms))
         generator = torch.Generator().manual_seed(SEED)
-        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1)
+        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1).to(DEVICE)
         W_enc = W_dec.T.contiguous().requires_grad_()
         W_dec.requires_grad_()
-        b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
+        b_enc = torch.zeros(n, device=DEVICE, requires_grad=True)
+        b_dec = torch.zeros(d, device=DEVICE, requires_grad=True)
         params = [W_enc, b_enc, W_dec, b_dec]
         optimizer = torch.optim.Adam(params, lr=LR)
 
@@ -282,7 +289,9 @@ def rlinterp_crosscoder(data: Data, sizes: DictionarySizes) -> Contender:
         stream = epoch_batches(
             lambda s: paired_batches(data.store, labels, HOOK, sizes.batch, s), sizes.batch, SEED
         )
-        train_crosscoder(stream, cfg, checkpoint=scratch / "checkpoint").save(scratch / "crosscoder")
+        train_crosscoder(stream, cfg, device=DEVICE, checkpoint=scratch / "checkpoint").save(
+            scratch / "crosscoder"
+        )
 
         def check() -> dict[str, float]:
             # in training mode (BatchTopK over each chunk of a batch's size): what training
@@ -319,7 +328,7 @@ def dictionary_learning_sae(data: Data, sizes: DictionarySizes, trainers: Any) -
             steps=sizes.steps, activation_dim=sizes.d_in, dict_size=sizes.d_sae, k=sizes.k, layer=1,
             lm_name="bench", warmup_steps=sizes.steps // 10,
             decay_start=sizes.steps - max(1, sizes.steps // 5),
-            threshold_start_step=sizes.steps // 10, seed=SEED, device="cpu",
+            threshold_start_step=sizes.steps // 10, seed=SEED, device=str(DEVICE),
         )  # fmt: skip
         for step in range(sizes.steps):
             trainer.update(step, next(batches) * scale)

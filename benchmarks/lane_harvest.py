@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _measure import Contender, Outcome
+from _measure import DEVICE, DTYPE, Contender, Outcome
 from _series import random_checkpoints, random_prompts
 from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
@@ -156,7 +156,7 @@ def rlinterp_harvest(shape: Shape) -> Contender:
         series_module.bridge_over = setup.wrap(bridge_over)
         HookMap.build = setup.wrap(build)  # type: ignore[method-assign]
         try:
-            series = ModelSeries.from_paths(shape.folders)
+            series = ModelSeries.from_paths(shape.folders, device=str(DEVICE), dtype=DTYPE)
             store = harvest(
                 series,
                 shape.prompts,
@@ -181,8 +181,8 @@ def tl_tuned(shape: Shape) -> Contender:
         clock = _Clock()
         boot = clock.wrap(TransformerBridge.boot_transformers)
         for i, folder in enumerate(shape.folders):
-            model = boot(str(folder), device="cpu", dtype=torch.float32)
-            for b, tokens in enumerate(shape.tokens.split(shape.batch)):
+            model = boot(str(folder), device=str(DEVICE), dtype=DTYPE)
+            for b, tokens in enumerate(shape.tokens.to(DEVICE).split(shape.batch)):
                 with torch.inference_mode():
                     _, cache = model.run_with_cache(
                         tokens,
@@ -190,7 +190,7 @@ def tl_tuned(shape: Shape) -> Contender:
                         stop_at_layer=shape.stop_at if shape.stop_at < model.cfg.n_layers else None,
                     )
                 kept = {
-                    hook: cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).contiguous()
+                    hook: cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float().cpu().contiguous()
                     for hook in shape.hooks
                 }
                 save_file(kept, str(scratch / f"{i}-{b}.safetensors"))
@@ -228,7 +228,7 @@ def _floor(shape: Shape, load: Callable[[Path], Callable[[torch.Tensor], object]
         for folder in shape.folders:
             forward = clock.wrap(load)(folder)
             with torch.inference_mode():
-                for tokens in shape.tokens.split(shape.batch):
+                for tokens in shape.tokens.to(DEVICE).split(shape.batch):
                     forward(tokens)
         k = len(shape.folders)
         return Outcome(shape.tokens.numel() * k, {"switch_seconds_per_checkpoint": clock.seconds / k})
@@ -239,13 +239,13 @@ def _floor(shape: Shape, load: Callable[[Path], Callable[[torch.Tensor], object]
 def tl_forward(shape: Shape) -> Contender:
     return _floor(
         shape,
-        lambda folder: TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32),
+        lambda folder: TransformerBridge.boot_transformers(str(folder), device=str(DEVICE), dtype=DTYPE),
     )
 
 
 def hf_forward(shape: Shape) -> Contender:
     def load(folder: Path) -> Callable[[torch.Tensor], object]:
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPE).to(DEVICE).eval()
         return lambda tokens: model(input_ids=tokens).logits
 
     return _floor(shape, load)
@@ -274,13 +274,16 @@ def scaling(folders: list[Path], sizes: HarvestSizes) -> dict[str, Contender]:
             prompts = random_prompts(n_prompts, length=99)
             if tool == "harvest":
                 harvest(
-                    ModelSeries.from_paths(folders[:n_checkpoints], max_loaded=1),
+                    ModelSeries.from_paths(
+                        folders[:n_checkpoints], max_loaded=1, device=str(DEVICE), dtype=DTYPE
+                    ),
                     prompts,
                     scratch / "out",
                     cfg,
                 )
             else:
-                run_diff(ModelSeries.from_paths(folders[:n_checkpoints]), prompts, scratch / "out", cfg)
+                series = ModelSeries.from_paths(folders[:n_checkpoints], device=str(DEVICE), dtype=DTYPE)
+                run_diff(series, prompts, scratch / "out", cfg)
             # float32 activations of one batch at the default hooks (every block's output)
             batch = min(sizes.scaling_batch, n_prompts) * 100 * sizes.d_model * 4 * sizes.n_layer
             return Outcome(

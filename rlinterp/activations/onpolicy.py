@@ -277,6 +277,7 @@ def harvest_on_policy(
             )
     previous.unlink(missing_ok=True)  # unfinished until rewritten at the end
     tokenizer = series.tokenizer()
+    series.hook_map()  # found once: the sub-series below inherit it with the loaded models
     stores, samples = {}, {}
     for checkpoint in series:
         folder = out / checkpoint.label
