@@ -15,7 +15,7 @@ from rlinterp import HarvestConfig, ModelSeries, PromptSet, harvest
 from rlinterp.errors import RlinterpError
 from rlinterp.models import loading
 from rlinterp.models.adapters import merged_model
-from rlinterp.models.hooked import HookedModel
+from rlinterp.models.hooked import HookedModel, HookMap
 from rlinterp.organism.model import build_tokenizer
 
 from ..conftest import tiny_hf_config
@@ -156,3 +156,17 @@ def test_a_hook_no_module_gives_is_harvested_through_the_bridge(tmp_path):
             _, cache = reference.run_with_cache(batch.tokens, names_filter=[hook])
             expected.append(cache[hook][batch.keep])
     assert (store.read("base", hook) - torch.cat(expected)).abs().max() < 1e-5
+
+
+def test_a_site_that_disagrees_with_the_bridge_is_left_to_the_bridge(tmp_path):
+    """A wrong site (block 0's output read from block 1) fails the check against the
+    bridge when the map is built, so that name is read through the bridge, correctly."""
+    folder = _checkpoint(tmp_path / "m", "gpt2")
+    series = ModelSeries.from_paths([folder])
+    entry_model = series.model(series.base)
+    bridge, sites = loading.bridge_over(entry_model, folder, torch.float32)
+    wrong = {**sites, "blocks.0.hook_resid_post": sites["blocks.1.hook_resid_post"]}
+    hook_map = HookMap.build(bridge, wrong, entry_model, tolerance=1e-5)
+    assert "blocks.0.hook_resid_post" not in hook_map.sites
+    assert hook_map.sites["blocks.1.hook_resid_post"] == sites["blocks.1.hook_resid_post"]
+    assert "blocks.0.hook_resid_post" in hook_map.names
