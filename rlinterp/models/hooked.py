@@ -33,6 +33,10 @@ of the model whose parameters and buffers *are* the model's: two module trees, o
 weights. The plain model stays untouched, and is the reference the bridge is checked
 against (``series.load``).
 
+``run_with_hooks`` edits through the same sites (an edit at a module's input changes only
+what that module reads, as the bridge's ``hook_in`` does), so a splice writes back into
+the forward the store was read from.
+
 Invariants: a ``HookedModel`` never changes its model (hooks are removed after every pass,
 even a failed one); the forward stops as soon as every requested hook has fired, unless
 logits are asked for; activations equal the bridge's at the same names to float tolerance
@@ -46,6 +50,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -164,6 +169,36 @@ def _output_tensor(output: Any) -> Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
+class _Point(NamedTuple):
+    """What an editing function gets as ``hook`` (TransformerLens passes its HookPoint)."""
+
+    name: str
+
+
+def _edit_output(
+    fn: Callable[..., Tensor | None], point: _Point, _module: nn.Module, _args: Any, output: Any
+) -> Any:
+    if isinstance(output, tuple | list):
+        edited = fn(output[0], hook=point)
+        return output if edited is None else (edited, *output[1:])
+    edited = fn(output, hook=point)
+    return output if edited is None else edited
+
+
+def _edit_input(
+    fn: Callable[..., Tensor | None],
+    point: _Point,
+    _module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args and isinstance(args[0], Tensor):
+        edited = fn(args[0], hook=point)
+        return ((args[0] if edited is None else edited, *args[1:]), kwargs)
+    edited = fn(kwargs["hidden_states"], hook=point)
+    return (args, kwargs if edited is None else {**kwargs, "hidden_states": edited})
+
+
 class HookedModel:
     """A ``transformers`` causal LM answering TransformerLens hook names (see the module
     docstring); ``cfg`` and ``tokenizer`` are the bridge's, so code written for a bridge's
@@ -246,6 +281,35 @@ class HookedModel:
             except _Stop:
                 output = None
         return (output.logits if output is not None else None), cache
+
+    @torch.no_grad()
+    def run_with_hooks(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        fwd_hooks: Sequence[tuple[str, Callable[..., Tensor | None]]] = (),
+        return_type: Literal["logits"] = "logits",
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits with ``fwd_hooks`` editing activations, as the bridge's ``run_with_hooks``
+        takes them: ``(name, fn)``, ``fn(activation, hook=...)`` returning the new value (or
+        None to keep it). An edit at a module's input changes only what that module reads,
+        as the bridge's ``hook_in`` does."""
+        del return_type
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                site = self.sites[self.names([name])[0]]
+                module = self.model.get_submodule(site.module)
+                point = _Point(name)
+                if site.port == "output":
+                    handles.append(module.register_forward_hook(partial(_edit_output, fn, point)))
+                else:
+                    handles.append(
+                        module.register_forward_pre_hook(partial(_edit_input, fn, point), with_kwargs=True)
+                    )
+            return self.model(input_ids=tokens, use_cache=False).logits
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.no_grad()
     def __call__(

@@ -170,3 +170,22 @@ def test_a_site_that_disagrees_with_the_bridge_is_left_to_the_bridge(tmp_path):
     assert "blocks.0.hook_resid_post" not in hook_map.sites
     assert hook_map.sites["blocks.1.hook_resid_post"] == sites["blocks.1.hook_resid_post"]
     assert "blocks.0.hook_resid_post" in hook_map.names
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "llama"))
+def test_edits_through_the_sites_equal_the_bridges_edits(tmp_path, arch):
+    """Zeroing an MLP's output and doubling what the second norm reads change the logits
+    exactly as the same edits through TransformerLens' bridge do."""
+    folder = _checkpoint(tmp_path / "m", arch)
+    hooked = ModelSeries.from_paths([folder]).hooked(ModelSeries.from_paths([folder]).base)
+    reference = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
+    edits = [("blocks.0.hook_mlp_out", lambda x, hook: torch.zeros_like(x)),
+             ("blocks.1.hook_resid_mid", lambda x, hook: 2 * x)]  # fmt: skip
+    tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference.run_with_hooks(tokens, fwd_hooks=edits, return_type="logits")
+        clean = reference(tokens, return_type="logits")
+    actual = hooked.run_with_hooks(tokens, fwd_hooks=edits)
+    assert (expected - clean).abs().max() > 1e-3  # the edits change the output
+    assert (actual - expected).abs().max() < 1e-5
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in hooked.model.modules())
