@@ -13,8 +13,7 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 from rlinterp import HarvestConfig, ModelSeries
-from rlinterp.activations.harvest import harvest
-from rlinterp.activations.harvest import KIND, ActivationStore
+from rlinterp.activations.harvest import KIND, ActivationStore, harvest
 from rlinterp.core.artifacts import write_json, write_safetensors
 from rlinterp.dictionaries.crosscoder import (
     MIN_FIRINGS,

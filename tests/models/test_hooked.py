@@ -179,8 +179,8 @@ def test_edits_through_the_sites_equal_the_bridges_edits(tmp_path, arch):
     folder = _checkpoint(tmp_path / "m", arch)
     hooked = ModelSeries.from_paths([folder]).hooked(ModelSeries.from_paths([folder]).base)
     reference = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32)
-    edits = [("blocks.0.hook_mlp_out", lambda x, hook: torch.zeros_like(x)),
-             ("blocks.1.hook_resid_mid", lambda x, hook: 2 * x)]  # fmt: skip
+    edits = [("blocks.0.hook_mlp_out", lambda x, **_: torch.zeros_like(x)),
+             ("blocks.1.hook_resid_mid", lambda x, **_: 2 * x)]  # fmt: skip
     tokens = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = reference.run_with_hooks(tokens, fwd_hooks=edits, return_type="logits")
