@@ -65,8 +65,6 @@ from .loading import (
 
 log = logging.getLogger(__name__)
 
-"""Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
-the organism (``step-5``), DeepSpeed (``global_step500``), or just the step (``500``)."""
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
