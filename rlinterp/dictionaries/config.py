@@ -2,13 +2,21 @@
 the three methods (``DictionaryConfig``), one SAE's training (``SAETrainConfig``) and the
 stage-wise fine-tune (``StagewiseConfig``). Torch-free, so a command describes its options
 without importing torch or SAELens; the trainers are in ``sae``, ``crosscoder``, ``train``
-and ``stagewise``."""
+and ``stagewise``.
+
+Two recipes keep latents alive (``Recipe``): ``fitted``, the default of every config here
+and of ``CrosscoderConfig``, whose options were measured against dictionary_learning's
+BatchTopK trainer (README, "The recipe"); and ``legacy``, the recipe before them, kept to
+reproduce dictionaries trained with it (``legacy_sae_recipe``, ``LEGACY_CROSSCODER_RECIPE``).
+A manifest written before the recipe options records no recipe: it reads back as legacy
+(``SAETrainConfig.recorded``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import RlinterpError
 from ..models.device import check_device
@@ -20,6 +28,30 @@ Architecture = Literal["topk", "batchtopk", "jumprelu", "standard"]
 ARCHITECTURES: tuple[Architecture, ...] = ("topk", "batchtopk", "jumprelu", "standard")
 Method = Literal["sae", "diff-sae", "crosscoder"]
 METHODS: tuple[Method, ...] = ("sae", "diff-sae", "crosscoder")
+Recipe = Literal["fitted", "legacy"]
+RECIPES: tuple[Recipe, ...] = ("fitted", "legacy")
+
+LEGACY_DEAD_STEPS = 1000
+"""SAELens' default dead-feature window, in steps: the legacy SAE recipe's."""
+LEGACY_CROSSCODER_RECIPE: dict[str, Any] = {"dead_after": 1_000_000, "lr_warmup": 0.0, "lr_decay": 0.0}
+"""``CrosscoderConfig``'s recipe fields as the legacy recipe sets them: a constant rate, a
+latent dead after a million silent tokens."""
+
+
+def legacy_sae_recipe(batch_size: int) -> dict[str, Any]:
+    """``SAETrainConfig``'s recipe fields as the legacy recipe sets them: SAELens' defaults
+    (decoder rows at norm 0.1, zero ``b_dec``, AuxK weight 1 on latents silent for
+    ``LEGACY_DEAD_STEPS`` steps of ``batch_size`` tokens) and the rate annealed (cosine) to
+    a tenth, without warm-up or final decay."""
+    return {
+        "decoder_init_norm": 0.1,
+        "lr_schedule": "cosine",
+        "lr_decay": 0.0,
+        "lr_warmup": 0.0,
+        "dead_after": LEGACY_DEAD_STEPS * batch_size,
+        "aux_coef": 1.0,
+        "b_dec_init": "zeros",
+    }
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,11 @@ class DictionaryConfig:
     """Initialisation and data order."""
     device: str = "cpu"
     """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
+    recipe: Recipe = "fitted"
+    """How training keeps latents alive: ``fitted`` (unit-norm decoder rows, b_dec at the
+    geometric median, a dead window fitted to the budget, a linear decay over the last
+    fifth; measured against dictionary_learning, see the README) or ``legacy`` (SAELens'
+    defaults with a cosine decay, as before: to reproduce dictionaries trained with it)."""
 
     def __post_init__(self) -> None:
         for name in ("d_sae", "k", "n_tokens", "batch_size"):
@@ -52,6 +89,8 @@ class DictionaryConfig:
             raise RlinterpError(f"k ({self.k} active latents) cannot exceed d_sae ({self.d_sae} latents)")
         if self.architecture not in ARCHITECTURES:
             raise RlinterpError(f"unknown architecture {self.architecture!r}; choose one of {ARCHITECTURES}")
+        if self.recipe not in RECIPES:
+            raise RlinterpError(f"unknown recipe {self.recipe!r}; choose one of {RECIPES}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
         if self.device is not None:  # a section's "the run's device"
@@ -67,6 +106,7 @@ class DictionaryConfig:
             lr=self.lr,
             seed=self.seed,
             device=self.device,
+            **(legacy_sae_recipe(self.batch_size) if self.recipe == "legacy" else {}),
         )
 
     def crosscoder_config(self, d_in: int, n_models: int) -> CrosscoderConfig:
@@ -81,6 +121,7 @@ class DictionaryConfig:
             batch_size=self.batch_size,
             n_steps=max(1, self.n_tokens // self.batch_size),
             seed=self.seed,
+            **(LEGACY_CROSSCODER_RECIPE if self.recipe == "legacy" else {}),
         )
 
 
@@ -175,6 +216,15 @@ class SAETrainConfig:
             raise RlinterpError(
                 f"decoder_init_norm must be positive and finite, got {self.decoder_init_norm}"
             )
+
+    @classmethod
+    def recorded(cls, config: Mapping[str, Any]) -> SAETrainConfig:
+        """The config a dictionary's manifest records. One written before the recipe
+        options has no ``decoder_init_norm``: its SAE was trained with the legacy recipe,
+        which fills them (today's defaults would describe another training)."""
+        if "decoder_init_norm" in config:
+            return cls(**config)
+        return cls(**{**legacy_sae_recipe(int(config.get("batch_size", cls.batch_size))), **config})
 
     @property
     def dead_window(self) -> int:

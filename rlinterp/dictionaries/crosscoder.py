@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from ..activations.harvest import ActivationStore, shuffled_batches
 from ..core.artifacts import optimizer_tensors, restore_optimizer, write_json, write_safetensors
 from ..errors import RlinterpError
+from .config import LEGACY_CROSSCODER_RECIPE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder_weights.safetensors"
@@ -299,7 +300,10 @@ class Crosscoder(nn.Module):
             if not file.is_file():
                 raise RlinterpError(f"{path} is not a saved crosscoder: {file.name} is missing")
         try:
-            cfg = CrosscoderConfig(**json.loads(cfg_path.read_text()))
+            recorded = json.loads(cfg_path.read_text())
+            if "lr_decay" not in recorded:  # saved before the recipe options: trained with the legacy one
+                recorded = {**LEGACY_CROSSCODER_RECIPE, **recorded}
+            cfg = CrosscoderConfig(**recorded)
         except (TypeError, ValueError) as error:
             raise RlinterpError(f"{cfg_path} is not a valid crosscoder config: {error}") from error
         if d_in is not None and cfg.d_in != d_in:

@@ -110,7 +110,7 @@ def fine_tune(
     dictionary, out = Path(dictionary), Path(out)
     start = TrainedSAE.load(dictionary)
     hook = start.manifest["hook"]
-    train_cfg = SAETrainConfig(**start.manifest["config"])
+    train_cfg = SAETrainConfig.recorded(start.manifest["config"])
     # A stage's rows restart at SAELens' 0.1 norm, whatever the dictionary started from:
     # with decoder-norm rescaling a row's norm only sets how fast Adam turns it, and a stage
     # has a small budget to follow a rewired feature (at unit norm the planted rewired
