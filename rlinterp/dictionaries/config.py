@@ -7,7 +7,7 @@ and ``stagewise``.
 Two recipes keep latents alive (``Recipe``): ``fitted``, the default of every config here
 and of ``CrosscoderConfig``, whose options were measured against dictionary_learning's
 BatchTopK trainer (README, "The recipe"); and ``legacy``, the recipe before them, kept to
-reproduce dictionaries trained with it (``legacy_sae_recipe``, ``LEGACY_CROSSCODER_RECIPE``).
+reproduce dictionaries trained with it (``legacy_sae_recipe``, ``crosscoder.LEGACY_RECIPE``).
 A manifest written before the recipe options records no recipe: it reads back as legacy
 (``SAETrainConfig.recorded``)."""
 
@@ -33,9 +33,6 @@ RECIPES: tuple[Recipe, ...] = ("fitted", "legacy")
 
 LEGACY_DEAD_STEPS = 1000
 """SAELens' default dead-feature window, in steps: the legacy SAE recipe's."""
-LEGACY_CROSSCODER_RECIPE: dict[str, Any] = {"dead_after": 1_000_000, "lr_warmup": 0.0, "lr_decay": 0.0}
-"""``CrosscoderConfig``'s recipe fields as the legacy recipe sets them: a constant rate, a
-latent dead after a million silent tokens."""
 
 
 def legacy_sae_recipe(batch_size: int) -> dict[str, Any]:
@@ -110,7 +107,7 @@ class DictionaryConfig:
         )
 
     def crosscoder_config(self, d_in: int, n_models: int) -> CrosscoderConfig:
-        from .crosscoder import CrosscoderConfig
+        from .crosscoder import LEGACY_RECIPE, CrosscoderConfig
 
         return CrosscoderConfig(
             d_in=d_in,
@@ -121,7 +118,7 @@ class DictionaryConfig:
             batch_size=self.batch_size,
             n_steps=max(1, self.n_tokens // self.batch_size),
             seed=self.seed,
-            **(LEGACY_CROSSCODER_RECIPE if self.recipe == "legacy" else {}),
+            **(LEGACY_RECIPE if self.recipe == "legacy" else {}),
         )
 
 

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import einops
 import numpy as np
@@ -61,7 +61,6 @@ from torch import Tensor, nn
 from ..activations.harvest import ActivationStore, shuffled_batches
 from ..core.artifacts import optimizer_tensors, restore_optimizer, write_json, write_safetensors
 from ..errors import RlinterpError
-from .config import LEGACY_CROSSCODER_RECIPE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder_weights.safetensors"
@@ -107,6 +106,9 @@ THRESHOLD_MOMENTUM = 0.01
 DEC_INIT_NORM = 0.1
 """Initial norm of every per-model decoder vector (random directions, independent per
 model, so no latent starts out shared or exclusive)."""
+LEGACY_RECIPE: dict[str, Any] = {"dead_after": 1_000_000, "lr_warmup": 0.0, "lr_decay": 0.0}
+"""The recipe fields below as the legacy recipe (``DictionaryConfig.recipe``) sets them: a
+constant rate, a latent dead after a million silent tokens."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ class Crosscoder(nn.Module):
         try:
             recorded = json.loads(cfg_path.read_text())
             if "lr_decay" not in recorded:  # saved before the recipe options: trained with the legacy one
-                recorded = {**LEGACY_CROSSCODER_RECIPE, **recorded}
+                recorded = {**LEGACY_RECIPE, **recorded}
             cfg = CrosscoderConfig(**recorded)
         except (TypeError, ValueError) as error:
             raise RlinterpError(f"{cfg_path} is not a valid crosscoder config: {error}") from error
