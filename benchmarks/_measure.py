@@ -35,6 +35,15 @@ from typing import Any
 import torch
 
 PROC = Path("/proc/self")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+"""Where every lane computes: the GPU when there is one (then in bfloat16), else the CPU."""
+DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a clock read after it counts it (no-op on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 @dataclass
@@ -58,9 +67,10 @@ def _kib(name: str) -> int:
 
 
 def forking() -> bool:
-    """Whether runs are measured in forked children (Linux); elsewhere they run in-process
-    and peak memory is not reported."""
-    return hasattr(os, "fork") and (PROC / "clear_refs").exists()
+    """Whether runs are measured in forked children (Linux, CPU: a CUDA context does not
+    survive a fork); elsewhere they run in-process and peak host memory is not reported
+    (on a GPU, the peak GPU memory is)."""
+    return hasattr(os, "fork") and (PROC / "clear_refs").exists() and DEVICE.type == "cpu"
 
 
 def _release_memory() -> None:
@@ -73,10 +83,16 @@ def _measure(contender: Contender, scratch: Path) -> dict[str, Any]:
     if forking():
         (PROC / "clear_refs").write_text("5")  # peak := current
     start_kib = _kib("VmRSS") if forking() else 0
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    synchronize()
     start = time.perf_counter()
     outcome = contender(scratch)
+    synchronize()
     seconds = time.perf_counter() - start
     peak_mib = (_kib("VmHWM") - start_kib) / 1024 if forking() else None
+    if DEVICE.type == "cuda":  # the GPU's peak is the one that binds there
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
     written = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
     checked = outcome.check() if outcome.check is not None else {}
     return {
@@ -186,6 +202,9 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
+        "device": str(DEVICE),
+        "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
+        "dtype": str(DTYPE).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),

@@ -42,16 +42,22 @@ def forward_shapes(tokens: int, d_model: int) -> list[Shape]:
 
 
 def matmul_seconds(shape: Shape, repeats: int = 5) -> float:
-    """Median seconds of one ``[m, k] @ [k, n]`` float32 product."""
+    """Median seconds of one ``[m, k] @ [k, n]`` product, in the lanes' dtype on their
+    device (float32 on a CPU, bfloat16 on a GPU)."""
+    from _measure import DEVICE, DTYPE, synchronize
+
     m, k, n = shape
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    a = torch.randn(m, k, generator=g).to(DEVICE, DTYPE)
+    b = torch.randn(k, n, generator=g).to(DEVICE, DTYPE)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         a @ b
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

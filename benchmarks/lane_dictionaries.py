@@ -2,15 +2,23 @@
 
 The tensor is the residual stream of a random-init GPT-2 (``d_model = d_in``, 2 layers) and
 of a perturbed copy ("step-1"), harvested once into an rlinterp store; every contender
-trains on the same tokens with the same sizes, learning rate (cosine to a tenth), seed and
-number of steps, and reports the explained variance of its dictionary on the whole tensor
-(1 - sum ||x - x_hat||^2 / sum ||x - mean||^2), so none can buy speed by skipping work.
+trains on the same tokens with the same sizes, seed and number of steps, and reports the
+explained variance of its dictionary on the training tensor (1 - sum ||x - x_hat||^2 /
+sum ||x - mean||^2), so none can buy speed by skipping work, and, on held-out tokens of
+the same model (other prompts), its fraction of variance unexplained (``fvu``), its L0,
+and its dead latents (never firing on the training tensor).
 
 Lane A, one dictionary:
 - ``rlinterp``: ``train_sae`` on the store (its whole path: claim, input-norm estimate,
   SAELens trainer, saving);
 - ``saelens``: SAELens' ``TopKTrainingSAE`` + ``SAETrainer.fit`` fed the in-memory tensor;
 - ``plain``: a plain PyTorch TopK loop (unit-norm decoder rows, Adam, no bookkeeping);
+- ``dictionary-learning``: dictionary_learning's ``BatchTopKTrainer`` (its own recipe:
+  unit-norm decoder, geometric-median ``b_dec``, AuxK after 10M silent tokens, linear
+  warm-up over a tenth of the steps and decay over the last fifth, its learning rate rule
+  ``2e-4 / sqrt(d_sae / 2^14)``), fed the same batches scaled as ours (mean norm
+  sqrt(d_in)), run from the released wheel without entering our environment
+  (``_peers``); evaluated with its inference threshold, as it is used;
 - ``diff-sae`` (rlinterp, on step-1 minus base) and ``crosscoder`` (rlinterp, both
   models), at the same size, without contenders.
 
@@ -25,9 +33,11 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from _measure import Contender, Outcome
+from _measure import DEVICE, Contender, Outcome
+from _peers import dictionary_learning
 from _series import random_checkpoints, random_prompts
 from safetensors.torch import save_file
 
@@ -64,44 +74,78 @@ QUICK = DictionarySizes(32, 128, 8, 128, 4, 16, 64, (4, 8), 128, 4)
 
 @dataclass
 class Data:
-    """The store and its two tensors (base and step-1 activations at ``HOOK``)."""
+    """The store and its two tensors (base and step-1 activations at ``HOOK``), and the same
+    on held-out prompts."""
 
     store: ActivationStore
     base: torch.Tensor
     post: torch.Tensor
+    held_base: torch.Tensor
+    held_post: torch.Tensor
 
 
 def prepare(root: Path, sizes: DictionarySizes) -> Data:
     folders = random_checkpoints(root / "models", d_model=sizes.d_in, n_layer=2, perturbation=0.2)
-    store = harvest(
-        ModelSeries.from_paths(folders),
-        random_prompts(sizes.prompts),
-        root / "store",
-        HarvestConfig(hooks=(HOOK,), batch_size=32),
+    series = ModelSeries.from_paths(folders)
+    cfg = HarvestConfig(hooks=(HOOK,), batch_size=32)
+    store = harvest(series, random_prompts(sizes.prompts), root / "store", cfg)
+    held = harvest(series, random_prompts(max(1, sizes.prompts // 4), seed=1), root / "held-out", cfg)
+    post = store.labels[1]
+    return Data(
+        store,
+        store.read("base", HOOK),
+        store.read(post, HOOK),
+        held.read("base", HOOK),
+        held.read(post, HOOK),
     )
-    return Data(store, store.read("base", HOOK), store.read(store.labels[1], HOOK))
+
+
+Codec = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def explained_variance(x: torch.Tensor, reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> float:
+def explained_variance(x: torch.Tensor, reconstruct: Codec) -> float:
     """1 - residual energy / variance over all rows of ``x`` (reconstructed in chunks)."""
     error = sum(((reconstruct(c) - c) ** 2).sum().item() for c in x.split(4096))
     return 1.0 - error / ((x - x.mean(0)) ** 2).sum().item()
 
 
+@torch.no_grad()
+def judge(train: torch.Tensor, held: torch.Tensor, encode: Codec, decode: Codec) -> dict[str, float]:
+    """Explained variance on the training tensor; on held-out rows the fraction of variance
+    unexplained (``fvu``) and the mean number of active latents (``l0``); and the latents
+    that never fire on the training tensor (``dead``)."""
+    train, held = train.to(DEVICE), held.to(DEVICE)
+    fired = None
+    for chunk in train.split(4096):
+        active = (encode(chunk) != 0).any(0)
+        fired = active if fired is None else fired | active
+    assert fired is not None
+    l0 = sum((encode(c) != 0).sum().item() for c in held.split(4096)) / len(held)
+    return {
+        "explained_variance": explained_variance(train, lambda c: decode(encode(c))),
+        "fvu": 1.0 - explained_variance(held, lambda c: decode(encode(c))),
+        "l0": l0,
+        "dead": int((~fired).sum()),
+    }
+
+
 def tensor_batches(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless full batches of rows of ``x``, each epoch in a fresh seeded order."""
+    """Endless full batches of rows of ``x``, each epoch in a fresh seeded order, on the
+    lanes' device."""
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - batch + 1, batch):
-            yield x[order[start : start + batch]]
+            yield x[order[start : start + batch]].to(DEVICE)
 
 
 def _sae_config(sizes: DictionarySizes, **changes: int) -> SAETrainConfig:
     fields = {"d_sae": sizes.d_sae, "k": sizes.k, "batch_size": sizes.batch, "steps": sizes.steps} | changes
     steps = fields.pop("steps")
-    return SAETrainConfig(n_tokens=steps * fields["batch_size"], lr=LR, seed=SEED, **fields)
+    return SAETrainConfig(
+        n_tokens=steps * fields["batch_size"], lr=LR, seed=SEED, device=str(DEVICE), **fields
+    )
 
 
 def _saved_sae_ev(path: Path, x: torch.Tensor) -> float:
@@ -109,6 +153,13 @@ def _saved_sae_ev(path: Path, x: torch.Tensor) -> float:
 
     sae = SAE.load_from_disk(str(path))
     return explained_variance(x, lambda c: sae.decode(sae.encode(c)))
+
+
+def _saved_sae_judged(path: Path, train: torch.Tensor, held: torch.Tensor) -> dict[str, float]:
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(path), device=str(DEVICE))
+    return judge(train, held, sae.encode, sae.decode)
 
 
 def rlinterp_sae(data: Data, sizes: DictionarySizes, diff: bool = False) -> Contender:
@@ -122,7 +173,8 @@ def rlinterp_sae(data: Data, sizes: DictionarySizes, diff: bool = False) -> Cont
         else:
             train_sae(data.store, "base", HOOK, scratch / "sae", cfg)
         x = data.post - data.base if diff else data.base
-        return Outcome(cfg.n_tokens, check=lambda: {"explained_variance": _saved_sae_ev(scratch / "sae", x)})
+        held = data.held_post - data.held_base if diff else data.held_base
+        return Outcome(cfg.n_tokens, check=lambda: _saved_sae_judged(scratch / "sae", x, held))
 
     return run
 
@@ -140,6 +192,7 @@ def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
                 d_in=sizes.d_in,
                 d_sae=sizes.d_sae,
                 normalize_activations="expected_average_only_in",
+                device=str(DEVICE),
             )
         )
         trainer_cfg = SAETrainerConfig(
@@ -149,13 +202,14 @@ def saelens_sae(data: Data, sizes: DictionarySizes) -> Contender:
             lr_end=LR / 10,
             lr_scheduler_name="cosineannealing",
             n_batches_for_norm_estimate=min(100, sizes.steps),
+            device=str(DEVICE),
             logger=LoggingConfig(log_to_wandb=False),
         )
         trained = SAETrainer(trainer_cfg, sae, tensor_batches(data.base, sizes.batch, SEED)).fit()
         trained.save_inference_model(str(scratch / "sae"))
         return Outcome(
             sizes.steps * sizes.batch,
-            check=lambda: {"explained_variance": _saved_sae_ev(scratch / "sae", data.base)},
+            check=lambda: _saved_sae_judged(scratch / "sae", data.base, data.held_base),
         )
 
     return run
@@ -174,19 +228,25 @@ def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
         norms = [next(batches).norm(dim=-1).mean().item() for _ in range(min(100, sizes.steps))]
         scale = math.sqrt(d) / (sum(norms) / len(norms))
         generator = torch.Generator().manual_seed(SEED)
-        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1)
+        W_dec = 0.1 * torch.nn.functional.normalize(torch.randn(n, d, generator=generator), dim=-1).to(DEVICE)
         W_enc = W_dec.T.contiguous().requires_grad_()
         W_dec.requires_grad_()
-        b_enc, b_dec = torch.zeros(n, requires_grad=True), torch.zeros(d, requires_grad=True)
+        b_enc = torch.zeros(n, device=DEVICE, requires_grad=True)
+        b_dec = torch.zeros(d, device=DEVICE, requires_grad=True)
         params = [W_enc, b_enc, W_dec, b_dec]
         optimizer = torch.optim.Adam(params, lr=LR)
 
-        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        def encode(x: torch.Tensor) -> torch.Tensor:
             norm = W_dec.norm(dim=-1)
             pre = torch.addmm(b_enc * norm, x - b_dec, W_enc * norm)
             top = pre.topk(k, dim=-1, sorted=False)
-            acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
-            return torch.addmm(b_dec, acts, W_dec / norm[:, None])
+            return torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu())
+
+        def decode(acts: torch.Tensor) -> torch.Tensor:
+            return torch.addmm(b_dec, acts, W_dec / W_dec.norm(dim=-1)[:, None])
+
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            return decode(encode(x))
 
         for step in range(sizes.steps):
             x = next(batches) * scale
@@ -205,9 +265,7 @@ def plain_sae(data: Data, sizes: DictionarySizes) -> Contender:
         )
 
         def check() -> dict[str, float]:
-            return {
-                "explained_variance": explained_variance(data.base, lambda c: reconstruct(c * scale) / scale)
-            }
+            return judge(data.base, data.held_base, lambda c: encode(c * scale), lambda f: decode(f) / scale)
 
         return Outcome(sizes.steps * sizes.batch, check=check)
 
@@ -231,29 +289,96 @@ def rlinterp_crosscoder(data: Data, sizes: DictionarySizes) -> Contender:
         stream = epoch_batches(
             lambda s: paired_batches(data.store, labels, HOOK, sizes.batch, s), sizes.batch, SEED
         )
-        train_crosscoder(stream, cfg, checkpoint=scratch / "checkpoint").save(scratch / "crosscoder")
+        train_crosscoder(stream, cfg, device=DEVICE, checkpoint=scratch / "checkpoint").save(
+            scratch / "crosscoder"
+        )
 
         def check() -> dict[str, float]:
             # in training mode (BatchTopK over each chunk of a batch's size): what training
             # optimised; a short run has not settled the inference threshold yet
             crosscoder = Crosscoder.load(scratch / "crosscoder").train()
-            both = torch.stack([data.base, data.post], dim=1)
-            chunks = both.split(sizes.batch)
-            error = sum(((crosscoder(c).reconstruction - c) ** 2).sum().item() for c in chunks)
-            return {"explained_variance": 1.0 - error / ((both - both.mean(0)) ** 2).sum().item()}
+
+            def judged(x: torch.Tensor) -> tuple[float, int, torch.Tensor]:
+                error, active, fired = 0.0, 0, torch.zeros(sizes.d_sae, dtype=torch.bool)
+                for chunk in x.split(sizes.batch):
+                    out = crosscoder(chunk)
+                    error += ((out.reconstruction - chunk) ** 2).sum().item()
+                    active += int((out.latents > 0).sum())
+                    fired |= (out.latents > 0).any(0)
+                return 1.0 - error / ((x - x.mean(0)) ** 2).sum().item(), active, fired
+
+            ev, _, fired = judged(torch.stack([data.base, data.post], dim=1))
+            held_ev, active, _ = judged(torch.stack([data.held_base, data.held_post], dim=1))
+            return {"explained_variance": ev, "fvu": 1.0 - held_ev, "l0": active / len(data.held_base),
+                    "dead": int((~fired).sum())}  # fmt: skip
 
         return Outcome(sizes.steps * sizes.batch, check=check)
 
     return run
 
 
-def lane_a(data: Data, sizes: DictionarySizes) -> dict[str, Contender]:
-    return {
+def dictionary_learning_sae(data: Data, sizes: DictionarySizes, trainers: Any) -> Contender:
+    """dictionary_learning's BatchTopK trainer with its own recipe (the module docstring)."""
+
+    def run(scratch: Path) -> Outcome:  # noqa: ARG001  # its weights stay in memory
+        batches = tensor_batches(data.base, sizes.batch, SEED)
+        norms = [next(batches).norm(dim=-1).mean().item() for _ in range(min(100, sizes.steps))]
+        scale = math.sqrt(sizes.d_in) / (sum(norms) / len(norms))
+        trainer = trainers.BatchTopKTrainer(
+            steps=sizes.steps, activation_dim=sizes.d_in, dict_size=sizes.d_sae, k=sizes.k, layer=1,
+            lm_name="bench", warmup_steps=sizes.steps // 10,
+            decay_start=sizes.steps - max(1, sizes.steps // 5),
+            threshold_start_step=sizes.steps // 10, seed=SEED, device=str(DEVICE),
+        )  # fmt: skip
+        for step in range(sizes.steps):
+            trainer.update(step, next(batches) * scale)
+        ae = trainer.ae
+
+        def check() -> dict[str, float]:
+            return judge(
+                data.base, data.held_base, lambda c: ae.encode(c * scale), lambda f: ae.decode(f) / scale
+            )
+
+        return Outcome(sizes.steps * sizes.batch, check=check)
+
+    return run
+
+
+def lane_a(
+    data: Data, sizes: DictionarySizes, peers: Path, install: bool
+) -> tuple[dict[str, Contender], str]:
+    """The contenders, and which dictionary_learning ran (or why none did); it is installed
+    into ``peers`` when missing if ``install``."""
+    contenders = {
         "rlinterp": rlinterp_sae(data, sizes),
         "saelens": saelens_sae(data, sizes),
         "plain": plain_sae(data, sizes),
         "diff-sae": rlinterp_sae(data, sizes, diff=True),
         "crosscoder": rlinterp_crosscoder(data, sizes),
+    }
+    trainers, note = dictionary_learning(peers, install)
+    if trainers is not None:
+        contenders["dictionary-learning"] = dictionary_learning_sae(data, sizes, trainers)
+    return contenders, note
+
+
+def lane_a_ratios(lane: dict[str, Any]) -> dict[str, float | None]:
+    """Speed ratios at the medians, and held-out FVU and dead latents against the peer."""
+
+    def ratio(a: str, b: str, key: str = "tokens_per_s") -> float | None:
+        if a not in lane or b not in lane:
+            return None
+        x, y = lane[a][key], lane[b][key]
+        return (x["median"] if isinstance(x, dict) else x) / (y["median"] if isinstance(y, dict) else y)
+
+    return {
+        "rlinterp / saelens": ratio("rlinterp", "saelens"),
+        "rlinterp / plain": ratio("rlinterp", "plain"),
+        "rlinterp / dictionary-learning": ratio("rlinterp", "dictionary-learning"),
+        "fvu rlinterp / dictionary-learning": ratio("rlinterp", "dictionary-learning", "fvu"),
+        "dead rlinterp - dictionary-learning": lane["rlinterp"]["dead"] - lane["dictionary-learning"]["dead"]
+        if "dictionary-learning" in lane
+        else None,
     }
 
 

@@ -1,26 +1,29 @@
 """Lane B and the scaling lane: harvesting a checkpoint series.
 
-Lane B runs K random-init GPT-2 checkpoints over a prompt set and keeps two hooks (one
-middle layer and the last, so stopping at the deepest hook skips only the final norm and
-unembedding), at a short (about 100 tokens) and a long (1,024 tokens) context, with the
-same batch size for every contender:
+Lane B runs K random-init GPT-2 checkpoints of a realistic width (d_model 1,024, 8 layers
+by default) over a prompt set and keeps two hooks (one middle layer and the last, so
+stopping at the deepest hook skips only the final norm and unembedding), at a short (100
+tokens) and a long (1,024 tokens) context, with the same batch size for every contender:
 
-- ``rlinterp``: ``harvest`` (loads each checkpoint through the series, with its logit
-  fidelity check; writes one safetensors shard per model, hook and batch);
-- ``tl-naive``: the TransformerLens loop most code starts as: load each checkpoint
-  (``TransformerBridge.boot_transformers``), ``run_with_cache`` with every hook cached and
-  a full forward, keep the two hooks, save them (safetensors, one file per batch);
-- ``tl-tuned``: the same loop with ``names_filter``, ``stop_at_layer`` after the deepest
-  hook and ``torch.inference_mode``; the reference every activation is compared with;
+- ``rlinterp``: ``harvest`` (each checkpoint loaded once through the series, the base's
+  hook sites checked against TransformerLens; the plain ``transformers`` forward with
+  hooks on the modules; one safetensors shard per model, hook and batch);
+- ``tl-tuned``: the TransformerLens loop: load each checkpoint
+  (``TransformerBridge.boot_transformers``), ``run_with_cache`` with ``names_filter``,
+  ``stop_at_layer`` after the deepest hook and ``torch.inference_mode``, save the two hooks
+  (safetensors, one file per batch); the reference every activation is compared with;
 - ``tl-forward`` and ``hf-forward``: floors, a hook-free TransformerLens forward and a
   plain ``transformers`` forward (``AutoModelForCausalLM``), logits only, nothing kept.
 
-Each run reports time per checkpoint, the time spent loading checkpoints (switching),
-peak memory, bytes written and, for those that keep activations, the largest absolute
-difference from the tuned loop's.
+Each run reports time per checkpoint, the time spent loading checkpoints (switching), for
+rlinterp apart from its once-per-series setup (the base's bridge, built over the loaded
+weights, and the check of the hook sites against it), peak memory, bytes written and, for
+those that keep activations, the largest absolute difference from the tuned loop's.
 
-The scaling lane runs rlinterp's ``harvest`` and ``run_diff`` on 1x, 4x and 16x the
-prompts and on a growing number of checkpoints, one forked run each.
+The scaling lane runs rlinterp's ``harvest`` (one model loaded at a time:
+``max_loaded=1``) and ``run_diff`` on 1x, 4x and 16x the prompts and on a growing number of
+checkpoints, one forked run each, on the same wide model; beside each peak it reports the
+bytes of one model's weights and of one batch's activations at the harvested hooks.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _measure import Contender, Outcome
+from _measure import DEVICE, DTYPE, Contender, Outcome
 from _series import random_checkpoints, random_prompts
 from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
@@ -40,6 +43,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlinterp.activations.harvest import HarvestConfig, harvest
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.diff.analysis import run_diff
+from rlinterp.models import series as series_module
+from rlinterp.models.hooked import HookMap
 from rlinterp.models.series import ModelSeries
 
 
@@ -58,7 +63,7 @@ class HarvestSizes:
     scaling_checkpoints: tuple[int, ...]
 
 
-DEFAULT = HarvestSizes(256, 4, 2, (100, 32, 16), (1024, 2, 2), 4, 4, (2, 4, 8))
+DEFAULT = HarvestSizes(1024, 8, 2, (100, 16, 8), (1024, 1, 1), 2, 2, (2, 3))
 QUICK = HarvestSizes(32, 2, 2, (20, 4, 2), (64, 2, 1), 1, 1, (2, 3))
 
 
@@ -95,6 +100,11 @@ def shape(folders: list[Path], length: int, n_prompts: int, batch: int, n_layer:
     return Shape(folders, prompts, tokens, batch, hooks)
 
 
+def weights_bytes(folder: Path) -> int:
+    """Bytes of one checkpoint's weights (its safetensors file)."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
 def forward_flops_per_token(folder: Path, context: int) -> float:
     """``calibration.FLOPS["forward"]`` for the checkpoint in ``folder``."""
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -105,18 +115,23 @@ def forward_flops_per_token(folder: Path, context: int) -> float:
 
 
 class _Clock:
-    """Seconds spent inside the functions it wraps."""
+    """Seconds spent inside the functions it wraps (a wrapped call inside another counts
+    once)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.depth = 0
 
     def wrap(self, fn: Callable) -> Callable:
         def timed(*args, **kwargs):
+            self.depth += 1
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.depth -= 1
+                if self.depth == 0:
+                    self.seconds += time.perf_counter() - start
 
         return timed
 
@@ -133,11 +148,15 @@ def _max_difference(shape: Shape, read: Callable[[int, str], torch.Tensor]) -> d
 
 def rlinterp_harvest(shape: Shape) -> Contender:
     def run(scratch: Path) -> Outcome:
-        clock = _Clock()
-        load = ModelSeries.load
-        ModelSeries.load = clock.wrap(load)  # type: ignore[method-assign]  # a forked child's own copy
+        # switching: every checkpoint load; setup: the base's bridge and hook check, once
+        # per series (a forked child's own copies of the patched functions)
+        clock, setup = _Clock(), _Clock()
+        entry, bridge_over, build = ModelSeries._entry, series_module.bridge_over, HookMap.build
+        ModelSeries._entry = clock.wrap(entry)  # type: ignore[method-assign]
+        series_module.bridge_over = setup.wrap(bridge_over)
+        HookMap.build = setup.wrap(build)  # type: ignore[method-assign]
         try:
-            series = ModelSeries.from_paths(shape.folders)
+            series = ModelSeries.from_paths(shape.folders, device=str(DEVICE), dtype=DTYPE)
             store = harvest(
                 series,
                 shape.prompts,
@@ -145,35 +164,33 @@ def rlinterp_harvest(shape: Shape) -> Contender:
                 HarvestConfig(hooks=shape.hooks, batch_size=shape.batch),
             )
         finally:
-            ModelSeries.load = load  # type: ignore[method-assign]
+            ModelSeries._entry = entry  # type: ignore[method-assign]
+            series_module.bridge_over, HookMap.build = bridge_over, build  # type: ignore[method-assign]
         k = len(shape.folders)
         return Outcome(
             shape.tokens.numel() * k,
-            {"switch_seconds_per_checkpoint": clock.seconds / k},
+            {"switch_seconds_per_checkpoint": clock.seconds / k, "setup_seconds": setup.seconds},
             lambda: _max_difference(shape, lambda i, hook: store.read(store.labels[i], hook)),
         )
 
     return run
 
 
-def _tl_loop(shape: Shape, tuned: bool) -> Contender:
+def tl_tuned(shape: Shape) -> Contender:
     def run(scratch: Path) -> Outcome:
         clock = _Clock()
         boot = clock.wrap(TransformerBridge.boot_transformers)
         for i, folder in enumerate(shape.folders):
-            model = boot(str(folder), device="cpu", dtype=torch.float32)
-            for b, tokens in enumerate(shape.tokens.split(shape.batch)):
-                if tuned:
-                    with torch.inference_mode():
-                        _, cache = model.run_with_cache(
-                            tokens,
-                            names_filter=list(shape.hooks),
-                            stop_at_layer=shape.stop_at if shape.stop_at < model.cfg.n_layers else None,
-                        )
-                else:
-                    _, cache = model.run_with_cache(tokens)
+            model = boot(str(folder), device=str(DEVICE), dtype=DTYPE)
+            for b, tokens in enumerate(shape.tokens.to(DEVICE).split(shape.batch)):
+                with torch.inference_mode():
+                    _, cache = model.run_with_cache(
+                        tokens,
+                        names_filter=list(shape.hooks),
+                        stop_at_layer=shape.stop_at if shape.stop_at < model.cfg.n_layers else None,
+                    )
                 kept = {
-                    hook: cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).contiguous()
+                    hook: cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float().cpu().contiguous()
                     for hook in shape.hooks
                 }
                 save_file(kept, str(scratch / f"{i}-{b}.safetensors"))
@@ -194,17 +211,9 @@ def _tl_loop(shape: Shape, tuned: bool) -> Contender:
     return run
 
 
-def tl_naive(shape: Shape) -> Contender:
-    return _tl_loop(shape, tuned=False)
-
-
-def tl_tuned(shape: Shape) -> Contender:
-    return _tl_loop(shape, tuned=True)
-
-
 def set_reference(shape: Shape, scratch: Path) -> None:
     """Run the tuned loop once and keep its activations as the reference."""
-    _tl_loop(shape, tuned=True)(scratch)
+    tl_tuned(shape)(scratch)
     n_batches = len(shape.tokens.split(shape.batch))
     shape.reference = {
         (i, hook): torch.cat([load_file(scratch / f"{i}-{b}.safetensors")[hook] for b in range(n_batches)])
@@ -219,7 +228,7 @@ def _floor(shape: Shape, load: Callable[[Path], Callable[[torch.Tensor], object]
         for folder in shape.folders:
             forward = clock.wrap(load)(folder)
             with torch.inference_mode():
-                for tokens in shape.tokens.split(shape.batch):
+                for tokens in shape.tokens.to(DEVICE).split(shape.batch):
                     forward(tokens)
         k = len(shape.folders)
         return Outcome(shape.tokens.numel() * k, {"switch_seconds_per_checkpoint": clock.seconds / k})
@@ -230,13 +239,13 @@ def _floor(shape: Shape, load: Callable[[Path], Callable[[torch.Tensor], object]
 def tl_forward(shape: Shape) -> Contender:
     return _floor(
         shape,
-        lambda folder: TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float32),
+        lambda folder: TransformerBridge.boot_transformers(str(folder), device=str(DEVICE), dtype=DTYPE),
     )
 
 
 def hf_forward(shape: Shape) -> Contender:
     def load(folder: Path) -> Callable[[torch.Tensor], object]:
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPE).to(DEVICE).eval()
         return lambda tokens: model(input_ids=tokens).logits
 
     return _floor(shape, load)
@@ -245,7 +254,6 @@ def hf_forward(shape: Shape) -> Contender:
 def lane_b(shape: Shape) -> dict[str, Contender]:
     return {
         "rlinterp": rlinterp_harvest(shape),
-        "tl-naive": tl_naive(shape),
         "tl-tuned": tl_tuned(shape),
         "tl-forward": tl_forward(shape),
         "hf-forward": hf_forward(shape),
@@ -259,16 +267,33 @@ def scaling(folders: list[Path], sizes: HarvestSizes) -> dict[str, Contender]:
     points = [(f"prompts={m}x", 2, m * sizes.scaling_prompts) for m in (1, 4, 16)]
     points += [(f"checkpoints={k}", k, sizes.scaling_prompts) for k in sizes.scaling_checkpoints]
 
+    weights = weights_bytes(folders[0])
+
     def contender(tool: str, n_checkpoints: int, n_prompts: int) -> Contender:
         def run(scratch: Path) -> Outcome:
-            series = ModelSeries.from_paths(folders[:n_checkpoints])
             prompts = random_prompts(n_prompts, length=99)
             if tool == "harvest":
-                harvest(series, prompts, scratch / "out", cfg)
+                harvest(
+                    ModelSeries.from_paths(
+                        folders[:n_checkpoints], max_loaded=1, device=str(DEVICE), dtype=DTYPE
+                    ),
+                    prompts,
+                    scratch / "out",
+                    cfg,
+                )
             else:
+                series = ModelSeries.from_paths(folders[:n_checkpoints], device=str(DEVICE), dtype=DTYPE)
                 run_diff(series, prompts, scratch / "out", cfg)
+            # float32 activations of one batch at the default hooks (every block's output)
+            batch = min(sizes.scaling_batch, n_prompts) * 100 * sizes.d_model * 4 * sizes.n_layer
             return Outcome(
-                100 * n_prompts * n_checkpoints, {"checkpoints": n_checkpoints, "prompts": n_prompts}
+                100 * n_prompts * n_checkpoints,
+                {
+                    "checkpoints": n_checkpoints,
+                    "prompts": n_prompts,
+                    "weights_mib": weights / 2**20,
+                    "batch_mib": batch / 2**20,
+                },  # fmt: skip
             )
 
         return run

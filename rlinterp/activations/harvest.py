@@ -1,9 +1,12 @@
 """Harvesting activations of every model of a series on the same tokens, streamed to disk.
 
-``harvest`` runs each checkpoint over the prompt set in batches of ``batch_size`` prompts,
-caching only the requested hooks (``names_filter``) and stopping at the deepest requested
-block. The kept positions of each batch (see ``prompts.TokenizedPrompts.keep``) are
-written as one safetensors shard per (model, hook, batch), so:
+``harvest`` runs each checkpoint over the prompt set in batches of ``batch_size`` prompts
+through its plain ``transformers`` forward, reading the requested TransformerLens hooks
+from the modules they name and stopping once the last of them has fired
+(``models.hooked``: the values are the bridge's, at the speed of the plain model; a hook
+that is no module's input or output is read through the bridge instead). The kept
+positions of each batch (see ``prompts.TokenizedPrompts.keep``) are written as one
+safetensors shard per (model, hook, batch), so:
 
 - peak memory is bounded by one batch, whatever the number of prompts;
 - shard ``k`` of every model and hook holds the same tokens, in the same order, so two
@@ -70,6 +73,7 @@ from ..core.artifacts import (
     write_safetensors,
 )
 from ..errors import RlinterpError
+from ..models.hooked import HookedModel, HookMap
 from ..models.series import DTYPES, Checkpoint, ModelSeries
 from .config import HarvestConfig as HarvestConfig
 from .prompts import PromptSet, TokenizedPrompts
@@ -95,22 +99,14 @@ def hook_layer(hook: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def valid_hooks(model: TransformerBridge) -> list[str]:
-    """Every hook name ``run_with_cache`` can return for ``model`` (aliases included)."""
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
-    _, cache = model.run_with_cache(probe)
-    return list(cache.keys())
-
-
-def _check_hooks(model: TransformerBridge, hooks: Sequence[str]) -> None:
-    valid = valid_hooks(model)
-    unknown = [h for h in hooks if h not in valid]
+def _check_hooks(hook_map: HookMap, hooks: Sequence[str]) -> None:
+    unknown = [h for h in hooks if h not in hook_map.names]
     if unknown:
         # Show one block's names: the others repeat them with another index.
-        shown = [h for h in valid if hook_layer(h) in (None, 0)]
+        shown = [h for h in hook_map.names if hook_layer(h) in (None, 0)]
         raise RlinterpError(
             f"unknown hook(s) {unknown}; valid names are {shown} and the same for blocks 1.."
-            f"{model.cfg.n_layers - 1}"
+            f"{hook_map.cfg.n_layers - 1}"
         )
 
 
@@ -311,12 +307,12 @@ def epoch_batches(
             raise RlinterpError(f"{what} has fewer tokens than one batch of {batch_size}")
 
 
-def _settings(series: ModelSeries, cfg: HarvestConfig) -> tuple[TransformerBridge, list[str], int]:
-    """The loaded base model, the hooks and the truncation length ``cfg`` resolves to."""
-    base = series.load(series.base)
-    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(base.cfg.n_layers)
-    _check_hooks(base, hooks)
-    return base, hooks, cfg.max_length or base.cfg.n_ctx
+def _settings(series: ModelSeries, cfg: HarvestConfig) -> tuple[HookMap, list[str], int]:
+    """The series' hook map, the hooks and the truncation length ``cfg`` resolves to."""
+    hook_map = series.hook_map()
+    hooks = list(cfg.hooks) if cfg.hooks else default_hooks(hook_map.cfg.n_layers)
+    _check_hooks(hook_map, hooks)
+    return hook_map, hooks, cfg.max_length or hook_map.cfg.n_ctx
 
 
 def prompts_sha256(prompts: PromptSet) -> str:
@@ -410,7 +406,7 @@ def harvest(
     cfg = cfg or HarvestConfig()
     out = Path(out)
     series.validate()
-    base, hooks, max_length = _settings(series, cfg)
+    hook_map, hooks, max_length = _settings(series, cfg)
     entries = {TOKENS, *(c.label for c in series)}
     fingerprint = _fingerprint(series, prompts, cfg, hooks, max_length)
     claimed = rundir.claim(
@@ -424,7 +420,7 @@ def harvest(
     if claimed.manifest is not None:  # finished, from the same inputs
         return ActivationStore(out, claimed.manifest)
     plan = _plan(series, prompts, cfg, hooks)
-    tokenized = prompts.tokenize(base.tokenizer, max_length, cfg.include_bos, cfg.response_only)
+    tokenized = prompts.tokenize(hook_map.tokenizer, max_length, cfg.include_bos, cfg.response_only)
     keep = budget_keep(tokenized.keep, cfg.max_tokens, cfg.token_seed)
     write_safetensors(
         out / TOKENS,
@@ -474,9 +470,13 @@ class HarvestTask:
         if not missing:
             return 0
         store = ActivationStore(self.root, self.plan)
-        model = series.load(checkpoint)
+        hooks = list(self.plan["hooks"])
+        # The plain forward with hooks on the modules (``models.hooked``), unless a hook is
+        # no module's input or output: then TransformerLens' bridge.
+        fast = all(hook in series.hook_map().sites for hook in hooks)
+        model = series.hooked(checkpoint) if fast else series.load(checkpoint)
         todo = [b for b in token_batches(store.tokens(), self.plan["batch_size"]) if b.shard in missing]
-        hooks, dtype = list(self.plan["hooks"]), DTYPES[self.plan["store_dtype"]]
+        dtype = DTYPES[self.plan["store_dtype"]]
         for batch in tqdm(todo, desc=f"harvest {checkpoint.label}", unit="batch", disable=None, leave=False):
             _harvest_batch(model, checkpoint.label, batch, hooks, self.stop_at, store, dtype)
         return len(todo)
@@ -542,7 +542,7 @@ def _link_shards(donor: ActivationStore, store: ActivationStore, found: dict[tup
 
 @torch.no_grad()
 def _harvest_batch(
-    model: TransformerBridge,
+    model: HookedModel | TransformerBridge,
     label: str,
     batch: TokenBatch,
     hooks: list[str],
@@ -551,8 +551,13 @@ def _harvest_batch(
     dtype: torch.dtype = torch.float32,
 ) -> None:
     keep = batch.keep
-    stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
-    _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=hooks, stop_at_layer=stop)
+    tokens = batch.tokens.to(model.cfg.device)
+    cache: Any  # a dict of tensors, or the bridge's ActivationCache
+    if isinstance(model, HookedModel):  # stops after the last hook by itself
+        _, cache = model.run_with_cache(tokens, hooks, return_type=None)
+    else:
+        stop = stop_at if stop_at is not None and stop_at < model.cfg.n_layers else None
+        _, cache = model.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop)
     for hook in hooks:
         acts = cache[hook]
         if acts.ndim != 3:

@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
 from ..core.reproducibility import stream_seed
@@ -251,6 +251,7 @@ def harvest_on_policy(
             )
     previous.unlink(missing_ok=True)  # unfinished until rewritten at the end
     tokenizer = series.tokenizer()
+    series.hook_map()  # found once: the sub-series below inherit it with the loaded models
     stores, samples = {}, {}
     for checkpoint in series:
         folder = out / checkpoint.label
@@ -299,10 +300,8 @@ def _samples(
             f"{folder} holds samples drawn with another sampling config, prompt set or checkpoint; "
             "choose another output directory"
         )
-    model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=series.dtype).eval()
-    model.to(series.device)
-    table = sample(model, tokenizer, asked, cfg)
-    del model
+    # The series' own model: the one the harvest then runs (loaded once for both).
+    table = sample(series.model(checkpoint), tokenizer, asked, cfg)
     write_parquet(folder / "samples.parquet", table)
     write_json(done, fingerprint)  # after the samples: its presence means they are complete
     return pd.read_parquet(folder / "samples.parquet")  # the same types as a resumed run

@@ -6,9 +6,10 @@ half-written file under a final name. A stage's ``manifest.json`` is written las
 presence is what marks a run directory as finished (see ``rundir``).
 
 Content hashes of inputs (``weights_sha256``, ``config_sha256``, ``tokenizer_sha256``) go
-into the fingerprints that decide whether a run may be resumed or reused. File digests are
-cached per (path, inode, size, mtime) within a process, so checking a series of large
-checkpoints twice reads them once.
+into the fingerprints that decide whether a run may be resumed or reused. ``file_digest``
+hashes a file and any byte spans of it (a checkpoint's tensors, for the duplicate check) in
+one read, and caches both per (path, inode, size, mtime) within a process: checking a series
+for duplicate checkpoints and then fingerprinting it reads every weight byte once.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import RlinterpError
 
@@ -111,7 +112,23 @@ RECENT_NS = 2_000_000_000
 """Files modified this recently are hashed every time: file times advance in coarse ticks,
 so a rewrite within the same tick would look unchanged (git's "racily clean" problem)."""
 
-_digests: dict[tuple[str, int, int, int, int], str] = {}
+CHUNK_BYTES = 1 << 22
+"""Bytes read at a time while hashing."""
+
+Span = tuple[int, int]
+"""``(begin, end)``: the bytes of a file from offset ``begin`` up to, not including, ``end``."""
+
+
+class FileDigest(NamedTuple):
+    """The sha256 digests of a file and of byte spans of it, from one read."""
+
+    whole: str
+    """Hex digest of every byte of the file."""
+    spans: dict[Span, str]
+    """Hex digest of the bytes of each span asked for."""
+
+
+_digests: dict[tuple[str, int, int, int, int], FileDigest] = {}
 
 
 def require_output_dir(path: Path) -> Path:
@@ -147,17 +164,46 @@ def read_parquet(path: Path, remedy: str) -> pd.DataFrame:
 
 def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes (cached within the process while the file is unchanged)."""
+    return file_digest(path).whole
+
+
+def file_digest(path: Path, spans: Collection[Span] = ()) -> FileDigest:
+    """sha256 of a file and of each of ``spans``, cached within the process while the file
+    is unchanged (same path, inode, size and modification time; see ``RECENT_NS``). A
+    cached digest answers when it holds every span asked for; otherwise the file is read
+    once more, for the spans asked for now and before."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key in _digests:
-        return _digests[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    cached = _digests.get(key)
+    if cached is not None and all(span in cached.spans for span in spans):
+        return cached
+    found = _read_digests(path, sorted({*spans, *(cached.spans if cached else ())}))
     if time.time_ns() - stat.st_mtime_ns > RECENT_NS:
-        _digests[key] = digest.hexdigest()
-    return digest.hexdigest()
+        _digests[key] = found
+    return found
+
+
+def _read_digests(path: Path, spans: list[Span]) -> FileDigest:
+    """One sequential read of ``path`` feeding the whole file's hash and each span's
+    (``spans`` sorted by their start)."""
+    whole = hashlib.sha256()
+    parts = {span: hashlib.sha256() for span in spans}
+    first, offset = 0, 0  # spans[:first] end before ``offset``
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            whole.update(chunk)
+            view, end = memoryview(chunk), offset + len(chunk)
+            while first < len(spans) and spans[first][1] <= offset:
+                first += 1
+            for begin, stop in spans[first:]:
+                if begin >= end:
+                    break
+                if stop > offset:
+                    parts[begin, stop].update(view[max(begin, offset) - offset : min(stop, end) - offset])
+            offset = end
+    if spans and max(stop for _, stop in spans) > offset:
+        raise RlinterpError(f"{path} is shorter than its header says: it was truncated, or is being written")
+    return FileDigest(whole.hexdigest(), {span: h.hexdigest() for span, h in parts.items()})
 
 
 def files_sha256(folder: Path, patterns: tuple[str, ...]) -> str:

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import einops
 import numpy as np
@@ -106,6 +106,9 @@ THRESHOLD_MOMENTUM = 0.01
 DEC_INIT_NORM = 0.1
 """Initial norm of every per-model decoder vector (random directions, independent per
 model, so no latent starts out shared or exclusive)."""
+LEGACY_RECIPE: dict[str, Any] = {"dead_after": 1_000_000, "lr_warmup": 0.0, "lr_decay": 0.0}
+"""The recipe fields below as the legacy recipe (``DictionaryConfig.recipe``) sets them: a
+constant rate, a latent dead after a million silent tokens."""
 
 
 @dataclass(frozen=True)
@@ -129,18 +132,29 @@ class CrosscoderConfig:
     """Training steps, one batch each."""
     seed: int = 0
     """Seeds the initial weights; training adds no other randomness."""
-    dead_after: int = 1_000_000
-    """A latent that has not fired for this many tokens counts as dead."""
+    dead_after: int | None = None
+    """A latent that has not fired for this many tokens counts as dead (and the AuxK loss
+    trains it); None fits the window to the budget: a twentieth of the tokens trained on,
+    at least one batch. (A fixed 1,000,000, the recipe before this option, ends after most
+    short runs.)"""
     aux_k: int | None = None
     """Dead latents used per token by the AuxK loss; None means ``d_in // 2`` (Gao et al.)."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss (Gao et al.); 0 turns it off."""
     normalize: bool = True
     """Scale each model's activations to mean squared norm ``d_in`` before everything."""
+    lr_warmup: float = 0.05
+    """Fraction of the steps over which the learning rate rises linearly from 0."""
+    lr_decay: float = 0.2
+    """Fraction of the steps, at the end, over which it falls linearly to 0 (the schedule
+    of dictionary_learning's trainers); 0 and 0 give the constant rate of the recipe before
+    these options."""
 
     def __post_init__(self) -> None:
         positive = {"d_in": self.d_in, "d_sae": self.d_sae, "batch_size": self.batch_size}
-        positive |= {"n_steps": self.n_steps, "dead_after": self.dead_after}
+        positive |= {"n_steps": self.n_steps} | (
+            {} if self.dead_after is None else {"dead_after": self.dead_after}
+        )
         for name, value in positive.items():
             if value < 1:
                 raise RlinterpError(f"{name} must be at least 1, got {value}")
@@ -150,10 +164,31 @@ class CrosscoderConfig:
             raise RlinterpError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RlinterpError(f"lr must be a positive, finite number, got {self.lr}")
+        if not (self.lr_warmup >= 0 and self.lr_decay >= 0 and self.lr_warmup + self.lr_decay <= 1):
+            raise RlinterpError(
+                f"lr_warmup and lr_decay are fractions of the steps summing to at most 1, got "
+                f"{self.lr_warmup} and {self.lr_decay}"
+            )
         if self.aux_k is not None and self.aux_k < 1:
             raise RlinterpError(f"aux_k must be at least 1 (or None for d_in // 2), got {self.aux_k}")
         if not (self.aux_coef >= 0 and math.isfinite(self.aux_coef)):
             raise RlinterpError(f"aux_coef must be non-negative and finite, got {self.aux_coef}")
+
+    @property
+    def dead_tokens(self) -> int:
+        """``dead_after`` resolved, in tokens."""
+        if self.dead_after is not None:
+            return self.dead_after
+        return max(self.batch_size, self.n_steps * self.batch_size // 20)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): linear warm-up, constant, linear decay."""
+        warmup, decay = round(self.lr_warmup * self.n_steps), round(self.lr_decay * self.n_steps)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        if step >= self.n_steps - decay:
+            return self.lr * (self.n_steps - step) / decay
+        return self.lr
 
 
 class CrosscoderOutput(NamedTuple):
@@ -267,7 +302,10 @@ class Crosscoder(nn.Module):
             if not file.is_file():
                 raise RlinterpError(f"{path} is not a saved crosscoder: {file.name} is missing")
         try:
-            cfg = CrosscoderConfig(**json.loads(cfg_path.read_text()))
+            recorded = json.loads(cfg_path.read_text())
+            if "lr_decay" not in recorded:  # saved before the recipe options: trained with the legacy one
+                recorded = {**LEGACY_RECIPE, **recorded}
+            cfg = CrosscoderConfig(**recorded)
         except (TypeError, ValueError) as error:
             raise RlinterpError(f"{cfg_path} is not a valid crosscoder config: {error}") from error
         if d_in is not None and cfg.d_in != d_in:
@@ -350,7 +388,9 @@ def _train_loop(
     cfg = model.cfg
     model.train()
     for batch in islice(stream, cfg.n_steps - steps):
-        out = model(batch, dead=since_fired >= cfg.dead_after)
+        out = model(batch, dead=since_fired >= cfg.dead_tokens)
+        for group in optimizer.param_groups:  # a function of the step alone: resumes exactly
+            group["lr"] = cfg.lr_at(steps)
         # The first batch sets the threshold outright; later ones move it slowly.
         model._track_threshold(out.latents, 1.0 if steps == 0 else THRESHOLD_MOMENTUM)
         optimizer.zero_grad(set_to_none=True)

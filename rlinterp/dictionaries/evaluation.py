@@ -111,7 +111,9 @@ def _downstream(
     sae: SAE[Any], store: ActivationStore, label: str, hook: str, series: ModelSeries, base: str | None
 ) -> dict[str, float]:
     checkpoint = next(c for c in series if c.label == label)
-    model = series.load(checkpoint)
+    # The forward the store was harvested with (``models.hooked``), so an exact SAE splices
+    # back exactly what it read; the bridge for a hook that is no module's input or output.
+    model: Any = series.hooked(checkpoint) if hook in series.hook_map().sites else series.load(checkpoint)
     ce = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
     kl_sum, n_targets = 0.0, 0
     base_shards = store.shards(base, hook) if base is not None else None

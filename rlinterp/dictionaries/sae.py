@@ -32,6 +32,7 @@ counted in one pass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -172,13 +173,18 @@ def _training_sae(cfg: SAETrainConfig, d_in: int) -> TrainingSAE[Any]:
         "d_in": d_in,
         "d_sae": cfg.d_sae,
         "normalize_activations": "expected_average_only_in",
+        "decoder_init_norm": cfg.decoder_init_norm,
         "device": cfg.device,
     }
     torch.manual_seed(cfg.seed)
     if cfg.architecture == "topk":
-        return WeightScaledTopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+        return WeightScaledTopKTrainingSAE(
+            TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_coef, **common)
+        )
     if cfg.architecture == "batchtopk":
-        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=cfg.k, **common))
+        return BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_coef, **common)
+        )
     if cfg.architecture == "jumprelu":
         return JumpReLUTrainingSAE(
             JumpReLUTrainingSAEConfig(l0_coefficient=cfg.sparsity_coefficient, **common)
@@ -349,12 +355,16 @@ class _Run:
 
 def _start(out: Path, cfg: SAETrainConfig, d_in: int) -> _Run:
     """A fresh SAELens trainer for ``cfg``, restored from ``out/checkpoint`` if there is one."""
+    steps = cfg.n_tokens // cfg.batch_size
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.n_tokens,
         train_batch_size_samples=cfg.batch_size,
         lr=cfg.lr,
         lr_end=cfg.lr / 10,
-        lr_scheduler_name="cosineannealing",
+        lr_scheduler_name="cosineannealing" if cfg.lr_schedule == "cosine" else "constant",
+        lr_warm_up_steps=round(cfg.lr_warmup * steps),
+        lr_decay_steps=round(cfg.lr_decay * steps),
+        dead_feature_window=cfg.dead_window,
         n_batches_for_norm_estimate=min(100, max(1, cfg.n_tokens // cfg.batch_size)),
         device=cfg.device,
         logger=LoggingConfig(log_to_wandb=False),
@@ -390,10 +400,17 @@ def fit_saes(
     if fresh:  # then first == 0: the stream starts with the batches of the norm estimate
         scaler = fresh[0].trainer.activation_scaler
         scaler.estimate_scaling_factor(d_in, data, norm_batches)
+        head = next(data)  # the first training batch, put back
+        data = itertools.chain([head], data)
         for run in fresh:  # the same batches give the same factor: estimate it once
             run.trainer.activation_scaler.scaling_factor = scaler.scaling_factor
             if run.cfg.init_from is not None:
                 _warm_start(run.trainer.sae, Path(run.cfg.init_from), scaler.scaling_factor)
+            elif run.cfg.b_dec_init == "median":
+                with torch.no_grad():
+                    run.trainer.sae.b_dec.copy_(
+                        geometric_median(head.to(run.cfg.device) * scaler.scaling_factor)
+                    )
     total = started[0].trainer.cfg.total_training_steps
     what = f"SAE {label} {hook}" + (f" (x{len(started)})" if len(started) > 1 else "")
     with tqdm(total=total, initial=first, desc=what, disable=None, leave=False) as bar:
@@ -404,6 +421,22 @@ def fit_saes(
                     _train_step(run, batch, total)
             bar.update()
     return [_finish(run, store, label, hook, source, base) for run in started]
+
+
+@torch.no_grad()
+def geometric_median(
+    points: Float[Tensor, "n d"], iterations: int = 100, tol: float = 1e-5
+) -> Float[Tensor, " d"]:
+    """The point minimising the summed distance to ``points`` (Weiszfeld's iteration from
+    their mean): a centre that outliers pull less than they pull the mean."""
+    guess = points.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (points - guess).norm(dim=-1).clamp_min(1e-12)
+        moved = (weights[:, None] * points).sum(0) / weights.sum()
+        if (moved - guess).norm() < tol:
+            return moved
+        guess = moved
+    return guess
 
 
 def _train_step(run: _Run, batch: Tensor, total: int) -> None:

@@ -90,6 +90,10 @@ def cosines(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, "
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).float()
 
 
+STAGE_DECODER_NORM = 0.1
+"""Row norm a stage's warm start gives the decoder (see ``fine_tune``)."""
+
+
 def fine_tune(
     dictionary: str | Path,
     base: Stage,
@@ -106,9 +110,17 @@ def fine_tune(
     dictionary, out = Path(dictionary), Path(out)
     start = TrainedSAE.load(dictionary)
     hook = start.manifest["hook"]
-    train_cfg = SAETrainConfig(**start.manifest["config"])
+    train_cfg = SAETrainConfig.recorded(start.manifest["config"])
+    # A stage's rows restart at SAELens' 0.1 norm, whatever the dictionary started from:
+    # with decoder-norm rescaling a row's norm only sets how fast Adam turns it, and a stage
+    # has a small budget to follow a rewired feature (at unit norm the planted rewired
+    # latent turned only to cosine 0.52 with its new direction in a stage).
     train_cfg = dataclasses.replace(
-        train_cfg, n_tokens=cfg.n_tokens, lr=cfg.lr_scale * train_cfg.lr, init_from=None
+        train_cfg,
+        n_tokens=cfg.n_tokens,
+        lr=cfg.lr_scale * train_cfg.lr,
+        init_from=None,
+        decoder_init_norm=STAGE_DECODER_NORM,
     )
     dec0, enc0 = _weights(start)
     rows = [_cosine_rows(source, base.label, base.step, dec0, enc0, dec0, enc0, dec0, enc0)]

@@ -78,7 +78,7 @@ def diff_outputs(
     rows, tops, lenses = [], [], []
     base_runs = _BaseRuns(series, store, cache_bytes)
     for checkpoint in series if checkpoints is None else checkpoints:
-        post_model = series.load(checkpoint)
+        post_model = series.hooked(checkpoint)  # the plain forward: its logits are the reference
         for (label, hook), vector in (directions or {}).items():
             if label == checkpoint.label and checkpoint != series.base:
                 logits = vector[None].to(post_model.W_U.device).float() @ post_model.W_U.float()
@@ -139,14 +139,14 @@ class _BaseRuns:
     def __init__(self, series: ModelSeries, store: ActivationStore, cache_bytes: int) -> None:
         self.series = series
         n_kept = int(store.tokens().keep.sum())
-        vocab = int(series.load(series.base).cfg.d_vocab)
+        vocab = int(series.hook_map().cfg.d_vocab)
         self.cached: dict[int, Tensor] | None = {} if n_kept * vocab * 4 <= cache_bytes else None
 
     @torch.no_grad()
     def log_probs(self, batch: TokenBatch) -> Float[Tensor, "kept vocab"]:
         if self.cached is not None and batch.shard in self.cached:
             return self.cached[batch.shard]
-        model = self.series.load(self.series.base)
+        model = self.series.hooked(self.series.base)
         tokens, keep = batch.tokens.to(model.cfg.device), batch.keep.to(model.cfg.device)
         log_q = F.log_softmax(model(tokens, return_type="logits").float()[keep], dim=-1)
         if self.cached is not None:

@@ -189,23 +189,23 @@ class LoraAdapter:
         return tensors_digest(self.folder, self.tensors) + json.dumps(settings, sort_keys=True, default=str)
 
 
-def _base_model(base: Path, dtype: torch.dtype, device: str) -> PreTrainedModel:
+def _base_model(base: Path, dtype: torch.dtype, device: str, eager: bool = True) -> PreTrainedModel:
     # Loaded as TransformerLens loads a checkpoint folder itself (eager attention, attention
-    # outputs on), so the bridge built on it has the same hooks.
-    model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=dtype, attn_implementation="eager", output_attentions=True
-    )
+    # outputs on), so the bridge built on it has the same hooks; or (``eager=False``) as
+    # transformers loads it, at its default attention's speed.
+    settings: dict[str, Any] = {"attn_implementation": "eager", "output_attentions": True} if eager else {}
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **settings)
     model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to hides its signature
     return model.eval()
 
 
-def _with_adapter(base: Path, adapter: Path, dtype: torch.dtype, device: str) -> Any:
+def _with_adapter(base: Path, adapter: Path, dtype: torch.dtype, device: str, eager: bool = True) -> Any:
     from peft import PeftModel
 
     with warnings.catch_warnings():
         # PEFT re-derives fan_in_fan_out for GPT-2's Conv1D and says so; that is not ours to fix.
         warnings.filterwarnings("ignore", message="fan_in_fan_out is set to", category=UserWarning)
-        return PeftModel.from_pretrained(_base_model(base, dtype, device), str(adapter)).eval()
+        return PeftModel.from_pretrained(_base_model(base, dtype, device, eager), str(adapter)).eval()
 
 
 def merged_model(
@@ -217,11 +217,16 @@ def merged_model(
 
 
 def reference_model(
-    base: str | os.PathLike[str], adapter: str | os.PathLike[str], dtype: torch.dtype, device: str = "cpu"
-) -> torch.nn.Module:
-    """The base with the adapter applied beside each weight, unmerged (PEFT's own forward)."""
-    model: torch.nn.Module = _with_adapter(Path(base), Path(adapter), dtype, device)
-    return model
+    base: str | os.PathLike[str],
+    adapter: str | os.PathLike[str],
+    dtype: torch.dtype,
+    device: str = "cpu",
+    eager: bool = True,
+) -> Any:
+    """The base with the adapter applied beside each weight, unmerged (PEFT's own forward;
+    ``merge_and_unload()`` turns it into the merged model in place). ``eager``: attention
+    as TransformerLens needs it, else transformers' default."""
+    return _with_adapter(Path(base), Path(adapter), dtype, device, eager)
 
 
 @torch.no_grad()

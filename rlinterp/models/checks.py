@@ -158,7 +158,8 @@ def _check_adapter(
 def identical_pairs(checkpoints: tuple[Checkpoint, ...]) -> list[tuple[Checkpoint, Checkpoint]]:
     """``(first, later)`` for every checkpoint whose weights are byte-identical to an
     earlier one's (full checkpoints by tensor bytes, however sharded; adapters by tensor
-    bytes and settings). Reads every weight byte once."""
+    bytes and settings). Reads every weight byte once, taking the files' own digests (the
+    fingerprints' ``weights_sha256``) in the same read (``core.artifacts.file_digest``)."""
     seen: dict[str, Checkpoint] = {}
     pairs = []
     for checkpoint in checkpoints:

@@ -3,9 +3,12 @@
 ``ModelSeries`` is the entry point of every diff: it names each checkpoint (a label and
 an RL step), checks *before any compute* (``validate``, see ``models.checks``: configs,
 tokenizer files, safetensors headers, weight bytes for duplicates) that all checkpoints are
-comparable, and loads them lazily through TransformerLens, at most ``max_loaded`` at a
-time. Index 0 is always the base, a full checkpoint; the others are full checkpoints
-(single-file or sharded safetensors, any float dtype) or PEFT LoRA adapters over the base.
+comparable, and loads them lazily, at most ``max_loaded`` at a time: each checkpoint once,
+as a plain ``transformers`` model (``model``), which the harvest runs with TransformerLens
+hook names (``hooked``), and over whose weights TransformerLens' bridge is built when a
+stage needs its internals (``load``); see ``loading`` and ``hooked``. Index 0 is always
+the base, a full checkpoint; the others are full checkpoints (single-file or sharded
+safetensors, any float dtype) or PEFT LoRA adapters over the base.
 
 Layouts read (``from_run_dir``, ``from_paths``): ``checkpoint-<N>/`` (transformers/TRL,
 full or adapter), ``step-<N>/`` (the organism), ``global_step<N>/`` (DeepSpeed, once
@@ -16,11 +19,15 @@ Invariants:
 - steps strictly increase along the series and labels are unique; the device exists here;
 - every checkpoint is loaded in one dtype (``dtype``, or the widest dtype the checkpoints
   store), so bf16 weights stay bf16 unless float32 is asked for;
-- ``load(i)`` returns a model with only finite weights (a NaN or Inf weight is reported by
-  its name, as loaded in the series' dtype) whose logits were checked against the plain
-  ``transformers`` model (for an adapter: PEFT's unmerged model) on a few tokens
-  (``fidelity[label]`` holds the max abs difference), so a diff is never an artefact of
-  the loader.
+- a loaded model has only finite weights (a NaN or Inf weight is reported by its name, as
+  loaded in the series' dtype); an adapter's merged model was checked against PEFT's
+  unmerged model on a few tokens before the merge, in the same memory;
+- ``load(c)`` returns a bridge whose logits were checked against the plain model already
+  in memory (``fidelity[label]`` holds the max abs difference), and ``hooked(c)`` a model
+  whose hook sites were checked against the bridge's hooks on the base (the sites depend
+  on the architecture alone, which ``validate`` holds equal along the series), so a diff
+  is never an artefact of the loader; never is a second copy of a checkpoint's weights
+  loaded for a check.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import RlinterpError
 from .adapters import LoraAdapter, is_adapter
@@ -45,12 +52,19 @@ from .checkpoint import STEP_DIR, Checkpoint
 from .checks import check_comparable, check_steps, identical_pairs, series_dtype
 from .config import DTYPE_NAMES
 from .forms import form, organism_root
-from .loading import load_bridge, logit_fidelity, require_checkpoint, require_device
+from .hooked import HookedModel, HookMap, Site
+from .loading import (
+    Fidelity,
+    bridge_over,
+    compare_logits,
+    load_adapter,
+    load_model,
+    require_checkpoint,
+    require_device,
+)
 
 log = logging.getLogger(__name__)
 
-"""Checkpoint folder names written by transformers/TRL trainers (``checkpoint-500``),
-the organism (``step-5``), DeepSpeed (``global_step500``), or just the step (``500``)."""
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 FIDELITY_TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -60,6 +74,20 @@ and 6e-3 to 9e-3 in bfloat16 (CPU and an H200); a random-init 8-layer, d_model 1
 the H200 gave absolute differences of 5e-6 (float32), 5e-3 (float16) and 4.7e-2 (bfloat16).
 Two implementations round half precision differently, hence the looser bounds; a wrong
 loader is off by O(1)."""
+
+
+PROBE = torch.arange(16).unsqueeze(0)
+"""The tokens every loader check runs on (any ids a vocabulary has will do)."""
+
+
+@dataclass
+class _Loaded:
+    """One checkpoint in memory: its model, and the bridge over its weights once built."""
+
+    model: PreTrainedModel
+    bridge: TransformerBridge | None = None
+    sites: dict[str, Site] = field(default_factory=dict)
+    """The bridge's hook sites (``hooked.hook_sites``), found when it was built."""
 
 
 def _label(text: str) -> str:
@@ -94,8 +122,11 @@ class ModelSeries:
     """What ``validate`` does about checkpoints holding byte-identical weights: log a
     warning naming both, raise, or skip the check (it reads every weight byte)."""
     fidelity: dict[str, float] = field(default_factory=dict)
-    """Label -> max absolute logit difference measured when the model was loaded."""
-    _loaded: OrderedDict[str, TransformerBridge] = field(default_factory=OrderedDict, repr=False)
+    """Label -> max absolute logit difference between the bridge and the plain model, for
+    every checkpoint whose bridge was built (for an adapter, also of the merged model against
+    base + adapter unmerged: the larger of the two)."""
+    _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, repr=False)
+    _hook_map: HookMap | None = field(default=None, repr=False)
     _validated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -247,32 +278,78 @@ class ModelSeries:
     def base(self) -> Checkpoint:
         return self.checkpoints[0]
 
+    def model(self, checkpoint: Checkpoint) -> PreTrainedModel:
+        """The plain ``transformers`` model of ``checkpoint`` (eval mode), loading it (and
+        evicting the least recently used one beyond ``max_loaded``) if needed."""
+        return self._entry(checkpoint).model
+
     def load(self, checkpoint: Checkpoint) -> TransformerBridge:
-        """The hooked model of ``checkpoint``, loading it (and evicting the least recently
-        used one beyond ``max_loaded``) if needed."""
+        """TransformerLens' bridge over ``checkpoint``'s model (the same weights), built and
+        checked against the model on first use."""
+        entry = self._entry(checkpoint)
+        if entry.bridge is None:
+            entry.bridge, entry.sites = self._bridge(checkpoint, entry.model)
+        return entry.bridge
+
+    def hooked(self, checkpoint: Checkpoint) -> HookedModel:
+        """``checkpoint``'s model answering TransformerLens hook names at the plain
+        forward's speed (``hook_map``)."""
+        hook_map = self.hook_map()
+        return HookedModel(self.model(checkpoint), hook_map.sites, hook_map.cfg, hook_map.tokenizer)
+
+    def hook_map(self) -> HookMap:
+        """Which module every hook name of the series' architecture reads, checked on the
+        base against the bridge's hooks once per series (``HookMap.build``). A harvest does
+        not keep the base's bridge: it needs one copy of the weights, not a bridge's."""
+        if self._hook_map is None:
+            entry = self._entry(self.base)
+            bridge, sites = (
+                (entry.bridge, entry.sites)
+                if entry.bridge is not None
+                else self._bridge(self.base, entry.model)
+            )
+            self._hook_map = HookMap.build(bridge, sites, entry.model, self._tolerance)
+        return self._hook_map
+
+    @property
+    def _tolerance(self) -> float:
+        return FIDELITY_TOLERANCE.get(self.load_dtype, FIDELITY_TOLERANCE[torch.float32])
+
+    def _entry(self, checkpoint: Checkpoint) -> _Loaded:
         if checkpoint.label in self._loaded:
             self._loaded.move_to_end(checkpoint.label)
             return self._loaded[checkpoint.label]
         while len(self._loaded) >= self.max_loaded:
             self._loaded.popitem(last=False)
-        base = self.base.path if is_adapter(checkpoint.path) else None
-        model = load_bridge(
-            checkpoint.path, device=self.device, dtype=self.load_dtype, base=base, device_map=self.device_map
-        )
+        if is_adapter(checkpoint.path):
+            model, merge = load_adapter(checkpoint.path, self.base.path, PROBE, self.device, self.load_dtype)
+            self._judge(checkpoint, merge, "PEFT's merge")
+        else:
+            model = load_model(checkpoint.path, self.device, self.load_dtype, self.device_map)
         _require_finite(checkpoint, model, self.load_dtype)
-        if self.check_fidelity and checkpoint.label not in self.fidelity:
-            tokens = torch.arange(min(16, model.cfg.d_vocab)).unsqueeze(0)
-            fidelity = logit_fidelity(checkpoint.path, tokens, model, base=base, device_map=self.device_map)
-            tolerance = FIDELITY_TOLERANCE.get(self.load_dtype, FIDELITY_TOLERANCE[torch.float32])
-            if not fidelity.relative <= tolerance:  # also catches NaN
-                raise RlinterpError(
-                    f"TransformerLens does not reproduce {checkpoint.label} ({checkpoint.path}): "
-                    f"relative logit difference {fidelity.relative:.2e} > {tolerance:.0e} in "
-                    f"{self.load_dtype}; this architecture is not safe to diff"
-                )
-            self.fidelity[checkpoint.label] = fidelity.max_abs_diff
-        self._loaded[checkpoint.label] = model
-        return model
+        self._loaded[checkpoint.label] = _Loaded(model)
+        return self._loaded[checkpoint.label]
+
+    def _bridge(
+        self, checkpoint: Checkpoint, model: PreTrainedModel
+    ) -> tuple[TransformerBridge, dict[str, Site]]:
+        """The bridge over ``model`` and its hook sites, its logits checked against ``model``'s."""
+        folder = self.base.path if is_adapter(checkpoint.path) else checkpoint.path
+        bridge, sites = bridge_over(model, folder, self.load_dtype)
+        if self.check_fidelity:
+            self._judge(checkpoint, compare_logits(bridge, model, PROBE), "TransformerLens")
+        return bridge, sites
+
+    def _judge(self, checkpoint: Checkpoint, fidelity: Fidelity, what: str) -> None:
+        """Raise if ``what`` does not reproduce ``checkpoint`` within the dtype's tolerance;
+        else record the difference."""
+        if not fidelity.relative <= self._tolerance:  # also catches NaN
+            raise RlinterpError(
+                f"{what} does not reproduce {checkpoint.label} ({checkpoint.path}): "
+                f"relative logit difference {fidelity.relative:.2e} > {self._tolerance:.0e} in "
+                f"{self.load_dtype}; this architecture is not safe to diff"
+            )
+        self.fidelity[checkpoint.label] = max(self.fidelity.get(checkpoint.label, 0.0), fidelity.max_abs_diff)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The series' tokenizer (``validate`` checks that all checkpoints share it)."""
@@ -316,11 +393,9 @@ def _named_base(root: Path, folders: list[Path]) -> Path:
     return Path(name)
 
 
-def _require_finite(checkpoint: Checkpoint, model: TransformerBridge, dtype: torch.dtype) -> None:
-    for wrapped, parameter in model.original_model.named_parameters():
+def _require_finite(checkpoint: Checkpoint, model: PreTrainedModel, dtype: torch.dtype) -> None:
+    for name, parameter in model.named_parameters():
         if not bool(torch.isfinite(parameter).all()):
-            # The bridge wraps each Hugging Face module; unwrapped, the name is the checkpoint's.
-            name = wrapped.replace("._original_component", "")
             raise RlinterpError(
                 f"weight {name} of {checkpoint.label} ({checkpoint.path}) holds NaN or Inf values "
                 f"when loaded in {dtype}; the checkpoint is damaged or does not fit this dtype"

@@ -26,12 +26,13 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ..core.artifacts import file_digest
 from ..errors import RlinterpError
 
 SINGLE_FILE = "model.safetensors"
@@ -193,25 +194,18 @@ def stored_dtype(tensors: dict[str, TensorInfo]) -> torch.dtype | None:
 
 
 def tensors_digest(folder: str | os.PathLike[str], tensors: dict[str, TensorInfo]) -> str:
-    """SHA-256 over the names, dtypes, shapes and data bytes of ``tensors`` (files in
+    """SHA-256 over the names, dtypes, shapes and data digests of ``tensors`` (files in
     ``folder``), in name order: equal for two checkpoints exactly when they hold the same
-    tensors with the same bytes, however they are sharded or ordered in their files."""
+    tensors with the same bytes, however they are sharded or ordered in their files. Each
+    file is read once, for its tensors and its own digest together (``file_digest``, cached:
+    the fingerprint's ``weights_sha256`` of the same files then reads nothing)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for info in tensors.values():
+        spans.setdefault(info.file, []).append((info.begin, info.end))
+    found = {file: file_digest(Path(folder) / file, file_spans).spans for file, file_spans in spans.items()}
     digest = hashlib.sha256()
-    handles: dict[str, BinaryIO] = {}
-    try:
-        for name in sorted(tensors):
-            info = tensors[name]
-            digest.update(json.dumps([name, info.dtype, info.shape]).encode())
-            f = handles.get(info.file) or handles.setdefault(info.file, (Path(folder) / info.file).open("rb"))
-            f.seek(info.begin)
-            remaining = info.end - info.begin
-            while remaining:
-                chunk = f.read(min(remaining, 1 << 24))
-                if not chunk:
-                    raise RlinterpError(f"{Path(folder) / info.file} was truncated while being read")
-                digest.update(chunk)
-                remaining -= len(chunk)
-    finally:
-        for f in handles.values():
-            f.close()
+    for name in sorted(tensors):
+        info = tensors[name]
+        data = found[info.file][info.begin, info.end]
+        digest.update(json.dumps([name, info.dtype, info.shape, data]).encode())
     return digest.hexdigest()

@@ -149,7 +149,9 @@ def _fingerprinted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     ``dictionaries`` gained when they became their commands' configs count only when set
     (``max_length``, another ``architecture`` than topk), and "every block" is hashed as the
     empty hook list it was written as: the fingerprints of run directories written before
-    still match."""
+    still match. A dictionary ``recipe`` counts unless it is ``legacy``, the one every run
+    directory written before it trained with: such a directory resumes under the legacy
+    recipe and is refused under the fitted one."""
     if name == "compute":
         return {"dtype": settings["dtype"]}
     if name == "harvest":
@@ -158,10 +160,16 @@ def _fingerprinted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     if name == "dictionaries":
         return {
             k: v
-            for k, v in settings.items()
+            for k, v in _without_legacy_recipe(settings).items()
             if k != "device" and (k != "architecture" or v != DictionaryConfig.architecture)
         }
+    if name == "selection":
+        return settings | {"dictionary_config": _without_legacy_recipe(settings["dictionary_config"])}
     return settings
+
+
+def _without_legacy_recipe(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k != "recipe" or v != "legacy"}
 
 
 def config_template(config: RunConfig | None = None) -> str:

@@ -261,7 +261,7 @@ def run_selection(
     trajectories = _latent_trajectories(store, hook, sae, latents)
     parts = [step_parts(store, hook, sae, label) for label in store.labels]
     index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
-    base_model = series.load(series.base)
+    base_model = series.hooked(series.base)  # reads activations: the plain forward
     decision_hook = cfg.decision_hook or f"blocks.{base_model.cfg.n_layers - 1}.hook_resid_post"
     decision = decision_directions(
         store, labels, base_model, [decision_hook], held_out_fraction=cfg.held_out_fraction, seed=cfg.seed

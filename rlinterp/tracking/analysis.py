@@ -451,7 +451,7 @@ def _independent(
 ) -> _Independent:
     """The SAE of the tracked dictionary's config trained from scratch on ``stage`` with
     ``seed`` and ``cfg.independent_tokens`` (reused if finished with that config)."""
-    base_cfg = SAETrainConfig(**tracked.manifest["config"])
+    base_cfg = SAETrainConfig.recorded(tracked.manifest["config"])
     n_tokens = cfg.independent_tokens or base_cfg.n_tokens
     train_cfg = dataclasses.replace(base_cfg, seed=seed, n_tokens=n_tokens, init_from=None)
     if (out / MANIFEST).is_file():

@@ -161,8 +161,9 @@ def test_ray_executor_writes_the_local_executors_tables(ray_cluster, organism, p
     series = weak(organism)
     result = run_diff(series, prompts, tmp_path / "ray", BATCH, executor=RayExecutor())
     assert_same_diff(reference, tmp_path / "ray")
-    # the fidelity measured on the workers reaches the driver's manifest
-    assert set(series.fidelity) == {c.label for c in series}
+    # the loader check ran once, on the driver (the base's bridge against the model in
+    # memory); the workers got its hook map with the series and loaded each checkpoint once
+    assert set(series.fidelity) == {"base"}
     assert len(result.outputs) == len(series)
 
 

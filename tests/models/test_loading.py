@@ -48,7 +48,7 @@ def test_bridge_reproduces_the_transformers_logits(tmp_path, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_a_corrupted_bridge_weight_is_detected(tmp_path, arch, monkeypatch):
+def test_a_corrupted_bridge_weight_is_detected(tmp_path, arch):
     """One MLP weight of the hooked model nudged after loading (the checkpoint on disk is
     intact): the fidelity check sees it, and a series refuses to use that model."""
     folder = _checkpoint(tmp_path, arch)
@@ -62,10 +62,33 @@ def test_a_corrupted_bridge_weight_is_detected(tmp_path, arch, monkeypatch):
         moved = (bridge(tokens, return_type="logits") - _reference_logits(folder, tokens)).abs().max().item()
     assert moved > 1e-3, name
     assert logit_fidelity(folder, tokens, bridge).relative > FIDELITY_TOLERANCE[torch.float32]
-    monkeypatch.setattr(series_module, "load_bridge", lambda *_, **__: bridge)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_bridge_that_computes_something_else_is_refused(tmp_path, arch, monkeypatch):
+    """The series' bridge shares the model's weights, so what its check guards against is a
+    bridge that computes another function of them (a wrong architecture mapping), simulated
+    by a permanent hook shifting one MLP's output: the series refuses it, and the plain model
+    it was checked against is untouched."""
+    folder = _checkpoint(tmp_path, arch)
+    build = series_module.bridge_over
+
+    def wrong(*args, **kwargs):
+        bridge, sites = build(*args, **kwargs)
+        # a shift the final norm cannot undo (it would remove a constant one)
+        bridge.blocks[1].mlp.hook_out.add_hook(
+            lambda x, **_: x + torch.linspace(-1, 1, x.shape[-1]), is_permanent=True
+        )
+        return bridge, sites
+
+    monkeypatch.setattr(series_module, "bridge_over", wrong)
     series = ModelSeries.from_paths([folder])
     with pytest.raises(RlinterpError, match="TransformerLens does not reproduce base"):
         series.load(series.base)
+    tokens = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = series.model(series.base)(input_ids=tokens).logits
+    assert (plain - _reference_logits(folder, tokens)).abs().max() < 1e-5
 
 
 def test_missing_folder_and_missing_weights_are_named(tmp_path):

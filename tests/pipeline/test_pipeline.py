@@ -367,7 +367,8 @@ OLD_SECTIONS = {
 def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     """The fingerprints a run directory recorded before harvest and dictionaries became
     their commands' configs, and before the stages' sections were fields of ``RunConfig``,
-    still match, and the old TOML spelling of every block loads."""
+    still match (under the dictionary recipe it was trained with, the legacy one), and the
+    old TOML spelling of every block loads."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -376,14 +377,20 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
         name: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
         for name, data in OLD_SECTIONS.items()
     }
-    assert fingerprint(RunConfig()) == old
+    recipe = {"dictionaries": {"recipe": "legacy"}, "selection": {"dictionary_config": {"recipe": "legacy"}}}
+    legacy = config_from_dict(recipe)
+    assert fingerprint(legacy) == old
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
-    claimed = rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
+    claimed = rundir.claim(out, rundir.RUN, fingerprint(legacy), ["diff"], resumable=["diff"])
     assert claimed.state == "resume"
+    # today's default recipe trains other dictionaries: those two sections changed
+    assert {k for k, v in fingerprint(RunConfig()).items() if old[k] != v} == {"dictionaries", "selection"}
+    with pytest.raises(RlinterpError, match=r"run of other inputs \(.*dictionaries.*\)"):
+        rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
     (tmp_path / "old.toml").write_text("[harvest]\nhooks = []\nbatch_size = 32\n")
     assert load_config(tmp_path / "old.toml") == RunConfig()
     with pytest.raises(RlinterpError, match=r"run of other inputs \(harvest changed\)"):
-        changed = config_from_dict({"harvest": {"max_length": 64}})
+        changed = config_from_dict({**recipe, "harvest": {"max_length": 64}})
         rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])
