@@ -66,7 +66,9 @@ class PatchscopeConfig:
         if not self.prompt:
             raise RlinterpError("patchscope.prompt is empty; give an identity-style prompt")
         if not self.scales or any(not (s >= 0) or s == float("inf") for s in self.scales):
-            raise RlinterpError(f"patchscope.scales must be finite non-negative numbers, got {list(self.scales)}")
+            raise RlinterpError(
+                f"patchscope.scales must be finite non-negative numbers, got {list(self.scales)}"
+            )
         if self.top_k < 1 or self.continuation < 0:
             raise RlinterpError(
                 f"patchscope.top_k must be positive and continuation non-negative, got {self.top_k}, "
@@ -138,7 +140,8 @@ def patchscope(
     generated = ids[:, tokens.shape[1] :] if cfg.continuation else ids[:, :0]
     tokenizer = model.tokenizer
     lens = {
-        name: [str(t) for t in _promoted(direction, model, cfg.top_k)] for name, direction in directions.items()
+        name: [str(t) for t in _promoted(direction, model, cfg.top_k)]
+        for name, direction in directions.items()
     }
     rows = []
     for i, ((name, scale), vector) in enumerate(zip(names, vectors, strict=True)):

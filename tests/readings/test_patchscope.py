@@ -55,7 +55,10 @@ def test_the_patch_is_what_moves_the_reading(tmp_path):
     model = _model(tmp_path / "gpt2", "gpt2")
     target = model.tokenizer.convert_tokens_to_ids("!")
     table = patchscope(
-        model, {"planted": model.W_U[:, target].detach()}, "blocks.0.hook_resid_post", PatchscopeConfig(scales=(0.0, 2.0))
+        model,
+        {"planted": model.W_U[:, target].detach()},
+        "blocks.0.hook_resid_post",
+        PatchscopeConfig(scales=(0.0, 2.0)),
     )
     assert table["top_tokens"].iloc[0][0] != "!" and table["top_tokens"].iloc[1][0] == "!"
 
@@ -63,7 +66,9 @@ def test_the_patch_is_what_moves_the_reading(tmp_path):
 def test_bad_prompt_and_scales_are_refused(tmp_path):
     model = _model(tmp_path / "gpt2", "gpt2")
     with pytest.raises(RlinterpError, match=r"does not know \(\['->'\]\)|does not know \(\['-', '>'\]\)"):
-        patchscope(model, {"v": torch.ones(32)}, "blocks.0.hook_resid_post", PatchscopeConfig(prompt="cat -> cat"))
+        patchscope(
+            model, {"v": torch.ones(32)}, "blocks.0.hook_resid_post", PatchscopeConfig(prompt="cat -> cat")
+        )
     with pytest.raises(RlinterpError, match="non-negative"):
         PatchscopeConfig(scales=(-1.0,))
     with pytest.raises(RlinterpError, match="nothing to read"):
