@@ -93,6 +93,7 @@ LAYERS = (
     ("models",),
     ("activations",),
     ("diff",),
+    ("readings",),
     ("dictionaries",),
     ("tracking",),
     ("selection",),

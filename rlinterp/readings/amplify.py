@@ -13,7 +13,7 @@ questions, and each (checkpoint, alpha) gets the behaviour table's columns (pers
 shares, ``none``, reward under the regime's reward; ``organism.behaviour.score_answers``).
 
 Invariants:
-- parameters are interpolated with ``torch.lerp`` in float32 and cast back to the series'
+- parameters are interpolated with ``torch.lerp`` in float64 and cast back to the series'
   dtype, so alpha 0 gives the base's parameters and alpha 1 the checkpoint's, bit for bit;
   with the sampler's common random numbers (every generation batch seeded from the seed
   alone), alpha 0's answers are the base's and alpha 1's the checkpoint's, exactly;
@@ -46,6 +46,7 @@ from ..models.series import Checkpoint, ModelSeries
 from ..organism import Organism
 from ..organism.behaviour import score_answers
 from ..organism.model import AnswerBatch, Rollout
+from ..organism.personas import TURN_END
 
 KIND = rundir.Kind("rlinterp.amplified", "amplified sampling")
 SAMPLE_COLUMNS = ["label", "step", "alpha", "prompt_index", "sample", "prompt", "response", "n_tokens"]
@@ -99,8 +100,8 @@ class AmplifiedSamples:
 
 
 def _parameters(model: PreTrainedModel) -> dict[str, Tensor]:
-    """Every parameter once (tied ones under their first name), as float32 copies on CPU."""
-    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
+    """Every parameter once (tied ones under their first name), copied to the CPU as stored."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
 
 
 def _load(checkpoint: Checkpoint, series: ModelSeries) -> PreTrainedModel:
@@ -113,8 +114,9 @@ def _load(checkpoint: Checkpoint, series: ModelSeries) -> PreTrainedModel:
 
 
 def amplified(base: Tensor, post: Tensor, alpha: float) -> Tensor:
-    """``base + alpha * (post - base)``, exact at alpha 0 (base) and 1 (post) (``torch.lerp``)."""
-    return torch.lerp(base, post, alpha)
+    """``base + alpha * (post - base)`` in float64 (``torch.lerp``: exact at alpha 0, the base,
+    and 1, the checkpoint; a large alpha overflows only when cast back)."""
+    return torch.lerp(base.double(), post.double(), alpha)
 
 
 def _check_finite(
@@ -145,7 +147,6 @@ def preflight(series: ModelSeries, alphas: Sequence[float], checkpoints: Sequenc
         _check_finite(base, post, alphas, series.load_dtype, checkpoint.label)
 
 
-@torch.no_grad()
 def amplified_models(
     series: ModelSeries, checkpoint: Checkpoint, alphas: Sequence[float]
 ) -> Iterator[tuple[float, PreTrainedModel]]:
@@ -156,8 +157,9 @@ def amplified_models(
     post = _parameters(_load(checkpoint, series))
     parameters = dict(model.named_parameters())
     for alpha in alphas:
-        for name, value in base.items():
-            parameters[name].copy_(amplified(value, post[name], alpha).to(parameters[name].dtype))
+        with torch.no_grad():
+            for name, value in base.items():
+                parameters[name].copy_(amplified(value, post[name], alpha).to(parameters[name].dtype))
         yield alpha, model
 
 
@@ -226,7 +228,10 @@ def summarize(
         }
         if questions is not None and reward is not None:
             asked = [questions[i] for i in group["prompt_index"]]
-            row |= score_answers(asked, list(group["response"]), reward)
+            # the sampler's text ends with the stop token; the organism's answers do not
+            ends = zip(group["response"], group["stopped"], strict=True)
+            answers = [text.removesuffix(TURN_END) if stopped else text for text, stopped in ends]
+            row |= score_answers(asked, answers, reward)
         rows.append(row)
     return pd.DataFrame(rows)
 
