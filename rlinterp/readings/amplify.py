@@ -195,9 +195,14 @@ def _amplify_checkpoint(
     cfg: AmplifyConfig,
     base: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    base_answers: pd.DataFrame | None,
 ) -> pd.DataFrame:
+    """Every alpha's answers for ``checkpoint`` (alpha 0's are ``base_answers`` when given)."""
     frames = []
     for alpha, model in amplified_models(series, checkpoint, cfg.alphas):
+        if alpha == 0 and base_answers is not None:  # the base, whichever checkpoint: drawn once
+            frames.append(base_answers.assign(label=checkpoint.label, step=checkpoint.step))
+            continue
         answers = sample(model, tokenizer, prompts, cfg.sampling)
         scores = base_log_probs(base, tokenizer, answers, cfg.sampling.batch_size)
         answers["base_token_logprobs"] = scores
@@ -279,11 +284,13 @@ def amplify(
         preflight(series, cfg.alphas, todo)
         tokenizer = series.tokenizer()
         base = _load(series.base, series)
+        base_answers = None
         for checkpoint in todo:
-            write_parquet(
-                out / f"{checkpoint.label}.parquet",
-                _amplify_checkpoint(series, checkpoint, list(prompts), cfg, base, tokenizer),
+            answers = _amplify_checkpoint(
+                series, checkpoint, list(prompts), cfg, base, tokenizer, base_answers
             )
+            write_parquet(out / f"{checkpoint.label}.parquet", answers)
+            base_answers = answers[answers["alpha"] == 0]
     samples = pd.concat([pd.read_parquet(out / f"{c.label}.parquet") for c in chosen], ignore_index=True)
     result = AmplifiedSamples(samples, summarize(samples, organism, regime))
     write_parquet(out / "samples.parquet", result.samples)

@@ -55,6 +55,8 @@ class DifferencePCA:
     """``(label, hook)`` -> the components as rows, largest variance first, unit norm."""
     projections: pd.DataFrame
     """``PROJECTION_COLUMNS`` (empty without labels)."""
+    mean_diffs: dict[tuple[str, str], Float[Tensor, " d"]]
+    """``(label, hook)`` -> the mean difference (as ``diff.activations`` computes it)."""
 
 
 @dataclass
@@ -110,7 +112,7 @@ def difference_pca(
     described = store.manifest["checkpoints"]
     base = described[0]["label"]
     groups = _row_groups(store, labels)
-    rows, projections, components = [], [], {}
+    rows, projections, components, means = [], [], {}, {}
     for checkpoint in described[1:]:
         label = checkpoint["label"]
         if checkpoints is not None and label not in checkpoints:
@@ -122,6 +124,8 @@ def difference_pca(
                 sums.add(y - x, group)
             found, table, projected = _components(sums, n_components)
             components[(label, hook)] = found
+            assert sums.total is not None
+            means[(label, hook)] = (sums.total / sums.n).float()
             info = {"label": label, "step": checkpoint["step"], "hook": hook}
             rows += [{**info, "layer": hook_layer(hook), **r} for r in table]
             projections += [{**info, **p} for p in projected]
@@ -129,6 +133,7 @@ def difference_pca(
         pd.DataFrame(rows, columns=TABLE_COLUMNS),
         components,
         pd.DataFrame(projections, columns=PROJECTION_COLUMNS),
+        means,
     )
 
 
