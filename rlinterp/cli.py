@@ -276,6 +276,67 @@ def _track(args: argparse.Namespace) -> None:
     )
 
 
+def _readings(args: argparse.Namespace) -> None:
+    from .pipeline.config import command_options, parse_cli_value, with_fields
+    from .readings.analysis import ReadingsConfig, run_readings
+
+    given = {}
+    for name, tp, _ in command_options(ReadingsConfig):
+        value = getattr(args, f"cfg_{name}".replace(".", "_"))
+        if value is not None:
+            given[name] = parse_cli_value(value, tp, name.replace(".", "-").replace("_", "-"))
+    cfg = with_fields(ReadingsConfig(), given)
+    series = ModelSeries.from_spec(args.series, regime=args.regime, device=args.device)
+    root = Path(args.series[0])
+    organism_root = root.parent if root.name == "manifest.json" else root
+    organism = None
+    if args.regime is not None and (organism_root / "manifest.json").is_file():
+        organism = Organism.load(organism_root)
+    result = run_readings(
+        series,
+        _prompts(args.prompts, args.series),
+        args.out,
+        cfg,
+        organism,
+        args.regime if organism else None,
+    )
+    shown = result.tables["amplified"].drop(columns=["label"], errors="ignore")
+    sys.stdout.write(
+        f"readings in {args.out}\n" + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}") + "\n"
+    )
+
+
+def _add_readings(commands: argparse._SubParsersAction) -> None:
+    from .pipeline.config import command_options, metavar
+    from .readings.analysis import ReadingsConfig
+
+    readings = commands.add_parser(
+        "readings",
+        help="readings without a dictionary: amplified sampling, patchscope, PCA and topics of the changes",
+        description="Sample the RL change amplified (base + alpha (checkpoint - base)), read the mean "
+        "activation differences and their principal components by patchscope and lens, and group the "
+        "tokens whose next-token distribution changed most into topics. Options come from ReadingsConfig.",
+    )
+    readings.add_argument("--series", nargs="+", required=True, help="as for `rlinterp diff`")
+    readings.add_argument("--regime", default=None, help="which regime of an organism")
+    readings.add_argument("--prompts", required=True, help="a .txt / .jsonl prompt file, or 'organism'")
+    readings.add_argument("--out", type=Path, required=True, help="output directory")
+    readings.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    for name, tp, help_text in command_options(ReadingsConfig):
+        flag, dest = "--" + name.replace(".", "-").replace("_", "-"), "cfg_" + name.replace(".", "_")
+        if tp is bool:
+            readings.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif getattr(tp, "__origin__", None) is tuple:
+            readings.add_argument(
+                flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text
+            )
+        else:
+            readings.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
+    readings.set_defaults(run=_readings)
+
+
 def _prompts(spec: str, series: list[str]) -> PromptSet:
     if spec == "organism":
         root = Path(series[0])
@@ -592,6 +653,7 @@ def _parser() -> argparse.ArgumentParser:
     selection.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     selection.set_defaults(run=_selection)
     _track_parser(commands)
+    _add_readings(commands)
     _add_run(commands)
     return parser
 

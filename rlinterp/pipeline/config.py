@@ -476,6 +476,22 @@ def cli_options() -> list[tuple[str, str, Any, str]]:
     return options
 
 
+def command_options(cls: type) -> list[tuple[str, Any, str]]:
+    """``(field, type, help)`` of every option a command's config dataclass generates
+    (``--<field>``; a nested field is dotted: ``amplify.alphas`` is ``--amplify-alphas``)."""
+    return _fields(cls)
+
+
+def with_fields(config: Any, values: dict[str, Any]) -> Any:
+    """A command's ``config`` with dotted fields replaced (values already typed)."""
+    try:
+        for key, value in values.items():
+            config = _replace_path(config, key.split("."), value)
+    except ValueError as e:
+        raise RlinterpError(str(e)) from e
+    return config
+
+
 def _fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     found = []

@@ -5,7 +5,8 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE). More stages plug in with ``register_stage`` and a config
+reading the run's base SAE), and ``readings`` (``pipeline.readings``: the readings that need no
+dictionary, on the diff stage's activations). More stages plug in with ``register_stage`` and a config
 section with ``config.register_section``; the report plugs them in with
 ``report.register_section``.
 
@@ -45,6 +46,7 @@ from ..core.artifacts import environment_versions, sha256_file, write_json
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
 from .config import RunConfig, RunContext, config_from_dict, fingerprint, register_section, to_dict
+from .readings import ReadingsSection, readings_stage
 from .stages import (
     CircuitsSection,
     SelectionSection,
@@ -248,6 +250,8 @@ register_section("selection", SelectionSection)
 register_stage(Stage("selection", selection_stage, ("selection",)))
 register_section("circuits", CircuitsSection)
 register_stage(Stage("circuits", circuits_stage, ("circuits",)))
+register_section("readings", ReadingsSection)
+register_stage(Stage("readings", readings_stage, ("readings",)))
 
 
 # -- running -------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def _topics(
 ) -> list[dict[str, Any]]:
     def top(block: Tensor) -> list[str]:
         values, ids = block.topk(min(cfg.top_tokens, vocab))
-        return [tokenizer.decode([int(i)]) for v, i in zip(values, ids, strict=True) if v > 0]
+        return [str(tokenizer.decode([int(i)])) for v, i in zip(values, ids, strict=True) if v > 0]
 
     out = []
     for t in range(cfg.n_topics):

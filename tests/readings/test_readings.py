@@ -1,8 +1,7 @@
 """The four readings together (``run_readings``): every table has its documented columns, a
 finished directory is read back, other inputs are refused; on the tiny organism, the strong
 regime's changed tokens have a ``!`` topic (the shortcut), far more of them promote ``!``
-than the weak regime's, and the
-amplified models' behaviour rows partition their answers."""
+than the weak regime's, and the amplified models' behaviour rows partition their answers."""
 
 import pytest
 import torch
