@@ -60,6 +60,20 @@ from .pipeline.figures import export_figures as export_figures
 from .pipeline.result import RunResult as RunResult
 from .pipeline.runner import run as run
 from .pipeline.runner import run_pipeline as run_pipeline
+from .readings import figures as readings_figures  # noqa: F401 (a module: the readings' figures)
+from .readings.amplify import AmplifiedSamples as AmplifiedSamples
+from .readings.amplify import AmplifyConfig as AmplifyConfig
+from .readings.amplify import amplify as amplify
+from .readings.analysis import ReadingsConfig as ReadingsConfig
+from .readings.analysis import ReadingsResult as ReadingsResult
+from .readings.analysis import run_readings as run_readings
+from .readings.patchscope import PatchscopeConfig as PatchscopeConfig
+from .readings.patchscope import patchscope as patchscope
+from .readings.pca import DifferencePCA as DifferencePCA
+from .readings.pca import difference_pca as difference_pca
+from .readings.topics import ChangedTopics as ChangedTopics
+from .readings.topics import TopicsConfig as TopicsConfig
+from .readings.topics import changed_token_topics as changed_token_topics
 from .selection.analysis import SelectionConfig as SelectionConfig
 from .selection.analysis import SelectionResult as SelectionResult
 from .selection.analysis import run_selection as run_selection
