@@ -90,3 +90,57 @@ def test_the_strong_regimes_shortcut_is_a_topic_and_amplified_rows_partition(tin
         assert set(table["alpha"]) == set(cfg.amplify.alphas)
     base_rows = [found[r].tables["amplified"].query("alpha == 0")[SHARE_COLUMNS] for r in ("weak", "strong")]
     assert base_rows[0].to_numpy() == pytest.approx(base_rows[1].to_numpy())  # the same base samples
+
+
+def test_cli_options_come_from_the_config(tmp_path, capsys):
+    from rlinterp.cli import main
+
+    planted = build_planted(tmp_path / "planted")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(planted_prompts(8).texts))
+    argv = ["readings", "--series", str(planted.base), str(planted.suppressed), "--prompts", str(prompts)]
+    argv += ["--out", str(tmp_path / "out"), "--max-prompts", "2", "--amplify-alphas", "0", "2"]
+    argv += [
+        "--amplify-sampling-samples-per-prompt",
+        "1",
+        "--patchscope-prompt",
+        "ab ab, ?",
+        "--label",
+        "none",
+    ]
+    argv += ["--topics-n-topics", "2", "--topics-n-positions", "16"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"readings in {tmp_path / 'out'}\n") and "alpha" in out
+    result = ReadingsResult.load(tmp_path / "out")
+    assert sorted(result.tables["amplified"]["alpha"]) == [0.0, 2.0]
+    assert result.tables["pca_projections"].empty  # --label none: no groups
+    assert main([*argv[:-4], "--n-components", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "n_components must be positive" in err
+
+
+def test_figures_draw_the_tables_side_by_side():
+    import pandas as pd
+
+    from rlinterp.readings.figures import amplified_figure, pca_figure, topics_figure
+
+    amplified = pd.DataFrame(
+        [
+            {"series": r, "step": s, "alpha": a, "share_none": a * (s + 1) / 10}
+            for r in ("weak", "strong")
+            for s in (1, 2)
+            for a in (0.0, 2.0)
+        ]
+    )
+    figure = amplified_figure(amplified)
+    assert [a.text for a in figure.layout.annotations] == ["weak", "strong"]
+    assert len(figure.data) == 4 and list(figure.data[3].y) == [0.0, 0.6]  # strong, step 2
+    pca = pd.DataFrame(
+        [{"series": "weak", "step": s, "hook": "h", "component": 0, "explained": s / 4} for s in (1, 2)]
+    )
+    assert list(pca_figure(pca).data[0].y) == [0.25, 0.5]
+    topics = pd.DataFrame(
+        [{"series": "strong", "step": 2, "topic": 0, "share": 1.0, "top_promoted": ["!", "e"]}]
+    )
+    assert topics_figure(topics).data[0].text[0] == "'!' 'e'"
