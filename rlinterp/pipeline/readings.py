@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..activations.onpolicy import SamplingConfig
 from ..core.page import empty, esc, table
 from ..readings.amplify import AmplifyConfig
 from ..readings.analysis import TABLES, ReadingsConfig
 from ..readings.figures import amplified_figure, patchscope_figure, pca_figure, topics_figure
+from ..readings.topics import TopicsConfig
 from .figures import register_figure
 from .report import Content, Section, register_section
 from .result import RunResult
@@ -41,9 +43,18 @@ class ReadingsSection(ReadingsConfig):
     components of the activation differences with their patchscope and lens readings, and
     topics of the changed tokens, per series."""
 
-    amplify: AmplifyConfig = field(default_factory=lambda: AmplifyConfig(checkpoints="last"))
-    """Amplified sampling. The last checkpoint only: each amplified checkpoint samples every
-    alpha, and the last shows where RL went; ``rlinterp readings`` amplifies every step."""
+    amplify: AmplifyConfig = field(
+        default_factory=lambda: AmplifyConfig(
+            checkpoints="last", sampling=SamplingConfig(samples_per_prompt=1)
+        )
+    )
+    """Amplified sampling. The last checkpoint, one answer per question: each amplified
+    checkpoint samples every alpha (about 2 CPU-s per alpha for 256 answers of the organism),
+    the last shows where RL went, and the default organism asks 128 questions;
+    ``rlinterp readings`` amplifies every step with four answers each."""
+    topics: TopicsConfig = field(default_factory=lambda: TopicsConfig(checkpoints="last"))
+    """Topics of the last checkpoint's changed tokens (each checkpoint costs a forward pass over
+    the prompts, like the diff stage's KL pass)."""
     enabled: bool = True
     """Run the readings stage."""
 

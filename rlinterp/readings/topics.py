@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -75,11 +75,16 @@ class TopicsConfig:
     """Seed of the factorisation's initialisation."""
     n_iter: int = 400
     """Multiplicative updates of the factorisation."""
+    checkpoints: Literal["all", "last"] = "all"
+    """Find the topics of every RL checkpoint, or of the last only (each is a forward pass of
+    the checkpoint over the store's tokens)."""
 
     def __post_init__(self) -> None:
         for name in ("n_positions", "n_topics", "context", "promoted", "top_tokens", "examples", "n_iter"):
             if getattr(self, name) < 1:
                 raise RlinterpError(f"topics.{name} must be positive, got {getattr(self, name)}")
+        if self.checkpoints not in ("all", "last"):
+            raise RlinterpError(f"topics.checkpoints must be 'all' or 'last', got {self.checkpoints!r}")
 
 
 @dataclass(frozen=True)
@@ -152,14 +157,17 @@ def changed_token_topics(
     checkpoints: Sequence[Checkpoint] | None = None,
     cache_bytes: int = 256 * 2**20,
 ) -> ChangedTopics:
-    """The changed positions of every RL checkpoint of ``series`` (or of ``checkpoints``) on
+    """The changed positions of the RL checkpoints of ``series`` (every one or the last, as
+    ``cfg.checkpoints`` says; or ``checkpoints``) on
     ``store``'s tokens, and their topics (see the module docstring)."""
     cfg = cfg or TopicsConfig()
     tokenizer = series.tokenizer()
     base_runs = BaseLogProbs(series, store, cache_bytes)
     vocab = int(series.load(series.base).cfg.d_vocab)
     topics, positions = [], []
-    for checkpoint in checkpoints if checkpoints is not None else series.checkpoints[1:]:
+    if checkpoints is None:
+        checkpoints = series.checkpoints[-1:] if cfg.checkpoints == "last" else series.checkpoints[1:]
+    for checkpoint in checkpoints:
         scored = _score(series.load(checkpoint), base_runs, store, cfg.promoted)
         values, rows = scored.kl.topk(min(cfg.n_positions, len(scored.kl)))
         rows = rows[values > 0]
