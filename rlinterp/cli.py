@@ -307,7 +307,7 @@ def _readings(args: argparse.Namespace) -> None:
 
 
 def _add_readings(commands: argparse._SubParsersAction) -> None:
-    from .pipeline.config import command_options, metavar
+    from .pipeline.config import command_options
     from .readings.analysis import ReadingsConfig
 
     readings = commands.add_parser(
@@ -323,18 +323,23 @@ def _add_readings(commands: argparse._SubParsersAction) -> None:
     readings.add_argument("--out", type=Path, required=True, help="output directory")
     readings.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     for name, tp, help_text in command_options(ReadingsConfig):
-        flag, dest = "--" + name.replace(".", "-").replace("_", "-"), "cfg_" + name.replace(".", "_")
-        if tp is bool:
-            readings.add_argument(
-                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif getattr(tp, "__origin__", None) is tuple:
-            readings.add_argument(
-                flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text
-            )
-        else:
-            readings.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
+        flag = "--" + name.replace(".", "-").replace("_", "-")
+        _add_generated(readings, flag, "cfg_" + name.replace(".", "_"), tp, help_text)
     readings.set_defaults(run=_readings)
+
+
+def _add_generated(parser: argparse.ArgumentParser, flag: str, dest: str, tp: object, help_text: str) -> None:
+    """One option generated from a config field (None when not given: the config's value holds)."""
+    from .pipeline.config import metavar
+
+    if tp is bool:
+        parser.add_argument(
+            flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    elif getattr(tp, "__origin__", None) is tuple:
+        parser.add_argument(flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text)
+    else:
+        parser.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
 
 
 def _prompts(spec: str, series: list[str]) -> PromptSet:
@@ -398,7 +403,7 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from .pipeline.config import cli_options, metavar
+    from .pipeline.config import cli_options
 
     run = commands.add_parser(
         "run",
@@ -430,15 +435,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     )
     for section, name, tp, help_text in cli_options():
         flag = f"--{section}-{name}".replace("_", "-").replace(".", "-")
-        dest = f"{section}_{name}"
-        if tp is bool:
-            run.add_argument(
-                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif getattr(tp, "__origin__", None) is tuple:
-            run.add_argument(flag, dest=dest, nargs="*", default=None, metavar=metavar(tp), help=help_text)
-        else:
-            run.add_argument(flag, dest=dest, default=None, metavar=metavar(tp), help=help_text)
+        _add_generated(run, flag, f"{section}_{name}", tp, help_text)
     run.set_defaults(run=_run)
 
     figures = commands.add_parser(
