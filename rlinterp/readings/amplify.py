@@ -19,6 +19,8 @@ Invariants:
   alone), alpha 0's answers are the base's and alpha 1's the checkpoint's, exactly;
 - ``preflight`` checks every (checkpoint, alpha, parameter) for NaN/Inf in the load dtype
   before anything is sampled, and names the first that fails;
+- alpha 0 is the base whichever checkpoint is amplified: its answers are drawn once per call
+  and shared by every checkpoint's rows;
 - memory: the base's parameters, one checkpoint's and the working model;
 - resumable: each checkpoint's answers are written to ``<out>/<label>.parquet`` once all its
   alphas are done and reused when the fingerprint (config, prompts, weights) matches.
