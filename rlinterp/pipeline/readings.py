@@ -13,6 +13,7 @@ Cost on the default budget (``ReadingsSection``'s defaults), measured on the tin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,9 +27,10 @@ from ..core.page import empty, esc, table
 from ..readings.amplify import AmplifyConfig
 from ..readings.analysis import TABLES, ReadingsConfig
 from ..readings.figures import amplified_figure, patchscope_figure, pca_figure, topics_figure
+from ..readings.patchscope import unknown_text
 from ..readings.topics import TopicsConfig
 from .figures import register_figure
-from .report import Content, Section, register_section
+from .report import Content, Section, _skipped, register_section
 from .result import RunResult
 
 if TYPE_CHECKING:
@@ -74,14 +76,25 @@ def readings_stage(ctx: RunContext) -> None:
     organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
     out = ctx.stage_dir("readings")
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    skipped = {}
     for name, series in ctx.series.items():
-        log.info("readings %s: %s", name, ", ".join(cfg.readings))
+        chosen = cfg
+        unknown = (
+            unknown_text(series.tokenizer(), cfg.patchscope.prompt) if "patchscope" in cfg.readings else []
+        )
+        if unknown:  # the other readings still run
+            chosen = dataclasses.replace(cfg, readings=tuple(r for r in cfg.readings if r != "patchscope"))
+            skipped[name] = (
+                f"patchscope: the prompt has text the tokenizer does not know ({unknown}); "
+                "set readings.patchscope.prompt"
+            )
+        log.info("readings %s: %s", name, ", ".join(chosen.readings))
         store = ActivationStore.load(ctx.stage_dir("diff") / name / "activations")
         regime = name if organism is not None else None
-        result = run_readings(series, ctx.prompts, out / name, cfg, organism, regime, store)
+        result = run_readings(series, ctx.prompts, out / name, chosen, organism, regime, store)
         for table_name, frame in result.tables.items():
             tables[table_name].append(frame.assign(series=name))
-    _finish(out, tables, {})
+    _finish(out, tables, skipped)
 
 
 # -- the report section ----------------------------------------------------------------------
@@ -115,8 +128,8 @@ Part: TypeAlias = str | go.Figure
 def readings_section(run: RunResult) -> Content:
     found = {name: run.tables.get(f"readings/{name}", pd.DataFrame()) for name in TABLES}
     if all(frame.empty for frame in found.values()):
-        return Content((empty("The readings have not run (stage 'readings')."),))
-    parts: list[Part] = []
+        return Content((empty("The readings have not run (stage 'readings')."), _skipped(run, "readings")))
+    parts: list[Part] = [_skipped(run, "readings")]
     parts += _amplified_parts(found["amplified"])
     parts += _pca_parts(found["pca"], found["patchscope"])
     parts += _topics_parts(found["topics"])

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import PreTrainedTokenizerBase
 
 from ..diff.outputs import difference_lens
 from ..errors import RlinterpError
@@ -76,19 +77,24 @@ class PatchscopeConfig:
             )
 
 
+def unknown_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[str]:
+    """The pieces of ``prompt`` that ``tokenizer`` encodes as its unknown token (none: [])."""
+    encoded = tokenizer(prompt, add_special_tokens=False)
+    unknown = tokenizer.unk_token_id
+    spans = [encoded.token_to_chars(i) for i, t in enumerate(encoded["input_ids"]) if t == unknown]
+    return sorted({prompt[s.start : s.end] for s in spans if s is not None}) if unknown is not None else []
+
+
 def prompt_tokens(model: TransformerBridge, prompt: str) -> Tensor:
     """``[1, pos]`` ids of BOS + ``prompt``; an unknown token is refused with the text that made it."""
     tokenizer = model.tokenizer
-    encoded = tokenizer(prompt, add_special_tokens=False)
-    ids = list(encoded["input_ids"])
-    unknown = tokenizer.unk_token_id
-    if unknown is not None and unknown in ids:
-        spans = [encoded.token_to_chars(i) for i, t in enumerate(ids) if t == unknown]
-        shown = sorted({prompt[s.start : s.end] for s in spans if s is not None})
+    shown = unknown_text(tokenizer, prompt)
+    if shown:
         raise RlinterpError(
             f"the patchscope prompt has text the tokenizer does not know ({shown}); write it with the "
             "model's own characters (patchscope.prompt)"
         )
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
     return torch.tensor([[*([bos] if bos is not None else []), *ids]], device=model.cfg.device)
 
