@@ -95,6 +95,7 @@ LAYERS = (
     ("models",),
     ("activations",),
     ("diff",),
+    ("readings",),
     ("dictionaries",),
     ("tracking",),
     ("selection",),
