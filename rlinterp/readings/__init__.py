@@ -12,15 +12,15 @@ from ..core.lazy import lazy_exports
 if TYPE_CHECKING:
     from . import figures as figures
     from .amplify import AmplifiedSamples as AmplifiedSamples
-    from .amplify import AmplifyConfig as AmplifyConfig
-    from .analysis import ReadingsConfig as ReadingsConfig
     from .analysis import ReadingsResult as ReadingsResult
     from .analysis import run_readings as run_readings
-    from .patchscope import PatchscopeConfig as PatchscopeConfig
+    from .config import AmplifyConfig as AmplifyConfig
+    from .config import PatchscopeConfig as PatchscopeConfig
+    from .config import ReadingsConfig as ReadingsConfig
+    from .config import TopicsConfig as TopicsConfig
     from .pca import DifferencePCA as DifferencePCA
     from .pca import difference_pca as difference_pca
     from .topics import ChangedTopics as ChangedTopics
-    from .topics import TopicsConfig as TopicsConfig
     from .topics import changed_token_topics as changed_token_topics
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..activations.onpolicy import SamplingConfig, sample
+from ..activations.onpolicy import sample
 from ..core import rundir
 from ..core.artifacts import environment_versions, weights_sha256, write_parquet
 from ..errors import RlinterpError
@@ -49,6 +49,7 @@ from ..organism.behaviour import score_answers
 from ..organism.layout import Organism
 from ..organism.model import AnswerBatch, Rollout
 from ..organism.personas import TURN_END
+from .config import AmplifyConfig as AmplifyConfig
 
 KIND = rundir.Kind("rlinterp.amplified", "amplified sampling")
 SAMPLE_COLUMNS = ["label", "step", "alpha", "prompt_index", "sample", "prompt", "response", "n_tokens"]
@@ -60,29 +61,6 @@ TABLE_COLUMNS = ["label", "step", "alpha", "n_answers", "base_logprob_mean", "an
 """``table.parquet``, one row per (checkpoint, alpha): answers, their mean per-token log-prob
 under the base, mean length in tokens, share that stopped at a stop token; on the organism
 also the behaviour table's columns (``reward``, ``accuracy``, ``share_*``, ``answer_length``)."""
-
-
-@dataclass(frozen=True)
-class AmplifyConfig:
-    """Which amplified models answer, and how they sample."""
-
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    """Amplification factors: 0 the base, 1 the checkpoint, above 1 past it."""
-    checkpoints: Literal["all", "last"] = "all"
-    """Amplify every RL checkpoint of the series, or the last only."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples_per_prompt=4))
-    """How every amplified model samples (the same seeds for each: common random numbers)."""
-
-    def __post_init__(self) -> None:
-        if not self.alphas:
-            raise RlinterpError("amplify.alphas is empty; give at least one factor, e.g. [0, 1, 2, 4]")
-        bad = [a for a in self.alphas if not math.isfinite(a)]
-        if bad:
-            raise RlinterpError(f"amplify.alphas must be finite numbers, got {bad}")
-        if len(set(self.alphas)) != len(self.alphas):
-            raise RlinterpError(f"amplify.alphas repeats a factor: {list(self.alphas)}")
-        if self.checkpoints not in ("all", "last"):
-            raise RlinterpError(f"amplify.checkpoints must be 'all' or 'last', got {self.checkpoints!r}")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 from safetensors.torch import load_file
@@ -45,16 +44,17 @@ from . import amplify as amplify_module
 from . import patchscope as patchscope_module
 from . import pca as pca_module
 from . import topics as topics_module
-from .amplify import AmplifiedSamples, AmplifyConfig, amplify
-from .patchscope import PatchscopeConfig, patchscope
+from .amplify import AmplifiedSamples, amplify
+from .config import READINGS as READINGS
+from .config import Reading as Reading
+from .config import ReadingsConfig as ReadingsConfig
+from .patchscope import patchscope
 from .pca import difference_pca
-from .topics import TopicsConfig, changed_token_topics
+from .topics import changed_token_topics
 
 log = logging.getLogger(__name__)
 
 KIND = rundir.Kind("rlinterp.readings", "readings")
-Reading = Literal["amplify", "pca", "patchscope", "topics"]
-READINGS: tuple[Reading, ...] = ("amplify", "pca", "patchscope", "topics")
 TABLES = {
     "amplified": amplify_module.TABLE_COLUMNS,
     "pca": pca_module.TABLE_COLUMNS,
@@ -67,49 +67,6 @@ TABLES = {
 documented beside its module's ``*_COLUMNS``. ``patchscope.direction`` is ``mean`` (the mean
 difference) or ``pc<i>`` (principal component i), read per ``label`` and ``step``."""
 ENTRIES = {*(f"{name}.parquet" for name in TABLES), "pca_components.safetensors", "amplified", "activations"}
-
-
-@dataclass(frozen=True)
-class ReadingsConfig:
-    """Which readings, and how (the defaults of ``rlinterp readings``)."""
-
-    readings: tuple[Reading, ...] = READINGS
-    """Readings to compute: ``amplify``, ``pca``, ``patchscope`` (needs ``pca``), ``topics``."""
-    amplify: AmplifyConfig = field(default_factory=AmplifyConfig)
-    """Amplified sampling: factors, checkpoints, sampling."""
-    max_prompts: int | None = 64
-    """Distinct prompts the amplified models answer on a checkpoint series (the first this
-    many; None: all). The organism's models answer its behaviour questions instead."""
-    n_components: int = 5
-    """Principal components per checkpoint and hook."""
-    label: str | None = "persona"
-    """Prompt label whose values get a mean projection per component (None: none)."""
-    read_components: int = 2
-    """Components read by patchscope and lens, besides the mean difference."""
-    patchscope: PatchscopeConfig = field(default_factory=PatchscopeConfig)
-    """The identity prompt, scales and continuation of the patchscope."""
-    topics: TopicsConfig = field(default_factory=TopicsConfig)
-    """Changed positions and their factorisation."""
-    batch_size: int = 32
-    """Prompts per forward pass when the activations are harvested here."""
-
-    def __post_init__(self) -> None:
-        unknown = [r for r in self.readings if r not in READINGS]
-        if unknown or not self.readings:
-            raise RlinterpError(
-                f"readings must name some of {', '.join(READINGS)}, got {list(self.readings)}"
-            )
-        if "patchscope" in self.readings and "pca" not in self.readings:
-            raise RlinterpError("the patchscope reads the pca stage's directions; add 'pca' to readings")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise RlinterpError(f"max_prompts must be positive or None, got {self.max_prompts}")
-        if self.n_components < 1 or not 0 <= self.read_components <= self.n_components:
-            raise RlinterpError(
-                f"n_components must be positive and read_components in 0..n_components, got "
-                f"{self.n_components}, {self.read_components}"
-            )
-        if self.batch_size < 1:
-            raise RlinterpError(f"batch_size must be positive, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

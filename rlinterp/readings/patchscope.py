@@ -27,7 +27,6 @@ token is in the vocabulary (an unknown token is refused before any compute).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -40,41 +39,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ..diff.outputs import logit_tokens
 from ..errors import RlinterpError
+from .config import PatchscopeConfig as PatchscopeConfig
 
 TABLE_COLUMNS = ["direction", "hook", "scale", "norm", "top_tokens", "top_probs", "continuation", "lens"]
 """One row per (direction, scale): the direction's name, the hook it was patched at, the
 scale and the patched vector's norm, the ``top_k`` next tokens and their probabilities at
 the patched position, the greedy continuation, and the tokens the difference lens says the
 direction promotes (the same for every scale)."""
-
-
-@dataclass(frozen=True)
-class PatchscopeConfig:
-    """How a direction is read by patching it into the base."""
-
-    prompt: str = "yes yes\nno no\n1135 1135\n?"
-    """The identity-style prompt; the direction replaces the residual stream at its last
-    token. Every character must be in the model's vocabulary (the default fits the organism's
-    and any byte-level tokenizer)."""
-    scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-    """Norms of the patched vector, in multiples of the base's mean residual norm at the hook."""
-    top_k: int = 5
-    """Next tokens listed per scale (and promoted tokens from the lens)."""
-    continuation: int = 8
-    """Greedily generated tokens per scale (0: none)."""
-
-    def __post_init__(self) -> None:
-        if not self.prompt:
-            raise RlinterpError("patchscope.prompt is empty; give an identity-style prompt")
-        if not self.scales or any(not (s >= 0) or s == float("inf") for s in self.scales):
-            raise RlinterpError(
-                f"patchscope.scales must be finite non-negative numbers, got {list(self.scales)}"
-            )
-        if self.top_k < 1 or self.continuation < 0:
-            raise RlinterpError(
-                f"patchscope.top_k must be positive and continuation non-negative, got {self.top_k}, "
-                f"{self.continuation}"
-            )
 
 
 def unknown_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[str]:

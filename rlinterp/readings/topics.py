@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
@@ -33,6 +33,7 @@ from ..activations.harvest import ActivationStore
 from ..diff.outputs import BaseLogProbs, kl_divergence, paired_log_probs
 from ..errors import RlinterpError
 from ..models.series import Checkpoint, ModelSeries
+from .config import TopicsConfig as TopicsConfig
 
 TOPIC_COLUMNS = ["label", "step", "topic", "share", "n_positions", "top_promoted", "top_context", "examples"]
 """``ChangedTopics.topics``: per checkpoint and topic, its share of the positions' total
@@ -53,38 +54,6 @@ POSITION_COLUMNS = [
 """``ChangedTopics.positions``: the changed positions, largest KL first: store row, prompt and
 position, the KL, the decoded context before the token, the token, the promoted next tokens,
 and the topic it belongs to most."""
-
-
-@dataclass(frozen=True)
-class TopicsConfig:
-    """How the changed positions are chosen and grouped."""
-
-    n_positions: int = 256
-    """Positions with the largest KL(post || base) per checkpoint."""
-    n_topics: int = 4
-    """Topics of the factorisation."""
-    context: int = 6
-    """Tokens of context per position (the position's own token included)."""
-    promoted: int = 3
-    """Next tokens per position whose probability rose most."""
-    top_tokens: int = 6
-    """Tokens listed per topic and block."""
-    examples: int = 3
-    """Example contexts listed per topic."""
-    seed: int = 0
-    """Seed of the factorisation's initialisation."""
-    n_iter: int = 400
-    """Multiplicative updates of the factorisation."""
-    checkpoints: Literal["all", "last"] = "all"
-    """Find the topics of every RL checkpoint, or of the last only (each is a forward pass of
-    the checkpoint over the store's tokens)."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_positions", "n_topics", "context", "promoted", "top_tokens", "examples", "n_iter"):
-            if getattr(self, name) < 1:
-                raise RlinterpError(f"topics.{name} must be positive, got {getattr(self, name)}")
-        if self.checkpoints not in ("all", "last"):
-            raise RlinterpError(f"topics.checkpoints must be 'all' or 'last', got {self.checkpoints!r}")
 
 
 @dataclass(frozen=True)

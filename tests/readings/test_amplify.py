@@ -14,7 +14,8 @@ from rlinterp import RlinterpError
 from rlinterp.activations.onpolicy import SamplingConfig, sample
 from rlinterp.models.series import Checkpoint, ModelSeries
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.readings.amplify import AmplifiedSamples, AmplifyConfig, amplified_models, amplify
+from rlinterp.readings.amplify import AmplifiedSamples, amplified_models, amplify
+from rlinterp.readings.config import AmplifyConfig
 
 from ..conftest import tiny_hf_config
 from ..planted import build_planted

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from rlinterp import RlinterpError
 from rlinterp.models.loading import load_bridge
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.readings.patchscope import PatchscopeConfig, patchscope
+from rlinterp.readings.config import PatchscopeConfig
+from rlinterp.readings.patchscope import patchscope
 
 from ..conftest import tiny_hf_config
 

@@ -10,10 +10,8 @@ from rlinterp import RlinterpError
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.models.series import ModelSeries
 from rlinterp.organism.behaviour import SHARE_COLUMNS
-from rlinterp.readings.amplify import AmplifyConfig
-from rlinterp.readings.analysis import TABLES, ReadingsConfig, ReadingsResult, run_readings
-from rlinterp.readings.patchscope import PatchscopeConfig
-from rlinterp.readings.topics import TopicsConfig
+from rlinterp.readings.analysis import TABLES, ReadingsResult, run_readings
+from rlinterp.readings.config import AmplifyConfig, PatchscopeConfig, ReadingsConfig, TopicsConfig
 
 from ..planted import build_planted, planted_prompts
 

@@ -12,7 +12,8 @@ from rlinterp.activations.harvest import HarvestConfig, harvest
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.models.series import ModelSeries
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.readings.topics import TopicsConfig, changed_token_topics, nmf
+from rlinterp.readings.config import TopicsConfig
+from rlinterp.readings.topics import changed_token_topics, nmf
 
 from ..conftest import tiny_hf_config
 
