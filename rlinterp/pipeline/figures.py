@@ -18,6 +18,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +32,7 @@ from ..core.report.theme import paper as paper
 from ..diff.report import kl_figure as kl_figure
 from ..diff.report import site_pivot
 from ..errors import RlinterpError
+from ..readings.figures import FIGURES as READINGS_FIGURES
 from ..selection.index import SELECTION_SIDE
 from ..tracking.lineage import CHANGES
 
@@ -243,11 +245,21 @@ def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
         )
 
 
+def readings_figure(run: RunResult, reading: str) -> go.Figure:
+    """The figure of one reading without a dictionary (``readings.figures.FIGURES``, by the
+    name of its table), series side by side in the run's order."""
+    found = run.tables.get(f"readings/{reading}", pd.DataFrame())
+    if found.empty:
+        return _empty(f"Readings: no {reading} table (the readings stage has not run)")
+    return READINGS_FIGURES[reading](run.in_run_order(found))
+
+
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "behaviour": behaviour_figure,
     "weights": weights_figure,
     "activations": activations_figure,
     "outputs_kl": kl_figure,
+    **{f"readings_{name}": partial(readings_figure, reading=name) for name in READINGS_FIGURES},
     "fvu_drift": fvu_drift_figure,
     "tracking": tracking_figure,
     "index": index_figure,
