@@ -17,8 +17,9 @@ Layout (``TABLES`` names the tables and their schemas): ``amplified/`` (its own 
 with ``samples.parquet``), ``amplified.parquet``, ``pca.parquet``,
 ``pca_projections.parquet``, ``pca_components.safetensors`` (``<label>/<hook>`` -> ``[k,
 d]``), ``patchscope.parquet``, ``topics.parquet``, ``topic_positions.parquet``, and
-``manifest.json`` last. The directory is claimed through ``rundir`` (kind
-``rlinterp.readings``); ``amplified/`` and ``activations/`` resume by themselves.
+``manifest.json`` last (then ``report.html``, which ``rlinterp readings`` renders from
+them). The directory is claimed through ``rundir`` (kind ``rlinterp.readings``);
+``amplified/`` and ``activations/`` resume by themselves.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ TABLES = {
 documented beside its module's ``*_COLUMNS``. ``patchscope.direction`` is ``mean`` (the mean
 difference) or ``pc<i>`` (principal component i), read per ``label`` and ``step``."""
 ENTRIES = {*(f"{name}.parquet" for name in TABLES), "pca_components.safetensors", "amplified", "activations"}
+ENTRIES.add("report.html")  # ``rlinterp readings`` writes it after the tables
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,11 @@ def test_cli_options_come_from_the_config(tmp_path, capsys):
     argv += ["--topics-n-topics", "2", "--topics-n-positions", "16"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"readings in {tmp_path / 'out'}\n") and "alpha" in out
+    assert out.startswith(f"readings in {tmp_path / 'out'} (report: {tmp_path / 'out' / 'report.html'})\n")
+    assert "alpha" in out
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count("<div class='figure'>") == 4  # amplified, pca, patchscope, topics
+    assert "<h2>Amplified sampling</h2>" in report and "<h2>Topics of the changed tokens</h2>" in report
     result = ReadingsResult.load(tmp_path / "out")
     assert sorted(result.tables["amplified"]["alpha"]) == [0.0, 2.0]
     assert result.tables["pca_projections"].empty  # --label none: no groups
