@@ -146,3 +146,52 @@ def test_figures_draw_the_tables_side_by_side():
         [{"series": "strong", "step": 2, "topic": 0, "share": 1.0, "top_promoted": ["!", "e"]}]
     )
     assert topics_figure(topics).data[0].text[0] == "'!' 'e'"
+
+
+def test_report_parts_show_each_reading_or_say_it_is_missing():
+    import html
+
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from rlinterp.readings.report import readings_parts
+
+    hostile = "<script>alert(1)</script>"
+    pca = pd.DataFrame(
+        [
+            {
+                "step": s,
+                "hook": "h",
+                "component": c,
+                "explained": 0.5,
+                "cumulative": 0.5,
+                "cos_mean_diff": 1.0,
+            }
+            for s in (1, 2)
+            for c in (0, 1)
+        ]
+    )
+    topics = pd.DataFrame(
+        [
+            {
+                "step": 2,
+                "topic": 0,
+                "share": 1.0,
+                "top_promoted": [hostile],
+                "top_context": ["a"],
+                "examples": [],
+            }
+        ]
+    )
+    parts = readings_parts({"pca": pca, "topics": topics})
+    assert list(parts) == [
+        "Amplified sampling",
+        "Principal components of the activation differences",
+        "Topics of the changed tokens",
+    ]
+    assert parts["Amplified sampling"] == ("<p class='empty'>No amplified sampling.</p>",)
+    pca_parts = parts["Principal components of the activation differences"]
+    assert sum(isinstance(p, go.Figure) for p in pca_parts) == 1  # no patchscope table: no patchscope
+    assert str(pca_parts[-1]).count("<tr>") == 1 + 2  # header and the last step's two components
+    shown = str(parts["Topics of the changed tokens"][-1])
+    assert hostile not in shown and html.escape(repr(hostile), quote=True) in shown
