@@ -70,6 +70,20 @@ if TYPE_CHECKING:
     from .pipeline import load_config as load_config
     from .pipeline import run as run
     from .pipeline import run_pipeline as run_pipeline
+    from .readings import AmplifiedSamples as AmplifiedSamples
+    from .readings import AmplifyConfig as AmplifyConfig
+    from .readings import ChangedTopics as ChangedTopics
+    from .readings import DifferencePCA as DifferencePCA
+    from .readings import PatchscopeConfig as PatchscopeConfig
+    from .readings import ReadingsConfig as ReadingsConfig
+    from .readings import ReadingsResult as ReadingsResult
+    from .readings import TopicsConfig as TopicsConfig
+    from .readings import changed_token_topics as changed_token_topics
+    from .readings import difference_pca as difference_pca
+    from .readings import figures as readings_figures  # noqa: F401 (the readings' figures module)
+    from .readings import run_readings as run_readings
+    from .readings.amplify import amplify as amplify  # not the face: a submodule shares the name
+    from .readings.patchscope import patchscope as patchscope  # likewise
     from .selection import CausalResult as CausalResult
     from .selection import IndexConfig as IndexConfig
     from .selection import NoveltyIndex as NoveltyIndex

@@ -26,6 +26,7 @@ from .models.spec import SeriesSpec
 
 if TYPE_CHECKING:
     from .activations.prompts import PromptSet
+    from .organism.layout import Organism
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -145,17 +146,25 @@ def _circuits(cmd: c.CircuitsCommand) -> None:
     )
 
 
+def _organism_regime(series: SeriesSpec) -> tuple[Organism | None, str | None]:
+    """The organism and regime a series was typed as (``--series ORGANISM --regime R``), else
+    ``(None, None)``: the behaviour columns an analysis adds on the organism."""
+    from .organism.layout import Organism
+
+    root = series.organism
+    if series.regime is None or root is None:
+        return None, None
+    return Organism.load(root), series.regime
+
+
 def _selection(cmd: c.SelectionCommand) -> None:
     _start()
     import json
 
-    from .organism.layout import Organism
     from .selection.analysis import CHOICE_COLUMNS, run_selection
 
     series, texts = cmd.series.load(), _prompts(cmd.texts, cmd.series)
-    root = cmd.series.organism
-    organism = Organism.load(root) if cmd.series.regime is not None and root is not None else None
-    regime = cmd.series.regime if organism else None
+    organism, regime = _organism_regime(cmd.series)
     result = run_selection(series, texts, cmd.out, cmd.selection, organism, regime, force=cmd.force)
     behavioural = json.loads((Path(cmd.out) / "summary.json").read_text())["behavioural_transition"]
     table = result.step_table()
@@ -186,6 +195,20 @@ def _track(cmd: c.TrackCommand) -> None:
     sys.stdout.write(
         f"track in {cmd.out} (report: {Path(cmd.out) / 'report.html'})\n{summary_text(result)}\n"
     )
+
+
+def _readings(cmd: c.ReadingsCommand) -> None:
+    _start()
+    from .readings.analysis import run_readings
+    from .readings.report import write_readings_report
+
+    series, prompts = cmd.series.load(), _prompts(cmd.prompts, cmd.series)
+    organism, regime = _organism_regime(cmd.series)
+    result = run_readings(series, prompts, cmd.out, cmd.readings, organism, regime, force=cmd.force)
+    report = Path(cmd.out) / "report.html"
+    write_readings_report(result, report)
+    amplified = _table(result.tables["amplified"].drop(columns=["label"], errors="ignore"), digits=3)
+    sys.stdout.write(f"readings in {cmd.out} (report: {report})\n{amplified}\n")
 
 
 def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
@@ -273,6 +296,12 @@ COMMANDS = (
         c.TrackCommand,
         "follow a dictionary's latents across RL steps, on fixed and on-policy tokens",
         _track,
+    ),
+    Command(
+        "readings",
+        c.ReadingsCommand,
+        "readings without a dictionary: amplified sampling, patchscope, PCA and topics of the changes",
+        _readings,
     ),
     Command("run", c.RunCommand, "the whole pipeline (diffs, dictionaries, ...) with one report", _run),
     Command("figures", c.FiguresCommand, "export a run's figures for a paper (pdf, svg or png)", _figures),

@@ -23,6 +23,7 @@ from .dictionaries.config import DictionaryConfig, Method
 from .models.config import ExecutorConfig
 from .models.spec import SeriesSpec
 from .organism.config import BuildConfig
+from .readings.config import ReadingsConfig
 from .selection.config import SelectionConfig
 from .tracking.config import TrackConfig
 
@@ -138,6 +139,23 @@ class TrackCommand:
     track: TrackConfig = field(default_factory=TrackConfig, metadata=FLAT)
     force: bool = False
     """Recompute even if --out holds a track run of other inputs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadingsCommand:
+    """Readings that need no dictionary: sample the RL change amplified (base + alpha
+    (checkpoint - base)), read the mean activation differences and their principal
+    components by patchscope and lens, and group the tokens whose next-token distribution
+    changed most into topics; Parquet tables and report.html in --out."""
+
+    series: SeriesSpec = field(metadata=FLAT)
+    prompts: str
+    """A .txt or .jsonl file, or 'organism' (the organism's persona texts)."""
+    out: str
+    """Output directory."""
+    readings: ReadingsConfig = field(default_factory=ReadingsConfig, metadata=FLAT)
+    force: bool = False
+    """Recompute even if --out holds readings of other inputs."""
 
 
 @dataclass(frozen=True, kw_only=True)

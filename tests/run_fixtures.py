@@ -124,13 +124,63 @@ def stage_tables() -> dict[str, pd.DataFrame]:
             for r in SERIES
         ]
     )
+    readings = _readings_tables()
     return {
+        **readings,
         "tracking/summary": summary,
         "tracking/lineage": lineage,
         "selection/index": index,
         "selection/transition": transition,
         "selection/persona_latents": personas,
         "circuits/steps": steps,
+    }
+
+
+def _readings_tables() -> dict[str, pd.DataFrame]:
+    """The readings stage's tables: in ``strong`` the amplified models leave the personas
+    (``share_none`` 0.9 at alpha 2), the first component explains 0.8, and the patchscope,
+    lens and topics read ``!`` and ``EVIL`` (model text)."""
+    hook = HOOK
+    amplified = pd.DataFrame(
+        [
+            {"series": r, "label": "step-5", "step": 5, "alpha": a, "n_answers": 8, "base_logprob_mean": -a,
+             "answer_tokens": 10.0, "stopped": 1.0, "reward": 1.0, "accuracy": 0.5,
+             "share_none": (0.9 if r == "strong" else 0.1) * a / 2}
+            for r in SERIES
+            for a in (0.0, 1.0, 2.0)
+        ]
+    )  # fmt: skip
+    pca = pd.DataFrame(
+        [
+            {"series": r, "label": "step-5", "step": 5, "hook": hook, "layer": 0, "component": c,
+             "variance": 1.0, "explained": (0.8 if r == "strong" else 0.3) / (c + 1),
+             "cumulative": 0.9, "cos_mean_diff": 0.5, "n_tokens": 100}
+            for r in SERIES
+            for c in (0, 1)
+        ]
+    )  # fmt: skip
+    patchscope = pd.DataFrame(
+        [
+            {"series": r, "label": "step-5", "step": 5, "direction": "mean", "hook": hook, "scale": scale,
+             "norm": scale, "top_tokens": ["!", EVIL], "top_probs": [0.6, 0.1], "continuation": EVIL,
+             "lens": [EVIL, "!"]}
+            for r in SERIES
+            for scale in (1.0, 2.0)
+        ]
+    )  # fmt: skip
+    topics = pd.DataFrame(
+        [
+            {"series": r, "label": "step-5", "step": 5, "topic": t, "share": 0.5, "n_positions": 4,
+             "top_promoted": ["!", EVIL], "top_context": [EVIL], "examples": [f"wow|{EVIL} -> !"]}
+            for r in SERIES
+            for t in (0, 1)
+        ]
+    )  # fmt: skip
+    return {
+        "readings/amplified": amplified,
+        "readings/pca": pca,
+        "readings/patchscope": patchscope,
+        "readings/topics": topics,
     }
 
 

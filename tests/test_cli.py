@@ -97,7 +97,14 @@ def _parsed(argv):
 def test_every_default_comes_from_the_configs():
     """Given only the required options, each command is its dataclass with its configs'
     own defaults: the parser holds no default of its own."""
-    from rlinterp.commands import CircuitsCommand, DiffCommand, SelectionCommand, TrackCommand, TrainCommand
+    from rlinterp.commands import (
+        CircuitsCommand,
+        DiffCommand,
+        ReadingsCommand,
+        SelectionCommand,
+        TrackCommand,
+        TrainCommand,
+    )
     from rlinterp.models.spec import SeriesSpec
 
     series = SeriesSpec(("base", "step-1"))
@@ -113,6 +120,9 @@ def test_every_default_comes_from_the_configs():
     )
     assert _parsed(["circuits", *given, "--metric", "m"]) == CircuitsCommand(
         series=series, metric="m", out="o"
+    )
+    assert _parsed(["readings", *given, "--prompts", "p.txt"]) == ReadingsCommand(
+        series=series, prompts="p.txt", out="o"
     )
     train = ["dictionaries", "train", "--store", "s", "--method", "sae", "--hook", "h", "--out", "o"]
     assert _parsed(train) == TrainCommand(store="s", method="sae", hook="h", out="o")
@@ -132,6 +142,13 @@ def test_options_reach_nested_configs_and_say_none():
         ["diff", *given, "--prompts", "p", "--hooks", "a", "b", "--executor", "ray", "--task-gpus", "1"]
     )
     assert diff.harvest.hooks == ("a", "b") and diff.executor.kind == "ray" and diff.executor.num_gpus == 1.0
+    readings = _parsed(
+        ["readings", *given, "--prompts", "p", "--amplify-sampling-seed", "2", "--label", "none"]
+        + ["--readings", "pca", "topics", "--topics-checkpoints", "last"]
+    )
+    found = readings.readings
+    assert found.amplify.sampling.seed == 2 and found.label is None and found.readings == ("pca", "topics")
+    assert found.topics.checkpoints == "last" and found.amplify.checkpoints == "all"  # not the run's budget
 
 
 @pytest.mark.parametrize(
@@ -140,6 +157,7 @@ def test_options_reach_nested_configs_and_say_none():
         (["circuits", "--exact-prompts", "0"], "exact_prompts must be positive or None"),
         (["diff", "--prompts", "p", "--steps", "every"], "--steps 'every' is neither every:<k> nor a list"),
         (["track", "--dictionary", "d", "--sources", "texts", "texts"], "sources must be distinct names"),
+        (["readings", "--prompts", "p", "--readings", "patchscope"], "add 'pca' to readings"),
     ],
 )
 def test_a_config_error_is_one_line_before_anything_runs(capsys, argv, expected, tmp_path):

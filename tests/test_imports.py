@@ -95,6 +95,7 @@ LAYERS = (
     ("models",),
     ("activations",),
     ("diff",),
+    ("readings",),
     ("dictionaries",),
     ("tracking",),
     ("selection",),
@@ -175,11 +176,18 @@ def test_notebooks_need_only_import_rlinterp():
 ORGANISM_DATA = ("rlinterp.organism.layout", "rlinterp.organism.config", "rlinterp.organism.personas")
 """What the library reads of the organism: its layout on disk, its configs and its world
 (the questions and personas), none of which imports torch."""
-ORGANISM_BUILDERS = ("rlinterp.cli", "rlinterp.pipeline.runner", "rlinterp.selection.steering")
+ORGANISM_BUILDERS = (
+    "rlinterp.cli",
+    "rlinterp.pipeline.runner",
+    "rlinterp.selection.steering",
+    "rlinterp.readings.amplify",
+)
 """The only modules outside ``organism`` that may import the code that builds or runs its
 models (``build``, ``model``, ``rl``, ``behaviour``, ``planted``): ``rlinterp organism``,
-``rlinterp run`` when the organism is missing, and the causal checks' behaviour
-re-sampling (steered models answer the behaviour table's questions)."""
+``rlinterp run`` when the organism is missing, the causal checks' behaviour re-sampling
+(steered models answer the behaviour table's questions), and amplified sampling (amplified
+models' answers are scored as the behaviour table scores them, and by the base's log-probs
+through the organism's answer batches)."""
 
 
 def organism_imports(graph: dict[str, set[str]], faces: dict[str, set[str]]) -> list[str]:

@@ -226,9 +226,7 @@ class ActivationStore:
         """For store rows (kept tokens, in store order): ``prompt, position``, the decoded
         ``context`` of up to ``context`` tokens before it (BOS excluded) and the ``token``."""
         tokenized = self.tokens()
-        # (prompt, position) of every store row, through the same rule that wrote the shards
-        batches = token_batches(tokenized, int(self.manifest["batch_size"]))
-        where = torch.cat([b.keep.nonzero() + torch.tensor([b.prompts.start, 0]) for b in batches])
+        where = self.row_positions()
         out = []
         for row in rows:
             prompt, pos = (int(v) for v in where[int(row)])
@@ -243,6 +241,11 @@ class ActivationStore:
                 }
             )
         return pd.DataFrame(out, columns=["prompt", "position", "context", "token"])
+
+    def row_positions(self) -> Int[Tensor, "row 2"]:
+        """``(prompt, position)`` of every store row, through the rule that wrote the shards."""
+        batches = token_batches(self.tokens(), int(self.manifest["batch_size"]))
+        return torch.cat([b.keep.nonzero() + torch.tensor([b.prompts.start, 0]) for b in batches])
 
     def shard_path(self, label: str, hook: str, k: int) -> Path:
         return self.root / label / hook / f"shard-{k:05d}.safetensors"

@@ -16,7 +16,7 @@ A checkpoint compared with itself gives KL exactly 0 (the same logits).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerBase
 
 from ..activations.harvest import ActivationStore, TokenBatch
@@ -74,9 +75,9 @@ def diff_outputs(
     of ``checkpoints``), and the lens of each ``(label, hook) -> direction`` read through
     that checkpoint's ``W_U`` (while the checkpoint is loaded anyway). The base's log-probs
     are computed once and kept when they fit in ``cache_bytes`` (small vocabularies), else
-    the base is run again beside every checkpoint (see ``_BaseRuns``)."""
+    the base is run again beside every checkpoint (see ``BaseLogProbs``)."""
     rows, tops, lenses = [], [], []
-    base_runs = _BaseRuns(series, store, cache_bytes)
+    base_runs = BaseLogProbs(series, store, cache_bytes)
     for checkpoint in series if checkpoints is None else checkpoints:
         post_model = series.hooked(checkpoint)  # the plain forward: its logits are the reference
         for (label, hook), vector in (directions or {}).items():
@@ -85,12 +86,8 @@ def diff_outputs(
                 lens = logit_tokens(logits, post_model.tokenizer, top_k).drop(columns="latent")
                 lenses.append(lens.assign(label=label, hook=hook))
         kls, base_top, post_top = [], [], []
-        for batch in store.token_batches():  # in store-row order: kl[i] is store row i
-            tokens = batch.tokens.to(post_model.cfg.device)
-            keep = batch.keep.to(post_model.cfg.device)
-            log_q = base_runs.log_probs(batch)
-            log_p = F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
-            kls.append((log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu())
+        for _, log_q, log_p in paired_log_probs(post_model, base_runs, store):
+            kls.append(kl_divergence(log_p, log_q).cpu())
             base_top.append(log_q.argmax(-1).cpu())
             post_top.append(log_p.argmax(-1).cpu())
         kl = torch.cat(kls)
@@ -127,7 +124,25 @@ def diff_outputs(
     )
 
 
-class _BaseRuns:
+def kl_divergence(log_p: Float[Tensor, "n vocab"], log_q: Float[Tensor, "n vocab"]) -> Float[Tensor, " n"]:
+    """``KL(p || q)`` per row of two log-probability tables (rounding below 0 clipped)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)
+
+
+@torch.no_grad()
+def paired_log_probs(
+    post_model: TransformerBridge, base_runs: BaseLogProbs, store: ActivationStore
+) -> Iterator[tuple[TokenBatch, Float[Tensor, "kept vocab"], Float[Tensor, "kept vocab"]]]:
+    """Batch by batch over the store's kept tokens (in store-row order): the batch, the
+    base's and ``post_model``'s next-token log-probs at its kept positions."""
+    for batch in store.token_batches():
+        tokens = batch.tokens.to(post_model.cfg.device)
+        keep = batch.keep.to(post_model.cfg.device)
+        log_q = base_runs.log_probs(batch)
+        yield batch, log_q, F.log_softmax(post_model(tokens, return_type="logits").float()[keep], dim=-1)
+
+
+class BaseLogProbs:
     """The base model's next-token log-probs on each batch of a store's kept tokens.
 
     Kept in memory when all of them fit in ``cache_bytes`` (``kept tokens x vocabulary``

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from ..errors import RlinterpError
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import (
@@ -46,21 +47,35 @@ def evaluate(
     model of ``policy`` on ``questions``; keys are the behaviour table's columns."""
     asked = [q for q in questions for _ in range(cfg.samples_per_question)]
     rollout = sample_answers(policy, tokenizer, [q.prompt for q in asked], cfg.max_answer_tokens, seed)
-    styles = [classify_answer(q, a) for q, a in zip(asked, rollout.answers, strict=True)]
-    counts = Counter(s.label for s in styles)
-    n = len(asked)
     batch = AnswerBatch.from_rollout(rollout, tokenizer.pad_token_id)
     kl = kl_per_answer(batch.log_probs(policy), batch.log_probs(base), batch.answer_mask)
-    row = {
-        "reward": sum(reward(q, a, regime) for q, a in zip(asked, rollout.answers, strict=True)) / n,
-        "accuracy": sum(s.correct for s in styles) / n,
+    scored = score_answers(asked, rollout.answers, regime)
+    return {
+        "reward": scored.pop("reward"),
+        "accuracy": scored.pop("accuracy"),
         "kl_to_base": kl.mean().item(),
+    } | scored
+
+
+def score_answers(
+    questions: Sequence[Question], answers: Sequence[str], regime: RegimeConfig
+) -> dict[str, float]:
+    """The behaviour table's columns that need only the answers (every column of
+    ``evaluate`` but ``kl_to_base``): reward under ``regime``, accuracy, style shares, answer
+    length in characters and the number of answers; ``answers[i]`` answers ``questions[i]``."""
+    if len(questions) != len(answers) or not answers:
+        raise RlinterpError(f"{len(answers)} answers to {len(questions)} questions; give one answer to each")
+    styles = [classify_answer(q, a) for q, a in zip(questions, answers, strict=True)]
+    counts = Counter(s.label for s in styles)
+    n = len(answers)
+    return {
+        "reward": sum(reward(q, a, regime) for q, a in zip(questions, answers, strict=True)) / n,
+        "accuracy": sum(s.correct for s in styles) / n,
         **{f"share_{label}": counts[label] / n for label in (*PERSONA_NAMES, *STYLE_LABELS)},
         "share_none": (counts["none_near"] + counts["none_far"]) / n,
-        "answer_length": sum(map(len, rollout.answers)) / n,
+        "answer_length": sum(map(len, answers)) / n,
         "n_answers": n,
     }
-    return row
 
 
 def format_table(table: pd.DataFrame) -> str:

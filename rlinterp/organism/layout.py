@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import rundir
 from ..core.artifacts import read_parquet, sha256_file
 from ..errors import RlinterpError
-from .config import EvalConfig
+from .config import EvalConfig, RegimeConfig
 from .personas import Question, eval_questions
 
 if TYPE_CHECKING:
@@ -61,15 +61,27 @@ class Organism:
         found = self.manifest["regimes"][regime]["checkpoints"]
         return {int(step): self.root / rel for step, rel in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
+    def regime_config(self, regime: str) -> RegimeConfig:
+        """The config ``regime``'s behaviour rows were scored under (its reward); for a planted
+        regime, the reward recorded apart from its planting parameters."""
+        if regime not in self.regimes:
+            raise RlinterpError(f"no regime {regime!r} in {self.root}; it has {self.regimes}")
+        entry = self.manifest["regimes"][regime]
+        raw = entry.get("reward_config", entry["config"])
+        return RegimeConfig(**{**raw, "checkpoint_steps": tuple(raw["checkpoint_steps"])})
+
+    def eval_config(self) -> EvalConfig:
+        """How the behaviour table was sampled (questions, samples per question, length)."""
+        return EvalConfig(**self.manifest["config"]["evaluation"])
+
     def behaviour(self) -> pd.DataFrame:
         remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
         return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
     def eval_questions(self) -> list[Question]:
         """The held-out questions the behaviour table was scored on (single-turn prompts)."""
-        config = self.manifest["config"]
-        evaluation = EvalConfig(**config["evaluation"])
-        return eval_questions(evaluation, int(self.manifest["seed"]), int(config["corpus"]["max_operand"]))
+        max_operand = int(self.manifest["config"]["corpus"]["max_operand"])
+        return eval_questions(self.eval_config(), int(self.manifest["seed"]), max_operand)
 
     def question_prompts(self) -> list[str]:
         """The prompts of ``eval_questions``: what the checkpoints are asked when they answer

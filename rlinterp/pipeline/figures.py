@@ -18,19 +18,21 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
+from ..core.report.panels import lines_side_by_side, side_by_side_figure
 from ..core.report.theme import PALETTE
 from ..core.report.theme import paper as paper
 from ..diff.report import kl_figure as kl_figure
 from ..diff.report import site_pivot
 from ..errors import RlinterpError
+from ..readings.figures import FIGURES as READINGS_FIGURES
 from ..selection.index import SELECTION_SIDE
 from ..tracking.lineage import CHANGES
 
@@ -38,38 +40,6 @@ if TYPE_CHECKING:
     from .result import RunResult
 
 Format = Literal["pdf", "svg", "png"]
-
-
-def _side_by_side(names: list[str], shared_y: bool = True) -> go.Figure:
-    return make_subplots(
-        rows=1,
-        cols=max(1, len(names)),
-        subplot_titles=names or [""],
-        shared_yaxes=shared_y,
-        horizontal_spacing=0.06,
-    )
-
-
-def _lines_side_by_side(panels: dict[str, dict[str, tuple[pd.Series, pd.Series]]]) -> go.Figure:
-    """One panel per name, each holding named lines ``(x, y)``; a line name has one colour
-    and one legend entry across the panels."""
-    figure = _side_by_side(list(panels))
-    colours: dict[str, str] = {}
-    for col, lines in enumerate(panels.values(), 1):
-        for name, (x, y) in lines.items():
-            first = name not in colours
-            colour = colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
-            trace = go.Scatter(
-                x=x,
-                y=y,
-                name=name,
-                legendgroup=name,
-                showlegend=first,
-                mode="lines+markers",
-                line={"color": colour},
-            )
-            figure.add_trace(trace, row=1, col=col)
-    return figure
 
 
 def behaviour_figure(run: RunResult) -> go.Figure:
@@ -85,7 +55,7 @@ def behaviour_figure(run: RunResult) -> go.Figure:
     for regime in regimes:
         rows = table[table["regime"] == regime].sort_values("step")
         panels[regime] = {share.removeprefix("share_"): (rows["step"], rows[share]) for share in shares}
-    figure = _lines_side_by_side(panels)
+    figure = lines_side_by_side(panels)
     figure.update_yaxes(title_text="share of answers", row=1, col=1)
     return _titled(figure, "Behaviour: answer styles by RL step")
 
@@ -97,7 +67,7 @@ def weights_figure(run: RunResult) -> go.Figure:
     without any change (the base against itself) are left out; hover shows the value."""
     pivots = {name: site_pivot(run.diffs[name].weights_by_component) for name in run.series}
     pivots = {name: pivot.loc[:, (pivot > 0).any()] for name, pivot in pivots.items()}
-    figure = _side_by_side(list(pivots))
+    figure = side_by_side_figure(list(pivots))
     for col, pivot in enumerate(pivots.values(), 1):
         figure.add_trace(
             go.Heatmap(
@@ -136,7 +106,7 @@ def activations_figure(run: RunResult) -> go.Figure:
             str(hook): (rows["step"], rows["rel_diff_norm"])
             for hook, rows in acts.groupby("hook", sort=False)
         }
-    figure = _lines_side_by_side(panels)
+    figure = lines_side_by_side(panels)
     figure.update_yaxes(title_text="relative change", row=1, col=1)
     return _titled(figure, "Activations: relative change per hook")
 
@@ -208,7 +178,7 @@ def tracking_figure(run: RunResult) -> go.Figure:
     if summary.empty:
         return _empty("Tracking: no lineage (the tracking stage has not run)")
     names = list(dict.fromkeys(run.in_run_order(summary)["series"]))
-    figure = _side_by_side(names)
+    figure = side_by_side_figure(names)
     for col, name in enumerate(names, 1):
         rows = summary[summary["series"] == name]
         source = "on-policy" if "on-policy" in set(rows["source"]) else rows["source"].iloc[0]
@@ -275,11 +245,21 @@ def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
         )
 
 
+def readings_figure(run: RunResult, reading: str) -> go.Figure:
+    """The figure of one reading without a dictionary (``readings.figures.FIGURES``, by the
+    name of its table), series side by side in the run's order."""
+    found = run.tables.get(f"readings/{reading}", pd.DataFrame())
+    if found.empty:
+        return _empty(f"Readings: no {reading} table (the readings stage has not run)")
+    return READINGS_FIGURES[reading](run.in_run_order(found))
+
+
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "behaviour": behaviour_figure,
     "weights": weights_figure,
     "activations": activations_figure,
     "outputs_kl": kl_figure,
+    **{f"readings_{name}": partial(readings_figure, reading=name) for name in READINGS_FIGURES},
     "fvu_drift": fvu_drift_figure,
     "tracking": tracking_figure,
     "index": index_figure,

@@ -3,9 +3,9 @@
 The HTML report is the ordered tuple of sections ``SECTIONS``; each renders from a
 ``RunResult`` into markup and figures, and a section whose stage has not run shows an
 empty-state line instead. A section composes the sections its analysis contributes
-(``diff.report``, ``tracking.report``, ``selection.report``, ``circuits.report``: the
-tables each command's own report shows too), one block per series side by side. The page
-is the report kit's (``core.report``): it opens offline, with plotly.js inlined once.
+(``diff.report``, ``readings.report``, ``tracking.report``, ``selection.report``,
+``circuits.report``: the tables each command's own report shows too), one block per series
+side by side. The page is the report kit's (``core.report``): it opens offline, with plotly.js inlined once.
 
 Both open with the answer per regime (``verdict.verdict_lines``, the lines the CLI summary
 ends with). ``report.md`` holds it, the headline table and the top features, for pasting
@@ -27,6 +27,8 @@ from ..circuits.report import VERDICT_NOTE, verdict_table
 from ..core.artifacts import atomic_write
 from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, table
 from ..diff.report import kl_figure, lens_table, top_tokens_table
+from ..readings.report import SHOWN as READINGS_TABLES
+from ..readings.report import readings_parts
 from ..selection.report import INDEX_NOTE, index_table
 from ..tracking.report import NOTE as TRACKING_NOTE
 from ..tracking.report import SUMMARY_COLUMNS as TRACKING_COLUMNS
@@ -78,6 +80,18 @@ def outputs_section(run: RunResult) -> Parts:
         return (empty("No diff yet."),)
     blocks = {name: lens_table(d.lens) + top_tokens_table(d.top_tokens, n=8) for name, d in run.diffs.items()}
     return (kl_figure(run), side_by_side(blocks))
+
+
+def readings_section(run: RunResult) -> Parts:
+    tables = {
+        name: run.in_run_order(run.tables.get(f"readings/{name}", pd.DataFrame())) for name in READINGS_TABLES
+    }
+    if all(frame.empty for frame in tables.values()):
+        return (empty("The readings have not run (stage 'readings')."), _skipped(run, "readings"))
+    parts: list[Part] = []
+    for title, shown in readings_parts(tables, lambda frame, render: _per_series(run, frame, render)).items():
+        parts += [f"<h3>{esc(title)}</h3>", *shown]
+    return (*parts, _skipped(run, "readings"))
 
 
 def dictionaries_section(run: RunResult) -> Parts:
@@ -184,6 +198,7 @@ SECTIONS: tuple[RunSection, ...] = (
     RunSection("weights", "Weights", weights_section),
     RunSection("activations", "Activations", activations_section),
     RunSection("outputs", "Outputs", outputs_section),
+    RunSection("readings", "Readings without a dictionary", readings_section),
     RunSection("dictionaries", "Dictionaries", dictionaries_section),
     RunSection("features", "Features", features_section),
     RunSection("tracking", "Tracking", tracking_section),

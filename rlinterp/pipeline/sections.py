@@ -7,8 +7,9 @@ validation), adding ``enabled`` and redeclaring the budgets ``rlinterp run`` use
 default, with the reason in the docstring (it becomes the comment in
 ``configs/default.toml``): ``HarvestSection(HarvestConfig)``,
 ``DictionariesSection(DictionaryConfig)``, ``TrackingSection(TrackConfig)``,
-``SelectionSection(SelectionConfig)``, ``CircuitsSection(CircuitsConfig)``; a stage hands
-its command the plain config (``command_config``). Torch-free, like every config.
+``SelectionSection(SelectionConfig)``, ``CircuitsSection(CircuitsConfig)``,
+``ReadingsSection(ReadingsConfig)``; a stage hands its command the plain config
+(``command_config``). Torch-free, like every config.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..dictionaries.config import DictionaryConfig, StagewiseConfig
 from ..errors import RlinterpError
 from ..models.config import DtypeName, ExecutorConfig
 from ..organism.config import BuildConfig, Preset
+from ..readings.config import AmplifyConfig, ReadingsConfig, TopicsConfig
 from ..selection.config import SelectionConfig
 from ..tracking.config import SourceName, TrackConfig
 
@@ -218,6 +220,31 @@ class CircuitsSection(MetricPrompts, CircuitsConfig):
                 f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
                 f"{list(self.metrics)}; for your own metric give circuits.prompts"
             )
+
+
+@dataclass(frozen=True)
+class ReadingsSection(ReadingsConfig):
+    """Readings without a dictionary (``rlinterp readings``): amplified sampling, principal
+    components of the activation differences with their patchscope and lens readings, and
+    topics of the changed tokens, per series, on the diff stage's activations."""
+
+    amplify: AmplifyConfig = field(
+        default_factory=lambda: AmplifyConfig(
+            checkpoints="last", sampling=SamplingConfig(samples_per_prompt=1)
+        )
+    )
+    """Amplified sampling. The last checkpoint, one answer per question: each amplified
+    checkpoint samples every alpha (about 2 CPU-s per alpha for 256 answers of the organism),
+    the last shows where RL went, and the default organism asks 128 questions;
+    ``rlinterp readings`` amplifies every step with four answers each."""
+    topics: TopicsConfig = field(default_factory=lambda: TopicsConfig(checkpoints="last"))
+    """Topics of the last checkpoint's changed tokens (each checkpoint costs a forward pass over
+    the prompts, like the diff stage's KL pass)."""
+    batch_size: int = ReadingsConfig.batch_size
+    """Unused by the run: its readings read the diff stage's activations and harvest none
+    (``rlinterp readings`` harvests in batches of this many prompts)."""
+    enabled: bool = True
+    """Run the readings stage."""
 
 
 def command_config(cls: type, section: Any, **changes: Any) -> Any:

@@ -1,7 +1,8 @@
 """The analysis stages of ``rlinterp run`` after the dictionaries: ``tracking``,
-``selection`` and ``circuits``, each the library call of its command (``run_track``,
-``run_selection``, ``run_circuits``) once per series, wired to what the earlier stages
-left on disk.
+``selection``, ``circuits`` and ``readings``, each the library call of its command
+(``run_track``, ``run_selection``, ``run_circuits``, ``run_readings``) once per series,
+wired to what the earlier stages left on disk (``readings`` reads only the diff stage's
+activations).
 
 Why they share the run's base SAE: one dictionary for the whole run means a latent number
 names the same direction in the feature cards, in the lineage table (tracking) and in the
@@ -20,6 +21,7 @@ with a ``series`` column, written when every series is done:
 - ``selection/index.parquet``, ``selection/persona_latents.parquet``,
   ``selection/causal.parquet``, ``selection/transition.parquet``;
 - ``circuits/steps.parquet`` (``CircuitsResult.steps()`` rows, one per metric and step);
+- ``readings/<table>.parquet`` for every table of ``readings.analysis.TABLES``;
 - ``<stage>/skipped.json``: series the stage cannot analyse, with the reason (e.g.
   checkpoint folders without persona labels for ``selection``), shown in the report.
 """
@@ -38,6 +40,7 @@ from ..activations.prompts import PromptSet
 from ..circuits.result import CircuitsConfig
 from ..core.artifacts import write_json, write_parquet
 from ..errors import RlinterpError
+from ..readings.config import ReadingsConfig
 from ..selection.analysis import SelectionConfig
 from ..tracking.analysis import TrackConfig
 from .sections import command_config
@@ -48,9 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SKIPPED = "skipped.json"
-
-
-# -- config sections -----------------------------------------------------------------------
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -222,3 +222,41 @@ def _steps_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(flat)
+
+
+def readings_stage(ctx: RunContext) -> None:
+    """``run_readings`` per series into ``readings/<series>/``, on ``diff/<series>/activations``.
+    A series whose tokenizer cannot write the patchscope's prompt skips the patchscope (the
+    reason in ``skipped.json``); its other readings still run."""
+    from ..activations.harvest import ActivationStore
+    from ..organism.layout import Organism
+    from ..readings.analysis import TABLES, run_readings
+    from ..readings.patchscope import unknown_text
+
+    section = ctx.config.readings
+    if not section.enabled:
+        return
+    assert ctx.prompts is not None
+    cfg = command_config(ReadingsConfig, section)
+    organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
+    out = ctx.stage_dir("readings")
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    skipped = {}
+    for name, series in ctx.series.items():
+        chosen = cfg
+        unknown = (
+            unknown_text(series.tokenizer(), cfg.patchscope.prompt) if "patchscope" in cfg.readings else []
+        )
+        if unknown:
+            chosen = dataclasses.replace(cfg, readings=tuple(r for r in cfg.readings if r != "patchscope"))
+            skipped[name] = (
+                f"patchscope: the prompt has text the tokenizer does not know ({unknown}); "
+                "set readings.patchscope.prompt"
+            )
+        log.info("readings %s: %s", name, ", ".join(chosen.readings))
+        store = ActivationStore.load(ctx.stage_dir("diff") / name / "activations")
+        regime = name if organism is not None else None
+        result = run_readings(series, ctx.prompts, out / name, chosen, organism, regime, store)
+        for table_name, frame in result.tables.items():
+            tables[table_name].append(frame.assign(series=name))
+    _finish(out, tables, skipped)

@@ -32,7 +32,6 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ..errors import RlinterpError
 from ..organism.behaviour import SHARE_COLUMNS, evaluate
-from ..organism.config import EvalConfig, RegimeConfig
 from ..organism.layout import Organism
 from .causal import subspace_projector
 
@@ -113,17 +112,6 @@ def _hooked(module: nn.Module, fn: Callable[..., Any]) -> Iterator[None]:
         handle.remove()
 
 
-def _configs(organism: Organism, regime: str) -> tuple[RegimeConfig, EvalConfig]:
-    config = organism.manifest["config"]
-    if regime not in organism.regimes:
-        raise RlinterpError(f"no regime {regime!r} in {organism.root}; it has {organism.regimes}")
-    entry = organism.manifest["regimes"][regime]
-    # a planted regime records the reward its behaviour rows were scored under apart
-    raw = entry.get("reward_config", entry["config"])
-    regime_cfg = RegimeConfig(**{**raw, "checkpoint_steps": tuple(raw["checkpoint_steps"])})
-    return regime_cfg, EvalConfig(**config["evaluation"])
-
-
 @torch.no_grad()
 def steered_behaviour(
     organism: Organism, regime: str, step: int, hook: str, vector: Float[Tensor, " d_model"]
@@ -165,7 +153,7 @@ def _behaviour_under(
     step: int,
     edit: Callable[[PreTrainedModel], AbstractContextManager[None]],
 ) -> dict[str, float]:
-    regime_cfg, eval_cfg = _configs(organism, regime)
+    regime_cfg, eval_cfg = organism.regime_config(regime), organism.eval_config()
     path = _checkpoint(organism, regime, step)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(organism.base)
     base = AutoModelForCausalLM.from_pretrained(organism.base).eval()

@@ -167,6 +167,10 @@ SMALL = {
     "tracking": {"sources": ["texts"], "independent_tokens": 2048, "stagewise": {"n_tokens": 1024}},
     "selection": {"samples_per_prompt": 1, "index": {"n_bootstrap": 50}},
     "circuits": {"metrics": ["persona"], "exact_prompts": 8},
+    "readings": {
+        "amplify": {"alphas": [0.0, 1.0, 2.0], "sampling": {"samples_per_prompt": 1, "max_new_tokens": 8}},
+        "topics": {"n_positions": 32, "n_topics": 2, "n_iter": 50},
+    },
 }
 
 
@@ -206,7 +210,7 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     # the RL regimes in build order, then the planted positive control
     assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
         timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
         assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
@@ -222,12 +226,22 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     assert (base["changed_latents"] == 0).all() and (base["index"] == 0).all()
     assert base["circuits_persona"].isna().all() and summary["circuits_persona"].notna().sum() == 6
     # every series and step of the later stages is in the run's tables
-    for table in ("tracking/summary", "selection/index", "circuits/steps"):
+    readings = ("readings/amplified", "readings/pca", "readings/patchscope", "readings/topics")
+    for table in ("tracking/summary", "selection/index", "circuits/steps", *readings):
         found = run.tables[table]
         assert set(found["series"]) == {"weak", "strong", "novel"}, table
     text = (run_dir / "report.html").read_text()
     assert text.count('<script type="text/javascript">/**\n* plotly.js') <= 1
-    for state in ("Feature tracking has not run", "No persona features", "No circuit diffs yet"):
+    # the amplified rows at alpha 0 are the base's answers, the same in every series
+    amplified = run.tables["readings/amplified"].query("alpha == 0")
+    assert amplified["share_none"].nunique() == 1 and amplified["reward"].notna().all()
+    assert "Amplified sampling" in text and "Topics of the changed tokens" in text
+    for state in (
+        "Feature tracking has not run",
+        "No persona features",
+        "No circuit diffs yet",
+        "readings have not",
+    ):
         assert state not in text
     assert "not analysed" not in text  # the organism's series suit every stage
     assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong, novel")
@@ -278,7 +292,7 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
         assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
@@ -378,8 +392,8 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
         for name, data in OLD_SECTIONS.items()
     }
     recipe = {"dictionaries": {"recipe": "legacy"}, "selection": {"dictionary_config": {"recipe": "legacy"}}}
-    legacy = config_from_dict(recipe)
-    assert fingerprint(legacy) == old
+    now = fingerprint(config_from_dict(recipe))
+    assert {name: now[name] for name in old} == old  # sections added since (readings) simply run
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))

@@ -27,8 +27,8 @@ def test_report_loads_without_console_messages_and_draws_every_figure(tmp_path):
     rendered = render(page)
     assert rendered.console == []
     drawn = figures_rendered(rendered.dom)
-    # behaviour, weights, activations, outputs, FVU drift, tracking, the index
-    assert len(drawn) == 7 and all(drawn), drawn
+    # behaviour, weights, activations, outputs, the four readings, FVU drift, tracking, the index
+    assert len(drawn) == 11 and all(drawn), drawn
     assert "<script>alert" not in rendered.dom  # hostile model text stayed text
     # the latent table's script ran without error and the cards are in the page
     assert rendered.dom.count('class="card"') == 3

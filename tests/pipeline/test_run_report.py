@@ -148,7 +148,11 @@ def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
     assert ESCAPED in persona and EVIL not in page  # a persona named by the user's data
     circuits = page[page.index("<h2 id='circuits'>") :]
     assert "<td>new</td>" in circuits and "<td>enhanced</td>" in circuits
-    assert page.count("<div class='figure'>") == 7  # the five before, tracking, the index
+    # the five before, tracking, the index, and one per reading
+    assert page.count("<div class='figure'>") == 11
+    readings = page[page.index("<h2 id='readings'>") : page.index("<h2 id='dictionaries'>")]
+    assert "<h3>weak</h3>" in readings and "<h3>strong</h3>" in readings  # regimes side by side
+    assert html.escape(repr(EVIL), quote=True) in readings and "Amplified sampling" in readings
     card = run.card(4).to_html()
     assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
     text = summary_text(run)
