@@ -401,7 +401,8 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     claimed = rundir.claim(out, rundir.RUN, fingerprint(legacy), ["diff"], resumable=["diff"])
     assert claimed.state == "resume"
     # today's default recipe trains other dictionaries: those two sections changed
-    assert {k for k, v in fingerprint(RunConfig()).items() if k in old and old[k] != v} == {"dictionaries", "selection"}
+    changed = {k for k, v in fingerprint(RunConfig()).items() if k in old and old[k] != v}
+    assert changed == {"dictionaries", "selection"}
     with pytest.raises(RlinterpError, match=r"run of other inputs \(.*dictionaries.*\)"):
         rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
     (tmp_path / "old.toml").write_text("[harvest]\nhooks = []\nbatch_size = 32\n")
