@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..activations.harvest import ActivationStore, TokenBatch
 from ..models.checkpoint import Checkpoint
+from ..models.hooked import HookedModel
 from ..models.series import ModelSeries
 from .activations import concat_frames
 
@@ -131,7 +132,7 @@ def kl_divergence(log_p: Float[Tensor, "n vocab"], log_q: Float[Tensor, "n vocab
 
 @torch.no_grad()
 def paired_log_probs(
-    post_model: TransformerBridge, base_runs: BaseLogProbs, store: ActivationStore
+    post_model: HookedModel | TransformerBridge, base_runs: BaseLogProbs, store: ActivationStore
 ) -> Iterator[tuple[TokenBatch, Float[Tensor, "kept vocab"], Float[Tensor, "kept vocab"]]]:
     """Batch by batch over the store's kept tokens (in store-row order): the batch, the
     base's and ``post_model``'s next-token log-probs at its kept positions."""
