@@ -65,10 +65,10 @@ from .selection.analysis import SelectionResult as SelectionResult
 from .selection.analysis import run_selection as run_selection
 from .selection.causal import CausalResult as CausalResult
 from .selection.causal import steer_and_ablate as steer_and_ablate
+from .selection.explanation import step_parts as step_parts
 from .selection.index import IndexConfig as IndexConfig
 from .selection.index import NoveltyIndex as NoveltyIndex
 from .selection.index import novelty_index as novelty_index
-from .selection.index import step_parts as step_parts
 from .selection.personas import PersonaDirections as PersonaDirections
 from .selection.personas import persona_directions as persona_directions
 from .selection.personas import persona_latents as persona_latents

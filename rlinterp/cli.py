@@ -236,11 +236,12 @@ def _selection(args: argparse.Namespace) -> None:
     result = run_selection(series, texts, args.out, cfg, organism, args.regime if organism else None)
     behavioural = json.loads((Path(args.out) / "summary.json").read_text())["behavioural_transition"]
     table = result.step_table()
-    columns = ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
+    columns = ["label", "step", "index", "index_lo", "index_hi", "side", "layer", "dictionary_share"]
     shown = table[[*columns, *(c for c in CHOICE_COLUMNS.values() if c in table.columns)]]
     transition = result.index.transition
     verdict = (
-        f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']})"
+        f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']}) "
+        f"in block {transition['layer']}"
         if transition["found"]
         else "no transition"
     )

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from ..core.artifacts import atomic_write
 from ..core.page import empty, esc, figure_div, fmt, linked_table, page, table
 from ..selection.analysis import CHOICE_COLUMNS
+from ..selection.index import LAYER_COLUMNS
 from .figures import (
     TRACKED_CHANGES,
     activations_figure,
@@ -211,6 +212,7 @@ def persona_section(run: RunResult) -> Content:
             (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
         )
     transition = run.tables.get("selection/transition", pd.DataFrame())
+    layers = run.tables.get("selection/index_layers", pd.DataFrame())
     latents = run.tables.get("selection/persona_latents", pd.DataFrame())
     causal = run.tables.get("selection/causal", pd.DataFrame())
     columns = [
@@ -219,6 +221,8 @@ def persona_section(run: RunResult) -> Content:
         "index_lo",
         "index_hi",
         "side",
+        "layer",
+        "dictionary_share",
         "fvu_drift",
         "persona_share",
         "persona_baseline",
@@ -237,6 +241,13 @@ def persona_section(run: RunResult) -> Content:
         table(transition),
         _per_series(index, columns),
     ]
+    if not layers.empty:
+        parts += [
+            "<h3>The index per block</h3><p>Each block's own change (on the checkpoint's input) "
+            "against what the base block computes there: the share a read-out of its heads and "
+            "neurons leaves unexplained, over a seed control's (<code>selection.readout</code>).</p>",
+            _per_series(layers, [c for c in LAYER_COLUMNS if c not in ("label", "hook")]),
+        ]
     if not latents.empty:
         top = latents[latents["rank"] < 3] if "rank" in latents else latents
         parts += ["<h3>Persona latents (base SAE)</h3>", table(top, table_id="persona-latents")]

@@ -172,7 +172,9 @@ def read(model: PreTrainedModel, texts: PromptSet, layer: int) -> Reading:
     rows: dict[str, list[Tensor]] = {"resid": [], "mlp_in": [], "z": []}
     persona: list[str] = []
     try:
-        for text, start, label in zip(texts.texts, texts.response_starts or (), texts.labels["persona"], strict=True):
+        for text, start, label in zip(
+            texts.texts, texts.response_starts or (), texts.labels["persona"], strict=True
+        ):
             ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
             n_prompt = 1 + len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
             model(input_ids=torch.tensor([ids]))
@@ -225,10 +227,7 @@ def new_computation(layer: int, strength: float = 0.5, seed: int = 0) -> Edit:
         z1, z2 = (reading.mlp_in @ a - m[0]) / s[0], (reading.mlp_in @ b - m[1]) / s[1]
         u = _unit(torch.randn(D_MODEL, generator=g))
         mlp: Any = parts(model, layer).mlp
-        if _is_gpt2(model):
-            value = (z1 + z2).abs() - (z1 - z2).abs()
-        else:
-            value = z1 * z2
+        value = (z1 + z2).abs() - (z1 - z2).abs() if _is_gpt2(model) else z1 * z2
         scale = strength * rms(reading.resid) / float(value.pow(2).mean().sqrt())
         with torch.no_grad():
             if _is_gpt2(model):
@@ -288,7 +287,7 @@ def neuron_writes(model: PreTrainedModel, layer: int) -> Tensor:
 def amplify_neuron(layer: int, neuron: int, factor: float = 3.0) -> Edit:
     """Neuron ``neuron`` of block ``layer``'s MLP writes ``factor`` times as much."""
 
-    def edit(model: PreTrainedModel, calib: PromptSet) -> float:
+    def edit(model: PreTrainedModel, _calib: PromptSet) -> float:
         mlp: Any = parts(model, layer).mlp
         with torch.no_grad():
             if _is_gpt2(model):
@@ -303,7 +302,7 @@ def amplify_neuron(layer: int, neuron: int, factor: float = 3.0) -> Edit:
 def amplify_head(layer: int, head: int, factor: float = 2.0) -> Edit:
     """Head ``head`` of block ``layer`` writes ``factor`` times as much."""
 
-    def edit(model: PreTrainedModel, calib: PromptSet) -> float:
+    def edit(model: PreTrainedModel, _calib: PromptSet) -> float:
         out: Any = parts(model, layer).attn_out
         d_head = D_MODEL // model.config.num_attention_heads
         heads = slice(head * d_head, (head + 1) * d_head)

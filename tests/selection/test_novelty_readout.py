@@ -28,7 +28,10 @@ def read(folders, texts, tmp_path, readout: ReadoutConfig = READOUT):
     """Harvest (one cheap hook: the reading runs its own passes) and read the series."""
     series = ModelSeries.from_paths(folders)
     store = harvest(
-        series, texts, tmp_path / "store", HarvestConfig(hooks=("blocks.0.hook_resid_post",), response_only=True)
+        series,
+        texts,
+        tmp_path / "store",
+        HarvestConfig(hooks=("blocks.0.hook_resid_post",), response_only=True),
     )
     return novelty_index(readout_parts(series, store, readout), INDEX)
 
@@ -124,7 +127,9 @@ def test_amplified_neuron_the_dictionary_lacks_reads_selection(arch, tmp_path):
     folders = ps.build_series(tmp_path / "amp", base, [[ps.amplify_neuron(0, neuron, 4.0)]], calib)
     series = ModelSeries.from_paths(folders)
     store = harvest(series, texts, tmp_path / "store", HarvestConfig(hooks=(hook,), response_only=True))
-    explained = dictionary_share([[step_parts(store, hook, sae, label) for label in store.labels]]).set_index("step")
+    explained = dictionary_share([[step_parts(store, hook, sae, label) for label in store.labels]]).set_index(
+        "step"
+    )
     index = novelty_index(readout_parts(series, store, READOUT), INDEX)
     assert explained.loc[1, "token_residual_share"] > 0.3  # the dictionary misses much of it
     row = index.table.set_index("step").loc[1]
@@ -154,7 +159,9 @@ def test_new_computation_at_each_block_of_a_three_block_model(tmp_path):
     steps = [[ps.new_computation(layer, 0.5, 2)] for layer in range(3)]
     index = read(ps.build_series(tmp_path / "models", base, steps, calib), texts, tmp_path)
     for layer in range(3):
-        assert sides(index, layer + 1) == {other: "novelty" if other == layer else "selection" for other in range(3)}
+        assert sides(index, layer + 1) == {
+            other: "novelty" if other == layer else "selection" for other in range(3)
+        }
         assert index.table.set_index("step").loc[layer + 1, "layer"] == layer
 
 
@@ -168,7 +175,9 @@ def test_heldout_residuals_know_linear_and_unrelated_targets():
     linear = x @ torch.randn(6, 2, generator=g, dtype=torch.float64) + 1.5
     assert float(heldout_residuals(x, linear, fold, (1e-6,)).sum()) < 1e-6 * float(linear.pow(2).sum())
     noise = torch.randn(600, 2, generator=g, dtype=torch.float64)
-    share = float(heldout_residuals(x, noise, fold, (1e-3, 1.0)).sum()) / float((noise - noise.mean(0)).pow(2).sum())
+    share = float(heldout_residuals(x, noise, fold, (1e-3, 1.0)).sum()) / float(
+        (noise - noise.mean(0)).pow(2).sum()
+    )
     assert 0.95 < share < 1.1  # nothing to predict: held-out error is the variance
 
 
@@ -184,6 +193,6 @@ def test_readout_config_is_checked():
     with pytest.raises(RlinterpError, match="ridge"):
         ReadoutConfig(ridge=(0.0,))
     with pytest.raises(RlinterpError, match="min_control"):
-        ReadoutConfig(min_control=1.0)
+        IndexConfig(min_control=1.0)
     with pytest.raises(RlinterpError, match="n_controls"):
         ReadoutConfig(n_controls=0)

@@ -1,0 +1,435 @@
+"""What the base computes: the per-block read-out behind the selection-versus-novelty index.
+
+**Definition.** RL changed block ``L`` of a checkpoint where, on the checkpoint's own input,
+the block computes something else than the base's block does. For each sublayer ``s`` of the
+block (attention, MLP) and each token, with ``h`` the checkpoint's input to that sublayer:
+
+    local change   Delta_s = C_s(h) - B_s(h)
+
+(``C_s`` / ``B_s``: the checkpoint's / the base's sublayer). One patched forward pass of the
+base gives ``B_s(h)`` for every block at once: each block's residual input (and the MLP's) is
+replaced by the checkpoint's. Holding the input fixed isolates each block: what the base's
+later blocks do with a changed input is the base's own computation, so an amplification in
+block 0 does not reappear as a change of block 1.
+
+The change is **selection** when it is a re-weighting of what the base computes there: a
+linear read-out of the base sublayer's own computation on the same input (its head outputs
+``z`` before the output projection, or its MLP neurons, and the normalised input itself)
+predicts it. Amplifying a neuron or a head, moving a neuron's write elsewhere, pushing a
+direction the base represents up on some tokens and down on others (the mean shift cancels;
+the weights may depend on the context as long as the base reads the context) are all exact
+linear read-outs of that computation. The read-out is ridge regression (standardised
+features, intercept, penalty chosen on an inner fold) fitted on some texts and scored on the
+others (``n_folds`` folds of texts): the **held-out residual energy** ``R_base``.
+
+A block's neurons are many non-linear features of its input, so they predict part of any
+function of that input, new or not. The **seed control** measures that part: the same
+read-out from the base sublayer fed a seeded random rotation of its input (the same weights,
+hence the same spectrum, biases and width, reading unrelated directions): ``R_control``. The
+block's **novelty** is
+
+    novelty = R_base / R_control   (summed over the block's sublayers, tokens and texts),
+
+clipped to [0, 1]: 0 when the base's own computation predicts the change (selection), about
+1 when it predicts it no better than an unrelated computation of the same size (novelty).
+Where the control leaves less than ``min_control`` of the change unexplained (the change is
+a near-linear function of the block's input, which the base represents), the denominator is
+held at that floor (``IndexConfig.min_control``), so a change every computation predicts
+reads selection rather than 0/0.
+
+**Measured** (tiny random-init GPT-2 / Llama / Qwen2, ``tests/selection``; the organism,
+``benchmarks/selection_readings.py``): a function of two random projections planted in any
+block leaves 10-30% unexplained by the base and by the control alike (novelty ~1), the
+organism's planted ``novel`` neurons about 40% of both, while amplified neurons and heads and
+context-dependent re-weightings leave under 1% to the base against 5-25% to the control.
+
+**Failure modes** (what this reading cannot tell):
+
+- a new computation that lies in the span of the base's features *on the data* reads
+  selection: on a character-level model whose width exceeds its vocabulary, any function of
+  the current token alone is linear in the embedding;
+- unstructured changes of a block's input weights (noise, rounding) are new functions of the
+  input and read novelty in proportion to their share of the block's change; the size of
+  the change is reported (``local_rms``) so that a tiny one is seen as tiny;
+- a neuron that reads as before and writes elsewhere reads selection (the base computes its
+  activation); lineage names the moved direction (``tracking.lineage``);
+- changes to the embeddings and the unembedding are no block's computation and are not
+  read; ``local_share`` says how much of the change at each layer its block made;
+- the seed control changes attention patterns with the rotation, so an attention change
+  that only re-weights where the base attends reads as selection only as far as the base's
+  head outputs carry it.
+
+Outputs are per-text sums (``BlockParts``) so that ``selection.index`` can resample texts,
+fold partitions (read-out fit) and control seeds together for its interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from ..activations.harvest import ActivationStore
+from ..errors import RlinterpError
+from ..models.series import ModelSeries
+from .personas import prompt_index
+
+SUBLAYERS = {
+    "attn": ("attn.hook_z", "ln1.hook_out", "hook_attn_out"),
+    "mlp": ("mlp.hook_post", "ln2.hook_out", "hook_mlp_out"),
+}
+"""Per sublayer: the hook of its computation (head outputs / neurons), of its normalised
+input, and of its output, under ``blocks.<layer>.``."""
+PATCHED = ("hook_resid_pre", "hook_resid_mid")
+"""The block inputs replaced by the checkpoint's in the patched base pass."""
+
+
+@dataclass(frozen=True)
+class ReadoutConfig:
+    """How the per-block read-out is fitted and controlled."""
+
+    layers: tuple[int, ...] | None = None
+    """Blocks to read; None: every block."""
+    n_folds: int = 5
+    """Folds of texts: each fold is scored by a read-out fitted on the others."""
+    n_repeats: int = 2
+    """Fold partitions (the read-out's fit variance enters the interval)."""
+    n_controls: int = 2
+    """Seeds of the seed control (random rotations; their variance enters the interval)."""
+    ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    """Penalties (on standardised features) the inner fold chooses from."""
+    max_tokens: int | None = 30_000
+    """Tokens read (a seeded sample of the store's, None: all): memory is about
+    ``max_tokens * (n_controls + 1) * d_mlp * 4`` bytes per block."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+    seed: int = 0
+    """Fold partitions, token sample and control rotations."""
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise RlinterpError(f"n_folds must be at least 2, got {self.n_folds}")
+        if self.n_repeats < 1 or self.n_controls < 1:
+            raise RlinterpError(
+                f"n_repeats and n_controls must be positive, got {self.n_repeats} and {self.n_controls}"
+            )
+        if not self.ridge or any(not r > 0 for r in self.ridge):
+            raise RlinterpError(f"ridge penalties must be positive, got {self.ridge}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise RlinterpError(f"max_tokens must be positive or none, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """Per-text sums of one checkpoint's reading at one block (rows: texts)."""
+
+    label: str
+    step: int
+    layer: int
+    change_sq: Float[Tensor, " prompt"]
+    """Sum over the text's tokens of ``||y - x||^2`` at the block's output (the whole change
+    there, made here or upstream)."""
+    local_sq: Float[Tensor, " prompt"]
+    """Sum of the local change's squared norm (attention and MLP)."""
+    base_residual: Float[Tensor, "repeat prompt"]
+    """Held-out residual energy of the base read-out, per fold partition."""
+    control_residual: Float[Tensor, "control repeat prompt"]
+    """The same for each seed of the control."""
+    n_tokens: Float[Tensor, " prompt"]
+
+
+@dataclass
+class _Sample:
+    """One sublayer's rows of one checkpoint: the local change and the features."""
+
+    target: list[Tensor]
+    base: list[Tensor]
+    controls: list[list[Tensor]]
+
+
+def rotation(d: int, seed: int) -> Float[Tensor, "d d"]:
+    """A Haar-random orthogonal ``[d, d]`` matrix, deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def readout_parts(
+    series: ModelSeries, store: ActivationStore, cfg: ReadoutConfig | None = None
+) -> list[BlockParts]:
+    """The read-out of every checkpoint of ``series`` (the base included: zero change) at
+    every block of ``cfg.layers``, on the tokens of ``store`` (see the module docstring)."""
+    cfg = cfg or ReadoutConfig()
+    base = series.load(series.base)
+    layers = list(range(base.cfg.n_layers)) if cfg.layers is None else sorted(set(cfg.layers))
+    if not layers or any(not 0 <= layer < base.cfg.n_layers for layer in layers):
+        raise RlinterpError(f"layers must name blocks 0..{base.cfg.n_layers - 1}, got {cfg.layers}")
+    prompts = prompt_index(store)
+    n_prompts = int(store.manifest["n_prompts"])
+    chosen = _token_sample(len(prompts), cfg)
+    rows = prompts[chosen]
+    folds = _fold_partitions(n_prompts, cfg)
+    d = base.cfg.d_model
+    rotations = {
+        (i, layer, s): rotation(d, _seed(cfg.seed, i, layer, s))
+        for i in range(cfg.n_controls)
+        for layer in layers
+        for s in range(len(SUBLAYERS))
+    }
+    parts = []
+    for checkpoint in series:
+        samples, change = _collect(series, store, checkpoint.label, layers, rotations, chosen, cfg)
+        for layer in layers:
+            parts.append(_block_parts(checkpoint, layer, samples, change[layer], rows, folds, n_prompts, cfg))
+    return parts
+
+
+def _seed(seed: int, control: int, layer: int, sublayer: int) -> int:
+    return 1_000_003 * (seed + 1) + 1_009 * control + 17 * layer + sublayer
+
+
+def _token_sample(n: int, cfg: ReadoutConfig) -> Tensor:
+    """Store rows read: all, or a seeded sorted sample of ``max_tokens``."""
+    if cfg.max_tokens is None or n <= cfg.max_tokens:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(cfg.seed)
+    return torch.randperm(n, generator=g)[: cfg.max_tokens].sort().values
+
+
+def _fold_partitions(n_prompts: int, cfg: ReadoutConfig) -> Int[Tensor, "repeat prompt"]:
+    """Per repeat, each text's fold (seeded, balanced)."""
+    rng = np.random.default_rng(cfg.seed)
+    return torch.from_numpy(
+        np.stack([rng.permutation(n_prompts) % cfg.n_folds for _ in range(cfg.n_repeats)])
+    )
+
+
+def _hook(layer: int, name: str) -> str:
+    return f"blocks.{layer}.{name}"
+
+
+@torch.no_grad()
+def _collect(
+    series: ModelSeries,
+    store: ActivationStore,
+    label: str,
+    layers: list[int],
+    rotations: dict[tuple[int, int, int], Tensor],
+    chosen: Tensor,
+    cfg: ReadoutConfig,
+) -> tuple[dict[tuple[int, str], _Sample], dict[int, list[Tensor]]]:
+    """Stream the store's token batches through the checkpoint, the patched base and the
+    rotated (control) patched base: the local change and the features per sublayer, and
+    the whole change's squared norm per token at each block's output."""
+    base = series.load(series.base)
+    model = series.load(next(c for c in series if c.label == label))
+    device = base.cfg.device
+    wanted = torch.zeros(int(chosen.max()) + 1 if len(chosen) else 0, dtype=torch.bool)
+    wanted[chosen] = True
+    samples = {
+        (layer, s): _Sample([], [], [[] for _ in range(cfg.n_controls)])
+        for layer in layers
+        for s in SUBLAYERS
+    }
+    change: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    own_names = [
+        _hook(layer, h)
+        for layer in layers
+        for h in (*PATCHED, "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+    ]
+    base_names = [_hook(layer, h) for layer in layers for hooks in SUBLAYERS.values() for h in hooks]
+    stop = max(layers) + 1
+    offset = 0
+    for batch in store.token_batches():
+        keep = batch.keep.to(device)
+        n_kept = int(batch.keep.sum())
+        take = wanted[offset : offset + n_kept]
+        offset += n_kept
+        if not take.any():
+            continue
+        tokens = batch.tokens.to(device)
+        _, own = model.run_with_cache(tokens, names_filter=own_names, stop_at_layer=_stop(model, stop))
+        _, plain = base.run_with_cache(
+            tokens,
+            names_filter=[_hook(layer, "hook_resid_post") for layer in layers],
+            stop_at_layer=_stop(base, stop),
+        )
+        patch = [
+            (name, _replace(own[name])) for layer in layers for name in (_hook(layer, h) for h in PATCHED)
+        ]
+        patched = _run(base, tokens, patch, base_names, stop)
+        controls = []
+        for i in range(cfg.n_controls):
+            rotate = [
+                (_hook(layer, SUBLAYERS[s][1]), _rotate(rotations[(i, layer, j)].to(device)))
+                for layer in layers
+                for j, s in enumerate(SUBLAYERS)
+            ]
+            controls.append(_run(base, tokens, patch + rotate, base_names, stop))
+
+        def rows(cache: Any, name: str, keep: Tensor = keep, take: Tensor = take) -> Tensor:
+            values = cache[name][keep]
+            return values.reshape(len(values), -1)[take].float().cpu()
+
+        for layer in layers:
+            for s, (feature, normalised, output) in SUBLAYERS.items():
+                sample = samples[(layer, s)]
+                out = _hook(layer, output)
+                sample.target.append(rows(own, out) - rows(patched, out))
+                inputs = rows(patched, _hook(layer, normalised))
+                sample.base.append(torch.cat([rows(patched, _hook(layer, feature)), inputs], 1))
+                for i, cache in enumerate(controls):
+                    sample.controls[i].append(torch.cat([rows(cache, _hook(layer, feature)), inputs], 1))
+            post = _hook(layer, "hook_resid_post")
+            change[layer].append((rows(own, post) - rows(plain, post)).pow(2).sum(-1))
+    return samples, change
+
+
+def _stop(model: TransformerBridge, stop: int) -> int | None:
+    return stop if stop < model.cfg.n_layers else None
+
+
+def _replace(value: Tensor) -> Any:
+    return lambda _act, hook: value  # noqa: ARG005 - TransformerLens passes the hook
+
+
+def _rotate(matrix: Tensor) -> Any:
+    return lambda act, hook: act @ matrix  # noqa: ARG005
+
+
+def _run(
+    model: TransformerBridge, tokens: Tensor, hooks: list[tuple[str, Any]], names: list[str], stop: int
+) -> Any:
+    with model.hooks(fwd_hooks=hooks):
+        _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=_stop(model, stop))
+    return cache
+
+
+def _block_parts(
+    checkpoint: Any,
+    layer: int,
+    samples: dict[tuple[int, str], _Sample],
+    change: list[Tensor],
+    rows: Tensor,
+    folds: Tensor,
+    n_prompts: int,
+    cfg: ReadoutConfig,
+) -> BlockParts:
+    def per_prompt(values: Tensor) -> Tensor:
+        return torch.zeros(n_prompts, dtype=torch.float64).index_add_(0, rows, values)
+
+    local = torch.zeros(len(rows), dtype=torch.float64)
+    base_res = torch.zeros(cfg.n_repeats, n_prompts, dtype=torch.float64)
+    control_res = torch.zeros(cfg.n_controls, cfg.n_repeats, n_prompts, dtype=torch.float64)
+    for s in SUBLAYERS:
+        sample = samples[(layer, s)]
+        target = torch.cat(sample.target)
+        energy = target.double().pow(2).sum(-1)
+        local += energy
+        if float(energy.sum()) == 0:  # nothing changed here: nothing to read
+            continue
+        base = torch.cat(sample.base)
+        controls = [torch.cat(c) for c in sample.controls]
+        for r in range(cfg.n_repeats):
+            fold = folds[r][rows]
+            base_res[r] += per_prompt(heldout_residuals(base, target, fold, cfg.ridge))
+            for i, features in enumerate(controls):
+                control_res[i, r] += per_prompt(heldout_residuals(features, target, fold, cfg.ridge))
+    return BlockParts(
+        label=checkpoint.label,
+        step=int(checkpoint.step),
+        layer=layer,
+        change_sq=per_prompt(torch.cat(change).double()),
+        local_sq=per_prompt(local),
+        base_residual=base_res,
+        control_residual=control_res,
+        n_tokens=per_prompt(torch.ones(len(rows), dtype=torch.float64)),
+    )
+
+
+def heldout_residuals(
+    features: Float[Tensor, "token f"],
+    target: Float[Tensor, "token d"],
+    fold: Int[Tensor, " token"],
+    ridge: Sequence[float],
+) -> Float[Tensor, " token"]:
+    """Per token, the squared error of a ridge read-out of ``target`` from ``features``
+    fitted on the other folds (standardised features, intercept; the penalty chosen among
+    ``ridge`` on the next fold of the training folds)."""
+    folds = sorted(int(f) for f in fold.unique())
+    features, target = features.double(), target.double()
+    stats = [_Stats.of(features[fold == k], target[fold == k]) for k in folds]
+    residual = torch.zeros(len(target), dtype=torch.float64)
+    for i, k in enumerate(folds):
+        train = [stats[j] for j in range(len(folds)) if j != i]
+        if len(train) > 1:
+            inner, rest = train[0], train[1:]
+            errors = [inner.error(_Stats.sum(rest).fit(lam)) for lam in ridge]
+            lam = ridge[int(np.argmin(errors))]
+        else:
+            lam = ridge[len(ridge) // 2]
+        fit = _Stats.sum(train).fit(lam)
+        rows = fold == k
+        residual[rows] = (target[rows] - fit.predict(features[rows])).pow(2).sum(-1)
+    return residual
+
+
+@dataclass(frozen=True)
+class _Fit:
+    weights: Tensor
+    x_mean: Tensor
+    x_scale: Tensor
+    y_mean: Tensor
+
+    def predict(self, x: Tensor) -> Tensor:
+        return ((x - self.x_mean) / self.x_scale) @ self.weights + self.y_mean
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Sufficient statistics of a ridge read-out on some rows (sums, cross-products)."""
+
+    n: float
+    x: Tensor
+    y: Tensor
+    xx: Tensor
+    xy: Tensor
+    yy: float
+
+    @classmethod
+    def of(cls, x: Tensor, y: Tensor) -> _Stats:
+        return cls(float(len(x)), x.sum(0), y.sum(0), x.T @ x, x.T @ y, float((y * y).sum()))
+
+    @classmethod
+    def sum(cls, parts: Sequence[_Stats]) -> _Stats:
+        first = parts[0]
+        return cls(
+            sum(p.n for p in parts),
+            sum((p.x for p in parts[1:]), first.x),
+            sum((p.y for p in parts[1:]), first.y),
+            sum((p.xx for p in parts[1:]), first.xx),
+            sum((p.xy for p in parts[1:]), first.xy),
+            sum(p.yy for p in parts),
+        )
+
+    def fit(self, lam: float) -> _Fit:
+        mx, my = self.x / self.n, self.y / self.n
+        cov = self.xx / self.n - torch.outer(mx, mx)
+        scale = cov.diagonal().clamp_min(0).sqrt().clamp_min(1e-8)
+        gram = cov / torch.outer(scale, scale)
+        cross = (self.xy / self.n - torch.outer(mx, my)) / scale.unsqueeze(1)
+        eye = torch.eye(len(gram), dtype=gram.dtype)
+        return _Fit(torch.linalg.solve(gram + lam * eye, cross), mx, scale, my)
+
+    def error(self, fit: _Fit) -> float:
+        """Total squared error of ``fit`` on these rows, from the statistics alone."""
+        w = fit.weights / fit.x_scale.unsqueeze(1)
+        b = fit.y_mean - fit.x_mean @ w  # prediction = x @ w + b
+        quad = float((w * (self.xx @ w)).sum()) + 2 * float(b @ (self.x @ w)) + self.n * float(b @ b)
+        return self.yy - 2 * float((w * self.xy).sum()) - 2 * float(b @ self.y) + quad
