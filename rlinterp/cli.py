@@ -578,7 +578,10 @@ def _parser() -> argparse.ArgumentParser:
     selection.add_argument("--label", default="persona", help="the label naming each text's persona")
     selection.add_argument("--out", type=Path, required=True, help="output directory")
     selection.add_argument(
-        "--hook", default=None, help="hook to analyse (default: where personas separate best)"
+        "--hook",
+        default=None,
+        help="hook of the dictionary explanation (default: after the block the index names; "
+        "the index reads every block)",
     )
     selection.add_argument(
         "--dictionary", default=None, help="a trained base SAE at --hook (default: train one)"

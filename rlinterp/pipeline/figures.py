@@ -192,7 +192,17 @@ def latent_trajectory_figure(run: RunResult, latent: int) -> go.Figure:
     return _titled(figure, f"Latent {latent}: activation by RL step")
 
 
-TRACKED_CHANGES = ("amplified", "suppressed", "rotated", "repurposed", "born", "died", "split", "merged")
+TRACKED_CHANGES = (
+    "amplified",
+    "suppressed",
+    "rotated",
+    "repurposed",
+    "new_direction",
+    "born",
+    "died",
+    "split",
+    "merged",
+)
 """The lineage classes drawn (``stable`` and ``inactive`` are the rest of the latents)."""
 
 

@@ -314,7 +314,17 @@ def _steps_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # -- headline columns of the run summary ------------------------------------------------------
 
-CHANGED = ("amplified", "suppressed", "rotated", "repurposed", "born", "died", "split", "merged")
+CHANGED = (
+    "amplified",
+    "suppressed",
+    "rotated",
+    "repurposed",
+    "new_direction",
+    "born",
+    "died",
+    "split",
+    "merged",
+)
 """Lineage classes that count as a change (all but ``stable`` and ``inactive``)."""
 
 

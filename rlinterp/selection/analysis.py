@@ -58,10 +58,9 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
 
 from ..activations.harvest import ActivationStore, HarvestConfig, fingerprint, harvest
-from ..activations.onpolicy import SamplingConfig, harvest_on_policy
+from ..activations.onpolicy import SamplingConfig
 from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
@@ -70,8 +69,8 @@ from ..dictionaries.train import DictionaryConfig, train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
 from ..organism import Organism
-from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
-from .explanation import StepParts, carriers, dictionary_share, step_parts
+from .checks import CausalChecks, causal_checks, persona_readout, with_behaviour
+from .explanation import carriers, dictionary_share, step_parts
 from .index import IndexConfig, NoveltyIndex, behavioural_transition, novelty_index
 from .personas import (
     PersonaDirections,
@@ -82,7 +81,6 @@ from .personas import (
     text_means,
 )
 from .readout import ReadoutConfig, readout_parts
-from .steering import behaviour_recovery, patched_behaviour, steered_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -358,13 +356,22 @@ def run_selection(
     decision = decision_directions(
         store, labels, base_model, [decision_hook], held_out_fraction=cfg.held_out_fraction, seed=cfg.seed
     )
-    checks = CausalChecks(hook, directions.basis(hook), decision_hook, decision.basis(decision_hook), cfg)
-    causal = _causal(series, store, checks, parts)
+    checks = CausalChecks(
+        hook,
+        directions.basis(hook),
+        decision_hook,
+        decision.basis(decision_hook),
+        cfg.seed,
+        cfg.n_random,
+        cfg.behaviour_edits,
+    )
+    causal = causal_checks(series, store, checks, parts)
     behavioural_step, readout = None, pd.DataFrame()
     if organism is not None and regime is not None:
-        causal = _with_behaviour(causal, organism, regime, checks, parts)
+        causal = with_behaviour(causal, organism, regime, checks, parts)
         behavioural_step = behavioural_transition(organism.behaviour(), regime)
-        readout = _readout(series, out, hook, directions, organism, regime, cfg)
+        sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
+        readout = persona_readout(series, out, hook, directions, organism, regime, sampling, cfg.batch_size)
     result = SelectionResult(
         directions,
         hook,
@@ -451,162 +458,6 @@ def _latent_trajectories(
             }
             for r in chosen.itertuples()
         ]
-    return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class CausalChecks:
-    """Where and along what the causal checks edit (see the module docstring, step 6)."""
-
-    hook: str
-    persona_basis: Tensor
-    """Orthonormal basis of the persona directions at ``hook`` (the mean-shift edits)."""
-    decision_hook: str
-    decision_basis: Tensor
-    """Orthonormal basis of the persona directions read at the decision position."""
-    cfg: SelectionConfig
-
-    def shift_edit(self, edit: str, shift: Tensor) -> Tensor:
-        """The vector a mean-shift edit adds: the shift projected on the persona span, or all
-        of it."""
-        return self.persona_basis @ (self.persona_basis.T @ shift) if edit == "persona" else shift
-
-
-def _mean_shift(part: StepParts) -> Tensor:
-    return (part.shift.sum(0) / part.n_tokens.sum().clamp_min(1)).float()
-
-
-def _causal(
-    series: ModelSeries, store: ActivationStore, checks: CausalChecks, parts: list[StepParts]
-) -> pd.DataFrame:
-    """Steering/ablation along the persona-projected and the full mean shift, and the
-    decision-position persona patch, per RL checkpoint."""
-    results, edits = [], []
-    for part in parts:
-        if part.label == series.base.label:
-            continue
-        for edit in ("persona", "full"):
-            vector = checks.shift_edit(edit, _mean_shift(part))
-            results.append(steer_and_ablate(series, store, part.label, checks.hook, vector, checks.cfg.seed))
-            edits.append(edit)
-        results.append(
-            patch_subspace(
-                series,
-                store,
-                part.label,
-                checks.decision_hook,
-                checks.decision_basis,
-                checks.cfg.seed,
-                at="decision",
-                n_random=checks.cfg.n_random,
-            )
-        )
-        edits.append("persona_choice")
-    table = causal_table(results)
-    return table.assign(edit=edits) if len(table) else table
-
-
-def _with_behaviour(
-    causal: pd.DataFrame, organism: Organism, regime: str, checks: CausalChecks, parts: list[StepParts]
-) -> pd.DataFrame:
-    """Add behaviour columns to the causal table: how far each edit moved the base's
-    behaviour towards the checkpoint's, how far the reverse edit moved the checkpoint's back,
-    and how far a random control moved the base (the mean over ``n_random`` random subspaces
-    for the persona-choice patch; one random vector of the same norm for the mean-shift
-    edits)."""
-    table = organism.behaviour()
-    rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
-    shifts = {p.label: _mean_shift(p) for p in parts}
-    generator = torch.Generator().manual_seed(checks.cfg.seed)
-    extra: list[dict[str, float]] = []
-    for r in causal.itertuples():
-        step = int(r.step)
-        if r.edit not in checks.cfg.behaviour_edits:
-            extra.append({})
-            continue
-        if r.edit == "persona_choice":
-            hook, basis = checks.decision_hook, checks.decision_basis
-            steered = patched_behaviour(organism, regime, 0, step, hook, basis)
-            ablated = patched_behaviour(organism, regime, step, 0, hook, basis)
-            controls = [
-                patched_behaviour(
-                    organism,
-                    regime,
-                    0,
-                    step,
-                    hook,
-                    random_basis(basis.shape[0], basis.shape[1], checks.cfg.seed + i),
-                )
-                for i in range(checks.cfg.n_random)
-            ]
-        else:
-            vector = checks.shift_edit(str(r.edit), shifts[r.label])
-            noise = torch.randn(vector.shape, generator=generator)
-            noise = noise / noise.norm() * vector.norm()
-            steered = steered_behaviour(organism, regime, 0, checks.hook, vector)
-            ablated = steered_behaviour(organism, regime, step, checks.hook, -vector)
-            controls = [steered_behaviour(organism, regime, 0, checks.hook, noise)]
-        towards = behaviour_recovery(rows[0], rows[step], steered)
-        back = behaviour_recovery(rows[step], rows[0], ablated)
-        random_towards = sum(behaviour_recovery(rows[0], rows[step], c)["shares"] for c in controls) / len(
-            controls
-        )
-        extra.append(
-            {
-                "behaviour_steering_shares": towards["shares"],
-                "behaviour_steering_reward": towards["reward"],
-                "behaviour_ablation_shares": back["shares"],
-                "behaviour_ablation_reward": back["reward"],
-                "behaviour_random_steering_shares": random_towards,
-            }
-        )
-    return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
-
-
-def _readout(
-    series: ModelSeries,
-    out: Path,
-    hook: str,
-    directions: PersonaDirections,
-    organism: Organism,
-    regime: str,
-    cfg: SelectionConfig,
-) -> pd.DataFrame:
-    """Each checkpoint samples its own answers to the behaviour table's questions (single
-    turns, as the table asked them); the persona readout is the mean projection of its
-    activations at ``hook`` on those answer tokens onto each persona direction, beside the
-    behaviour table's share of that persona."""
-    sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
-    questions = PromptSet.from_list([q.prompt for q in organism.eval_questions()])
-    on_policy = harvest_on_policy(
-        series,
-        questions,
-        out / "on_policy",
-        sampling,
-        HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size),
-    )
-    table = organism.behaviour()
-    shares = table[table["regime"] == regime].set_index("step")
-    units = directions.directions[hook].double()
-    rows = []
-    for checkpoint in series:
-        store = on_policy.stores[checkpoint.label]
-        total, n = torch.zeros(len(units), dtype=torch.float64), 0
-        for shard in store.shards(checkpoint.label, hook):
-            total += (shard.double() @ units.T).sum(0)
-            n += len(shard)
-        for persona, value in zip(directions.split.personas, (total / max(n, 1)).tolist(), strict=True):
-            column = f"share_{persona}"
-            share = shares.loc[checkpoint.step, column] if column in shares.columns else float("nan")
-            rows.append(
-                {
-                    "label": checkpoint.label,
-                    "step": checkpoint.step,
-                    "persona": persona,
-                    "readout": value,
-                    "share": float(share),
-                }
-            )
     return pd.DataFrame(rows)
 
 

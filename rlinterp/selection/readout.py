@@ -336,11 +336,11 @@ def _block_parts(
             continue
         base = torch.cat(sample.base)
         controls = [torch.cat(c) for c in sample.controls]
-        for r in range(cfg.n_repeats):
-            fold = folds[r][rows]
-            base_res[r] += per_prompt(heldout_residuals(base, target, fold, cfg.ridge))
-            for i, features in enumerate(controls):
-                control_res[i, r] += per_prompt(heldout_residuals(features, target, fold, cfg.ridge))
+        fold = folds[:, rows]
+        base_res += torch.stack([per_prompt(r) for r in heldout_residuals(base, target, fold, cfg.ridge)])
+        for i, features in enumerate(controls):
+            residuals = heldout_residuals(features, target, fold, cfg.ridge)
+            control_res[i] += torch.stack([per_prompt(r) for r in residuals])
     return BlockParts(
         label=checkpoint.label,
         step=int(checkpoint.step),
@@ -356,28 +356,42 @@ def _block_parts(
 def heldout_residuals(
     features: Float[Tensor, "token f"],
     target: Float[Tensor, "token d"],
-    fold: Int[Tensor, " token"],
+    folds: Int[Tensor, "*repeat token"],
     ridge: Sequence[float],
-) -> Float[Tensor, " token"]:
-    """Per token, the squared error of a ridge read-out of ``target`` from ``features``
-    fitted on the other folds (standardised features, intercept; the penalty chosen among
-    ``ridge`` on the next fold of the training folds)."""
-    folds = sorted(int(f) for f in fold.unique())
-    features, target = features.double(), target.double()
-    stats = [_Stats.of(features[fold == k], target[fold == k]) for k in folds]
-    residual = torch.zeros(len(target), dtype=torch.float64)
-    for i, k in enumerate(folds):
-        train = [stats[j] for j in range(len(folds)) if j != i]
-        if len(train) > 1:
-            inner, rest = train[0], train[1:]
-            errors = [inner.error(_Stats.sum(rest).fit(lam)) for lam in ridge]
-            lam = ridge[int(np.argmin(errors))]
-        else:
-            lam = ridge[len(ridge) // 2]
-        fit = _Stats.sum(train).fit(lam)
-        rows = fold == k
-        residual[rows] = (target[rows] - fit.predict(features[rows])).pow(2).sum(-1)
-    return residual
+) -> Float[Tensor, "*repeat token"]:
+    """Per fold partition and token, the squared error of a ridge read-out of ``target``
+    from ``features`` fitted on the partition's other folds (standardised features,
+    intercept). The penalty is chosen once among ``ridge``, on the first fold of the first
+    partition held out from the others. The sufficient statistics are computed once per
+    cell of the partitions' intersection and summed into each fold, so more partitions cost
+    little more than one; both sides are centred on their overall mean first, so the float32
+    cross-products lose nothing to cancellation."""
+    single = folds.ndim == 1
+    folds = folds.reshape(-1, len(target)).long()
+    n_folds = int(folds.max()) + 1
+    code = (folds * n_folds ** torch.arange(len(folds)).unsqueeze(1)).sum(0)
+    cells, cell = torch.unique(code, return_inverse=True)
+    x = features.float() - features.double().mean(0).float()
+    y = target.float() - target.double().mean(0).float()
+    stats = [_Stats.of(x[cell == c], y[cell == c]) for c in range(len(cells))]
+    members = [
+        [c for c in range(len(cells)) if int(folds[r][cell == c][0]) == k]
+        for r in range(len(folds))
+        for k in range(n_folds)
+    ]
+    per_fold = [_Stats.sum([stats[c] for c in m]) if m else None for m in members]
+    first = [p for p in per_fold[:n_folds] if p is not None]
+    lam = ridge[0] if len(first) < 2 else ridge[int(np.argmin(first[0].errors(_Stats.sum(first[1:]), ridge)))]
+    residual = torch.zeros(folds.shape, dtype=torch.float64)
+    for r in range(len(folds)):
+        held = per_fold[r * n_folds : (r + 1) * n_folds]
+        for k, part in enumerate(held):
+            if part is None:
+                continue
+            fit = _Stats.sum([p for j, p in enumerate(held) if j != k and p is not None]).fit(lam)
+            rows = folds[r] == k
+            residual[r, rows] = (y[rows] - fit.predict(x[rows])).double().pow(2).sum(-1)
+    return residual[0] if single else residual
 
 
 @dataclass(frozen=True)
@@ -388,7 +402,8 @@ class _Fit:
     y_mean: Tensor
 
     def predict(self, x: Tensor) -> Tensor:
-        return ((x - self.x_mean) / self.x_scale) @ self.weights + self.y_mean
+        w = (self.weights / self.x_scale.unsqueeze(1)).float()
+        return x @ w + (self.y_mean - self.x_mean @ (self.weights / self.x_scale.unsqueeze(1))).float()
 
 
 @dataclass(frozen=True)
@@ -404,7 +419,10 @@ class _Stats:
 
     @classmethod
     def of(cls, x: Tensor, y: Tensor) -> _Stats:
-        return cls(float(len(x)), x.sum(0), y.sum(0), x.T @ x, x.T @ y, float((y * y).sum()))
+        def d(t: Tensor) -> Tensor:
+            return t.double()
+
+        return cls(float(len(x)), d(x).sum(0), d(y).sum(0), d(x.T @ x), d(x.T @ y), float(d(y).pow(2).sum()))
 
     @classmethod
     def sum(cls, parts: Sequence[_Stats]) -> _Stats:
@@ -418,14 +436,27 @@ class _Stats:
             sum(p.yy for p in parts),
         )
 
-    def fit(self, lam: float) -> _Fit:
+    def _standardised(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         mx, my = self.x / self.n, self.y / self.n
         cov = self.xx / self.n - torch.outer(mx, mx)
         scale = cov.diagonal().clamp_min(0).sqrt().clamp_min(1e-8)
         gram = cov / torch.outer(scale, scale)
         cross = (self.xy / self.n - torch.outer(mx, my)) / scale.unsqueeze(1)
+        return gram, cross, mx, my, scale
+
+    def fit(self, lam: float) -> _Fit:
+        gram, cross, mx, my, scale = self._standardised()
         eye = torch.eye(len(gram), dtype=gram.dtype)
         return _Fit(torch.linalg.solve(gram + lam * eye, cross), mx, scale, my)
+
+    def errors(self, train: _Stats, ridge: Sequence[float]) -> list[float]:
+        """Squared error on these rows of ``train``'s fit at each penalty (one
+        eigendecomposition for all)."""
+        gram, cross, mx, my, scale = train._standardised()
+        values, vectors = torch.linalg.eigh(gram)
+        projected = vectors.T @ cross
+        fits = [_Fit(vectors @ (projected / (values + lam).unsqueeze(1)), mx, scale, my) for lam in ridge]
+        return [self.error(fit) for fit in fits]
 
     def error(self, fit: _Fit) -> float:
         """Total squared error of ``fit`` on these rows, from the statistics alone."""

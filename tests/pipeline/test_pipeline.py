@@ -331,3 +331,28 @@ def test_the_committed_default_config_is_the_generated_one():
     committed = Path(__file__).parents[2] / "configs" / "default.toml"
     assert committed.read_text() == config_template(RunConfig()), "regenerate: rlinterp run --print-config"
     assert load_config(committed) == RunConfig()
+
+
+def test_both_entry_points_read_the_same_index(micro_run, tmp_path):
+    """``rlinterp selection`` (``run_selection`` with its own dictionary and hook) and the
+    selection stage of ``rlinterp run`` (the run's base SAE and hook) give the same index,
+    verdicts, blocks and transition: the index reads every block, whatever the hook."""
+    import pandas as pd
+
+    from rlinterp.activations.prompts import PromptSet
+    from rlinterp.models.series import ModelSeries
+    from rlinterp.selection.analysis import SelectionConfig, run_selection
+
+    root, config = micro_run
+    section = config.section("selection")
+    fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(SelectionConfig)}
+    cfg = SelectionConfig(**(fields | {"hook": None, "dictionary": None}))
+    series = ModelSeries.from_organism(root / "org", "novel")
+    alone = run_selection(series, PromptSet.from_organism(root / "org"), tmp_path / "alone", cfg)
+    stage = pd.read_parquet(root / "run" / "selection" / "novel" / "index.parquet")
+    columns = ["step", "index", "index_lo", "index_hi", "side", "layer"]
+    pd.testing.assert_frame_equal(alone.index.table[columns], stage[columns])
+    layers = pd.read_parquet(root / "run" / "selection" / "index_layers.parquet")
+    assert set(layers["series"]) == {"weak", "strong", "novel"} and "layer" in layers
+    found = json.loads((root / "run" / "selection" / "novel" / "summary.json").read_text())["transition"]
+    assert found == json.loads(json.dumps(alone.index.transition))
