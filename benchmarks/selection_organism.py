@@ -94,7 +94,10 @@ def main() -> int:
             rows.append({"preset": args.preset, "seed": seed, "regime": regime, "verdict": judged, **reading})
             sys.stdout.write(summary_line(rows[-1]) + "\n")
             sys.stdout.flush()
-    (args.out / f"selection_organism_{args.preset}.json").write_text(json.dumps(rows, indent=1, default=str))
+    seeds = "-".join(map(str, args.seeds))
+    (args.out / f"selection_organism_{args.preset}_{seeds}.json").write_text(
+        json.dumps(rows, indent=1, default=str)
+    )
     sys.stdout.write("\n" + layer_table(rows) + "\n\n" + step_table(rows) + "\n")
     return 1 if failed else 0
 

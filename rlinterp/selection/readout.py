@@ -19,7 +19,7 @@ predicts it. Amplifying a neuron or a head, moving a neuron's write elsewhere, p
 direction the base represents up on some tokens and down on others (the mean shift cancels;
 the weights may depend on the context as long as the base reads the context) are all exact
 linear read-outs of that computation. The read-out is ridge regression (standardised
-features, intercept, penalty chosen on an inner fold) fitted on some texts and scored on the
+features, intercept, penalty chosen on a held-out fold) fitted on some texts and scored on the
 others (``n_folds`` folds of texts): the **held-out residual energy** ``R_base``.
 
 A block's neurons are many non-linear features of its input, so they predict part of any
@@ -103,12 +103,10 @@ class ReadoutConfig:
     n_controls: int = 2
     """Seeds of the seed control (random rotations; their variance enters the interval)."""
     ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    """Penalties (on standardised features) the inner fold chooses from."""
+    """Penalties (on standardised features); one is chosen per fit on a held-out fold."""
     max_tokens: int | None = 30_000
     """Tokens read (a seeded sample of the store's, None: all): memory is about
     ``max_tokens * (n_controls + 1) * d_mlp * 4`` bytes per block."""
-    batch_size: int = 32
-    """Texts per forward pass."""
     seed: int = 0
     """Fold partitions, token sample and control rotations."""
 
@@ -182,12 +180,29 @@ def readout_parts(
         for layer in layers
         for s in range(len(SUBLAYERS))
     }
-    parts = []
-    for checkpoint in series:
+    parts = [_unchanged(series.base, layer, rows, n_prompts, cfg) for layer in layers]
+    for checkpoint in series.checkpoints[1:]:
         samples, change = _collect(series, store, checkpoint.label, layers, rotations, chosen, cfg)
         for layer in layers:
             parts.append(_block_parts(checkpoint, layer, samples, change[layer], rows, folds, n_prompts, cfg))
     return parts
+
+
+def _unchanged(checkpoint: Any, layer: int, rows: Tensor, n_prompts: int, cfg: ReadoutConfig) -> BlockParts:
+    """The base against itself: no change anywhere (not computed)."""
+    zeros = torch.zeros(n_prompts, dtype=torch.float64)
+    return BlockParts(
+        label=checkpoint.label,
+        step=int(checkpoint.step),
+        layer=layer,
+        change_sq=zeros,
+        local_sq=zeros,
+        base_residual=torch.zeros(cfg.n_repeats, n_prompts, dtype=torch.float64),
+        control_residual=torch.zeros(cfg.n_controls, cfg.n_repeats, n_prompts, dtype=torch.float64),
+        n_tokens=torch.zeros(n_prompts, dtype=torch.float64).index_add_(
+            0, rows, torch.ones(len(rows), dtype=torch.float64)
+        ),
+    )
 
 
 def _seed(seed: int, control: int, layer: int, sublayer: int) -> int:
