@@ -18,10 +18,12 @@ partitions (its fit) and one seed of the control. A block reads ``selection`` wh
 interval lies below ``SELECTION_SIDE``, ``novelty`` when it lies above, ``undecided`` when it
 straddles it.
 
-**Per step**: the step's index is the largest of its blocks' (per replicate, so the interval
-covers the choice of block); the step reads ``novelty`` when a block does, ``selection`` when
-every block does, ``undecided`` otherwise, and ``layer`` names the block with the largest
-novelty. A block whose read-out has nothing to read (no local change) reads 0.
+**Per block**: each component (attention, MLP) is read on its own and the block reads as its
+more novel one, so a re-weighting in the attention does not dilute new computation in the
+MLP (per replicate, so the interval covers the choice). **Per step**: the step's index is
+the largest of its blocks' (per replicate too); the step reads ``novelty`` when a block
+does, ``selection`` when every block does, ``undecided`` otherwise, and ``layer`` names the
+block with the largest novelty. A block whose read-out has nothing to read (no local change) reads 0.
 
 **Transition** (from selection to novelty): the best single change point of the per-step
 index (two-segment least squares). It is reported only if the segments lie on either side of
@@ -87,6 +89,9 @@ LAYER_COLUMNS = (
     "novelty_lo",
     "novelty_hi",
     "side",
+    "component",
+    "novelty_attn",
+    "novelty_mlp",
     "unexplained_base",
     "unexplained_control",
     "local_share",
@@ -94,10 +99,12 @@ LAYER_COLUMNS = (
     "change_rms",
     "n_tokens",
 )
-"""``NoveltyIndex.layers``: per (step, block), the block's novelty and interval and side; the
-read-out's held-out unexplained shares of the local change (base, control mean);
-``local_share`` (the local change's energy over the whole change's at the block's output),
-``local_rms`` and ``change_rms`` (per token)."""
+"""``NoveltyIndex.layers``: per (step, block), the block's novelty (its more novel
+component's, named in ``component``) with interval and side; each component's novelty
+(``novelty_attn``, ``novelty_mlp``); the named component's held-out unexplained shares of its
+local change (base, control mean); ``local_share`` (the block's local change's energy,
+both components, over the whole change's at its output), ``local_rms`` and ``change_rms``
+(per token)."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,13 @@ def novelty_index(parts: Sequence[BlockParts], cfg: IndexConfig | None = None) -
         raise RlinterpError("the novelty index needs at least one checkpoint")
     steps = sorted({p.step for p in parts})
     blocks = sorted({p.layer for p in parts})
-    by_key = {(p.step, p.layer): p for p in parts}
-    missing = [(s, b) for s in steps for b in blocks if (s, b) not in by_key]
+    components = sorted({p.component for p in parts})
+    by_key = {(p.step, p.layer, p.component): p for p in parts}
+    missing = [(s, b, c) for s in steps for b in blocks for c in components if (s, b, c) not in by_key]
     if missing:
-        raise RlinterpError(f"the read-out lacks (step, layer) {missing[:3]}; every step needs every block")
+        raise RlinterpError(
+            f"the read-out lacks (step, layer, component) {missing[:3]}; every step needs every block"
+        )
     first = parts[0]
     n_prompts = first.local_sq.shape[0]
     n_controls, n_repeats = first.control_residual.shape[:2]
@@ -144,11 +154,13 @@ def novelty_index(parts: Sequence[BlockParts], cfg: IndexConfig | None = None) -
     point = np.zeros((len(steps), len(blocks)))
     for i, step in enumerate(steps):
         for j, block in enumerate(blocks):
-            part = by_key[(step, block)]
-            per_block[:, i, j] = _novelty_replicates(part, draw, cfg.min_control)
-            point[i, j] = _novelty_point(part, cfg.min_control)
+            own = [by_key[(step, block, c)] for c in components]
+            each = np.stack([_novelty_replicates(part, draw, cfg.min_control) for part in own])
+            points = np.array([_novelty_point(part, cfg.min_control) for part in own])
+            per_block[:, i, j] = each.max(axis=0)  # a block is as novel as its more novel component
+            point[i, j] = points.max()
             lo, hi = np.quantile(per_block[:, i, j], [tail, 1 - tail])
-            rows.append(_layer_row(part, point[i, j], float(lo), float(hi)))
+            rows.append(_layer_row(own, points, float(lo), float(hi)))
     layers = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
     replicates = per_block.max(axis=2)
     named = point.argmax(axis=1)
@@ -216,19 +228,25 @@ def _novelty_point(part: BlockParts, floor: float) -> float:
     return float(_ratio(np.array(base), np.array(control), np.array(float(part.local_sq.sum())), floor))
 
 
-def _layer_row(part: BlockParts, novelty: float, lo: float, hi: float) -> dict[str, Any]:
-    local, change, n = (float(x.sum()) for x in (part.local_sq, part.change_sq, part.n_tokens))
+def _layer_row(parts: list[BlockParts], points: np.ndarray, lo: float, hi: float) -> dict[str, Any]:
+    named = parts[int(points.argmax())]
+    local = sum(float(p.local_sq.sum()) for p in parts)
+    own = float(named.local_sq.sum())
+    change, n = (float(x.sum()) for x in (named.change_sq, named.n_tokens))
+    novelty = float(points.max())
     return {
-        "label": part.label,
-        "step": part.step,
-        "layer": part.layer,
-        "hook": _hook(part.layer),
+        "label": named.label,
+        "step": named.step,
+        "layer": named.layer,
+        "hook": _hook(named.layer),
         "novelty": novelty,
         "novelty_lo": lo,
         "novelty_hi": hi,
         "side": "selection" if hi < SELECTION_SIDE else "novelty" if lo > SELECTION_SIDE else "undecided",
-        "unexplained_base": float(part.base_residual.sum(1).mean()) / local if local > 0 else 0.0,
-        "unexplained_control": float(part.control_residual.sum(2).mean()) / local if local > 0 else 0.0,
+        "component": named.component,
+        **{f"novelty_{p.component}": float(v) for p, v in zip(parts, points, strict=True)},
+        "unexplained_base": float(named.base_residual.sum(1).mean()) / own if own > 0 else 0.0,
+        "unexplained_control": float(named.control_residual.sum(2).mean()) / own if own > 0 else 0.0,
         "local_share": local / change if change > 0 else 0.0,
         "local_rms": (local / n) ** 0.5 if n > 0 else 0.0,
         "change_rms": (change / n) ** 0.5 if n > 0 else 0.0,

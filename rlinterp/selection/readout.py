@@ -25,10 +25,10 @@ others (``n_folds`` folds of texts): the **held-out residual energy** ``R_base``
 A block's neurons are many non-linear features of its input, so they predict part of any
 function of that input, new or not. The **seed control** measures that part: the same
 read-out from the base sublayer fed a seeded random rotation of its input (the same weights,
-hence the same spectrum, biases and width, reading unrelated directions): ``R_control``. The
-block's **novelty** is
+hence the same spectrum, biases and width, reading unrelated directions): ``R_control``. A
+component's **novelty** is
 
-    novelty = R_base / R_control   (summed over the block's sublayers, tokens and texts),
+    novelty = R_base / R_control   (summed over tokens and texts),
 
 clipped to [0, 1]: 0 when the base's own computation predicts the change (selection), about
 1 when it predicts it no better than an unrelated computation of the same size (novelty).
@@ -59,7 +59,10 @@ context-dependent re-weightings leave under 1% to the base against 5-25% to the 
   that only re-weights where the base attends reads as selection only as far as the base's
   head outputs carry it.
 
-Outputs are per-text sums (``BlockParts``) so that ``selection.index`` can resample texts,
+Each component (attention, MLP) is read on its own: a block that re-weights in its attention
+and computes something new in its MLP would otherwise read in between (measured: a planted
+new computation in an MLP read undecided beside an amplified head of the same block).
+Outputs are per-text sums (``BlockParts``, one per component) so that ``selection.index`` can resample texts,
 fold partitions (read-out fit) and control seeds together for its interval.
 """
 
@@ -125,16 +128,19 @@ class ReadoutConfig:
 
 @dataclass(frozen=True)
 class BlockParts:
-    """Per-text sums of one checkpoint's reading at one block (rows: texts)."""
+    """Per-text sums of one checkpoint's reading of one component (attention or MLP) of one
+    block (rows: texts)."""
 
     label: str
     step: int
     layer: int
+    component: str
+    """``attn`` or ``mlp`` (``SUBLAYERS``)."""
     change_sq: Float[Tensor, " prompt"]
     """Sum over the text's tokens of ``||y - x||^2`` at the block's output (the whole change
     there, made here or upstream)."""
     local_sq: Float[Tensor, " prompt"]
-    """Sum of the local change's squared norm (attention and MLP)."""
+    """Sum of the component's local change's squared norm."""
     base_residual: Float[Tensor, "repeat prompt"]
     """Held-out residual energy of the base read-out, per fold partition."""
     control_residual: Float[Tensor, "control repeat prompt"]
@@ -180,21 +186,30 @@ def readout_parts(
         for layer in layers
         for s in range(len(SUBLAYERS))
     }
-    parts = [_unchanged(series.base, layer, rows, n_prompts, cfg) for layer in layers]
+    parts = [_unchanged(series.base, layer, c, rows, n_prompts, cfg) for layer in layers for c in SUBLAYERS]
     for checkpoint in series.checkpoints[1:]:
         samples, change = _collect(series, store, checkpoint.label, layers, rotations, chosen, cfg)
         for layer in layers:
-            parts.append(_block_parts(checkpoint, layer, samples, change[layer], rows, folds, n_prompts, cfg))
+            for component in SUBLAYERS:
+                sample = samples[(layer, component)]
+                parts.append(
+                    _component_parts(
+                        checkpoint, layer, component, sample, change[layer], rows, folds, n_prompts, cfg
+                    )
+                )
     return parts
 
 
-def _unchanged(checkpoint: Any, layer: int, rows: Tensor, n_prompts: int, cfg: ReadoutConfig) -> BlockParts:
+def _unchanged(
+    checkpoint: Any, layer: int, component: str, rows: Tensor, n_prompts: int, cfg: ReadoutConfig
+) -> BlockParts:
     """The base against itself: no change anywhere (not computed)."""
     zeros = torch.zeros(n_prompts, dtype=torch.float64)
     return BlockParts(
         label=checkpoint.label,
         step=int(checkpoint.step),
         layer=layer,
+        component=component,
         change_sq=zeros,
         local_sq=zeros,
         base_residual=torch.zeros(cfg.n_repeats, n_prompts, dtype=torch.float64),
@@ -326,10 +341,11 @@ def _run(
     return cache
 
 
-def _block_parts(
+def _component_parts(
     checkpoint: Any,
     layer: int,
-    samples: dict[tuple[int, str], _Sample],
+    component: str,
+    sample: _Sample,
     change: list[Tensor],
     rows: Tensor,
     folds: Tensor,
@@ -339,29 +355,25 @@ def _block_parts(
     def per_prompt(values: Tensor) -> Tensor:
         return torch.zeros(n_prompts, dtype=torch.float64).index_add_(0, rows, values)
 
-    local = torch.zeros(len(rows), dtype=torch.float64)
+    target = torch.cat(sample.target)
+    energy = target.double().pow(2).sum(-1)
     base_res = torch.zeros(cfg.n_repeats, n_prompts, dtype=torch.float64)
     control_res = torch.zeros(cfg.n_controls, cfg.n_repeats, n_prompts, dtype=torch.float64)
-    for s in SUBLAYERS:
-        sample = samples[(layer, s)]
-        target = torch.cat(sample.target)
-        energy = target.double().pow(2).sum(-1)
-        local += energy
-        if float(energy.sum()) == 0:  # nothing changed here: nothing to read
-            continue
-        base = torch.cat(sample.base)
-        controls = [torch.cat(c) for c in sample.controls]
+    if float(energy.sum()) > 0:  # else nothing changed here: nothing to read
         fold = folds[:, rows]
-        base_res += torch.stack([per_prompt(r) for r in heldout_residuals(base, target, fold, cfg.ridge)])
-        for i, features in enumerate(controls):
-            residuals = heldout_residuals(features, target, fold, cfg.ridge)
-            control_res[i] += torch.stack([per_prompt(r) for r in residuals])
+        base_res = torch.stack(
+            [per_prompt(r) for r in heldout_residuals(torch.cat(sample.base), target, fold, cfg.ridge)]
+        )
+        for i, features in enumerate(sample.controls):
+            residuals = heldout_residuals(torch.cat(features), target, fold, cfg.ridge)
+            control_res[i] = torch.stack([per_prompt(r) for r in residuals])
     return BlockParts(
         label=checkpoint.label,
         step=int(checkpoint.step),
         layer=layer,
+        component=component,
         change_sq=per_prompt(torch.cat(change).double()),
-        local_sq=per_prompt(local),
+        local_sq=per_prompt(energy),
         base_residual=base_res,
         control_residual=control_res,
         n_tokens=per_prompt(torch.ones(len(rows), dtype=torch.float64)),
