@@ -214,6 +214,8 @@ def tracking_figure(run: RunResult) -> go.Figure:
         source = "on-policy" if "on-policy" in set(rows["source"]) else rows["source"].iloc[0]
         rows = rows[rows["source"] == source].sort_values("step")
         for i, cls in enumerate(CHANGES):
+            if f"n_{cls}" not in rows:  # a class added since this run's tracking stage ran
+                continue
             figure.add_trace(
                 go.Bar(
                     x=rows["step"].astype(str),

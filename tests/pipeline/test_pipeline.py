@@ -367,7 +367,9 @@ OLD_SECTIONS = {
 def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     """The fingerprints a run directory recorded before harvest and dictionaries became
     their commands' configs, and before the stages' sections were fields of ``RunConfig``,
-    still match, and the old TOML spelling of every block loads."""
+    still match, and the old TOML spelling of every block loads. The selection section's
+    does not: its stage reads every block now (a read-out and dictionary seeds), so an index
+    of the old definition is never taken for the new one."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -376,14 +378,48 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
         name: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
         for name, data in OLD_SECTIONS.items()
     }
-    assert fingerprint(RunConfig()) == old
+    now = fingerprint(RunConfig())
+    assert {k: v for k, v in now.items() if k != "selection"} == {
+        k: v for k, v in old.items() if k != "selection"
+    }
+    assert now["selection"] != old["selection"]
+    out = tmp_path / "before-index"
+    out.mkdir()
+    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
+    with pytest.raises(RlinterpError, match=r"run of other inputs \(selection changed\)"):
+        rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
+    old = {**old, "selection": now["selection"]}
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
-    claimed = rundir.claim(out, rundir.RUN, fingerprint(RunConfig()), ["diff"], resumable=["diff"])
+    claimed = rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
     assert claimed.state == "resume"
     (tmp_path / "old.toml").write_text("[harvest]\nhooks = []\nbatch_size = 32\n")
     assert load_config(tmp_path / "old.toml") == RunConfig()
     with pytest.raises(RlinterpError, match=r"run of other inputs \(harvest changed\)"):
         changed = config_from_dict({"harvest": {"max_length": 64}})
         rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])
+
+
+def test_both_entry_points_read_the_same_index(micro_run, tmp_path):
+    """``rlinterp selection`` (``run_selection`` with its own dictionary and hook) and the
+    selection stage of ``rlinterp run`` (the run's base SAE and hook) give the same index,
+    verdicts, blocks and transition: the index reads every block, whatever the hook."""
+    import pandas as pd
+
+    from rlinterp.activations.prompts import PromptSet
+    from rlinterp.models.series import ModelSeries
+    from rlinterp.pipeline.sections import command_config
+    from rlinterp.selection.analysis import SelectionConfig, run_selection
+
+    root, config = micro_run
+    cfg = command_config(SelectionConfig, config.selection, hook=None, dictionary=None)
+    series = ModelSeries.from_organism(root / "org", "novel")
+    alone = run_selection(series, PromptSet.from_organism(root / "org"), tmp_path / "alone", cfg)
+    stage = pd.read_parquet(root / "run" / "selection" / "novel" / "index.parquet")
+    columns = ["step", "index", "index_lo", "index_hi", "side", "layer"]
+    pd.testing.assert_frame_equal(alone.index.table[columns], stage[columns])
+    layers = pd.read_parquet(root / "run" / "selection" / "index_layers.parquet")
+    assert set(layers["series"]) == {"weak", "strong", "novel"} and "layer" in layers
+    found = json.loads((root / "run" / "selection" / "novel" / "summary.json").read_text())["transition"]
+    assert found == json.loads(json.dumps(alone.index.transition))
