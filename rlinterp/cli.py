@@ -150,6 +150,7 @@ def _selection(cmd: c.SelectionCommand) -> None:
     import json
 
     from .organism.layout import Organism
+    from .pipeline.verdict import regime_verdict
     from .selection.analysis import CHOICE_COLUMNS, run_selection
 
     series, texts = cmd.series.load(), _prompts(cmd.texts, cmd.series)
@@ -169,10 +170,10 @@ def _selection(cmd: c.SelectionCommand) -> None:
         else "no transition"
     )
     sys.stdout.write(
-        f"selection in {cmd.out} (hook {result.hook}); {verdict}; "
+        f"selection in {cmd.out} (explanation hook {result.hook}); {verdict}; "
         f"behavioural transition: {behavioural}\n"
         + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
-        + "\n"
+        + f"\nanswer: {regime_verdict(table)}\n"
     )
 
 

@@ -401,25 +401,32 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
         rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])
 
 
-def test_both_entry_points_read_the_same_index(micro_run, tmp_path):
-    """``rlinterp selection`` (``run_selection`` with its own dictionary and hook) and the
-    selection stage of ``rlinterp run`` (the run's base SAE and hook) give the same index,
-    verdicts, blocks and transition: the index reads every block, whatever the hook."""
+def test_both_entry_points_read_the_same_index(micro_run, tmp_path, capsys):
+    """``rlinterp selection`` (its own dictionary, at the hook after the block the index
+    names) and the selection stage of ``rlinterp run`` (the run's base SAE and hook) give the
+    same index, sides, blocks and transition, and the same answer line: the index reads
+    every block, whatever the hook."""
     import pandas as pd
 
-    from rlinterp.activations.prompts import PromptSet
-    from rlinterp.models.series import ModelSeries
-    from rlinterp.pipeline.sections import command_config
-    from rlinterp.selection.analysis import SelectionConfig, run_selection
+    from rlinterp.pipeline.result import RunResult
+    from rlinterp.pipeline.verdict import regime_verdict, verdict_lines
 
-    root, config = micro_run
-    cfg = command_config(SelectionConfig, config.selection, hook=None, dictionary=None)
-    series = ModelSeries.from_organism(root / "org", "novel")
-    alone = run_selection(series, PromptSet.from_organism(root / "org"), tmp_path / "alone", cfg)
+    root, _ = micro_run
+    out = tmp_path / "alone"
+    cheap = ["--samples-per-prompt", "1", "--behaviour-edits", "persona_choice", "--n-random", "2"]
+    argv = ["selection", "--series", str(root / "org"), "--regime", "novel", "--texts", "organism"]
+    assert main([*argv, "--out", str(out), "--index-n-bootstrap", "50", *cheap]) == 0
+    printed = capsys.readouterr().out
+    alone = pd.read_parquet(out / "index.parquet")
     stage = pd.read_parquet(root / "run" / "selection" / "novel" / "index.parquet")
     columns = ["step", "index", "index_lo", "index_hi", "side", "layer"]
-    pd.testing.assert_frame_equal(alone.index.table[columns], stage[columns])
+    pd.testing.assert_frame_equal(alone[columns], stage[columns])
     layers = pd.read_parquet(root / "run" / "selection" / "index_layers.parquet")
     assert set(layers["series"]) == {"weak", "strong", "novel"} and "layer" in layers
     found = json.loads((root / "run" / "selection" / "novel" / "summary.json").read_text())["transition"]
-    assert found == json.loads(json.dumps(alone.index.transition))
+    assert found == json.loads((out / "summary.json").read_text())["transition"]
+    answer = regime_verdict(alone)
+    assert f"\nanswer: {answer}\n" in printed
+    run = RunResult.load(root / "run")
+    (novel,) = [line for line in verdict_lines(run.tables, run.series) if line.startswith("novel:")]
+    assert novel.startswith(f"novel: {answer};")
