@@ -51,7 +51,8 @@ from rlinterp.models.series import ModelSeries  # noqa: E402
 from rlinterp.selection.explanation import dictionary_share, step_parts  # noqa: E402
 from rlinterp.selection.index import IndexConfig, novelty_index  # noqa: E402
 from rlinterp.selection.personas import prompt_index  # noqa: E402
-from rlinterp.selection.readout import ReadoutConfig, heldout_residuals, readout_parts  # noqa: E402
+from rlinterp.selection.readout import ReadoutConfig, readout_parts  # noqa: E402
+from rlinterp.selection.ridge import heldout_residuals  # noqa: E402
 from tests.selection import planted_series as ps  # noqa: E402
 
 N_LAYER = 2

@@ -14,7 +14,8 @@ from rlinterp import RlinterpError
 from rlinterp.activations.harvest import HarvestConfig, harvest
 from rlinterp.models.series import ModelSeries
 from rlinterp.selection.index import IndexConfig, novelty_index
-from rlinterp.selection.readout import ReadoutConfig, heldout_residuals, readout_parts, rotation
+from rlinterp.selection.readout import ReadoutConfig, readout_parts, rotation
+from rlinterp.selection.ridge import heldout_residuals
 
 from . import planted_series as ps
 
