@@ -22,7 +22,8 @@ Readings, each at every block's output (``L0``, ``L1``):
 - ``index``: the chosen reading, ``local`` over the seed control's (``novelty``).
 
 Prints a Markdown table (class x reading: mean and range over families and seeds, at the
-block each class edits and at the other) and writes every value to ``--out``.
+block each class edits and at the other), the index per case with its interval, side and
+component, and writes every value to ``--out``.
 
     .venv/bin/python benchmarks/selection_readings.py --seeds 0 1 --out DIR
 """
@@ -135,6 +136,9 @@ def read_class(arch: str, seed: int, name: str, root: Path) -> list[dict[str, An
                 **cumulative(store, series, layer, "step-1"),
                 "local": float(block["unexplained_base"]),
                 "index": float(block["novelty"]),
+                "index_lo": float(block["novelty_lo"]),
+                "index_hi": float(block["novelty_hi"]),
+                "component": str(block["component"]),
                 "index_side": str(block["side"]),
                 "step_side": str(index.table.set_index("step").loc[1, "side"]),
                 "step_layer": int(index.table.set_index("step").loc[1, "layer"]),
@@ -170,6 +174,31 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def intervals(rows: list[dict[str, Any]]) -> str:
+    """Per class, family and seed: the index at each block with its interval, side and the
+    component it comes from, and the step's side and block."""
+    lines = ["| class (expected) | arch | seed | block 0 | block 1 | step |", "|" + "---|" * 6]
+    for name, expected in EXPECTED.items():
+        for arch in dict.fromkeys(r["arch"] for r in rows):
+            for seed in sorted({r["seed"] for r in rows}):
+                mine = sorted(
+                    (r for r in rows if (r["class"], r["arch"], r["seed"]) == (name, arch, seed)),
+                    key=lambda r: r["layer"],
+                )
+                if not mine:
+                    continue
+                cells = [
+                    f"{r['index']:.2f} [{r['index_lo']:.2f}, {r['index_hi']:.2f}] {r['index_side']} "
+                    f"({r['component']})"
+                    for r in mine
+                ]
+                step = f"{mine[0]['step_side']} @{mine[0]['step_layer']}"
+                lines.append(
+                    f"| {name} ({expected}) | {arch} | {seed} | " + " | ".join(cells) + f" | {step} |"
+                )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -187,7 +216,7 @@ def main() -> int:
                 sys.stdout.write(f"{arch} seed {seed} {name}: {rows[-2:]}\n")
                 sys.stdout.flush()
     (args.out / "selection_readings.json").write_text(json.dumps(rows, indent=1))
-    sys.stdout.write(f"\n{table(rows)}\n\n{time.process_time() - start:.0f} CPU-s\n")
+    sys.stdout.write(f"\n{table(rows)}\n\n{intervals(rows)}\n\n{time.process_time() - start:.0f} CPU-s\n")
     return 0
 
 
