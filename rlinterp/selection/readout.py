@@ -41,7 +41,10 @@ reads selection rather than 0/0.
 ``benchmarks/selection_readings.py``): a function of two random projections planted in any
 block leaves 10-30% unexplained by the base and by the control alike (novelty ~1), the
 organism's planted ``novel`` neurons about 40% of both, while amplified neurons and heads and
-context-dependent re-weightings leave under 1% to the base against 5-25% to the control.
+context-dependent re-weightings leave under 1% to the base against 5-25% to the control. On
+the ``tiny`` organism (seeds 0-4, ``benchmarks/selection_organism.py``) the RL-trained
+regimes read 0.10-0.43 in the attention and 0.00-0.05 in the MLPs, the planted ``novel``
+regime 0.98-1.00 in block 0's MLP.
 
 **Failure modes** (what this reading cannot tell):
 
@@ -57,13 +60,19 @@ context-dependent re-weightings leave under 1% to the base against 5-25% to the 
   read; ``local_share`` says how much of the change at each layer its block made;
 - the seed control changes attention patterns with the rotation, so an attention change
   that only re-weights where the base attends reads as selection only as far as the base's
-  head outputs carry it.
+  head outputs carry it; a head that reads other directions of the tokens it attends to
+  (a changed value map) is a new function of its input, as a neuron with new input weights
+  is. Training moves both, so RL-trained attention reads part novelty (0.10-0.43 on the
+  organism's RL regimes, the source of their whole index there);
+- each component reads on its own, so a component whose change is tiny reads as novel as its
+  change is new, whatever its size: ``local_rms`` and ``local_share`` say how large it is.
 
 Each component (attention, MLP) is read on its own: a block that re-weights in its attention
 and computes something new in its MLP would otherwise read in between (measured: a planted
-new computation in an MLP read undecided beside an amplified head of the same block).
-Outputs are per-text sums (``BlockParts``, one per component) so that ``selection.index`` can resample texts,
-fold partitions (read-out fit) and control seeds together for its interval.
+new computation in an MLP read undecided beside an amplified head of the same block, with
+both components' residuals summed). Outputs are per-text sums (``BlockParts``, one per
+component) so that ``selection.index`` can resample texts, fold partitions (read-out fit)
+and control seeds together for its interval.
 """
 
 from __future__ import annotations
