@@ -161,6 +161,7 @@ def _selection(cmd: c.SelectionCommand) -> None:
     _start()
     import json
 
+    from .pipeline.verdict import regime_verdict
     from .selection.analysis import CHOICE_COLUMNS, run_selection
 
     series, texts = cmd.series.load(), _prompts(cmd.texts, cmd.series)
@@ -168,18 +169,20 @@ def _selection(cmd: c.SelectionCommand) -> None:
     result = run_selection(series, texts, cmd.out, cmd.selection, organism, regime, force=cmd.force)
     behavioural = json.loads((Path(cmd.out) / "summary.json").read_text())["behavioural_transition"]
     table = result.step_table()
-    columns = ["label", "step", "index", "index_lo", "index_hi", "fvu_drift", "persona_share"]
+    columns = ["label", "step", "index", "index_lo", "index_hi", "side", "layer", "dictionary_share"]
     shown = table[[*columns, *(c for c in CHOICE_COLUMNS.values() if c in table.columns)]]
     transition = result.index.transition
     verdict = (
-        f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']})"
+        f"transition at step {transition['step']} (interval {transition['step_lo']}-{transition['step_hi']}) "
+        f"in block {transition['layer']}"
         if transition["found"]
         else "no transition"
     )
     sys.stdout.write(
-        f"selection in {cmd.out} (hook {result.hook}); {verdict}; behavioural transition: {behavioural}\n"
+        f"selection in {cmd.out} (explanation hook {result.hook}); {verdict}; "
+        f"behavioural transition: {behavioural}\n"
         + shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
-        + "\n"
+        + f"\nanswer: {regime_verdict(table)}\n"
     )
 
 

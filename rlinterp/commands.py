@@ -111,8 +111,9 @@ class CircuitsCommand:
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionCommand:
-    """Persona directions and latents, the selection-versus-novelty index per step with a
-    bootstrap interval, the transition step, and steering/ablation checks."""
+    """Persona directions and latents, the selection-versus-novelty index per step and block
+    with its interval and side (selection, novelty, undecided), the transition step and its
+    block, the dictionary explanation, and steering/ablation checks."""
 
     series: SeriesSpec = field(metadata=FLAT)
     texts: str

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlinterp.pipeline.result import RunResult
+from rlinterp.tracking.lineage import CLASSES
 from tests.diff.test_report import _diff
 
 EVIL = '<script>alert("x")</script>\' onmouseover=\'alert(1)"'
@@ -18,11 +19,11 @@ N_LATENTS = 5
 def stage_tables() -> dict[str, pd.DataFrame]:
     """The tables the tracking, selection and circuits stages leave, with known values: in
     ``strong`` at step 5, latent 4 is amplified and one latent born (3 changed latents),
-    the index is 0.8 with a transition at step 5, and the shortcut's carriers are new; in
-    ``weak`` nothing changed class, the index is 0.1 and the carriers were already used.
+    the index is 0.8 (block 1 of blocks 0-1) with a transition at step 5, and the shortcut's
+    carriers are new; in ``weak`` nothing changed class, the index is 0.1 and the carriers
+    were already used.
     One persona is named ``EVIL`` (labels come from the user's data)."""
-    classes = ("stable", "amplified", "suppressed", "rotated", "repurposed", "born", "died", "split")
-    classes += ("merged", "inactive")
+    classes = tuple(c for c in CLASSES if c != "new_direction")  # as written before that class
     summary = pd.DataFrame(
         [
             {
@@ -70,12 +71,34 @@ def stage_tables() -> dict[str, pd.DataFrame]:
                 "index_lo": 0.0 if s == 0 else (0.0 if r == "weak" else 0.7),
                 "index_hi": 0.0 if s == 0 else (0.2 if r == "weak" else 0.9),
                 "side": "selection" if s == 0 or r == "weak" else "novelty",
+                "layer": 1 if (r, s) == ("strong", 5) else 0,
                 "fvu_drift": 0.0,
                 "persona_share": 0.5,
                 "persona_baseline": 0.1,
             }
             for r in SERIES
             for s in (0, 5)
+        ]
+    )
+    layers = pd.DataFrame(
+        [
+            {
+                "series": r,
+                "label": "base" if s == 0 else "step-5",
+                "step": s,
+                "layer": layer,
+                "novelty": novelty,
+                "novelty_lo": max(novelty - 0.1, 0.0),
+                "novelty_hi": novelty + 0.1 if novelty else 0.0,
+                "side": "novelty" if novelty > 0.6 else "selection",
+                "component": "mlp",
+                "local_share": 0.5,
+                "local_rms": 0.2,
+            }
+            for r in SERIES
+            for s in (0, 5)
+            for layer in (0, 1)
+            for novelty in [0.8 if (r, s, layer) == ("strong", 5, 1) else 0.1 if s else 0.0]
         ]
     )
     transition = pd.DataFrame(
@@ -85,6 +108,7 @@ def stage_tables() -> dict[str, pd.DataFrame]:
                 "hook": HOOK,
                 "index_found": False,
                 "index_step": None,
+                "index_layer": None,
                 "behavioural_step": None,
             },
             {
@@ -94,6 +118,7 @@ def stage_tables() -> dict[str, pd.DataFrame]:
                 "index_step": 5,
                 "index_step_lo": 5,
                 "index_step_hi": 5,
+                "index_layer": 1,
                 "behavioural_step": 5,
             },
         ]
@@ -130,6 +155,7 @@ def stage_tables() -> dict[str, pd.DataFrame]:
         "tracking/summary": summary,
         "tracking/lineage": lineage,
         "selection/index": index,
+        "selection/index_layers": layers,
         "selection/transition": transition,
         "selection/persona_latents": personas,
         "circuits/steps": steps,

@@ -184,6 +184,8 @@ def tracking_figure(run: RunResult) -> go.Figure:
         source = "on-policy" if "on-policy" in set(rows["source"]) else rows["source"].iloc[0]
         rows = rows[rows["source"] == source].sort_values("step")
         for i, cls in enumerate(CHANGES):
+            if f"n_{cls}" not in rows:  # a class added since this run's tracking stage ran
+                continue
             figure.add_trace(
                 go.Bar(
                     x=rows["step"].astype(str),
@@ -201,8 +203,9 @@ def tracking_figure(run: RunResult) -> go.Figure:
 
 
 def index_figure(run: RunResult) -> go.Figure:
-    """The selection-versus-novelty index by RL step with its bootstrap interval, one
-    line per series (0: RL re-weighted persona directions; 1: it wrote new ones)."""
+    """The selection-versus-novelty index by RL step with its interval, one line per series
+    (the most novel block's; 0: RL re-weighted what the base computes; 1: computation the
+    base does not have)."""
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
         return _empty("Selection: no index (the selection stage has not run)")
@@ -222,7 +225,7 @@ def index_figure(run: RunResult) -> go.Figure:
 
 def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
     """Each series' index transition as a dotted line in its colour at the change point,
-    its bootstrap interval shaded, and a label at the top."""
+    its bootstrap interval shaded, and a label at the top naming its block."""
     found = run.in_run_order(run.tables.get("selection/transition", pd.DataFrame()))
     if found.empty:
         return
@@ -240,7 +243,7 @@ def _mark_transitions(figure: go.Figure, run: RunResult) -> None:
             yshift=-14 * i,
             xanchor="left",
             showarrow=False,
-            text=f" {row.series}: transition",
+            text=f" {row.series}: transition{_block(row)}",
             font={"color": colour},
         )
 
@@ -252,6 +255,11 @@ def readings_figure(run: RunResult, reading: str) -> go.Figure:
     if found.empty:
         return _empty(f"Readings: no {reading} table (the readings stage has not run)")
     return READINGS_FIGURES[reading](run.in_run_order(found))
+
+
+def _block(row: Any) -> str:
+    layer = getattr(row, "index_layer", None)
+    return "" if layer is None or pd.isna(layer) else f" (block {int(layer)})"
 
 
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {

@@ -29,7 +29,7 @@ from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, ta
 from ..diff.report import kl_figure, lens_table, top_tokens_table
 from ..readings.report import SHOWN as READINGS_TABLES
 from ..readings.report import readings_parts
-from ..selection.report import INDEX_NOTE, index_table
+from ..selection.report import INDEX_NOTE, LAYERS_NOTE, index_table, layers_table
 from ..tracking.report import NOTE as TRACKING_NOTE
 from ..tracking.report import SUMMARY_COLUMNS as TRACKING_COLUMNS
 from ..tracking.report import changed_latents_table
@@ -158,9 +158,9 @@ def persona_section(run: RunResult) -> Parts:
     index = run.tables.get("selection/index", pd.DataFrame())
     if index.empty:
         return (empty("No persona features or index yet (stage 'selection')."), _skipped(run, "selection"))
-    transition, latents, causal = (
+    transition, latents, causal, layers = (
         run.in_run_order(run.tables.get(f"selection/{name}", pd.DataFrame()))
-        for name in ("transition", "persona_latents", "causal")
+        for name in ("transition", "persona_latents", "causal", "index_layers")
     )
     parts: list[Part] = [
         INDEX_NOTE,
@@ -168,6 +168,8 @@ def persona_section(run: RunResult) -> Parts:
         table(transition),
         _per_series(run, index, index_table),
     ]
+    if not layers.empty:
+        parts += ["<h3>The index per block</h3>", LAYERS_NOTE, _per_series(run, layers, layers_table)]
     if not latents.empty:
         top = latents[latents["rank"] < 3] if "rank" in latents else latents
         parts += ["<h3>Persona latents (base SAE)</h3>", table(top, table_id="persona-latents")]

@@ -22,6 +22,7 @@ import pandas as pd
 from ..dictionaries.cards import FeatureCard
 from ..diff.analysis import SeriesDiff
 from ..errors import RlinterpError
+from ..selection.report import step_side
 from ..tracking.lineage import CHANGES
 from .verdict import verdict_lines
 
@@ -193,9 +194,16 @@ def tracking_headline(run: RunResult) -> pd.DataFrame:
 
 
 def index_headline(run: RunResult) -> pd.DataFrame:
-    """``index``: the selection-versus-novelty index (0 selection, 1 novelty) per step."""
+    """``index``: the selection-versus-novelty index (0 selection, 1 novelty) per step, with
+    ``index_side`` (selection, novelty or undecided, ``selection.report.step_side``) and
+    ``index_layer`` (the block it names) where the index read every block."""
     index = run.tables.get("selection/index", pd.DataFrame())
-    return index[["series", "step", "index"]] if not index.empty else index
+    if index.empty:
+        return index
+    headline = index[["series", "step", "index"]].assign(
+        index_side=[step_side(row) for _, row in index.iterrows()]
+    )
+    return headline.assign(index_layer=index["layer"]) if "layer" in index else headline
 
 
 def circuits_headline(run: RunResult) -> pd.DataFrame:

@@ -180,7 +180,8 @@ class SelectionSection(SelectionConfig):
     (``rlinterp selection``), per series, on the run's prompts (they need persona labels)."""
 
     hook: str | None = None
-    """Hook to analyse; None: the dictionaries stage's hook, with the run's base SAE."""
+    """Hook of the dictionary explanation; None: the dictionaries stage's hook, with the run's
+    base SAE. The index reads every block whatever the hook, as ``rlinterp selection`` does."""
     dictionary: str | None = None
     """A trained base SAE at ``hook``; None: the run's base SAE when ``hook`` is its hook,
     else one trained here with ``dictionary_config``."""

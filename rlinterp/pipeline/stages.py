@@ -18,8 +18,9 @@ with a ``series`` column, written when every series is done:
 
 - ``tracking/summary.parquet`` (``TrackResult.summary()`` rows), ``tracking/lineage.parquet``
   (the tracked latents' lineage);
-- ``selection/index.parquet``, ``selection/persona_latents.parquet``,
-  ``selection/causal.parquet``, ``selection/transition.parquet``;
+- ``selection/index.parquet`` (per step), ``selection/index_layers.parquet`` (per step and
+  block), ``selection/persona_latents.parquet``, ``selection/causal.parquet``,
+  ``selection/transition.parquet``;
 - ``circuits/steps.parquet`` (``CircuitsResult.steps()`` rows, one per metric and step);
 - ``readings/<table>.parquet`` for every table of ``readings.analysis.TABLES``;
 - ``<stage>/skipped.json``: series the stage cannot analyse, with the reason (e.g.
@@ -41,7 +42,7 @@ from ..circuits.result import CircuitsConfig
 from ..core.artifacts import write_json, write_parquet
 from ..errors import RlinterpError
 from ..readings.config import ReadingsConfig
-from ..selection.analysis import SelectionConfig
+from ..selection.config import SelectionConfig
 from ..tracking.analysis import TrackConfig
 from .sections import command_config
 
@@ -140,7 +141,7 @@ def selection_stage(ctx: RunContext) -> None:
     organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
     out = ctx.stage_dir("selection")
     tables: dict[str, list[pd.DataFrame]] = {
-        n: [] for n in ("index", "persona_latents", "causal", "transition")
+        n: [] for n in ("index", "index_layers", "persona_latents", "causal", "transition")
     }
     skipped = {}
     for name, series in ctx.series.items():
@@ -155,6 +156,7 @@ def selection_stage(ctx: RunContext) -> None:
         result = run_selection(series, ctx.prompts, out / name, cfg, organism, regime)
         summary = json.loads((out / name / "summary.json").read_text())
         tables["index"].append(result.step_table().assign(series=name))
+        tables["index_layers"].append(result.index.layers.assign(series=name))
         tables["persona_latents"].append(result.latents.assign(series=name))
         tables["causal"].append(result.causal.assign(series=name))
         transition = {f"index_{k}": v for k, v in result.index.transition.items()}

@@ -1,10 +1,12 @@
 """The answer of a run, one line per regime: selection or new computation, from which step,
-with the interval and the signals that say so.
+in which block, with the interval and the signals that say so.
 
-The line is read from the selection-versus-novelty index per step (``selection/index``):
-a step reads ``novelty`` when its whole bootstrap interval lies above
-``selection.index.SELECTION_SIDE`` (0.5), ``selection`` when it lies below, and
-``undecided`` when it straddles it (``selection.report.reading``). A regime is
+The line is read from the selection-versus-novelty index per step (``selection/index``),
+which reads every block (``selection.index``): a step reads ``novelty`` when some block's
+whole interval lies above ``selection.index.SELECTION_SIDE`` (0.5), ``selection`` when every
+block's lies below, and ``undecided`` otherwise (its ``side``; index tables written before
+the index read every block are read from the step's interval, ``selection.report.step_side``).
+A regime is
 
 - ``new computation from step S``: S is the first step that reads novelty and every later
   step reads novelty too; ``new computation at step S, ..., not sustained`` when a later
@@ -13,14 +15,15 @@ a step reads ``novelty`` when its whole bootstrap interval lies above
 - ``selection, undecided at ...`` / ``undecided at every step``: no step reads novelty and
   some (or every) step straddles 0.5.
 
-Every line names the undecided steps with their interval.
+Every step a line names comes with its block (the most novel one) and interval.
 
 Each line then names the signals (``SIGNALS``) that see new computation, with the step
-each sees it from, and those that are silent. A signal reads one run table for one series
-and returns where it says new computation starts (an ``Onset``), or None where it says
-selection; a new signal (a per-layer index, a tracking or circuits count) is one more row
-of ``SIGNALS``. The HTML report, ``report.md`` and the CLI summary all show these lines
-(``verdict_lines``).
+each sees it from (the index's change point with its interval and block), and those that
+are silent. A signal reads one run table for one series and returns where it says new
+computation starts (an ``Onset``), or None where it says selection; a new signal (a
+tracking or circuits count) is one more row of ``SIGNALS``. The HTML report, ``report.md``
+and the CLI summary all show these lines (``verdict_lines``); ``rlinterp selection`` prints
+its series' verdict (``regime_verdict``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from ..core.report import fmt
-from ..selection.report import reading
+from ..selection.report import step_side
 
 
 class Onset(NamedTuple):
@@ -62,23 +65,31 @@ def _steps(index: pd.DataFrame) -> pd.DataFrame:
 
 def _interval(row: pd.Series) -> str:
     lo, hi = fmt(float(row["index_lo"])), fmt(float(row["index_hi"]))
-    return f"index {fmt(float(row['index']))}, interval {lo}-{hi}"
+    block = f"block {int(row['layer'])}, " if _known(row.get("layer")) else ""
+    return f"{block}index {fmt(float(row['index']))}, interval {lo}-{hi}"
+
+
+def _known(value: object) -> bool:
+    return value is not None and not pd.isna(value)
 
 
 def index_onset(index: pd.DataFrame) -> Onset | None:
-    """The first step whose whole interval lies above 0.5 (the verdict states its interval)."""
+    """The first step that reads novelty (the verdict states its block and interval)."""
     for _, row in _steps(index).iterrows():
-        if reading(row["index_lo"], row["index_hi"]) == "novelty":
+        if step_side(row) == "novelty":
             return Onset(int(row["step"]), "")
     return None
 
 
 def change_point_onset(transition: pd.DataFrame) -> Onset | None:
-    """The index's change point from the selection side to the novelty side, if found."""
+    """The index's change point from the selection side to the novelty side, if found, with
+    its interval and the block it names."""
     if transition.empty or not bool(transition["index_found"].iloc[0]):
         return None
     row = transition.iloc[0]
-    return Onset(int(row["index_step"]), f"interval {int(row['index_step_lo'])}-{int(row['index_step_hi'])}")
+    block = f", block {int(row['index_layer'])}" if _known(row.get("index_layer")) else ""
+    interval = f"interval {int(row['index_step_lo'])}-{int(row['index_step_hi'])}"
+    return Onset(int(row["index_step"]), interval + block)
 
 
 def behaviour_onset(transition: pd.DataFrame) -> Onset | None:
@@ -105,7 +116,7 @@ def regime_verdict(index: pd.DataFrame) -> str:
     steps = _steps(index)
     if steps.empty:
         return "no RL step"
-    readings = [reading(lo, hi) for lo, hi in zip(steps["index_lo"], steps["index_hi"], strict=True)]
+    readings = [step_side(row) for _, row in steps.iterrows()]
     named = {
         kind: [
             f"step {int(row['step'])} ({_interval(row)})"

@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from .causal import steer_and_ablate as steer_and_ablate
     from .config import IndexConfig as IndexConfig
     from .config import SelectionConfig as SelectionConfig
+    from .explanation import step_parts as step_parts
     from .index import NoveltyIndex as NoveltyIndex
     from .index import novelty_index as novelty_index
-    from .index import step_parts as step_parts
     from .personas import PersonaDirections as PersonaDirections
     from .personas import persona_directions as persona_directions
     from .personas import persona_latents as persona_latents

@@ -7,12 +7,18 @@ user's labelled JSONL); every model of the series reads them (response tokens on
 comparison is on the same tokens. Steps:
 
 1. harvest the series on the texts (``activations/``, resumable);
-2. persona directions at every hook, scored on held-out texts; the analysis hook is
-   ``cfg.hook`` or the hook whose worst persona separates best;
-3. a dictionary of the base at that hook (``cfg.dictionary``, or one trained here);
-4. persona latents of that dictionary and their activity at every step;
-5. the selection-versus-novelty index per step (bootstrap interval over texts), its
-   components and the transition (``selection.index``);
+2. persona directions at every hook, scored on held-out texts;
+3. the selection-versus-novelty index at every block (``selection.readout``: what the
+   base's own computation can express of each block's change, against a seed control) per
+   step with its interval, the step's verdict naming its block, and the transition
+   (``selection.index``). It does not depend on any hook or dictionary, so ``rlinterp
+   selection`` and the selection stage of ``rlinterp run`` read the same series alike;
+4. the explanation hook: ``cfg.hook``, or the residual stream after the block the index
+   names (at the transition, else at the last step); a dictionary of the base there
+   (``cfg.dictionary``, or one trained here) and ``dictionary_seeds - 1`` twins of other
+   seeds; the dictionary share and the latents that carry each step's change
+   (``selection.explanation``), its interval over texts and dictionary seeds;
+5. persona latents of that dictionary and their activity at every step;
 6. causal checks per RL checkpoint (``causal``), each edit with a random control, in the
    ``edit`` column: ``persona`` steers the base / ablates the checkpoint along the mean shift
    projected onto the persona directions, ``full`` along the whole mean shift (the
@@ -30,7 +36,9 @@ comparison is on the same tokens. Steps:
 Output layout: ``persona_directions.parquet``, ``persona_directions.safetensors``
 (``<hook>`` -> ``[persona, d]``), ``decision_directions.parquet`` and
 ``decision_directions.safetensors`` (the same at the decision position), ``persona_latents.parquet``,
-``persona_latent_trajectories.parquet``, ``index.parquet``, ``index_replicates.safetensors``,
+``persona_latent_trajectories.parquet``, ``index.parquet`` (per step), ``index_layers.parquet``
+(per step and block), ``index_replicates.safetensors``, ``explanation.parquet`` (per step),
+``carriers.parquet``, ``dictionary_seeds/`` (the twins),
 ``causal.parquet``, ``readout.parquet`` and ``on_policy/`` (organism series),
 ``summary.json`` (``SUMMARY_SCHEMA``) and ``manifest.json`` last. The directory is claimed
 through ``rundir`` (kind ``rlinterp.selection``): a finished analysis of the same inputs is
@@ -39,6 +47,7 @@ read back, one of other inputs refused naming what changed, anything else left u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -49,22 +58,22 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
 
 from ..activations.harvest import ActivationStore, HarvestConfig, fingerprint, harvest
-from ..activations.onpolicy import SamplingConfig, harvest_on_policy
+from ..activations.onpolicy import SamplingConfig
 from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
-from ..dictionaries.sae import TrainedSAE
+from ..dictionaries.sae import SAETrainConfig, TrainedSAE, train_sae
 from ..dictionaries.train import train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
 from ..organism.layout import Organism
-from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
+from .checks import CausalChecks, causal_checks, persona_readout, with_behaviour
 from .config import EDITS as EDITS
 from .config import SelectionConfig as SelectionConfig
-from .index import NoveltyIndex, StepParts, behavioural_transition, novelty_index, step_parts
+from .explanation import carriers, dictionary_share, step_parts
+from .index import NoveltyIndex, behavioural_transition, novelty_index
 from .personas import (
     PersonaDirections,
     PersonaSplit,
@@ -73,14 +82,17 @@ from .personas import (
     persona_latents,
     text_means,
 )
-from .steering import behaviour_recovery, patched_behaviour, steered_behaviour
+from .readout import readout_parts
 
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA = {
-    "hook": "the hook analysed (persona directions separate best there unless chosen)",
+    "hook": "the explanation hook: the dictionary, persona latents and mean-shift checks read there "
+    "(the residual after the block the index names, unless chosen)",
     "persona_auroc": "held-out AUROC of each persona direction at that hook (one vs rest)",
-    "steps": "per checkpoint: label, step, index, index_lo, index_hi (bootstrap interval), "
+    "steps": "per checkpoint: label, step, index, index_lo, index_hi (interval over texts, read-out "
+    "fit and control seed), side (selection, novelty or undecided), layer (the block with the largest "
+    "novelty), dictionary_share with dictionary_share_lo/hi (interval over texts and dictionary seeds), "
     "fvu_drift, persona_share (of the mean shift inside the persona span) and persona_baseline "
     "(a random subspace's share), steering_recovery and ablation_loss along the persona shift, "
     "choice_recovery and choice_loss of the decision-position persona patch (share of the KL at "
@@ -88,7 +100,9 @@ SUMMARY_SCHEMA = {
     "persona/style-share change the patched base reproduces) and its random-subspace control",
     "decision_hook": "where the persona-choice patch runs (the last block's residual by default)",
     "decision_auroc": "held-out AUROC of each persona direction read at the decision position",
-    "transition": "change point of the index: found, step, step_lo, step_hi, jump, support",
+    "layers": "per step and block: novelty, novelty_lo, novelty_hi, side, unexplained_base, "
+    "unexplained_control, local_share, local_rms, change_rms",
+    "transition": "change point of the index: found, step, step_lo, step_hi, layer, jump, support",
     "behavioural_transition": "first step whose share_none passes 50% (organism series only)",
     "readout_spearman": "per persona: rank correlation over steps between the persona readout on "
     "each checkpoint's own answers and the behaviour table's share of that persona (organism only)",
@@ -104,7 +118,11 @@ ENTRIES = (
     "persona_latents.parquet",
     "persona_latent_trajectories.parquet",
     "index.parquet",
+    "index_layers.parquet",
     "index_replicates.safetensors",
+    "explanation.parquet",
+    "carriers.parquet",
+    "dictionary_seeds",
     "causal.parquet",
     "readout.parquet",
     "summary.json",
@@ -127,12 +145,18 @@ class SelectionResult:
 
     directions: PersonaDirections
     hook: str
+    """The explanation hook (see ``SelectionConfig.hook``)."""
     decision: PersonaDirections
     """Persona directions read at the texts' decision positions, at ``decision_hook``."""
     decision_hook: str
     latents: pd.DataFrame
     latent_trajectories: pd.DataFrame
     index: NoveltyIndex
+    """The index at every block (``selection.index``)."""
+    explanation: pd.DataFrame
+    """Per step, the dictionary share and its components (``explanation.dictionary_share``)."""
+    carriers: pd.DataFrame
+    """Per RL step, the latents carrying most of the reconstructed change (``explanation.carriers``)."""
     causal: pd.DataFrame
     readout: pd.DataFrame
     """One row per (step, persona): ``label, step, persona, readout`` (mean projection of the
@@ -150,17 +174,17 @@ class SelectionResult:
         }
 
     def step_table(self) -> pd.DataFrame:
-        """The index table (one row per step) with the persona-choice patch's columns:
+        """The index table (one row per step) with the explanation's columns and the
+        persona-choice patch's:
         ``choice_kl`` (share of the decision-position KL recovered) against
         ``choice_kl_random``, and on organism series ``choice_shares`` (share of the
         behaviour change reproduced) against ``choice_shares_random``."""
+        table = self.index.table.merge(self.explanation.drop(columns="step"), on="label", how="left")
         choice = self.causal[self.causal["edit"] == "persona_choice"] if len(self.causal) else self.causal
         if choice.empty:
-            return self.index.table
+            return table
         present = {k: v for k, v in CHOICE_COLUMNS.items() if k in choice.columns}
-        return self.index.table.merge(
-            choice[["label", *present]].rename(columns=present), on="label", how="left"
-        )
+        return table.merge(choice[["label", *present]].rename(columns=present), on="label", how="left")
 
     def summary(self, behavioural_step: int | None = None) -> dict[str, Any]:
         """The JSON summary (``SUMMARY_SCHEMA``)."""
@@ -169,7 +193,7 @@ class SelectionResult:
         choice = self.causal[self.causal["edit"] == "persona_choice"].set_index("label")
         decision = self.decision.table
         steps = []
-        for row in self.index.table.itertuples():
+        for row in self.step_table().itertuples():
             steps.append(
                 {
                     "label": row.label,
@@ -177,6 +201,11 @@ class SelectionResult:
                     "index": row.index,
                     "index_lo": row.index_lo,
                     "index_hi": row.index_hi,
+                    "side": row.side,
+                    "layer": int(row.layer),
+                    "dictionary_share": row.dictionary_share,
+                    "dictionary_share_lo": row.dictionary_share_lo,
+                    "dictionary_share_hi": row.dictionary_share_hi,
                     "fvu_drift": row.fvu_drift,
                     "persona_share": row.persona_share,
                     "persona_baseline": row.persona_baseline,
@@ -196,6 +225,7 @@ class SelectionResult:
             "decision_hook": self.decision_hook,
             "decision_auroc": dict(zip(decision["persona"], decision["auroc"].astype(float), strict=True)),
             "steps": steps,
+            "layers": self.index.layers.drop(columns=["hook"]).to_dict(orient="records"),
             "transition": self.index.transition,
             "behavioural_transition": behavioural_step,
             "readout_spearman": self.readout_spearman(),
@@ -253,28 +283,54 @@ def run_selection(
         return _load(out, labels)
     store = harvest(series, texts, out / "activations", harvest_cfg)
     directions = persona_directions(store, labels, held_out_fraction=cfg.held_out_fraction, seed=cfg.seed)
-    hook = cfg.hook or directions.best_hook
+    index = novelty_index(readout_parts(series, store, cfg.readout), cfg.index)
+    hook = cfg.hook or explanation_hook(index)
     sae = _dictionary(store, hook, out, cfg)
     latents = persona_latents(
         store, labels, hook, sae.encode, held_out_fraction=cfg.held_out_fraction, seed=cfg.seed
     )
     trajectories = _latent_trajectories(store, hook, sae, latents)
     parts = [step_parts(store, hook, sae, label) for label in store.labels]
-    index = novelty_index(parts, cfg.index, persona_basis=directions.basis(hook))
+    twins = [
+        [step_parts(store, hook, t, label) for label in store.labels] for t in _twins(store, hook, out, cfg)
+    ]
+    explanation = dictionary_share(
+        [parts, *twins], cfg.index.n_bootstrap, cfg.index.confidence, cfg.index.seed, directions.basis(hook)
+    )
+    carried = pd.concat([carriers(store, hook, sae, label) for label in store.labels[1:]], ignore_index=True)
     base_model = series.hooked(series.base)  # reads activations: the plain forward
     decision_hook = cfg.decision_hook or f"blocks.{base_model.cfg.n_layers - 1}.hook_resid_post"
     decision = decision_directions(
         store, labels, base_model, [decision_hook], held_out_fraction=cfg.held_out_fraction, seed=cfg.seed
     )
-    checks = CausalChecks(hook, directions.basis(hook), decision_hook, decision.basis(decision_hook), cfg)
-    causal = _causal(series, store, checks, parts)
+    checks = CausalChecks(
+        hook,
+        directions.basis(hook),
+        decision_hook,
+        decision.basis(decision_hook),
+        cfg.seed,
+        cfg.n_random,
+        cfg.behaviour_edits,
+    )
+    causal = causal_checks(series, store, checks, parts)
     behavioural_step, readout = None, pd.DataFrame()
     if organism is not None and regime is not None:
-        causal = _with_behaviour(causal, organism, regime, checks, parts)
+        causal = with_behaviour(causal, organism, regime, checks, parts)
         behavioural_step = behavioural_transition(organism.behaviour(), regime)
-        readout = _readout(series, out, hook, directions, organism, regime, cfg)
+        sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
+        readout = persona_readout(series, out, hook, directions, organism, regime, sampling, cfg.batch_size)
     result = SelectionResult(
-        directions, hook, decision, decision_hook, latents, trajectories, index, causal, readout
+        directions,
+        hook,
+        decision,
+        decision_hook,
+        latents,
+        trajectories,
+        index,
+        explanation,
+        carried,
+        causal,
+        readout,
     )
     _write(result, out, series, store, cfg, behavioural_step)
     return result
@@ -285,6 +341,33 @@ def _dictionary_digest(path: Path) -> str:
     if not weights.is_file():
         raise RlinterpError(f"{path} holds no trained SAE (no sae_weights.safetensors); train one first")
     return sha256_file(weights)
+
+
+def explanation_hook(index: NoveltyIndex) -> str:
+    """The residual stream after the block the index names: at the transition when there is
+    one, else at the last step."""
+    layer = index.transition["layer"]
+    if layer is None:
+        layer = int(index.table.sort_values("step")["layer"].iloc[-1])
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def _twins(store: ActivationStore, hook: str, out: Path, cfg: SelectionConfig) -> list[Any]:
+    """``dictionary_seeds - 1`` SAEs of the explanation dictionary's config at the next
+    seeds, on the base at ``hook`` (``dictionary_seeds/seed-<k>``, reused when finished)."""
+    if cfg.dictionary is not None:
+        given = SAETrainConfig(**TrainedSAE.load(cfg.dictionary).manifest["config"])
+    else:
+        d = cfg.dictionary_config
+        given = SAETrainConfig(
+            d.architecture, d.d_sae, d.k, n_tokens=d.n_tokens, batch_size=d.batch_size, lr=d.lr, seed=d.seed
+        )
+    twins = []
+    for k in range(1, cfg.dictionary_seeds):
+        twin = dataclasses.replace(given, seed=given.seed + k, init_from=None)
+        folder = out / "dictionary_seeds" / f"seed-{twin.seed}"
+        twins.append(train_sae(store, store.labels[0], hook, folder, twin).sae)
+    return twins
 
 
 def _dictionary(store: ActivationStore, hook: str, out: Path, cfg: SelectionConfig) -> Any:
@@ -325,162 +408,6 @@ def _latent_trajectories(
     return pd.DataFrame(rows)
 
 
-@dataclass(frozen=True)
-class CausalChecks:
-    """Where and along what the causal checks edit (see the module docstring, step 6)."""
-
-    hook: str
-    persona_basis: Tensor
-    """Orthonormal basis of the persona directions at ``hook`` (the mean-shift edits)."""
-    decision_hook: str
-    decision_basis: Tensor
-    """Orthonormal basis of the persona directions read at the decision position."""
-    cfg: SelectionConfig
-
-    def shift_edit(self, edit: str, shift: Tensor) -> Tensor:
-        """The vector a mean-shift edit adds: the shift projected on the persona span, or all
-        of it."""
-        return self.persona_basis @ (self.persona_basis.T @ shift) if edit == "persona" else shift
-
-
-def _mean_shift(part: StepParts) -> Tensor:
-    return (part.shift.sum(0) / part.n_tokens.sum().clamp_min(1)).float()
-
-
-def _causal(
-    series: ModelSeries, store: ActivationStore, checks: CausalChecks, parts: list[StepParts]
-) -> pd.DataFrame:
-    """Steering/ablation along the persona-projected and the full mean shift, and the
-    decision-position persona patch, per RL checkpoint."""
-    results, edits = [], []
-    for part in parts:
-        if part.label == series.base.label:
-            continue
-        for edit in ("persona", "full"):
-            vector = checks.shift_edit(edit, _mean_shift(part))
-            results.append(steer_and_ablate(series, store, part.label, checks.hook, vector, checks.cfg.seed))
-            edits.append(edit)
-        results.append(
-            patch_subspace(
-                series,
-                store,
-                part.label,
-                checks.decision_hook,
-                checks.decision_basis,
-                checks.cfg.seed,
-                at="decision",
-                n_random=checks.cfg.n_random,
-            )
-        )
-        edits.append("persona_choice")
-    table = causal_table(results)
-    return table.assign(edit=edits) if len(table) else table
-
-
-def _with_behaviour(
-    causal: pd.DataFrame, organism: Organism, regime: str, checks: CausalChecks, parts: list[StepParts]
-) -> pd.DataFrame:
-    """Add behaviour columns to the causal table: how far each edit moved the base's
-    behaviour towards the checkpoint's, how far the reverse edit moved the checkpoint's back,
-    and how far a random control moved the base (the mean over ``n_random`` random subspaces
-    for the persona-choice patch; one random vector of the same norm for the mean-shift
-    edits)."""
-    table = organism.behaviour()
-    rows = {int(r.step): r._asdict() for r in table[table["regime"] == regime].itertuples()}
-    shifts = {p.label: _mean_shift(p) for p in parts}
-    generator = torch.Generator().manual_seed(checks.cfg.seed)
-    extra: list[dict[str, float]] = []
-    for r in causal.itertuples():
-        step = int(r.step)
-        if r.edit not in checks.cfg.behaviour_edits:
-            extra.append({})
-            continue
-        if r.edit == "persona_choice":
-            hook, basis = checks.decision_hook, checks.decision_basis
-            steered = patched_behaviour(organism, regime, 0, step, hook, basis)
-            ablated = patched_behaviour(organism, regime, step, 0, hook, basis)
-            controls = [
-                patched_behaviour(
-                    organism,
-                    regime,
-                    0,
-                    step,
-                    hook,
-                    random_basis(basis.shape[0], basis.shape[1], checks.cfg.seed + i),
-                )
-                for i in range(checks.cfg.n_random)
-            ]
-        else:
-            vector = checks.shift_edit(str(r.edit), shifts[r.label])
-            noise = torch.randn(vector.shape, generator=generator)
-            noise = noise / noise.norm() * vector.norm()
-            steered = steered_behaviour(organism, regime, 0, checks.hook, vector)
-            ablated = steered_behaviour(organism, regime, step, checks.hook, -vector)
-            controls = [steered_behaviour(organism, regime, 0, checks.hook, noise)]
-        towards = behaviour_recovery(rows[0], rows[step], steered)
-        back = behaviour_recovery(rows[step], rows[0], ablated)
-        random_towards = sum(behaviour_recovery(rows[0], rows[step], c)["shares"] for c in controls) / len(
-            controls
-        )
-        extra.append(
-            {
-                "behaviour_steering_shares": towards["shares"],
-                "behaviour_steering_reward": towards["reward"],
-                "behaviour_ablation_shares": back["shares"],
-                "behaviour_ablation_reward": back["reward"],
-                "behaviour_random_steering_shares": random_towards,
-            }
-        )
-    return pd.concat([causal.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
-
-
-def _readout(
-    series: ModelSeries,
-    out: Path,
-    hook: str,
-    directions: PersonaDirections,
-    organism: Organism,
-    regime: str,
-    cfg: SelectionConfig,
-) -> pd.DataFrame:
-    """Each checkpoint samples its own answers to the behaviour table's questions (single
-    turns, as the table asked them); the persona readout is the mean projection of its
-    activations at ``hook`` on those answer tokens onto each persona direction, beside the
-    behaviour table's share of that persona."""
-    sampling = SamplingConfig(samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed)
-    questions = PromptSet.from_list([q.prompt for q in organism.eval_questions()])
-    on_policy = harvest_on_policy(
-        series,
-        questions,
-        out / "on_policy",
-        sampling,
-        HarvestConfig(hooks=(hook,), batch_size=cfg.batch_size),
-    )
-    table = organism.behaviour()
-    shares = table[table["regime"] == regime].set_index("step")
-    units = directions.directions[hook].double()
-    rows = []
-    for checkpoint in series:
-        store = on_policy.stores[checkpoint.label]
-        total, n = torch.zeros(len(units), dtype=torch.float64), 0
-        for shard in store.shards(checkpoint.label, hook):
-            total += (shard.double() @ units.T).sum(0)
-            n += len(shard)
-        for persona, value in zip(directions.split.personas, (total / max(n, 1)).tolist(), strict=True):
-            column = f"share_{persona}"
-            share = shares.loc[checkpoint.step, column] if column in shares.columns else float("nan")
-            rows.append(
-                {
-                    "label": checkpoint.label,
-                    "step": checkpoint.step,
-                    "persona": persona,
-                    "readout": value,
-                    "share": float(share),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 HELD_OUT = "held_out"
 """Key of the held-out mask beside the per-hook directions in ``persona_directions.safetensors``."""
 
@@ -502,7 +429,14 @@ def _load(out: Path, labels: tuple[str, ...]) -> SelectionResult:
         decision_hook=str(summary["decision_hook"]),
         latents=pd.read_parquet(out / "persona_latents.parquet"),
         latent_trajectories=pd.read_parquet(out / "persona_latent_trajectories.parquet"),
-        index=NoveltyIndex(pd.read_parquet(out / "index.parquet"), replicates, summary["transition"]),
+        index=NoveltyIndex(
+            pd.read_parquet(out / "index.parquet"),
+            pd.read_parquet(out / "index_layers.parquet"),
+            replicates,
+            summary["transition"],
+        ),
+        explanation=pd.read_parquet(out / "explanation.parquet"),
+        carriers=pd.read_parquet(out / "carriers.parquet"),
         causal=pd.read_parquet(out / "causal.parquet"),
         readout=pd.read_parquet(out / "readout.parquet"),
     )
@@ -524,6 +458,9 @@ def _write(
     write_parquet(out / "persona_latents.parquet", result.latents)
     write_parquet(out / "persona_latent_trajectories.parquet", result.latent_trajectories)
     write_parquet(out / "index.parquet", result.index.table)
+    write_parquet(out / "index_layers.parquet", result.index.layers)
+    write_parquet(out / "explanation.parquet", result.explanation)
+    write_parquet(out / "carriers.parquet", result.carriers)
     replicates = torch.from_numpy(result.index.replicates).float()
     write_safetensors(out / "index_replicates.safetensors", {"replicates": replicates})
     write_parquet(out / "causal.parquet", result.causal)

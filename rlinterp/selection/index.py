@@ -1,249 +1,252 @@
-"""The selection-versus-novelty index: how much of what RL changed can the base model's own
-features express, step by step, with a bootstrap interval and a transition step.
+"""The selection-versus-novelty index: per step and per block, how much of what RL changed the
+base model's own computation cannot express, with an interval over every source of variance
+we can name, a verdict per step that names its block, and the transition.
 
-At one hook, take a dictionary trained on the **base** model (encoder ``E``, decoder ``R``)
-and, on the same tokens, the base activation ``x`` and a checkpoint's ``y``. The change is
-``delta = y - x``. Re-weighting the base's features accounts for ``R(E(y)) - R(E(x))``; what
-they cannot express is the change of the reconstruction error
+**Definition** (``selection.readout`` has it in full, with its failure modes): at each block,
+the *local change* is what the checkpoint's block computes differently from the base's block
+on the same (the checkpoint's) input. It is **selection** when a linear read-out of the base
+block's own computation (its head outputs and neurons on that input) predicts it on held-out
+texts, and **novelty** when the base predicts it no better than a seed control, an unrelated
+computation of the same size. A block's **novelty** is the read-out's held-out residual
+energy over the control's: 0 for a re-weighting of what the base computes (including one
+whose sign depends on the context, so that its mean shift cancels), about 1 for a
+computation the base does not have.
 
-    eps = (y - R(E(y))) - (x - R(E(x))) = delta - (R(E(y)) - R(E(x))).
+**Interval**: each of ``n_bootstrap`` replicates resamples the texts (the same resamples at
+every step and block, so trajectories stay coherent), draws one of the read-out's fold
+partitions (its fit) and one seed of the control. A block reads ``selection`` when the
+interval lies below ``SELECTION_SIDE``, ``novelty`` when it lies above, ``undecided`` when it
+straddles it.
 
-**The index** is the share of the *systematic* change that base features cannot express:
+**Per block**: each component (attention, MLP) is read on its own and the block reads as its
+more novel one, so a re-weighting in the attention does not dilute new computation in the
+MLP (per replicate, so the interval covers the choice). **Per step**: the step's index is
+the largest of its blocks' (per replicate too); the step reads ``novelty`` when a block
+does, ``selection`` when every block does, ``undecided`` otherwise, and ``layer`` names the
+block with the largest novelty. A block whose read-out has nothing to read (no local change) reads 0.
 
-    index = ||mean eps||^2 / ||mean delta||^2   (means over tokens), clipped to [0, 1].
+**Transition** (from selection to novelty): the best single change point of the per-step
+index (two-segment least squares). It is reported only if the segments lie on either side of
+``SELECTION_SIDE`` and the jump between them is at least ``min_jump``, both in the point
+estimate and in ``confidence`` of the replicates; its interval is the percentile range of the
+change point over those replicates, and ``layer`` names the block the transition step's
+novelty comes from. A rise that stays on one side is not a transition (its size is still
+reported as ``jump``).
 
-0 means RL's average push on the representation is a re-weighting of what the base had
-(an amplified or suppressed base feature gives 0), 1 that nothing in the base's dictionary
-expresses it (a direction the dictionary has no latent for gives 1); a checkpoint identical
-to the base has no change and index 0. Means, not per-token energies, because RL updates
-also move every token a little in directions that carry no function: measured on the
-organism's weak regime, a base SAE with 1.7% unexplained variance leaves 50-100% of the
-*per-token* change energy unexplained (the change is as small as the dictionary's own
-resolution), while the mean change is mostly expressed. That per-token share is reported as
-``token_residual_share`` beside the index. ``SELECTION_SIDE`` splits the two readings.
-
-Other components, per step:
-
-- ``fvu_base`` / ``fvu_post`` / ``fvu_drift``: the dictionary's fraction of variance
-  unexplained on each model and its increase;
-- ``persona_share`` (when persona directions are given): the share of the squared norm of
-  the mean shift inside the span of the persona directions, beside ``persona_baseline``,
-  the share a random subspace of the same dimension holds in expectation (``k / d``).
-
-Dictionary-level evidence (births above the noise floor from lineage, RL-exclusive
-crosscoder latents confirmed by latent scaling) has no per-prompt form and is reported
-beside the index rather than averaged into it, so that the interval means what it says.
-
-**Interval**: ``n_bootstrap`` resamples of the prompts (the same resamples at every step,
-so trajectories stay coherent); the percentile interval at ``confidence``.
-
-**Transition** (from selection to novelty): the best single change point in the mean of the
-index trajectory (two-segment least squares). It is reported only if the segments lie on
-either side of ``SELECTION_SIDE`` and the jump between them is at least ``min_jump``, both
-in the point estimate and in ``confidence`` of the bootstrap replicates; its interval is
-the percentile range of the change point over those replicates. A rise that stays on one
-side is not a transition (its size is still reported as ``jump``).
+The dictionary-based share (``selection.explanation``) is the feature-level explanation
+beside it: which latents of a base dictionary carry the change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from ..activations.harvest import ActivationStore
 from ..errors import RlinterpError
 from .config import IndexConfig as IndexConfig
-from .personas import prompt_index
+
+if TYPE_CHECKING:  # the index itself is numpy: reports read its rules without torch
+    from .readout import BlockParts
 
 SELECTION_SIDE = 0.5
-"""An index below this reads as selection (base features express most of the systematic
-change), above it as novelty."""
+"""The boundary: a block (or step) whose interval lies below reads selection, above novelty."""
+Reading = Literal["selection", "novelty", "undecided"]
 
 
-@runtime_checkable
-class Dictionary(Protocol):
-    """What the index needs of a dictionary trained on the base: ``encode`` and ``decode``
-    on ``[token, d]`` (SAELens SAEs, ``TrainedSAE.sae``, have both)."""
-
-    def encode(self, x: Tensor) -> Tensor: ...
-
-    def decode(self, z: Tensor) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class StepParts:
-    """Per-prompt sums of one checkpoint against the base (rows: prompts)."""
-
-    label: str
-    step: int
-    change_sq: Float[Tensor, " prompt"]
-    """Sum over the prompt's tokens of ``||y - x||^2``."""
-    residual_sq: Float[Tensor, " prompt"]
-    """Sum over the prompt's tokens of ``||eps||^2``."""
-    shift: Float[Tensor, "prompt d"]
-    """Sum over the prompt's tokens of ``delta = y - x``."""
-    residual_shift: Float[Tensor, "prompt d"]
-    """Sum over the prompt's tokens of ``eps``."""
-    n_tokens: Float[Tensor, " prompt"]
-    fvu_base: float
-    fvu_post: float
+def reading(lo: float, hi: float) -> Reading:
+    """How a block reads from its novelty interval ``[lo, hi]``: ``novelty`` when all of it
+    lies above ``SELECTION_SIDE``, ``selection`` when all of it lies below, ``undecided``
+    when it straddles it (the point estimate alone would pick a side)."""
+    if lo > SELECTION_SIDE:
+        return "novelty"
+    return "selection" if hi < SELECTION_SIDE else "undecided"
 
 
-@dataclass
-class _Fvu:
-    """Streaming fraction of variance unexplained of one model's activations."""
-
-    error_sq: float = 0.0
-    total_sq: float = 0.0
-    n: int = 0
-    sums: Tensor | None = None
-
-    def add(self, acts: Tensor, error: Tensor) -> None:
-        self.error_sq += float((error**2).sum())
-        self.total_sq += float((acts**2).sum())
-        self.n += len(acts)
-        self.sums = acts.sum(0) if self.sums is None else self.sums + acts.sum(0)
-
-    def value(self) -> float:
-        assert self.sums is not None
-        variance = self.total_sq - float((self.sums**2).sum()) / self.n
-        return self.error_sq / variance if variance > 0 else float("nan")
+def step_reading(blocks: Collection[str]) -> Reading:
+    """How a step reads from its blocks' readings: ``novelty`` when any block does (new
+    computation anywhere is new computation), ``selection`` when every block does,
+    ``undecided`` otherwise."""
+    if "novelty" in blocks:
+        return "novelty"
+    return "selection" if set(blocks) == {"selection"} else "undecided"
 
 
-@torch.no_grad()
-def step_parts(
-    store: ActivationStore, hook: str, dictionary: Dictionary, label: str, base: str | None = None
-) -> StepParts:
-    """Stream ``label`` and the base through ``dictionary`` at ``hook`` (one shard at a
-    time) and sum the index's parts per prompt."""
-    base = base or store.labels[0]
-    prompts = prompt_index(store)
-    n_prompts = int(store.manifest["n_prompts"])
-    width = next(store.shards(base, hook)).shape[1]
-    d_in = getattr(getattr(dictionary, "cfg", None), "d_in", width)
-    if d_in != width:
-        raise RlinterpError(f"the dictionary has d_in {d_in} but {hook} in {store.root} has width {width}")
-    change = torch.zeros(n_prompts, dtype=torch.float64)
-    residual = torch.zeros(n_prompts, dtype=torch.float64)
-    shift = torch.zeros(n_prompts, width, dtype=torch.float64)
-    residual_shift = torch.zeros(n_prompts, width, dtype=torch.float64)
-    counts = torch.zeros(n_prompts, dtype=torch.float64)
-    fvu_base, fvu_post = _Fvu(), _Fvu()
-    offset = 0
-    for x, y in zip(store.shards(base, hook), store.shards(label, hook), strict=True):
-        rows = prompts[offset : offset + len(x)]
-        offset += len(x)
-        x64, y64 = x.double(), y.double()
-        error_x = x64 - _reconstruct(dictionary, x)
-        error_y = y64 - _reconstruct(dictionary, y)
-        delta, eps = y64 - x64, error_y - error_x
-        change.index_add_(0, rows, (delta**2).sum(-1))
-        residual.index_add_(0, rows, (eps**2).sum(-1))
-        shift.index_add_(0, rows, delta)
-        residual_shift.index_add_(0, rows, eps)
-        counts.index_add_(0, rows, torch.ones(len(x), dtype=torch.float64))
-        fvu_base.add(x64, error_x)
-        fvu_post.add(y64, error_y)
-    step = next(int(c["step"]) for c in store.manifest["checkpoints"] if c["label"] == label)
-    return StepParts(
-        label, step, change, residual, shift, residual_shift, counts, fvu_base.value(), fvu_post.value()
-    )
-
-
-def _reconstruct(dictionary: Dictionary, x: Tensor) -> Tensor:
-    device = getattr(dictionary, "device", x.device)
-    return dictionary.decode(dictionary.encode(x.to(device))).double().cpu()
-
-
-def _share(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` elementwise, 0 where there is no change (``den == 0``), clipped to [0, 1]."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
-    return np.asarray(np.clip(share, 0.0, 1.0))
-
-
-def _systematic_share(weights: np.ndarray, part: StepParts) -> np.ndarray:
-    """The index for prompt weights ``[..., prompt]`` (ones: the point estimate; bootstrap
-    counts: a replicate): ``||sum_p w_p eps_p||^2 / ||sum_p w_p delta_p||^2``."""
-    residual = weights @ part.residual_shift.numpy()
-    shift = weights @ part.shift.numpy()
-    return _share(np.asarray((residual**2).sum(-1)), np.asarray((shift**2).sum(-1)))
+LAYER_COLUMNS = (
+    "label",
+    "step",
+    "layer",
+    "hook",
+    "novelty",
+    "novelty_lo",
+    "novelty_hi",
+    "side",
+    "component",
+    "novelty_attn",
+    "novelty_mlp",
+    "unexplained_base",
+    "unexplained_control",
+    "local_share",
+    "local_rms",
+    "change_rms",
+    "n_tokens",
+)
+"""``NoveltyIndex.layers``: per (step, block), the block's novelty (its more novel
+component's, named in ``component``) with interval and side; each component's novelty
+(``novelty_attn``, ``novelty_mlp``); the named component's held-out unexplained shares of its
+local change (base, control mean); ``local_share`` (the block's local change's energy,
+both components, over the whole change's at its output), ``local_rms`` and ``change_rms``
+(per token)."""
 
 
 @dataclass(frozen=True)
 class NoveltyIndex:
-    """The index per step with its interval and components, and the transition."""
+    """The index per step and per block with intervals, and the transition."""
 
     table: pd.DataFrame
-    """One row per step: ``label, step, index, index_lo, index_hi, side`` (selection or
-    novelty), ``token_residual_share, fvu_base, fvu_post, fvu_drift, mean_shift_norm,
-    persona_share, persona_baseline,
-    n_tokens`` (persona columns NaN without persona directions)."""
+    """One row per step: ``label, step, index, index_lo, index_hi, side`` (selection,
+    novelty or undecided), ``layer`` and ``hook`` (the block with the largest novelty)."""
+    layers: pd.DataFrame
+    """One row per (step, block): ``LAYER_COLUMNS``."""
     replicates: np.ndarray
-    """``[n_bootstrap, step]`` bootstrap replicates of the index."""
+    """``[n_bootstrap, step]`` replicates of the per-step index."""
     transition: dict[str, Any]
-    """``found`` (bool), ``step``, ``step_lo``, ``step_hi``, ``jump``, ``support`` (share of
-    replicates that cross from selection to novelty), ``before``/``after`` segment means."""
+    """``found`` (bool), ``step``, ``step_lo``, ``step_hi``, ``layer``, ``jump``, ``support``
+    (share of replicates that cross from selection to novelty), ``before``/``after``
+    segment means."""
 
 
-def novelty_index(
-    parts: Sequence[StepParts],
-    cfg: IndexConfig | None = None,
-    persona_basis: Float[Tensor, "d k"] | None = None,
-) -> NoveltyIndex:
-    """Combine per-step parts (ascending steps, typically with the base itself first) into
-    the index, its bootstrap interval and the transition (see the module docstring)."""
+def novelty_index(parts: Sequence[BlockParts], cfg: IndexConfig | None = None) -> NoveltyIndex:
+    """Combine the read-out's per-block parts (every step at every block; typically with the
+    base itself as step 0) into the index, its intervals, the verdicts and the transition
+    (see the module docstring)."""
     cfg = cfg or IndexConfig()
     if not parts:
         raise RlinterpError("the novelty index needs at least one checkpoint")
-    parts = sorted(parts, key=lambda p: p.step)
-    n_prompts = len(parts[0].shift)
+    steps = sorted({p.step for p in parts})
+    blocks = sorted({p.layer for p in parts})
+    components = sorted({p.component for p in parts})
+    by_key = {(p.step, p.layer, p.component): p for p in parts}
+    missing = [(s, b, c) for s in steps for b in blocks for c in components if (s, b, c) not in by_key]
+    if missing:
+        raise RlinterpError(
+            f"the read-out lacks (step, layer, component) {missing[:3]}; every step needs every block"
+        )
+    first = parts[0]
+    n_prompts = first.local_sq.shape[0]
+    n_controls, n_repeats = first.control_residual.shape[:2]
     rng = np.random.default_rng(cfg.seed)
-    counts = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=cfg.n_bootstrap).astype(float)
-    replicates = np.stack([_systematic_share(counts, p) for p in parts], axis=1)  # [replicate, step]
-    point = np.array([float(_systematic_share(np.ones(n_prompts), p)) for p in parts])
+    draw = Draws(
+        rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=cfg.n_bootstrap).astype(float),
+        rng.integers(n_repeats, size=cfg.n_bootstrap),
+        rng.integers(n_controls, size=cfg.n_bootstrap),
+    )
     tail = (1 - cfg.confidence) / 2
-    lo, hi = np.quantile(replicates, [tail, 1 - tail], axis=0)
-    rows = []
-    for i, p in enumerate(parts):
-        n_tokens = float(p.n_tokens.sum())
-        mean_shift = (p.shift.sum(0) / max(n_tokens, 1.0)).float()
-        share, baseline = _persona_share(mean_shift, persona_basis)
-        rows.append(
+    rows, per_block = [], np.zeros((cfg.n_bootstrap, len(steps), len(blocks)))
+    point = np.zeros((len(steps), len(blocks)))
+    for i, step in enumerate(steps):
+        for j, block in enumerate(blocks):
+            own = [by_key[(step, block, c)] for c in components]
+            each = np.stack([_novelty_replicates(part, draw, cfg.min_control) for part in own])
+            points = np.array([_novelty_point(part, cfg.min_control) for part in own])
+            per_block[:, i, j] = each.max(axis=0)  # a block is as novel as its more novel component
+            point[i, j] = points.max()
+            lo, hi = np.quantile(per_block[:, i, j], [tail, 1 - tail])
+            rows.append(_layer_row(own, points, float(lo), float(hi)))
+    layers = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
+    replicates = per_block.max(axis=2)
+    named = point.argmax(axis=1)
+    labels = {p.step: p.label for p in parts}
+    table = []
+    for i, step in enumerate(steps):
+        block_sides = layers.loc[layers["step"] == step, "side"]
+        lo, hi = np.quantile(replicates[:, i], [tail, 1 - tail])
+        table.append(
             {
-                "label": p.label,
-                "step": p.step,
-                "index": float(point[i]),
-                "index_lo": float(lo[i]),
-                "index_hi": float(hi[i]),
-                "side": "selection" if point[i] < SELECTION_SIDE else "novelty",
-                "token_residual_share": float(_share(p.residual_sq.sum().numpy(), p.change_sq.sum().numpy())),
-                "fvu_base": p.fvu_base,
-                "fvu_post": p.fvu_post,
-                "fvu_drift": p.fvu_post - p.fvu_base,
-                "mean_shift_norm": float(mean_shift.norm()),
-                "persona_share": share,
-                "persona_baseline": baseline,
-                "n_tokens": int(n_tokens),
+                "label": labels[step],
+                "step": step,
+                "index": float(point[i].max()),
+                "index_lo": float(lo),
+                "index_hi": float(hi),
+                "side": step_reading(set(block_sides)),
+                "layer": blocks[int(named[i])],
+                "hook": _hook(blocks[int(named[i])]),
             }
         )
-    steps = [p.step for p in parts]
-    return NoveltyIndex(pd.DataFrame(rows), replicates, change_point(point, replicates, steps, cfg))
+    transition = change_point(point.max(axis=1), replicates, steps, cfg)
+    layer = None if transition["step"] is None else blocks[int(named[steps.index(transition["step"])])]
+    return NoveltyIndex(pd.DataFrame(table), layers, replicates, {**transition, "layer": layer})
 
 
-def _persona_share(shift: Tensor, basis: Tensor | None) -> tuple[float, float]:
-    if basis is None:
-        return float("nan"), float("nan")
-    total = float((shift.double() ** 2).sum())
-    inside = float(((basis.double().T @ shift.double()) ** 2).sum())
-    return (inside / total if total > 0 else 0.0), basis.shape[1] / basis.shape[0]
+def _hook(layer: int) -> str:
+    return f"blocks.{layer}"
+
+
+@dataclass(frozen=True)
+class Draws:
+    """What each bootstrap replicate draws."""
+
+    counts: np.ndarray
+    """``[replicate, prompt]`` multinomial weights of the texts."""
+    repeat: np.ndarray
+    """``[replicate]`` fold partition of the read-out."""
+    control: np.ndarray
+    """``[replicate]`` seed of the control."""
+
+
+def _ratio(base: np.ndarray, control: np.ndarray, local: np.ndarray, floor: float) -> np.ndarray:
+    """``base / max(control, floor * local)``, 0 where nothing changed, clipped to [0, 1]."""
+    den = np.maximum(control, floor * local)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(den > 0, base / np.where(den > 0, den, 1), 0.0)
+    return np.asarray(np.clip(ratio, 0.0, 1.0))
+
+
+def _novelty_replicates(part: BlockParts, draw: Draws, floor: float) -> np.ndarray:
+    base = part.base_residual.numpy()  # [repeat, prompt]
+    control = part.control_residual.numpy()  # [control, repeat, prompt]
+    w = draw.counts
+    return _ratio(
+        (w * base[draw.repeat]).sum(1),
+        (w * control[draw.control, draw.repeat]).sum(1),
+        w @ part.local_sq.numpy(),
+        floor,
+    )
+
+
+def _novelty_point(part: BlockParts, floor: float) -> float:
+    base = float(part.base_residual.sum(1).mean())
+    control = float(part.control_residual.sum(2).mean())
+    return float(_ratio(np.array(base), np.array(control), np.array(float(part.local_sq.sum())), floor))
+
+
+def _layer_row(parts: list[BlockParts], points: np.ndarray, lo: float, hi: float) -> dict[str, Any]:
+    named = parts[int(points.argmax())]
+    local = sum(float(p.local_sq.sum()) for p in parts)
+    own = float(named.local_sq.sum())
+    change, n = (float(x.sum()) for x in (named.change_sq, named.n_tokens))
+    novelty = float(points.max())
+    return {
+        "label": named.label,
+        "step": named.step,
+        "layer": named.layer,
+        "hook": _hook(named.layer),
+        "novelty": novelty,
+        "novelty_lo": lo,
+        "novelty_hi": hi,
+        "side": reading(lo, hi),
+        "component": named.component,
+        **{f"novelty_{p.component}": float(v) for p, v in zip(parts, points, strict=True)},
+        "unexplained_base": float(named.base_residual.sum(1).mean()) / own if own > 0 else 0.0,
+        "unexplained_control": float(named.control_residual.sum(2).mean()) / own if own > 0 else 0.0,
+        "local_share": local / change if change > 0 else 0.0,
+        "local_rms": (local / n) ** 0.5 if n > 0 else 0.0,
+        "change_rms": (change / n) ** 0.5 if n > 0 else 0.0,
+        "n_tokens": int(n),
+    }
 
 
 def _best_split(values: np.ndarray) -> tuple[int, float]:

@@ -72,7 +72,16 @@ from ..models.series import ModelSeries
 from .config import SOURCES as SOURCES
 from .config import SourceName as SourceName
 from .config import TrackConfig as TrackConfig
-from .lineage import CLASSES, INACTIVE_FREQUENCY, LINEAGE_COLUMNS, MOVED_BELOW, class_counts, lineage_table
+from .lineage import (
+    CLASSES,
+    INACTIVE_FREQUENCY,
+    LINEAGE_COLUMNS,
+    MOVED_BELOW,
+    birth_support,
+    class_counts,
+    lineage_table,
+    nearest_cosines,
+)
 from .result import CONTROL_COLUMNS, MATCH_COLUMNS, SCHEMA, TABLES, TrackResult
 from .trajectories import TokenSource, TrackedDictionary, compute_trajectories
 
@@ -155,7 +164,10 @@ def run_track(
     for source in per_source:
         own = table[table["source"] == source.name]
         evidence = _or_none(discount_self_moves(source.stagewise))
-        tables.append(lineage_table(own, evidence, source.matches or None))
+        support = {source.name: source.support}
+        tables.append(
+            lineage_table(own, evidence, source.matches or None, None, support, source.born_frequency)
+        )
         itself = lineage_table(_self_trajectories(own, series), _or_none(source.self_stagewise))
         controls.append(_controls(source, itself))
     result = TrackResult(
@@ -163,7 +175,10 @@ def run_track(
         trajectory_fit=trajectories.fit,
         logit_tokens=trajectories.tokens,
         contexts=trajectories.contexts,
-        stagewise=_concat([t.stagewise for t in per_source], [*STAGEWISE_COLUMNS, "self_dec_cos_base"]),
+        stagewise=_concat(
+            [t.stagewise for t in per_source],
+            [*STAGEWISE_COLUMNS, "self_dec_cos_base", "dec_cos_nearest_base"],
+        ),
         stagewise_fit=_concat([t.stagewise_fit for t in per_source], STAGE_FIT_COLUMNS),
         matches=_concat([_match_rows(t, series) for t in per_source], MATCH_COLUMNS),
         lineage=_concat(tables, list(LINEAGE_COLUMNS)),
@@ -188,6 +203,10 @@ class _SourceTables:
     (same tokens, seed and budget: only the model differs)."""
     seed: DictionaryMatch | None
     """The base's independent SAE matched with one of another seed (chance alone)."""
+    support: float
+    """The firing frequency a birth must exceed: the seed control's (``lineage.birth_support``)."""
+    born_frequency: dict[int, np.ndarray]
+    """Step -> firing frequency of each latent of the step's independent SAE."""
     self_stagewise: pd.DataFrame
     self_fit: pd.DataFrame
 
@@ -205,7 +224,7 @@ def _dictionary_tables(
     SAE config to fine-tune or retrain: empty."""
     if tracked.method != "sae":
         empty = pd.DataFrame()
-        return _SourceTables(source.name, empty, empty, {}, {}, None, empty, empty)
+        return _SourceTables(source.name, empty, empty, {}, {}, None, 0.0, {}, empty, empty)
     base, stages = _stages(source, series)
     name = source.name
     stagewise = fine_tune(tracked.path, base, stages, out / "stagewise" / name, name, cfg.stagewise)
@@ -230,9 +249,24 @@ def _dictionary_tables(
     decoder = tracked.decoder()
     frequency = trajectories.pivot(index="latent", columns="step", values="frequency")
     beside = itself.table.set_index(["step", "latent"])["dec_cos_base"].rename("self_dec_cos_base")
+    nearest = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "step": step.step,
+                    "latent": range(len(decoder)),
+                    "dec_cos_nearest_base": nearest_cosines(
+                        TrainedSAE.load(stagewise.paths[step.label]).sae.W_dec.detach(), decoder
+                    ),
+                }
+            )
+            for step in stages
+        ]
+    ).set_index(["step", "latent"])
+    seed_match = _match(own[base.step].decoder, own[base.step].alive, other)
     return _SourceTables(
         name,
-        stagewise=stagewise.table.join(beside, on=["step", "latent"]),
+        stagewise=stagewise.table.join(beside, on=["step", "latent"]).join(nearest, on=["step", "latent"]),
         stagewise_fit=stagewise.fit,
         # A tracked latent takes part when it fires on the base's tokens or the step's.
         matches={
@@ -240,7 +274,9 @@ def _dictionary_tables(
             for step, sae in own.items()
         },
         novelty={step: _match(sae.decoder, sae.alive, own[step]) for step, sae in base_on.items()},
-        seed=_match(own[base.step].decoder, own[base.step].alive, other),
+        seed=seed_match,
+        support=birth_support(seed_match, other.frequency),
+        born_frequency={step: sae.frequency for step, sae in own.items()},
         self_stagewise=itself.table,
         self_fit=itself.fit,
     )
@@ -253,6 +289,8 @@ class _Independent(NamedTuple):
     """``W_dec``, one row per latent."""
     alive: torch.Tensor
     """Which latents fire (``lineage.INACTIVE_FREQUENCY`` or more) on its training tokens."""
+    frequency: np.ndarray
+    """How often each latent fires on its training tokens."""
 
 
 def _fires(frequency: np.ndarray) -> torch.Tensor:
@@ -461,5 +499,5 @@ def _independent(
         sae = TrainedSAE.load(out).sae
     else:
         sae = train_sae(stage.store, stage.trained_on, tracked.hook, out, train_cfg).sae
-    frequency = latent_activity(sae, stage.store, stage.trained_on, tracked.hook)["frequency"]
-    return _Independent(sae.W_dec.detach(), _fires(frequency))
+    frequency = np.asarray(latent_activity(sae, stage.store, stage.trained_on, tracked.hook)["frequency"])
+    return _Independent(sae.W_dec.detach(), _fires(frequency), frequency)

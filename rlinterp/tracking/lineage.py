@@ -8,7 +8,13 @@ latent) and a ``class`` from one vocabulary:
   zeros included) up by at least ``AMPLIFIED_ABOVE`` / down to at most ``SUPPRESSED_BELOW``
   of the base's, while still firing;
 - ``rotated``: the decoder moved (cosine to the base decoder below ``MOVED_BELOW``) and the
-  latent's activity changed too: a drifting feature;
+  latent's activity changed too, towards a direction the base dictionary has (another
+  latent's): a drifting feature;
+- ``new_direction``: the decoder moved to a direction no latent of the base dictionary has
+  (its best cosine with any base decoder row, ``dec_cos_nearest_base``, below
+  ``MOVED_BELOW``): the dictionary had to grow a direction to follow the checkpoint. Needs
+  the stage-wise table's ``dec_cos_nearest_base``; without it such a latent reads rotated or
+  repurposed as before;
 - ``repurposed``: the decoder moved while the activity stayed in the stable band: the latent
   still fires as often and as strongly (on what it fired on before, as far as frequency can
   tell) but writes somewhere else — the signature of a rewired computation. A crosscoder
@@ -18,7 +24,12 @@ latent) and a ``class`` from one vocabulary:
   "inactive" is a frequency under ``INACTIVE_FREQUENCY``; a frequency or activity ratio
   beyond ``BORN_ABOVE`` / under ``DIED_BELOW`` counts too (a latent doing 20 times less
   has died, not been suppressed: a TopK dictionary fills every token's k slots, so a latent
-  whose feature is gone still fires, weakly, on some tokens);
+  whose feature is gone still fires, weakly, on some tokens). A birth also needs
+  **support**: it must fire on a larger share of the step's tokens than ``support`` (given
+  per source: the seed control's floor, the most often any latent born by chance fires,
+  ``birth_support``). A base latent that wakes up on fewer tokens is a base direction
+  amplified from dormancy (``amplified``), not a new feature: amplifying a direction the
+  base writes makes a barely-firing latent of that direction fire on a few more tokens;
 - ``split`` / ``merged``: one base latent is explained by several latents of the step's own
   dictionary / several base latents by one (``matching``);
 - ``inactive``: fires neither in the base nor at the step (no evidence either way).
@@ -38,11 +49,13 @@ Two kinds of evidence, one row each (column ``evidence``):
   step (``matches[step]``, ``a`` = the base dictionary whose latents the trajectories
   follow). Matched base latents are stable, unmatched ones died, linked ones split or
   merged, and each unmatched, unlinked latent of the step's dictionary is a born row with
-  ``latent`` missing and ``partner`` naming it; latents the match left out as never firing
-  (``alive_a``) are inactive. Independent dictionaries disagree by chance: compare the born
-  and died counts with the seed control (``above_noise_floor``). Measured on the planted
-  GPT-2 (32-latent TopK SAEs, 200k tokens): two seeds of the base SAE leave 7 to 8 latents
-  of 32 born by chance, so small toy dictionaries give a high floor.
+  ``latent`` missing and ``partner`` naming it (``inactive`` instead when
+  ``partner_frequency`` says it fires no more often than ``support``); latents the match
+  left out as never firing (``alive_a``) are inactive. Independent dictionaries disagree by
+  chance: compare the born and died counts with the seed control (``above_noise_floor``).
+  Measured on the planted GPT-2 (32-latent TopK SAEs, 200k tokens): two seeds of the base
+  SAE leave 7 to 8 latents of 32 born by chance, so small toy dictionaries give a high
+  floor.
 
 Every threshold is a field of ``LineageThresholds`` whose default is a module constant, and
 every class is reported beside its evidence columns (``LINEAGE_COLUMNS``). Controls
@@ -63,7 +76,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import poisson
+from torch import Tensor
 
 from ..dictionaries.matching import DictionaryMatch
 from ..errors import RlinterpError
@@ -99,6 +114,7 @@ CLASSES = (
     "suppressed",
     "rotated",
     "repurposed",
+    "new_direction",
     "born",
     "died",
     "split",
@@ -132,8 +148,8 @@ TRAJECTORY_COLUMNS = (
 """What ``lineage_table`` needs of the trajectories: one row per (source, step, latent); step 0 is
 the base; ``mean_activation`` is the mean over the tokens where the latent fires."""
 STAGEWISE_COLUMNS = ("step", "latent", "dec_cos_base", "dec_cos_prev", "enc_cos_base", "enc_cos_prev")
-"""What ``lineage_table`` needs of a stage-wise table (optionally also ``source``, ``frequency`` and
-``mean_activation``)."""
+"""What ``lineage_table`` needs of a stage-wise table (optionally also ``source``, ``frequency``,
+``mean_activation`` and ``dec_cos_nearest_base``)."""
 LINEAGE_COLUMNS = (
     "evidence",
     "source",
@@ -151,7 +167,10 @@ LINEAGE_COLUMNS = (
     "enc_cos_base",
     "stage_frequency_ratio",
     "stage_activity_ratio",
+    "dec_cos_nearest_base",
+    "support",
     "partner",
+    "partner_frequency",
     "partner_cosine",
     "nearest_cosine",
     "linked",
@@ -160,12 +179,14 @@ LINEAGE_COLUMNS = (
 dictionary's evidence: ``base_frequency``, ``frequency`` (at the step), ``frequency_ratio``,
 ``activation_ratio`` (mean activation when firing), ``activity_ratio`` (their product: mean
 activation per token); stage-wise evidence (NaN without it): ``dec_cos_base``,
-``dec_cos_prev``, ``enc_cos_base`` and the fine-tuned dictionary's ``stage_frequency_ratio``
-and ``stage_activity_ratio`` (against the base dictionary on the base); matching evidence
-(``matched`` rows only): ``partner`` (the step dictionary's latent: the one-to-one partner,
-or the born latent itself), ``partner_cosine``, ``nearest_cosine`` (an unmatched latent's
-best cosine with any latent of the other side), ``linked`` (the other side's latents of a
-split or merge, space-separated)."""
+``dec_cos_prev``, ``enc_cos_base``, the fine-tuned dictionary's ``stage_frequency_ratio``
+and ``stage_activity_ratio`` (against the base dictionary on the base) and
+``dec_cos_nearest_base``; ``support``: the firing frequency a birth had to exceed; matching
+evidence (``matched`` rows only): ``partner`` (the step dictionary's latent: the one-to-one
+partner, or the born latent itself), ``partner_frequency`` (a born latent's firing frequency
+on the step's tokens, when given), ``partner_cosine``, ``nearest_cosine`` (an unmatched
+latent's best cosine with any latent of the other side), ``linked`` (the other side's latents
+of a split or merge, space-separated)."""
 
 
 @dataclass(frozen=True)
@@ -202,23 +223,43 @@ def lineage_table(
     stagewise: pd.DataFrame | None = None,
     matches: Mapping[int, DictionaryMatch] | None = None,
     thresholds: LineageThresholds | None = None,
+    support: float | Mapping[str, float] | None = None,
+    born_frequency: Mapping[int, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The lineage table (``LINEAGE_COLUMNS``; see the module docstring): ``tracked`` rows
     for every (source, step, latent) of ``trajectories``, then ``matched`` rows for every
-    step of ``matches`` and every source."""
+    step of ``matches`` and every source. ``support``: the firing frequency a birth must
+    exceed (one for every source, or per source; None: ``thresholds.inactive_frequency``, so
+    any active latent may be born). ``born_frequency[step]``: the firing frequency of every
+    latent of the step's own dictionary (of ``matches[step]``), for its births' support."""
     t = thresholds or LineageThresholds()
     tracked = _with_stagewise(_activity(trajectories), stagewise)
+    tracked["support"] = _support(tracked["source"], support, t)
     tracked["class"] = _tracked_classes(tracked, t)
     tracked["evidence"] = "tracked"
     parts = [tracked]
     for step, match in sorted((matches or {}).items()):
-        parts.append(_matched_rows(tracked, int(step), match))
+        frequency = None if born_frequency is None else born_frequency.get(step)
+        parts.append(_matched_rows(tracked, int(step), match, frequency))
     table = pd.concat(parts, ignore_index=True)
     for column in LINEAGE_COLUMNS:
         if column not in table:
             table[column] = None if column == "linked" else np.nan
     table = table.astype({"latent": "Int64", "partner": "Int64", "linked": "object"})
     return table[list(LINEAGE_COLUMNS)]
+
+
+def _support(
+    sources: pd.Series, support: float | Mapping[str, float] | None, t: LineageThresholds
+) -> pd.Series:
+    """Per row, the firing frequency a birth must exceed (never below ``inactive_frequency``)."""
+    if support is None or isinstance(support, (int, float)):
+        value = t.inactive_frequency if support is None else float(support)
+        return pd.Series(max(value, t.inactive_frequency), index=sources.index)
+    missing = sorted(set(sources) - set(support))
+    if missing:
+        raise RlinterpError(f"birth support is given for sources {sorted(support)}, not for {missing}")
+    return sources.map(lambda s: max(float(support[s]), t.inactive_frequency)).astype(float)
 
 
 def _activity(trajectories: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +302,10 @@ def _with_stagewise(tracked: pd.DataFrame, stagewise: pd.DataFrame | None) -> pd
     stage_activity = ["stage_frequency", "stage_frequency_ratio", "stage_activity_ratio"]
     if stagewise is None:
         return tracked.assign(
-            **dict.fromkeys(["dec_cos_base", "dec_cos_prev", "enc_cos_base", *stage_activity], np.nan)
+            **dict.fromkeys(
+                ["dec_cos_base", "dec_cos_prev", "enc_cos_base", "dec_cos_nearest_base", *stage_activity],
+                np.nan,
+            )
         )
     missing = [c for c in STAGEWISE_COLUMNS if c not in stagewise.columns]
     if missing:
@@ -272,6 +316,8 @@ def _with_stagewise(tracked: pd.DataFrame, stagewise: pd.DataFrame | None) -> pd
     if stagewise.duplicated(keys).any():
         raise RlinterpError(f"the stage-wise table holds more than one row for some {tuple(keys)}")
     columns = ["dec_cos_base", "dec_cos_prev", "enc_cos_base"]
+    if "dec_cos_nearest_base" in stagewise.columns:
+        columns.append("dec_cos_nearest_base")
     has_activity = {"frequency", "mean_activation"} <= set(stagewise.columns)
     stage = stagewise.set_index(keys)
     if has_activity:
@@ -288,17 +334,27 @@ def _with_stagewise(tracked: pd.DataFrame, stagewise: pd.DataFrame | None) -> pd
             )
     else:
         joined = joined.assign(**dict.fromkeys(stage_activity, np.nan))
+    if "dec_cos_nearest_base" not in joined:
+        joined["dec_cos_nearest_base"] = np.nan
     return joined
 
 
 def _tracked_classes(frame: pd.DataFrame, t: LineageThresholds) -> np.ndarray:
     base_active = frame["base_frequency"].to_numpy() >= t.inactive_frequency
     step_active = frame["frequency"].to_numpy() >= t.inactive_frequency
+    support = frame["support"].to_numpy()
+    supported = frame["frequency"].to_numpy() > support
     freq_ratio = frame["frequency_ratio"].to_numpy()
-    activity = _activity_classes(base_active, step_active, freq_ratio, frame["activity_ratio"].to_numpy(), t)
+    activity = _activity_classes(
+        base_active, step_active, supported, freq_ratio, frame["activity_ratio"].to_numpy(), t
+    )
     moved = frame["dec_cos_base"].to_numpy() < t.moved_below  # NaN (no stage-wise row) is False
+    new_direction = frame["dec_cos_nearest_base"].to_numpy() < t.moved_below
     stage_known = frame["stage_frequency"].notna().to_numpy()
     stage_active = np.where(stage_known, frame["stage_frequency"].to_numpy() >= t.inactive_frequency, True)
+    # A moved latent that was silent in the base is a birth only with support at the step
+    # (the fine-tuned dictionary's frequency when known): else its move is noise.
+    stage_supported = np.where(stage_known, frame["stage_frequency"].to_numpy() > support, supported)
     # Whether the activity stayed in the stable band: the fine-tuned dictionary's when known.
     ratio_f = np.where(stage_known, frame["stage_frequency_ratio"].to_numpy(), freq_ratio)
     ratio_a = np.where(
@@ -311,13 +367,17 @@ def _tracked_classes(frame: pd.DataFrame, t: LineageThresholds) -> np.ndarray:
             & (ratio_a > t.suppressed_below)
             & (ratio_a < t.amplified_above)
         )
-    moved_class = np.select([~base_active, unchanged], ["born", "repurposed"], "rotated")
-    return np.where(moved & stage_active, moved_class, activity)
+    moved_class = np.select(
+        [~base_active, new_direction, unchanged], ["born", "new_direction", "repurposed"], "rotated"
+    )
+    counts = moved & stage_active & (base_active | stage_supported)
+    return np.where(counts, moved_class, activity)
 
 
 def _activity_classes(
     base_active: np.ndarray,
     step_active: np.ndarray,
+    supported: np.ndarray,
     freq_ratio: np.ndarray,
     activity_ratio: np.ndarray,
     t: LineageThresholds,
@@ -326,7 +386,7 @@ def _activity_classes(
         conditions = [
             ~base_active & ~step_active,
             base_active & (~step_active | (freq_ratio < t.died_below) | (activity_ratio < t.died_below)),
-            step_active & (~base_active | (freq_ratio > t.born_above) | (activity_ratio > t.born_above)),
+            supported & (~base_active | (freq_ratio > t.born_above) | (activity_ratio > t.born_above)),
             activity_ratio >= t.amplified_above,
             activity_ratio <= t.suppressed_below,
         ]
@@ -374,11 +434,23 @@ def match_classes(match: DictionaryMatch) -> pd.DataFrame:
     return frame.astype({"latent": "Int64", "partner": "Int64"})
 
 
-def _matched_rows(tracked: pd.DataFrame, step: int, match: DictionaryMatch) -> pd.DataFrame:
+def _matched_rows(
+    tracked: pd.DataFrame, step: int, match: DictionaryMatch, frequency: np.ndarray | None = None
+) -> pd.DataFrame:
     at_step = tracked[tracked["step"] == step]
     if at_step.empty:
         raise RlinterpError(f"matches are given for step {step}, which the trajectories do not have")
     classes = match_classes(match)
+    born = classes["class"] == "born"
+    if frequency is not None:
+        if len(frequency) != match.n_b:
+            raise RlinterpError(
+                f"born_frequency at step {step} has {len(frequency)} values for a dictionary of "
+                f"{match.n_b} latents"
+            )
+        classes["partner_frequency"] = np.nan
+        partners = classes.loc[born, "partner"].astype(int).to_numpy()
+        classes.loc[born, "partner_frequency"] = np.asarray(frequency, dtype=float)[partners]
     evidence = [
         "label",
         "base_frequency",
@@ -398,6 +470,10 @@ def _matched_rows(tracked: pd.DataFrame, step: int, match: DictionaryMatch) -> p
             )
         joined = classes.join(rows.set_index("latent")[evidence], on="latent")
         joined["label"] = rows["label"].iloc[0]
+        joined["support"] = float(rows["support"].iloc[0])
+        if frequency is not None:  # a birth firing no more often than chance births is no birth
+            unsupported = born & ~(joined["partner_frequency"] > joined["support"])
+            joined.loc[unsupported, "class"] = "inactive"
         parts.append(joined.assign(evidence="matched", source=source, step=step))
     return pd.concat(parts, ignore_index=True)
 
@@ -438,6 +514,23 @@ def above_noise_floor(
     rate = max(float(np.mean(counts)), MIN_CHANCE_RATE)
     p_value = float(poisson.sf(observed - 1, rate))
     return NoiseVerdict(observed=observed, chance_rate=rate, p_value=p_value, above=p_value < alpha)
+
+
+def birth_support(seed: DictionaryMatch, frequency: np.ndarray) -> float:
+    """The seed control's floor for births: the largest firing frequency (on its training
+    tokens) of a latent that the match of two seeds of one model's dictionary left born, 0
+    when chance gave no birth. ``frequency``: the firing frequency of each latent of the
+    match's second (``b``) dictionary."""
+    born = np.asarray(seed.born, dtype=int)
+    return float(np.max(np.asarray(frequency, dtype=float)[born])) if len(born) else 0.0
+
+
+def nearest_cosines(decoder: Tensor, base_decoder: Tensor) -> np.ndarray:
+    """Per row of ``decoder``, its largest absolute cosine with any row of ``base_decoder``
+    (the stage-wise ``dec_cos_nearest_base``)."""
+    a = torch.nn.functional.normalize(decoder.double(), dim=-1)
+    b = torch.nn.functional.normalize(base_decoder.double(), dim=-1)
+    return (a @ b.T).abs().max(dim=1).values.numpy()
 
 
 def thresholds_record(thresholds: LineageThresholds | None = None) -> dict[str, float]:

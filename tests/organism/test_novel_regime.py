@@ -21,7 +21,9 @@ from rlinterp.organism.planted import (
     planted_labels,
     probe_feature,
 )
-from rlinterp.selection.index import SELECTION_SIDE, novelty_index, step_parts
+from rlinterp.selection.explanation import dictionary_share, step_parts
+from rlinterp.selection.index import SELECTION_SIDE, IndexConfig, novelty_index
+from rlinterp.selection.readout import readout_parts
 
 from ..conftest import make_micro_config, weights_of
 
@@ -154,6 +156,10 @@ def test_index_reads_the_last_step_as_novelty(novel_organism, tmp_path):
         HarvestConfig(hooks=(hook,), response_only=True),
     )
     base = torch.cat(list(store.shards(store.labels[0], hook)))
-    index = novelty_index([step_parts(store, hook, Pca(base), label) for label in store.labels]).table
-    assert index["index"].iloc[0] == 0
-    assert index["index"].iloc[-1] > SELECTION_SIDE
+    explained = dictionary_share([[step_parts(store, hook, Pca(base), label) for label in store.labels]])
+    assert explained["dictionary_share"].iloc[0] == 0
+    assert explained["dictionary_share"].iloc[-1] > SELECTION_SIDE
+    index = novelty_index(readout_parts(series, store), IndexConfig(n_bootstrap=100))
+    assert index.table["index"].iloc[0] == 0
+    last = index.table.iloc[-1]
+    assert last["side"] == "novelty" and last["layer"] == 0 and last["index_lo"] > SELECTION_SIDE

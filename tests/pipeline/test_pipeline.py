@@ -382,7 +382,9 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     """The fingerprints a run directory recorded before harvest and dictionaries became
     their commands' configs, and before the stages' sections were fields of ``RunConfig``,
     still match (under the dictionary recipe it was trained with, the legacy one), and the
-    old TOML spelling of every block loads."""
+    old TOML spelling of every block loads. The selection section's does not: its stage
+    reads every block now (a read-out and dictionary seeds), so an index of the old
+    definition is never taken for the new one."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -394,11 +396,19 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     recipe = {"dictionaries": {"recipe": "legacy"}, "selection": {"dictionary_config": {"recipe": "legacy"}}}
     legacy = config_from_dict(recipe)
     now = fingerprint(legacy)
-    assert {name: now[name] for name in old} == old  # sections added since (readings) simply run
+    kept = {k: v for k, v in now.items() if k in old and k != "selection"}
+    assert kept == {k: v for k, v in old.items() if k != "selection"}  # sections added since simply run
+    assert now["selection"] != old["selection"]
+    out = tmp_path / "before-index"
+    out.mkdir()
+    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
+    with pytest.raises(RlinterpError, match=r"run of other inputs \(selection changed\)"):
+        rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
+    old = {**old, "selection": now["selection"]}
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
-    claimed = rundir.claim(out, rundir.RUN, fingerprint(legacy), ["diff"], resumable=["diff"])
+    claimed = rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
     assert claimed.state == "resume"
     # today's default recipe trains other dictionaries: those two sections changed
     changed = {k for k, v in fingerprint(RunConfig()).items() if k in old and old[k] != v}
@@ -410,3 +420,34 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     with pytest.raises(RlinterpError, match=r"run of other inputs \(harvest changed\)"):
         changed = config_from_dict({**recipe, "harvest": {"max_length": 64}})
         rundir.claim(out, rundir.RUN, fingerprint(changed), ["diff"])
+
+
+def test_both_entry_points_read_the_same_index(micro_run, tmp_path, capsys):
+    """``rlinterp selection`` (its own dictionary, at the hook after the block the index
+    names) and the selection stage of ``rlinterp run`` (the run's base SAE and hook) give the
+    same index, sides, blocks and transition, and the same answer line: the index reads
+    every block, whatever the hook."""
+    import pandas as pd
+
+    from rlinterp.pipeline.result import RunResult
+    from rlinterp.pipeline.verdict import regime_verdict, verdict_lines
+
+    root, _ = micro_run
+    out = tmp_path / "alone"
+    cheap = ["--samples-per-prompt", "1", "--behaviour-edits", "persona_choice", "--n-random", "2"]
+    argv = ["selection", "--series", str(root / "org"), "--regime", "novel", "--texts", "organism"]
+    assert main([*argv, "--out", str(out), "--index-n-bootstrap", "50", *cheap]) == 0
+    printed = capsys.readouterr().out
+    alone = pd.read_parquet(out / "index.parquet")
+    stage = pd.read_parquet(root / "run" / "selection" / "novel" / "index.parquet")
+    columns = ["step", "index", "index_lo", "index_hi", "side", "layer"]
+    pd.testing.assert_frame_equal(alone[columns], stage[columns])
+    layers = pd.read_parquet(root / "run" / "selection" / "index_layers.parquet")
+    assert set(layers["series"]) == {"weak", "strong", "novel"} and "layer" in layers
+    found = json.loads((root / "run" / "selection" / "novel" / "summary.json").read_text())["transition"]
+    assert found == json.loads((out / "summary.json").read_text())["transition"]
+    answer = regime_verdict(alone)
+    assert f"\nanswer: {answer}\n" in printed
+    run = RunResult.load(root / "run")
+    (novel,) = [line for line in verdict_lines(run.tables, run.series) if line.startswith("novel:")]
+    assert novel.startswith(f"novel: {answer};")

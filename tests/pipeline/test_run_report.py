@@ -146,6 +146,9 @@ def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
     assert "id='lineage'" in tracking and "<td>amplified</td>" in tracking  # latent 4, strong, last step
     persona = page[page.index("<h2 id='persona'>") : page.index("<h2 id='circuits'>")]
     assert ESCAPED in persona and EVIL not in page  # a persona named by the user's data
+    per_block = persona[persona.index("The index per block") :]
+    assert per_block.count("<td>novelty (0.7-0.9)</td>") == 1  # strong, step 5, block 1 only
+    assert per_block.count("<td>selection (0-0.2)</td>") == 3  # the other RL cells
     circuits = page[page.index("<h2 id='circuits'>") :]
     assert "<td>new</td>" in circuits and "<td>enhanced</td>" in circuits
     # the five before, tracking, the index, and one per reading
@@ -156,9 +159,9 @@ def test_later_stages_fill_their_sections_the_summary_and_the_cards(tmp_path):
     card = run.card(4).to_html()
     assert "<th>step 5</th>" in card and "<td>amplified</td>" in card
     text = summary_text(run)
-    assert "strong: new computation from step 5 (index 0.8, interval 0.7-0.9)" in text
-    assert "index change point (step 5, interval 5-5), behaviour (step 5)" in text
-    assert "weak: selection at every step (last step 5: index 0.1, interval 0-0.2)" in text
+    assert "strong: new computation from step 5 (block 1, index 0.8, interval 0.7-0.9)" in text
+    assert "index change point (step 5, interval 5-5, block 1), behaviour (step 5)" in text
+    assert "weak: selection at every step (last step 5: block 0, index 0.1, interval 0-0.2)" in text
     assert "strong: new computation from step 5" in render_markdown(run)
 
 
@@ -199,7 +202,9 @@ def test_the_index_figure_draws_one_half_and_the_transitions(tmp_path):
     assert len(half) == 1 and half[0].line.dash == "dash"
     vertical = [s for s in figure.layout.shapes if s.x0 == s.x1]
     assert [(s.x0, s.line.color) for s in vertical] == [(5, series_colour(run, "strong"))]  # weak has none
-    assert [a.text for a in figure.layout.annotations if "transition" in a.text] == [" strong: transition"]
+    assert [a.text for a in figure.layout.annotations if "transition" in a.text] == [
+        " strong: transition (block 1)"
+    ]
     paper_figure = paper(figure)
     assert len(paper_figure.layout.shapes) == 2 and paper_figure.layout.yaxis.range == (-0.05, 1.05)
 

@@ -67,14 +67,30 @@ def test_the_index_table_shows_the_interval_beside_every_side():
     assert "<td>novelty</td>" not in html  # the point estimate's side alone would mislead
 
 
+def test_the_index_side_from_its_blocks_decides_and_the_block_is_named():
+    """An index that read every block carries each step's side (novelty when a block's
+    interval clears 0.5): step 10's interval over the blocks' maximum lies above 0.5, yet no
+    single block's does, so it is undecided; step 20 is novelty in block 2."""
+    index = _index([(10, 0.6, 0.52, 0.7), (20, 0.9, 0.8, 0.95)]).assign(
+        side=["selection", "undecided", "novelty"], layer=[0, 1, 2]
+    )
+    assert regime_verdict(index) == (
+        "new computation from step 20 (block 2, index 0.9, interval 0.8-0.95), "
+        "undecided at step 10 (block 1, index 0.6, interval 0.52-0.7)"
+    )
+    html = index_table(index)
+    assert "<td>undecided (0.52-0.7)</td>" in html and "<td>novelty (0.8-0.95)</td>" in html
+
+
 def test_lines_name_every_signal_and_follow_the_run_order(tmp_path):
     run = synthetic_run(tmp_path, stages=True)
     lines = verdict_lines(run.tables, run.series)
     assert lines == [
-        "weak: selection at every step (last step 5: index 0.1, interval 0-0.2); "
+        "weak: selection at every step (last step 5: block 0, index 0.1, interval 0-0.2); "
         "signals of new computation: none; silent: index, index change point, behaviour",
-        "strong: new computation from step 5 (index 0.8, interval 0.7-0.9); signals of new "
-        "computation: index (step 5), index change point (step 5, interval 5-5), behaviour (step 5)",
+        "strong: new computation from step 5 (block 1, index 0.8, interval 0.7-0.9); signals of new "
+        "computation: index (step 5), index change point (step 5, interval 5-5, block 1), "
+        "behaviour (step 5)",
     ]
     # the tables in another order: the lines keep the run's
     tables = {k: v.iloc[::-1] for k, v in run.tables.items()}

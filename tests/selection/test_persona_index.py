@@ -1,6 +1,7 @@
 """Persona features, the selection-versus-novelty index, its transition and the causal
 checks, on planted cases whose answers are known."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -11,7 +12,8 @@ from rlinterp.activations.prompts import PromptSet
 from rlinterp.models.series import ModelSeries
 from rlinterp.organism.model import build_tokenizer
 from rlinterp.selection.causal import patch_subspace, random_basis, steer_and_ablate, subspace_projector
-from rlinterp.selection.index import IndexConfig, behavioural_transition, novelty_index, step_parts
+from rlinterp.selection.explanation import carriers, dictionary_share, step_parts
+from rlinterp.selection.index import IndexConfig, behavioural_transition, change_point
 from rlinterp.selection.personas import (
     PersonaSplit,
     auroc,
@@ -71,51 +73,70 @@ def planted_store(tmp_path_factory):
     return store, dirs, outside
 
 
-def test_index_is_zero_for_identical_and_amplified_and_one_for_a_new_direction(planted_store):
+def test_dictionary_share_is_zero_for_identical_and_amplified_and_one_for_a_new_direction(planted_store):
     store, dirs, _ = planted_store
     oracle = Oracle(dirs)
-    index = novelty_index([step_parts(store, HOOK, oracle, label) for label in store.labels])
-    table = index.table.set_index("label")
+    table = dictionary_share([[step_parts(store, HOOK, oracle, label) for label in store.labels]])
+    table = table.set_index("label")
     for label in ("base", "same"):
-        assert table.loc[label, "index"] == 0 and table.loc[label, "index_lo"] == 0
-        assert table.loc[label, "index_hi"] == 0
-    assert table.loc["amplified", "index"] < 1e-6  # a re-weighting of a base feature
-    assert table.loc["new", "index"] > 0.999  # nothing in the base's dictionary expresses it
-    assert table.loc["new", "index_lo"] > 0.99
+        assert table.loc[label, "dictionary_share"] == 0 and table.loc[label, "dictionary_share_lo"] == 0
+        assert table.loc[label, "dictionary_share_hi"] == 0
+    assert table.loc["amplified", "dictionary_share"] < 1e-6  # a re-weighting of a base feature
+    assert table.loc["new", "dictionary_share"] > 0.999  # nothing in the base's dictionary expresses it
+    assert table.loc["new", "dictionary_share_lo"] > 0.99
     planted_shift = 2 * (store.read("base", HOOK) @ torch.linalg.pinv(dirs))[:, 0].mean()
     assert table.loc["amplified", "mean_shift_norm"] == pytest.approx(float(planted_shift), rel=1e-4)
 
 
-def test_index_with_a_trained_sae_separates_selection_from_novelty(planted_store, tmp_path):
+def test_dictionary_share_with_trained_saes_of_two_seeds(planted_store, tmp_path):
+    """Two seeds of a trained SAE: the share separates the amplified feature from the new
+    direction, and the interval (texts and dictionary seeds) covers both seeds' estimates."""
     from rlinterp.dictionaries.sae import SAETrainConfig, train_sae
 
     store, _, _ = planted_store
-    cfg = SAETrainConfig(d_sae=32, k=4, n_tokens=60_000, batch_size=256, lr=3e-3, seed=0)
-    sae = train_sae(store, "base", HOOK, tmp_path / "sae", cfg).sae
-    table = novelty_index([step_parts(store, HOOK, sae, label) for label in store.labels]).table
-    table = table.set_index("label")
-    assert table.loc["same", "index"] == 0
-    assert table.loc["amplified", "index_hi"] < 0.25
-    assert table.loc["new", "index_lo"] > 0.75
+    parts = []
+    for seed in (0, 1):
+        cfg = SAETrainConfig(d_sae=32, k=4, n_tokens=60_000, batch_size=256, lr=3e-3, seed=seed)
+        sae = train_sae(store, "base", HOOK, tmp_path / f"sae-{seed}", cfg).sae
+        parts.append([step_parts(store, HOOK, sae, label) for label in store.labels])
+    table = dictionary_share(parts).set_index("label")
+    other = dictionary_share(parts[1:]).set_index("label")
+    assert table.loc["same", "dictionary_share"] == 0
+    assert table.loc["amplified", "dictionary_share_hi"] < 0.25
+    assert table.loc["new", "dictionary_share_lo"] > 0.75
     assert table.loc["new", "fvu_drift"] > table.loc["amplified", "fvu_drift"]
+    for label in ("amplified", "new"):
+        for estimate in (table.loc[label, "dictionary_share"], other.loc[label, "dictionary_share"]):
+            assert (
+                table.loc[label, "dictionary_share_lo"] <= estimate <= table.loc[label, "dictionary_share_hi"]
+            )
 
 
-def test_transition_found_where_the_new_direction_appears(tmp_path):
-    _, outside, acts = _planted(n_prompts=32)
-    dirs = _planted(n_prompts=32)[0]
-    series = {"base": acts["base"], "s1": acts["same"], "s2": acts["amplified"]}
-    series |= {"s3": acts["new"], "s4": acts["new"] + 0.5 * outside}
-    store = synthetic_store(tmp_path / "with", series, HOOK, PER_PROMPT)
-    index = novelty_index([step_parts(store, HOOK, Oracle(dirs), label) for label in store.labels])
-    transition = index.transition
-    assert transition["found"] and transition["step"] == 3
-    assert transition["step_lo"] == transition["step_hi"] == 3
-    assert transition["jump"] > 0.9
+def test_carriers_name_the_amplified_latent(planted_store):
+    store, dirs, _ = planted_store
+    found = carriers(store, HOOK, Oracle(dirs), "amplified", top=3)
+    assert found["latent"].iloc[0] == 0 and found["share"].iloc[0] == pytest.approx(1.0, abs=1e-6)
+    assert found["mean_change"].iloc[0] > 0
+    assert carriers(store, HOOK, Oracle(dirs), "same").empty
 
-    flat = synthetic_store(tmp_path / "flat", {k: acts["base"] for k in ("base", "s1", "s2")}, HOOK)
-    index = novelty_index([step_parts(flat, HOOK, Oracle(dirs), label) for label in flat.labels])
-    assert not index.transition["found"] and index.transition["step"] is None
-    assert (index.table["index"] == 0).all()
+
+def test_change_point_known_trajectories():
+    """A jump from 0.1 to 0.9 at the fourth step (replicates jittered around it) is the
+    transition, with a zero-width interval; a flat trajectory and a rise that stays below
+    the boundary are none."""
+    cfg = IndexConfig(n_bootstrap=50)
+    rng = np.random.default_rng(0)
+    point = np.array([0.0, 0.1, 0.1, 0.9, 0.95])
+    replicates = point + rng.uniform(-0.03, 0.03, size=(50, 5))
+    found = change_point(point, replicates, [0, 1, 2, 3, 4], cfg)
+    assert found["found"] and found["step"] == 3 and found["step_lo"] == found["step_hi"] == 3
+    assert found["jump"] > 0.8 and found["support"] == 1.0
+    flat = change_point(np.zeros(3), np.zeros((50, 3)), [0, 1, 2], cfg)
+    assert not flat["found"] and flat["step"] is None
+    below = change_point(
+        np.array([0.0, 0.1, 0.4, 0.45]), np.tile([0.0, 0.1, 0.4, 0.45], (50, 1)), range(4), cfg
+    )
+    assert not below["found"] and below["jump"] > 0.3
 
 
 def test_index_config_and_dictionary_width_are_checked(planted_store):
@@ -212,7 +233,7 @@ def test_persona_share_of_the_shift(planted_store):
     store, dirs, outside = planted_store
     along = torch.nn.functional.normalize(dirs[:1], dim=-1).T  # the amplified feature's direction
     parts = [step_parts(store, HOOK, Oracle(dirs), label) for label in ("base", "amplified", "new")]
-    table = novelty_index(parts, persona_basis=along).table.set_index("label")
+    table = dictionary_share([parts], persona_basis=along).set_index("label")
     assert table.loc["amplified", "persona_share"] == pytest.approx(1.0, abs=1e-4)
     assert table.loc["amplified", "persona_baseline"] == pytest.approx(1 / D)
     assert table.loc["new", "persona_share"] < 0.5

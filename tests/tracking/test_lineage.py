@@ -138,8 +138,13 @@ def stagewise(moved: dict[int, float], activity: dict[int, tuple[float, float]] 
 def test_moved_decoders_are_repurposed_rotated_or_born() -> None:
     """Without the fine-tuned dictionary's activity, the fixed dictionary's decides: latent 0
     moved with its activity unchanged (repurposed), latent 1 moved and was amplified
-    (rotated), latent 7 was inactive in the base and moved (born); latent 2 stayed put."""
-    traj = trajectories({1: {"mean_activation": 3 * BASE_ACT}, 2: {"mean_activation": 3 * BASE_ACT}})
+    (rotated), latent 7 was inactive in the base, moved and fires at the step (born);
+    latent 2 stayed put. A moved latent that still never fires is no birth."""
+    fires = {"frequency": BASE_FREQ, "mean_activation": BASE_ACT}
+    traj = trajectories(
+        {1: {"mean_activation": 3 * BASE_ACT}, 2: {"mean_activation": 3 * BASE_ACT}, 7: fires}
+    )
+    assert classes_at(lineage_table(trajectories(), stagewise({7: 0.05})))[7] == "inactive"
     table = lineage_table(traj, stagewise({0: 0.1, 1: 0.2, 7: 0.05}))
     assert classes_at(table) == {
         0: "repurposed",
@@ -337,3 +342,66 @@ def test_planted_neurons_through_a_base_sae(tmp_path) -> None:
     identical = table.loc[len(KINDS)]
     assert set(identical["class"]) <= {"stable", "inactive"}
     assert (identical.loc[identical["class"] == "stable", "activity_ratio"] == 1.0).all()
+
+
+def test_a_birth_needs_support_above_the_control_floor() -> None:
+    """A base latent that fired on 1 token of 3,244 and fires on 12 at the step (an
+    amplified direction waking up): born without a floor, amplified under a seed-control
+    floor of 1% of tokens; one firing on 5% of the tokens is born under it. Per-source
+    floors apply to their source only."""
+    base, step = 1 / 3244, 12 / 3244
+    changes = {0: {"base_frequency": base, "frequency": step}, 1: {"base_frequency": 0.0, "frequency": 0.05}}
+    traj = trajectories(changes, sources=("texts", "on-policy"))
+    assert classes_at(lineage_table(traj[traj["source"] == "texts"]))[0] == "born"
+    floored = lineage_table(traj, support=0.01)
+    for source in ("texts", "on-policy"):
+        rows = floored[(floored["source"] == source) & (floored["step"] == 1)].set_index("latent")
+        assert rows.loc[0, "class"] == "amplified" and rows.loc[1, "class"] == "born"
+        assert rows.loc[0, "support"] == 0.01
+    per_source = lineage_table(traj, support={"texts": 0.01, "on-policy": 0.0})
+    on_policy = per_source[(per_source["source"] == "on-policy") & (per_source["step"] == 1)]
+    assert on_policy.set_index("latent").loc[0, "class"] == "born"
+    with pytest.raises(RlinterpError, match="not for"):
+        lineage_table(traj, support={"texts": 0.01})
+
+
+def test_matched_births_below_the_floor_are_inactive() -> None:
+    """The step's own dictionary has two latents no base latent matches: one fires on 20%
+    of its tokens (born), one on 0.2% (below a floor of 1%: inactive, no birth)."""
+    eye = torch.eye(16)
+    base = unit(*eye[:8])
+    step = unit(*eye[:6], eye[6], eye[7], eye[9], eye[10])
+    match = match_dictionaries(base, step)
+    frequency = np.full(10, 0.1)
+    frequency[8], frequency[9] = 0.2, 0.002
+    table = lineage_table(trajectories(), matches={1: match}, support=0.01, born_frequency={1: frequency})
+    born = table[(table["evidence"] == "matched") & table["latent"].isna()].set_index("partner")
+    assert born.loc[8, "class"] == "born" and born.loc[9, "class"] == "inactive"
+    assert born.loc[9, "partner_frequency"] == pytest.approx(0.002)
+    with pytest.raises(RlinterpError, match="born_frequency at step 1 has 3 values"):
+        lineage_table(trajectories(), matches={1: match}, born_frequency={1: np.ones(3)})
+
+
+def test_a_decoder_moved_to_a_direction_the_base_lacks_is_a_new_direction() -> None:
+    """Latents 0 and 1 moved and fire 3x as strongly: latent 0 towards a direction no base
+    latent has (nearest base cosine 0.3: new_direction), latent 1 onto another base latent's
+    (0.95: rotated); latent 2 moved with its activity unchanged towards a new direction
+    (new_direction, not repurposed: the write is new to the whole dictionary)."""
+    traj = trajectories({0: {"mean_activation": 3 * BASE_ACT}, 1: {"mean_activation": 3 * BASE_ACT}})
+    moved = stagewise({0: 0.1, 1: 0.2, 2: 0.3})
+    moved["dec_cos_nearest_base"] = moved["latent"].map({0: 0.3, 1: 0.95, 2: 0.4}).fillna(0.99)
+    classes = classes_at(lineage_table(traj, moved))
+    assert (classes[0], classes[1], classes[2]) == ("new_direction", "rotated", "new_direction")
+    assert classes[3] == "stable"
+
+
+def test_birth_support_and_nearest_cosines() -> None:
+    from rlinterp.tracking.lineage import birth_support, nearest_cosines
+
+    eye = torch.eye(8)
+    match = match_dictionaries(unit(*eye[:4]), unit(eye[0], eye[1], eye[2], eye[5], eye[6]))
+    frequency = np.array([0.1, 0.1, 0.1, 0.03, 0.07])
+    assert birth_support(match, frequency) == pytest.approx(0.07)  # latents 3 and 4 born by chance
+    assert birth_support(match_dictionaries(unit(*eye[:4]), unit(*eye[:4])), np.ones(4)) == 0.0
+    near = nearest_cosines(unit(eye[0] + eye[1], eye[5]), unit(*eye[:4]))
+    assert near == pytest.approx([2**-0.5, 0.0])
