@@ -267,17 +267,6 @@ def test_the_command_line_and_the_facade_answer_without_heavy_imports():
     assert "torch" in _imported_after("import rlinterp\nrlinterp.ModelSeries")  # names resolve when used
 
 
-def test_a_facade_name_is_what_its_face_lists_after_its_module_was_imported():
-    """``rlinterp.harvest`` is the function even when the module of the same name was
-    imported first (as training an SAE does), which binds the module on its package."""
-    code = (
-        "import rlinterp, rlinterp.activations.harvest as module\n"
-        "assert rlinterp.activations.harvest is module\n"
-        "assert rlinterp.harvest is module.harvest, rlinterp.harvest\n"
-    )
-    _imported_after(code)
-
-
 def test_reading_an_organism_imports_none_of_its_trainer(tmp_path, micro_config):
     from rlinterp import build_organism
 

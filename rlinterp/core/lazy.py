@@ -18,10 +18,7 @@ package's source and returns the module's ``__getattr__``, ``__dir__`` and ``__a
 
 A name is imported on first access and then set on the package, so later lookups are
 ordinary attribute reads. A name that is a submodule (``from .pipeline import figures``)
-is imported as one. A name another face exports is resolved through that face's list, not
-read off the package: importing a submodule binds it on its package under its own name, so
-after ``import rlinterp.activations.harvest`` the attribute ``rlinterp.activations.harvest``
-is that module, while ``rlinterp.harvest`` must stay the function the face lists.
+is imported as one.
 """
 
 from __future__ import annotations
@@ -40,12 +37,19 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
     ``if TYPE_CHECKING:`` block (see the module docstring)."""
     module = sys.modules[package]
     exports = _type_checking_imports(Path(module.__file__ or ""), package)
-    _FACES[package] = exports
 
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = _resolve(package, name)
+        source, attribute = exports[name]
+        if source == package:  # ``from . import submodule``
+            value = importlib.import_module(f"{source}.{attribute}")
+        else:
+            owner = importlib.import_module(source)
+            try:
+                value = getattr(owner, attribute)
+            except AttributeError:  # a submodule its package does not import
+                value = importlib.import_module(f"{source}.{attribute}")
         setattr(module, name, value)
         return value
 
@@ -53,24 +57,6 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
         return sorted(set(vars(module)) | set(exports))
 
     return __getattr__, __dir__, sorted(exports)
-
-
-_FACES: dict[str, dict[str, tuple[str, str]]] = {}
-"""Package -> its exports (``name -> (module, attribute)``), for every face made so far."""
-
-
-def _resolve(package: str, name: str) -> Any:
-    """What ``package``'s export ``name`` names, following other faces' lists."""
-    source, attribute = _FACES[package][name]
-    if source == package:  # ``from . import submodule``
-        return importlib.import_module(f"{source}.{attribute}")
-    owner = importlib.import_module(source)
-    if attribute in _FACES.get(source, {}):  # not ``getattr``: a submodule may shadow it
-        return _resolve(source, attribute)
-    try:
-        return getattr(owner, attribute)
-    except AttributeError:  # a submodule its package does not import
-        return importlib.import_module(f"{source}.{attribute}")
 
 
 def _type_checking_imports(path: Path, package: str) -> dict[str, tuple[str, str]]:
