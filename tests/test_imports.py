@@ -277,3 +277,20 @@ def test_reading_an_organism_imports_none_of_its_trainer(tmp_path, micro_config)
         "assert organism.checkpoints(organism.regimes[0]) and organism.question_prompts()\n"
     )
     assert _imported_after(code) == []
+
+
+def test_a_name_shared_with_its_submodule_stays_the_name():
+    """``harvest`` is a function in ``activations/harvest.py``: importing that module first
+    (which binds ``rlinterp.activations.harvest`` to it) must not make the faces hand out
+    the module."""
+    code = (
+        "import importlib, types\n"
+        "module = importlib.import_module('rlinterp.activations.harvest')\n"
+        "from rlinterp import harvest\n"
+        "from rlinterp.activations import harvest as face_harvest\n"
+        "assert harvest is face_harvest is module.harvest, (harvest, face_harvest)\n"
+        "assert not isinstance(harvest, types.ModuleType)\n"
+        "import rlinterp.pipeline\n"
+        "assert isinstance(rlinterp.pipeline.figures, types.ModuleType)  # a submodule export\n"
+    )
+    _imported_after(code)

@@ -18,7 +18,10 @@ package's source and returns the module's ``__getattr__``, ``__dir__`` and ``__a
 
 A name is imported on first access and then set on the package, so later lookups are
 ordinary attribute reads. A name that is a submodule (``from .pipeline import figures``)
-is imported as one.
+is imported as one. A name that shares its submodule's name (``harvest`` the function, in
+``activations/harvest.py``) stays the name: importing the submodule, which binds it on its
+package, does not replace the exported function with the module (an eager face gets this
+from re-binding the name after the import; a lazy one has to refuse the binding).
 """
 
 from __future__ import annotations
@@ -27,9 +30,21 @@ import ast
 import importlib
 import importlib.util
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class _Face(types.ModuleType):
+    """A lazy package whose exported names are not replaced by same-named submodules."""
+
+    _shadowed: frozenset[str] = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._shadowed and isinstance(value, types.ModuleType):
+            return  # the import system binding ``package.name`` to the submodule
+        super().__setattr__(name, value)
 
 
 def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
@@ -37,6 +52,10 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
     ``if TYPE_CHECKING:`` block (see the module docstring)."""
     module = sys.modules[package]
     exports = _type_checking_imports(Path(module.__file__ or ""), package)
+    module.__class__ = _Face
+    module._shadowed = frozenset(  # type: ignore[attr-defined]
+        name for name, (source, _) in exports.items() if source == f"{package}.{name}"
+    )
 
     def __getattr__(name: str) -> Any:
         if name not in exports:
