@@ -70,7 +70,7 @@ def _interval(row: pd.Series) -> str:
 
 
 def _known(value: object) -> bool:
-    return value is not None and not pd.isna(value)  # type: ignore[call-overload]
+    return value is not None and not pd.isna(value)
 
 
 def index_onset(index: pd.DataFrame) -> Onset | None:
