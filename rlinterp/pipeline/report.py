@@ -239,14 +239,15 @@ def render_markdown(run: RunResult, top: int = 10) -> str:
         change_columns = [c for c in latents.columns if c.endswith("_change")]
         lines += ["| latent | " + " | ".join(change_columns) + " | promotes | top context (base) |"]
         lines += ["|" + "---|" * (len(change_columns) + 3)]
-        for row in latents.head(top).itertuples(index=False):
+        # Rows as dicts: a series name is any folder name ("grpo-lora"), not an identifier.
+        for row in latents.head(top).to_dict("records"):
             context = run.contexts[
-                (run.contexts["latent"] == row.latent) & (run.contexts["series"] == "base")
+                (run.contexts["latent"] == row["latent"]) & (run.contexts["series"] == "base")
             ]
             snippet = "".join(context.iloc[0]["tokens"]) if len(context) else ""
-            changes = " | ".join(_md_cell(getattr(row, c)) for c in change_columns)
+            changes = " | ".join(_md_cell(row[c]) for c in change_columns)
             lines.append(
-                f"| {row.latent} | {changes} | {_md_code(str(row.promotes))} | {_md_code(snippet)} |"
+                f"| {row['latent']} | {changes} | {_md_code(str(row['promotes']))} | {_md_code(snippet)} |"
             )
     return "\n".join(lines) + "\n"
 
