@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import commands as c
-from .core import options
+from .core import options, rundir
 from .errors import RlinterpError
-from .models.forms import is_checkpoint
+from .models.forms import is_checkpoint, is_run_dir
 from .models.spec import SeriesSpec
 
 if TYPE_CHECKING:
@@ -120,8 +120,9 @@ def _eval(cmd: c.EvalCommand) -> None:
 
 
 def _circuits(cmd: c.CircuitsCommand) -> None:
-    if cmd.source.prompts is None and cmd.series.organism is None:
-        raise RlinterpError("--metric names an organism metric; for other series give --prompts FILE.jsonl")
+    # An organism metric needs the organism the checkpoints come from: found before anything runs.
+    what = f"--metric {cmd.metric} (an organism metric; for other series give --prompts FILE.jsonl)"
+    root = cmd.series.require_organism(what) if cmd.source.prompts is None else None
     _start()
     import pandas as pd
 
@@ -136,7 +137,8 @@ def _circuits(cmd: c.CircuitsCommand) -> None:
     else:
         from .circuits.organism_metrics import organism_behaviour
 
-        metric, prompts = organism_behaviour(cmd.series.require_organism("an organism metric"), cmd.metric)
+        assert root is not None
+        metric, prompts = organism_behaviour(root, cmd.metric)
     result = run_circuits(series, metric, prompts, cmd.out, cmd.circuits, force=cmd.force)
     write_circuits_report(result, Path(cmd.out) / "report.html")
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
@@ -199,7 +201,8 @@ def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
         section, _, key = path.partition(".")
         overrides.setdefault(section, {})[key] = value
     if cmd.series:
-        overrides.setdefault("series", {}).update(_series_shortcut(cmd.series))
+        typed = overrides.setdefault("series", {})
+        typed |= {k: v for k, v in _series_shortcut(cmd.series).items() if k not in typed}
     config = with_overrides(config, overrides, out=out)
     if cmd.print_config:
         sys.stdout.write(config_template(config))
@@ -213,10 +216,23 @@ def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
 
 
 def _series_shortcut(paths: tuple[str, ...]) -> dict[str, object]:
-    """``--series DIR`` (an organism, built there if missing) or ``--series BASE CKPT...``."""
-    if len(paths) == 1 and not is_checkpoint(paths[0]):
-        return {"organism": paths[0], "checkpoints": ()}
-    return {"organism": None, "checkpoints": tuple(paths)}
+    """``--series DIR`` (an organism, built there if missing) or your checkpoints in any form
+    ``rlinterp diff`` takes (a run directory, or checkpoint folders, base first): the
+    ``[series]`` keys it sets, those of the other form back at their defaults (a config
+    file's organism preset does not apply to checkpoints); keys typed as options win."""
+    from .pipeline.sections import SeriesConfig
+
+    default = SeriesConfig()
+    one = Path(paths[0])
+    if len(paths) == 1 and not is_checkpoint(one) and not is_run_dir(one):
+        return {"organism": paths[0], "checkpoints": (), "base": None, "name": default.name}
+    return {
+        "organism": None,
+        "checkpoints": tuple(paths),
+        "preset": default.preset,
+        "seed": default.seed,
+        "regimes": (),
+    }
 
 
 def _figures(cmd: c.FiguresCommand) -> None:
@@ -318,6 +334,16 @@ def _run_config_options(run: argparse.ArgumentParser) -> list[options.Option]:
     return options.add_options(run, RunConfig)
 
 
+def _out(cmd: object) -> Path | None:
+    """The directory a command writes (its --out, or where it writes without one)."""
+    if isinstance(cmd, c.OrganismCommand):
+        return Path(cmd.out or cmd.build.default_dir)
+    if isinstance(cmd, c.FiguresCommand):
+        return Path(cmd.out or Path(cmd.run_dir) / "figures")
+    out = getattr(cmd, "out", None)
+    return Path(out) if out is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any Hugging Face library is imported
     parser = _parser()
@@ -326,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd = options.from_args(command.options, args, args.added)
         if command.name == "run":
-            _run(cmd, args)
+            _run(cmd, args)  # ``run_pipeline`` keeps its --out as found itself
         else:
-            command.run(cmd)
+            with rundir.kept_as_found(_out(cmd)):  # a refused or failed start leaves no claim
+                command.run(cmd)
     except RlinterpError as e:
         sys.stderr.write(f"rlinterp {args.name}: error: {e}\n")
         return 2

@@ -83,11 +83,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         if key in known:
             if not isinstance(value, dict):
                 raise RlinterpError(f"config key {key!r}: expected a table [{key}], got {value!r}")
-            # TOML has no null: organism = "" means none, and so does giving checkpoints.
-            if key == "series" and (
-                value.get("organism") == "" or "organism" not in value and "checkpoints" in value
-            ):
-                value = {**value, "organism": None}
+            # TOML has no null: organism = "" means none, and so does giving checkpoints; so
+            # does base = "" or steps = "" (as the template writes them, commented out).
+            if key == "series":
+                value = {
+                    k: None if k in ("organism", "base", "steps") and v == "" else v for k, v in value.items()
+                }
+                if "organism" not in value and "checkpoints" in value:
+                    value["organism"] = None
             built[key] = schema.build(known[key], value, f"{key}.")
         elif key == "out":
             top["out"] = schema.coerce(value, str, "out")
@@ -149,9 +152,11 @@ def _fingerprinted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     ``dictionaries`` gained when they became their commands' configs count only when set
     (``max_length``, another ``architecture`` than topk), and "every block" is hashed as the
     empty hook list it was written as: the fingerprints of run directories written before
-    still match."""
+    still match, as do those of ``series`` without the ``base`` and ``steps`` it gained."""
     if name == "compute":
         return {"dtype": settings["dtype"]}
+    if name == "series":
+        return {k: v for k, v in settings.items() if k not in ("base", "steps") or v is not None}
     if name == "harvest":
         hooks = settings["hooks"] or []
         return {k: v for k, v in settings.items() if k != "max_length" or v is not None} | {"hooks": hooks}
