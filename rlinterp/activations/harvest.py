@@ -97,21 +97,36 @@ def hook_layer(hook: str) -> int | None:
 
 def valid_hooks(model: TransformerBridge) -> list[str]:
     """Every hook name ``run_with_cache`` can return for ``model`` (aliases included)."""
+    return list(hook_shapes(model))
+
+
+def hook_shapes(model: TransformerBridge) -> dict[str, tuple[int, ...]]:
+    """Every hook of ``model`` and the shape of its activations on one 2-token prompt:
+    ``(1, 2, d)`` for a hook with one ``d``-vector per token, what every analysis reads."""
     probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
     _, cache = model.run_with_cache(probe)
-    return list(cache.keys())
+    return {name: tuple(value.shape) for name, value in cache.items()}
 
 
 def _check_hooks(model: TransformerBridge, hooks: Sequence[str]) -> None:
-    valid = valid_hooks(model)
-    unknown = [h for h in hooks if h not in valid]
+    shapes = hook_shapes(model)
+    unknown = [h for h in hooks if h not in shapes]
+    # Show one block's names: the others repeat them with another index.
+    shown = [h for h in shapes if hook_layer(h) in (None, 0)]
     if unknown:
-        # Show one block's names: the others repeat them with another index.
-        shown = [h for h in valid if hook_layer(h) in (None, 0)]
         raise RlinterpError(
             f"unknown hook(s) {unknown}; valid names are {shown} and the same for blocks 1.."
             f"{model.cfg.n_layers - 1}"
         )
+    per_token = sorted(  # the residual stream first: what most analyses are about
+        (h for h in shown if len(shapes[h]) == 3 and shapes[h][:2] == (1, 2)), key=lambda h: "resid" not in h
+    )
+    for hook in hooks:
+        if len(shapes[hook]) != 3 or shapes[hook][:2] != (1, 2):
+            raise RlinterpError(
+                f"hook {hook} gives activations of shape {shapes[hook]} on a 2-token prompt, not one "
+                f"vector per token (1, 2, d), which every analysis reads; choose hooks like {per_token[:6]}"
+            )
 
 
 class TokenBatch(NamedTuple):

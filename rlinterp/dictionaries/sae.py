@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -64,7 +64,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..activations.harvest import ActivationStore, epoch_batches, shuffled_batches
+from ..activations.harvest import ActivationStore, epoch_batches, hook_shapes, shuffled_batches
 from ..core import rundir
 from ..core.artifacts import (
     optimizer_tensors,
@@ -77,6 +77,9 @@ from ..errors import RlinterpError
 from .config import ARCHITECTURES as ARCHITECTURES
 from .config import Architecture as Architecture
 from .config import SAETrainConfig as SAETrainConfig
+
+if TYPE_CHECKING:
+    from ..models.series import ModelSeries
 
 Source = Literal["acts", "diff"]
 MANIFEST = rundir.DICTIONARY.manifest
@@ -244,6 +247,31 @@ class TrainedSAE:
         if manifest.get("method") not in ("sae", "diff-sae"):
             raise RlinterpError(f"{path} holds a {manifest.get('method')}, not an SAE")
         return cls(path, SAE.load_from_disk(str(path)), manifest)
+
+
+def sae_hook_on(series: ModelSeries, path: str | os.PathLike[str], hook: str | None) -> str:
+    """The hook a given base SAE (``--dictionary``) reads; one line if it reads another hook
+    than ``hook`` (None: any), one the series' models do not have, or another width than
+    theirs there (a dictionary of another model)."""
+    trained = TrainedSAE.load(path)
+    found, d_in = str(trained.manifest.get("hook")), int(trained.sae.cfg.d_in)
+    if hook is not None and found != hook:
+        raise RlinterpError(
+            f"--dictionary {path} was trained at {found}, not at --hook {hook}; give a dictionary "
+            f"trained at {hook}, or drop --hook to analyse {found}"
+        )
+    shapes = hook_shapes(series.load(series.base))
+    if found not in shapes:
+        raise RlinterpError(
+            f"--dictionary {path} reads {found}, which the series' models do not have; give a "
+            "dictionary trained on this series' base"
+        )
+    if shapes[found][-1] != d_in:
+        raise RlinterpError(
+            f"--dictionary {path} has d_in {d_in} but {found} of the series has width "
+            f"{shapes[found][-1]}; it was trained on another model: give one trained on this series' base"
+        )
+    return found
 
 
 def dictionary_fingerprint(store: ActivationStore, settings: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,17 @@ class RunConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
+
+    def __post_init__(self) -> None:
+        hook, hooks = self.dictionaries.hook, self.harvest.hooks
+        # The base SAE trains on the diff stage's store: every block's resid_post by default.
+        harvested = hook in hooks if hooks else re.fullmatch(r"blocks\.\d+\.hook_resid_post", hook or "")
+        if hook is not None and not harvested:
+            shown = list(hooks) if hooks else "blocks.<i>.hook_resid_post"
+            raise RlinterpError(
+                f"dictionaries.hook {hook} is not harvested (harvest.hooks: {shown}); add it to "
+                "--harvest-hooks or choose one of those"
+            )
 
 
 def sections() -> dict[str, type]:

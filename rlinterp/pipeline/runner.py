@@ -43,12 +43,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.prompts import PromptSet
+from ..circuits.metrics import BehaviourPrompts
 from ..core import rundir
 from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json
+from ..dictionaries.sae import sae_hook_on
 from ..errors import RlinterpError
 from ..models.forms import enclosing_organism, organism_root
 from ..models.series import ModelSeries
 from ..models.spec import SeriesSpec, steps_selection
+from ..selection.personas import PersonaSplit
 from .config import (
     RunConfig,
     RunContext,
@@ -156,10 +159,50 @@ def check(config: RunConfig) -> RunContext:
                 "from, and these come from none; give a prompt file (--prompts-source FILE)"
             )
         if root is not None:
-            ctx.prompts = _first(PromptSet.from_organism(root), p.max_prompts)
+            ctx.prompts = _budgeted(PromptSet.from_organism(root), config)
     else:
-        ctx.prompts = _first(PromptSet.from_file(p.source), p.max_prompts)
+        ctx.prompts = _budgeted(PromptSet.from_file(p.source), config)
+    _check_fit(ctx)
     return ctx
+
+
+def _budgeted(prompts: PromptSet, config: RunConfig) -> PromptSet:
+    """The first ``prompts.max_prompts`` prompts, refused if the cut drops every text of a
+    persona the selection stage would analyse (or leaves one too few to fit)."""
+    kept = _first(prompts, config.prompts.max_prompts)
+    label, selection = config.selection.label, config.selection
+    if selection.enabled and label in prompts.labels and kept is not prompts:
+        lost = sorted(set(prompts.labels[label]) - set(kept.labels[label]))
+        if lost:
+            raise RlinterpError(
+                f"prompts.max_prompts = {config.prompts.max_prompts} keeps the first {len(kept)} texts, "
+                f"which hold no {label} {', '.join(map(repr, lost))}; raise --prompts-max-prompts or put "
+                "every persona's texts early in the file"
+            )
+        try:
+            PersonaSplit.make(kept.labels[label], selection.held_out_fraction, selection.seed)
+        except RlinterpError as e:
+            raise RlinterpError(f"prompts.max_prompts = {config.prompts.max_prompts} leaves {e}") from e
+    return kept
+
+
+def _check_fit(ctx: RunContext) -> None:
+    """What the stages read, checked against the series before the claim: every prompt
+    (and circuits prompt and target) in the tokenizer's vocabulary, and a given selection
+    dictionary reading a hook of the models' width. A series still to build (the organism)
+    is checked as its stages start."""
+    config = ctx.config
+    behaviour = None
+    if config.circuits.enabled and config.circuits.prompts is not None:
+        behaviour = BehaviourPrompts.from_jsonl(config.circuits.prompts).spread(config.circuits.max_prompts)
+    for series in ctx.series.values():
+        tokenizer = series.tokenizer()
+        if ctx.prompts is not None:
+            ctx.prompts.check_vocabulary(tokenizer)
+        if behaviour is not None:
+            behaviour.encode(tokenizer)
+        if config.selection.enabled and config.selection.dictionary is not None:
+            sae_hook_on(series, config.selection.dictionary, config.selection.hook)
 
 
 def prepare(ctx: RunContext) -> RunContext:
@@ -167,14 +210,15 @@ def prepare(ctx: RunContext) -> RunContext:
     its regimes' series and its prompts."""
     from ..organism.build import build_organism  # the builder: only when it is missing
 
-    s, p = ctx.config.series, ctx.config.prompts
-    if s.organism is not None and ctx.organism_root is None:
-        root = Path(s.organism)
-        log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
-        _organism_series(ctx, build_organism(root, s.preset, s.seed).root)
-    if ctx.prompts is None:
-        assert ctx.organism_root is not None  # ``check`` refused the organism source without one
-        ctx.prompts = _first(PromptSet.from_organism(ctx.organism_root), p.max_prompts)
+    s = ctx.config.series
+    if s.organism is None or ctx.organism_root is not None:
+        return ctx  # everything was checked before the claim
+    root = Path(s.organism)
+    log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
+    _organism_series(ctx, build_organism(root, s.preset, s.seed).root)
+    if ctx.prompts is None:  # ``check`` refused the organism source without an organism
+        ctx.prompts = _budgeted(PromptSet.from_organism(root), ctx.config)
+    _check_fit(ctx)
     return ctx
 
 

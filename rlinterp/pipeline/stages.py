@@ -129,7 +129,8 @@ def selection_stage(ctx: RunContext) -> None:
         return
     assert ctx.prompts is not None
     sae, sae_hook = base_sae(ctx)
-    hook = section.hook or sae_hook
+    # A given dictionary is read at its own hook (``run_selection`` finds it).
+    hook = section.hook or (None if section.dictionary else sae_hook)
     cfg = command_config(
         SelectionConfig,
         section,

@@ -39,6 +39,7 @@ read back, one of other inputs refused naming what changed, anything else left u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ from ..activations.onpolicy import SamplingConfig, harvest_on_policy
 from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
-from ..dictionaries.sae import TrainedSAE
+from ..dictionaries.sae import TrainedSAE, sae_hook_on
 from ..dictionaries.train import train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
@@ -233,6 +234,9 @@ def run_selection(
             "give persona-labelled texts"
         )
     labels = texts.labels[cfg.label]
+    PersonaSplit.make(labels, cfg.held_out_fraction, cfg.seed)  # personas and texts enough to fit
+    if cfg.dictionary is not None:  # read at its own hook, checked against the series' width
+        cfg = dataclasses.replace(cfg, hook=sae_hook_on(series, cfg.dictionary, cfg.hook))
     harvest_cfg = HarvestConfig(
         hooks=(cfg.hook,) if cfg.hook else None,
         batch_size=cfg.batch_size,

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..activations.harvest import HarvestConfig, harvest, prompts_sha256
+from ..activations.harvest import HarvestConfig, harvest, hook_shapes, prompts_sha256
 from ..activations.onpolicy import harvest_on_policy, prompt_texts
 from ..activations.prompts import PromptSet
 from ..core import rundir
@@ -105,14 +105,13 @@ def check_inputs(
         )
     series.validate()
     model = series.load(series.base)
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
-    _, cache = model.run_with_cache(probe)
-    if dictionary.hook not in cache:
+    shapes = hook_shapes(model)
+    if dictionary.hook not in shapes:
         raise RlinterpError(
             f"the dictionary in {dictionary.path} reads {dictionary.hook}, which the series' models do not "
             f"have (they have {model.cfg.n_layers} blocks); give a dictionary trained on this series"
         )
-    width = cache[dictionary.hook].shape[-1]
+    width = shapes[dictionary.hook][-1]
     if width != dictionary.d_in:
         raise RlinterpError(
             f"the dictionary in {dictionary.path} has d_in {dictionary.d_in} but {dictionary.hook} of the "
