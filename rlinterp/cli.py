@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import commands as c
 from .core import options, rundir
+from .core.artifacts import OS_REMEDIES, os_error
+from .core.output import progress_bars, warnings_once
 from .errors import RlinterpError
 from .models.forms import is_checkpoint, is_run_dir
 from .models.spec import SeriesSpec
@@ -48,6 +50,7 @@ class _Version(argparse.Action):
 def _start() -> None:
     """What every command sets up once its options are checked, before it computes."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings_once()  # dependencies warn on every model they load
     for chatty in ("choreographer", "kaleido", "logistro"):  # figure export's browser driver
         logging.getLogger(chatty).setLevel(logging.WARNING)
     import transformers
@@ -211,7 +214,7 @@ def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
     from .pipeline.result import RunResult, summary_text
     from .pipeline.runner import run_pipeline
 
-    root = run_pipeline(config, progress=cmd.progress, force=cmd.force)
+    root = run_pipeline(config, progress=False if cmd.quiet else cmd.progress, force=cmd.force)
     sys.stdout.write(summary_text(RunResult.load(root)))
 
 
@@ -240,8 +243,9 @@ def _figures(cmd: c.FiguresCommand) -> None:
     from .pipeline.figures import export_figures
     from .pipeline.result import RunResult
 
-    out = cmd.out or Path(cmd.run_dir) / "figures"
-    paths = export_figures(RunResult.load(cmd.run_dir), out, cmd.format)
+    run = RunResult.load(cmd.run_dir)
+    rundir.read_finished(cmd.run_dir, rundir.RUN, "finish it with `rlinterp run` first")
+    paths = export_figures(run, _out(cmd) or Path(cmd.run_dir) / "figures", cmd.format)
     sys.stdout.write("".join(f"{p}\n" for p in paths))
 
 
@@ -353,11 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd = options.from_args(command.options, args, args.added)
         if command.name == "run":
             _run(cmd, args)  # ``run_pipeline`` keeps its --out as found itself
-        else:
-            with rundir.kept_as_found(_out(cmd)):  # a refused or failed start leaves no claim
+        else:  # a refused or failed start leaves no claim; --quiet silences every bar
+            with rundir.kept_as_found(_out(cmd)), progress_bars(False if cmd.quiet else None):
                 command.run(cmd)
     except RlinterpError as e:
         sys.stderr.write(f"rlinterp {args.name}: error: {e}\n")
+        return 2
+    except OSError as e:  # a write of a library's own (a model, an SAE): the disk, not a bug
+        if e.errno not in OS_REMEDIES:
+            raise
+        sys.stderr.write(f"rlinterp {args.name}: error: {os_error(e, doing='cannot use')}\n")
         return 2
     return 0
 

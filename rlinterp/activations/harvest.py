@@ -454,6 +454,9 @@ def harvest(
         for donor in reuse:
             _link_shards(donor, store, reusable_shards(donor, fingerprint, checkpoint.label, hooks))
     todo = [checkpoint for checkpoint in series if task.missing(checkpoint.label)]
+    if claimed.state == "resume":
+        done = [c.label for c in series if c not in todo]
+        log.info("harvest in %s: resumed; %d of %d checkpoints already complete", out, len(done), len(series))
     (executor or LocalExecutor()).map(task, series, todo)
     rundir.remove_orphans(out, entries)  # temporary files of tasks that died and were retried
     cut = tokenized.tokens_cut  # truncation is also logged by tokenize

@@ -2,7 +2,7 @@
 writes anything. The one claim of every command and artifact kind.
 
 Every command that writes a directory (organism build, harvest, diff, dictionary training,
-tracking, selection, circuits, a pipeline run) calls ``claim(out, kind, fingerprint,
+tracking, selection, circuits, a pipeline run, a run's paper figures) calls ``claim(out, kind, fingerprint,
 entries)`` once its inputs are validated and before it computes, and ``finish`` last:
 
 - ``kind`` says which artifact it writes (``KINDS``); every kind names itself in its
@@ -111,7 +111,8 @@ TRACK = Kind("rlinterp.track", "track run", marker="track.json", flat=True)
 SELECTION = Kind("rlinterp.selection", "selection analysis")
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
 RUN = Kind("rlinterp.run", "run", marker=".run.json", grows=True)
-KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN)
+FIGURES = Kind("rlinterp.figures", "figure folder")
+KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN, FIGURES)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]

@@ -32,7 +32,7 @@ counted in one pass.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import warnings
@@ -60,7 +60,6 @@ from sae_lens import (
 )
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -68,6 +67,8 @@ from ..activations.harvest import ActivationStore, epoch_batches, hook_shapes, s
 from ..core import rundir
 from ..core.artifacts import (
     optimizer_tensors,
+    read_json_object,
+    read_safetensors,
     restore_optimizer,
     write_json,
     write_parquet,
@@ -80,6 +81,8 @@ from .config import SAETrainConfig as SAETrainConfig
 
 if TYPE_CHECKING:
     from ..models.series import ModelSeries
+
+_log = logging.getLogger(__name__)  # ``log`` names the training log rows here
 
 Source = Literal["acts", "diff"]
 MANIFEST = rundir.DICTIONARY.manifest
@@ -389,7 +392,8 @@ def _start(out: Path, cfg: SAETrainConfig, d_in: int) -> _Run:
     )
     run = _Run(out, cfg, LeanSAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(())), [])
     if (out / CHECKPOINT / "trainer_state.json").is_file():
-        _restore(run.trainer, out / CHECKPOINT, run.log)
+        done = _restore(run.trainer, out / CHECKPOINT, run.log)
+        _log.info("dictionary in %s: resumed from its checkpoint at step %d", out, done)
     return run
 
 
@@ -569,9 +573,10 @@ def _checkpoint(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float 
 def _restore(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | int]]) -> int:
     """Load a checkpoint written by ``_checkpoint`` (its log rows into ``log``); return the
     steps already done."""
-    state = json.loads((path / "trainer_state.json").read_text())
+    remedy = f"delete {path} to train this dictionary from the start"
+    state = read_json_object(path / "trainer_state.json", remedy)
     log.extend(state["log"])
-    tensors = load_file(path / "trainer_state.safetensors", device=str(trainer.sae.device))
+    tensors = read_safetensors(path / "trainer_state.safetensors", remedy, device=str(trainer.sae.device))
     trainer.sae.load_state_dict(
         {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}
     )

@@ -15,7 +15,6 @@ backticks removed in Markdown).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TypeAlias
 import pandas as pd
 
 from ..circuits.report import VERDICT_NOTE, verdict_table
-from ..core.artifacts import atomic_write
+from ..core.artifacts import atomic_write, read_json_object
 from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, table
 from ..diff.report import kl_figure, lens_table, top_tokens_table
 from ..selection.report import INDEX_NOTE, index_table
@@ -113,7 +112,8 @@ def features_section(run: RunResult, cards: int | None = None) -> Parts:
 def _skipped(run: RunResult, stage: str) -> str:
     """The series a stage could not analyse, with its reasons (``stages.SKIPPED``)."""
     path = run.root / stage / "skipped.json"
-    reasons = json.loads(path.read_text()) if path.is_file() else {}
+    remedy = f"delete {run.root / 'stages' / stage}.json to run the {stage} stage again"
+    reasons = read_json_object(path, remedy) if path.is_file() else {}
     return "".join(empty(f"{name}: not analysed ({why})") for name, why in reasons.items())
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import os
 import resource
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -46,6 +45,7 @@ from ..activations.prompts import PromptSet
 from ..circuits.metrics import BehaviourPrompts
 from ..core import rundir
 from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json
+from ..core.output import progress_bars
 from ..dictionaries.sae import sae_hook_on
 from ..errors import RlinterpError
 from ..models.forms import enclosing_organism, organism_root
@@ -335,14 +335,16 @@ def _stage_fingerprint(config: RunConfig, upto: int) -> dict[str, str]:
 
 def run_pipeline(config: RunConfig, progress: bool | None = None, *, force: bool = False) -> Path:
     """Run every stage of ``config`` (resuming finished ones), render the report; return
-    the run directory. ``progress``: a bar over the stages (None: only on a terminal;
-    otherwise one log line per stage). ``force``: recompute a directory that holds another
-    run (its outputs are removed first)."""
-    with rundir.kept_as_found(config.out):  # a refused or failed start leaves no claim behind
-        return _run_pipeline(config, progress, force=force)
+    the run directory. ``progress``: a bar over the stages, and every bar rlinterp's
+    libraries draw (None: only on a terminal; otherwise one log line per stage; False:
+    none, ``core.output.progress_bars``). ``force``: recompute a directory that holds
+    another run (its outputs are removed first)."""
+    # A refused or failed start leaves no claim behind; bars (ours and our libraries') as asked.
+    with rundir.kept_as_found(config.out), progress_bars(progress) as show:
+        return _run_pipeline(config, show, force=force)
 
 
-def _run_pipeline(config: RunConfig, progress: bool | None, *, force: bool) -> Path:
+def _run_pipeline(config: RunConfig, show: bool, *, force: bool) -> Path:
     from .report import write_reports
 
     started = time.perf_counter()
@@ -358,7 +360,6 @@ def _run_pipeline(config: RunConfig, progress: bool | None, *, force: bool) -> P
         with _timed() as preparing:  # the organism build, when it is missing
             prepare(ctx)
         _check_inputs(ctx)
-        show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
             for i, stage in enumerate(STAGES):
                 bar.set_postfix_str(stage.name)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..activations.prompts import PromptSet
 from ..circuits.result import CircuitsConfig
-from ..core.artifacts import write_json, write_parquet
+from ..core.artifacts import read_json_object, write_json, write_parquet
 from ..errors import RlinterpError
 from ..selection.analysis import SelectionConfig
 from ..tracking.analysis import TrackConfig
@@ -64,7 +64,7 @@ def base_sae(ctx: RunContext) -> tuple[Path, str]:
             "the tracking and selection stages read the run's base SAE; enable the dictionaries stage "
             "(dictionaries.enabled = true) or disable them (tracking.enabled / selection.enabled = false)"
         )
-    found = json.loads(info.read_text())
+    found = read_json_object(info, "delete stages/dictionaries.json to train the base SAE again")
     return ctx.stage_dir("dictionaries") / found["sae"], str(found["hook"])
 
 

@@ -57,7 +57,7 @@ from ..activations.harvest import HarvestConfig, harvest, hook_shapes, prompts_s
 from ..activations.onpolicy import harvest_on_policy, prompt_texts
 from ..activations.prompts import PromptSet
 from ..core import rundir
-from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
+from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json, write_parquet
 from ..dictionaries.matching import DictionaryMatch, match_dictionaries
 from ..dictionaries.sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
 from ..dictionaries.stagewise import (
@@ -454,7 +454,7 @@ def _independent(
     n_tokens = cfg.independent_tokens or base_cfg.n_tokens
     train_cfg = dataclasses.replace(base_cfg, seed=seed, n_tokens=n_tokens, init_from=None)
     if (out / MANIFEST).is_file():
-        done = json.loads((out / MANIFEST).read_text())
+        done = read_json_object(out / MANIFEST, f"delete {out} to train this SAE again")
         if done.get("config") != asdict(train_cfg) or done.get("model") != stage.trained_on:
             raise RlinterpError(f"{out} holds an SAE trained otherwise; choose another output directory")
         sae = TrainedSAE.load(out).sae

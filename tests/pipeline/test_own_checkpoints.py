@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from rlinterp.cli import main
@@ -86,46 +87,39 @@ def _check_report(out: Path, name: str, adapters: bool) -> None:
     assert f"<li>{line.group(1)}</li>" in html.replace("&#x27;", "'")
 
 
+def _inputs(own: dict[str, Path], out: Path) -> list[str]:
+    """What a user gives besides the series: their texts and their behaviour metric."""
+    return [
+        "--out",
+        str(out),
+        "--prompts-source",
+        str(own["texts"]),
+        "--circuits-prompts",
+        str(own["behaviour"]),
+    ]
+
+
 @pytest.mark.slow
 def test_a_trl_lora_run_folder_through_every_stage(capsys, own, tmp_path):
     out = tmp_path / "grpo-lora"
-    printed = _run(
-        capsys,
-        [
-            "--series", str(own["run"]),  # the base is the one its adapters name
-            "--series-name", "grpo-lora",
-            "--out", str(out),
-            "--prompts-source", str(own["texts"]),
-            "--circuits-prompts", str(own["behaviour"]),
-        ],
-    )  # fmt: skip
+    # the base is the one its adapters name in adapter_config.json
+    printed = _run(capsys, ["--series", str(own["run"]), "--series-name", "grpo-lora", *_inputs(own, out)])
     _check_report(out, "grpo-lora", adapters=True)
     assert re.search(r"^grpo-lora: ", printed, re.MULTILINE), printed
     assert printed.rstrip().endswith(f"report: {out / 'report.html'}")
-    # the weights diff read the adapters' rank
-    weights = json.loads((out / "diff" / "grpo-lora" / "summary.json").read_text())["checkpoints"]
-    assert len(weights) == len(STEPS) + 1
+    # the weights diff records the adapters' rank on the weights they update, and only there
+    weights = pd.read_parquet(out / "diff" / "grpo-lora" / "weights.parquet")
+    updated = weights["parameter"].str.contains("q_proj|v_proj|down_proj")
+    assert (weights.loc[updated, "adapter_rank"] == 2).all()
+    assert weights.loc[~updated, "adapter_rank"].isna().all()
 
 
 @pytest.mark.slow
 def test_full_weight_checkpoint_folders_through_every_stage(capsys, own, tmp_path):
     out = tmp_path / "full"
-    folders = [str(own["full"] / f"step-{s}") for s in STEPS]
-    printed = _run(
-        capsys,
-        [
-            "--series", str(own["base"]), *folders,
-            "--out", str(out),
-            "--prompts-source", str(own["texts"]),
-            "--circuits-prompts", str(own["behaviour"]),
-        ],
-    )  # fmt: skip
+    series = ["--series", str(own["base"]), *(str(own["full"] / f"step-{s}") for s in STEPS)]
+    printed = _run(capsys, [*series, *_inputs(own, out)])
     _check_report(out, "checkpoints", adapters=False)
     assert re.search(r"^checkpoints: ", printed, re.MULTILINE), printed
-    # a second run of the same command resumes every stage and says the same
-    again = _run(
-        capsys,
-        ["--series", str(own["base"]), *folders, "--out", str(out), "--prompts-source", str(own["texts"])]
-        + ["--circuits-prompts", str(own["behaviour"])],
-    )
-    assert again == printed
+    # the same command again resumes every stage and says the same
+    assert _run(capsys, [*series, *_inputs(own, out)]) == printed
