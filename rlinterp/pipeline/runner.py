@@ -350,6 +350,9 @@ def _run_pipeline(config: RunConfig, show: bool, *, force: bool) -> Path:
     started = time.perf_counter()
     out = Path(config.out)
     ctx = check(config)
+    if not force:  # a damaged stage marker is refused before the claim writes anything
+        for marker in sorted((out / "stages").glob("*.json")):
+            read_json_object(marker, STAGE_REMEDY)
     entries = _entries()
     record = {"config": to_dict(config)}
     rundir.claim(out, rundir.RUN, fingerprint(config), entries, resumable=entries, force=force, record=record)
@@ -416,10 +419,13 @@ def run(
     return RunResult.load(root)
 
 
+STAGE_REMEDY = "delete it to run the stage again"
+"""What a damaged ``stages/<name>.json`` message says to do."""
+
+
 def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
     marker = ctx.out / "stages" / f"{stage.name}.json"
-    remedy = "delete it to run the stage again"
-    if marker.is_file() and read_json_object(marker, remedy).get("fingerprint") == expected:
+    if marker.is_file() and read_json_object(marker, STAGE_REMEDY).get("fingerprint") == expected:
         log.info("stage %s: finished earlier, kept", stage.name)
         return
     with _timed() as spent:

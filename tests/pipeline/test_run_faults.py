@@ -200,6 +200,7 @@ def test_a_truncated_progress_or_claim_file_is_one_line_and_deletes_nothing(caps
     argv, clean_out, _ = clean
     out = tmp_path / "run"
     shutil.copytree(clean_out, out)
+    assert _run(capsys, [*argv, "--out", str(out)])[0] == 0  # the copy records its own path
     data = (out / damaged).read_bytes()
     (out / damaged).write_bytes(data[: len(data) // 2])
     before = tree_hashes(out)
