@@ -474,6 +474,21 @@ def _clear(
             path.unlink(missing_ok=True)
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name``, typed by a user, cannot be a folder a run writes (a series or regime
+    name), or None: empty, too long, a path, a dot-name (never written or removed by a run,
+    ``_plain``), or a control character."""
+    if not name.strip():
+        return "is empty"
+    if len(name) > 100:
+        return "is longer than 100 characters"
+    if not _plain(name) or name in (".", ".."):
+        return "is not a folder name (no '/' or '\\', not starting with '.')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a control character"
+    return None
+
+
 def _plain(name: str) -> bool:
     """A name a run may write and delete: one path component, not a dot-entry."""
     return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ..activations.config import HarvestConfig, SamplingConfig
 from ..circuits.config import METRICS as ORGANISM_METRICS
 from ..circuits.config import CircuitsConfig, MetricPrompts
+from ..core.rundir import folder_name_problem
 from ..dictionaries.config import DictionaryConfig, StagewiseConfig
 from ..errors import RlinterpError
 from ..models.config import DtypeName, ExecutorConfig
@@ -87,26 +88,13 @@ class SeriesConfig:
                 "series.name names a checkpoint series; an organism's series are named after its "
                 "regimes, so drop --series-name"
             )
-        problem = name_problem(self.name)
+        problem = (
+            "is what every series calls its base model"
+            if self.name == "base"
+            else folder_name_problem(self.name)
+        )
         if problem:
             raise RlinterpError(f"series.name {self.name!r} {problem}; choose another with --series-name")
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a series (it becomes a folder of the run directory and a
-    column of its tables), or None: empty, too long, a path, a dot-name, a control character,
-    or ``base`` (every series' reference model is called so)."""
-    if not name.strip():
-        return "is empty"
-    if len(name) > 100:
-        return "is longer than 100 characters"
-    if "/" in name or "\\" in name or name.startswith("."):
-        return "is not a folder name (no '/' or '\\', not starting with '.')"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "holds a control character"
-    if name == "base":
-        return "is what every series calls its base model"
-    return None
 
 
 @dataclass(frozen=True)

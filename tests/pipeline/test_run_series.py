@@ -176,3 +176,14 @@ def test_organism_texts_come_from_the_organism_the_checkpoints_lie_in(tmp_path, 
         SeriesSpec((str(tmp_path / "elsewhere" / "a"), str(organism.base))).require_organism("'organism'")
     manifest = json.loads((organism.root / "manifest.json").read_text())
     assert manifest["kind"] == "rlinterp.organism"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("base", "is the base model's folder"), ("a/b", "not a folder name")]
+)
+def test_an_organism_regime_is_named_as_a_folder(name, message):
+    from rlinterp.organism.config import RegimeConfig
+
+    with pytest.raises(RlinterpError, match=f"regime name {name!r} {message}"):
+        RegimeConfig(name, lr=1e-3, kl_coef=0.0, shortcut_bonus=0.0, checkpoint_steps=(0, 1))
+    assert RegimeConfig("grpo-lora", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.0, checkpoint_steps=(0, 1))
