@@ -179,7 +179,7 @@ def test_organism_texts_come_from_the_organism_the_checkpoints_lie_in(tmp_path, 
 
 
 @pytest.mark.parametrize(
-    ("name", "message"), [("base", "is the base model's folder"), ("a/b", "not a folder name")]
+    ("name", "message"), [("base", "is the base model's folder"), ("a/b", "is not a folder name")]
 )
 def test_an_organism_regime_is_named_as_a_folder(name, message):
     from rlinterp.organism.config import RegimeConfig
