@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import commands as c
-from .core import options
+from .core import options, rundir
+from .core.artifacts import OS_REMEDIES, os_error
+from .core.output import progress_bars, warnings_once
 from .errors import RlinterpError
-from .models.forms import is_checkpoint
+from .models.forms import is_checkpoint, is_run_dir
 from .models.spec import SeriesSpec
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ class _Version(argparse.Action):
 def _start() -> None:
     """What every command sets up once its options are checked, before it computes."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings_once()  # dependencies warn on every model they load
     for chatty in ("choreographer", "kaleido", "logistro"):  # figure export's browser driver
         logging.getLogger(chatty).setLevel(logging.WARNING)
     import transformers
@@ -121,8 +124,9 @@ def _eval(cmd: c.EvalCommand) -> None:
 
 
 def _circuits(cmd: c.CircuitsCommand) -> None:
-    if cmd.source.prompts is None and cmd.series.organism is None:
-        raise RlinterpError("--metric names an organism metric; for other series give --prompts FILE.jsonl")
+    # An organism metric needs the organism the checkpoints come from: found before anything runs.
+    what = f"--metric {cmd.metric} (an organism metric; for other series give --prompts FILE.jsonl)"
+    root = cmd.series.require_organism(what) if cmd.source.prompts is None else None
     _start()
     import pandas as pd
 
@@ -137,7 +141,8 @@ def _circuits(cmd: c.CircuitsCommand) -> None:
     else:
         from .circuits.organism_metrics import organism_behaviour
 
-        metric, prompts = organism_behaviour(cmd.series.require_organism("an organism metric"), cmd.metric)
+        assert root is not None
+        metric, prompts = organism_behaviour(root, cmd.metric)
     result = run_circuits(series, metric, prompts, cmd.out, cmd.circuits, force=cmd.force)
     write_circuits_report(result, Path(cmd.out) / "report.html")
     rows = pd.DataFrame(result.steps())[["label", "step", "change", "carriers", "overlap", "verdict"]]
@@ -225,7 +230,8 @@ def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
         section, _, key = path.partition(".")
         overrides.setdefault(section, {})[key] = value
     if cmd.series:
-        overrides.setdefault("series", {}).update(_series_shortcut(cmd.series))
+        typed = overrides.setdefault("series", {})
+        typed |= {k: v for k, v in _series_shortcut(cmd.series).items() if k not in typed}
     config = with_overrides(config, overrides, out=out)
     if cmd.print_config:
         sys.stdout.write(config_template(config))
@@ -234,15 +240,28 @@ def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
     from .pipeline.result import RunResult, summary_text
     from .pipeline.runner import run_pipeline
 
-    root = run_pipeline(config, progress=cmd.progress, force=cmd.force)
+    root = run_pipeline(config, progress=False if cmd.quiet else cmd.progress, force=cmd.force)
     sys.stdout.write(summary_text(RunResult.load(root)))
 
 
 def _series_shortcut(paths: tuple[str, ...]) -> dict[str, object]:
-    """``--series DIR`` (an organism, built there if missing) or ``--series BASE CKPT...``."""
-    if len(paths) == 1 and not is_checkpoint(paths[0]):
-        return {"organism": paths[0], "checkpoints": ()}
-    return {"organism": None, "checkpoints": tuple(paths)}
+    """``--series DIR`` (an organism, built there if missing) or your checkpoints in any form
+    ``rlinterp diff`` takes (a run directory, or checkpoint folders, base first): the
+    ``[series]`` keys it sets, those of the other form back at their defaults (a config
+    file's organism preset does not apply to checkpoints); keys typed as options win."""
+    from .pipeline.sections import SeriesConfig
+
+    default = SeriesConfig()
+    one = Path(paths[0])
+    if len(paths) == 1 and not is_checkpoint(one) and not is_run_dir(one):
+        return {"organism": paths[0], "checkpoints": (), "base": None, "name": default.name}
+    return {
+        "organism": None,
+        "checkpoints": tuple(paths),
+        "preset": default.preset,
+        "seed": default.seed,
+        "regimes": (),
+    }
 
 
 def _figures(cmd: c.FiguresCommand) -> None:
@@ -250,8 +269,9 @@ def _figures(cmd: c.FiguresCommand) -> None:
     from .pipeline.figures import export_figures
     from .pipeline.result import RunResult
 
-    out = cmd.out or Path(cmd.run_dir) / "figures"
-    paths = export_figures(RunResult.load(cmd.run_dir), out, cmd.format)
+    run = RunResult.load(cmd.run_dir)
+    rundir.read_finished(cmd.run_dir, rundir.RUN, "finish it with `rlinterp run` first")
+    paths = export_figures(run, _out(cmd) or Path(cmd.run_dir) / "figures", cmd.format)
     sys.stdout.write("".join(f"{p}\n" for p in paths))
 
 
@@ -350,6 +370,16 @@ def _run_config_options(run: argparse.ArgumentParser) -> list[options.Option]:
     return options.add_options(run, RunConfig)
 
 
+def _out(cmd: object) -> Path | None:
+    """The directory a command writes (its --out, or where it writes without one)."""
+    if isinstance(cmd, c.OrganismCommand):
+        return Path(cmd.out or cmd.build.default_dir)
+    if isinstance(cmd, c.FiguresCommand):
+        return Path(cmd.out or Path(cmd.run_dir) / "figures")
+    out = getattr(cmd, "out", None)
+    return Path(out) if out is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any Hugging Face library is imported
     parser = _parser()
@@ -358,11 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd = options.from_args(command.options, args, args.added)
         if command.name == "run":
-            _run(cmd, args)
-        else:
-            command.run(cmd)
+            _run(cmd, args)  # ``run_pipeline`` keeps its --out as found itself
+        else:  # a refused or failed start leaves no claim; --quiet silences every bar
+            with rundir.kept_as_found(_out(cmd)), progress_bars(False if cmd.quiet else None):
+                command.run(cmd)
     except RlinterpError as e:
         sys.stderr.write(f"rlinterp {args.name}: error: {e}\n")
+        return 2
+    except OSError as e:  # a write of a library's own (a model, an SAE): the disk, not a bug
+        if e.errno not in OS_REMEDIES:
+            raise
+        sys.stderr.write(f"rlinterp {args.name}: error: {os_error(e, doing='cannot use')}\n")
         return 2
     return 0
 

@@ -29,7 +29,16 @@ from .tracking.config import TrackConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class OrganismCommand:
+class Output:
+    """What every command shares: how much it prints besides its results."""
+
+    quiet: bool = False
+    """No progress bars, rlinterp's or its libraries' (SAELens, transformers); without a
+    terminal on stderr there are none anyway. Log lines and the results are still printed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrganismCommand(Output):
     """Build the persona model organism: a base model and RL checkpoint series in a weak and
     a strong regime, with a behaviour table."""
 
@@ -41,7 +50,7 @@ class OrganismCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DiffCommand:
+class DiffCommand(Output):
     """Diff every RL checkpoint of a series against its base: Parquet tables, summary.json
     and a self-contained report.html in --out."""
 
@@ -57,7 +66,7 @@ class DiffCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainCommand:
+class TrainCommand(Output):
     """Train one dictionary on an activation store."""
 
     store: str
@@ -82,7 +91,7 @@ class TrainCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalCommand:
+class EvalCommand(Output):
     """Evaluate a trained dictionary on every model of its store."""
 
     dictionary: str
@@ -93,7 +102,7 @@ class EvalCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CircuitsCommand:
+class CircuitsCommand(Output):
     """Cross-model activation patching, attribution patching, direct logit attribution and
     attention-pattern change for a behaviour metric: Parquet tables, summary.json and
     report.html in --out."""
@@ -110,7 +119,7 @@ class CircuitsCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectionCommand:
+class SelectionCommand(Output):
     """Persona directions and latents, the selection-versus-novelty index per step and block
     with its interval and side (selection, novelty, undecided), the transition step and its
     block, the dictionary explanation, and steering/ablation checks."""
@@ -126,7 +135,7 @@ class SelectionCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrackCommand:
+class TrackCommand(Output):
     """Trajectories, stage-wise drift, matches and lineage of every latent of --dictionary
     over the series, with controls; Parquet tables, summary.json and report.html in --out."""
 
@@ -143,7 +152,7 @@ class TrackCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReadingsCommand:
+class ReadingsCommand(Output):
     """Readings that need no dictionary: sample the RL change amplified (base + alpha
     (checkpoint - base)), read the mean activation differences and their principal
     components by patchscope and lens, and group the tokens whose next-token distribution
@@ -160,7 +169,7 @@ class ReadingsCommand:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunCommand:
+class RunCommand(Output):
     """Run every stage on one or more series, resuming finished stages in the output
     directory, and write report.html / report.md there. Settings come from --config (TOML;
     see --print-config) and the options below, which override it."""
@@ -172,13 +181,14 @@ class RunCommand:
     print_config: bool = False
     """Print the resulting config as documented TOML and stop."""
     progress: bool | None = None
-    """Progress bars (default: only on a terminal; else one log line per stage)."""
+    """Progress bars (default: only on a terminal; else one log line per stage); --quiet
+    is --no-progress."""
     force: bool = False
     """Recompute from scratch, even if the output directory holds another run."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class FiguresCommand:
+class FiguresCommand(Output):
     """Write each report figure of a finished run as a standalone static file in the
     publication theme (needs kaleido and a Chromium)."""
 
@@ -187,4 +197,5 @@ class FiguresCommand:
     format: Literal["pdf", "svg", "png"] = "pdf"
     """File format of the figures."""
     out: str | None = None
-    """Output folder (default: RUN_DIR/figures)."""
+    """Output folder (default: RUN_DIR/figures): absent, empty, or a figure folder, whose
+    figures the export replaces."""

@@ -73,7 +73,7 @@ from ..core.artifacts import (
     write_safetensors,
 )
 from ..errors import RlinterpError
-from ..models.hooked import HookedModel, HookMap
+from ..models.hooked import PROBE_TOKENS, HookedModel, HookMap
 from ..models.series import DTYPES, Checkpoint, ModelSeries
 from .config import HarvestConfig as HarvestConfig
 from .prompts import PromptSet, TokenizedPrompts
@@ -99,15 +99,38 @@ def hook_layer(hook: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def valid_hooks(model: TransformerBridge) -> list[str]:
+    """Every hook name ``run_with_cache`` can return for ``model`` (aliases included)."""
+    return list(hook_shapes(model))
+
+
+def hook_shapes(model: TransformerBridge) -> dict[str, tuple[int, ...]]:
+    """Every hook of ``model`` and the shape of its activations on one 2-token prompt:
+    ``(1, 2, d)`` for a hook with one ``d``-vector per token, what every analysis reads."""
+    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
+    _, cache = model.run_with_cache(probe)
+    return {name: tuple(value.shape) for name, value in cache.items()}
+
+
 def _check_hooks(hook_map: HookMap, hooks: Sequence[str]) -> None:
-    unknown = [h for h in hooks if h not in hook_map.names]
+    shapes, n = hook_map.shapes, PROBE_TOKENS
+    unknown = [h for h in hooks if h not in shapes]
+    # Show one block's names: the others repeat them with another index.
+    shown = [h for h in shapes if hook_layer(h) in (None, 0)]
     if unknown:
-        # Show one block's names: the others repeat them with another index.
-        shown = [h for h in hook_map.names if hook_layer(h) in (None, 0)]
         raise RlinterpError(
             f"unknown hook(s) {unknown}; valid names are {shown} and the same for blocks 1.."
             f"{hook_map.cfg.n_layers - 1}"
         )
+    per_token = sorted(  # the residual stream first: what most analyses are about
+        (h for h in shown if len(shapes[h]) == 3 and shapes[h][:2] == (1, n)), key=lambda h: "resid" not in h
+    )
+    for hook in hooks:
+        if len(shapes[hook]) != 3 or shapes[hook][:2] != (1, n):
+            raise RlinterpError(
+                f"hook {hook} gives activations of shape {shapes[hook]} on a {n}-token prompt, not one "
+                f"vector per token (1, {n}, d), which every analysis reads; choose hooks like {per_token[:6]}"
+            )
 
 
 class TokenBatch(NamedTuple):
@@ -438,6 +461,9 @@ def harvest(
         for donor in reuse:
             _link_shards(donor, store, reusable_shards(donor, fingerprint, checkpoint.label, hooks))
     todo = [checkpoint for checkpoint in series if task.missing(checkpoint.label)]
+    if claimed.state == "resume":
+        done = [c.label for c in series if c not in todo]
+        log.info("harvest in %s: resumed; %d of %d checkpoints already complete", out, len(done), len(series))
     (executor or LocalExecutor()).map(task, series, todo)
     rundir.remove_orphans(out, entries)  # temporary files of tasks that died and were retried
     cut = tokenized.tokens_cut  # truncation is also logged by tokenize

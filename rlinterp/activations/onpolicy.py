@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
+from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json, write_parquet
 from ..core.reproducibility import stream_seed
 from ..errors import RlinterpError
 from ..models.series import Checkpoint, ModelSeries
@@ -214,7 +214,7 @@ class OnPolicyStores:
         path = root / "manifest.json"
         if not path.is_file():
             raise RlinterpError(f"{root} holds no finished on-policy harvest (no manifest.json)")
-        manifest = json.loads(path.read_text())
+        manifest = read_json_object(path, "harvest it again into a new directory")
         if manifest.get("kind") != KIND:
             raise RlinterpError(f"{path} is not an on-policy harvest manifest")
         labels = [c["label"] for c in manifest["checkpoints"]]
@@ -294,7 +294,7 @@ def _samples(
     }
     done = folder / "sampling.json"
     if done.is_file() and (folder / "samples.parquet").is_file():
-        if json.loads(done.read_text()) == fingerprint:
+        if read_json_object(done, f"delete {folder} to sample this checkpoint again") == fingerprint:
             return pd.read_parquet(folder / "samples.parquet")
         raise RlinterpError(
             f"{folder} holds samples drawn with another sampling config, prompt set or checkpoint; "

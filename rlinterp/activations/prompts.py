@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -70,29 +71,11 @@ class PromptSet:
         rows are objects with a non-empty ``text``, or ``prompt`` and ``response`` strings;
         other string fields become labels. Errors name the file and line."""
         path = Path(path)
-        if not path.is_file():
-            raise RlinterpError(f"prompt file {path} does not exist")
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line_no = raw[: e.start].count(b"\n") + 1
-            raise RlinterpError(f"{path}:{line_no} is not UTF-8 ({e.reason}); save the file as UTF-8") from e
-        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if not numbered:
-            raise RlinterpError(f"prompt file {path} is empty")
         if path.suffix != ".jsonl":
-            return cls(tuple(line for _, line in numbered))
-        rows = []
-        for n, line in numbered:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
-            if not isinstance(row, dict):
-                raise RlinterpError(f"{path}:{n} is a JSON {type(row).__name__}, not an object with a 'text'")
-            rows.append(row)
-        return cls.from_records(rows, source=str(path), lines=[n for n, _ in numbered])
+            return cls(tuple(line for _, line in text_lines(path, "prompt file")))
+        numbered = jsonl_objects(path, "prompt file", "an object with a 'text'")
+        rows, lines = [row for _, row in numbered], [n for n, _ in numbered]
+        return cls.from_records(rows, source=str(path), lines=lines)
 
     @classmethod
     def from_records(
@@ -109,7 +92,17 @@ class PromptSet:
             starts.append(start)
         skip = {"text", "prompt", "response"}
         names = sorted({k for row in rows for k, v in row.items() if k not in skip and isinstance(v, str)})
-        labels = {k: tuple(str(row.get(k, "")) for row in rows) for k in names}
+        for name in names:  # a label is a non-empty string on every row, never filled in
+            for i, row in enumerate(rows):
+                value = row.get(name)
+                if not isinstance(value, str) or not value.strip():
+                    where = f"{source}:{lines[i]}" if lines is not None else f"{source} row {i + 1}"
+                    found = "missing" if value is None else f"{value!r}, not a non-empty string"
+                    raise RlinterpError(
+                        f"{where}: label {name!r} is {found}; give every row a {name!r} string (other "
+                        f"rows have one) or drop the field"
+                    )
+        labels = {k: tuple(str(row[k]) for row in rows) for k in names}
         split = tuple(starts) if any(s is not None for s in starts) else None
         return cls(tuple(texts), response_starts=split, labels=labels)
 
@@ -135,6 +128,12 @@ class PromptSet:
                 )
         return cls.from_records(rows, source=f"{organism.root} persona texts")
 
+    def check_vocabulary(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Raise (``require_known``) if a text holds characters ``tokenizer`` only reads as
+        its unknown token; what ``tokenize`` checks, without laying the tokens out."""
+        for i, text in enumerate(self.texts):
+            require_known(tokenizer, text, _encode(tokenizer, text), f"prompt {i + 1} ({_shown(text)})")
+
     def tokenize(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -159,6 +158,7 @@ class PromptSet:
             # Prompt and response are tokenized apart, so the split is a token boundary.
             head = _encode(tokenizer, text[:start]) if start is not None else []
             tail = _encode(tokenizer, text[start:] if start is not None else text)
+            require_known(tokenizer, text, [*head, *tail], f"prompt {i + 1} ({_shown(text)})")
             full = [bos, *head, *tail]
             rows.append(full[:max_length])
             cut.append(len(full) - len(rows[-1]))
@@ -184,6 +184,40 @@ class PromptSet:
         return TokenizedPrompts(tokens=tokens, lengths=lengths, keep=keep, tokens_cut=tokens_cut)
 
 
+def text_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """The non-empty lines of a UTF-8 text file with their numbers, a byte-order mark
+    dropped (how the file was saved, not text); one line naming the file (and the line) if
+    it is missing, not UTF-8 or empty. ``what`` names the file in messages."""
+    if not path.is_file():
+        raise RlinterpError(f"{what} {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_no = raw[: e.start].count(b"\n") + 1
+        raise RlinterpError(f"{path}:{line_no} is not UTF-8 ({e.reason}); save the file as UTF-8") from e
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise RlinterpError(f"{what} {path} is empty")
+    return numbered
+
+
+def jsonl_objects(path: Path, what: str, expected: str) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON object on each non-empty line of ``path`` (``text_lines``), with its line
+    number; one line naming the file and line where a line is not JSON or not an object
+    (``expected`` says what it should be)."""
+    rows = []
+    for n, line in text_lines(path, what):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
+        if not isinstance(row, dict):
+            raise RlinterpError(f"{path}:{n} is a JSON {type(row).__name__}, not {expected}")
+        rows.append((n, row))
+    return rows
+
+
 def _record_text(row: object, where: str) -> tuple[str, int | None]:
     """A record's full text and response start (None without a prompt/response split)."""
     if not isinstance(row, dict):
@@ -205,6 +239,29 @@ def _record_text(row: object, where: str) -> tuple[str, int | None]:
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def require_known(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], what: str) -> None:
+    """Raise if ``text`` (encoded as ``ids``) holds characters the tokenizer only reads as its
+    unknown token: they would all become the same token, silently. ``what`` names the text
+    in the message (a prompt and its number, a metric target)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk not in ids or (tokenizer.unk_token and tokenizer.unk_token in text):
+        return
+    unknown = sorted({c for c in text if unk in _encode(tokenizer, c)})
+    named = ", ".join(_CHARACTER_NAMES.get(c, repr(c)) for c in unknown) or "some characters"
+    raise RlinterpError(
+        f"{what} holds {named}, which the checkpoints' tokenizer does not know (it reads them as "
+        f"{tokenizer.unk_token}); remove them from the file (save it as UTF-8 without a byte-order "
+        "mark) or use these checkpoints' own tokenizer"
+    )
+
+
+_CHARACTER_NAMES = {"\ufeff": "a byte-order mark (U+FEFF)", "\u200b": "a zero-width space (U+200B)"}
+
+
+def _shown(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
 
 
 @dataclass(frozen=True)

@@ -122,11 +122,12 @@ def run_circuits(
     if len(series) < 2:
         raise RlinterpError("circuits needs a base and at least one RL checkpoint")
     series.validate()
+    encoded = prompts.encode(series.tokenizer())  # targets and prompts checked before the claim
     if out is not None:
         inputs = fingerprint(series, metric, prompts, config)
         if rundir.claim(out, rundir.CIRCUITS, inputs, ENTRIES, force=force).state == "finished":
             return CircuitsResult.load(out)
-    ctx = _Context(series, metric, prompts.encode(series.tokenizer()), config)
+    ctx = _Context(series, metric, encoded, config)
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for checkpoint in series:
         log.info("circuits: %s", checkpoint.label)

@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from ..activations.prompts import jsonl_objects, require_known
 from ..errors import RlinterpError
 
 MetricKind = Literal["logit_diff", "logprob", "custom"]
@@ -163,24 +163,18 @@ class BehaviourPrompts:
         """Rows ``{"prompt": str, "positive": str | [str], "negative": str | [str],
         "corrupted": str}``; ``negative`` and ``corrupted`` are optional (all rows or none)."""
         path = Path(path)
-        if not path.is_file():
-            raise RlinterpError(f"behaviour prompt file {path} does not exist")
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
-            if not isinstance(row.get("prompt"), str) or "positive" not in row:
-                raise RlinterpError(f"{path}:{n} needs a 'prompt' string and 'positive' token(s)")
-            rows.append(row)
-        if not rows:
-            raise RlinterpError(f"behaviour prompt file {path} is empty")
+        numbered = jsonl_objects(path, "behaviour prompt file", "an object with a 'prompt'")
+        rows = [row for _, row in numbered]
+        for n, row in numbered:
+            if not isinstance(row.get("prompt"), str) or not _is_tokens(row.get("positive")):
+                raise RlinterpError(f"{path}:{n} needs a 'prompt' string and 'positive' token(s) (strings)")
+            if "negative" in row and not _is_tokens(row["negative"]):
+                raise RlinterpError(f"{path}:{n}: 'negative' must be a token or a list of tokens (strings)")
+            if "corrupted" in row and not isinstance(row["corrupted"], str):
+                raise RlinterpError(f"{path}:{n}: 'corrupted' must be a string")
 
-        def tokens(value: object) -> tuple[str, ...]:
-            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]
+        def tokens(value: str | list[str]) -> tuple[str, ...]:
+            return (value,) if isinstance(value, str) else tuple(value)
 
         def column(key: str) -> tuple | None:
             present = [key in row for row in rows]
@@ -212,10 +206,13 @@ class BehaviourPrompts:
         bos = tokenizer.bos_token_id
         if bos is None:
             raise RlinterpError("the tokenizer has no BOS token; rlinterp prepends one to every prompt")
-        clean = [[bos, *_ids(tokenizer, t)] for t in self.clean]
+        clean = [[bos, *_known_ids(tokenizer, t, f"prompt {i + 1}")] for i, t in enumerate(self.clean)]
         corrupted = None
         if self.corrupted is not None:
-            corrupted = [[bos, *_ids(tokenizer, t)] for t in self.corrupted]
+            corrupted = [
+                [bos, *_known_ids(tokenizer, t, f"corrupted prompt {i + 1}")]
+                for i, t in enumerate(self.corrupted)
+            ]
             for i, (a, b) in enumerate(zip(clean, corrupted, strict=True)):
                 if len(a) != len(b):
                     raise RlinterpError(
@@ -227,12 +224,25 @@ class BehaviourPrompts:
         return EncodedPrompts(clean, corrupted, positive, negative, pad=tokenizer.pad_token_id or bos)
 
 
+def _is_tokens(value: object) -> bool:
+    """A target as a file gives it: one token (a string) or a non-empty list of them."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    )
+
+
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _one_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+def _known_ids(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> list[int]:
     ids = _ids(tokenizer, text)
+    require_known(tokenizer, text, ids, f"behaviour {what} ({text!r})")
+    return ids
+
+
+def _one_token(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    ids = _known_ids(tokenizer, text, "target")
     if len(ids) != 1:
         raise RlinterpError(
             f"target {text!r} is {len(ids)} tokens; a metric target must be exactly one token"

@@ -14,6 +14,8 @@ for duplicate checkpoints and then fingerprinting it reads every weight byte onc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -37,18 +39,46 @@ TRACKED_PACKAGES = ("rlinterp", "torch", "transformers", "transformer-lens", "sa
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary path in ``path``'s folder, then rename it to
-    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    ``path``. On any error the temporary file is removed and ``path`` is untouched; an OS
+    error (a full disk, a read-only or forbidden folder) is one ``RlinterpError`` line naming
+    ``path`` (``os_error``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise os_error(e, path) from e
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are shared files
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # on a read-only disk even this may fail
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise os_error(e, path) from e
         raise
+
+
+OS_REMEDIES = {
+    errno.ENOSPC: "free disk space, then run the command again (finished steps are kept)",
+    errno.EDQUOT: "free space in your quota, then run the command again (finished steps are kept)",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "fix its permissions, or choose an --out you may write to",
+    errno.EPERM: "fix its permissions, or choose an --out you may write to",
+}
+"""What to do about the OS errors a run meets in its environment (not bugs of rlinterp)."""
+
+
+def os_error(
+    e: OSError, path: str | os.PathLike[str] | None = None, doing: str = "cannot write"
+) -> RlinterpError:
+    """``e`` as one line naming the file (``path``, else the error's own) and what to do
+    (``OS_REMEDIES``; other errors say to check the path)."""
+    where = path if path is not None else e.filename
+    remedy = OS_REMEDIES.get(e.errno or 0, "check the path and run the command again")
+    return RlinterpError(f"{doing} {where}: {e.strerror or e}; {remedy}")
 
 
 def _umask() -> int:
@@ -145,9 +175,24 @@ def read_json_object(path: Path, remedy: str) -> dict[str, Any]:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RlinterpError(f"{path} is not valid JSON ({e}); {remedy}") from e
+    except OSError as e:
+        raise os_error(e, path, doing="cannot read") from e
     if not isinstance(obj, dict):
         raise RlinterpError(f"{path} holds a JSON {type(obj).__name__}, not an object; {remedy}")
     return obj
+
+
+def read_safetensors(path: Path, remedy: str, device: str = "cpu") -> dict[str, Tensor]:
+    """The tensors in ``path``, or an ``RlinterpError`` naming the file and ending with
+    ``remedy`` if it is missing, truncated or not a safetensors file (a resume checkpoint
+    damaged outside rlinterp: refused, never deleted)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device=device)
+    except (OSError, SafetensorError) as e:
+        raise RlinterpError(f"{path} is missing or not a complete safetensors file ({e}); {remedy}") from e
 
 
 def read_parquet(path: Path, remedy: str) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 writes anything. The one claim of every command and artifact kind.
 
 Every command that writes a directory (organism build, harvest, diff, dictionary training,
-tracking, selection, circuits, a pipeline run) calls ``claim(out, kind, fingerprint,
+tracking, selection, circuits, a pipeline run, a run's paper figures) calls ``claim(out, kind, fingerprint,
 entries)`` once its inputs are validated and before it computes, and ``finish`` last:
 
 - ``kind`` says which artifact it writes (``KINDS``); every kind names itself in its
@@ -54,7 +54,8 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -110,7 +111,8 @@ TRACK = Kind("rlinterp.track", "track run", marker="track.json", flat=True)
 SELECTION = Kind("rlinterp.selection", "selection analysis")
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
 RUN = Kind("rlinterp.run", "run", marker=".run.json", grows=True)
-KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN)
+FIGURES = Kind("rlinterp.figures", "figure folder")
+KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN, FIGURES)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]
@@ -153,28 +155,11 @@ def claim(
     out = Path(out)
     fingerprint = json.loads(json.dumps(fingerprint))  # compare as the claim file will store it
     ours = {*entries, kind.manifest}
-    if out.exists() and not out.is_dir():
-        raise RlinterpError(f"--out {out} is a file; give a directory path")
-    try:
-        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    except OSError as e:
-        raise RlinterpError(f"cannot read {out}: {e.strerror}; choose another --out") from e
-    if not names:
+    found = _inspect(out, kind)
+    if found is None:
         _mark(out, kind, fingerprint, ours, record or {})
         return Claim("new", None)
-    found = _identify(out, names, (*KINDS, kind) if kind not in KINDS else KINDS)
-    if found is None:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise RlinterpError(
-            f"{out} is not empty and holds no rlinterp {kind.noun} (it has {shown}); "
-            "choose a new or empty --out"
-        )
     state = "finished" if found.finished else "unfinished"
-    if found.kind not in (kind.name, *kind.legacy):
-        raise RlinterpError(
-            f"{out} holds {_a(state)} {state} {_noun(found.kind)}, not {_a(kind.noun)} {kind.noun}; "
-            "choose another --out"
-        )
     recorded = _recorded(kind, found)
     listed = (found.marker or found.manifest or {}).get("entries")
     known = ours | ({str(e) for e in listed} if isinstance(listed, list) else set())
@@ -194,6 +179,41 @@ def claim(
     _clear(out, kind, remove=known - keep, record=known, fingerprint=None if force else fingerprint)
     _mark(out, kind, fingerprint, known, {**kept, **(record or {})})
     return Claim("resume" if keep else "new", None)
+
+
+def require_claimable(out: str | Path, kind: Kind) -> None:
+    """Raise what ``claim`` would raise for ``out`` whatever the fingerprint (a file, files
+    rlinterp did not write, another kind's run, an unreadable manifest or claim file),
+    writing nothing: a command that claims ``out`` only later (the organism a run builds
+    after claiming its own directory) checks it before anything is written."""
+    _inspect(Path(out), kind)
+
+
+def _inspect(out: Path, kind: Kind) -> _Found | None:
+    """The run of ``kind`` that ``out`` holds, None if ``out`` is absent or has no entries
+    at all; a one-line refusal for anything else."""
+    if out.exists() and not out.is_dir():
+        raise RlinterpError(f"--out {out} is a file; give a directory path")
+    try:
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as e:
+        raise RlinterpError(f"cannot read {out}: {e.strerror}; choose another --out") from e
+    if not names:
+        return None
+    found = _identify(out, names, (*KINDS, kind) if kind not in KINDS else KINDS)
+    if found is None:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise RlinterpError(
+            f"{out} is not empty and holds no rlinterp {kind.noun} (it has {shown}); "
+            "choose a new or empty --out"
+        )
+    if found.kind not in (kind.name, *kind.legacy):
+        state = "finished" if found.finished else "unfinished"
+        raise RlinterpError(
+            f"{out} holds {_a(state)} {state} {_noun(found.kind)}, not {_a(kind.noun)} {kind.noun}; "
+            "choose another --out"
+        )
+    return found
 
 
 def _recorded(kind: Kind, found: _Found) -> dict[str, Any] | None:
@@ -228,6 +248,48 @@ def _require_same_inputs(
             f"{out} holds {_a(state)} {state} {kind.noun} of other inputs ({changed}); "
             "choose another --out or pass --force to recompute it"
         )
+
+
+@contextmanager
+def kept_as_found(out: str | Path | None) -> Iterator[None]:
+    """Run the block; if it fails having written nothing into ``out`` but claim files
+    (refused, or failed before it computed anything) and ``out`` was absent or empty
+    before, leave ``out`` as it was: the claim files, and the folders made for them, go, so
+    the corrected command runs as the first would have. Anything else it wrote stays (a
+    resumable partial result is kept)."""
+    if out is None:
+        yield
+        return
+    out = Path(out)
+    made = _first_missing(out)
+    empty = out.is_dir() and not any(out.iterdir())
+    try:
+        yield
+    except BaseException:
+        root = made if made is not None else out
+        if (made is not None or empty) and root.is_dir() and _only_claims(root):
+            for path in [root] if made is not None else list(out.iterdir()):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _only_claims(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but claim files (any kind's) and folders of them."""
+    names = {k.marker for k in KINDS} | {MARKER}
+    return all(p.is_dir() and not p.is_symlink() or p.name in names for p in folder.rglob("*"))
 
 
 def finish(out: str | Path, kind: Kind, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -410,6 +472,21 @@ def _clear(
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name``, typed by a user, cannot be a folder a run writes (a series or regime
+    name), or None: empty, too long, a path, a dot-name (never written or removed by a run,
+    ``_plain``), or a control character."""
+    if not name.strip():
+        return "is empty"
+    if len(name) > 100:
+        return "is longer than 100 characters"
+    if not _plain(name) or name in (".", ".."):
+        return "is not a folder name (no '/' or '\\', not starting with '.')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a control character"
+    return None
 
 
 def _plain(name: str) -> bool:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -59,8 +60,17 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..activations.harvest import ActivationStore, shuffled_batches
-from ..core.artifacts import optimizer_tensors, restore_optimizer, write_json, write_safetensors
+from ..core.artifacts import (
+    optimizer_tensors,
+    read_json_object,
+    read_safetensors,
+    restore_optimizer,
+    write_json,
+    write_safetensors,
+)
 from ..errors import RlinterpError
+
+log = logging.getLogger(__name__)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder_weights.safetensors"
@@ -357,6 +367,7 @@ def train_crosscoder(
     since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
     if checkpoint is not None and (checkpoint / "state.json").is_file():
         steps = _restore(model, optimizer, since_fired, checkpoint)
+        log.info("crosscoder: resumed from its checkpoint at step %d", steps)
         return _train_loop(
             model, optimizer, since_fired, islice(stream, steps, None), steps, checkpoint, checkpoint_every
         )
@@ -413,11 +424,15 @@ def _restore(
     model: Crosscoder, optimizer: torch.optim.Optimizer, since_fired: Tensor, checkpoint: Path
 ) -> int:
     """Load a checkpoint written by ``_train_loop``; return the steps it had done."""
-    tensors = load_file(checkpoint / "state.safetensors", device=str(since_fired.device))
+    remedy = f"delete {checkpoint} to train this crosscoder from the start"
+    steps = read_json_object(checkpoint / "state.json", remedy).get("steps")
+    tensors = read_safetensors(checkpoint / "state.safetensors", remedy, device=str(since_fired.device))
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     restore_optimizer(optimizer, tensors)
     since_fired.copy_(tensors["since_fired"])
-    return int(json.loads((checkpoint / "state.json").read_text())["steps"])
+    if not isinstance(steps, int):
+        raise RlinterpError(f"{checkpoint / 'state.json'} names no step count; {remedy}")
+    return steps
 
 
 def paired_batches(

@@ -33,14 +33,14 @@ counted in one pass.
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -61,14 +61,15 @@ from sae_lens import (
 )
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..activations.harvest import ActivationStore, epoch_batches, shuffled_batches
+from ..activations.harvest import ActivationStore, epoch_batches, hook_shapes, shuffled_batches
 from ..core import rundir
 from ..core.artifacts import (
     optimizer_tensors,
+    read_json_object,
+    read_safetensors,
     restore_optimizer,
     write_json,
     write_parquet,
@@ -78,6 +79,11 @@ from ..errors import RlinterpError
 from .config import ARCHITECTURES as ARCHITECTURES
 from .config import Architecture as Architecture
 from .config import SAETrainConfig as SAETrainConfig
+
+if TYPE_CHECKING:
+    from ..models.series import ModelSeries
+
+_log = logging.getLogger(__name__)  # ``log`` names the training log rows here
 
 Source = Literal["acts", "diff"]
 MANIFEST = rundir.DICTIONARY.manifest
@@ -252,6 +258,31 @@ class TrainedSAE:
         return cls(path, SAE.load_from_disk(str(path)), manifest)
 
 
+def sae_hook_on(series: ModelSeries, path: str | os.PathLike[str], hook: str | None) -> str:
+    """The hook a given base SAE (``--dictionary``) reads; one line if it reads another hook
+    than ``hook`` (None: any), one the series' models do not have, or another width than
+    theirs there (a dictionary of another model)."""
+    trained = TrainedSAE.load(path)
+    found, d_in = str(trained.manifest.get("hook")), int(trained.sae.cfg.d_in)
+    if hook is not None and found != hook:
+        raise RlinterpError(
+            f"--dictionary {path} was trained at {found}, not at --hook {hook}; give a dictionary "
+            f"trained at {hook}, or drop --hook to analyse {found}"
+        )
+    shapes = hook_shapes(series.load(series.base))
+    if found not in shapes:
+        raise RlinterpError(
+            f"--dictionary {path} reads {found}, which the series' models do not have; give a "
+            "dictionary trained on this series' base"
+        )
+    if shapes[found][-1] != d_in:
+        raise RlinterpError(
+            f"--dictionary {path} has d_in {d_in} but {found} of the series has width "
+            f"{shapes[found][-1]}; it was trained on another model: give one trained on this series' base"
+        )
+    return found
+
+
 def dictionary_fingerprint(store: ActivationStore, settings: dict[str, Any]) -> dict[str, Any]:
     """A dictionary's inputs: the store's own fingerprint (as one digest) and ``settings``
     (method, models, hook, config), minus ``NOT_FINGERPRINTED``."""
@@ -371,7 +402,8 @@ def _start(out: Path, cfg: SAETrainConfig, d_in: int) -> _Run:
     )
     run = _Run(out, cfg, LeanSAETrainer(trainer_cfg, _training_sae(cfg, d_in), iter(())), [])
     if (out / CHECKPOINT / "trainer_state.json").is_file():
-        _restore(run.trainer, out / CHECKPOINT, run.log)
+        done = _restore(run.trainer, out / CHECKPOINT, run.log)
+        _log.info("dictionary in %s: resumed from its checkpoint at step %d", out, done)
     return run
 
 
@@ -574,9 +606,10 @@ def _checkpoint(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float 
 def _restore(trainer: SAETrainer[Any], path: Path, log: list[dict[str, float | int]]) -> int:
     """Load a checkpoint written by ``_checkpoint`` (its log rows into ``log``); return the
     steps already done."""
-    state = json.loads((path / "trainer_state.json").read_text())
+    remedy = f"delete {path} to train this dictionary from the start"
+    state = read_json_object(path / "trainer_state.json", remedy)
     log.extend(state["log"])
-    tensors = load_file(path / "trainer_state.safetensors", device=str(trainer.sae.device))
+    tensors = read_safetensors(path / "trainer_state.safetensors", remedy, device=str(trainer.sae.device))
     trainer.sae.load_state_dict(
         {k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")}
     )

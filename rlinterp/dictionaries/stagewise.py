@@ -24,7 +24,6 @@ with the same warm start and budget, so an interrupted run resumes stage by stag
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from sae_lens import SAE
 from torch import Tensor
 
 from ..activations.harvest import ActivationStore
+from ..core.artifacts import read_json_object
 from ..errors import RlinterpError
 from .config import StagewiseConfig as StagewiseConfig
 from .evaluation import evaluate_sae
@@ -170,7 +170,7 @@ def _reuse(folder: Path, cfg: SAETrainConfig) -> TrainedSAE | None:
     none; an error if it was trained otherwise."""
     if not (folder / MANIFEST).is_file():
         return None
-    done = json.loads((folder / MANIFEST).read_text())
+    done = read_json_object(folder / MANIFEST, f"delete {folder} to train this stage again")
     if done.get("config") != dataclasses.asdict(cfg):
         raise RlinterpError(
             f"{folder} holds a stage trained with another warm start or budget; "

@@ -97,7 +97,9 @@ class LoraAdapter:
             raise RlinterpError(
                 f"{folder} has no {ADAPTER_WEIGHTS}; re-save the adapter with safe_serialization=True"
             )
-        return cls(folder, config, read_header(weights))
+        adapter = cls(folder, config, read_header(weights))
+        adapter.check_config()
+        return adapter
 
     @property
     def base_name(self) -> str | None:
@@ -134,6 +136,28 @@ class LoraAdapter:
                 )
             updates[f"{module}.weight"] = LoraUpdate(f"{module}.weight", a.shape[0], a, b, embedding)
         return updates
+
+    def check_config(self) -> None:
+        """Raise ``RlinterpError`` if ``adapter_config.json`` disagrees with the weights: an
+        update whose rank is not the ``r`` (or ``rank_pattern``) the config gives its module
+        (PEFT would fail to load it, or load a truncated one), or one of a module that
+        ``target_modules`` does not name (PEFT would drop it silently)."""
+        where = f"{self.folder / ADAPTER_CONFIG} disagrees with {ADAPTER_WEIGHTS}"
+        targets, patterns = self.config.get("target_modules"), self.config.get("rank_pattern") or {}
+        for name, update in sorted(self.updates().items()):
+            module = name.removesuffix(".weight")
+            if not _targeted(module, targets):
+                raise RlinterpError(
+                    f"{where}: the weights update {module}, which target_modules {targets} does not name "
+                    "(PEFT would drop it); save the adapter again or fix target_modules"
+                )
+            matched = [r for key, r in patterns.items() if re.fullmatch(rf"(.*\.)?{key}", module)]
+            rank = matched[0] if matched else self.config.get("r")
+            if rank != update.rank:
+                raise RlinterpError(
+                    f"{where}: {module} has a rank-{update.rank} update, but the config says r = {rank}; "
+                    "save the adapter again or fix r (or rank_pattern)"
+                )
 
     def replaced(self) -> dict[str, TensorInfo]:
         """Base weight name -> a full tensor the adapter saved for it (``modules_to_save``,
@@ -187,6 +211,17 @@ class LoraAdapter:
         """Equal for two adapters holding the same tensors and settings."""
         settings = {k: v for k, v in self.config.items() if k not in _INFORMATIONAL}
         return tensors_digest(self.folder, self.tensors) + json.dumps(settings, sort_keys=True, default=str)
+
+
+def _targeted(module: str, targets: object) -> bool:
+    """Whether PEFT's ``target_modules`` names ``module``: a regex matching the whole name, a
+    list of names it ends with, or what the config cannot be checked against (``all-linear``,
+    PEFT's per-architecture default)."""
+    if isinstance(targets, str):
+        return targets == "all-linear" or re.fullmatch(targets, module) is not None
+    if isinstance(targets, list):
+        return any(module == t or module.endswith(f".{t}") for t in targets)
+    return True
 
 
 def _base_model(base: Path, dtype: torch.dtype, device: str, eager: bool = True) -> PreTrainedModel:

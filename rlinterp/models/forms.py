@@ -11,18 +11,24 @@ The forms (``form``), checked from the files alone, in this order:
   ``global_step<N>/``, ``<N>/``) folders, full checkpoints or PEFT adapters; the base is its
   step-0 folder, ``--base``, or the local model its adapters name.
 
-Torch-free: the standard library and ``rlinterp.errors`` only.
+Checkpoints of an organism given in another form (a regime's folder as a run directory,
+its checkpoint folders) still come from that organism: ``enclosing_organism`` finds it, so
+its persona texts can be the prompts of any series made of its models.
+
+Torch-free: the standard library, ``rlinterp.errors`` and ``core.rundir`` only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from ..core.rundir import ORGANISM
 from ..errors import RlinterpError
-from .checkpoint import ADAPTER_CONFIG
+from .checkpoint import ADAPTER_CONFIG, STEP_DIR
 
 Form = Literal["organism", "folders", "run"]
 
@@ -37,9 +43,36 @@ def organism_root(paths: Sequence[str | os.PathLike[str]]) -> Path | None:
     return root if (root / "manifest.json").is_file() else None
 
 
+def enclosing_organism(paths: Sequence[str | os.PathLike[str]]) -> Path | None:
+    """The organism directory every one of ``paths`` names or lies inside (the organism
+    itself, a regime's run directory, its checkpoint folders); None if they do not share one."""
+    if organism_root(paths) is not None:
+        return organism_root(paths)
+    found = {_organism_above(Path(p)) for p in paths}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _organism_above(path: Path) -> Path | None:
+    for folder in Path(os.path.abspath(path)).parents:
+        try:
+            manifest = json.loads((folder / ORGANISM.manifest).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("kind") == ORGANISM.name:
+            return folder
+    return None
+
+
 def is_checkpoint(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` is one checkpoint (a model config or an adapter config)."""
     return (Path(folder) / "config.json").is_file() or (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def is_run_dir(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a training run directory: it holds checkpoint folders named by
+    step (``checkpoint-<N>``, ``step-<N>``, ``global_step<N>``, ``<N>``)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.is_dir() and STEP_DIR.match(p.name) for p in folder.iterdir())
 
 
 def form(paths: Sequence[str | os.PathLike[str]]) -> Form:

@@ -108,6 +108,10 @@ def hook_sites(bridge: TransformerBridge, paths: dict[int, str]) -> dict[str, Si
     return sites
 
 
+PROBE_TOKENS = 8
+"""The length of the prompt a hook map is checked (and its shapes read) on."""
+
+
 @dataclass(frozen=True)
 class HookMap:
     """The hook names of one architecture: which of them are a module's input or output
@@ -122,6 +126,9 @@ class HookMap:
     """The bridge's config (``n_layers``, ``n_ctx``, ``d_model``, ``device``, ...)."""
     tokenizer: Any
     """The bridge's tokenizer."""
+    shapes: dict[str, tuple[int, ...]]
+    """Every name's activation shape on the ``PROBE_TOKENS``-token probe: ``(1, PROBE_TOKENS,
+    d)`` for a hook with one vector per token."""
 
     @classmethod
     @torch.no_grad()
@@ -132,7 +139,9 @@ class HookMap:
         ``hook_sites``), keeping the sites whose value on a few tokens equals the bridge's
         within ``tolerance`` (relative to the activation's scale, floored at 1); the others
         (a module whose input or output is not what the bridge hooks) stay the bridge's."""
-        probe = torch.tensor([[bridge.tokenizer.bos_token_id or 0, *range(1, 8)]], device=model.device)
+        probe = torch.tensor(
+            [[bridge.tokenizer.bos_token_id or 0, *range(1, PROBE_TOKENS)]], device=model.device
+        )
         _, expected = bridge.run_with_cache(probe)
         hooked = HookedModel(model, sites, bridge.cfg, bridge.tokenizer)
         _, actual = hooked.run_with_cache(
@@ -151,7 +160,8 @@ class HookMap:
                 dropped.append(name)
         if dropped:
             log.info("hooks read through the bridge (no module gives their value): %s", dropped)
-        return cls(kept, tuple(expected), bridge.cfg, bridge.tokenizer)
+        shapes = {name: tuple(value.shape) for name, value in expected.items()}
+        return cls(kept, tuple(expected), bridge.cfg, bridge.tokenizer, shapes)
 
 
 class _Stop(Exception):

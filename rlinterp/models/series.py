@@ -244,6 +244,11 @@ class ModelSeries:
                 shown = ", ".join(map(str, have[:10])) + (", ..." if len(have) > 10 else "")
                 raise RlinterpError(f"no checkpoint at step(s) {missing}; the series has steps {shown}")
             chosen = [by_step[s] for s in sorted(set(steps or ())) if s != 0]
+            if not chosen:
+                raise RlinterpError(
+                    f"--steps {','.join(map(str, steps or ())) or '(none)'} selects no RL checkpoint (step 0 "
+                    f"is the base); choose among steps {', '.join(map(str, sorted(by_step)[:10]))}"
+                )
         return dataclasses.replace(
             self, checkpoints=(self.base, *chosen), fidelity={}, _loaded=OrderedDict(), _validated=False
         )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import RlinterpError
 from .device import check_device
-from .forms import organism_root
+from .forms import enclosing_organism, organism_root
 
 if TYPE_CHECKING:
     from .series import ModelSeries
@@ -58,6 +58,16 @@ class SeriesSpec:
         if self.steps is not None and not STEPS.match(self.steps.replace(" ", "")):
             raise RlinterpError(f"--steps {self.steps!r} is neither every:<k> nor a list like 100,200,500")
         check_device(self.device)
+        if self.regime is not None and self.organism is None:
+            raise RlinterpError(
+                f"--regime {self.regime} picks a regime of an organism, but --series {self.series[0]} is "
+                "not one; drop --regime (or give the organism's directory)"
+            )
+        if self.base is not None and self.organism is not None:
+            raise RlinterpError(
+                f"--base applies to checkpoints, but --series {self.series[0]} is an organism, whose base "
+                "is its own; drop --base"
+            )
 
     @property
     def organism(self) -> Path | None:
@@ -65,19 +75,20 @@ class SeriesSpec:
         return organism_root(self.series)
 
     def require_organism(self, what: str) -> Path:
-        """The organism directory, or a one-line error saying that ``what`` needs one."""
-        if self.organism is None:
-            raise RlinterpError(f"{what} needs an organism as --series (its directory); give a file instead")
-        return self.organism
+        """The organism the series' models come from (its directory, a regime's folder or
+        its checkpoint folders: ``forms.enclosing_organism``), or a one-line error saying
+        that ``what`` needs one."""
+        root = enclosing_organism([*self.series, *([self.base] if self.base else [])])
+        if root is None:
+            raise RlinterpError(
+                f"{what} needs a series from an organism (its directory, a regime's folder or its "
+                "checkpoints), but these checkpoints come from none; give a file instead"
+            )
+        return root
 
     def select(self) -> dict[str, Any]:
         """``steps`` as keyword arguments of ``ModelSeries.select`` (empty: all)."""
-        if self.steps is None:
-            return {}
-        text = self.steps.replace(" ", "")
-        if text.startswith("every:"):
-            return {"every": int(text.removeprefix("every:"))}
-        return {"steps": [int(step) for step in text.split(",") if step]}
+        return steps_selection(self.steps)
 
     def load(self, **overrides: Any) -> ModelSeries:
         """The series (validated lazily, as ``ModelSeries`` is), its steps selected.
@@ -92,3 +103,14 @@ class SeriesSpec:
             self.series, self.regime, self.base, on_identical=self.on_identical, **options
         )
         return series.select(**self.select()) if self.steps is not None else series
+
+
+def steps_selection(steps: str | None) -> dict[str, Any]:
+    """A ``--steps`` value (``every:<k>`` or ``100,200,500``; None: all) as keyword
+    arguments of ``ModelSeries.select`` (empty: all)."""
+    if steps is None:
+        return {}
+    text = steps.replace(" ", "")
+    if text.startswith("every:"):
+        return {"every": int(text.removeprefix("every:"))}
+    return {"steps": [int(step) for step in text.split(",") if step]}

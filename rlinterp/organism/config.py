@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..core.rundir import folder_name_problem
 from ..errors import RlinterpError
 
 Preset = Literal["tiny", "default"]
@@ -162,6 +163,9 @@ class RegimeConfig:
     """Sampling stops here if the answer has not ended."""
 
     def __post_init__(self) -> None:
+        problem = "is the base model's folder" if self.name == "base" else folder_name_problem(self.name)
+        if problem:
+            raise RlinterpError(f"regime name {self.name!r} {problem}; choose another")
         _check_positive(self, "lr", "questions_per_step", "group_size", "max_answer_tokens")
         _check_non_negative(self, "kl_coef", "shortcut_bonus", "shortcut_cap")
         steps = self.checkpoint_steps

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,17 @@ class RunConfig:
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
     readings: ReadingsSection = field(default_factory=ReadingsSection)
 
+    def __post_init__(self) -> None:
+        hook, hooks = self.dictionaries.hook, self.harvest.hooks
+        # The base SAE trains on the diff stage's store: every block's resid_post by default.
+        harvested = hook in hooks if hooks else re.fullmatch(r"blocks\.\d+\.hook_resid_post", hook or "")
+        if hook is not None and not harvested:
+            shown = list(hooks) if hooks else "blocks.<i>.hook_resid_post"
+            raise RlinterpError(
+                f"dictionaries.hook {hook} is not harvested (harvest.hooks: {shown}); add it to "
+                "--harvest-hooks or choose one of those"
+            )
+
 
 def sections() -> dict[str, type]:
     """Every section name and its dataclass, in the order of ``RunConfig``."""
@@ -85,11 +97,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
         if key in known:
             if not isinstance(value, dict):
                 raise RlinterpError(f"config key {key!r}: expected a table [{key}], got {value!r}")
-            # TOML has no null: organism = "" means none, and so does giving checkpoints.
-            if key == "series" and (
-                value.get("organism") == "" or "organism" not in value and "checkpoints" in value
-            ):
-                value = {**value, "organism": None}
+            # TOML has no null: organism = "" means none, and so does giving checkpoints; so
+            # does base = "" or steps = "" (as the template writes them, commented out).
+            if key == "series":
+                value = {
+                    k: None if k in ("organism", "base", "steps") and v == "" else v for k, v in value.items()
+                }
+                if "organism" not in value and "checkpoints" in value:
+                    value["organism"] = None
             built[key] = schema.build(known[key], value, f"{key}.")
         elif key == "out":
             top["out"] = schema.coerce(value, str, "out")
@@ -153,9 +168,12 @@ def _fingerprinted(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     empty hook list it was written as: the fingerprints of run directories written before
     still match. A dictionary ``recipe`` counts unless it is ``legacy``, the one every run
     directory written before it trained with: such a directory resumes under the legacy
-    recipe and is refused under the fitted one."""
+    recipe and is refused under the fitted one; those of ``series`` without the ``base``
+    and ``steps`` it gained still match."""
     if name == "compute":
         return {"dtype": settings["dtype"]}
+    if name == "series":
+        return {k: v for k, v in settings.items() if k not in ("base", "steps") or v is not None}
     if name == "harvest":
         hooks = settings["hooks"] or []
         return {k: v for k, v in settings.items() if k != "max_length" or v is not None} | {"hooks": hooks}

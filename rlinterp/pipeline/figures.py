@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..core import rundir
 from ..core.report.panels import lines_side_by_side, side_by_side_figure
 from ..core.report.theme import PALETTE
 from ..core.report.theme import paper as paper
@@ -295,9 +296,13 @@ def export_figures(run: RunResult, out: str | Path, fmt: Format = "pdf") -> list
     import plotly.io as pio
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     figures = [paper(make(run)) for make in FIGURES.values()]
     paths = [out / f"{name}.{fmt}" for name in FIGURES]
+    # ``out`` is claimed as every output directory is: absent, empty or a figure folder (one
+    # export, replaced by the next), never a folder of other files or another artifact.
+    entries = [f"{name}.{f}" for name in FIGURES for f in ("pdf", "svg", "png")]
+    source = {"run": str(Path(run.root).resolve()), "format": fmt}
+    rundir.claim(out, rundir.FIGURES, source, entries, force=True)
     try:
         pio.write_images(
             figures,
@@ -316,6 +321,7 @@ def export_figures(run: RunResult, out: str | Path, fmt: Format = "pdf") -> list
         raise
     for path in paths:
         _make_stable(path, fmt)
+    rundir.finish(out, rundir.FIGURES, {**source, "figures": [p.name for p in paths]})
     return paths
 
 

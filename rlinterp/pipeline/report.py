@@ -15,7 +15,6 @@ backticks removed in Markdown).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import TypeAlias
 import pandas as pd
 
 from ..circuits.report import VERDICT_NOTE, verdict_table
-from ..core.artifacts import atomic_write
+from ..core.artifacts import atomic_write, read_json_object
 from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, table
 from ..diff.report import kl_figure, lens_table, top_tokens_table
 from ..readings.report import SHOWN as READINGS_TABLES
@@ -127,7 +126,8 @@ def features_section(run: RunResult, cards: int | None = None) -> Parts:
 def _skipped(run: RunResult, stage: str) -> str:
     """The series a stage could not analyse, with its reasons (``stages.SKIPPED``)."""
     path = run.root / stage / "skipped.json"
-    reasons = json.loads(path.read_text()) if path.is_file() else {}
+    remedy = f"delete {run.root / 'stages' / stage}.json to run the {stage} stage again"
+    reasons = read_json_object(path, remedy) if path.is_file() else {}
     return "".join(empty(f"{name}: not analysed ({why})") for name, why in reasons.items())
 
 
@@ -256,14 +256,15 @@ def render_markdown(run: RunResult, top: int = 10) -> str:
         change_columns = [c for c in latents.columns if c.endswith("_change")]
         lines += ["| latent | " + " | ".join(change_columns) + " | promotes | top context (base) |"]
         lines += ["|" + "---|" * (len(change_columns) + 3)]
-        for row in latents.head(top).itertuples(index=False):
+        # Rows as dicts: a series name is any folder name ("grpo-lora"), not an identifier.
+        for row in latents.head(top).to_dict("records"):
             context = run.contexts[
-                (run.contexts["latent"] == row.latent) & (run.contexts["series"] == "base")
+                (run.contexts["latent"] == row["latent"]) & (run.contexts["series"] == "base")
             ]
             snippet = "".join(context.iloc[0]["tokens"]) if len(context) else ""
-            changes = " | ".join(_md_cell(getattr(row, c)) for c in change_columns)
+            changes = " | ".join(_md_cell(row[c]) for c in change_columns)
             lines.append(
-                f"| {row.latent} | {changes} | {_md_code(str(row.promotes))} | {_md_code(snippet)} |"
+                f"| {row['latent']} | {changes} | {_md_code(str(row['promotes']))} | {_md_code(snippet)} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,6 @@ later stages (``HEADLINES``, in order).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.artifacts import read_json_object
 from ..dictionaries.cards import FeatureCard
 from ..diff.analysis import SeriesDiff
 from ..errors import RlinterpError
@@ -56,9 +56,8 @@ class RunResult:
         claim = root / ".run.json"
         if not claim.is_file() and not (root / "manifest.json").is_file():
             raise RlinterpError(f"{root} is not an rlinterp run directory; run `rlinterp run` first")
-        claimed = json.loads(claim.read_text()) if claim.is_file() else {}
-        if not claimed:
-            claimed = json.loads((root / "manifest.json").read_text())
+        remedy = "run `rlinterp run` again into a new directory"
+        claimed = read_json_object(claim if claim.is_file() else root / "manifest.json", remedy)
         config = claimed.get("config", {})
         diff_root = root / "diff"
         diffs = {
@@ -86,7 +85,7 @@ class RunResult:
             latent_steps=_read(dictionaries / "latent_steps.parquet"),
             contexts=_read(dictionaries / "contexts.parquet"),
             decoder_tokens=_read(dictionaries / "decoder_tokens.parquet"),
-            dictionary_info=json.loads(info.read_text()) if info.is_file() else {},
+            dictionary_info=read_json_object(info, remedy) if info.is_file() else {},
             tables=later,
         )
 

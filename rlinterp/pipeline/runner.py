@@ -28,11 +28,9 @@ the checkpoint folders and a prompt file are checked and before anything is comp
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import resource
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -45,10 +43,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.prompts import PromptSet
+from ..circuits.metrics import BehaviourPrompts
 from ..core import rundir
 from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json
+from ..core.output import progress_bars
+from ..dictionaries.sae import sae_hook_on
 from ..errors import RlinterpError
+from ..models.forms import enclosing_organism, organism_root
 from ..models.series import ModelSeries
+from ..models.spec import SeriesSpec, steps_selection
+from ..selection.personas import PersonaSplit
 from .config import (
     RunConfig,
     RunContext,
@@ -88,16 +92,30 @@ def _entries() -> tuple[str, ...]:
 
 
 def _check_inputs(ctx: RunContext) -> None:
-    """Record the weights the run reads; refuse to resume on other weights at the same paths."""
-    digests = {
-        name: [[c.label, c.step, _weights_digest(c.path, ctx.organism_root)] for c in series]
+    """Record the weights the run reads; refuse to resume on other weights at the same paths.
+    The digests are read from the weight files themselves, for every kind of series (an
+    organism's manifest says what its weights were when it was built, not what they are)."""
+    digests: dict[str, list[list[object]]] = {
+        name: [[c.label, c.step, _weights_digest(c.path)] for c in series]
         for name, series in ctx.series.items()
     }
     recorded = rundir.read_record(ctx.out, rundir.RUN).get("inputs")
     if recorded is not None and recorded != digests:
+        before = {
+            (name, str(row[0])): row[-1]
+            for name, rows in (recorded.items() if isinstance(recorded, dict) else [])
+            for row in rows
+            if isinstance(row, list) and row
+        }
+        changed = [
+            f"{name}/{row[0]}"
+            for name, rows in digests.items()
+            for row in rows
+            if before.get((name, str(row[0]))) != row[-1]
+        ]
         raise RlinterpError(
-            f"{ctx.out} holds results for other weights at the same checkpoint paths; "
-            "choose another output directory"
+            f"{ctx.out} holds results for other weights at the same checkpoint paths (changed: "
+            f"{', '.join(changed[:4]) or 'the series'}); choose another output directory or pass --force"
         )
     organism = str(ctx.organism_root.resolve()) if ctx.organism_root else None
     rundir.annotate(
@@ -105,12 +123,9 @@ def _check_inputs(ctx: RunContext) -> None:
     )
 
 
-def _weights_digest(path: Path, organism_root: Path | None) -> str:
-    if organism_root is not None:  # the organism's manifest already hashes its weights
-        recorded = json.loads((organism_root / "manifest.json").read_text())["weights_sha256"]
-        rel = str((path / "model.safetensors").relative_to(organism_root))
-        if rel in recorded:
-            return str(recorded[rel])
+def _weights_digest(path: Path) -> str:
+    """The sha256 of each weight file of a checkpoint folder, joined (one file: its sha256,
+    the value an organism's manifest records)."""
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     return ",".join(sha256_file(f) for f in files)
 
@@ -119,54 +134,152 @@ def _weights_digest(path: Path, organism_root: Path | None) -> str:
 
 
 def check(config: RunConfig) -> RunContext:
-    """What can be checked before the run claims its directory: checkpoint folders and a
-    prompt file are read, and an organism prompt source needs an organism. The organism
-    itself is built (if missing) by ``prepare``, after the claim."""
-    s, p, c = config.series, config.prompts, config.compute
+    """What can be checked before the run claims its directory: the checkpoints (in any
+    form ``rlinterp diff --series`` takes, resolved by ``SeriesSpec``), a finished
+    organism's regimes and steps, that a missing organism can be built where asked, and the
+    prompts (a file, or the persona texts of the organism the series comes from). The
+    organism itself is built (if missing) by ``prepare``, after the claim."""
+    s, p = config.series, config.prompts
     ctx = RunContext(config=config, out=Path(config.out))
     if s.organism is None:
-        kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
-        ctx.series[s.name] = ModelSeries.from_paths(list(s.checkpoints), **kwargs)
-    if p.source == "organism":
-        if s.organism is None:
-            raise RlinterpError("prompts.source = 'organism' needs series.organism; give a prompt file")
+        if organism_root(s.checkpoints) is not None:
+            raise RlinterpError(
+                f"series.checkpoints names the organism {s.checkpoints[0]}; give it as series.organism "
+                "(--series DIR) to analyse its regimes"
+            )
+        ctx.series[s.name] = _checked(SeriesSpec(**_spec_fields(config)).load(), s.name)
+    elif _finished(Path(s.organism)):
+        _organism_series(ctx, Path(s.organism))
     else:
-        prompts = PromptSet.from_file(p.source)
-        ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
+        rundir.require_claimable(s.organism, rundir.ORGANISM)  # built there after the run's claim
+    if p.source == "organism":
+        root = ctx.organism_root if s.organism is not None else enclosing_organism(_named_paths(config))
+        if s.organism is None and root is None:
+            raise RlinterpError(
+                "prompts.source = 'organism' takes the persona texts of the organism the checkpoints come "
+                "from, and these come from none; give a prompt file (--prompts-source FILE)"
+            )
+        if root is not None:
+            ctx.prompts = _budgeted(PromptSet.from_organism(root), config)
+    else:
+        ctx.prompts = _budgeted(PromptSet.from_file(p.source), config)
+    _check_fit(ctx)
     return ctx
+
+
+def _budgeted(prompts: PromptSet, config: RunConfig) -> PromptSet:
+    """The first ``prompts.max_prompts`` prompts, refused if the cut drops every text of a
+    persona the selection stage would analyse (or leaves one too few to fit)."""
+    kept = _first(prompts, config.prompts.max_prompts)
+    label, selection = config.selection.label, config.selection
+    if selection.enabled and label in prompts.labels and kept is not prompts:
+        lost = sorted(set(prompts.labels[label]) - set(kept.labels[label]))
+        if lost:
+            raise RlinterpError(
+                f"prompts.max_prompts = {config.prompts.max_prompts} keeps the first {len(kept)} texts, "
+                f"which hold no {label} {', '.join(map(repr, lost))}; raise --prompts-max-prompts or put "
+                "every persona's texts early in the file"
+            )
+        try:
+            PersonaSplit.make(kept.labels[label], selection.held_out_fraction, selection.seed)
+        except RlinterpError as e:
+            raise RlinterpError(f"prompts.max_prompts = {config.prompts.max_prompts} leaves {e}") from e
+    return kept
+
+
+def _check_fit(ctx: RunContext) -> None:
+    """What the stages read, checked against the series before the claim: every prompt
+    (and circuits prompt and target) in the tokenizer's vocabulary, and a given selection
+    dictionary reading a hook of the models' width. A series still to build (the organism)
+    is checked as its stages start."""
+    config = ctx.config
+    behaviour = None
+    if config.circuits.enabled and config.circuits.prompts is not None:
+        behaviour = BehaviourPrompts.from_jsonl(config.circuits.prompts).spread(config.circuits.max_prompts)
+    for series in ctx.series.values():
+        tokenizer = series.tokenizer()
+        if ctx.prompts is not None:
+            ctx.prompts.check_vocabulary(tokenizer)
+        if behaviour is not None:
+            behaviour.encode(tokenizer)
+        if config.selection.enabled and config.selection.dictionary is not None:
+            sae_hook_on(series, config.selection.dictionary, config.selection.hook)
 
 
 def prepare(ctx: RunContext) -> RunContext:
-    """The context of a checked run (``check``) with the organism built if needed, its
-    regimes' series and its prompts."""
+    """The context of a checked run (``check``) with the organism built if it was missing,
+    its regimes' series and its prompts."""
     from ..organism.build import build_organism  # the builder: only when it is missing
+
+    s = ctx.config.series
+    if s.organism is None or ctx.organism_root is not None:
+        return ctx  # everything was checked before the claim
+    root = Path(s.organism)
+    log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
+    _organism_series(ctx, build_organism(root, s.preset, s.seed).root)
+    if ctx.prompts is None:  # ``check`` refused the organism source without an organism
+        ctx.prompts = _budgeted(PromptSet.from_organism(root), ctx.config)
+    _check_fit(ctx)
+    return ctx
+
+
+def _spec_fields(config: RunConfig) -> dict[str, Any]:
+    s, c = config.series, config.compute
+    return {
+        "series": tuple(s.checkpoints),
+        "base": s.base,
+        "steps": s.steps,
+        "device": c.device,
+        "dtype": c.dtype,
+        "device_map": c.device_map,
+    }
+
+
+def _named_paths(config: RunConfig) -> list[str]:
+    return [*config.series.checkpoints, *([config.series.base] if config.series.base else [])]
+
+
+def _organism_series(ctx: RunContext, root: Path) -> None:
+    """The series of a finished organism's regimes (``series.regimes``, else every one: RL
+    regimes in build order, then the planted positive control(s), e.g. ``novel``), each cut
+    to ``series.steps``."""
     from ..organism.layout import Organism
 
-    s, p, c = ctx.config.series, ctx.config.prompts, ctx.config.compute
+    s, c = ctx.config.series, ctx.config.compute
+    organism = Organism.load(root)
+    built = [r["name"] for r in organism.manifest["config"]["regimes"]]
+    built += [r for r in organism.regimes if r not in built]
+    unknown = [r for r in s.regimes if r not in organism.regimes]
+    if unknown:
+        raise RlinterpError(
+            f"series.regimes names {unknown}, which the organism in {root} does not have (it has "
+            f"{', '.join(organism.regimes)}); fix --series-regimes"
+        )
     kwargs: dict[str, Any] = {"device": c.device, "dtype": DTYPES[c.dtype], "device_map": c.device_map}
-    if s.organism is not None:
-        root = Path(s.organism)
-        if not (root / "manifest.json").is_file():
-            log.info("building the %s organism (seed %d) in %s", s.preset, s.seed, root)
-        organism = Organism.load(root) if _finished(root) else build_organism(root, s.preset, s.seed)
-        ctx.organism_root = organism.root
-        # RL regimes in build order, then the planted positive control(s), e.g. ``novel``
-        built = [r["name"] for r in organism.manifest["config"]["regimes"]]
-        built += [r for r in organism.regimes if r not in built]
-        for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
-            ctx.series[regime] = ModelSeries.from_organism(organism.root, regime, **kwargs)
-    if ctx.prompts is None:
-        assert ctx.organism_root is not None  # ``check`` refused the organism source without one
-        prompts = PromptSet.from_organism(ctx.organism_root)
-        ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
-    return ctx
+    ctx.organism_root = organism.root
+    for regime in s.regimes or tuple(r for r in built if r in organism.regimes):
+        series = ModelSeries.from_organism(organism.root, regime, **kwargs)
+        series = series.select(**steps_selection(s.steps)) if s.steps else series
+        ctx.series[regime] = _checked(series, regime)
+
+
+def _checked(series: ModelSeries, name: str) -> ModelSeries:
+    if len(series) < 2:
+        raise RlinterpError(
+            f"series {name} has no RL checkpoint besides its base ({series.base.path}); give the "
+            "checkpoints to compare with it"
+        )
+    return series
 
 
 def _finished(root: Path) -> bool:
     return (root / "manifest.json").is_file() and not (root / ".building").exists()
 
 
-def _first(prompts: PromptSet, n: int) -> PromptSet:
+def _first(prompts: PromptSet, n: int | None) -> PromptSet:
+    """The first ``n`` prompts (``prompts.max_prompts``; None: all)."""
+    if n is None or n >= len(prompts):
+        return prompts
     return dataclasses.replace(
         prompts,
         texts=prompts.texts[:n],
@@ -227,14 +340,24 @@ def _stage_fingerprint(config: RunConfig, upto: int) -> dict[str, str]:
 
 def run_pipeline(config: RunConfig, progress: bool | None = None, *, force: bool = False) -> Path:
     """Run every stage of ``config`` (resuming finished ones), render the report; return
-    the run directory. ``progress``: a bar over the stages (None: only on a terminal;
-    otherwise one log line per stage). ``force``: recompute a directory that holds another
-    run (its outputs are removed first)."""
+    the run directory. ``progress``: a bar over the stages, and every bar rlinterp's
+    libraries draw (None: only on a terminal; otherwise one log line per stage; False:
+    none, ``core.output.progress_bars``). ``force``: recompute a directory that holds
+    another run (its outputs are removed first)."""
+    # A refused or failed start leaves no claim behind; bars (ours and our libraries') as asked.
+    with rundir.kept_as_found(config.out), progress_bars(progress) as show:
+        return _run_pipeline(config, show, force=force)
+
+
+def _run_pipeline(config: RunConfig, show: bool, *, force: bool) -> Path:
     from .report import write_reports
 
     started = time.perf_counter()
     out = Path(config.out)
     ctx = check(config)
+    if not force:  # a damaged stage marker is refused before the claim writes anything
+        for marker in sorted((out / "stages").glob("*.json")):
+            read_json_object(marker, STAGE_REMEDY)
     entries = _entries()
     record = {"config": to_dict(config)}
     rundir.claim(out, rundir.RUN, fingerprint(config), entries, resumable=entries, force=force, record=record)
@@ -245,7 +368,6 @@ def run_pipeline(config: RunConfig, progress: bool | None = None, *, force: bool
         with _timed() as preparing:  # the organism build, when it is missing
             prepare(ctx)
         _check_inputs(ctx)
-        show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(STAGES), desc="rlinterp run", unit="stage", disable=not show) as bar:
             for i, stage in enumerate(STAGES):
                 bar.set_postfix_str(stage.name)
@@ -302,10 +424,13 @@ def run(
     return RunResult.load(root)
 
 
+STAGE_REMEDY = "delete it to run the stage again"
+"""What a damaged ``stages/<name>.json`` message says to do."""
+
+
 def _run_stage(ctx: RunContext, stage: Stage, expected: dict[str, str]) -> None:
     marker = ctx.out / "stages" / f"{stage.name}.json"
-    remedy = "delete it to run the stage again"
-    if marker.is_file() and read_json_object(marker, remedy).get("fingerprint") == expected:
+    if marker.is_file() and read_json_object(marker, STAGE_REMEDY).get("fingerprint") == expected:
         log.info("stage %s: finished earlier, kept", stage.name)
         return
     with _timed() as spent:

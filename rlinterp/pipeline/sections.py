@@ -21,9 +21,11 @@ from typing import Any, Literal
 from ..activations.config import HarvestConfig, SamplingConfig
 from ..circuits.config import METRICS as ORGANISM_METRICS
 from ..circuits.config import CircuitsConfig, MetricPrompts
+from ..core.rundir import folder_name_problem
 from ..dictionaries.config import DictionaryConfig, StagewiseConfig
 from ..errors import RlinterpError
 from ..models.config import DtypeName, ExecutorConfig
+from ..models.spec import STEPS
 from ..organism.config import BuildConfig, Preset
 from ..readings.config import AmplifyConfig, ReadingsConfig, TopicsConfig
 from ..selection.config import SelectionConfig
@@ -32,7 +34,7 @@ from ..tracking.config import SourceName, TrackConfig
 
 @dataclass(frozen=True)
 class SeriesConfig:
-    """Which models: an organism (built if missing) and its regimes, or checkpoint folders."""
+    """Which models: an organism (built if missing) and its regimes, or your checkpoints."""
 
     organism: str | None = BuildConfig().default_dir
     """Organism directory; built there (with ``preset`` and ``seed``) if it is not finished."""
@@ -43,9 +45,17 @@ class SeriesConfig:
     regimes: tuple[str, ...] = ()
     """Organism regimes to analyse, each a series of its own (empty: every regime)."""
     checkpoints: tuple[str, ...] = ()
-    """Hugging Face checkpoint folders, base first (used instead of ``organism``)."""
+    """Your checkpoints instead of ``organism``, as ``rlinterp diff --series`` takes them: a
+    training run directory (``checkpoint-<N>/`` folders, full or PEFT adapters), or
+    checkpoint folders, base first (unless ``base``)."""
+    base: str | None = None
+    """The base model folder of ``checkpoints`` (default: the first folder, the run
+    directory's step-0 folder, or the local base its adapters name)."""
+    steps: str | None = None
+    """Only some checkpoints: every:<k> (every k-th, and the last) or a list of steps like
+    100,200,500 (default: all)."""
     name: str = "checkpoints"
-    """Name of the series given by ``checkpoints`` (its column in the report)."""
+    """Name of the series given by ``checkpoints`` (its folder and column in the report)."""
 
     def __post_init__(self) -> None:
         if (self.organism is None) == (not self.checkpoints):
@@ -53,8 +63,40 @@ class SeriesConfig:
                 'give exactly one of series.organism or series.checkpoints (set organism = "" '
                 "in the config, or pass --series, to use checkpoint folders)"
             )
-        if self.checkpoints and len(self.checkpoints) < 2:
-            raise RlinterpError("series.checkpoints needs a base and at least one RL checkpoint")
+        if self.steps is not None and not STEPS.match(self.steps.replace(" ", "")):
+            raise RlinterpError(
+                f"series.steps {self.steps!r} is neither every:<k> nor a list like 100,200,500; "
+                "fix --series-steps"
+            )
+        if self.checkpoints:
+            # What only an organism has, said of checkpoints, would be silently ignored.
+            given = [
+                key
+                for key, default in (("preset", BuildConfig.preset), ("seed", BuildConfig.seed))
+                if getattr(self, key) != default
+            ] + (["regimes"] if self.regimes else [])
+            if given:
+                raise RlinterpError(
+                    f"series.{given[0]} applies to an organism, but the series is checkpoints; "
+                    f"drop --series-{given[0]} (or set series.organism instead of checkpoints)"
+                )
+        elif self.base is not None:
+            raise RlinterpError(
+                f"series.base applies to checkpoints, but the series is the organism {self.organism}; "
+                "drop --series-base (an organism's base is its own)"
+            )
+        elif self.name != "checkpoints":
+            raise RlinterpError(
+                "series.name names a checkpoint series; an organism's series are named after its "
+                "regimes, so drop --series-name"
+            )
+        problem = (
+            "is what every series calls its base model"
+            if self.name == "base"
+            else folder_name_problem(self.name)
+        )
+        if problem:
+            raise RlinterpError(f"series.name {self.name!r} {problem}; choose another with --series-name")
 
 
 @dataclass(frozen=True)

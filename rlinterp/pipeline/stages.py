@@ -39,7 +39,7 @@ import pandas as pd
 
 from ..activations.prompts import PromptSet
 from ..circuits.result import CircuitsConfig
-from ..core.artifacts import write_json, write_parquet
+from ..core.artifacts import read_json_object, write_json, write_parquet
 from ..errors import RlinterpError
 from ..readings.config import ReadingsConfig
 from ..selection.config import SelectionConfig
@@ -65,7 +65,7 @@ def base_sae(ctx: RunContext) -> tuple[Path, str]:
             "the tracking and selection stages read the run's base SAE; enable the dictionaries stage "
             "(dictionaries.enabled = true) or disable them (tracking.enabled / selection.enabled = false)"
         )
-    found = json.loads(info.read_text())
+    found = read_json_object(info, "delete stages/dictionaries.json to train the base SAE again")
     return ctx.stage_dir("dictionaries") / found["sae"], str(found["hook"])
 
 
@@ -130,7 +130,8 @@ def selection_stage(ctx: RunContext) -> None:
         return
     assert ctx.prompts is not None
     sae, sae_hook = base_sae(ctx)
-    hook = section.hook or sae_hook
+    # A given dictionary is read at its own hook (``run_selection`` finds it).
+    hook = section.hook or (None if section.dictionary else sae_hook)
     cfg = command_config(
         SelectionConfig,
         section,

@@ -64,7 +64,7 @@ from ..activations.onpolicy import SamplingConfig
 from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet, write_safetensors
-from ..dictionaries.sae import SAETrainConfig, TrainedSAE, train_sae
+from ..dictionaries.sae import SAETrainConfig, TrainedSAE, sae_hook_on, train_sae
 from ..dictionaries.train import train_dictionary
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
@@ -263,6 +263,9 @@ def run_selection(
             "give persona-labelled texts"
         )
     labels = texts.labels[cfg.label]
+    PersonaSplit.make(labels, cfg.held_out_fraction, cfg.seed)  # personas and texts enough to fit
+    if cfg.dictionary is not None:  # read at its own hook, checked against the series' width
+        cfg = dataclasses.replace(cfg, hook=sae_hook_on(series, cfg.dictionary, cfg.hook))
     harvest_cfg = HarvestConfig(
         hooks=(cfg.hook,) if cfg.hook else None,
         batch_size=cfg.batch_size,

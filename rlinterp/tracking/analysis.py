@@ -53,11 +53,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..activations.harvest import HarvestConfig, harvest, prompts_sha256
+from ..activations.harvest import HarvestConfig, harvest, hook_shapes, prompts_sha256
 from ..activations.onpolicy import harvest_on_policy, prompt_texts
 from ..activations.prompts import PromptSet
 from ..core import rundir
-from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
+from ..core.artifacts import environment_versions, read_json_object, sha256_file, write_json, write_parquet
 from ..dictionaries.matching import DictionaryMatch, match_dictionaries
 from ..dictionaries.sae import MANIFEST, SAETrainConfig, TrainedSAE, train_sae
 from ..dictionaries.stagewise import (
@@ -114,14 +114,13 @@ def check_inputs(
         )
     series.validate()
     model = series.load(series.base)
-    probe = torch.tensor([[model.tokenizer.bos_token_id or 0, 0]], device=model.cfg.device)
-    _, cache = model.run_with_cache(probe)
-    if dictionary.hook not in cache:
+    shapes = hook_shapes(model)
+    if dictionary.hook not in shapes:
         raise RlinterpError(
             f"the dictionary in {dictionary.path} reads {dictionary.hook}, which the series' models do not "
             f"have (they have {model.cfg.n_layers} blocks); give a dictionary trained on this series"
         )
-    width = cache[dictionary.hook].shape[-1]
+    width = shapes[dictionary.hook][-1]
     if width != dictionary.d_in:
         raise RlinterpError(
             f"the dictionary in {dictionary.path} has d_in {dictionary.d_in} but {dictionary.hook} of the "
@@ -493,7 +492,7 @@ def _independent(
     n_tokens = cfg.independent_tokens or base_cfg.n_tokens
     train_cfg = dataclasses.replace(base_cfg, seed=seed, n_tokens=n_tokens, init_from=None)
     if (out / MANIFEST).is_file():
-        done = json.loads((out / MANIFEST).read_text())
+        done = read_json_object(out / MANIFEST, f"delete {out} to train this SAE again")
         if done.get("config") != asdict(train_cfg) or done.get("model") != stage.trained_on:
             raise RlinterpError(f"{out} holds an SAE trained otherwise; choose another output directory")
         sae = TrainedSAE.load(out).sae

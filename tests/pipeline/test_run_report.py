@@ -241,3 +241,35 @@ def test_the_circuits_sections_say_what_the_verdict_cannot_see(tmp_path):
     circuits = page[page.index("<h2 id='circuits'>") :]
     assert "What the verdict can and cannot see" in circuits
     assert "the verdict reads <i>enhanced</i>" in circuits
+
+
+@pytest.mark.parametrize("names", [("grpo-lora", "ppo run 2"), ("ünï-code", "<b>&amp;")], ids=str)
+def test_any_series_name_a_user_can_type_renders_everywhere(tmp_path, names):
+    """Series names are folder names, not identifiers: hyphens, spaces, other scripts and
+    markup reach the HTML report, report.md, the terminal summary and every figure."""
+    import dataclasses
+
+    run = synthetic_run(tmp_path, stages=True)
+    rename = dict(zip(SERIES, names, strict=True))
+
+    def renamed(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(series=frame["series"].replace(rename)) if "series" in frame else frame
+
+    run = dataclasses.replace(
+        run,
+        diffs={rename[k]: v for k, v in run.diffs.items()},
+        fvu_drift=renamed(run.fvu_drift),
+        latent_steps=renamed(run.latent_steps),
+        contexts=renamed(run.contexts),
+        tables={k: renamed(v) for k, v in run.tables.items()},
+    )
+    page, markdown, summary = render_run_report(run), render_markdown(run), summary_text(run)
+    for name in names:
+        assert f"<li>{html.escape(name)}: " in page.replace("&#x27;", "'")
+        assert f"- `{name}: " in markdown
+        assert f"\n{name}: " in summary
+    assert "<b>&amp;" not in page  # escaped, never markup
+    latents = markdown.split("## Top features")[1]
+    assert all(f"{name}_change" in latents for name in names)
+    for make in (index_figure, fvu_drift_figure, kl_figure):
+        assert [t.name for t in make(run).data] == list(names), make.__name__
