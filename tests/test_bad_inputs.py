@@ -106,12 +106,12 @@ def test_an_empty_step_selection(capsys, own, tmp_path):
 
 @pytest.mark.parametrize(
     ("hook", "shape"),
-    [("blocks.0.attn.hook_pattern", "(1, 4, 2, 2)"), ("blocks.1.attn.hook_z", "(1, 2, 4, 8)")],
+    [("blocks.0.attn.hook_pattern", "(1, 4, 8, 8)"), ("blocks.1.attn.hook_z", "(1, 8, 4, 8)")],
 )
 def test_a_hook_whose_activations_are_not_one_vector_per_token(capsys, own, tmp_path, hook, shape):
     argv = ["diff", *_full(own), "--prompts", str(own["texts"]), "--hooks", "blocks.1.hook_resid_post", hook]
     err = _refused(capsys, argv, tmp_path / "o")
-    assert f"hook {hook} gives activations of shape {shape} on a 2-token prompt" in err
+    assert f"hook {hook} gives activations of shape {shape} on a prompt of 8 tokens" in err
     assert "choose hooks like ['blocks.0.hook_resid_pre'" in err
 
 

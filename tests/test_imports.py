@@ -289,16 +289,34 @@ def test_reading_an_organism_imports_none_of_its_trainer(tmp_path, micro_config)
 
 def test_a_name_shared_with_its_submodule_stays_the_name():
     """``harvest`` is a function in ``activations/harvest.py``: importing that module first
-    (which binds ``rlinterp.activations.harvest`` to it) must not make the faces hand out
-    the module."""
+    (which binds ``rlinterp.activations.harvest`` to it, as Python does) must not make the
+    faces hand out the module, and a string path through the module still reaches it."""
     code = (
-        "import importlib, types\n"
+        "import importlib, types, rlinterp\n"
         "module = importlib.import_module('rlinterp.activations.harvest')\n"
         "from rlinterp import harvest\n"
-        "from rlinterp.activations import harvest as face_harvest\n"
-        "assert harvest is face_harvest is module.harvest, (harvest, face_harvest)\n"
+        "assert harvest is module.harvest, harvest\n"
         "assert not isinstance(harvest, types.ModuleType)\n"
+        "import rlinterp.activations.harvest as again\n"
+        "assert again is module and again.HarvestConfig is rlinterp.HarvestConfig\n"
         "import rlinterp.pipeline\n"
         "assert isinstance(rlinterp.pipeline.figures, types.ModuleType)  # a submodule export\n"
+    )
+    _imported_after(code)
+
+
+def test_a_subpackage_is_an_attribute_of_a_bare_import():
+    """Notebooks write ``import rlinterp`` then ``rlinterp.organism.build_tokenizer``."""
+    code = (
+        "import rlinterp, types\n"
+        "assert isinstance(rlinterp.organism, types.ModuleType)\n"
+        "assert callable(rlinterp.organism.build_tokenizer)\n"
+        "assert isinstance(rlinterp.tracking, types.ModuleType)\n"
+        "try:\n"
+        "    rlinterp.no_such_thing\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('a missing name must raise AttributeError')\n"
     )
     _imported_after(code)

@@ -128,7 +128,7 @@ def _check_hooks(hook_map: HookMap, hooks: Sequence[str]) -> None:
     for hook in hooks:
         if len(shapes[hook]) != 3 or shapes[hook][:2] != (1, n):
             raise RlinterpError(
-                f"hook {hook} gives activations of shape {shapes[hook]} on a {n}-token prompt, not one "
+                f"hook {hook} gives activations of shape {shapes[hook]} on a prompt of {n} tokens, not one "
                 f"vector per token (1, {n}, d), which every analysis reads; choose hooks like {per_token[:6]}"
             )
 

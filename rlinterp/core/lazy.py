@@ -18,10 +18,12 @@ package's source and returns the module's ``__getattr__``, ``__dir__`` and ``__a
 
 A name is imported on first access and then set on the package, so later lookups are
 ordinary attribute reads. A name that is a submodule (``from .pipeline import figures``)
-is imported as one. A name that shares its submodule's name (``harvest`` the function, in
-``activations/harvest.py``) stays the name: importing the submodule, which binds it on its
-package, does not replace the exported function with the module (an eager face gets this
-from re-binding the name after the import; a lazy one has to refuse the binding).
+is imported as one, and so is any public subpackage the face does not list
+(``rlinterp.organism`` after a bare ``import rlinterp``). A name another face exports is
+resolved through that face's list, not read off the package: importing a submodule binds it
+on its package under its own name, so after ``import rlinterp.activations.harvest`` the
+attribute ``rlinterp.activations.harvest`` is that module (as Python has it), while
+``rlinterp.harvest`` stays the function the faces list.
 """
 
 from __future__ import annotations
@@ -30,21 +32,9 @@ import ast
 import importlib
 import importlib.util
 import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-
-class _Face(types.ModuleType):
-    """A lazy package whose exported names are not replaced by same-named submodules."""
-
-    _shadowed: frozenset[str] = frozenset()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._shadowed and isinstance(value, types.ModuleType):
-            return  # the import system binding ``package.name`` to the submodule
-        super().__setattr__(name, value)
 
 
 def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
@@ -52,23 +42,15 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
     ``if TYPE_CHECKING:`` block (see the module docstring)."""
     module = sys.modules[package]
     exports = _type_checking_imports(Path(module.__file__ or ""), package)
-    module.__class__ = _Face
-    module._shadowed = frozenset(  # type: ignore[attr-defined]
-        name for name, (source, _) in exports.items() if source == f"{package}.{name}"
-    )
+    _FACES[package] = exports
 
     def __getattr__(name: str) -> Any:
-        if name not in exports:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        source, attribute = exports[name]
-        if source == package:  # ``from . import submodule``
-            value = importlib.import_module(f"{source}.{attribute}")
+        if name in exports:
+            value = _resolve(package, name)
+        elif not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            value = importlib.import_module(f"{package}.{name}")
         else:
-            owner = importlib.import_module(source)
-            try:
-                value = getattr(owner, attribute)
-            except AttributeError:  # a submodule its package does not import
-                value = importlib.import_module(f"{source}.{attribute}")
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
         setattr(module, name, value)
         return value
 
@@ -76,6 +58,24 @@ def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[
         return sorted(set(vars(module)) | set(exports))
 
     return __getattr__, __dir__, sorted(exports)
+
+
+_FACES: dict[str, dict[str, tuple[str, str]]] = {}
+"""Package -> its exports (``name -> (module, attribute)``), for every face made so far."""
+
+
+def _resolve(package: str, name: str) -> Any:
+    """What ``package``'s export ``name`` names, following other faces' lists."""
+    source, attribute = _FACES[package][name]
+    if source == package:  # ``from . import submodule``
+        return importlib.import_module(f"{source}.{attribute}")
+    owner = importlib.import_module(source)
+    if attribute in _FACES.get(source, {}):  # not ``getattr``: a submodule may shadow it
+        return _resolve(source, attribute)
+    try:
+        return getattr(owner, attribute)
+    except AttributeError:  # a submodule its package does not import
+        return importlib.import_module(f"{source}.{attribute}")
 
 
 def _type_checking_imports(path: Path, package: str) -> dict[str, tuple[str, str]]:

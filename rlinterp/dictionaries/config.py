@@ -72,9 +72,8 @@ class DictionaryConfig:
     device: str = "cpu"
     """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
     recipe: Recipe = "fitted"
-    """How training keeps latents alive: ``fitted`` (unit-norm decoder rows, b_dec at the
-    geometric median, a dead window fitted to the budget, a linear decay over the last
-    fifth; measured against dictionary_learning, see the README) or ``legacy`` (SAELens'
+    """How training keeps latents alive: ``fitted`` (unit-norm decoder rows, a dead window
+    fitted to the budget, a linear decay over the last fifth; measured against dictionary_learning, see the README) or ``legacy`` (SAELens'
     defaults with a cosine decay, as before: to reproduce dictionaries trained with it)."""
 
     def __post_init__(self) -> None:
@@ -167,10 +166,13 @@ class SAETrainConfig:
     batch. (SAELens' default window, 1,000 steps, ends after most short runs.)"""
     aux_coef: float = 1.0
     """Weight of the AuxK loss (SAELens' default; 0 turns it off)."""
-    b_dec_init: Literal["zeros", "median"] = "median"
+    b_dec_init: Literal["zeros", "median"] = "zeros"
     """Initial decoder bias: zeros (SAELens), or the geometric median of the first training
     batch (dictionary_learning), so that latents start by encoding deviations from the
-    data's centre rather than the centre itself."""
+    data's centre rather than the centre itself. Zeros by default: the median gained 0.0002
+    in held-out FVU (0.0178 against 0.0180) but, measured on the planted GPT-2 (32 latents,
+    k 4, lr 1e-2, 200k tokens), its best decoder row found the planted neuron's direction
+    at cosine 0.932 against 0.997 from zeros."""
     init_from: str | None = None
     """A saved SAE folder whose weights start training (a warm start, e.g. stage-wise
     fine-tuning on the next checkpoint); None: SAELens' random initialisation. Needs the

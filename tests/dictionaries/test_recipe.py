@@ -72,7 +72,7 @@ def test_the_legacy_recipe_is_an_option_and_what_old_manifests_read_as():
     assert (fitted.decoder_init_norm, fitted.lr_schedule, fitted.b_dec_init, fitted.dead_after) == (
         1.0,
         "constant",
-        "median",
+        "zeros",
         None,
     )
     legacy = DictionaryConfig(batch_size=128, recipe="legacy").sae_config()
@@ -121,10 +121,10 @@ def test_b_dec_starts_at_the_geometric_median_not_the_mean(tmp_path):
     assert (x.mean(0) - centre).norm() > 1  # the mean is elsewhere
     store = synthetic_store(tmp_path / "store", {"base": x}, HOOK)
     common = {"d_sae": 16, "k": 2, "n_tokens": 2 * 64, "batch_size": 64, "lr": 1e-9}
-    median = train_sae(store, "base", HOOK, tmp_path / "median", SAETrainConfig(**common)).sae
-    zeros = train_sae(
-        store, "base", HOOK, tmp_path / "zeros", SAETrainConfig(**common, b_dec_init="zeros")
+    median = train_sae(
+        store, "base", HOOK, tmp_path / "median", SAETrainConfig(**common, b_dec_init="median")
     ).sae
+    zeros = train_sae(store, "base", HOOK, tmp_path / "zeros", SAETrainConfig(**common)).sae
     assert torch.allclose(median.b_dec.detach(), centre, atol=1e-4)
     assert torch.allclose(zeros.b_dec.detach(), torch.zeros(8), atol=1e-4)
 

@@ -46,9 +46,14 @@ def planted(tmp_path_factory):
     store = harvest(
         base, planted_prompts(256), root / "store", HarvestConfig(hooks=(models.hook,), batch_size=64)
     )
-    train_dictionary(
-        store, "sae", models.hook, root / "sae", DictionaryConfig(d_sae=64, k=4, n_tokens=60_000)
-    )
+    # The legacy recipe (0.1-norm decoder rows): at these budgets (60k tokens for the base,
+    # 40k for each independent SAE, ~200 steps) the fitted recipe's unit-norm rows have not
+    # finished turning: measured, its rewired checkpoint's independent SAE found the new
+    # direction at cosine 0.85 (texts) and 0.88 (on-policy, a latent too rare to count),
+    # against 0.98 and 0.98 here. The test is about tracking, so it uses the recipe whose
+    # dictionaries contain the planted directions at this budget.
+    cfg = DictionaryConfig(d_sae=64, k=4, n_tokens=60_000, recipe="legacy")
+    train_dictionary(store, "sae", models.hook, root / "sae", cfg)
     return models, root / "sae"
 
 
@@ -102,7 +107,7 @@ def test_cli_zero_budget_is_one_line(planted, tmp_path, capsys):
         str(tmp_path / "p.txt"),
         "--out",
         str(tmp_path / "out"),
-        "--samples-per-prompt",
+        "--sampling-samples-per-prompt",
         "0",
     ]
     (tmp_path / "p.txt").write_text("hello there\n")
@@ -145,7 +150,8 @@ def test_planted_changes_are_found_as_what_they_are(planted, tmp_path):
             ]
             independent = TrainedSAE.load(tmp_path / "track" / "independent" / source / label).sae
             decoder = torch.nn.functional.normalize(independent.W_dec.detach(), dim=-1)
-            best = float((decoder[born["partner"].astype(int).tolist()] @ models.new_direction).max())
+            cosines = decoder[born["partner"].astype(int).tolist()] @ models.new_direction
+            best = float(cosines.max()) if len(cosines) else -1.0  # no birth at all: none is it
             assert (best >= 0.8) == (label == "rewired"), (source, label, best)
     # the base against itself: nothing amplified, suppressed, born or died
     own = result.controls[(result.controls["control"] == "self")]
