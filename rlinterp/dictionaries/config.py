@@ -73,8 +73,9 @@ class DictionaryConfig:
     """Where the dictionary trains (``cuda`` on a GPU machine); must exist on this machine."""
     recipe: Recipe = "fitted"
     """How training keeps latents alive: ``fitted`` (unit-norm decoder rows, a dead window
-    fitted to the budget, a linear decay over the last fifth; measured against dictionary_learning, see the README) or ``legacy`` (SAELens'
-    defaults with a cosine decay, as before: to reproduce dictionaries trained with it)."""
+    fitted to the budget, a linear decay over the last fifth; measured against
+    dictionary_learning, see the README) or ``legacy`` (SAELens' defaults with a cosine
+    decay, as before: to reproduce dictionaries trained with it)."""
 
     def __post_init__(self) -> None:
         for name in ("d_sae", "k", "n_tokens", "batch_size"):
