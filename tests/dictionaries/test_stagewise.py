@@ -57,7 +57,10 @@ def planted_store(tmp_path_factory):
     store = harvest(
         series, planted_prompts(256), root / "store", HarvestConfig(hooks=(planted.hook,), batch_size=64)
     )
-    cfg = DictionaryConfig(d_sae=64, k=4, n_tokens=60_000, batch_size=128)
+    # The legacy recipe: measured on this fixture (seed 0), a stage from its base SAE finds
+    # the rewired neuron's new direction at cosine 0.87; from the fitted recipe's, 0.77 (b_dec
+    # at zero) or 0.83 (at the median): the unit-norm rows turn slowly at a stage's budget.
+    cfg = DictionaryConfig(d_sae=64, k=4, n_tokens=60_000, batch_size=128, recipe="legacy")
     train_dictionary(store, "sae", planted.hook, root / "sae", cfg)
     return planted, store, root / "sae"
 
