@@ -41,8 +41,10 @@ def test_notebook_runs_top_to_bottom(path, workdir):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(workdir / path.name, as_version=4)
+    # The timeout guards against a hung kernel, not a speed target (those are benchmarks): the
+    # quickstart's pipeline cell took 744 CPU-s (16.8 min wall at load 2-6) on this machine.
     NotebookClient(
-        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        notebook, timeout=2400, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     ).execute()
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
