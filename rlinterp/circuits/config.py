@@ -9,6 +9,9 @@ from typing import Literal
 
 METRICS = ("answer", "persona", "shortcut", "rule", "marker")
 """The organism's behaviour metrics (``organism_metrics``)."""
+SHARED_METRICS = ("answer", "persona", "shortcut")
+"""The metrics every regime of the organism is read on; ``rule`` and ``marker`` measure what
+one regime was made to do (``organism_metrics.regime_metric``)."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ class ProbeResult:
     n_test: int
     positive_share: float
     """Share of rows with the property."""
+    balanced_accuracy_lo: float = math.nan
+    """Lower end of the interval over resampled groups (``probe_folds`` with ``groups``;
+    NaN without)."""
+    balanced_accuracy_hi: float = math.nan
+    """Upper end of that interval."""
 
 
 def probe_feature(
@@ -64,24 +69,60 @@ def probe_folds(
     labels: Tensor,
     folds: Sequence[Tensor],
     weight_decay: float = 1e-3,
+    groups: Int[Tensor, " row"] | None = None,
+    confidence: float = 0.9,
 ) -> ProbeResult:
     """Cross-validated probe: for each fold (a boolean mask of held-out rows) fit on the
     other rows with the two classes weighted equally, predict the held-out ones; score
     every row's out-of-fold prediction. Equal class weights keep the bias from guessing
     whichever class a fold left more of in training, which on a property the features do
     not carry turns chance into systematic error (measured on the organism: a rule over
-    held-out numbers read 0.15-0.18 without them)."""
+    held-out numbers read 0.15-0.18 without them). With ``groups`` (the held-out value of
+    each row, e.g. its number) the balanced accuracy gets a ``confidence`` interval over
+    resampled groups: rows of one value share it, so they are not independent evidence."""
     predicted = torch.zeros(len(labels), dtype=torch.bool)
     tested = torch.zeros(len(labels), dtype=torch.bool)
     for held in folds:
         predicted[held] = _fit_predict(features, labels, ~held, weight_decay, balance=True)
         tested |= held
+    lo = hi = math.nan
+    if groups is not None:
+        lo, hi = _group_interval(predicted[tested], labels[tested].bool(), groups[tested], confidence)
     return ProbeResult(
         balanced_accuracy=balanced_accuracy(predicted[tested].tolist(), labels[tested].tolist()),
         n_train=int(len(labels) - min(int(f.sum()) for f in folds)),
         n_test=int(tested.sum()),
         positive_share=float(labels.double().mean()),
+        balanced_accuracy_lo=lo,
+        balanced_accuracy_hi=hi,
     )
+
+
+def _group_interval(
+    predicted: Tensor, truth: Tensor, groups: Tensor, confidence: float, n_resamples: int = 2000
+) -> tuple[float, float]:
+    """Percentile interval of the balanced accuracy over resamples of whole groups."""
+    _, group = groups.unique(return_inverse=True)
+    n_groups = int(group.max()) + 1
+    hit = (predicted == truth).double()
+
+    def per_group(mask: Tensor) -> Tensor:
+        counts = torch.zeros(n_groups, 2, dtype=torch.float64)
+        counts[:, 0].index_add_(0, group[mask], hit[mask])
+        counts[:, 1].index_add_(0, group[mask], torch.ones(int(mask.sum()), dtype=torch.float64))
+        return counts
+
+    positive, negative = per_group(truth), per_group(~truth)
+    generator = torch.Generator().manual_seed(0)  # an interval is a summary, not a sample
+    picks = torch.randint(0, n_groups, (n_resamples, n_groups), generator=generator)
+    weights = torch.zeros(n_resamples, n_groups, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(n_resamples, n_groups, dtype=torch.float64)
+    )
+    rates = [(weights @ c[:, 0]) / (weights @ c[:, 1]) for c in (positive, negative)]
+    replicates = torch.stack(rates).nanmean(0)  # a resample without one class: the other's rate
+    tail = (1 - confidence) / 2
+    lo, hi = torch.nanquantile(replicates, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return float(lo), float(hi)
 
 
 def _fit_predict(

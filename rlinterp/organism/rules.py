@@ -133,7 +133,8 @@ def probe_rule(
 ) -> list[dict[str, Any]]:
     """Per block and feature (``FEATURES``): the held-out-number probe of ``model`` at the
     answer position, as rows ``hook, feature, balanced_accuracy, n_train, n_test,
-    positive_share``."""
+    positive_share, balanced_accuracy_lo, balanced_accuracy_hi`` (the interval over
+    resampled numbers: the prompts about one number are one piece of evidence)."""
     prompts = probe_prompts(max_operand)
     residuals = answer_position_residuals(model, tokenizer, [p for p, _ in prompts])
     numbers = torch.tensor([q.n for _, q in prompts])
@@ -145,7 +146,7 @@ def probe_rule(
     rows = []
     for layer in range(residuals.shape[0]):
         for feature in FEATURES:
-            result = probe_folds(residuals[layer], labels[feature], folds)
+            result = probe_folds(residuals[layer], labels[feature], folds, groups=numbers)
             rows.append({"hook": f"blocks.{layer}.hook_resid_post", "feature": feature, **asdict(result)})
     return rows
 

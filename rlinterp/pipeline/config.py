@@ -42,6 +42,7 @@ from .sections import (
     SelectionSection,
     SeriesConfig,
     TrackingSection,
+    TransitionSection,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class RunConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
+    transition: TransitionSection = field(default_factory=TransitionSection)
 
 
 def sections() -> dict[str, type]:

@@ -5,7 +5,8 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE). The stages are declared in one ordered tuple, ``STAGES``, each
+reading the run's base SAE), and ``transition`` (one reading over the signals of those
+stages, ``pipeline.transition``). The stages are declared in one ordered tuple, ``STAGES``, each
 naming the config sections its results depend on; a new stage is a new entry there and a
 new section field of ``RunConfig``.
 
@@ -56,7 +57,7 @@ from .config import (
     to_dict,
 )
 from .sections import command_config
-from .stages import circuits_stage, selection_stage, tracking_stage
+from .stages import circuits_stage, selection_stage, tracking_stage, transition_stage
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -205,6 +206,7 @@ STAGES = (
     Stage("tracking", tracking_stage, ("tracking",)),
     Stage("selection", selection_stage, ("selection",)),
     Stage("circuits", circuits_stage, ("circuits",)),
+    Stage("transition", transition_stage, ("transition",)),
 )
 """The pipeline, in order. A stage's fingerprint is that of its sections and those of the
 stages before it, so a changed budget reruns its stage and the ones after, never those

@@ -85,9 +85,14 @@ def test_the_probe_reads_a_computed_rule_and_not_a_mere_lookup():
     knows = torch.cat([identity, parity[:, None].float(), noise], dim=1)
     computes = torch.cat([knows, rule[:, None].float()], dim=1)
     folds = number_folds(numbers, 9)
-    assert probe_folds(computes, rule, folds).balanced_accuracy > 0.95
+    computed = probe_folds(computes, rule, folds, groups=numbers)
+    assert computed.balanced_accuracy > 0.95 and computed.balanced_accuracy_lo > 0.9
     assert probe_folds(knows, parity, folds).balanced_accuracy > 0.95
-    assert abs(probe_folds(knows, rule, folds).balanced_accuracy - 0.5) < 0.1
+    looked_up = probe_folds(knows, rule, folds, groups=numbers)
+    assert abs(looked_up.balanced_accuracy - 0.5) < 0.1
+    # the interval is over the ten numbers, not the rows: chance stays inside it
+    assert looked_up.balanced_accuracy_lo < 0.5 < looked_up.balanced_accuracy_hi
+    assert looked_up.balanced_accuracy_hi - looked_up.balanced_accuracy_lo > 0.2
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -137,7 +142,8 @@ def test_the_build_records_the_rule_its_probes_and_rule_accuracy_everywhere(rule
     n_layer = ruled_organism.manifest["config"]["model"]["n_layer"]
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(n_layer)]
     assert probes == {(s, h, f) for s in steps for h in hooks for f in FEATURES}
-    assert all(0 <= p["balanced_accuracy"] <= 1 for p in entry["probe"])
+    for p in entry["probe"]:
+        assert 0 <= p["balanced_accuracy_lo"] <= p["balanced_accuracy"] <= p["balanced_accuracy_hi"] <= 1
     table = ruled_organism.behaviour()
     assert table[["rule_accuracy", "rule_accuracy_lo", "rule_accuracy_hi"]].notna().all().all()
     assert (table["rule_accuracy_lo"] <= table["rule_accuracy"]).all()
