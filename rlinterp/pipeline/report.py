@@ -187,9 +187,10 @@ TRANSITION_NOTE = (
     "base SAE's FVU drift above 0 (paired bootstrap over prompts); born and repurposed latents "
     "above the self control's count (Poisson); the persona-choice patch reproducing no more of "
     "the behaviour change than random subspaces; a circuits sub-component verdict "
-    "<i>new</i>; the rule probe's interval above the base's. The change point is where most "
-    "signals moved (two-segment fit of the share that moved), its interval over resamples of "
-    "the signals, beside the behavioural transition.</p>"
+    "<i>new</i>; the rule probe's interval above the base's. A step agrees when at least two "
+    "signals moved there; the change point is where most steps start to agree (two-segment "
+    "fit), its interval the range found with each signal left out in turn and its support the "
+    "share of those that still find one, beside the behavioural transition.</p>"
 )
 
 

@@ -231,7 +231,7 @@ class TransitionSection:
     its control, and a change point combining them."""
 
     n_resamples: int = 500
-    """Resamples for the FVU drift's interval (prompts) and the change point's (signals)."""
+    """Resamples of the prompts for the FVU drift's interval."""
     confidence: float = 0.9
     """Coverage of the intervals (the index's own is ``selection.index.confidence``)."""
     seed: int = 0

@@ -266,7 +266,7 @@ def transition_stage(ctx: RunContext) -> None:
         )
         rows = signals_of(name, run.tables, drift, probes, section.confidence)
         signals.append(rows)
-        point = change_point(rows, section.n_resamples, section.confidence, section.seed)
+        point = change_point(rows)
         points.append(point_row(name, point, _behavioural_step(run, organism, name, RULE_LEARNED)))
     out = ctx.stage_dir("transition")
     frames = [f for f in signals if len(f)]

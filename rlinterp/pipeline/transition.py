@@ -33,12 +33,17 @@ The signals (``SIGNALS``; one row per series, step and signal, ``SIGNAL_COLUMNS`
   probe of the rule at the best block with its interval over resampled numbers; moved
   when the interval lies above the base's (the self control).
 
-**The change point** of a series: with ``c_t`` the share of its signals that moved at step
-``t`` (the base, where nothing moved, is ``c_0 = 0``), the best split of the steps into a
-before and an after (two-segment least squares); found when most signals moved after it
-(mean ``c >= 1/2``) and not before. Its interval is the percentile range of the split over
-resamples of the signals (which evidence a run happened to have), ``support`` the share
-of resamples that find one. A series with fewer than ``MIN_SIGNALS`` signals gets none.
+**The change point** of a series: a step *agrees* when at least ``AGREEING`` signals moved
+there (the base, where nothing moved, does not); the change point is the best split of the
+steps into a before and an after (two-segment least squares on the agreeing indicator),
+found when most steps after it agree and most before it do not. Why two and not a majority:
+each signal is blind to some kind of transition by construction (the index to a shortcut
+through base features, a component verdict to new neurons in a used block, and the probe
+exists only where a rule is given), so a majority would ask kinds to be seen by signals
+that cannot see them; two tests agreeing guard against one signal's false positive. Its
+interval is the range of the change points found with each signal left out in turn, and
+``support`` the share of those that still find one: a transition that hangs on one signal
+says so. A series with fewer than ``AGREEING`` signals gets none.
 """
 
 from __future__ import annotations
@@ -79,9 +84,8 @@ POINT_COLUMNS = (
 """One row per series: the combined change point (``step``, its interval and support), how
 many signals voted, each moved signal with its first moved step (``name@step``) and the
 silent ones, and the behavioural transition to compare with (None where unknown)."""
-MIN_SIGNALS = 2
-"""Fewest signals a change point is read from: one signal is its own reading, not a
-combination."""
+AGREEING = 2
+"""Signals that must have moved at a step for it to agree (see the module docstring)."""
 LINEAGE_CHANGES = ("born", "repurposed", "new_direction")
 """Lineage classes that count as new (``new_direction`` where the lineage has it)."""
 
@@ -333,52 +337,52 @@ class ChangePoint:
     step_lo: int | None
     step_hi: int | None
     support: float
-    """Share of the signal resamples that find a change point."""
+    """Share of the leave-one-signal-out reads that still find a change point."""
     n_signals: int
     moved: dict[str, int]
     """Each signal that moved at some step -> the first step it moved."""
     silent: tuple[str, ...]
 
 
-def _split(steps: np.ndarray, share: np.ndarray) -> int | None:
-    """The step after which ``share`` (the base's 0 first) jumps to a majority, or None."""
+def _split(steps: np.ndarray, agree: np.ndarray) -> int | None:
+    """The step from which most steps agree and before which most do not (the best
+    two-segment split of ``agree``, the base's 0 first), or None."""
     best, best_cost = None, np.inf
-    for k in range(1, len(share)):
-        before, after = share[:k], share[k:]
+    for k in range(1, len(agree)):
+        before, after = agree[:k], agree[k:]
         cost = ((before - before.mean()) ** 2).sum() + ((after - after.mean()) ** 2).sum()
         if cost < best_cost - 1e-12:
             best, best_cost = k, cost
-    if best is None or not share[:best].mean() < 0.5 <= share[best:].mean():
+    if best is None or not agree[:best].mean() < 0.5 <= agree[best:].mean():
         return None
     return int(steps[best])
 
 
-def change_point(signals: pd.DataFrame, n_resamples: int, confidence: float, seed: int) -> ChangePoint:
+def change_point(signals: pd.DataFrame) -> ChangePoint:
     """The combined change point of one series' signal rows (see the module docstring)."""
     moved = signals.pivot_table(index="signal", columns="step", values="moved", aggfunc="max")
-    moved = moved.reindex([s for s in SIGNALS if s in moved.index]).astype(float)
+    moved = moved.reindex([s for s in SIGNALS if s in moved.index]).fillna(0).astype(float)
     first = {str(name): int(row[row > 0].index[0]) for name, row in moved.iterrows() if (row > 0).any()}
     silent = tuple(str(s) for s in moved.index if s not in first)
     steps = np.array([0, *moved.columns.astype(int)])
     matrix = moved.to_numpy()
-    if len(matrix) < MIN_SIGNALS or matrix.shape[1] == 0:
+    if len(matrix) < AGREEING:
         return ChangePoint(False, None, None, None, 0.0, len(matrix), first, silent)
 
-    def share(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([[0.0], np.nan_to_num(np.nanmean(matrix[rows], axis=0))])
+    def split(counts: np.ndarray) -> int | None:
+        return _split(steps, np.concatenate([[0.0], (counts >= AGREEING).astype(float)]))
 
-    point = _split(steps, share(np.arange(len(matrix))))
-    rng = np.random.default_rng(seed)
-    replicates = [_split(steps, share(rng.integers(0, len(matrix), len(matrix)))) for _ in range(n_resamples)]
-    found = [s for s in replicates if s is not None]
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(found, [tail, 1 - tail], method="nearest") if found else (None, None)
+    total = matrix.sum(0)
+    point = split(total)
+    left_out = [split(total - row) for row in matrix]
+    found = [s for s in left_out if s is not None]
+    span = [*found, point] if point is not None else []
     return ChangePoint(
         found=point is not None,
         step=point,
-        step_lo=None if lo is None or point is None else int(lo),
-        step_hi=None if hi is None or point is None else int(hi),
-        support=len(found) / n_resamples,
+        step_lo=min(span) if span else None,
+        step_hi=max(span) if span else None,
+        support=len(found) / len(left_out),
         n_signals=len(matrix),
         moved=first,
         silent=silent,

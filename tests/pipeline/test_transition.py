@@ -42,42 +42,47 @@ def _signals(moved: dict[str, tuple[int, ...]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(SIGNAL_COLUMNS))
 
 
-def test_the_change_point_is_where_most_signals_start_to_move():
+def test_the_change_point_is_where_two_signals_start_to_agree():
     later = (25, 50, 100)
     signals = _signals(
         {
-            "index": later,
+            "index": (),
             "fvu_drift": (10, 25, 50, 100),
             "lineage": later,
-            "persona_patch": (),
+            "persona_patch": later,
             "circuits": (),
         }
     )
-    point = change_point(signals, n_resamples=200, confidence=0.9, seed=0)
-    assert point.found and point.step == 25
-    assert point.step_lo <= 25 <= point.step_hi and 0.5 < point.support <= 1
-    assert point.moved == {"index": 25, "fvu_drift": 10, "lineage": 25}
-    assert point.silent == ("persona_patch", "circuits") and point.n_signals == 5
+    point = change_point(signals)
+    assert point.found and point.step == 25 and point.n_signals == 5
+    assert point.moved == {"fvu_drift": 10, "lineage": 25, "persona_patch": 25}
+    assert point.silent == ("index", "circuits")
+    # any one signal left out, two still agree from step 25
+    assert (point.step_lo, point.step_hi, point.support) == (25, 25, 1.0)
+    two = _signals({"index": (), "fvu_drift": later, "lineage": later, "persona_patch": (), "circuits": ()})
+    point = change_point(two)  # it hangs on both: leaving either out finds nothing
+    assert point.found and point.step == 25 and point.support == 3 / 5
 
 
-def test_one_signal_moving_alone_or_an_early_flicker_is_no_transition():
+def test_one_signal_moving_alone_or_one_agreeing_step_is_no_transition():
     alone = _signals({"index": (), "fvu_drift": STEPS, "lineage": (), "circuits": ()})
-    assert not change_point(alone, 200, 0.9, 0).found
+    assert not change_point(alone).found
+    once = _signals({"index": (10,), "fvu_drift": STEPS, "lineage": ()})  # two agree at step 10 only
+    assert not change_point(once).found
     flicker = _signals({"index": (5, 50, 100), "fvu_drift": (50, 100), "lineage": (50, 100)})
-    point = change_point(flicker, 200, 0.9, 0)
+    point = change_point(flicker)
     assert point.found and point.step == 50 and point.moved["index"] == 5
-    single = _signals({"index": STEPS})
-    assert not change_point(single, 200, 0.9, 0).found  # one signal is its own reading
+    assert not change_point(_signals({"index": STEPS})).found  # one signal is its own reading
 
 
-def test_disagreeing_signals_widen_the_interval_and_lower_the_support():
-    agree = _signals({name: (25, 50, 100) for name in ("index", "fvu_drift", "lineage", "circuits")})
-    split = _signals(
-        {"index": (10, 25, 50, 100), "fvu_drift": (50, 100), "lineage": (25, 50, 100), "circuits": ()}
+def test_a_step_that_stops_agreeing_once_keeps_the_transition_and_signals_left_out_move_it():
+    signals = _signals(
+        {"fvu_drift": (5, 10, 25, 50, 100), "persona_patch": (10, 25, 100), "lineage": (25, 50, 100)}
     )
-    tight, loose = change_point(agree, 300, 0.9, 0), change_point(split, 300, 0.9, 0)
-    assert (tight.step, tight.step_lo, tight.step_hi, tight.support) == (25, 25, 25, 1.0)
-    assert loose.found and loose.step_hi - loose.step_lo > 0 and loose.support < 1
+    point = change_point(signals)  # agreeing steps: 10, 25, 50, 100
+    assert point.found and point.step == 10
+    # without persona_patch agreement starts at 25, without lineage at 10 (then 50 fails once)
+    assert (point.step_lo, point.step_hi) == (10, 25) and point.support == 1.0
 
 
 def test_poisson_interval_is_garwoods():
