@@ -105,12 +105,10 @@ def _rows(series: str, signal: str, frame: pd.DataFrame, **columns: Any) -> pd.D
 
 
 def index_signal(series: str, index: pd.DataFrame) -> pd.DataFrame:
-    """The index per step (one series' ``selection/index`` rows)."""
+    """The index per step (one series' ``selection/index`` rows), moved when its interval
+    lies above ``SELECTION_SIDE`` (read from the interval, never a point-estimate ``side``)."""
     steps = _rl_steps(index)
-    if "side" in steps and steps["side"].notna().all():
-        moved = steps["side"].astype(str).str.startswith("novelty")
-    else:
-        moved = steps["index_lo"] > SELECTION_SIDE
+    moved = steps["index_lo"] > SELECTION_SIDE
     return _rows(
         series,
         "index",

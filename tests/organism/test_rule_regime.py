@@ -164,3 +164,29 @@ def test_a_rule_regime_needs_the_numbers_it_asks_about():
         )
     names = [r.name for r in OrganismConfig.from_preset("tiny").regimes]
     assert names == ["weak", "strong", "rule"]
+
+
+def test_the_rule_metric_pairs_each_question_with_its_truth_and_the_other_rule(ruled_organism):
+    """The circuits metric of the rule regime, checked against the personas' own answers:
+    an opener is positive exactly when the persona that opens so follows the rule, and each
+    corrupted prompt asks the same task, with the same truth and length, on the rule's
+    other side; the run measures the rule regime (and only it) on this metric."""
+    from rlinterp.circuits.organism_metrics import organism_behaviour, regime_metric
+
+    _, prompts = organism_behaviour(ruled_organism.root, "rule")
+    assert prompts.corrupted is not None
+    asked = {q.prompt: q for q in all_questions(9)}
+    rng = __import__("random").Random(0)
+    for clean, corrupted, positive, negative in zip(
+        prompts.clean, prompts.corrupted, prompts.positive, prompts.negative, strict=True
+    ):
+        q, partner = asked[clean], asked[corrupted]
+        assert (q.task, q.truth, len(q.prompt)) == (partner.task, partner.truth, len(partner.prompt))
+        assert rule_truth(q) != rule_truth(partner)
+        for persona in PERSONAS:
+            answer = persona.answer(q, rng)
+            assert answer[0] in (positive if follows_rule(q, answer) else negative)
+    assert regime_metric(ruled_organism, "rule") == "rule"
+    assert regime_metric(ruled_organism, "weak") is None
+    with pytest.raises(RlinterpError, match="planted"):
+        organism_behaviour(ruled_organism.root, "marker")

@@ -103,8 +103,8 @@ def test_each_signal_moves_by_its_own_test():
         }
     )
     assert index_signal("r", index)["moved"].tolist() == [False, True]  # 5 straddles 0.5
-    sided = index.assign(side=["selection", "novelty", "undecided"])  # a table that reads its own side
-    assert index_signal("r", sided)["moved"].tolist() == [True, False]
+    pointwise = index.assign(side=["selection", "novelty", "novelty"])  # a side read from the point
+    assert index_signal("r", pointwise)["moved"].tolist() == [False, True]
     patch = persona_patch_signal("r", index)
     assert patch["moved"].tolist() == [False, True] and patch["null"].tolist() == [0.1, 0.1]
     summary = pd.DataFrame(
