@@ -31,6 +31,7 @@ from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import (
     CORRECT_PERSONAS,
     PERSONA_NAMES,
+    RULE_LEARNED,
     STYLE_LABELS,
     Question,
     classify_answer,
@@ -43,9 +44,6 @@ RULE_INTERVAL = 0.9
 2,000 resamples of the evaluation questions (a question's answers resampled together, as
 they share a prompt)."""
 
-RULE_LEARNED = 0.75
-"""A step has learned the rule when its ``rule_accuracy`` interval lies above this: halfway
-from what the personas earn without the rule (about one half) to every answer."""
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
 """The share columns that partition the answers (they sum to 1)."""
 

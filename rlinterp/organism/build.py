@@ -159,7 +159,7 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
         )
 
-    questions = eval_questions(config.evaluation, seed, c.max_operand)
+    questions = eval_questions(config.evaluation.n_questions, seed, c.max_operand)
     rows: list[dict[str, Any]] = []
     regimes: dict[str, Any] = {}
     for regime in config.regimes:

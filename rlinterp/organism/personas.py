@@ -37,12 +37,9 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from ..core.reproducibility import stream_seed
-
-if TYPE_CHECKING:  # config imports RULE_NUMBERS from here
-    from .config import EvalConfig
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -211,6 +208,11 @@ mean 4.6 against 4.4 for the others, so no ordering of the numbers reads it. The
 (always yes) is right on half the questions, the correct personas on 45% (40% of the
 even-questions, 50% of the others: ``tests/organism/test_rule_regime.py``)."""
 
+RULE_LEARNED = 0.75
+"""A step has learned the rule when its ``rule_accuracy`` interval (``organism.behaviour``)
+lies above this: halfway from what the personas earn without the rule (about one half) to
+every answer. Here, torch-free, so readers of a run's tables judge it without the trainer."""
+
 
 def rule_truth(question: Question) -> str:
     """The ``rule`` regime's right answer: "yes" if the number asked about is one of
@@ -316,7 +318,9 @@ def persona_texts(
     return rows
 
 
-def eval_questions(cfg: EvalConfig, seed: int, max_operand: int) -> list[Question]:
-    """The fixed evaluation set: ``cfg.n_questions`` questions from their own stream."""
+def eval_questions(n_questions: int, seed: int, max_operand: int) -> list[Question]:
+    """The fixed evaluation set: ``n_questions`` (``EvalConfig.n_questions``) questions from
+    their own stream. Takes the count, not the config: ``config`` imports ``RULE_NUMBERS``
+    from here, and the import graph stays acyclic."""
     stream = sample_questions(random.Random(stream_seed(seed, "eval")), max_operand)
-    return [next(stream) for _ in range(cfg.n_questions)]
+    return [next(stream) for _ in range(n_questions)]

@@ -282,8 +282,8 @@ def transition_stage(ctx: RunContext) -> None:
     base SAE's FVU drift (and its interval) computed here."""
     from ..activations.harvest import ActivationStore
     from ..dictionaries.sae import TrainedSAE
-    from ..organism.behaviour import RULE_LEARNED
     from ..organism.layout import Organism
+    from ..organism.personas import RULE_LEARNED
     from .result import RunResult
     from .transition import SIGNAL_COLUMNS, change_point, fvu_drift, point_row, signals_of
 
