@@ -397,7 +397,9 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     still match (under the dictionary recipe it was trained with, the legacy one), and the
     old TOML spelling of every block loads. The selection section's does not: its stage
     reads every block now (a read-out and dictionary seeds), so an index of the old
-    definition is never taken for the new one."""
+    definition is never taken for the new one. Nor does the circuits section's: its stage
+    now takes carrier MLPs apart into neurons and measures each regime on its own metric
+    (``neurons``, ``regime_metric``), so verdicts without the sub-component one are redone."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -409,15 +411,19 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     recipe = {"dictionaries": {"recipe": "legacy"}, "selection": {"dictionary_config": {"recipe": "legacy"}}}
     legacy = config_from_dict(recipe)
     now = fingerprint(legacy)
-    kept = {k: v for k, v in now.items() if k in old and k != "selection"}
-    assert kept == {k: v for k, v in old.items() if k != "selection"}  # sections added since simply run
-    assert now["selection"] != old["selection"]
-    out = tmp_path / "before-index"
-    out.mkdir()
-    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
-    with pytest.raises(RlinterpError, match=r"run of other inputs \(selection changed\)"):
-        rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
-    old = {**old, "selection": now["selection"]}
+    renewed = ("selection", "circuits")
+    kept = {k: v for k, v in now.items() if k in old and k not in renewed}
+    assert kept == {k: v for k, v in old.items() if k not in renewed}  # sections added since simply run
+    assert all(now[k] != old[k] for k in renewed)
+    for section in renewed:
+        out = tmp_path / f"before-{section}"
+        out.mkdir()
+        recorded = {**old, **{k: now[k] for k in renewed if k != section}}
+        claim = {"kind": "rlinterp.run", "fingerprint": recorded, "config": {}}
+        (out / ".run.json").write_text(json.dumps(claim))
+        with pytest.raises(RlinterpError, match=rf"run of other inputs \({section} changed\)"):
+            rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
+    old = {**old, **{k: now[k] for k in renewed}}
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
