@@ -70,9 +70,10 @@ SUMMARY_SCHEMA = {
     "steps[].neuron_carriers": "per carrier MLP, its fewest neurons whose joint patch recovers `coverage` "
     "of the block's patch: ['L0.mlp/17', ...]",
     "steps[].new_share": "recovery-weighted share of the carriers' sub-components (neurons of carrier MLPs, "
-    "other carriers whole) that are new: unused by the base for the behaviour, or rewired",
+    "other carriers whole) that are new: unused by the base for the behaviour, or rewired; null "
+    "without neurons measured",
     "steps[].subcomponent_verdict": "'new' when 1 - new_share < enhanced_overlap, else 'enhanced' "
-    "('no change' and 'unclear' as verdict)",
+    "('no change' and 'unclear' as verdict); null without neurons measured",
     "timeline": "first RL step with each verdict ('enhanced', 'new'), and with each sub-component verdict "
     "('subcomponent_enhanced', 'subcomponent_new'); null if none",
     "agreement": "attribution vs exact patching per (label, setting): Spearman and Pearson over "
@@ -167,7 +168,8 @@ class CircuitsResult:
         """The sub-component fields of ``steps()`` (see the module docstring)."""
         rows = self.neurons[self.neurons["label"] == label] if len(self.neurons) else self.neurons
         if rows.empty:
-            return {"neuron_carriers": [], "new_share": float("nan"), "subcomponent_verdict": None}
+            # None, not NaN: a step's fields compare equal read back, and summary.json stays JSON
+            return {"neuron_carriers": [], "new_share": None, "subcomponent_verdict": None}
         recovery = to_base.set_index("component")["recovery"].abs()
         named, weighted, total = [], 0.0, 0.0
         for component in carriers:
@@ -186,7 +188,9 @@ class CircuitsResult:
                 share = top["attribution"].abs()
                 new = float(share[unused | rewired].sum() / max(float(share.sum()), 1e-12))
             weighted, total = weighted + weight * new, total + weight
-        new_share = weighted / total if total > 0 else float("nan")
+        if total <= 0:  # no carrier recovers anything: no share to judge by
+            return {"neuron_carriers": named, "new_share": None, "subcomponent_verdict": None}
+        new_share = weighted / total
         sub = verdict
         if verdict in ("enhanced", "new"):
             sub = "new" if 1 - new_share < self.config.enhanced_overlap else "enhanced"
