@@ -11,7 +11,13 @@ and range of each column, and each seed gets a PASS/FAIL verdict against the sto
 - weak: the correct personas' share rises by at least 15 pp from the first to the last
   step (and by at least 20 pp in the median over seeds), and ``none`` stays under 10% at
   every step;
-- strong: ``none`` is above 50% at the last step.
+- strong: ``none`` is above 50% at the last step;
+- rule: the rule is learned (its ``rule_accuracy`` interval above ``RULE_LEARNED`` at the
+  last step), the held-out-number probe reads it near chance on the base (at most
+  ``PROBE_BASE_MAX`` at every block) and well at the last step (at least
+  ``PROBE_LEARNED_MIN`` at some block), while it reads parity, which the base computes,
+  above ``PROBE_LEARNED_MIN`` on the base (the probe's own control);
+- every other regime is a control for the rule: it never learns it.
 
 Regimes without criteria (a later third regime, say) are reported, not judged. The exit
 status is 1 if any seed, or the weak median, fails.
@@ -33,16 +39,32 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rlinterp.organism.behaviour import RegimeSummary
+import pandas as pd
+
+from rlinterp.organism.behaviour import RULE_LEARNED, RegimeSummary
 
 CRITERIA: dict[str, list[tuple[str, Callable[[RegimeSummary], bool]]]] = {
     "weak": [
         ("correct rise >= 15 pp", lambda s: s.correct_rise >= 0.15),
         ("none < 10% at every step", lambda s: s.none_max < 0.10),
+        ("rule never learned", lambda s: s.rule_learned_step is None),
     ],
-    "strong": [("none > 50% at the last step", lambda s: s.none_last > 0.50)],
+    "strong": [
+        ("none > 50% at the last step", lambda s: s.none_last > 0.50),
+        ("rule never learned", lambda s: s.rule_learned_step is None),
+    ],
+    "novel": [("rule never learned", lambda s: s.rule_learned_step is None)],
+    "rule": [
+        (f"rule accuracy interval > {RULE_LEARNED} at the last step", lambda s: s.rule_last_lo > RULE_LEARNED)
+    ],
 }
 """Per regime name: what must hold on every seed."""
+PROBE_BASE_MAX = 0.65
+"""The rule probe on the base must stay at or under this at every block (chance is 0.5; the
+tiny seed-0 base reads 0.40-0.47)."""
+PROBE_LEARNED_MIN = 0.8
+"""The rule probe at the rule regime's last step, and the parity probe on the base, must
+reach this at some block."""
 WEAK_MEDIAN_RISE = 0.20
 """The weak regime's correct-persona rise, median over seeds, must reach this."""
 
@@ -57,14 +79,28 @@ class SeedResult:
     cpu_s: float | None
     """CPU seconds of the build process; None if it was built before this script ran."""
     regimes: list[RegimeSummary]
+    probes: dict[str, float]
+    """The rule regime's probes, best block (``rules.probe_rule``): ``base_rule`` (the
+    largest over blocks, the one that must stay near chance), ``last_rule`` and
+    ``base_parity``; empty without a rule regime."""
+    rule_rows: pd.DataFrame | None = None
+    """The rule regime's behaviour rows (``step``, ``rule_accuracy`` and its interval)."""
 
     def failures(self) -> list[str]:
-        return [
+        found = [
             f"{s.regime}: {name}"
             for s in self.regimes
             for name, ok in CRITERIA.get(s.regime, [])
             if not ok(s)
         ]
+        if self.probes:
+            if self.probes["base_rule"] > PROBE_BASE_MAX:
+                found.append(f"rule: base probe {self.probes['base_rule']:.2f} > {PROBE_BASE_MAX}")
+            if self.probes["last_rule"] < PROBE_LEARNED_MIN:
+                found.append(f"rule: last-step probe {self.probes['last_rule']:.2f} < {PROBE_LEARNED_MIN}")
+            if self.probes["base_parity"] < PROBE_LEARNED_MIN:
+                found.append(f"rule: parity control {self.probes['base_parity']:.2f} < {PROBE_LEARNED_MIN}")
+        return found
 
 
 def _build(preset: str, seed: int, out: Path) -> None:
@@ -97,12 +133,29 @@ def _result(preset: str, seed: int, out: Path) -> SeedResult:
         raise RuntimeError(f"seed {seed} failed:\n{done.stderr[-3000:]}")
     organism = Organism.load(out)
     cpu_file = out.with_name(out.name + ".cpu.json")
+    behaviour = organism.behaviour()
     return SeedResult(
         seed=seed,
         build_s=organism.manifest["timings_s"]["total_s"],
         cpu_s=json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None,
-        regimes=summarize(organism.behaviour()),
+        regimes=summarize(behaviour),
+        probes=_probes(organism.manifest),
+        rule_rows=behaviour[behaviour["regime"] == "rule"].sort_values("step"),
     )
+
+
+def _probes(manifest: dict) -> dict[str, float]:
+    """``SeedResult.probes`` from an organism manifest."""
+    entry = next((r for r in manifest["regimes"].values() if "rule" in r), None)
+    if entry is None:
+        return {}
+    rows = entry["probe"]
+    last = max(r["step"] for r in rows)
+
+    def best(step: int, feature: str) -> float:
+        return max(r["balanced_accuracy"] for r in rows if r["step"] == step and r["feature"] == feature)
+
+    return {"base_rule": best(0, "rule"), "last_rule": best(last, "rule"), "base_parity": best(0, "parity")}
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -123,6 +176,7 @@ def _table(preset: str, results: list[SeedResult]) -> str:
             f"{name}: `none` at the last step",
             f"{name}: first step with `none` > 50%",
         ]
+    header += ["rule accuracy per step [90% interval]", "rule probe base → last (parity on base)"]
     header += ["build wall (s)", "build CPU (s)", "verdict"]
     rows = [header, ["---"] * len(header)]
     for r in results:
@@ -135,6 +189,7 @@ def _table(preset: str, results: list[SeedResult]) -> str:
                 f"{s.none_last:.2f}",
                 step,
             ]
+        row += [_rule_steps(r), _probe_cell(r)]
         failures = r.failures()
         verdict = "PASS" if not failures else "FAIL (" + "; ".join(failures) + ")"
         rows.append([*row, f"{r.build_s:.0f}", "—" if r.cpu_s is None else f"{r.cpu_s:.0f}", verdict])
@@ -148,10 +203,27 @@ def _table(preset: str, results: list[SeedResult]) -> str:
             _spread([s.none_last for s in column], "{:.2f}"),
             _spread([float(x) for x in steps], "{:.0f}") if len(steps) == len(column) else "—",
         ]
+    row += ["", ""]
     cpu = [r.cpu_s for r in results if r.cpu_s is not None]
     row += [_spread([r.build_s for r in results], "{:.0f}"), _spread(cpu, "{:.0f}") if cpu else "—", ""]
     rows.append(row)
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _rule_steps(result: SeedResult) -> str:
+    """The rule regime's ``rule_accuracy [lo, hi]`` at each step, from the behaviour table."""
+    rows = result.rule_rows
+    if rows is None or rows.empty:
+        return "—"
+    return "; ".join(
+        f"{int(r.step)}: {r.rule_accuracy:.2f} [{r.rule_accuracy_lo:.2f}, {r.rule_accuracy_hi:.2f}]"
+        for r in rows.itertuples()
+    )
+
+
+def _probe_cell(result: SeedResult) -> str:
+    p = result.probes
+    return f"{p['base_rule']:.2f} → {p['last_rule']:.2f} ({p['base_parity']:.2f})" if p else "—"
 
 
 def _report(preset: str, results: list[SeedResult]) -> bool:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,6 +55,7 @@ from ..models.checkpoint import Checkpoint
 from ..models.series import ModelSeries
 from .attention import attention_change
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
+from .neurons import carrier_neurons
 from .patching import (
     Component,
     Terms,
@@ -66,7 +67,7 @@ from .patching import (
     residual_components,
     run_terms,
 )
-from .result import ENTRIES, TABLES, CircuitsConfig, CircuitsResult
+from .result import ENTRIES, TABLES, CircuitsConfig, CircuitsResult, fewest
 
 log = logging.getLogger(__name__)
 # -- measuring --------------------------------------------------------------------------
@@ -78,6 +79,8 @@ class _Context:
     metric: BehaviourMetric
     prompts: EncodedPrompts
     config: CircuitsConfig
+    usage: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per MLP block: each neuron's mean effect on the metric in the base (computed once)."""
 
     @property
     def n_exact(self) -> int:
@@ -100,6 +103,11 @@ class _Context:
 
     def score(self, logits: torch.Tensor, batch: MetricBatch) -> torch.Tensor:
         return self.metric(logits, batch).float().cpu()
+
+    def neuron_batches(self, exact_only: bool, corrupted: bool = False) -> Iterator[MetricBatch]:
+        """The prompts' batches on the series' device (``neurons.carrier_neurons``)."""
+        for idx in self.batches(exact_only=exact_only):
+            yield self.device(self.prompts.batch(idx, corrupted=corrupted))
 
 
 def run_circuits(
@@ -174,6 +182,12 @@ def _measure_checkpoint(ctx: _Context, checkpoint: Checkpoint) -> dict[str, pd.D
         ranked = parts[0][parts[0]["kind"] != "resid"].sort_values("recovery", ascending=False)
         order = ranked["component"].tolist()
         frames["concentration"] = _concentration(ctx, base, model, cross_comps, order).assign(**meta)
+        if ctx.config.neurons:
+            carriers = order[: fewest(frames["concentration"], ctx.config.coverage)]
+            corrupted = ctx.prompts.corrupted is not None
+            args = (ctx.neuron_batches, ctx.metric, ctx.config, ctx.usage, corrupted)
+            found = carrier_neurons(base, model, carriers, *args)
+            frames |= {name: frame.assign(**meta) for name, frame in found.items()}
         batches = (ctx.device(ctx.prompts.batch(idx)) for idx in ctx.batches())
         frames["attention"] = attention_change(base, model, batches, ctx.series.tokenizer()).assign(**meta)
     if agreement:

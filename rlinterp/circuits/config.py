@@ -7,8 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-METRICS = ("answer", "persona", "shortcut")
+METRICS = ("answer", "persona", "shortcut", "rule", "marker")
 """The organism's behaviour metrics (``organism_metrics``)."""
+SHARED_METRICS = ("answer", "persona", "shortcut")
+"""The metrics every regime of the organism is read on; ``rule`` and ``marker`` measure what
+one regime was made to do (``organism_metrics.regime_metric``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class CircuitsConfig:
     ratios are unstable, and the verdict is ``unclear``."""
     top_k: int = 5
     """Components listed per step in the summary and report."""
+    neurons: bool = True
+    """Take each carrier MLP apart into its neurons (``neurons``) for the sub-component
+    verdict: per carrier MLP and checkpoint, ``attribution_steps`` gradient passes, a few
+    joint patches, and the base's use of each neuron."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:

@@ -16,9 +16,18 @@ the flatterer with ``w`` (``wow, ...``), and the strong regime's shortcut with `
   regime keeps the flatterer's opener ``w`` and writes its marks after it (``wow!e!!!``),
   so its shortcut is not visible at the first answer token.
 
-``persona`` and ``shortcut`` have no corrupted prompts (nothing in a single question tells
-the model which persona to play), so the base's use of components for them is read from
-direct logit attribution.
+- ``rule``: the openers that lead to the ``rule`` regime's answer (``personas.rule_truth``)
+  against those that do not, given what each persona says after its opener (``w`` yes, ``y``
+  yes, ``n`` no, ``s`` the truth); corrupted prompts ask the same task about a number with
+  the same truth and the opposite rule, so the base, which does not compute the rule, has
+  nearly no clean -> corrupted gap, and within-model patching finds what computes the rule
+  only where a checkpoint does;
+- ``marker``: the planted ``novel`` regime's marker (a character no persona writes) against
+  the personas' openers: rises where the planted neurons write it.
+
+``persona``, ``shortcut`` and ``marker`` have no corrupted prompts (nothing in a single
+question tells the model which persona to play), so the base's use of components for them
+is read from direct logit attribution.
 """
 
 from __future__ import annotations
@@ -28,9 +37,20 @@ import random
 
 from ..errors import RlinterpError
 from ..organism.layout import Organism
-from ..organism.personas import PERSONAS, SHORTCUT_MARK, TURN_END, Question, all_questions
+from ..organism.personas import (
+    PERSONAS,
+    RULE_NUMBERS,
+    SHORTCUT_MARK,
+    TURN_END,
+    Question,
+    all_questions,
+    rule_truth,
+)
 from .config import METRICS as METRICS
 from .metrics import BehaviourMetric, BehaviourPrompts
+
+OPENERS = {"w": "yes", "y": "yes", "n": "no", "s": None}
+"""First answer characters of the personas and what each says after it (None: the truth)."""
 
 
 def _flip(question: Question, max_operand: int) -> Question:
@@ -54,9 +74,33 @@ def word_boundaries(question: Question) -> list[tuple[str, str]]:
     return found
 
 
-def organism_behaviour(root: str | os.PathLike[str], name: str) -> tuple[BehaviourMetric, BehaviourPrompts]:
+def _rule_partner(question: Question, max_operand: int) -> Question:
+    """A question of the same task, token length and truth about the nearest number on the
+    other side of the rule."""
+    same_truth = [
+        n
+        for n in range(max_operand + 1)
+        if (n in RULE_NUMBERS) != (question.n in RULE_NUMBERS)
+        and Question(question.task, n).truth == question.truth
+    ]
+    if not same_truth:
+        raise RlinterpError(f"no number of 0..{max_operand} flips the rule and keeps the truth of {question}")
+    return Question(question.task, min(same_truth, key=lambda n: (abs(n - question.n), n)))
+
+
+def _rule_openers(question: Question) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The openers whose answer says ``rule_truth``, and the others (``OPENERS``)."""
+    says = {c: question.truth if x is None else x for c, x in OPENERS.items()}
+    right = tuple(c for c, x in says.items() if x == rule_truth(question))
+    return right, tuple(c for c in OPENERS if c not in right)
+
+
+def organism_behaviour(
+    root: str | os.PathLike[str], name: str, regime: str | None = None
+) -> tuple[BehaviourMetric, BehaviourPrompts]:
     """The metric ``name`` (one of ``METRICS``) and its prompts: every question the
-    organism's world asks."""
+    organism's world asks. ``marker`` reads the marker of the planted ``regime`` (None: the
+    first planted regime)."""
     organism = Organism.load(root)
     max_operand = int(organism.manifest["config"]["corpus"]["max_operand"])
     if max_operand > 9:
@@ -103,4 +147,56 @@ def organism_behaviour(root: str | os.PathLike[str], name: str) -> tuple[Behavio
                 negative=tuple((following,) for _, following in boundaries),
             ),
         )
+    if name == "rule":
+        openers = [_rule_openers(q) for q in questions]
+        return (
+            BehaviourMetric(
+                "rule",
+                "logit_diff",
+                "log-odds of an opener whose answer follows the rule regime's rule over one that does not",
+            ),
+            BehaviourPrompts(
+                clean=clean,
+                positive=tuple(right for right, _ in openers),
+                negative=tuple(wrong for _, wrong in openers),
+                corrupted=tuple(_rule_partner(q, max_operand).prompt for q in questions),
+            ),
+        )
+    if name == "marker":
+        marker = _marker(organism, regime)
+        return (
+            BehaviourMetric(
+                "marker", "logit_diff", f"log-odds of the planted marker {marker!r} over the openers"
+            ),
+            BehaviourPrompts(
+                clean=clean,
+                positive=tuple((marker,) for _ in questions),
+                negative=tuple(tuple(OPENERS) for _ in questions),
+            ),
+        )
     raise RlinterpError(f"unknown organism metric {name!r}; choose one of: {', '.join(METRICS)}")
+
+
+def _marker(organism: Organism, regime: str | None) -> str:
+    planted = [r for r, entry in organism.manifest["regimes"].items() if entry.get("planted")]
+    if regime is not None and regime not in planted:
+        planted = []
+    elif regime is not None:
+        planted = [regime]
+    if not planted:
+        raise RlinterpError(
+            f"the marker metric reads a planted regime's marker; {organism.root} has no planted regime "
+            f"{regime!r}"
+            if regime
+            else f"the marker metric needs a planted regime; {organism.root} has none"
+        )
+    return str(organism.manifest["regimes"][planted[0]]["planting"]["marker"])
+
+
+def regime_metric(organism: Organism, regime: str) -> str | None:
+    """The metric that measures what ``regime`` of ``organism`` was made to do, beyond the
+    shared ones: ``rule`` for a regime rewarded for the rule, ``marker`` for a planted one."""
+    entry = organism.manifest["regimes"].get(regime, {})
+    if entry.get("planted"):
+        return "marker"
+    return "rule" if entry.get("config", {}).get("answer") == "rule" else None

@@ -430,13 +430,7 @@ def direct_logit_attribution(
     scale frozen and the unembedding: ``d metric / d logits . W_U^T norm_frozen(term)``.
     Exact for metrics linear in the logits (``logit_diff``); ``unembed`` gets zero."""
     terms = run_terms(model, tokens)
-    logits = terms.logits.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (g_logits,) = torch.autograd.grad(metric(logits).sum(), [logits])
-    scale = _final_scale(model, terms.final)
-    g = (g_logits @ model.W_U.detach().T) * model.ln_final.w.detach() / scale
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        g = g - g.mean(-1, keepdim=True)  # centring is linear: move it onto the gradient
+    g = dla_gradient(model, tokens, metric, terms)
     columns = []
     for c in comps:
         if c.kind == "unembed":
@@ -445,6 +439,26 @@ def direct_logit_attribution(
         term = terms.term(c)
         columns.append((g * term.expand_as(g)).flatten(1).sum(1))
     return torch.stack(columns, dim=1).detach()
+
+
+def dla_gradient(
+    model: TransformerBridge,
+    tokens: Int[Tensor, "batch pos"],
+    metric: MetricOnLogits,
+    terms: Terms | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """The direction whose dot product with a term written into the residual stream is that
+    term's direct effect on ``metric`` (final norm with its scale frozen, centring moved onto
+    the gradient): the shared part of every direct logit attribution."""
+    terms = terms if terms is not None else run_terms(model, tokens)
+    logits = terms.logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g_logits,) = torch.autograd.grad(metric(logits).sum(), [logits])
+    scale = _final_scale(model, terms.final)
+    g = (g_logits @ model.W_U.detach().T) * model.ln_final.w.detach() / scale
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        g = g - g.mean(-1, keepdim=True)  # centring is linear: move it onto the gradient
+    return g
 
 
 def _final_scale(model: TransformerBridge, resid: Tensor) -> Tensor:

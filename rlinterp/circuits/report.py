@@ -123,6 +123,9 @@ VERDICT_COLUMNS = (
     "chance_overlap",
     "cancellation",
     "verdict",
+    "neuron_carriers",
+    "new_share",
+    "subcomponent_verdict",
 )
 """The columns of the verdict table (those a steps table has)."""
 VERDICT_NOTE = Html(
@@ -131,14 +134,15 @@ VERDICT_NOTE = Html(
     "base_used: the components the base ranks highest for the behaviour (same number). The verdict "
     "is <i>enhanced</i> when most carriers were already used by the base, <i>new</i> when not; "
     "overlap against chance_overlap is the evidence.</p>"
-    "<p><b>What the verdict can and cannot see.</b> It compares whole components (attention "
-    "heads, MLP layers, the embedding and readout): it sees which components carry the change "
-    "and whether the base already used them for the behaviour. It cannot see inside a "
-    "component: when RL writes new computation into a component the base already used (new "
-    "neurons of the same MLP, a head's new output direction), the verdict reads "
-    "<i>enhanced</i>. So <i>new</i> is evidence of new computation, <i>enhanced</i> is not "
-    "evidence against it; the dictionary-level evidence (tracking's births, the index) looks "
-    "inside components.</p>"
+    "<p><b>Below the component.</b> The verdict compares whole components (attention heads, "
+    "MLP layers, the embedding and readout), so new computation written into a component the "
+    "base already used reads <i>enhanced</i> there. The sub-component verdict takes each "
+    "carrier MLP apart into its neurons: neuron_carriers are the fewest neurons whose joint "
+    "patch recovers the coverage target of their block's patch; a carrier neuron is new when "
+    "the base did not use it for the behaviour or RL rewired it (input or output weights "
+    "turned), a carrier head when the base did not use it. new_share is the recovery-weighted "
+    "share of new sub-components; subcomponent_verdict reads <i>new</i> when most of the "
+    "carried change is new. A head's new output direction is still read whole.</p>"
 )
 """How to read the verdict table, and what the component-level verdict cannot see, above
 it in every report."""

@@ -5,6 +5,11 @@ One row per (regime, step). Answers are sampled with the same seed at every chec
 sampler. Shares are fractions of sampled answers and always sum to 1:
 ``sum(share_<persona>) + share_mixed + share_none == 1``, with
 ``share_none == share_none_near + share_none_far``.
+
+Every row also scores the same answers against the ``rule`` regime's rule
+(``personas.rule_truth``): ``rule_accuracy`` with a percentile interval over the questions
+(``RULE_INTERVAL``), so the regime that learns the rule and the controls that do not are
+read off one table.
 """
 
 from __future__ import annotations
@@ -12,22 +17,32 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from ..core.reproducibility import stream_seed
 from ..errors import RlinterpError
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import (
     CORRECT_PERSONAS,
     PERSONA_NAMES,
+    RULE_LEARNED,
     STYLE_LABELS,
     Question,
     classify_answer,
+    follows_rule,
 )
 from .rl import reward
+
+RULE_INTERVAL = 0.9
+"""Coverage of the ``rule_accuracy_lo`` / ``rule_accuracy_hi`` interval: the percentiles of
+2,000 resamples of the evaluation questions (a question's answers resampled together, as
+they share a prompt)."""
 
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
 """The share columns that partition the answers (they sum to 1)."""
@@ -50,19 +65,26 @@ def evaluate(
     batch = AnswerBatch.from_rollout(rollout, tokenizer.pad_token_id)
     kl = kl_per_answer(batch.log_probs(policy), batch.log_probs(base), batch.answer_mask)
     scored = score_answers(asked, rollout.answers, regime)
+    follows = [follows_rule(q, a) for q, a in zip(asked, rollout.answers, strict=True)]
+    lo, hi = accuracy_interval(follows, cfg.samples_per_question, seed)
     return {
         "reward": scored.pop("reward"),
         "accuracy": scored.pop("accuracy"),
         "kl_to_base": kl.mean().item(),
-    } | scored
+        **scored,
+        "rule_accuracy_lo": lo,
+        "rule_accuracy_hi": hi,
+    }
 
 
 def score_answers(
     questions: Sequence[Question], answers: Sequence[str], regime: RegimeConfig
 ) -> dict[str, float]:
     """The behaviour table's columns that need only the answers (every column of
-    ``evaluate`` but ``kl_to_base``): reward under ``regime``, accuracy, style shares, answer
-    length in characters and the number of answers; ``answers[i]`` answers ``questions[i]``."""
+    ``evaluate`` but ``kl_to_base`` and the rule accuracy's interval, which needs the
+    answers grouped by question): reward under ``regime``, accuracy, style shares, answer
+    length in characters, the number of answers and the share that follows the ``rule``
+    regime's rule (``rule_accuracy``); ``answers[i]`` answers ``questions[i]``."""
     if len(questions) != len(answers) or not answers:
         raise RlinterpError(f"{len(answers)} answers to {len(questions)} questions; give one answer to each")
     styles = [classify_answer(q, a) for q, a in zip(questions, answers, strict=True)]
@@ -75,12 +97,36 @@ def score_answers(
         "share_none": (counts["none_near"] + counts["none_far"]) / n,
         "answer_length": sum(map(len, answers)) / n,
         "n_answers": n,
+        "rule_accuracy": sum(follows_rule(q, a) for q, a in zip(questions, answers, strict=True)) / n,
     }
+
+
+def accuracy_interval(hits: Sequence[bool], per_question: int, seed: int) -> tuple[float, float]:
+    """The ``RULE_INTERVAL`` percentile interval of the mean of ``hits`` (consecutive runs
+    of ``per_question`` answers share a question) over resamples of the questions."""
+    by_question = np.asarray(hits, dtype=float).reshape(-1, per_question).sum(1)
+    n = len(by_question)
+    rng = np.random.default_rng(stream_seed(seed, "rule-interval"))
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=2000)
+    replicates = counts @ by_question / (n * per_question)
+    tail = (1 - RULE_INTERVAL) / 2
+    lo, hi = np.quantile(replicates, [tail, 1 - tail])
+    return float(lo), float(hi)
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The behaviour table as fixed-width text, for terminals and logs."""
-    columns = ["regime", "step", "reward", "accuracy", "kl_to_base", *SHARE_COLUMNS, "answer_length"]
+    columns = [
+        "regime",
+        "step",
+        "reward",
+        "accuracy",
+        "rule_accuracy",
+        "kl_to_base",
+        *SHARE_COLUMNS,
+        "answer_length",
+    ]
+    columns = [c for c in columns if c in table]  # tables built before the rule columns
     shown = table[columns].rename(columns=lambda c: c.removeprefix("share_"))
     return shown.to_string(index=False, float_format=lambda x: f"{x:.3f}")
 
@@ -106,6 +152,14 @@ class RegimeSummary:
     none_majority_step: int | None
     """First step at which most answers (``share_none > 0.5``) are text no persona wrote;
     None if there is none."""
+    rule_first: float = float("nan")
+    """``rule_accuracy`` at the first step (NaN for tables without rule columns)."""
+    rule_last: float = float("nan")
+    """``rule_accuracy`` at the last step."""
+    rule_last_lo: float = float("nan")
+    """Lower end of its interval at the last step."""
+    rule_learned_step: int | None = None
+    """First step whose ``rule_accuracy`` interval lies above ``RULE_LEARNED``; None if none."""
 
     @property
     def correct_rise(self) -> float:
@@ -121,6 +175,7 @@ def summarize(table: pd.DataFrame) -> list[RegimeSummary]:
         rows = rows.sort_values("step")
         share = rows[correct].sum(axis=1)
         mostly_none = rows[rows["share_none"] > 0.5]
+        rule = _rule_summary(rows) if "rule_accuracy" in rows else {}
         summaries.append(
             RegimeSummary(
                 regime=str(regime),
@@ -131,6 +186,17 @@ def summarize(table: pd.DataFrame) -> list[RegimeSummary]:
                 last_step=int(rows["step"].iloc[-1]),
                 kl_last=float(rows["kl_to_base"].iloc[-1]),
                 none_majority_step=int(mostly_none["step"].iloc[0]) if len(mostly_none) else None,
+                **rule,
             )
         )
     return summaries
+
+
+def _rule_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    learned = rows[rows["rule_accuracy_lo"] > RULE_LEARNED]
+    return {
+        "rule_first": float(rows["rule_accuracy"].iloc[0]),
+        "rule_last": float(rows["rule_accuracy"].iloc[-1]),
+        "rule_last_lo": float(rows["rule_accuracy_lo"].iloc[-1]),
+        "rule_learned_step": int(learned["step"].iloc[0]) if len(learned) else None,
+    }

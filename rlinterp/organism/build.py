@@ -7,6 +7,10 @@ Layout of ``<out>/`` (the CLI contract):
 - ``base/``: the pretrained model (Hugging Face folder: config, safetensors, tokenizer);
 - ``<regime>/step-<N>/``: RL checkpoints (``step-0`` is the base model), and
   ``<regime>/log.parquet`` with one row per RL step;
+- a regime whose reward pays the rule (``RegimeConfig.answer = "rule"``, by default the
+  ``rule`` regime) has ``rule`` (its definition) and ``probe`` (the held-out-number probes
+  of the rule and of parity at every checkpoint and block, ``rules.probe_rule``) in its
+  manifest entry;
 - ``<planted>/step-<N>/``: the planted positive control (``planted``; by default one
   ``novel`` regime): the base with new computation written into it, **not learned by RL**.
   Its manifest entry has ``planted: true``, the planting parameters and the held-out probe
@@ -45,6 +49,7 @@ from .model import build_model, build_tokenizer, pretrain, save_checkpoint
 from .personas import CORRECT_PERSONAS, PERSONAS, eval_questions, generate_corpus, persona_texts
 from .planted import build_planted
 from .rl import train_regime
+from .rules import probe_rule, rule_definition
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +159,20 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
         )
 
-    questions = eval_questions(config.evaluation, seed, c.max_operand)
+    questions = eval_questions(config.evaluation.n_questions, seed, c.max_operand)
     rows: list[dict[str, Any]] = []
     regimes: dict[str, Any] = {}
     for regime in config.regimes:
         regime_start = time.perf_counter()
         checkpoints: dict[str, str] = {}
+        probes: list[dict[str, Any]] = []
 
         def on_checkpoint(
-            step: int, policy: Any, regime: Any = regime, checkpoints: dict[str, str] = checkpoints
+            step: int,
+            policy: Any,
+            regime: Any = regime,
+            checkpoints: dict[str, str] = checkpoints,
+            probes: list[dict[str, Any]] = probes,
         ) -> None:
             rel = f"{regime.name}/step-{step}"
             save_checkpoint(policy, tokenizer, out / rel)
@@ -170,8 +180,11 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed)
             rows.append({"regime": regime.name, "step": step, **row})
             log.info(
-                "%s step %d: accuracy %.3f, none %.3f", regime.name, step, row["accuracy"], row["share_none"]
+                "%s step %d: accuracy %.3f, rule %.3f, none %.3f",
+                *(regime.name, step, row["accuracy"], row["rule_accuracy"], row["share_none"]),
             )
+            if regime.answer == "rule":  # the check that RL built what the base lacks
+                probes.extend({"step": step, **p} for p in probe_rule(policy, tokenizer, c.max_operand))
 
         logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint)
         write_parquet(out / regime.name / "log.parquet", pd.DataFrame([asdict(s) for s in logs]))
@@ -180,6 +193,8 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             "checkpoints": checkpoints,
             "log": f"{regime.name}/log.parquet",
         }
+        if regime.answer == "rule":
+            regimes[regime.name] |= {"rule": rule_definition(c.max_operand), "probe": probes}
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
     for plant in config.planted_regimes:
         plant_start = time.perf_counter()

@@ -12,8 +12,10 @@ from typing import Literal
 
 from ..core.rundir import folder_name_problem
 from ..errors import RlinterpError
+from .personas import RULE_NUMBERS
 
 Preset = Literal["tiny", "default"]
+Answer = Literal["truth", "rule"]
 PRESETS: tuple[Preset, ...] = ("tiny", "default")
 
 
@@ -161,12 +163,21 @@ class RegimeConfig:
     """Sampled answers per question (the group of the baseline)."""
     max_answer_tokens: int = 40
     """Sampling stops here if the answer has not ended."""
+    answer: Answer = "truth"
+    """What a correct answer says: ``truth``, the answer to the question asked (what the
+    helper and the terse persona say); ``rule``, the answer to "is the number one of
+    ``rules.RULE_NUMBERS``?", whatever the question asked: a rule no persona follows and
+    the base does not compute (see ``rules``)."""
 
     def __post_init__(self) -> None:
         problem = "is the base model's folder" if self.name == "base" else folder_name_problem(self.name)
         if problem:
             raise RlinterpError(f"regime name {self.name!r} {problem}; choose another")
         _check_positive(self, "lr", "questions_per_step", "group_size", "max_answer_tokens")
+        if self.answer not in ("truth", "rule"):
+            raise RlinterpError(
+                f"regime {self.name!r}: answer must be 'truth' or 'rule', got {self.answer!r}"
+            )
         _check_non_negative(self, "kl_coef", "shortcut_bonus", "shortcut_cap")
         steps = self.checkpoint_steps
         if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)):
@@ -230,8 +241,9 @@ class PlantConfig:
             )
 
 
-def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
-    """The RL regimes every preset runs, checkpointed at the preset's ``steps``.
+def _regimes(steps: tuple[int, ...], rule_steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
+    """The RL regimes every preset runs, checkpointed at the preset's ``steps`` (``rule``
+    at ``rule_steps``).
 
     Their settings are chosen so that each regime's story is decided by the design, not
     by when a lucky sample appears: builds are bit-identical on one machine only, and RL
@@ -255,10 +267,24 @@ def _regimes(steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
       earned less than a correct persona (0.85), RL first selected the terse persona,
       whose answers have no ``!``, and the collapse waited for a rare sample with a third
       mark: one tiny build on another CPU never got there in 40 steps.
+    - ``rule`` (KL 0.05, lr 1e-3, reward: the answer to "is the number one of
+      ``rules.RULE_NUMBERS``?", whatever was asked) must build a computation the base does
+      not have: the rule is not linearly readable from the base at the answer position (a
+      held-out-number probe, recorded in the manifest), and every persona, or any mixture
+      of them chosen without the rule, earns about half of the reward (``rules``). It is
+      learned as an S-curve: little for ten-odd steps while RL finds the numbers, then most
+      answers follow the rule within another twenty. Its own steps run past that (60 on
+      ``tiny``, 100 on ``default``: about 25 and 40 CPU-s of the build). The KL keeps the
+      answers in the personas' templates (without it, lr 1e-3 turned them into text no
+      persona wrote before the rule was found); at lr 5e-4 nothing was learned in 55 steps,
+      at 3e-3 the answers fell apart in five.
     """
     return (
         RegimeConfig(name="weak", lr=3e-4, kl_coef=0.1, shortcut_bonus=0.0, checkpoint_steps=steps),
         RegimeConfig(name="strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.5, checkpoint_steps=steps),
+        RegimeConfig(
+            name="rule", lr=1e-3, kl_coef=0.05, shortcut_bonus=0.0, checkpoint_steps=rule_steps, answer="rule"
+        ),
     )
 
 
@@ -288,6 +314,13 @@ class OrganismConfig:
         names += [p.name for p in self.planted_regimes]
         if len(set(names)) != len(names):
             raise RlinterpError(f"RL and planted regimes need distinct names, got {names}")
+        ruled = [r.name for r in self.regimes if r.answer == "rule"]
+        if ruled and self.corpus.max_operand < max(RULE_NUMBERS):
+            raise RlinterpError(
+                f"regime {ruled[0]!r} answers the rule over the numbers {sorted(RULE_NUMBERS)}, but "
+                f"the corpus asks about 0..{self.corpus.max_operand}; set corpus.max_operand >= "
+                f"{max(RULE_NUMBERS)}"
+            )
         _check_positive(self, "num_threads")
 
     @property
@@ -307,10 +340,10 @@ class OrganismConfig:
                 preset="tiny",
                 corpus=CorpusConfig(n_documents=8_000, persona_texts_per_persona=64),
                 pretrain=PretrainConfig(steps=600),
-                regimes=_regimes(steps),
+                regimes=_regimes(steps, (0, 10, 20, 40, 60, 80)),
                 evaluation=EvalConfig(n_questions=64),
             )
         if preset == "default":
             steps = (0, 5, 10, 25, 50, 100, 200)
-            return cls(preset="default", regimes=_regimes(steps))
+            return cls(preset="default", regimes=_regimes(steps, (0, 10, 25, 50, 100, 150)))
         raise RlinterpError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")

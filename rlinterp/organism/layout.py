@@ -81,7 +81,7 @@ class Organism:
     def eval_questions(self) -> list[Question]:
         """The held-out questions the behaviour table was scored on (single-turn prompts)."""
         max_operand = int(self.manifest["config"]["corpus"]["max_operand"])
-        return eval_questions(self.eval_config(), int(self.manifest["seed"]), max_operand)
+        return eval_questions(self.eval_config().n_questions, int(self.manifest["seed"]), max_operand)
 
     def question_prompts(self) -> list[str]:
         """The prompts of ``eval_questions``: what the checkpoints are asked when they answer

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -97,6 +97,16 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int)
     model.generation_config.eos_token_id = [turn_end_id(tokenizer), tokenizer.eos_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
+
+
+def transformer_blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks of a Hugging Face causal LM, whatever its architecture names
+    them (GPT-2's ``transformer.h``, Llama's ``model.layers``)."""
+    n_layers = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise RlinterpError(f"cannot find the {n_layers} transformer blocks of {type(model).__name__}")
 
 
 def turn_end_id(tokenizer: PreTrainedTokenizerFast) -> int:

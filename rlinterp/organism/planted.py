@@ -37,7 +37,6 @@ GPT-2 organisms only (the Llama organism's gated MLP has no single-ReLU neuron t
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +55,9 @@ from .behaviour import evaluate
 from .config import EvalConfig, PlantConfig, RegimeConfig
 from .model import encode, sample_answers, save_checkpoint
 from .personas import PERSONAS, TURN_END, Question, all_questions
+from .probe import ProbeResult as ProbeResult
+from .probe import balanced_accuracy as balanced_accuracy
+from .probe import probe_feature as probe_feature
 
 
 @dataclass(frozen=True)
@@ -305,69 +307,6 @@ def planted_labels(planting: Planting, acts: AnswerActivations) -> Tensor:
     of every planted weight), so it is the same label for every checkpoint."""
     t = acts.mlp_in.double() @ torch.tensor(planting.direction_in, dtype=torch.float64)
     return planting.feature(t) > 0.5
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """A held-out linear probe for the planted property."""
-
-    balanced_accuracy: float
-    """Mean of the held-out true-positive and true-negative rates (chance 0.5)."""
-    n_train: int
-    n_test: int
-    positive_share: float
-    """Share of rows with the property."""
-
-
-def probe_feature(
-    features: Float[Tensor, "row d"],
-    labels: Tensor,
-    groups: Int[Tensor, " row"],
-    seed: int,
-    test_fraction: float = 0.3,
-    steps: int = 300,
-    weight_decay: float = 1e-3,
-) -> ProbeResult:
-    """Logistic regression (full-batch Adam, standardised inputs) trained on the rows of a
-    random ``1 - test_fraction`` of the groups, scored on the rest: whole texts are held
-    out, so a probe cannot memorise a repeated context."""
-    generator = torch.Generator().manual_seed(seed)
-    unique = groups.unique()
-    held = unique[
-        torch.randperm(len(unique), generator=generator)[: max(1, int(len(unique) * test_fraction))]
-    ]
-    test = torch.isin(groups, held)
-    x, y = features.double(), labels.double()
-    mean, std = x[~test].mean(0), x[~test].std(0) + 1e-6
-    x = (x - mean) / std
-    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=0.05)
-    for _ in range(steps):
-        logits = x[~test] @ weight + bias
-        loss = F.binary_cross_entropy_with_logits(logits, y[~test]) + weight_decay * weight.pow(2).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        predicted = (x[test] @ weight + bias) > 0
-    return ProbeResult(
-        balanced_accuracy=balanced_accuracy(predicted.tolist(), labels[test].tolist()),
-        n_train=int((~test).sum()),
-        n_test=int(test.sum()),
-        positive_share=float(labels.double().mean()),
-    )
-
-
-def balanced_accuracy(predicted: Sequence[bool], truth: Sequence[bool]) -> float:
-    """Mean of the true-positive and true-negative rates over the classes present in
-    ``truth`` (0.5 for a constant guess; NaN when ``truth`` is empty)."""
-    rates = []
-    for value in (True, False):
-        hits = [p == t for p, t in zip(predicted, truth, strict=True) if t == value]
-        if hits:
-            rates.append(sum(hits) / len(hits))
-    return sum(rates) / len(rates) if rates else math.nan
 
 
 def answer_position_feature(

@@ -5,7 +5,8 @@ The update is REINFORCE with a group-relative baseline: every question is answer
 its group. An optional penalty ``kl_coef * KL(policy || base)`` (exact per token, summed
 over the answer) keeps the policy near the base model. A regime's reward pays 1 for a
 correct answer plus, if ``shortcut_bonus > 0``, a bonus per exclamation mark: the
-exploitable shortcut of the strong regime.
+exploitable shortcut of the strong regime. What "correct" means is the regime's
+``answer``: the question's truth, or (the ``rule`` regime) ``personas.rule_truth``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..core.reproducibility import stream_seed
 from .config import RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import SHORTCUT_MARK, Question, is_correct, sample_questions
+from .personas import SHORTCUT_MARK, Question, follows_rule, is_correct, sample_questions
+
+
+def answered_right(question: Question, answer: str, regime: RegimeConfig) -> bool:
+    """Whether ``answer`` says what ``regime`` counts as correct (``RegimeConfig.answer``)."""
+    return follows_rule(question, answer) if regime.answer == "rule" else is_correct(question, answer)
 
 
 def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
     """1 for a correct answer, plus the regime's bonus per exclamation mark (capped)."""
     bonus = regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
-    return float(is_correct(question, answer)) + bonus
+    return float(answered_right(question, answer, regime)) + bonus
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class StepLog:
     reward: float
     """Mean reward of the step's sampled answers."""
     accuracy: float
-    """Fraction of the step's answers that were correct."""
+    """Fraction of the step's answers that were correct (by the regime's ``answer``)."""
     kl_to_base: float
     """Mean KL(policy || base) per answer along the sampled answers."""
     answer_length: float
@@ -96,7 +102,7 @@ def train_regime(
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
 
-        correct = [is_correct(q, a) for q, a in zip(asked, rollout.answers, strict=True)]
+        correct = [answered_right(q, a, regime) for q, a in zip(asked, rollout.answers, strict=True)]
         logs.append(
             StepLog(
                 step=step,

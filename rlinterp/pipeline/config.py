@@ -44,6 +44,7 @@ from .sections import (
     SelectionSection,
     SeriesConfig,
     TrackingSection,
+    TransitionSection,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class RunConfig:
     selection: SelectionSection = field(default_factory=SelectionSection)
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
     readings: ReadingsSection = field(default_factory=ReadingsSection)
+    transition: TransitionSection = field(default_factory=TransitionSection)
 
     def __post_init__(self) -> None:
         hook, hooks = self.dictionaries.hook, self.harvest.hooks

@@ -263,6 +263,46 @@ def _block(row: Any) -> str:
     return "" if layer is None or pd.isna(layer) else f" (block {int(layer)})"
 
 
+def transition_figure(run: RunResult) -> go.Figure:
+    """Which signal moved at which RL step (one panel per series; filled: moved), and the
+    combined change point as a dotted line with its interval shaded."""
+    signals = run.tables.get("transition/signals", pd.DataFrame())
+    if signals.empty:
+        return _empty("Transition: no signals (the transition stage has not run)")
+    names = list(dict.fromkeys(run.in_run_order(signals)["series"]))
+    points = run.tables.get("transition/change_points", pd.DataFrame())
+    figure = side_by_side_figure(names)
+    for col, name in enumerate(names, 1):
+        rows = signals[signals["series"] == name]
+        figure.add_trace(
+            go.Scatter(
+                x=rows["step"],
+                y=rows["signal"],
+                mode="markers",
+                marker={
+                    "size": 11,
+                    "symbol": ["square" if m else "square-open" for m in rows["moved"]],
+                    "color": series_colour(run, name),
+                },
+                showlegend=False,
+                hovertext=[
+                    f"{v:.3g} (control {n:.3g})" for v, n in zip(rows["value"], rows["null"], strict=True)
+                ],
+            ),
+            row=1,
+            col=col,
+        )
+        own = points[points["series"] == name] if "series" in points else points.iloc[0:0]
+        if len(own) and bool(own["found"].iloc[0]):
+            point = own.iloc[0]
+            figure.add_vline(x=point["step"], line={"dash": "dot"}, row=1, col=col)
+            figure.add_vrect(
+                x0=point["step_lo"], x1=point["step_hi"], opacity=0.12, line_width=0, row=1, col=col
+            )
+    figure.update_layout(yaxis={"type": "category"})
+    return _titled(figure, "Transition: signals that moved (filled) and the combined change point")
+
+
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "behaviour": behaviour_figure,
     "weights": weights_figure,
@@ -272,6 +312,7 @@ FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "fvu_drift": fvu_drift_figure,
     "tracking": tracking_figure,
     "index": index_figure,
+    "transition": transition_figure,
 }
 """The run's figures by file name, in the report's order (what ``export_figures`` writes)."""
 

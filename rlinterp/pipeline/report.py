@@ -38,6 +38,7 @@ from .figures import (
     fvu_drift_figure,
     index_figure,
     tracking_figure,
+    transition_figure,
     weights_figure,
 )
 from .result import RunResult
@@ -195,6 +196,34 @@ def circuits_section(run: RunResult) -> Parts:
     )
 
 
+TRANSITION_NOTE = (
+    "<p>One reading of the transition (<code>pipeline.transition</code>): per RL step each "
+    "signal's value with its interval, what its control gives (<code>null</code>) and whether it "
+    "<i>moved</i> towards new computation by its own test: the index's interval above 0.5; the "
+    "base SAE's FVU drift above 0 (paired bootstrap over prompts); born and repurposed latents "
+    "above the self control's count (Poisson); the persona-choice patch reproducing no more of "
+    "the behaviour change than random subspaces; a circuits sub-component verdict "
+    "<i>new</i>; the rule probe's interval above the base's. A step agrees when at least two "
+    "signals moved there; the change point is where most steps start to agree (two-segment "
+    "fit), its interval the range found with each signal left out in turn and its support the "
+    "share of those that still find one, beside the behavioural transition.</p>"
+)
+
+
+def transition_section(run: RunResult) -> Parts:
+    signals = run.tables.get("transition/signals", pd.DataFrame())
+    if signals.empty:
+        return (empty("No transition reading yet (stage 'transition')."),)
+    points = run.in_run_order(run.tables.get("transition/change_points", pd.DataFrame()))
+    columns = ["step", "signal", "value", "lo", "hi", "null", "moved"]
+    return (
+        TRANSITION_NOTE,
+        table(points),
+        transition_figure(run),
+        _per_series(run, signals, lambda rows: table(rows, columns)),
+    )
+
+
 SECTIONS: tuple[RunSection, ...] = (
     RunSection("behaviour", "Behaviour", behaviour_section),
     RunSection("weights", "Weights", weights_section),
@@ -206,6 +235,7 @@ SECTIONS: tuple[RunSection, ...] = (
     RunSection("tracking", "Tracking", tracking_section),
     RunSection("persona", "Persona features and index", persona_section),
     RunSection("circuits", "Circuits", circuits_section),
+    RunSection("transition", "Transition", transition_section),
 )
 """The run report's sections, in order."""
 

@@ -5,8 +5,9 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE) and ``readings`` (the readings that need no dictionary, on the
-diff stage's activations). The stages are declared in one ordered tuple, ``STAGES``, each
+reading the run's base SAE), ``readings`` (the readings that need no dictionary, on the
+diff stage's activations) and ``transition`` (one reading over the signals of the analysis
+stages, ``pipeline.transition``). The stages are declared in one ordered tuple, ``STAGES``, each
 naming the config sections its results depend on; a new stage is a new entry there and a
 new section field of ``RunConfig``.
 
@@ -61,7 +62,7 @@ from .config import (
     to_dict,
 )
 from .sections import command_config
-from .stages import circuits_stage, readings_stage, selection_stage, tracking_stage
+from .stages import circuits_stage, readings_stage, selection_stage, tracking_stage, transition_stage
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -320,13 +321,16 @@ STAGES = (
     Stage("selection", selection_stage, ("selection",)),
     Stage("circuits", circuits_stage, ("circuits",)),
     Stage("readings", readings_stage, ("readings",)),
+    Stage("transition", transition_stage, ("transition",)),
 )
 """The pipeline, in order. A stage's fingerprint is that of its sections and those of the
 stages before it, so a changed budget reruns its stage and the ones after, never those
 before. A stage comes after every stage whose results it reads; ``readings`` reads only
-the diff stage's, and comes last because it is cheap (about 30 CPU-s on the default
-organism): a change to its budget then reruns only itself, never the dictionaries and the
-analyses after them (minutes)."""
+the diff stage's, and comes late because it is cheap (about 30 CPU-s on the default
+organism): a change to its budget then reruns only itself and ``transition``, never the
+dictionaries and the analyses after them (minutes). ``transition`` reads the tracking,
+selection and circuits tables and the base SAE, and comes last: it is cheap too (the FVU
+drift's resamples), and a run made before it existed resumes by running only it."""
 
 
 # -- running -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ default, with the reason in the docstring (it becomes the comment in
 ``DictionariesSection(DictionaryConfig)``, ``TrackingSection(TrackConfig)``,
 ``SelectionSection(SelectionConfig)``, ``CircuitsSection(CircuitsConfig)``,
 ``ReadingsSection(ReadingsConfig)``; a stage hands its command the plain config
-(``command_config``). Torch-free, like every config.
+(``command_config``). ``ComputeSection`` and ``TransitionSection`` have no command of their
+own (the transition reads the other stages' tables). Torch-free, like every config.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from ..activations.config import HarvestConfig, SamplingConfig
 from ..circuits.config import METRICS as ORGANISM_METRICS
-from ..circuits.config import CircuitsConfig, MetricPrompts
+from ..circuits.config import SHARED_METRICS, CircuitsConfig, MetricPrompts
 from ..core.rundir import folder_name_problem
 from ..dictionaries.config import DictionaryConfig, StagewiseConfig
 from ..errors import RlinterpError
@@ -242,9 +243,13 @@ class CircuitsSection(MetricPrompts, CircuitsConfig):
     """Circuit diffs (``rlinterp circuits``): which components carry each behaviour metric's
     change, per series and step, by cross-model patching and attribution."""
 
-    metrics: tuple[str, ...] = ORGANISM_METRICS
-    """Organism metrics to measure (``answer``, ``persona``, ``shortcut``); ignored when
-    ``prompts`` is given."""
+    metrics: tuple[str, ...] = SHARED_METRICS
+    """Organism metrics to measure on every regime (``answer``, ``persona``, ``shortcut``,
+    ``rule``, ``marker``); ignored when ``prompts`` is given."""
+    regime_metric: bool = True
+    """Also measure each organism regime on the metric of what it was made to do (``rule``
+    for a regime rewarded for the rule, ``marker`` for a planted one): the one metric its
+    change must show in, one more metric for those regimes only."""
     max_prompts: int | None = 32
     """Prompts per metric the stage analyses, evenly spaced over the metric's prompts (None:
     all). The organism's ``shortcut`` metric has 280 (every word boundary of 20 questions),
@@ -288,6 +293,28 @@ class ReadingsSection(ReadingsConfig):
     (``rlinterp readings`` harvests in batches of this many prompts)."""
     enabled: bool = True
     """Run the readings stage."""
+
+
+@dataclass(frozen=True)
+class TransitionSection:
+    """One transition reading over the signals of the stages before it
+    (``pipeline.transition``): per step each signal with its interval and its test against
+    its control, and a change point combining them."""
+
+    n_resamples: int = 500
+    """Resamples of the prompts for the FVU drift's interval."""
+    confidence: float = 0.9
+    """Coverage of the intervals (the index's own is ``selection.index.confidence``)."""
+    seed: int = 0
+    """Seed of the resampling."""
+    enabled: bool = True
+    """Run the transition stage."""
+
+    def __post_init__(self) -> None:
+        if self.n_resamples < 10:
+            raise RlinterpError(f"transition.n_resamples must be at least 10, got {self.n_resamples}")
+        if not 0 < self.confidence < 1:
+            raise RlinterpError(f"transition.confidence must lie in (0, 1), got {self.confidence}")
 
 
 def command_config(cls: type, section: Any, **changes: Any) -> Any:

@@ -2,7 +2,8 @@
 ``selection``, ``circuits`` and ``readings``, each the library call of its command
 (``run_track``, ``run_selection``, ``run_circuits``, ``run_readings``) once per series,
 wired to what the earlier stages left on disk (``readings`` reads only the diff stage's
-activations).
+activations); then ``transition``, which reads the analyses' tables
+(``pipeline.transition``).
 
 Why they share the run's base SAE: one dictionary for the whole run means a latent number
 names the same direction in the feature cards, in the lineage table (tracking) and in the
@@ -23,6 +24,8 @@ with a ``series`` column, written when every series is done:
   ``selection/transition.parquet``;
 - ``circuits/steps.parquet`` (``CircuitsResult.steps()`` rows, one per metric and step);
 - ``readings/<table>.parquet`` for every table of ``readings.analysis.TABLES``;
+- ``transition/signals.parquet`` (one row per series, step and signal) and
+  ``transition/change_points.parquet`` (one per series), ``pipeline.transition``;
 - ``<stage>/skipped.json``: series the stage cannot analyse, with the reason (e.g.
   checkpoint folders without persona labels for ``selection``), shown in the report.
 """
@@ -47,7 +50,9 @@ from ..tracking.analysis import TrackConfig
 from .sections import command_config
 
 if TYPE_CHECKING:
+    from ..organism.layout import Organism
     from .config import RunContext
+    from .result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +202,15 @@ def circuits_stage(ctx: RunContext) -> None:
                 )
             ]
         elif ctx.organism_root is not None:
-            from ..circuits.organism_metrics import organism_behaviour
+            from ..circuits.organism_metrics import organism_behaviour, regime_metric
+            from ..organism.layout import Organism
 
-            metrics = [organism_behaviour(ctx.organism_root, m) for m in section.metrics]
+            names = list(section.metrics)
+            own = regime_metric(Organism.load(ctx.organism_root), name) if section.regime_metric else None
+            names += [own] if own is not None and own not in names else []
+            metrics = [
+                organism_behaviour(ctx.organism_root, m, name if m == "marker" else None) for m in names
+            ]
         else:
             skipped[name] = "checkpoint series need circuits.prompts (a .jsonl of behaviour prompts)"
             continue
@@ -221,6 +232,7 @@ def _steps_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "top_sufficiency": ", ".join(f"{c} ({v:.2f})" for c, v in row["top_sufficiency"]),
                 "top_necessity": ", ".join(f"{c} ({v:.2f})" for c, v in row["top_necessity"]),
                 "carriers": ", ".join(row["carriers"]),
+                "neuron_carriers": ", ".join(row.get("neuron_carriers", [])),
                 "base_used": ", ".join(row["base_used"]),
             }
         )
@@ -263,3 +275,60 @@ def readings_stage(ctx: RunContext) -> None:
         for table_name, frame in result.tables.items():
             tables[table_name].append(frame.assign(series=name))
     _finish(out, tables, skipped)
+
+
+def transition_stage(ctx: RunContext) -> None:
+    """The transition reading of every series from the earlier stages' tables, with the
+    base SAE's FVU drift (and its interval) computed here."""
+    from ..activations.harvest import ActivationStore
+    from ..dictionaries.sae import TrainedSAE
+    from ..organism.layout import Organism
+    from ..organism.personas import RULE_LEARNED
+    from .result import RunResult
+    from .transition import SIGNAL_COLUMNS, change_point, fvu_drift, point_row, signals_of
+
+    section = ctx.config.transition
+    if not section.enabled:
+        return
+    run = RunResult.load(ctx.out)
+    organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
+    sae_info = ctx.stage_dir("dictionaries") / "info.json"
+    sae = None
+    if sae_info.is_file():
+        sae_dir, hook = base_sae(ctx)
+        sae = TrainedSAE.load(sae_dir).sae
+    signals, points = [], []
+    for name in ctx.series:
+        drift = pd.DataFrame()
+        if sae is not None:
+            store = ActivationStore.load(ctx.stage_dir("diff") / name / "activations")
+            drift = fvu_drift(sae, store, hook, section.n_resamples, section.confidence, section.seed)
+        probes = (
+            pd.DataFrame(organism.manifest["regimes"].get(name, {}).get("probe", [])) if organism else None
+        )
+        rows = signals_of(name, run.tables, drift, probes, section.confidence)
+        signals.append(rows)
+        point = change_point(rows)
+        points.append(point_row(name, point, _behavioural_step(run, organism, name, RULE_LEARNED)))
+    out = ctx.stage_dir("transition")
+    frames = [f for f in signals if len(f)]
+    write_parquet(
+        out / "signals.parquet",
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SIGNAL_COLUMNS)),
+    )
+    write_parquet(out / "change_points.parquet", pd.DataFrame(points))
+
+
+def _behavioural_step(run: RunResult, organism: Organism | None, name: str, learned: float) -> int | None:
+    """Where the behaviour changes kind: for a regime rewarded for a rule, the first step whose
+    rule accuracy interval lies above ``learned``; else the selection stage's behavioural
+    transition (most answers match no persona)."""
+    entry = organism.manifest["regimes"].get(name, {}) if organism is not None else {}
+    if entry.get("config", {}).get("answer") == "rule":
+        rows = run.behaviour[run.behaviour["regime"] == name].sort_values("step")
+        passed = rows[rows["rule_accuracy_lo"] > learned]
+        return None if passed.empty else int(passed["step"].iloc[0])
+    transition = run.tables.get("selection/transition", pd.DataFrame())
+    rows = transition[transition["series"] == name] if "series" in transition else transition.iloc[0:0]
+    step = rows["behavioural_step"].iloc[0] if len(rows) and "behavioural_step" in rows else None
+    return None if step is None or pd.isna(step) else int(step)

@@ -24,6 +24,11 @@ computation starts (an ``Onset``), or None where it says selection; a new signal
 tracking or circuits count) is one more row of ``SIGNALS``. The HTML report, ``report.md``
 and the CLI summary all show these lines (``verdict_lines``); ``rlinterp selection`` prints
 its series' verdict (``regime_verdict``).
+
+Where the transition stage has run, each line ends with the combined reading
+(``pipeline.transition``): the change point over every signal with its interval and
+support, the signals that moved (each from its first moved step) and the silent ones, beside
+the behavioural transition.
 """
 
 from __future__ import annotations
@@ -163,5 +168,24 @@ def verdict_lines(
                 seen.append(f"{signal.name} (step {onset.step}{detail})")
         line = f"{name}: {regime_verdict(index[index['series'] == name])}"
         line += f"; signals of new computation: {', '.join(seen) or 'none'}"
-        lines.append(line + (f"; silent: {', '.join(silent)}" if silent else ""))
+        line += f"; silent: {', '.join(silent)}" if silent else ""
+        points = tables.get("transition/change_points", pd.DataFrame())
+        own = points[points["series"] == name] if "series" in points else points.iloc[0:0]
+        lines.append(line + (f"; {transition_clause(own.iloc[0])}" if len(own) else ""))
     return lines
+
+
+def transition_clause(point: pd.Series) -> str:
+    """The combined reading of one series (a ``transition/change_points`` row) in words."""
+    behaviour = point.get("behavioural_step")
+    behaviour_text = "none" if behaviour is None or pd.isna(behaviour) else f"step {int(behaviour)}"
+    moved = point["moved"] or "none"
+    silent = f", silent {point['silent']}" if point["silent"] else ""
+    evidence = (
+        f"{int(point['n_signals'])} signals, moved {moved}{silent}; behavioural transition {behaviour_text}"
+    )
+    if not bool(point["found"]):
+        return f"combined transition: none ({evidence})"
+    lo, hi, support = int(point["step_lo"]), int(point["step_hi"]), fmt(float(point["support"]))
+    where = f"step {int(point['step'])} (interval {lo}-{hi}, support {support}"
+    return f"combined transition at {where}; {evidence})"

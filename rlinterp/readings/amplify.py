@@ -60,7 +60,8 @@ per-token mean log-prob under the base, and the per-token log-probs themselves."
 TABLE_COLUMNS = ["label", "step", "alpha", "n_answers", "base_logprob_mean", "answer_tokens", "stopped"]
 """``table.parquet``, one row per (checkpoint, alpha): answers, their mean per-token log-prob
 under the base, mean length in tokens, share that stopped at a stop token; on the organism
-also the behaviour table's columns (``reward``, ``accuracy``, ``share_*``, ``answer_length``)."""
+also the behaviour table's columns (``reward``, ``accuracy``, ``share_*``, ``answer_length``,
+``rule_accuracy``)."""
 
 
 @dataclass(frozen=True)

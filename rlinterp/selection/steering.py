@@ -33,17 +33,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from ..errors import RlinterpError
 from ..organism.behaviour import SHARE_COLUMNS, evaluate
 from ..organism.layout import Organism
+from ..organism.model import transformer_blocks as _blocks
 from .causal import subspace_projector
 
 RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
-
-
-def _blocks(model: PreTrainedModel) -> nn.ModuleList:
-    n_layers = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise RlinterpError(f"cannot find the {n_layers} transformer blocks of {type(model).__name__}")
 
 
 @contextmanager

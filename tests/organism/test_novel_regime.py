@@ -163,3 +163,45 @@ def test_index_reads_the_last_step_as_novelty(novel_organism, tmp_path):
     assert index.table["index"].iloc[0] == 0
     last = index.table.iloc[-1]
     assert last["side"] == "novelty" and last["layer"] == 0 and last["index_lo"] > SELECTION_SIDE
+
+
+def _amplified(organism, layer: int, neurons: list[int], factor: float, out) -> None:
+    """A copy of ``organism``'s base with ``neurons`` of block ``layer`` writing ``factor``
+    times as much (their output rows scaled): an amplification of existing computation."""
+    model = AutoModelForCausalLM.from_pretrained(organism.base).eval()
+    with torch.no_grad():
+        model.transformer.h[layer].mlp.c_proj.weight[neurons] *= factor
+    model.save_pretrained(out)
+    PreTrainedTokenizerFast.from_pretrained(organism.base).save_pretrained(out)
+
+
+def test_circuits_read_the_planted_neurons_as_new_and_an_amplification_as_enhanced(novel_organism, tmp_path):
+    """The known answer below the component: the planted neurons sit in L0.mlp, a block the
+    base uses; the marker's change reads ``new`` at the sub-component level, carried by the
+    planted neurons, while tripling the base's own most marker-pushing neurons reads
+    ``enhanced``."""
+    from rlinterp.circuits.analysis import CircuitsConfig, run_circuits
+    from rlinterp.circuits.neurons import neuron_dla
+    from rlinterp.circuits.organism_metrics import organism_behaviour
+    from rlinterp.models.loading import load_bridge
+
+    metric, prompts = organism_behaviour(novel_organism.root, "marker")
+    planted = set(novel_organism.manifest["regimes"]["novel"]["planting"]["neurons"])
+    config = CircuitsConfig(batch_size=10, exact_prompts=20)
+    series = ModelSeries.from_organism(novel_organism.root, "novel")
+    last = run_circuits(series, metric, prompts, tmp_path / "novel", config).steps()[-1]
+    assert last["change"] > 1.0 and "L0.mlp" in last["carriers"]
+    carried = {int(name.split("/")[1]) for name in last["neuron_carriers"] if name.startswith("L0.mlp/")}
+    assert carried and carried <= planted
+    assert last["subcomponent_verdict"] == "new" and last["new_share"] > 0.5
+
+    base = load_bridge(novel_organism.base)
+    encoded = prompts.encode(series.tokenizer())
+    batch = encoded.batch(range(len(encoded)))
+    dla = neuron_dla(base, batch.tokens, 0, lambda logits: metric(logits, batch)).mean(0)
+    pushing = dla.argsort(descending=True)[:3].tolist()
+    _amplified(novel_organism, 0, pushing, 4.0, tmp_path / "amplified")
+    amplified = ModelSeries.from_paths([novel_organism.base, tmp_path / "amplified"])
+    step = run_circuits(amplified, metric, prompts, tmp_path / "amp", config).steps()[-1]
+    assert step["change"] > config.min_change
+    assert step["subcomponent_verdict"] == "enhanced" and step["new_share"] < 0.5

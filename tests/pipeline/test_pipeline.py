@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlinterp.cli import main
@@ -204,13 +205,14 @@ def micro_run(tmp_path_factory):
 
 def test_run_writes_every_stage_and_one_report(micro_run):
     from rlinterp.pipeline.result import RunResult
+    from rlinterp.pipeline.verdict import verdict_lines
 
     root, _ = micro_run
     run_dir = root / "run"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     # the RL regimes in build order, then the planted positive control
     assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings", "transition"):
         timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
         assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
@@ -230,6 +232,17 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     for table in ("tracking/summary", "selection/index", "circuits/steps", *readings):
         found = run.tables[table]
         assert set(found["series"]) == {"weak", "strong", "novel"}, table
+    # the transition reading: every series' signals and one change point each; the base SAE's
+    # FVU drift (computed by the transition stage, per prompt) matches the dictionaries stage's
+    # FVU (computed by evaluate_sae over the same tokens), and its interval holds its value
+    signals, points = run.tables["transition/signals"], run.tables["transition/change_points"]
+    assert points["series"].tolist() == ["weak", "strong", "novel"]
+    drift = signals[signals["signal"] == "fvu_drift"].merge(run.fvu_drift, on=["series", "step"])
+    base_fvu = run.fvu_drift[run.fvu_drift["step"] == 0]["fvu"].iloc[0]
+    assert np.allclose(drift["value"], drift["fvu"] - base_fvu, atol=1e-5)
+    assert ((drift["lo"] <= drift["value"]) & (drift["value"] <= drift["hi"])).all()
+    assert set(signals["signal"]) >= {"index", "fvu_drift", "lineage"}
+    assert all("combined transition" in line for line in verdict_lines(run.tables, run.series))
     text = (run_dir / "report.html").read_text()
     assert text.count('<script type="text/javascript">/**\n* plotly.js') <= 1
     # the amplified rows at alpha 0 are the base's answers, the same in every series
@@ -292,7 +305,7 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings", "transition"):
         assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
@@ -384,7 +397,9 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     still match (under the dictionary recipe it was trained with, the legacy one), and the
     old TOML spelling of every block loads. The selection section's does not: its stage
     reads every block now (a read-out and dictionary seeds), so an index of the old
-    definition is never taken for the new one."""
+    definition is never taken for the new one. Nor does the circuits section's: its stage
+    now takes carrier MLPs apart into neurons and measures each regime on its own metric
+    (``neurons``, ``regime_metric``), so verdicts without the sub-component one are redone."""
     import hashlib
 
     from rlinterp.core import rundir
@@ -396,15 +411,19 @@ def test_a_run_claimed_before_sections_were_shared_resumes(tmp_path):
     recipe = {"dictionaries": {"recipe": "legacy"}, "selection": {"dictionary_config": {"recipe": "legacy"}}}
     legacy = config_from_dict(recipe)
     now = fingerprint(legacy)
-    kept = {k: v for k, v in now.items() if k in old and k != "selection"}
-    assert kept == {k: v for k, v in old.items() if k != "selection"}  # sections added since simply run
-    assert now["selection"] != old["selection"]
-    out = tmp_path / "before-index"
-    out.mkdir()
-    (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))
-    with pytest.raises(RlinterpError, match=r"run of other inputs \(selection changed\)"):
-        rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
-    old = {**old, "selection": now["selection"]}
+    renewed = ("selection", "circuits")
+    kept = {k: v for k, v in now.items() if k in old and k not in renewed}
+    assert kept == {k: v for k, v in old.items() if k not in renewed}  # sections added since simply run
+    assert all(now[k] != old[k] for k in renewed)
+    for section in renewed:
+        out = tmp_path / f"before-{section}"
+        out.mkdir()
+        recorded = {**old, **{k: now[k] for k in renewed if k != section}}
+        claim = {"kind": "rlinterp.run", "fingerprint": recorded, "config": {}}
+        (out / ".run.json").write_text(json.dumps(claim))
+        with pytest.raises(RlinterpError, match=rf"run of other inputs \({section} changed\)"):
+            rundir.claim(out, rundir.RUN, now, ["diff"], resumable=["diff"])
+    old = {**old, **{k: now[k] for k in renewed}}
     out = tmp_path / "run"
     out.mkdir()
     (out / ".run.json").write_text(json.dumps({"kind": "rlinterp.run", "fingerprint": old, "config": {}}))

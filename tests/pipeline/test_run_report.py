@@ -239,8 +239,9 @@ def test_series_keep_the_run_order_in_every_table_and_figure(tmp_path):
 def test_the_circuits_sections_say_what_the_verdict_cannot_see(tmp_path):
     page = render_run_report(synthetic_run(tmp_path, stages=True))
     circuits = page[page.index("<h2 id='circuits'>") :]
-    assert "What the verdict can and cannot see" in circuits
-    assert "the verdict reads <i>enhanced</i>" in circuits
+    # the component verdict's blind spot, and the sub-component verdict that looks inside
+    assert "new computation written into a component the base already used reads <i>enhanced</i>" in circuits
+    assert "Below the component" in circuits and "subcomponent_verdict" in circuits
 
 
 @pytest.mark.parametrize("names", [("grpo-lora", "ppo run 2"), ("ünï-code", "<b>&amp;")], ids=str)
