@@ -20,6 +20,10 @@ from ..conftest import tiny_hf_config
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 ?!.,"
 ARCHITECTURES = ("gpt2", "llama", "qwen2")
+SEEDS = {"gpt2": 0, "llama": 0, "qwen2": 2}
+"""Random-init seeds whose base uses its most used MLP block for the metric (the test's
+precondition, asserted): the Qwen2 bases of seeds 0 and 1 leave it to attention (block usage
+0.041 and 0.010, under ``used_share`` 0.1)."""
 UP, DOWN = "a", "b"
 """The metric: logit of ``UP`` minus logit of ``DOWN`` at the last token."""
 
@@ -152,11 +156,11 @@ def test_neuron_attributions_add_up_to_the_block_and_converge_to_its_patch(tmp_p
     assert integrated[:, untouched].abs().max() < 1e-6
 
 
-def _plant(arch: str, root) -> tuple[ModelSeries, BehaviourPrompts, dict]:
+def _plant(arch: str, root, seed: int = 0) -> tuple[ModelSeries, BehaviourPrompts, dict]:
     """A base whose most used MLP block for the metric gets (``new``) three neurons the base
     does not use rewired to push the metric, or (``amplified``) the three neurons that push
     it most in the base with their output tripled."""
-    base_model = _model(arch)
+    base_model = _model(arch, seed)
     _save(base_model, root / "base")
     base = load_bridge(root / "base")
     texts = _texts(24, 2)
@@ -169,7 +173,7 @@ def _plant(arch: str, root) -> tuple[ModelSeries, BehaviourPrompts, dict]:
     direction = base.W_U[:, up] - base.W_U[:, down]
     direction = (direction - direction.mean()) / direction.norm()
     generator = torch.Generator().manual_seed(5)
-    new, amplified = _model(arch), _model(arch)
+    new, amplified = _model(arch, seed), _model(arch, seed)
     with torch.no_grad():
         mlp = _Mlp(new, layer)
         for neuron in unused:
@@ -188,7 +192,7 @@ def _plant(arch: str, root) -> tuple[ModelSeries, BehaviourPrompts, dict]:
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_new_neurons_read_new_below_a_used_block_and_amplified_ones_enhanced(tmp_path, arch):
-    series, prompts, plan = _plant(arch, tmp_path)
+    series, prompts, plan = _plant(arch, tmp_path, SEEDS[arch])
     block = f"L{plan['layer']}.mlp"
     config = CircuitsConfig(batch_size=8, exact_prompts=24)
     result = run_circuits(series, BehaviourMetric("planted", "logit_diff"), prompts, tmp_path / "out", config)
