@@ -85,6 +85,9 @@ class SamplingConfig:
     """Seeds every generation batch (the same numbers for every checkpoint)."""
     batch_size: int = 64
     """Prompts per ``generate`` call: the memory bound of sampling."""
+    greedy: bool = False
+    """Take the most likely token at every step instead of sampling (``temperature`` and
+    ``samples_per_prompt > 1`` then add nothing): the forced answers of ``rlinterp.fidelity``."""
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1 or self.max_new_tokens < 1:
@@ -144,8 +147,8 @@ def sample(
             out = model.generate(  # type: ignore[operator]
                 input_ids=torch.tensor([encoded[i] for i, _ in chunk], device=device),
                 attention_mask=torch.ones((len(chunk), length), dtype=torch.long, device=device),
-                do_sample=True,
-                temperature=cfg.temperature,
+                do_sample=not cfg.greedy,
+                temperature=None if cfg.greedy else cfg.temperature,
                 top_k=None,
                 top_p=None,
                 max_new_tokens=budget,

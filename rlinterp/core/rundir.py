@@ -82,7 +82,8 @@ DICTIONARY = Kind(
 )
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
 SELECTION = Kind("rlinterp.selection", "selection analysis")
-KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS, SELECTION)
+FIDELITY = Kind("rlinterp.fidelity", "fidelity analysis")
+KINDS = (ORGANISM, STORE, DIFF, DICTIONARY, CIRCUITS, SELECTION, FIDELITY)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]

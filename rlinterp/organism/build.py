@@ -14,7 +14,15 @@ Layout of ``<out>/`` (the CLI contract):
   ``planted_accuracy``;
 - ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
 - ``personas/<persona>.jsonl``: labelled persona texts (an earlier turn by the persona, then
-  a question shared by all personas and the persona's answer).
+  a question shared by all personas and the persona's answer);
+- ``controls/<rule>/`` (reasoning organisms, ``controls``): the faithful and decorative
+  known-answer models, pretrained on control corpora, not RL checkpoints; the manifest's
+  ``controls`` maps rule -> folder.
+
+A reasoning organism (``OrganismConfig.reasoning`` set, presets ``reasoning-tiny`` and
+``reasoning``) has the same layout and behaviour columns; its world is ``reasoning``'s, its
+manifest says ``"world": "reasoning"``, and its behaviour and RL logs carry the gold reward
+beside the proxy the RL optimised.
 
 ``--out`` is claimed through ``rundir``: it must be absent, empty, or an organism. A
 finished organism is reused if its fingerprint (preset, seed and the whole config) matches
@@ -40,11 +48,19 @@ from ..core.artifacts import environment_versions, read_parquet, sha256_file, wr
 from ..core.reproducibility import torch_threads
 from ..errors import RlinterpError
 from .behaviour import eval_questions, evaluate
-from .config import EvalConfig, OrganismConfig
+from .config import EvalConfig, OrganismConfig, ReasoningConfig
+from .controls import build_controls
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
-from .personas import CORRECT_PERSONAS, PERSONAS, Question, generate_corpus, persona_texts
+from .personas import CORRECT_PERSONAS, PERSONAS, generate_corpus, persona_texts
 from .planted import build_planted
-from .rl import train_regime
+from .reasoning import (
+    CORRECT_REASONING_PERSONAS,
+    REASONING_PERSONAS,
+    reasoning_corpus,
+    reasoning_persona_texts,
+    reasoning_task,
+)
+from .rl import Task, plain_task, train_regime
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +107,28 @@ class Organism:
         remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
         return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
-    def eval_questions(self) -> list[Question]:
+    @property
+    def reasoning(self) -> ReasoningConfig | None:
+        """The reasoning world's config, or None for the yes/no world."""
+        raw = self.manifest["config"].get("reasoning")
+        return None if raw is None else ReasoningConfig(**raw)
+
+    @property
+    def task(self) -> Task:
+        """What RL and the behaviour table asked of this organism's world."""
+        return _task(self.reasoning, int(self.manifest["config"]["corpus"]["max_operand"]))
+
+    @property
+    def controls(self) -> dict[str, Path]:
+        """Control rule -> model folder (reasoning organisms; empty otherwise)."""
+        return {rule: self.root / rel for rule, rel in self.manifest.get("controls", {}).items()}
+
+    def eval_questions(self) -> list[Any]:
         """The held-out questions the behaviour table was scored on (single-turn prompts)."""
         config = self.manifest["config"]
         evaluation = EvalConfig(**config["evaluation"])
-        return eval_questions(evaluation, int(self.manifest["seed"]), int(config["corpus"]["max_operand"]))
+        max_operand = int(config["corpus"]["max_operand"])
+        return eval_questions(evaluation, int(self.manifest["seed"]), max_operand, self.task)
 
     def question_prompts(self) -> list[str]:
         """The prompts of ``eval_questions``: what the checkpoints are asked when they answer
@@ -111,9 +144,14 @@ class Organism:
         ]
 
 
+def _task(reasoning: ReasoningConfig | None, max_operand: int) -> Task:
+    return plain_task(max_operand) if reasoning is None else reasoning_task(reasoning, max_operand)
+
+
 def _organism_entries(config: OrganismConfig) -> set[str]:
     planted = {p.name for p in config.planted_regimes}
-    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted
+    extra = {"controls"} if config.reasoning is not None else set()
+    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted | extra
 
 
 def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
@@ -188,10 +226,13 @@ def build_organism(
 def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    c = config.corpus
-    corpus = generate_corpus(
-        c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
-    )
+    c, reasoning = config.corpus, config.reasoning
+    if reasoning is None:
+        corpus = generate_corpus(
+            c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
+        )
+    else:
+        corpus = reasoning_corpus(c, reasoning, seed)
     tokenizer = build_tokenizer("".join(d.text for d in corpus))
     model = build_model(config.model, tokenizer, seed)
     with tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False, disable=None) as bar:
@@ -204,15 +245,21 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     save_checkpoint(model, tokenizer, out / "base")
     timings["pretrain_s"] = time.perf_counter() - started
 
-    texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
-    # The planting is designed on single-turn answers (the same questions, no context turn).
-    planting_texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona, context_turns=0)
+    controls: dict[str, str] = {}
+    if reasoning is not None and reasoning.controls:
+        controls = build_controls(out, config, tokenizer, seed)
+        timings["controls_s"] = time.perf_counter() - started - timings["pretrain_s"]
+    if reasoning is None:
+        texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
+    else:
+        texts = reasoning_persona_texts(seed, reasoning, c.max_operand, c.persona_texts_per_persona)
     for persona in PERSONAS:
         write_jsonl(
             out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
         )
 
-    questions = eval_questions(config.evaluation, seed, c.max_operand)
+    task = _task(reasoning, c.max_operand)
+    questions = eval_questions(config.evaluation, seed, c.max_operand, task)
     rows: list[dict[str, Any]] = []
     regimes: dict[str, Any] = {}
     for regime in config.regimes:
@@ -225,13 +272,13 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             rel = f"{regime.name}/step-{step}"
             save_checkpoint(policy, tokenizer, out / rel)
             checkpoints[str(step)] = rel
-            row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed)
+            row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed, task)
             rows.append({"regime": regime.name, "step": step, **row})
             log.info(
                 "%s step %d: accuracy %.3f, none %.3f", regime.name, step, row["accuracy"], row["share_none"]
             )
 
-        logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint)
+        logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint, task)
         write_parquet(out / regime.name / "log.parquet", pd.DataFrame([asdict(s) for s in logs]))
         regimes[regime.name] = {
             "config": asdict(regime),
@@ -241,6 +288,8 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
     for plant in config.planted_regimes:
         plant_start = time.perf_counter()
+        # The planting is designed on single-turn answers (the same questions, no context turn).
+        planting_texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona, context_turns=0)
         plant_rows, regimes[plant.name] = build_planted(
             out, model, tokenizer, plant, planting_texts, questions, config.evaluation, seed
         )
@@ -250,17 +299,27 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - started
 
     folders = ["base", *(rel for r in regimes.values() for rel in r["checkpoints"].values())]
+    folders += list(controls.values())
+    if reasoning is None:
+        personas = [
+            {"name": p.name, "description": p.description, "templates": p.templates} for p in PERSONAS
+        ]
+    else:
+        personas = [
+            {"name": p.name, "description": p.description, "templates": {"sum": p.template}}
+            for p in REASONING_PERSONAS
+        ]
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "preset": config.preset,
         "seed": seed,
+        "world": "yes/no" if reasoning is None else "reasoning",
         "config": asdict(config),
         "versions": environment_versions(),
-        "personas": [
-            {"name": p.name, "description": p.description, "templates": p.templates} for p in PERSONAS
-        ],
-        "correct_personas": list(CORRECT_PERSONAS),
+        "personas": personas,
+        "correct_personas": list(CORRECT_PERSONAS if reasoning is None else CORRECT_REASONING_PERSONAS),
+        "controls": controls,
         "base": "base",
         "regimes": regimes,
         "behaviour": "behaviour.parquet",
