@@ -96,7 +96,7 @@ LAYERS = (
     ("dictionaries",),
     ("tracking",),
     ("selection",),
-    ("circuits",),
+    ("circuits", "fidelity"),
     ("pipeline",),
     ("cli", "__main__"),
 )
