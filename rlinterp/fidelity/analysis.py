@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from ..activations.prompts import PromptSet
 from ..core import rundir
 from ..core.artifacts import environment_versions, sha256_file, write_json, write_parquet
 from ..models.series import Checkpoint, ModelSeries
-from ..selection.personas import persona_directions
+from ..selection.personas import MIN_TEXTS_PER_PERSONA, persona_directions
 from .config import REASONING_METRICS, FidelityConfig
 from .drift import new_threshold, persona_projection, sequence_stats
 from .metrics import reasoning_rows
@@ -66,6 +67,13 @@ def skipped_metrics(task: FidelityTask, cfg: FidelityConfig) -> dict[str, str]:
             skipped[metric] = "no gold answers: accuracy with and without the reasoning needs them"
         elif metric == "persona" and not task.persona_texts:
             skipped[metric] = "no persona texts: the persona directions are fitted on them"
+        elif metric == "persona":
+            counts = Counter(str(t["persona"]) for t in task.persona_texts)
+            if len(counts) < 2 or min(counts.values()) < MIN_TEXTS_PER_PERSONA:
+                skipped[metric] = (
+                    f"too few persona texts ({dict(counts)}): directions need two personas with at "
+                    f"least {MIN_TEXTS_PER_PERSONA} texts each"
+                )
     if "rewards" in cfg.metrics and task.gold is None and task.verifier is None:
         skipped["gold"] = (
             "no gold answers or verifier: gold reward, Goodhart onset and the gold fit need them"

@@ -36,7 +36,7 @@ LEGIBILITY: tuple[Legibility, ...] = ("template", "drift", "unreadable")
 full), ``drift`` (no template matches, but it has at least one readable step), ``unreadable``
 (no step in it)."""
 
-Extractor = Callable[[str], "str | None"]
+Extractor = Callable[[str], str | None]
 
 
 @functools.lru_cache(maxsize=64)
@@ -67,7 +67,7 @@ class ReasoningFormat:
     """Regex whose group ``reasoning`` (else group 1) is the reasoning span."""
     answer: str
     """Regex whose group ``answer`` (else group 1) is the final answer, after the span."""
-    step: str = r"[^.!?\n]*[^.!?\s][^.!?\n]*[.!?]*"
+    step: str = r"[^.!?\s][^.!?\n]*[.!?]*"
     """Regex of one reasoning step (default: a sentence)."""
     intermediate: str = r"(?P<value>-?\d+(?:\.\d+)?)(?!.*\d)"
     """Regex whose group ``value`` (else group 1) is the intermediate a step states

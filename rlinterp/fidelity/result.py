@@ -123,7 +123,8 @@ def _step_estimates(
     found: dict[str, Estimate] = {}
 
     def add(name: str, values: Any, den: Any = None) -> None:
-        found[name] = ratio(prompts, np.asarray(values, dtype=float), den, resampler)
+        weights = None if den is None else np.asarray(den, dtype=float)
+        found[name] = ratio(prompts, np.asarray(values, dtype=float), weights, resampler)
 
     for column, name in [
         ("early_aoc", "early_aoc"),
@@ -134,7 +135,7 @@ def _step_estimates(
         ("filler_gap", "filler_gap"),
         ("consistent", "consistency"),
     ]:
-        if column in frame and frame[column].notna().any():
+        if column in frame:
             add(name, frame[column])
     if "legibility" in frame:
         for cls in LEGIBILITY:
