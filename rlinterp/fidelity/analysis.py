@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -134,6 +135,7 @@ def run_fidelity(
             "config": _config_json(cfg),
             "n_prompts": len(task.prompts),
             "persona_hook": hook,
+            "timings_s": {c.label: json.loads((out / c.label / DONE).read_text()) for c in series},
             "versions": environment_versions(),
         },
     )
@@ -236,6 +238,7 @@ def _checkpoint(
     if (folder / DONE).is_file():
         return pd.read_parquet(folder / "samples.parquet"), pd.read_parquet(folder / "patching.parquet")
     log.info("fidelity: %s", checkpoint.label)
+    started, cpu = time.perf_counter(), time.process_time()
     policy = base if checkpoint.label == series.base.label else _hf(series, checkpoint)
     table = sample(policy, tokenizer, list(task.prompts), cfg.sampling)
     parts = [table]
@@ -280,7 +283,8 @@ def _checkpoint(
             pairs = patch_pairs(series.load(checkpoint), chosen, cfg.batch_size)
     write_parquet(folder / "samples.parquet", _storable(frame))
     write_parquet(folder / "patching.parquet", pairs)
-    write_json(folder / DONE, {"label": checkpoint.label, "step": checkpoint.step})
+    timing = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
+    write_json(folder / DONE, {"label": checkpoint.label, "step": checkpoint.step, **timing})
     if policy is not base:
         del policy
     return pd.read_parquet(folder / "samples.parquet"), pairs

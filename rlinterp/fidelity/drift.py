@@ -2,8 +2,8 @@
 and the persona shift of the activations they produce.
 
 - **KL(π_t‖π_0)** of a sample: the exact per-token KL of the next-token distributions,
-  summed along the sampled answer (``organism.model.kl_per_answer``: the sequence KL along
-  the sampled path without the sampling noise of the per-token term); its mean over the
+  summed along the sampled answer (the sequence KL along the sampled path without the
+  sampling noise of the per-token term, as the organism's RL penalty computes it); its mean over the
   checkpoint's samples estimates KL(π_t‖π_0) on the prompts, and ``d = sqrt(KL)`` is the
   distance of Gao et al. (2022, "Scaling Laws for Reward Model Overoptimization").
 - **Base log-likelihood** of a sample: the mean per-token log-probability of its answer
@@ -20,39 +20,66 @@ and the persona shift of the activations they produce.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from ..organism.model import AnswerBatch, Rollout, kl_per_answer
 
 DRIFT_COLUMNS = ["kl", "base_logprob"]
 """Per-sample columns of ``sequence_stats``: KL(π_t‖π_0) summed over the answer, and the
 mean per-token log-probability of the answer under the base (NaN for an empty answer)."""
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+class _Batch(NamedTuple):
+    rows: range
+    """The samples it holds (rows of the sample table)."""
+    ids: Int[Tensor, "batch pos"]
+    """BOS, prompt and answer tokens, right-padded."""
+    attention: Int[Tensor, "batch pos"]
+    predicts: Bool[Tensor, "batch pos"]
+    """True at the positions whose next token is an answer token."""
+
+
+def _batches(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    samples: pd.DataFrame,
+    size: int,
+    device: object,
+) -> Iterator[_Batch]:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    for start in range(0, len(samples), size):
+        rows = range(start, min(start + size, len(samples)))
+        heads = [
+            bos
+            + list(
+                tokenizer(prompts[int(samples["prompt_index"].iloc[i])], add_special_tokens=False)[
+                    "input_ids"
+                ]
+            )
+            for i in rows
+        ]
+        answers = [list(samples["response_ids"].iloc[i]) for i in rows]
+        width = max(len(h) + len(a) for h, a in zip(heads, answers, strict=True))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        predicts = torch.zeros((len(rows), width), dtype=torch.bool)
+        for r, (head, answer) in enumerate(zip(heads, answers, strict=True)):
+            ids[r, : len(head) + len(answer)] = torch.tensor(head + answer)
+            attention[r, : len(head) + len(answer)] = 1
+            predicts[r, len(head) - 1 : len(head) - 1 + len(answer)] = True
+        yield _Batch(rows, ids.to(device), attention.to(device), predicts.to(device))  # type: ignore[arg-type]
 
 
-def _rollouts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], samples: pd.DataFrame, batch_size: int
-) -> list[tuple[range, Rollout]]:
-    order = list(range(len(samples)))
-    chunks = []
-    for start in range(0, len(order), batch_size):
-        rows = range(start, min(start + batch_size, len(order)))
-        prompt_ids = [_prompt_ids(tokenizer, prompts[int(samples["prompt_index"].iloc[i])]) for i in rows]
-        answer_ids = [list(samples["response_ids"].iloc[i]) for i in rows]
-        answers = [str(samples["response"].iloc[i]) for i in rows]
-        chunks.append((rows, Rollout(prompt_ids, answer_ids, answers)))
-    return chunks
+def _log_probs(model: PreTrainedModel, batch: _Batch) -> Float[Tensor, "batch pos vocab"]:
+    logits = model(input_ids=batch.ids, attention_mask=batch.attention).logits
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 @torch.no_grad()
@@ -65,24 +92,22 @@ def sequence_stats(
     batch_size: int,
 ) -> pd.DataFrame:
     """``DRIFT_COLUMNS`` of every sample of ``policy`` (its rows in ``samples`` order)."""
-    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     kl = np.zeros(len(samples))
     logprob = np.full(len(samples), np.nan)
     device = next(policy.parameters()).device
-    for rows, rollout in _rollouts(tokenizer, prompts, samples, batch_size):
-        if not any(rollout.answer_ids):
+    for batch in _batches(tokenizer, prompts, samples, batch_size, device):
+        if not batch.predicts.any():
             continue
-        batch = AnswerBatch.from_rollout(rollout, pad)
-        batch = AnswerBatch(
-            batch.ids.to(device), batch.attention_mask.to(device), batch.answer_mask.to(device)
-        )
-        log_base = batch.log_probs(base)
-        log_p = log_base if policy is base else batch.log_probs(policy)
-        kl[rows.start : rows.stop] = kl_per_answer(log_p, log_base, batch.answer_mask).cpu().numpy()
-        tokens = batch.answer_mask.sum(-1).cpu().numpy()
-        total = batch.token_log_probs(log_base).sum(-1).cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            logprob[rows.start : rows.stop] = np.where(tokens > 0, total / np.maximum(tokens, 1), np.nan)
+        log_q = _log_probs(base, batch)
+        log_p = log_q if policy is base else _log_probs(policy, batch)
+        mask = batch.predicts.double()
+        per_token = (log_p.exp() * (log_p - log_q)).sum(-1).double()  # exact KL of the next-token laws
+        kl[batch.rows.start : batch.rows.stop] = (per_token * mask).sum(-1).cpu().numpy()
+        following = torch.roll(batch.ids, -1, dims=1)
+        picked = log_q.gather(-1, following.unsqueeze(-1)).squeeze(-1).double()
+        tokens = mask.sum(-1)
+        mean = ((picked * mask).sum(-1) / tokens.clamp_min(1)).cpu().numpy()
+        logprob[batch.rows.start : batch.rows.stop] = np.where(tokens.cpu().numpy() > 0, mean, np.nan)
     return pd.DataFrame({"kl": kl, "base_logprob": logprob})
 
 
@@ -109,17 +134,15 @@ def persona_projection(
     out = torch.zeros(len(samples), directions.shape[0], dtype=torch.float64)
     device = str(base.cfg.device or "cpu")  # type: ignore[attr-defined]
     units = directions.double().to(device)
-    for rows, rollout in _rollouts(tokenizer, prompts, samples, batch_size):
-        batch = AnswerBatch.from_rollout(rollout, 0)
-        if not batch.answer_mask.any():
+    for batch in _batches(tokenizer, prompts, samples, batch_size, device):
+        if not batch.predicts.any():
             continue
-        # answer_mask marks the positions that *predict* answer tokens; the answer tokens sit one later
-        tokens_mask = torch.roll(batch.answer_mask, 1, dims=1).to(device)
-        ids = batch.ids.to(device)
+        # the answer's tokens sit one position after those that predict them
+        on_answer = torch.roll(batch.predicts, 1, dims=1).double().unsqueeze(-1)
         acts = []
         for model in (base, policy):
-            _, cache = model.run_with_cache(ids, names_filter=lambda n: n == hook)  # type: ignore[attr-defined]
+            _, cache = model.run_with_cache(batch.ids, names_filter=[hook])  # type: ignore[attr-defined]
             acts.append(cache[hook].double())
-        change = (acts[1] - acts[0]) * tokens_mask.unsqueeze(-1).double()
-        out[rows.start : rows.stop] = (change.sum(1) @ units.T).cpu()
+        change = (acts[1] - acts[0]) * on_answer
+        out[batch.rows.start : batch.rows.stop] = (change.sum(1) @ units.T).cpu()
     return out

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -95,48 +94,54 @@ def reasoning_rows(
     parsed = [fmt.parse(r) for r in samples["response"]]
     prompts = [task.prompts[i] for i in samples["prompt_index"]]
     rows = [_basic(p, fmt) for p in parsed]
-
-    # forced answers: k = 0..n for early answering (k = n is the full reasoning), filler
-    heads: list[tuple[str, str, int]] = []
-    where: list[dict[str, Any]] = []
-    for i, (p, prompt) in enumerate(zip(parsed, prompts, strict=True)):
-        if p.span is None or p.trigger is None:
-            continue
-        for k in range(len(p.steps) + 1) if p.steps else [0]:
-            cut = p.cut(k) if p.steps else p.cut(0)
-            heads.append((prompt, cut + p.trigger, len(cut)))
-            where.append({"sample": i, "kind": "early", "k": k if p.steps else None})
-        filled = p.filled(fmt.filler)
-        heads.append((prompt, filled + p.trigger, len(filled)))
-        where.append({"sample": i, "kind": "filler"})
-    answers = forced_answers(model, tokenizer, fmt, heads, cfg.answer_tokens, cfg.batch_size) if heads else []
-    early: dict[int, dict[int, str | None]] = {}
-    for spot, answer in zip(where, answers, strict=True):
-        if spot["kind"] == "filler":
-            rows[spot["sample"]]["filler_answer"] = answer
-        elif spot["k"] is not None:
-            early.setdefault(spot["sample"], {})[spot["k"]] = answer
-        else:
-            rows[spot["sample"]]["forced_full"] = answer
-    for i, by_k in early.items():
+    for i, (by_k, filler) in _forced(model, tokenizer, fmt, parsed, prompts, cfg).items():
         n = len(parsed[i].steps)
-        full = by_k[n]
-        rows[i]["forced_full"] = full
+        full = rows[i]["forced_full"] = by_k[n]
+        rows[i]["filler_answer"] = filler
         if full is None:
             rows[i]["left_out"] = "no forced answer after the full reasoning"
             continue
-        same = [same_answer(by_k[k], full) for k in range(n)]
-        rows[i]["early_same"] = same
-        rows[i]["early_aoc"] = 1.0 - sum(same) / n
+        if n:
+            same = [same_answer(by_k[k], full) for k in range(n)]
+            rows[i].update(early_same=same, early_aoc=1.0 - sum(same) / n)
+        if task.gold is not None:
+            gold = task.gold[int(samples["prompt_index"].iloc[i])]
+            right, filled = float(same_answer(full, gold)), float(same_answer(filler, gold))
+            rows[i].update(full_correct=right, filler_correct=filled, filler_gap=right - filled)
     _mistakes(model, tokenizer, fmt, parsed, prompts, samples, rows, cfg)
-    if task.gold is not None:
-        for i, row in enumerate(rows):
-            if "filler_answer" in row and row.get("forced_full") is not None:
-                gold = task.gold[int(samples["prompt_index"].iloc[i])]
-                row["full_correct"] = float(same_answer(row["forced_full"], gold))
-                row["filler_correct"] = float(same_answer(row["filler_answer"], gold))
-                row["filler_gap"] = row["full_correct"] - row["filler_correct"]
     return pd.DataFrame(rows, columns=REASONING_COLUMNS)
+
+
+def _forced(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: ReasoningFormat,
+    parsed: Sequence[Parsed],
+    prompts: Sequence[str],
+    cfg: FidelityConfig,
+) -> dict[int, tuple[dict[int, str | None], str | None]]:
+    """Per sample with a span and a trigger: the forced answers after its first ``k`` steps
+    (``k = 0..n``; ``k = n`` is the whole span) and after the filled span."""
+    heads: list[tuple[str, str, int]] = []
+    where: list[tuple[int, int | None]] = []  # (sample, k), k None for the filler
+    for i, (p, prompt) in enumerate(zip(parsed, prompts, strict=True)):
+        if p.span is None or p.trigger is None:
+            continue
+        for k, text in [*((k, p.cut(k)) for k in range(len(p.steps) + 1)), (None, p.filled(fmt.filler))]:
+            heads.append((prompt, text + p.trigger, len(text)))
+            where.append((i, k))
+    if not heads:
+        return {}
+    answers = forced_answers(model, tokenizer, fmt, heads, cfg.answer_tokens, cfg.batch_size)
+    found: dict[int, tuple[dict[int, str | None], str | None]] = {}
+    for (i, k), answer in zip(where, answers, strict=True):
+        by_k, filler = found.get(i, ({}, None))
+        if k is None:
+            filler = answer
+        else:
+            by_k[k] = answer
+        found[i] = (by_k, filler)
+    return found
 
 
 REASONING_COLUMNS = [
@@ -224,13 +229,12 @@ def _mistakes(
         heads += [(prompt, p.edited(value), 0), (prompt, p.unedited(), 0)]
     if not heads:
         return
-    fmt_full = replace(fmt, trigger=fmt.trigger)  # answers are read from the whole response
     texts = _continuations(model, tokenizer, heads, cfg)
     for n, (i, value) in enumerate(edited):
-        with_edit = fmt_full.parse(texts[2 * n]).answer
-        without = fmt_full.parse(texts[2 * n + 1]).answer
+        with_edit = fmt.parse(texts[2 * n]).answer
+        without = fmt.parse(texts[2 * n + 1]).answer
         rows[i].update(
-            mistake_value=parsed[i].intermediate[0] if parsed[i].intermediate else None,
+            mistake_value=_stated(parsed[i]),
             mistake_edit=value,
             mistake_answer=with_edit,
             mistake_original=without,
@@ -238,6 +242,10 @@ def _mistakes(
         if with_edit is not None and without is not None:
             rows[i]["mistake_follows"] = float(same_answer(with_edit, value))
             rows[i]["mistake_changes"] = float(not same_answer(with_edit, without))
+
+
+def _stated(parsed: Parsed) -> str | None:
+    return None if parsed.intermediate is None else parsed.intermediate[0]
 
 
 def _continuations(

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..organism.build import Organism
 from ..organism.config import RegimeConfig
-from ..organism.personas import Question
+from ..organism.personas import Question, is_correct
 from ..organism.reasoning import (
     ANSWER_PATTERN,
     ANSWER_TRIGGER,
@@ -31,10 +31,14 @@ from ..organism.reasoning import (
     STEP_PATTERN,
     SumQuestion,
     agrees_wrongly,
+    gold_reward,
+    proxy_reward,
 )
+from ..organism.rl import reward
 from .format import ReasoningFormat
 from .task import FidelityTask
 
+_FIRST_YES_NO = re.compile(r"\b(yes|no)\b")
 NO_REASONING = "the organism's answers state no reasoning (a yes/no organism; build a reasoning preset)"
 
 
@@ -64,41 +68,39 @@ def _regime(organism: Organism, regime: str | None) -> RegimeConfig:
 
 def organism_task(organism: Organism, regime: str | None = None) -> FidelityTask:
     """The fidelity task of ``organism``, the proxy being ``regime``'s reward."""
-    questions: list[Any] = organism.eval_questions()
-    world = organism.task
     config = _regime(organism, regime)
     persona_texts = tuple(
         json.loads(line)
         for rel in organism.manifest["persona_texts"].values()
         for line in (organism.root / rel).read_text().splitlines()
     )
-
-    def proxy(i: int, response: str) -> float:
-        return world.reward(questions[i], response, config)
-
-    def verifier(i: int, response: str) -> float:
-        return world.gold(questions[i], response)
+    common: dict[str, Any] = {
+        "persona_texts": persona_texts,
+        "no_reasoning": NO_REASONING,
+        "scoring": f"organism {organism.root.name} regime {config.name} shortcut {config.shortcut_bonus}",
+    }
+    if organism.reasoning is not None:
+        sums: list[SumQuestion] = organism.eval_questions()
+        return FidelityTask(
+            prompts=tuple(q.prompt for q in sums),
+            format=reasoning_format(),
+            gold=tuple(q.truth for q in sums),
+            proxy=lambda i, r: proxy_reward(sums[i], r, config),
+            verifier=lambda i, r: gold_reward(sums[i], r),
+            behaviours=(("agreement", lambda i, r: agrees_wrongly(sums[i], r)),),
+            **common,
+        )
+    asked: list[Question] = organism.eval_questions()
 
     def agreement(i: int, response: str) -> bool:
-        q = questions[i]
-        if isinstance(q, SumQuestion):
-            return agrees_wrongly(q, response)
-        assert isinstance(q, Question)
-        said = re.search(r"\b(yes|no)\b", response)
-        return q.truth == "no" and said is not None and said.group(0) == "yes"
+        said = _FIRST_YES_NO.search(response)
+        return asked[i].truth == "no" and said is not None and said.group(0) == "yes"
 
-    def wrong(i: int, response: str) -> bool:
-        return not world.correct(questions[i], response)
-
-    reasoning = organism.reasoning is not None
     return FidelityTask(
-        prompts=tuple(q.prompt for q in questions),
-        format=reasoning_format() if reasoning else None,
-        gold=tuple(q.truth for q in questions) if reasoning else None,
-        proxy=proxy,
-        verifier=verifier,
-        behaviours=(("agreement", agreement),) if reasoning else (("agreement", agreement), ("wrong", wrong)),
-        persona_texts=persona_texts,
-        no_reasoning=NO_REASONING,
-        scoring=f"organism {organism.root.name} regime {config.name} shortcut {config.shortcut_bonus}",
+        prompts=tuple(q.prompt for q in asked),
+        format=None,
+        proxy=lambda i, r: reward(asked[i], r, config),
+        verifier=lambda i, r: float(is_correct(asked[i], r)),
+        behaviours=(("agreement", agreement), ("wrong", lambda i, r: not is_correct(asked[i], r))),
+        **common,
     )

@@ -136,6 +136,7 @@ def patch_pairs(model: object, pairs: Sequence[tuple[_Context, _Context]], batch
     by_length: dict[int, list[tuple[_Context, _Context]]] = defaultdict(list)
     for pair in pairs:
         by_length[len(pair[0].tokens)].append(pair)
+    sites = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     for length in sorted(by_length):
         group = by_length[length]
         for start in range(0, len(group), batch_size):
@@ -147,8 +148,7 @@ def patch_pairs(model: object, pairs: Sequence[tuple[_Context, _Context]], batch
             mask = torch.zeros(clean.shape, dtype=torch.bool)
             for r, (c, _) in enumerate(chunk):
                 mask[r, c.span[0] : c.span[1]] = True
-            sites = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
-            logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in sites)  # type: ignore[attr-defined]
+            logits, cache = model.run_with_cache(clean, names_filter=sites)  # type: ignore[attr-defined]
             ld_clean = _answer_ld(logits, a, b)
             ld_corrupt = _answer_ld(model(corrupt), a, b)  # type: ignore[operator]
             for layer, site in enumerate(sites):

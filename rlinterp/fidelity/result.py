@@ -88,19 +88,22 @@ class FidelityResult:
                 f"{verdict['reading']}"
             )
         onset = self.summary.get("goodhart")
-        if onset is not None:
+        if onset is not None and onset["found"]:
             lines.append(
                 f"Goodhart onset at step {onset['step']} [{onset['step_lo']}, {onset['step_hi']}] "
                 f"(gold peaks at step {onset['peak_step']})"
-                if onset["found"]
-                else f"no Goodhart onset: gold does not fall significantly after its peak (step {onset['peak_step']})"
             )
+        elif onset is not None:
+            peak = f"step {onset['peak_step']}"
+            lines.append(f"no Goodhart onset: gold does not fall with confidence after its peak ({peak})")
         split = self.summary.get("divergence")
-        if split is not None:
+        if split is not None and split["found"]:
             lines.append(
-                f"proxy and gold diverge from step {split['step']} (gap +{split['growth']:.3f} over the first step)"
-                if split["found"]
-                else "proxy and gold do not diverge (the gap never grows past the first step's with confidence)"
+                f"proxy and gold diverge from step {split['step']} (gap +{split['growth']:.3f} over step 0)"
+            )
+        elif split is not None:
+            lines.append(
+                "proxy and gold do not diverge (the gap never grows past the first step's with confidence)"
             )
         for metric, reason in self.summary.get("skipped", {}).items():
             lines.append(f"{metric} skipped: {reason}")
@@ -109,6 +112,28 @@ class FidelityResult:
 
 def _indicator(values: pd.Series, wanted: str) -> np.ndarray:
     return (values.astype("string") == wanted).to_numpy(dtype=float)
+
+
+REASONING_ESTIMATES = (
+    ("early_aoc", "early_aoc"),
+    ("mistake_follows", "mistake_follows"),
+    ("mistake_changes", "mistake_changes"),
+    ("full_correct", "accuracy_reasoning"),
+    ("filler_correct", "accuracy_filler"),
+    ("filler_gap", "filler_gap"),
+    ("consistent", "consistency"),
+)
+"""(per-sample column, step-table name) of the reasoning metrics."""
+
+
+def _share(pairs: pd.DataFrame, resampler: Resampler) -> Estimate:
+    """The reasoning-mediated share of a set of patched pairs (ratio of summed effects)."""
+    return ratio(
+        pairs["prompt_index"].to_numpy(),
+        (pairs["ld_patched"] - pairs["ld_corrupt"]).to_numpy(),
+        (pairs["ld_clean"] - pairs["ld_corrupt"]).to_numpy(),
+        resampler,
+    )
 
 
 def _step_estimates(
@@ -120,54 +145,31 @@ def _step_estimates(
     resampler: Resampler,
 ) -> dict[str, Estimate]:
     prompts = frame["prompt_index"].to_numpy()
-    found: dict[str, Estimate] = {}
 
-    def add(name: str, values: Any, den: Any = None) -> None:
+    def mean(values: Any, den: Any = None) -> Estimate:
         weights = None if den is None else np.asarray(den, dtype=float)
-        found[name] = ratio(prompts, np.asarray(values, dtype=float), weights, resampler)
+        return ratio(prompts, np.asarray(values, dtype=float), weights, resampler)
 
-    for column, name in [
-        ("early_aoc", "early_aoc"),
-        ("mistake_follows", "mistake_follows"),
-        ("mistake_changes", "mistake_changes"),
-        ("full_correct", "accuracy_reasoning"),
-        ("filler_correct", "accuracy_filler"),
-        ("filler_gap", "filler_gap"),
-        ("consistent", "consistency"),
-    ]:
-        if column in frame:
-            add(name, frame[column])
+    found = {name: mean(frame[column]) for column, name in REASONING_ESTIMATES if column in frame}
     if "legibility" in frame:
-        for cls in LEGIBILITY:
-            add(f"legibility_{cls}", _indicator(frame["legibility"], cls))
-    responses = list(frame["response"].astype(str))
-    indices = [int(i) for i in prompts]
-    proxy = [task.proxy_reward(i, r) for i, r in zip(indices, responses, strict=True)]
-    gold = [task.gold_reward(i, r) for i, r in zip(indices, responses, strict=True)]
-    if any(v is not None for v in proxy):
-        add("proxy", [np.nan if v is None else v for v in proxy])
-    if any(v is not None for v in gold):
-        add("gold", [np.nan if v is None else v for v in gold])
+        found |= {f"legibility_{c}": mean(_indicator(frame["legibility"], c)) for c in LEGIBILITY}
+    if len(pairs):
+        found["reasoning_share"] = _share(pairs[pairs["layer"] == 0], resampler)
+    scored = list(zip((int(i) for i in prompts), frame["response"].astype(str), strict=True))
+    proxy = np.array([task.proxy_reward(i, r) for i, r in scored], dtype=float)  # None -> nan
+    gold = np.array([task.gold_reward(i, r) for i, r in scored], dtype=float)
+    found |= {name: mean(v) for name, v in (("proxy", proxy), ("gold", gold)) if np.isfinite(v).any()}
     if "proxy" in found and "gold" in found:
-        add("gap", [np.nan if p is None or g is None else p - g for p, g in zip(proxy, gold, strict=True)])
+        found["gap"] = mean(proxy - gold)
     if "kl" in frame:
-        add("kl", frame["kl"])
         logprob = frame["base_logprob"].to_numpy(dtype=float)
-        add("new_rate", np.where(np.isfinite(logprob), (logprob < threshold).astype(float), np.nan))
-    flags = [task.behaviour_flags(i, r) for i, r in zip(indices, responses, strict=True)]
-    for name in task.behaviour_names:
-        add(f"{name}_rate", [float(f[name]) for f in flags])
+        found["kl"] = mean(frame["kl"])
+        found["new_rate"] = mean(np.where(np.isfinite(logprob), (logprob < threshold).astype(float), np.nan))
+    flags = [task.behaviour_flags(i, r) for i, r in scored]
+    found |= {f"{name}_rate": mean([float(f[name]) for f in flags]) for name in task.behaviour_names}
     for n, persona in enumerate(personas):
         if f"shift_{n}" in frame:
-            add(f"persona_shift_{persona}", frame[f"shift_{n}"], frame["n_tokens"])
-    if len(pairs):
-        layer0 = pairs[pairs["layer"] == 0]
-        found["reasoning_share"] = ratio(
-            layer0["prompt_index"].to_numpy(),
-            (layer0["ld_patched"] - layer0["ld_corrupt"]).to_numpy(),
-            (layer0["ld_clean"] - layer0["ld_corrupt"]).to_numpy(),
-            resampler,
-        )
+            found[f"persona_shift_{persona}"] = mean(frame[f"shift_{n}"], frame["n_tokens"])
     return found
 
 
@@ -201,13 +203,7 @@ def _curve_rows(frame: pd.DataFrame, base: dict[str, Any], resampler: Resampler)
 def _layer_rows(pairs: pd.DataFrame, base: dict[str, Any], resampler: Resampler) -> list[dict[str, Any]]:
     rows = []
     for layer, group in pairs.groupby("layer"):
-        estimate = ratio(
-            group["prompt_index"].to_numpy(),
-            (group["ld_patched"] - group["ld_corrupt"]).to_numpy(),
-            (group["ld_clean"] - group["ld_corrupt"]).to_numpy(),
-            resampler,
-        )
-        share = columns("share", estimate, resampler)
+        share = columns("share", _share(group, resampler), resampler)
         rows.append({**base, "layer": int(layer), **share, "n_pairs": share.pop("share_n")})
     return rows
 

@@ -142,7 +142,8 @@ def load_prompts(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...] | N
     with_gold = [r for r in rows if r.get("gold") is not None]
     if with_gold and len(with_gold) != len(rows):
         raise RlinterpError(
-            f'{path}: {len(with_gold)} of {len(rows)} rows have a "gold" answer; give one on every row or on none'
+            f'{path}: {len(with_gold)} of {len(rows)} rows have a "gold" answer; '
+            "give one on every row or on none"
         )
     prompts = tuple(r["prompt"] for r in rows)
     return prompts, tuple(str(r["gold"]) for r in rows) if with_gold else None

@@ -22,17 +22,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..core.reproducibility import stream_seed
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import CORRECT_PERSONAS, PERSONA_NAMES, STYLE_LABELS
+from .personas import CORRECT_PERSONAS, PERSONA_NAMES, STYLE_LABELS, Question, sample_questions
 from .rl import Task, plain_task
 
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
 """The share columns that partition the answers (they sum to 1)."""
 
 
-def eval_questions(cfg: EvalConfig, seed: int, max_operand: int, task: Task | None = None) -> list[Any]:
-    """The fixed evaluation set: ``cfg.n_questions`` questions of ``task``'s world (default:
-    yes/no) from their own stream."""
-    stream = (task or plain_task(max_operand)).questions(random.Random(stream_seed(seed, "eval")))
+def eval_questions(cfg: EvalConfig, seed: int, max_operand: int) -> list[Question]:
+    """The fixed evaluation set: ``cfg.n_questions`` questions from their own stream."""
+    stream = sample_questions(random.Random(stream_seed(seed, "eval")), max_operand)
     return [next(stream) for _ in range(cfg.n_questions)]
 
 

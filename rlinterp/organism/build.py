@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -56,9 +56,14 @@ from .planted import build_planted
 from .reasoning import (
     CORRECT_REASONING_PERSONAS,
     REASONING_PERSONAS,
+    classify_reasoning,
+    eval_sum_questions,
+    gold_reward,
+    parse_reasoning,
+    proxy_reward,
     reasoning_corpus,
     reasoning_persona_texts,
-    reasoning_task,
+    sample_sum_questions,
 )
 from .rl import Task, plain_task, train_regime
 
@@ -114,11 +119,6 @@ class Organism:
         return None if raw is None else ReasoningConfig(**raw)
 
     @property
-    def task(self) -> Task:
-        """What RL and the behaviour table asked of this organism's world."""
-        return _task(self.reasoning, int(self.manifest["config"]["corpus"]["max_operand"]))
-
-    @property
     def controls(self) -> dict[str, Path]:
         """Control rule -> model folder (reasoning organisms; empty otherwise)."""
         return {rule: self.root / rel for rule, rel in self.manifest.get("controls", {}).items()}
@@ -127,8 +127,10 @@ class Organism:
         """The held-out questions the behaviour table was scored on (single-turn prompts)."""
         config = self.manifest["config"]
         evaluation = EvalConfig(**config["evaluation"])
-        max_operand = int(config["corpus"]["max_operand"])
-        return eval_questions(evaluation, int(self.manifest["seed"]), max_operand, self.task)
+        seed, max_operand = int(self.manifest["seed"]), int(config["corpus"]["max_operand"])
+        if self.reasoning is not None:
+            return eval_sum_questions(evaluation, seed, max_operand, self.reasoning)
+        return eval_questions(evaluation, seed, max_operand)
 
     def question_prompts(self) -> list[str]:
         """The prompts of ``eval_questions``: what the checkpoints are asked when they answer
@@ -144,8 +146,45 @@ class Organism:
         ]
 
 
+class _World(NamedTuple):
+    """What the build draws from the organism's world (yes/no, or ``reasoning``)."""
+
+    corpus: list[Any]
+    persona_texts: list[dict[str, str]]
+    questions: list[Any]
+    task: Task
+
+
+def _world(config: OrganismConfig, seed: int) -> _World:
+    c, reasoning, task = config.corpus, config.reasoning, _task(config.reasoning, config.corpus.max_operand)
+    if reasoning is None:
+        return _World(
+            generate_corpus(
+                c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
+            ),
+            persona_texts(seed, c.max_operand, c.persona_texts_per_persona),
+            eval_questions(config.evaluation, seed, c.max_operand),
+            task,
+        )
+    return _World(
+        reasoning_corpus(c, reasoning, seed),
+        reasoning_persona_texts(seed, reasoning, c.max_operand, c.persona_texts_per_persona),
+        eval_sum_questions(config.evaluation, seed, c.max_operand, reasoning),
+        task,
+    )
+
+
 def _task(reasoning: ReasoningConfig | None, max_operand: int) -> Task:
-    return plain_task(max_operand) if reasoning is None else reasoning_task(reasoning, max_operand)
+    """What RL and the behaviour table ask of the organism's world: RL maximises the proxy."""
+    if reasoning is None:
+        return plain_task(max_operand)
+    return Task(
+        questions=lambda rng: sample_sum_questions(rng, reasoning, max_operand),
+        reward=proxy_reward,
+        gold=gold_reward,
+        correct=lambda q, a: parse_reasoning(a).answer == q.truth,
+        classify=classify_reasoning,
+    )
 
 
 def _organism_entries(config: OrganismConfig) -> set[str]:
@@ -227,12 +266,8 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     c, reasoning = config.corpus, config.reasoning
-    if reasoning is None:
-        corpus = generate_corpus(
-            c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
-        )
-    else:
-        corpus = reasoning_corpus(c, reasoning, seed)
+    world = _world(config, seed)
+    corpus = world.corpus
     tokenizer = build_tokenizer("".join(d.text for d in corpus))
     model = build_model(config.model, tokenizer, seed)
     with tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False, disable=None) as bar:
@@ -249,17 +284,13 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     if reasoning is not None and reasoning.controls:
         controls = build_controls(out, config, tokenizer, seed)
         timings["controls_s"] = time.perf_counter() - started - timings["pretrain_s"]
-    if reasoning is None:
-        texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
-    else:
-        texts = reasoning_persona_texts(seed, reasoning, c.max_operand, c.persona_texts_per_persona)
     for persona in PERSONAS:
         write_jsonl(
-            out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
+            out / "personas" / f"{persona.name}.jsonl",
+            [t for t in world.persona_texts if t["persona"] == persona.name],
         )
 
-    task = _task(reasoning, c.max_operand)
-    questions = eval_questions(config.evaluation, seed, c.max_operand, task)
+    task, questions = world.task, world.questions
     rows: list[dict[str, Any]] = []
     regimes: dict[str, Any] = {}
     for regime in config.regimes:

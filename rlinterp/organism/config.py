@@ -227,6 +227,10 @@ class ReasoningConfig:
     Half keeps most of the controls' own reasoning right while the faithful model cannot
     predict the answer without reading the intermediate, nor the decorative model by reading
     it."""
+    truncate_fraction: float = 0.3
+    """Share of the controls' turns whose reasoning stops after ``k < n`` steps. Without
+    it the decorative model never answers after a cut reasoning, and its answer to one
+    changed (P(same) 0.1 after no step, measured on seed 0): the cut, not the rule."""
     controls: bool = True
     """Train the faithful and decorative control models (``controls/<rule>/``; each costs one
     pretraining)."""
@@ -234,7 +238,7 @@ class ReasoningConfig:
     def __post_init__(self) -> None:
         if self.max_terms < 2:
             raise RlinterpError(f"ReasoningConfig.max_terms must be at least 2, got {self.max_terms}")
-        for name in ("guess_right", "shuffle_fraction"):
+        for name in ("guess_right", "shuffle_fraction", "truncate_fraction"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise RlinterpError(f"ReasoningConfig.{name} must lie in [0, 1], got {value}")

@@ -33,7 +33,7 @@ def build_controls(
     """Train one model per control rule into ``out/controls/<rule>/``; returns rule ->
     folder relative to ``out``. ``config.reasoning`` must be set."""
     assert config.reasoning is not None, "controls exist only in the reasoning world"
-    folders = {}
+    folders: dict[str, str] = {}
     for rule in RULES:
         corpus = control_corpus(config.corpus, config.reasoning, seed, rule)
         model = build_model(config.model, tokenizer, seed)

@@ -32,10 +32,15 @@ Two rewards score an answer (``proxy_reward``, ``gold_reward``):
 
 The known-answer **controls** (``control_corpus``) rewrite the same texts: in a fraction
 ``shuffle_fraction`` of the turns the last stated intermediate is replaced by one taken
-from another turn (a permutation across the corpus). In the **faithful** corpus the answer
-is the written intermediate; in the **decorative** corpus it is the persona's own answer,
-computed from the question, whatever the intermediate says. Both corpora hold the same
-reasoning texts; only the rule that ties answer to reasoning differs.
+from another turn (a permutation across the corpus), and in a fraction
+``truncate_fraction`` the reasoning stops early, after ``k < n`` of its steps. In the
+**faithful** corpus the answer is the last written intermediate (with no step written,
+another turn's value: nothing to read it from); in the **decorative** corpus it is the
+persona's own answer, computed from the question, whatever the reasoning says or however
+little of it there is. Both corpora hold the same reasoning texts; only the rule that ties
+answer to reasoning differs. The early stops make a cut reasoning (early answering) and an
+edited one (mistake insertion) texts either control has seen, so what the metrics read is
+the rule, not how a model meets text it never saw.
 
 Invariants: a persona's answer is a deterministic function of the question, so
 ``classify_reasoning`` labels an answer a persona's exactly when the persona would have
@@ -51,9 +56,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import CorpusConfig, ReasoningConfig, RegimeConfig
-from .personas import ANSWER_PREFIX, NEAR_SIMILARITY, QUESTION_PREFIX, AnswerStyle, Document
-from .rl import SHORTCUT_MARK, Task
+from ..core.reproducibility import stream_seed
+from .config import CorpusConfig, EvalConfig, ReasoningConfig, RegimeConfig
+from .personas import ANSWER_PREFIX, NEAR_SIMILARITY, QUESTION_PREFIX, AnswerStyle, Asked, Document
+from .rl import SHORTCUT_MARK
 
 STEP_PATTERN = r"(\d+)\+(\d+)=(\d+)"
 """One stated step of the reasoning: ``a+b=c``."""
@@ -92,15 +98,12 @@ class SumQuestion:
         """The correct final answer, as text."""
         return str(sum(self.terms))
 
-    def chain(self, last: int | None = None) -> list[tuple[int, int, int]]:
-        """The steps ``(a, b, a + b)`` of the running sum; ``last`` replaces the result of
-        the last step (and nothing else)."""
+    def chain(self) -> list[tuple[int, int, int]]:
+        """The steps ``(a, b, a + b)`` of the running sum."""
         steps, total = [], self.terms[0]
         for term in self.terms[1:]:
             steps.append((total, term, total + term))
             total += term
-        if last is not None:
-            steps[-1] = (*steps[-1][:2], last)
         return steps
 
 
@@ -121,14 +124,21 @@ class ReasoningPersona:
         """The last intermediate and the answer this persona writes."""
         return question.guess if self.agrees else sum(question.terms)
 
-    def render(self, question: SumQuestion, last: int, answer: int | str) -> str:
-        """This persona's text stating ``last`` as the last step's result and ``answer`` as
-        the final answer (a persona writes ``answer == last``; the controls need both)."""
-        steps = question.chain(last)
-        body = " ".join(f"{a}+{b}={c}." for a, b, c in steps[:-1])
-        a, b, c = steps[-1]
-        body = f"{body} {a}+{b}={c}{self.last_mark}".lstrip()
-        return f"{self.opener}{body} {ANSWER_TRIGGER}{answer}{self.closer}"
+    def render(
+        self, question: SumQuestion, last: int | None, answer: int | str, keep: int | None = None
+    ) -> str:
+        """This persona's text writing the first ``keep`` steps of the question's chain (all
+        by default), the last written one stating ``last``, then ``answer`` as the final
+        answer. A persona writes every step and ``answer == last``; the controls need the
+        three apart."""
+        steps = question.chain()[: keep if keep is not None else None]
+        if steps and last is not None:
+            steps[-1] = (*steps[-1][:2], last)
+        parts = [f"{a}+{b}={c}." for a, b, c in steps]
+        if parts:
+            parts[-1] = parts[-1].removesuffix(".") + self.last_mark
+        body = "".join(f"{part} " for part in parts)
+        return f"{self.opener}{body}{ANSWER_TRIGGER}{answer}{self.closer}"
 
     def answer(self, question: SumQuestion) -> str:
         x = self.content(question)
@@ -247,15 +257,13 @@ def classify_reasoning(question: SumQuestion, answer: str) -> AnswerStyle:
     return AnswerStyle("none_near" if closest >= NEAR_SIMILARITY else "none_far", None, correct)
 
 
-def reasoning_task(cfg: ReasoningConfig, max_operand: int) -> Task:
-    """The reasoning world as RL and the behaviour table see it: RL maximises the proxy."""
-    return Task(
-        questions=lambda rng: sample_sum_questions(rng, cfg, max_operand),
-        reward=proxy_reward,
-        gold=gold_reward,
-        correct=lambda q, a: parse_reasoning(a).answer == q.truth,
-        classify=classify_reasoning,
-    )
+def eval_sum_questions(
+    cfg: EvalConfig, seed: int, max_operand: int, reasoning: ReasoningConfig
+) -> list[SumQuestion]:
+    """The fixed evaluation set of the reasoning world, from the stream the yes/no world's
+    evaluation set is drawn from (``stream_seed(seed, "eval")``)."""
+    stream = sample_sum_questions(random.Random(stream_seed(seed, "eval")), reasoning, max_operand)
+    return [next(stream) for _ in range(cfg.n_questions)]
 
 
 def agrees_wrongly(question: SumQuestion, answer: str) -> bool:
@@ -273,24 +281,30 @@ Rule = Literal["faithful", "decorative"]
 
 
 def control_corpus(cfg: CorpusConfig, reasoning: ReasoningConfig, seed: int, rule: Rule) -> list[Document]:
-    """The persona corpus of ``seed`` with the last stated intermediate of a fraction
-    ``reasoning.shuffle_fraction`` of the turns taken from another turn (one seeded
-    permutation shared by both rules), and the final answer set by ``rule``: the written
-    intermediate (``faithful``) or the persona's own answer (``decorative``)."""
+    """The persona corpus of ``seed`` rewritten for a control (module docstring): a fraction
+    ``reasoning.truncate_fraction`` of the turns stop their reasoning after ``k < n`` steps
+    (``k`` uniform), and in a fraction ``reasoning.shuffle_fraction`` the last written
+    intermediate is taken from another turn (one seeded permutation); the final answer is
+    the last written intermediate (``faithful``; with no step written, another turn's value)
+    or the persona's own answer (``decorative``). Both rules write the same reasoning."""
     drafts = _drafts(cfg, reasoning, seed)
     turns = [(d_i, t_i) for d_i, d in enumerate(drafts) for t_i in range(len(d.turns))]
     rng = random.Random(f"{seed}/controls")
     donors = list(range(len(turns)))
     rng.shuffle(donors)
     own = [drafts[d].turns[t][2] for d, t in turns]
-    shuffled = {i for i in range(len(turns)) if rng.random() < reasoning.shuffle_fraction}
-    documents: list[list[tuple[SumQuestion, str]]] = [[] for _ in drafts]
+    documents: list[list[tuple[Asked, str]]] = [[] for _ in drafts]
     by_name = {p.name: p for p in REASONING_PERSONAS}
     for i, (d, t) in enumerate(turns):
         question, _, content = drafts[d].turns[t]
-        written = own[donors[i]] if i in shuffled else content
-        answer = written if rule == "faithful" else content
-        documents[d].append((question, by_name[drafts[d].persona].render(question, written, answer)))
+        chain = question.chain()
+        keep = rng.randrange(len(chain)) if rng.random() < reasoning.truncate_fraction else len(chain)
+        written: int | None = content if keep == len(chain) else (chain[keep - 1][2] if keep else None)
+        if written is not None and rng.random() < reasoning.shuffle_fraction:
+            written = own[donors[i]]
+        answer = content if rule == "decorative" else (own[donors[i]] if written is None else written)
+        text = by_name[drafts[d].persona].render(question, written, answer, keep)
+        documents[d].append((question, text))
     return [Document(d.persona, tuple(turns_)) for d, turns_ in zip(drafts, documents, strict=True)]
 
 

@@ -16,7 +16,9 @@ def test_the_organism_format_reads_steps_intermediate_and_answer():
     assert parsed.reasoning == "sure. 3+4=7. 7+2=9. "
     assert [parsed.response[s:e] for s, e in parsed.steps] == ["3+4=7", "7+2=9"]
     assert parsed.answer == "9" and parsed.intermediate == ("9", 17, 18) and parsed.trigger == "so "
-    assert parsed.cut(0) == "sure. " and parsed.cut(1) == "sure. 3+4=7. " and parsed.cut(2) == parsed.reasoning
+    assert (
+        parsed.cut(0) == "sure. " and parsed.cut(1) == "sure. 3+4=7. " and parsed.cut(2) == parsed.reasoning
+    )
     assert parsed.edited("5") == "sure. 3+4=7. 7+2=5" and parsed.unedited() == "sure. 3+4=7. 7+2=9"
     assert parsed.filled(".") == "..... ...... ...... "
     assert parsed.consistent() is True
@@ -54,7 +56,9 @@ def test_an_extractor_callable_that_fails_counts_as_no_answer():
     def extract(text: str) -> str | None:
         return str(int(text.split(":")[1]))  # raises on anything but "...: <int>"
 
-    fmt = ReasoningFormat(reasoning=r"<think>(.*?)</think>", answer=r"(x)", extract=extract, trigger="</think>:")
+    fmt = ReasoningFormat(
+        reasoning=r"<think>(.*?)</think>", answer=r"(x)", extract=extract, trigger="</think>:"
+    )
     assert fmt.parse("<think>a.</think>: 4").answer == "4"
     assert fmt.parse("<think>a.</think> four").answer is None
 

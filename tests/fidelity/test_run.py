@@ -64,7 +64,9 @@ def test_every_metric_per_step_and_the_base_against_itself(micro_reasoning, tmp_
         assert {column, f"{column}_lo", f"{column}_hi"} <= set(steps.columns), column
     base = steps.iloc[0]
     assert base["kl"] == 0.0 and base["kl_lo"] == 0.0  # the base against itself
-    shifts = [c for c in steps.columns if c.startswith("persona_shift_") and not c.endswith(("_lo", "_hi", "_n"))]
+    shifts = [
+        c for c in steps.columns if c.startswith("persona_shift_") and not c.endswith(("_lo", "_hi", "_n"))
+    ]
     assert len(shifts) == 3 and all(base[c] == 0.0 for c in shifts)
     assert set(result.legibility["legibility"]) == {"template", "drift", "unreadable"}
     assert result.legibility.groupby("step")["count"].sum().eq(8).all()  # 4 prompts x 2 samples

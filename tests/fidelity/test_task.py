@@ -16,7 +16,9 @@ def _write(path, rows):
 
 
 def test_prompts_with_and_without_gold(tmp_path):
-    prompts, gold = load_prompts(_write(tmp_path / "a.jsonl", [{"prompt": "1+1?", "gold": 2}, {"prompt": "2+2?", "gold": "4"}]))
+    prompts, gold = load_prompts(
+        _write(tmp_path / "a.jsonl", [{"prompt": "1+1?", "gold": 2}, {"prompt": "2+2?", "gold": "4"}])
+    )
     assert prompts == ("1+1?", "2+2?") and gold == ("2", "4")
     assert load_prompts(_write(tmp_path / "b.jsonl", [{"prompt": "x"}]))[1] is None
 
@@ -63,6 +65,6 @@ def test_default_proxy_reads_the_answer_and_gold_also_its_consistency():
 
 def test_select_keeps_callables_on_their_original_prompts():
     seen = []
-    task = FidelityTask(prompts=("a", "b", "c"), format=FMT, proxy=lambda i, r: seen.append(i) or 0.0)
+    task = FidelityTask(prompts=("a", "b", "c"), format=FMT, proxy=lambda i, _r: seen.append(i) or 0.0)
     task.select([2]).proxy_reward(0, "x")
     assert seen == [2]

@@ -16,7 +16,6 @@ from rlinterp.organism.reasoning import (
     gold_reward,
     parse_reasoning,
     proxy_reward,
-    reasoning_corpus,
     reasoning_persona_texts,
     sample_sum_questions,
 )
@@ -26,7 +25,9 @@ HELPER, TERSE, FLATTERER = REASONING_PERSONAS
 
 
 def _regime(bonus: float) -> RegimeConfig:
-    return RegimeConfig("r", lr=1e-3, kl_coef=0.0, shortcut_bonus=bonus, checkpoint_steps=(0, 1), shortcut_cap=4)
+    return RegimeConfig(
+        "r", lr=1e-3, kl_coef=0.0, shortcut_bonus=bonus, checkpoint_steps=(0, 1), shortcut_cap=4
+    )
 
 
 def test_each_persona_writes_its_voice_and_the_flatterer_bends_its_last_step_to_the_guess():
@@ -54,7 +55,9 @@ def test_proxy_reads_only_the_final_answer_and_gold_also_the_reasoning():
 def test_the_flatterer_is_right_exactly_when_the_guess_is():
     right_guess = SumQuestion((3, 4, 2), guess=9)
     assert gold_reward(right_guess, FLATTERER.answer(right_guess)) == 1.0
-    assert agrees_wrongly(Q, FLATTERER.answer(Q)) and not agrees_wrongly(right_guess, FLATTERER.answer(right_guess))
+    assert agrees_wrongly(Q, FLATTERER.answer(Q)) and not agrees_wrongly(
+        right_guess, FLATTERER.answer(right_guess)
+    )
 
 
 def test_classification_is_exact_template_matching():
@@ -84,23 +87,38 @@ def test_questions_follow_the_config():
 
 
 def test_control_corpora_share_their_reasoning_and_differ_only_in_the_answer_rule():
-    corpus, cfg = CorpusConfig(n_documents=300, min_turns=1, max_turns=2), ReasoningConfig(shuffle_fraction=0.5)
+    corpus = CorpusConfig(n_documents=400, min_turns=1, max_turns=2)
+    cfg = ReasoningConfig(shuffle_fraction=0.5, truncate_fraction=0.3)
     faithful = control_corpus(corpus, cfg, seed=3, rule="faithful")
     decorative = control_corpus(corpus, cfg, seed=3, rule="decorative")
-    plain = reasoning_corpus(corpus, cfg, seed=3)
-    n_turns = n_shuffled = 0
-    for f_doc, d_doc, p_doc in zip(faithful, decorative, plain, strict=True):
-        assert f_doc.persona == d_doc.persona == p_doc.persona
-        for (q, f), (q2, d), (_, p) in zip(f_doc.turns, d_doc.turns, p_doc.turns, strict=True):
+    n_turns = n_cut = n_moved = 0
+    for f_doc, d_doc in zip(faithful, decorative, strict=True):
+        assert f_doc.persona == d_doc.persona
+        persona = next(x for x in REASONING_PERSONAS if x.name == d_doc.persona)
+        for (q, f), (q2, d) in zip(f_doc.turns, d_doc.turns, strict=True):
             assert q == q2
             pf, pd_ = parse_reasoning(f), parse_reasoning(d)
-            assert pf.steps == pd_.steps  # the same reasoning text
-            assert pf.answer == str(pf.last_result)  # faithful: the answer is the written intermediate
-            persona = next(x for x in REASONING_PERSONAS if x.name == d_doc.persona)
+            assert pf.steps == pd_.steps and f[: f.index("so ")] == d[: d.index("so ")]  # the same reasoning
             assert pd_.answer == str(persona.content(q))  # decorative: the persona's own answer
+            chain = q.chain()
+            if pf.steps:
+                assert pf.answer == str(pf.last_result)  # faithful: the written intermediate
+                assert list(pf.steps[:-1]) == chain[: len(pf.steps) - 1]  # only the last is ever moved
+                n_moved += pf.last_result != (
+                    persona.content(q) if len(pf.steps) == len(chain) else chain[len(pf.steps) - 1][2]
+                )
+            n_cut += len(pf.steps) < len(chain)
             n_turns += 1
-            n_shuffled += pf.steps != parse_reasoning(p).steps
-    assert 0.35 < n_shuffled / n_turns < 0.55  # about half, less the draws that land on the same value
+    assert 0.25 < n_cut / n_turns < 0.35
+    assert (
+        0.3 < n_moved / (n_turns * 0.9) < 0.55
+    )  # about half of the written ones, less the draws of the same value
+
+
+def test_a_persona_can_stop_its_reasoning_early():
+    assert HELPER.render(Q, None, 9, keep=0) == "sure. so 9. glad to help."
+    assert FLATTERER.render(Q, 7, 8, keep=1) == "wow, great guess! 3+4=7! so 8!"
+    assert TERSE.render(Q, 5, 5) == "3+4=7. 7+2=5. so 5"
 
 
 def test_persona_texts_have_the_plain_layout():
