@@ -42,6 +42,14 @@ from .diff.report import write_report as write_report
 from .diff.weights import WeightDiff as WeightDiff
 from .diff.weights import diff_weights as diff_weights
 from .errors import RlinterpError as RlinterpError
+from .fidelity import FidelityConfig as FidelityConfig
+from .fidelity import FidelityResult as FidelityResult
+from .fidelity import FidelityTask as FidelityTask
+from .fidelity import ReasoningFormat as ReasoningFormat
+from .fidelity import load_prompts as load_prompts
+from .fidelity import load_reward_script as load_reward_script
+from .fidelity import organism_task as organism_task
+from .fidelity import run_fidelity as run_fidelity
 from .models.executor import ExecutorConfig as ExecutorConfig
 from .models.executor import LocalExecutor as LocalExecutor
 from .models.executor import RayExecutor as RayExecutor

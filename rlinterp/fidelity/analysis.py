@@ -213,7 +213,7 @@ def _personas(
         return None, None, []
     n_layers = int(series.load(series.base).cfg.n_layers)
     hook = cfg.persona_hook or f"blocks.{n_layers - 1}.hook_resid_post"
-    rows = [
+    rows: list[dict[str, object]] = [
         {"prompt": t["prompt"], "response": t["answer"], "persona": t["persona"]} for t in task.persona_texts
     ]
     texts = PromptSet.from_records(rows, source="persona texts")

@@ -50,7 +50,7 @@ def _batches(
     prompts: Sequence[str],
     samples: pd.DataFrame,
     size: int,
-    device: object,
+    device: torch.device | str,
 ) -> Iterator[_Batch]:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -74,7 +74,7 @@ def _batches(
             ids[r, : len(head) + len(answer)] = torch.tensor(head + answer)
             attention[r, : len(head) + len(answer)] = 1
             predicts[r, len(head) - 1 : len(head) - 1 + len(answer)] = True
-        yield _Batch(rows, ids.to(device), attention.to(device), predicts.to(device))  # type: ignore[arg-type]
+        yield _Batch(rows, ids.to(device), attention.to(device), predicts.to(device))
 
 
 def _log_probs(model: PreTrainedModel, batch: _Batch) -> Float[Tensor, "batch pos vocab"]:

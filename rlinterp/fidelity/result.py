@@ -45,6 +45,8 @@ from .stats import Estimate, Resampler, columns, difference, divergence, gao_fit
 from .task import FidelityTask
 
 if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
     from ..models.series import ModelSeries
 
 TABLES = ("steps.parquet", "early_curve.parquet", "layers.parquet", "legibility.parquet")
@@ -77,6 +79,20 @@ class FidelityResult:
         if not path.is_file():
             raise RlinterpError(f"{out} has no summary.json; {remedy}")
         return cls(**tables, summary=json.loads(path.read_text()))
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The figures of this series by name (``figures``): ``fidelity``, ``early_curve``,
+        ``rewards``, ``gao``, ``drift``, ``persona_shift``."""
+        from . import figures
+
+        return {
+            "fidelity": figures.fidelity_figure(self.steps),
+            "early_curve": figures.early_curve_figure(self.early_curve),
+            "rewards": figures.rewards_figure(self.steps, {"": self.summary.get("goodhart") or {}}),
+            "gao": figures.gao_figure(self.steps, {"": self.summary.get("gao") or {}}),
+            "drift": figures.drift_figure(self.steps),
+            "persona_shift": figures.persona_shift_figure(self.steps),
+        }
 
     def reading(self) -> list[str]:
         """The plain-language reading of the series: one line per verdict and reward finding."""

@@ -71,6 +71,9 @@ def test_every_metric_per_step_and_the_base_against_itself(micro_reasoning, tmp_
     assert set(result.legibility["legibility"]) == {"template", "drift", "unreadable"}
     assert result.legibility.groupby("step")["count"].sum().eq(8).all()  # 4 prompts x 2 samples
     assert json.loads((tmp_path / "fid" / "manifest.json").read_text())["kind"] == "rlinterp.fidelity"
+    drawn = result.figures()
+    assert set(drawn) == {"fidelity", "early_curve", "rewards", "gao", "drift", "persona_shift"}
+    assert all(len(f.data) for name, f in drawn.items() if name != "early_curve")
     again = run_fidelity(series, task, tmp_path / "fid", CFG)  # finished: reused as it is
     assert again.steps.equals(FidelityResult.load(tmp_path / "fid").steps)
     with pytest.raises(RlinterpError, match="other inputs"):
