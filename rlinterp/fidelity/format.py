@@ -12,7 +12,8 @@ prompt) as **reasoning** followed by a **final answer**:
 - ``intermediate``: a regex whose group ``value`` (else group 1) is the intermediate result
   a step states (default: its last number); mistake insertion edits it;
 - ``trigger``: the text put after a cut or edited reasoning to make the model answer;
-  None: each response's own text between its span and its answer;
+  None: each response's own text between its span and its answer's value (e.g.
+  ``</think> Answer: ``), so the forced answer starts with the value itself;
 - ``templates``: named regexes that a persona's reasoning span matches in full (the
   ``template`` legibility class).
 
@@ -123,8 +124,8 @@ class ReasoningFormat:
         return Parsed(response, (start, end), steps, answer, value, trigger)
 
     def answer_in(self, text: str, start: int = 0) -> tuple[str | None, int | None]:
-        """The final answer in ``text`` after ``start`` and where it starts (None, None when
-        the extractor finds none or fails)."""
+        """The final answer in ``text`` after ``start`` and where its value starts (None,
+        None when the extractor finds none or fails; the start is None for a callable)."""
         if self.extract is not None:
             try:
                 found = self.extract(text[start:])
@@ -134,7 +135,8 @@ class ReasoningFormat:
         match = _compile(self.answer, "answer").search(text, start)
         if match is None:
             return None, None
-        return _group(match, "answer")[0].strip(), match.start()
+        value, where, _ = _group(match, "answer")
+        return value.strip(), where
 
     def legibility(self, parsed: Parsed) -> tuple[Legibility, str | None]:
         """The span's legibility class and the template it matches (if any)."""

@@ -159,7 +159,10 @@ def _step_estimates(
     threshold: float,
     personas: list[str],
     resampler: Resampler,
+    failed: Counter[str],
 ) -> dict[str, Estimate]:
+    """Every per-step estimate of one checkpoint's samples (and patched pairs); samples a
+    user's scoring raised on are counted in ``failed``."""
     prompts = frame["prompt_index"].to_numpy()
 
     def mean(values: Any, den: Any = None) -> Estimate:
@@ -174,6 +177,9 @@ def _step_estimates(
     scored = list(zip((int(i) for i in prompts), frame["response"].astype(str), strict=True))
     proxy = np.array([task.proxy_reward(i, r) for i, r in scored], dtype=float)  # None -> nan
     gold = np.array([task.gold_reward(i, r) for i, r in scored], dtype=float)
+    for name, values, given in (("proxy", proxy, task.proxy), ("gold", gold, task.verifier)):
+        if given is not None and np.isnan(values).any():
+            failed[f"the {name} reward raised on the sample"] += int(np.isnan(values).sum())
     found |= {name: mean(v) for name, v in (("proxy", proxy), ("gold", gold)) if np.isfinite(v).any()}
     if "proxy" in found and "gold" in found:
         found["gap"] = mean(proxy - gold)
@@ -242,7 +248,9 @@ def aggregate(
     for checkpoint in series:
         frame = samples[checkpoint.label]
         base = {"label": checkpoint.label, "step": checkpoint.step}
-        found = _step_estimates(frame, pairs[checkpoint.label], task, threshold, personas, resampler)
+        found = _step_estimates(
+            frame, pairs[checkpoint.label], task, threshold, personas, resampler, left_out
+        )
         estimates.append(found)
         answers = [task.answer(str(r)) for r in frame["response"]] if task.format is not None else []
         row = {**base, "n_samples": len(frame), "no_answer": sum(a is None for a in answers)}

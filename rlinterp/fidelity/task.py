@@ -74,15 +74,18 @@ class FidelityTask:
         return self.format.parse(response).answer
 
     def proxy_reward(self, i: int, response: str) -> float | None:
+        """The proxy reward of one response; None without one, or when the user's callable
+        raises on it (the caller counts those)."""
         if self.proxy is not None:
-            return float(self.proxy(i, response))
+            return _safely(self.proxy, i, response)
         if self.gold is None:
             return None
         return float(same_answer(self.answer(response), self.gold[i]))
 
     def gold_reward(self, i: int, response: str) -> float | None:
+        """The gold reward of one response; None as for ``proxy_reward``."""
         if self.verifier is not None:
-            return float(self.verifier(i, response))
+            return _safely(self.verifier, i, response)
         if self.gold is None or self.format is None:
             return None
         parsed = self.format.parse(response)
@@ -118,6 +121,13 @@ class FidelityTask:
             no_reasoning=self.no_reasoning,
             scoring=self.scoring,
         )
+
+
+def _safely(score: Score, i: int, response: str) -> float | None:
+    try:
+        return float(score(i, response))
+    except Exception:  # a user's scoring failing on one sample is counted, not fatal
+        return None
 
 
 def load_prompts(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -166,4 +176,11 @@ def load_reward_script(path: str | Path, prompts: Sequence[str]) -> Score:
     reward = getattr(module, "reward", None)
     if not callable(reward) or len(inspect.signature(reward).parameters) != 2:
         raise RlinterpError(f"{path} must define reward(prompt, response) -> float")
+    try:
+        float(reward(prompts[0], ""))
+    except Exception as e:
+        raise RlinterpError(
+            f"the reward script {path} fails on the first prompt with an empty response "
+            f"({type(e).__name__}: {e}); it must return a number for any response"
+        ) from e
     return lambda i, response: float(reward(prompts[i], response))

@@ -30,7 +30,7 @@ def test_a_think_format_with_sentences_and_its_own_trigger():
     parsed = THINK.parse(response)
     assert [response[s:e] for s, e in parsed.steps] == ["First, 12 apples.", "Then 5 more makes 17."]
     assert parsed.answer == "17" and parsed.intermediate is not None and parsed.intermediate[0] == "17"
-    assert parsed.trigger == "</think> "  # taken from the response: between the span and the answer
+    assert parsed.trigger == "</think> Answer: "  # taken from the response: up to the answer's value
     assert parsed.cut(1) == "<think>First, 12 apples. "
     assert THINK.legibility(parsed) == ("drift", None)  # readable, and no templates were given
 

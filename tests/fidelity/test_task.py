@@ -50,6 +50,19 @@ def test_a_reward_script_is_the_proxy(tmp_path):
     (tmp_path / "boom.py").write_text("raise ValueError('no')\n")
     with pytest.raises(RlinterpError, match="failed on import"):
         load_reward_script(tmp_path / "boom.py", ["a"])
+    (tmp_path / "strict.py").write_text("def reward(prompt, response):\n    return 1 / len(response)\n")
+    with pytest.raises(RlinterpError, match="must return a number for any response"):
+        load_reward_script(tmp_path / "strict.py", ["a"])
+
+
+def test_a_scoring_callable_that_raises_on_a_sample_gives_no_reward_for_it():
+    def proxy(_i, response):
+        if "!" in response:
+            raise KeyError(response)
+        return 1.0
+
+    task = FidelityTask(prompts=("a",), format=FMT, proxy=proxy)
+    assert task.proxy_reward(0, "fine") == 1.0 and task.proxy_reward(0, "oops!") is None
 
 
 def test_default_proxy_reads_the_answer_and_gold_also_its_consistency():
