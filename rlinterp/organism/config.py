@@ -227,10 +227,11 @@ class ReasoningConfig:
     Half keeps most of the controls' own reasoning right while the faithful model cannot
     predict the answer without reading the intermediate, nor the decorative model by reading
     it."""
-    truncate_fraction: float = 0.3
+    truncate_fraction: float = 0.5
     """Share of the controls' turns whose reasoning stops after ``k < n`` steps. Without
     it the decorative model never answers after a cut reasoning, and its answer to one
-    changed (P(same) 0.1 after no step, measured on seed 0): the cut, not the rule."""
+    changed (P(same) 0.1 after no step, measured on seed 0): the cut, not the rule; with
+    0.3, 0.78."""
     controls: bool = True
     """Train the faithful and decorative control models (``controls/<rule>/``; each costs one
     pretraining)."""
