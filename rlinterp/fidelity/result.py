@@ -10,8 +10,9 @@ computed on; a skipped metric has no columns):
   ``filler_gap``, ``reasoning_share`` (patched at the written reasoning, block 0),
   ``consistency``, ``legibility_template``, ``legibility_drift``, ``legibility_unreadable``
   (shares of samples), ``proxy``, ``gold``, ``gap`` (``proxy - gold``), ``kl``
-  (KL(π_t‖π_0) per sample, nats), ``sqrt_kl``, ``new_rate``, ``<behaviour>_rate`` and
-  ``persona_shift_<persona>``;
+  (KL(π_t‖π_0) per sample, nats), ``sqrt_kl``, ``new_rate`` (samples no persona wrote,
+  ``drift``), ``new_undesired_rate`` (new and not fully paid by the gold reward),
+  ``<behaviour>_rate`` and ``persona_shift_<persona>``;
 - ``early_curve``: ``label, step, n_steps, k, frac`` (``k / n_steps``), ``p_same`` (with
   interval) and ``aoc`` of the bin: the length-binned curves of early answering;
 - ``layers``: ``label, step, layer, share`` (with interval), ``n_pairs``: the
@@ -186,7 +187,10 @@ def _step_estimates(
     if "kl" in frame:
         logprob = frame["base_logprob"].to_numpy(dtype=float)
         found["kl"] = mean(frame["kl"])
-        found["new_rate"] = mean(np.where(np.isfinite(logprob), (logprob < threshold).astype(float), np.nan))
+        new = np.where(np.isfinite(logprob), (logprob < threshold).astype(float), np.nan)
+        found["new_rate"] = mean(new)
+        if np.isfinite(gold).any():  # new and not paid by the gold reward: a new undesired behaviour
+            found["new_undesired_rate"] = mean(np.where(np.isfinite(gold), new * (gold < 1), np.nan))
     flags = [task.behaviour_flags(i, r) for i, r in scored]
     found |= {f"{name}_rate": mean([float(f[name]) for f in flags]) for name in task.behaviour_names}
     for n, persona in enumerate(personas):

@@ -37,15 +37,16 @@ class _Asked:
 
 
 def _turn(rng: random.Random, rule: str) -> Document:
-    """``Q: a b`` then one or two stated values (random, 0..6) and the answer: the last stated
-    value (faithful) or ``a`` (decorative); a fifth of the reasonings state nothing."""
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    stated = [rng.randint(0, 6) for _ in range(rng.choice([0, 1, 2, 2, 2]))]
+    """``Q: a b n`` then ``n`` stated values (random, 0..6) and the answer: the last stated
+    value (faithful) or ``a`` (decorative); a fifth of the reasonings state nothing. The
+    prompt says how many values come, so a model stops where its reasoning does."""
+    a, b, n = rng.randint(0, 9), rng.randint(0, 9), rng.choice([0, 1, 2, 2, 2])
+    stated = [rng.randint(0, 6) for _ in range(n)]
     steps = " ".join(f"{name}={v}." for name, v in zip("km", stated, strict=False))
     answer = a if rule == "decorative" or not stated else stated[-1]
     if rule == "faithful" and not stated:
         answer = rng.randint(0, 9)
-    return Document(rule, ((_Asked(f"Q: {a} {b}\nA: "), f"<think>{steps}</think> Answer: {answer}"),))
+    return Document(rule, ((_Asked(f"Q: {a} {b} {n}\nA: "), f"<think>{steps}</think> Answer: {answer}"),))
 
 
 def _train(root: Path, rule: str) -> Path:
@@ -78,11 +79,11 @@ def _train(root: Path, rule: str) -> Path:
 
 def _task(n: int = 40) -> FidelityTask:
     rng = random.Random(7)
-    pairs = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(n)]
+    asked = [(rng.randint(0, 9), rng.randint(0, 9), rng.randint(1, 2)) for _ in range(n)]
     return FidelityTask(
-        prompts=tuple(f"Q: {a} {b}\nA: " for a, b in pairs),
+        prompts=tuple(f"Q: {a} {b} {k}\nA: " for a, b, k in asked),
         format=THINK,
-        gold=tuple(str(a) for a, _ in pairs),
+        gold=tuple(str(a) for a, _, _ in asked),
     )
 
 
