@@ -153,6 +153,19 @@ def _share(pairs: pd.DataFrame, resampler: Resampler) -> Estimate:
     )
 
 
+def _rewards(
+    task: FidelityTask, scored: list[tuple[int, str]], failed: Counter[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Proxy and gold reward per sample (NaN where there is none, or where a user's scoring
+    raised: those are counted in ``failed``)."""
+    proxy = np.array([task.proxy_reward(i, r) for i, r in scored], dtype=float)  # None -> nan
+    gold = np.array([task.gold_reward(i, r) for i, r in scored], dtype=float)
+    for name, values, given in (("proxy", proxy, task.proxy), ("gold", gold, task.verifier)):
+        if given is not None and np.isnan(values).any():
+            failed[f"the {name} reward raised on the sample"] += int(np.isnan(values).sum())
+    return proxy, gold
+
+
 def _step_estimates(
     frame: pd.DataFrame,
     pairs: pd.DataFrame,
@@ -176,11 +189,7 @@ def _step_estimates(
     if len(pairs):
         found["reasoning_share"] = _share(pairs[pairs["layer"] == 0], resampler)
     scored = list(zip((int(i) for i in prompts), frame["response"].astype(str), strict=True))
-    proxy = np.array([task.proxy_reward(i, r) for i, r in scored], dtype=float)  # None -> nan
-    gold = np.array([task.gold_reward(i, r) for i, r in scored], dtype=float)
-    for name, values, given in (("proxy", proxy, task.proxy), ("gold", gold, task.verifier)):
-        if given is not None and np.isnan(values).any():
-            failed[f"the {name} reward raised on the sample"] += int(np.isnan(values).sum())
+    proxy, gold = _rewards(task, scored, failed)
     found |= {name: mean(v) for name, v in (("proxy", proxy), ("gold", gold)) if np.isfinite(v).any()}
     if "proxy" in found and "gold" in found:
         found["gap"] = mean(proxy - gold)
