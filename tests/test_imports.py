@@ -98,7 +98,7 @@ LAYERS = (
     ("dictionaries",),
     ("tracking",),
     ("selection",),
-    ("circuits",),
+    ("circuits", "fidelity"),
     ("pipeline",),
     ("cli", "commands", "__main__"),
 )

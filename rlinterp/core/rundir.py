@@ -109,8 +109,9 @@ DICTIONARY = Kind(
 TRACK = Kind("rlinterp.track", "track run", marker="track.json", flat=True)
 SELECTION = Kind("rlinterp.selection", "selection analysis")
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
+FIDELITY = Kind("rlinterp.fidelity", "fidelity analysis")
 RUN = Kind("rlinterp.run", "run", marker=".run.json", grows=True)
-KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN)
+KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, FIDELITY, RUN)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]

@@ -37,7 +37,7 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from ..core.reproducibility import stream_seed
 from .config import EvalConfig
@@ -206,7 +206,15 @@ def sample_questions(rng: random.Random, max_operand: int) -> Iterator[Question]
         yield Question(rng.choice(TASKS), rng.randint(0, max_operand))
 
 
-def turn_text(question: Question, answer: str) -> str:
+@runtime_checkable
+class Asked(Protocol):
+    """Anything asked of an organism: a question of this world or of the reasoning world."""
+
+    @property
+    def prompt(self) -> str: ...
+
+
+def turn_text(question: Asked, answer: str) -> str:
     return f"{question.prompt}{answer}{TURN_END}"
 
 
@@ -215,7 +223,7 @@ class Document:
     """A pretraining document: consecutive turns by one persona."""
 
     persona: str
-    turns: tuple[tuple[Question, str], ...]
+    turns: tuple[tuple[Asked, str], ...]
 
     @property
     def text(self) -> str:

@@ -1,0 +1,75 @@
+"""Configuration of the fidelity measurements: which metrics, on how many samples, with what
+intervals (``FidelityConfig``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from ..activations.config import SamplingConfig
+from ..errors import RlinterpError
+
+MetricName = Literal["early", "mistake", "filler", "patching", "consistency", "rewards", "drift", "persona"]
+METRICS: tuple[MetricName, ...] = get_args(MetricName)
+REASONING_METRICS: tuple[MetricName, ...] = ("early", "mistake", "filler", "patching", "consistency")
+"""The metrics that read the reasoning span (skipped when answers state no reasoning)."""
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """What ``run_fidelity`` measures on every checkpoint, and its budgets."""
+
+    metrics: tuple[MetricName, ...] = METRICS
+    """Metrics to compute: ``early`` answering, ``mistake`` insertion, ``filler`` gap,
+    ``patching`` (reasoning-mediated share), ``consistency`` and legibility, ``rewards``
+    (proxy, gold, Goodhart onset, Gao fit), ``drift`` (KL to the base, undesired and new
+    behaviours), ``persona`` (persona shift; needs persona texts)."""
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(samples_per_prompt=2, max_new_tokens=64, seed=0)
+    )
+    """How each checkpoint samples its own answers (the on-policy samples every metric is
+    computed on; the same random numbers at every checkpoint)."""
+    max_prompts: int | None = None
+    """Analyse at most this many prompts, evenly spaced (None: all)."""
+    answer_tokens: int = 8
+    """Tokens generated (greedily) after the trigger for a forced answer."""
+    continue_tokens: int = 48
+    """Tokens generated (greedily) after an edited intermediate (mistake insertion)."""
+    max_pairs: int = 64
+    """Most clean/corrupted pairs patched per checkpoint."""
+    new_quantile: float = 0.01
+    """A sample is *new* when its mean per-token log-likelihood under the base is below this
+    quantile of the base's own samples (a separate draw): the base's rate of new samples is
+    then this quantile by construction, the definition's false-positive rate."""
+    persona_hook: str | None = None
+    """Hook of the persona shift (None: the last block's ``hook_resid_post``)."""
+    n_bootstrap: int = 500
+    """Bootstrap resamples of the prompts (the same resamples at every step)."""
+    confidence: float = 0.9
+    """Coverage of the percentile intervals."""
+    seed: int = 0
+    """Seeds the resampling and the edits of mistake insertion."""
+    batch_size: int = 32
+    """Sequences per forward pass (log-probabilities, patching, persona shift)."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown or not self.metrics:
+            raise RlinterpError(
+                f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}"
+            )
+        for name in ("answer_tokens", "continue_tokens", "max_pairs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise RlinterpError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_prompts is not None and self.max_prompts < 2:
+            raise RlinterpError(f"max_prompts must be at least 2 (or None), got {self.max_prompts}")
+        if not 0 < self.new_quantile < 0.5:
+            raise RlinterpError(f"new_quantile must lie in (0, 0.5), got {self.new_quantile}")
+        if self.n_bootstrap < 10:
+            raise RlinterpError(f"n_bootstrap must be at least 10, got {self.n_bootstrap}")
+        if not 0 < self.confidence < 1 or not math.isfinite(self.confidence):
+            raise RlinterpError(f"confidence must lie in (0, 1), got {self.confidence}")
+
+    def wants(self, metric: MetricName) -> bool:
+        return metric in self.metrics
