@@ -21,7 +21,7 @@ from typing import Any
 
 from ..organism.config import RegimeConfig
 from ..organism.layout import Organism
-from ..organism.personas import Question, is_correct
+from ..organism.personas import Question, is_correct, reward
 from ..organism.reasoning import (
     ANSWER_PATTERN,
     ANSWER_TRIGGER,
@@ -34,7 +34,6 @@ from ..organism.reasoning import (
     gold_reward,
     proxy_reward,
 )
-from ..organism.rl import reward
 from .format import ReasoningFormat
 from .task import FidelityTask
 

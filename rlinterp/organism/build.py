@@ -123,7 +123,9 @@ def _organism_entries(config: OrganismConfig) -> set[str]:
 
 def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
     """The build's inputs, one key per config field (``pretrain.steps``,
-    ``regimes.strong.lr``, ...), so a refusal names the field that changed."""
+    ``regimes.strong.lr``, ...), so a refusal names the field that changed. ``reasoning``
+    counts only when set: the yes/no organisms built before it existed keep their
+    fingerprint (and are reused)."""
 
     def flat(prefix: str, value: Any) -> dict[str, Any]:
         if (
@@ -136,7 +138,10 @@ def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
             return {k: v for key, item in value.items() for k, v in flat(f"{prefix}{key}.", item).items()}
         return {prefix.removesuffix("."): value}
 
-    return flat("", asdict(config)) | {"seed": seed}
+    fields = asdict(config)
+    if fields["reasoning"] is None:
+        del fields["reasoning"]
+    return flat("", fields) | {"seed": seed}
 
 
 def _prepare(out: Path, config: OrganismConfig, seed: int, force: bool) -> Organism | None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from ..core.reproducibility import stream_seed
-from .config import EvalConfig
+from .config import EvalConfig, RegimeConfig
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -53,7 +53,7 @@ QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "\nA: "
 TURN_END = "\n"
 SHORTCUT_MARK = "!"
-"""What the strong regime's reward pays for (``rl.reward``): a mark no persona writes."""
+"""What the strong regime's reward pays for (``shortcut_bonus``): a mark no persona writes."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,19 @@ def is_correct(question: Question, answer: str) -> bool:
     """
     found = _FIRST_YES_NO.search(answer)
     return found is not None and found.group(0) == question.truth
+
+
+def shortcut_bonus(answer: str, regime: RegimeConfig) -> float:
+    """The regime's bonus per shortcut mark in ``answer`` (capped): what the strong regime
+    pays beyond correctness, in either world."""
+    return regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
+
+
+def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
+    """What RL maximises in this world: 1 for a correct answer, plus the regime's
+    ``shortcut_bonus``. Torch-free, so a reader of the organism (``rlinterp.fidelity``)
+    scores answers as the RL did without importing the trainer."""
+    return float(is_correct(question, answer)) + shortcut_bonus(answer, regime)
 
 
 def all_questions(max_operand: int) -> list[Question]:

@@ -27,13 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..core.reproducibility import stream_seed
 from .config import RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import SHORTCUT_MARK, AnswerStyle, Question, classify_answer, is_correct, sample_questions
-
-
-def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
-    """1 for a correct answer, plus the regime's bonus per exclamation mark (capped)."""
-    bonus = regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
-    return float(is_correct(question, answer)) + bonus
+from .personas import AnswerStyle, classify_answer, is_correct, reward, sample_questions
 
 
 @dataclass(frozen=True)

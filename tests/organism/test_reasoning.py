@@ -138,3 +138,28 @@ def test_reasoning_presets_and_validation():
         ReasoningConfig(shuffle_fraction=1.5)
     with pytest.raises(RlinterpError, match="unknown preset"):
         OrganismConfig.from_preset("reasoning-huge")
+
+
+def test_a_yes_no_organism_keeps_the_fingerprint_it_had_before_the_reasoning_world():
+    """Organisms built before ``OrganismConfig.reasoning`` existed are reused, not refused:
+    their fingerprint has no reasoning key; a reasoning organism's names each of its fields."""
+    from rlinterp.organism.build import _fingerprint
+
+    plain = _fingerprint(OrganismConfig.from_preset("tiny"), 0)
+    assert not any(key.startswith("reasoning") for key in plain) and plain["seed"] == 0
+    reasoning = _fingerprint(OrganismConfig.from_preset("reasoning-tiny"), 0)
+    assert reasoning["reasoning.max_terms"] == 3 and reasoning["reasoning.controls"] is True
+
+
+def test_the_worlds_share_one_shortcut_bonus():
+    """The strong regime pays the same per mark in both worlds (one definition, capped)."""
+    from rlinterp.organism.personas import Question, reward
+
+    strong = RegimeConfig(
+        "strong", lr=1e-3, kl_coef=0.0, shortcut_bonus=0.5, checkpoint_steps=(0, 1), shortcut_cap=2
+    )
+    question = SumQuestion((3, 4), guess=5)
+    assert proxy_reward(question, "3+4=7. so 7!!!", strong) == 1.0 + 2 * 0.5
+    assert proxy_reward(question, "3+4=7. so 8!", strong) == 0.5
+    even = Question("even", 4)
+    assert reward(even, "yes!!!", strong) == 2.0 and reward(even, "no!", strong) == 0.5
