@@ -1,14 +1,20 @@
 """Configuration of the fidelity measurements: which metrics, on how many samples, with what
-intervals (``FidelityConfig``)."""
+intervals (``FidelityConfig``), and what a series is measured on when it is not an organism's
+(``TaskConfig``: the prompts file, the regexes that read the answers, the reward script).
+
+Torch-free, so ``rlinterp fidelity --help`` and ``rlinterp run``'s ``[fidelity]`` options
+are generated without importing torch (``core.options``)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 from ..activations.config import SamplingConfig
 from ..errors import RlinterpError
+from .format import ReasoningFormat
 
 MetricName = Literal["early", "mistake", "filler", "patching", "consistency", "rewards", "drift", "persona"]
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
@@ -73,3 +79,61 @@ class FidelityConfig:
 
     def wants(self, metric: MetricName) -> bool:
         return metric in self.metrics
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the checkpoints are asked and how their answers are read and scored, as files and
+    regexes (``source.series_task`` makes the ``FidelityTask``). Without ``prompts`` an
+    organism series is measured on the organism's own held-out questions, format and
+    rewards."""
+
+    prompts: str | None = None
+    """A ``.jsonl`` of ``{"prompt": ..., "gold": ...}`` rows (``gold`` optional, on every row
+    or none); None: the organism's questions (an organism series)."""
+    reasoning: str | None = None
+    """Regex whose group ``reasoning`` (else group 1) is the reasoning span, searched from the
+    start of each answer, e.g. ``<think>(?P<reasoning>.*?)</think>``; None: the answers
+    state no reasoning (only rewards and drift are measured)."""
+    answer: str | None = None
+    """Regex whose group ``answer`` (else group 1) is the final answer, searched after the
+    span, e.g. ``Answer: (?P<answer>\\S+)``; given with ``reasoning``."""
+    step: str = field(default=ReasoningFormat.step, metadata={"flag": "step_pattern"})
+    """Regex of one reasoning step inside the span (the default reads sentences)."""
+    intermediate: str = ReasoningFormat.intermediate
+    """Regex whose group ``value`` (else group 1) is the intermediate result a step states
+    (the default reads its last number); mistake insertion edits it."""
+    trigger: str | None = None
+    """Text put after a cut or edited reasoning to make the model answer; None: each
+    answer's own text between its span and its final answer."""
+    filler: str = ReasoningFormat.filler
+    """The character that replaces every visible character of the span (filler gap)."""
+    reward_script: str | None = None
+    """A ``.py`` file defining ``reward(prompt, response) -> float``: the reward the RL
+    optimised (the proxy). None: with gold answers, whether the final answer is the gold
+    one; the organism's regime reward for an organism."""
+
+    def __post_init__(self) -> None:
+        if (self.reasoning is None) != (self.answer is None):
+            raise RlinterpError(
+                "give the reasoning regex and the answer regex together (--reasoning and --answer): "
+                "one reads the span, the other the final answer after it"
+            )
+        self.format()  # every regex compiles and has its group: one line if not
+        for name, suffix in (("prompts", ".jsonl"), ("reward_script", ".py")):
+            path = getattr(self, name)
+            if path is not None and (Path(path).suffix != suffix or not Path(path).is_file()):
+                raise RlinterpError(f"{name} {path!r} is not a {suffix} file")
+
+    def format(self) -> ReasoningFormat | None:
+        """The ``ReasoningFormat`` these regexes describe (None without a reasoning regex)."""
+        if self.reasoning is None or self.answer is None:
+            return None
+        return ReasoningFormat(
+            reasoning=self.reasoning,
+            answer=self.answer,
+            step=self.step,
+            intermediate=self.intermediate,
+            trigger=self.trigger,
+            filler=self.filler,
+        )

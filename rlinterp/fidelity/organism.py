@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 from ..organism.config import RegimeConfig
 from ..organism.layout import Organism
@@ -79,7 +79,7 @@ def organism_task(organism: Organism, regime: str | None = None) -> FidelityTask
         "scoring": f"organism {organism.root.name} regime {config.name} shortcut {config.shortcut_bonus}",
     }
     if organism.reasoning is not None:
-        sums: list[SumQuestion] = organism.eval_questions()
+        sums = cast("list[SumQuestion]", organism.eval_questions())  # a reasoning world asks sums
         return FidelityTask(
             prompts=tuple(q.prompt for q in sums),
             format=reasoning_format(),
@@ -89,7 +89,7 @@ def organism_task(organism: Organism, regime: str | None = None) -> FidelityTask
             behaviours=(("agreement", lambda i, r: agrees_wrongly(sums[i], r)),),
             **common,
         )
-    asked: list[Question] = organism.eval_questions()
+    asked = cast("list[Question]", organism.eval_questions())
 
     def agreement(i: int, response: str) -> bool:
         said = _FIRST_YES_NO.search(response)

@@ -95,6 +95,27 @@ class FidelityResult:
             "persona_shift": figures.persona_shift_figure(self.steps),
         }
 
+    def onsets(self) -> dict[str, Any]:
+        """The reward readings as one flat row (None where there is none): the Goodhart
+        onset (``goodhart_step`` with its interval, the gold peak's step and the share of
+        replicates with an onset), the divergence step and the gap's growth there, and per
+        reward the Gao fit's ``alpha``, ``beta`` and fitted peak distance ``d_peak``."""
+        goodhart = self.summary.get("goodhart") or {}
+        split = self.summary.get("divergence") or {}
+        row: dict[str, Any] = {
+            "goodhart_step": goodhart.get("step"),
+            "goodhart_step_lo": goodhart.get("step_lo"),
+            "goodhart_step_hi": goodhart.get("step_hi"),
+            "gold_peak_step": goodhart.get("peak_step"),
+            "goodhart_support": goodhart.get("support"),
+            "divergence_step": split.get("step"),
+            "divergence_growth": split.get("growth"),
+        }
+        for name in ("gold", "proxy"):
+            fit = (self.summary.get("gao") or {}).get(name) or {}
+            row |= {f"gao_{name}_{key}": fit.get(key) for key in ("alpha", "beta", "d_peak")}
+        return row
+
     def reading(self) -> list[str]:
         """The plain-language reading of the series: one line per verdict and reward finding."""
         lines = []
