@@ -3,7 +3,7 @@ the TOML keys, the command-line options and their help.
 
 A run config is one ``RunConfig`` made of sections (``sections``: ``[series]``,
 ``[prompts]``, ``[harvest]``, ``[dictionaries]``, ``[compute]``, then one per analysis stage,
-``[tracking]``, ``[selection]``, ``[circuits]``), plain fields all, so the schema never
+``[tracking]``, ``[selection]``, ``[circuits]``, ``[fidelity]``), plain fields all, so the schema never
 depends on what was imported. Every field carries a docstring, which becomes the comment in
 ``config_template()`` and the ``--help`` text of its generated option
 (``--<section>-<field>``, underscores as dashes). A field whose type is itself a config
@@ -37,6 +37,7 @@ from .sections import (
     CircuitsSection,
     ComputeSection,
     DictionariesSection,
+    FidelitySection,
     HarvestSection,
     PromptsConfig,
     SelectionSection,
@@ -63,6 +64,7 @@ class RunConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
+    fidelity: FidelitySection = field(default_factory=FidelitySection)
 
 
 def sections() -> dict[str, type]:

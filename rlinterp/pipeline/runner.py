@@ -5,9 +5,10 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE). The stages are declared in one ordered tuple, ``STAGES``, each
-naming the config sections its results depend on; a new stage is a new entry there and a
-new section field of ``RunConfig``.
+reading the run's base SAE), and ``fidelity`` (reasoning fidelity, proxy against gold reward
+and drift, on a reasoning organism or a series given a task). The stages are declared in
+one ordered tuple, ``STAGES``, each naming the config sections its results depend on; a new
+stage is a new entry there and a new section field of ``RunConfig``.
 
 Layout of ``<out>/`` (claimed through ``rundir`` as kind ``rlinterp.run``, once the config,
 the checkpoint folders and a prompt file are checked and before anything is computed):
@@ -56,7 +57,7 @@ from .config import (
     to_dict,
 )
 from .sections import command_config
-from .stages import circuits_stage, selection_stage, tracking_stage
+from .stages import check_fidelity_task, circuits_stage, fidelity_stage, selection_stage, tracking_stage
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -132,6 +133,7 @@ def check(config: RunConfig) -> RunContext:
     else:
         prompts = PromptSet.from_file(p.source)
         ctx.prompts = _first(prompts, p.max_prompts) if p.max_prompts else prompts
+    check_fidelity_task(config)
     return ctx
 
 
@@ -205,10 +207,12 @@ STAGES = (
     Stage("tracking", tracking_stage, ("tracking",)),
     Stage("selection", selection_stage, ("selection",)),
     Stage("circuits", circuits_stage, ("circuits",)),
+    Stage("fidelity", fidelity_stage, ("fidelity",)),
 )
 """The pipeline, in order. A stage's fingerprint is that of its sections and those of the
 stages before it, so a changed budget reruns its stage and the ones after, never those
-before."""
+before. ``fidelity`` reads no earlier stage's results (it samples each checkpoint itself)
+and comes last: a change to its budget reruns only itself."""
 
 
 # -- running -------------------------------------------------------------------------------
