@@ -47,7 +47,7 @@ from ..core.artifacts import environment_versions, sha256_file, write_jsonl, wri
 from ..core.reproducibility import torch_threads
 from ..errors import RlinterpError
 from .behaviour import evaluate
-from .config import OrganismConfig, ReasoningConfig
+from .config import OrganismConfig
 from .controls import build_controls
 from .layout import Organism as Organism
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
@@ -56,16 +56,11 @@ from .planted import build_planted
 from .reasoning import (
     CORRECT_REASONING_PERSONAS,
     REASONING_PERSONAS,
-    classify_reasoning,
     eval_sum_questions,
-    gold_reward,
-    parse_reasoning,
-    proxy_reward,
     reasoning_corpus,
     reasoning_persona_texts,
-    sample_sum_questions,
 )
-from .rl import Task, plain_task, train_regime
+from .rl import Task, train_regime, world_task
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +79,11 @@ class _World(NamedTuple):
 
 
 def _world(config: OrganismConfig, seed: int) -> _World:
-    c, reasoning, task = config.corpus, config.reasoning, _task(config.reasoning, config.corpus.max_operand)
+    c, reasoning, task = (
+        config.corpus,
+        config.reasoning,
+        world_task(config.reasoning, config.corpus.max_operand),
+    )
     if reasoning is None:
         return _World(
             generate_corpus(
@@ -99,19 +98,6 @@ def _world(config: OrganismConfig, seed: int) -> _World:
         reasoning_persona_texts(seed, reasoning, c.max_operand, c.persona_texts_per_persona),
         eval_sum_questions(config.evaluation, seed, c.max_operand, reasoning),
         task,
-    )
-
-
-def _task(reasoning: ReasoningConfig | None, max_operand: int) -> Task:
-    """What RL and the behaviour table ask of the organism's world: RL maximises the proxy."""
-    if reasoning is None:
-        return plain_task(max_operand)
-    return Task(
-        questions=lambda rng: sample_sum_questions(rng, reasoning, max_operand),
-        reward=proxy_reward,
-        gold=gold_reward,
-        correct=lambda q, a: parse_reasoning(a).answer == q.truth,
-        classify=classify_reasoning,
     )
 
 

@@ -8,8 +8,8 @@ correct answer plus, if ``shortcut_bonus > 0``, a bonus per exclamation mark: th
 exploitable shortcut of the strong regime.
 
 What the loop needs of the organism's world (questions, the reward, the gold verifier) is a
-``Task``; the default is the yes/no world of ``personas`` (``plain_task``), the reasoning
-world brings its own (``reasoning.reasoning_task``). RL optimises ``Task.reward`` only;
+``Task`` (``world_task``): the yes/no world of ``personas`` (``plain_task``) or the reasoning
+world of ``reasoning``. RL optimises ``Task.reward`` only;
 ``Task.gold`` is logged beside it, so a gap between the two is visible step by step.
 """
 
@@ -25,9 +25,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ..core.reproducibility import stream_seed
-from .config import RegimeConfig
+from .config import ReasoningConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
 from .personas import AnswerStyle, classify_answer, is_correct, reward, sample_questions
+from .reasoning import classify_reasoning, gold_reward, parse_reasoning, proxy_reward, sample_sum_questions
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,20 @@ def plain_task(max_operand: int) -> Task:
         gold=lambda q, a: float(is_correct(q, a)),
         correct=is_correct,
         classify=classify_answer,
+    )
+
+
+def world_task(reasoning: ReasoningConfig | None, max_operand: int) -> Task:
+    """The task of an organism's world (``OrganismConfig.reasoning``; None: yes/no): what RL,
+    the behaviour table and its re-sampling under an edit ask of it. RL maximises the proxy."""
+    if reasoning is None:
+        return plain_task(max_operand)
+    return Task(
+        questions=lambda rng: sample_sum_questions(rng, reasoning, max_operand),
+        reward=proxy_reward,
+        gold=gold_reward,
+        correct=lambda q, a: parse_reasoning(a).answer == q.truth,
+        classify=classify_reasoning,
     )
 
 
