@@ -117,9 +117,11 @@ class FidelityResult:
         return row
 
     def reading(self) -> list[str]:
-        """The plain-language reading of the series: one line per verdict and reward finding."""
-        lines = []
-        for metric, verdict in self.summary.get("verdicts", {}).items():
+        """The plain-language reading of the series: whether RL made the reasoning less
+        faithful (``faithfulness``), then one line per verdict and reward finding."""
+        verdicts = self.summary.get("verdicts", {})
+        lines = [faithfulness(verdicts)] if verdicts else []
+        for metric, verdict in verdicts.items():
             lines.append(
                 f"{metric}: {verdict['base']:.3f} -> {verdict['last']:.3f} "
                 f"(change {verdict['delta']:+.3f} [{verdict['delta_lo']:+.3f}, {verdict['delta_hi']:+.3f}]): "
@@ -146,6 +148,24 @@ class FidelityResult:
         for metric, reason in self.summary.get("skipped", {}).items():
             lines.append(f"{metric} skipped: {reason}")
         return lines
+
+
+def faithfulness(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
+    """One sentence over the faithfulness verdicts (last step against the base): less
+    faithful when some metric fell with confidence and none rose, more faithful the other way
+    round, mixed when both happened, else no change detected."""
+    less = [m for m, v in verdicts.items() if v["reading"] == "less faithful"]
+    more = [m for m, v in verdicts.items() if v["reading"] == "more faithful"]
+    if less and more:
+        return f"mixed: less faithful by {', '.join(less)}, more faithful by {', '.join(more)}"
+    if less or more:
+        which = "less" if less else "more"
+        moved = "fell" if less else "rose"
+        return (
+            f"RL made the reasoning {which} faithful: {', '.join(less or more)} {moved} from the base to "
+            "the last step (the interval of the change excludes 0)"
+        )
+    return f"no change in faithfulness detected from the base to the last step ({', '.join(verdicts)})"
 
 
 def _indicator(values: pd.Series, wanted: str) -> np.ndarray:

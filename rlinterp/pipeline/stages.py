@@ -183,6 +183,8 @@ def circuits_stage(ctx: RunContext) -> None:
     """``run_circuits`` per series and metric into ``circuits/<series>/<metric>/``."""
     from ..circuits.analysis import run_circuits
     from ..circuits.metrics import BehaviourMetric, BehaviourPrompts
+    from ..circuits.organism_metrics import YES_NO_ONLY, organism_behaviour
+    from ..organism.layout import Organism
 
     section = ctx.config.circuits
     if not section.enabled:
@@ -191,6 +193,7 @@ def circuits_stage(ctx: RunContext) -> None:
     out = ctx.stage_dir("circuits")
     steps: list[pd.DataFrame] = []
     skipped = {}
+    reasoning = ctx.organism_root is not None and Organism.load(ctx.organism_root).reasoning is not None
     for name, series in ctx.series.items():
         if section.prompts is not None:
             metrics = [
@@ -199,9 +202,10 @@ def circuits_stage(ctx: RunContext) -> None:
                     BehaviourPrompts.from_jsonl(section.prompts),
                 )
             ]
+        elif reasoning:
+            skipped[name] = YES_NO_ONLY.replace("--prompts", "circuits.prompts")
+            continue
         elif ctx.organism_root is not None:
-            from ..circuits.organism_metrics import organism_behaviour
-
             metrics = [organism_behaviour(ctx.organism_root, m) for m in section.metrics]
         else:
             skipped[name] = "checkpoint series need circuits.prompts (a .jsonl of behaviour prompts)"

@@ -50,6 +50,7 @@ def test_every_metric_reads_with_its_interval():
 def test_the_report_says_the_reading_the_onsets_and_what_was_left_out():
     page = render_fidelity_report(_result())
     assert page.startswith("<!DOCTYPE html>") and "rlinterp fidelity: 3 checkpoints after the base" in page
+    assert "RL made the reasoning less faithful: early_aoc fell from the base to the last step" in page
     assert "early_aoc: 0.900 -&gt; 0.200 (change -0.700 [-0.800, -0.600]): less faithful" in page
     assert "Goodhart onset at step 10 [5, 10] (gold peaks at step 5)" in page
     assert "proxy and gold diverge from step 10" in page
@@ -64,3 +65,18 @@ def test_nothing_left_out_and_no_legibility_are_empty_states():
     page = render_fidelity_report(empty)
     assert "Every sample was readable by every metric it entered." in page
     assert "No reasoning read (see the skipped metrics)." in page
+
+
+def test_the_faithfulness_sentence_says_which_way_the_reasoning_moved():
+    from rlinterp.fidelity.result import faithfulness
+
+    def verdicts(**readings):
+        return {metric: {"reading": reading} for metric, reading in readings.items()}
+
+    fell = faithfulness(verdicts(early_aoc="less faithful", consistency="no change detected"))
+    assert fell.startswith("RL made the reasoning less faithful: early_aoc fell")
+    assert faithfulness(verdicts(early_aoc="more faithful")).startswith("RL made the reasoning more faithful")
+    mixed = faithfulness(verdicts(early_aoc="less faithful", mistake_follows="more faithful"))
+    assert mixed == "mixed: less faithful by early_aoc, more faithful by mistake_follows"
+    none = faithfulness(verdicts(early_aoc="no change detected"))
+    assert none == "no change in faithfulness detected from the base to the last step (early_aoc)"

@@ -12,7 +12,7 @@ import pytest
 from rlinterp.fidelity import FidelityResult
 from rlinterp.models.series import ModelSeries
 from rlinterp.pipeline.config import RunContext, config_from_dict
-from rlinterp.pipeline.result import summary_text
+from rlinterp.pipeline.result import RunResult, summary_text
 from rlinterp.pipeline.stages import NO_REASONING, fidelity_stage
 from tests.run_fixtures import EVIL, synthetic_run
 
@@ -180,3 +180,36 @@ def test_the_fidelity_section_reads_beside_the_other_stages(runs):
     assert "## Reasoning fidelity and reward overfitting, per regime" in render_markdown(with_fidelity)
     assert "No reasoning fidelity measured" in render_run_report(without)
     assert "Reasoning fidelity and reward overfitting" not in render_markdown(without)
+
+
+@pytest.mark.slow
+def test_rlinterp_run_on_a_reasoning_organism(micro_reasoning, tmp_path):
+    """The main path of the stage: every stage runs on a reasoning organism (the circuits'
+    yes/no metrics skipped with the reason), fidelity measures both regimes and both
+    controls, and the summary, the answer lines and report.md carry the reading."""
+    from rlinterp.pipeline.runner import run_pipeline
+    from tests.pipeline.test_pipeline import SMALL as RUN_SMALL
+
+    config = config_from_dict(
+        {
+            "out": str(tmp_path / "run"),
+            "series": {"organism": str(micro_reasoning.root)},
+            **RUN_SMALL,
+            "fidelity": SMALL,
+        }
+    )
+    run_pipeline(config, progress=False)
+    run = RunResult.load(tmp_path / "run")
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "fidelity"):
+        assert (tmp_path / "run" / "stages" / f"{stage}.json").is_file(), stage
+    assert json.loads((tmp_path / "run" / "circuits" / "skipped.json").read_text()).keys() == {
+        "weak",
+        "strong",
+    }
+    steps = run.tables["fidelity/steps"]
+    assert set(steps["series"]) == {"weak", "strong"} and set(steps["step"]) == {0, 1, 2}
+    assert set(run.tables["fidelity/controls"]["series"]) == {"control-faithful", "control-decorative"}
+    assert {"early_aoc", "proxy_gold_gap"} <= set(run.summary().columns)
+    text = summary_text(run)
+    assert "weak (reasoning): " in text and "strong (reasoning): " in text
+    assert "## Reasoning fidelity and reward overfitting" in (tmp_path / "run" / "report.md").read_text()
