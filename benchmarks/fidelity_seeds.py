@@ -32,22 +32,6 @@ import pandas as pd
 
 CONTROL_METRICS = ("early_aoc", "mistake_follows")
 FAITHFUL_AT_LEAST, DECORATIVE_AT_MOST = 0.8, 0.2
-SHOWN = (
-    "early_aoc",
-    "mistake_follows",
-    "mistake_changes",
-    "reasoning_share",
-    "filler_gap",
-    "consistency",
-    "legibility_template",
-    "proxy",
-    "gold",
-    "gap",
-    "kl",
-    "new_rate",
-    "agreement_rate",
-    "wrong_rate",
-)
 
 
 def _child(preset: str, seed: int, out: Path) -> None:
@@ -127,6 +111,7 @@ def _controls(results: dict[int, Path]) -> tuple[str, bool]:
 
 def _series_tables(results: dict[int, Path]) -> str:
     from rlinterp.fidelity import FidelityResult
+    from rlinterp.fidelity.report import shown_columns
 
     parts = []
     for seed, out in results.items():
@@ -134,7 +119,7 @@ def _series_tables(results: dict[int, Path]) -> str:
             if folder.name.startswith("control-"):
                 continue
             result = FidelityResult.load(folder)
-            shown = [m for m in SHOWN if m in result.steps]
+            shown = shown_columns(result.steps)  # the report's columns, in its order
             lines = [f"#### seed {seed}, regime `{folder.name}`", "", "| step | " + " | ".join(shown) + " |"]
             lines.append("|" + " --- |" * (len(shown) + 1))
             for _, row in result.steps.iterrows():

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .fidelity import load_reward_script as load_reward_script
     from .fidelity import organism_task as organism_task
     from .fidelity import run_fidelity as run_fidelity
+    from .fidelity import write_fidelity_report as write_fidelity_report
     from .models import Checkpoint as Checkpoint
     from .models import ExecutorConfig as ExecutorConfig
     from .models import LocalExecutor as LocalExecutor

@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from ..core.artifacts import read_jsonl
 from ..errors import RlinterpError
 
 MetricKind = Literal["logit_diff", "logprob", "custom"]
@@ -163,21 +163,11 @@ class BehaviourPrompts:
         """Rows ``{"prompt": str, "positive": str | [str], "negative": str | [str],
         "corrupted": str}``; ``negative`` and ``corrupted`` are optional (all rows or none)."""
         path = Path(path)
-        if not path.is_file():
-            raise RlinterpError(f"behaviour prompt file {path} does not exist")
         rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
+        for n, row in read_jsonl(path, "behaviour prompt file"):
             if not isinstance(row.get("prompt"), str) or "positive" not in row:
                 raise RlinterpError(f"{path}:{n} needs a 'prompt' string and 'positive' token(s)")
             rows.append(row)
-        if not rows:
-            raise RlinterpError(f"behaviour prompt file {path} is empty")
 
         def tokens(value: object) -> tuple[str, ...]:
             return (value,) if isinstance(value, str) else tuple(str(v) for v in value)  # type: ignore[attr-defined]

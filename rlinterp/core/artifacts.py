@@ -60,6 +60,29 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def read_jsonl(path: str | os.PathLike[str], what: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a JSON-lines file, each with its line number (blank lines skipped). A
+    missing or empty file, or a line that is not a JSON object, is one line naming the file
+    (as ``what``, e.g. "prompts file") and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RlinterpError(f"{what} {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RlinterpError(f"{path}:{n} is not valid JSON: {e.msg}") from e
+        if not isinstance(row, dict):
+            raise RlinterpError(f"{path}:{n} is a JSON {type(row).__name__}, not an object")
+        rows.append((n, row))
+    if not rows:
+        raise RlinterpError(f"{what} {path} is empty")
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .config import FidelityConfig as FidelityConfig
     from .format import ReasoningFormat as ReasoningFormat
     from .organism import organism_task as organism_task
+    from .report import write_fidelity_report as write_fidelity_report
     from .result import FidelityResult as FidelityResult
     from .task import FidelityTask as FidelityTask
     from .task import load_prompts as load_prompts

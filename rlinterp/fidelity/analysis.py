@@ -101,7 +101,7 @@ def run_fidelity(
     for metric, reason in skipped.items():
         log.info("fidelity: %s skipped: %s", metric, reason)
     labels = [c.label for c in series]
-    entries = [*labels, "calibration.parquet", "personas", *TABLES, "summary.json"]
+    entries = [*labels, "calibration.parquet", "personas", *TABLES, "summary.json", "report.html"]
     fingerprint = _fingerprint(series, task, cfg)
     claimed = rundir.claim(
         out, KIND, fingerprint, entries, resumable=[*labels, "calibration.parquet", "personas"], force=force

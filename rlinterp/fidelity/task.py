@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.artifacts import read_jsonl
 from ..errors import RlinterpError
 from .format import ReasoningFormat, same_answer
 
@@ -134,21 +134,11 @@ def load_prompts(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...] | N
     """Prompts and gold answers from a ``.jsonl`` of ``{"prompt": ..., "gold": ...}`` rows
     (``gold`` optional, but on every row or on none)."""
     path = Path(path)
-    if not path.is_file():
-        raise RlinterpError(f"prompts file {path} does not exist")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise RlinterpError(f"{path}:{n} is not a JSON object: {e}") from e
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+    for n, row in read_jsonl(path, "prompts file"):
+        if not isinstance(row.get("prompt"), str):
             raise RlinterpError(f'{path}:{n} needs a "prompt" string')
         rows.append(row)
-    if not rows:
-        raise RlinterpError(f"{path} holds no prompts")
     with_gold = [r for r in rows if r.get("gold") is not None]
     if with_gold and len(with_gold) != len(rows):
         raise RlinterpError(

@@ -26,8 +26,9 @@ def test_prompts_with_and_without_gold(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("", "holds no prompts"),
-        ("not json\n", "is not a JSON object"),
+        ("", "prompts file .*p.jsonl is empty"),
+        ("not json\n", "p.jsonl:1 is not valid JSON"),
+        ("[1, 2]\n", "p.jsonl:1 is a JSON list, not an object"),
         ('{"text": "x"}\n', 'needs a "prompt"'),
         ('{"prompt": "a", "gold": 1}\n{"prompt": "b"}\n', "on every row or on none"),
     ],
