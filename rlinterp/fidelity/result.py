@@ -147,6 +147,9 @@ class FidelityResult:
             )
         for metric, reason in self.summary.get("skipped", {}).items():
             lines.append(f"{metric} skipped: {reason}")
+        total = sum(self.steps["n_samples"]) if "n_samples" in self.steps else 0
+        for reason, n in self.summary.get("left_out", {}).items():  # e.g. a marker that never matched
+            lines.append(f"{n} of {total} samples left out of the metrics that need it: {reason}")
         return lines
 
 

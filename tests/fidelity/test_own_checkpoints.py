@@ -114,6 +114,9 @@ def test_what_a_user_gets_wrong_is_reported_not_crashed_on(models, tmp_path):
         series, FidelityTask(prompts=_task().prompts, format=never), tmp_path / "never", CFG
     )
     assert result.summary["left_out"] == {"the reasoning span was not found": 40}
+    assert "40 of 40 samples left out of the metrics that need it: the reasoning span was not found" in (
+        result.reading()
+    )
     assert "gold" in result.summary["skipped"] and "no gold answers" in result.summary["skipped"]["gold"]
     assert result.steps["early_aoc_n"].iloc[0] == 0  # nothing to cut: no number, no crash
 

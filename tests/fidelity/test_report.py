@@ -11,9 +11,8 @@ from tests.run_fixtures import EVIL
 
 
 def _result(left_out: dict[str, int] | None = None) -> FidelityResult:
-    steps = (
-        _steps("").drop(columns="series").assign(label=["base", "s5", "s10", "s20"], no_answer=[0, 1, 0, 2])
-    )
+    labels = ["base", "s5", "s10", "s20"]
+    steps = _steps("").drop(columns="series").assign(label=labels, no_answer=[0, 1, 0, 2], n_samples=1)
     legibility = pd.DataFrame(
         [
             {"label": "base", "step": 0, "legibility": c, "count": n, "share": n / 10}
@@ -54,8 +53,11 @@ def test_the_report_says_the_reading_the_onsets_and_what_was_left_out():
     assert "early_aoc: 0.900 -&gt; 0.200 (change -0.700 [-0.800, -0.600]): less faithful" in page
     assert "Goodhart onset at step 10 [5, 10] (gold peaks at step 5)" in page
     assert "proxy and gold diverge from step 10" in page
+    assert "3 of 4 samples left out of the metrics that need it: the span &lt;script&gt;" in page
     assert "<td>10</td>" in page and "goodhart_step" in page  # the onsets row
-    assert EVIL not in page and page.count("&lt;script&gt;") == 2  # the reason and the skip line
+    assert (
+        EVIL not in page and page.count("&lt;script&gt;") == 3
+    )  # the reasons: skipped and left out (reading), left out (table)
     assert page.count("plotly.js v") == 1  # inlined once, in the first figure
 
 
