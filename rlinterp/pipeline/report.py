@@ -30,7 +30,7 @@ from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, ta
 from ..diff.report import kl_figure, lens_table, top_tokens_table
 from ..fidelity import figures as fidelity_figures
 from ..fidelity.report import NOTE as FIDELITY_NOTE
-from ..fidelity.report import ONSET_COLUMNS, gao_fits, interval_table, onset_marks, reading_list
+from ..fidelity.report import ONSET_COLUMNS, gao_fits, interval_table, reading_list
 from ..selection.report import INDEX_NOTE, index_table
 from ..tracking.report import NOTE as TRACKING_NOTE
 from ..tracking.report import SUMMARY_COLUMNS as TRACKING_COLUMNS
@@ -38,8 +38,10 @@ from ..tracking.report import changed_latents_table
 from .figures import (
     activations_figure,
     behaviour_figure,
+    fidelity_figure,
     fvu_drift_figure,
     index_figure,
+    rewards_figure,
     tracking_figure,
     weights_figure,
 )
@@ -205,8 +207,8 @@ def fidelity_section(run: RunResult) -> Parts:
             interval_table(controls, ("series",)),
         ]
     parts += [
-        fidelity_figures.fidelity_figure(steps),
-        fidelity_figures.rewards_figure(steps, onset_marks(onsets)),
+        fidelity_figure(run),
+        rewards_figure(run),
         fidelity_figures.gao_figure(steps, gao_fits(onsets)),
         fidelity_figures.drift_figure(steps),
         _per_series(run, steps, lambda rows: interval_table(rows, ("step",))),
