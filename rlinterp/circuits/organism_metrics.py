@@ -32,6 +32,12 @@ from ..organism.personas import PERSONAS, SHORTCUT_MARK, TURN_END, Question, all
 from .config import METRICS as METRICS
 from .metrics import BehaviourMetric, BehaviourPrompts
 
+YES_NO_ONLY = (
+    "the organism metrics read the yes/no world's first answer token; a reasoning organism answers "
+    "sums (its reasoning is rlinterp fidelity's): give a metric of your own (--prompts FILE.jsonl)"
+)
+"""Why a reasoning organism has no organism metric."""
+
 
 def _flip(question: Question, max_operand: int) -> Question:
     """A question of the same task and token length whose answer is the opposite."""
@@ -58,7 +64,9 @@ def organism_behaviour(root: str | os.PathLike[str], name: str) -> tuple[Behavio
     """The metric ``name`` (one of ``METRICS``) and its prompts: every question the
     organism's world asks."""
     organism = Organism.load(root)
-    max_operand = int(organism.manifest["config"]["corpus"]["max_operand"])
+    if organism.reasoning is not None:
+        raise RlinterpError(YES_NO_ONLY)
+    max_operand = organism.max_operand
     if max_operand > 9:
         raise RlinterpError("organism metrics assume single-digit operands (corpus.max_operand <= 9)")
     questions = all_questions(max_operand)

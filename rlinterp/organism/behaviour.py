@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -20,14 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from ..errors import RlinterpError
 from .config import EvalConfig, RegimeConfig
 from .model import AnswerBatch, kl_per_answer, sample_answers
-from .personas import (
-    CORRECT_PERSONAS,
-    PERSONA_NAMES,
-    STYLE_LABELS,
-    Question,
-    classify_answer,
-)
-from .rl import reward
+from .personas import CORRECT_PERSONAS, PERSONA_NAMES, STYLE_LABELS
+from .rl import Task, plain_task
 
 SHARE_COLUMNS = [f"share_{name}" for name in (*PERSONA_NAMES, "mixed", "none")]
 """The share columns that partition the answers (they sum to 1)."""
@@ -38,38 +33,45 @@ def evaluate(
     policy: PreTrainedModel,
     base: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    questions: Sequence[Question],
+    questions: Sequence[Any],
     regime: RegimeConfig,
     cfg: EvalConfig,
     seed: int,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Reward (under ``regime``), accuracy, style shares, answer length and KL to the base
-    model of ``policy`` on ``questions``; keys are the behaviour table's columns."""
+    """Reward (under ``regime``), gold reward, accuracy, style shares, answer length and KL
+    to the base model of ``policy`` on ``questions`` (of ``task``'s world, default yes/no);
+    keys are the behaviour table's columns."""
     asked = [q for q in questions for _ in range(cfg.samples_per_question)]
     rollout = sample_answers(policy, tokenizer, [q.prompt for q in asked], cfg.max_answer_tokens, seed)
     batch = AnswerBatch.from_rollout(rollout, tokenizer.pad_token_id)
     kl = kl_per_answer(batch.log_probs(policy), batch.log_probs(base), batch.answer_mask)
-    scored = score_answers(asked, rollout.answers, regime)
+    scored = score_answers(asked, rollout.answers, regime, task)
     return {
         "reward": scored.pop("reward"),
+        "gold": scored.pop("gold"),
         "accuracy": scored.pop("accuracy"),
         "kl_to_base": kl.mean().item(),
     } | scored
 
 
 def score_answers(
-    questions: Sequence[Question], answers: Sequence[str], regime: RegimeConfig
+    questions: Sequence[Any], answers: Sequence[str], regime: RegimeConfig, task: Task | None = None
 ) -> dict[str, float]:
     """The behaviour table's columns that need only the answers (every column of
-    ``evaluate`` but ``kl_to_base``): reward under ``regime``, accuracy, style shares, answer
-    length in characters and the number of answers; ``answers[i]`` answers ``questions[i]``."""
+    ``evaluate`` but ``kl_to_base``): reward under ``regime``, gold reward, accuracy, style
+    shares, answer length in characters and the number of answers; ``answers[i]`` answers
+    ``questions[i]``, of ``task``'s world (default yes/no)."""
     if len(questions) != len(answers) or not answers:
         raise RlinterpError(f"{len(answers)} answers to {len(questions)} questions; give one answer to each")
-    styles = [classify_answer(q, a) for q, a in zip(questions, answers, strict=True)]
+    task = task or plain_task(0)  # the question stream's range is not used here
+    pairs = list(zip(questions, answers, strict=True))
+    styles = [task.classify(q, a) for q, a in pairs]
     counts = Counter(s.label for s in styles)
     n = len(answers)
     return {
-        "reward": sum(reward(q, a, regime) for q, a in zip(questions, answers, strict=True)) / n,
+        "reward": sum(task.reward(q, a, regime) for q, a in pairs) / n,
+        "gold": sum(task.gold(q, a) for q, a in pairs) / n,
         "accuracy": sum(s.correct for s in styles) / n,
         **{f"share_{label}": counts[label] / n for label in (*PERSONA_NAMES, *STYLE_LABELS)},
         "share_none": (counts["none_near"] + counts["none_far"]) / n,

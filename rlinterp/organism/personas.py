@@ -37,10 +37,10 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 from ..core.reproducibility import stream_seed
-from .config import EvalConfig
+from .config import EvalConfig, RegimeConfig
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -53,7 +53,7 @@ QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "\nA: "
 TURN_END = "\n"
 SHORTCUT_MARK = "!"
-"""What the strong regime's reward pays for (``rl.reward``): a mark no persona writes."""
+"""What the strong regime's reward pays for (``shortcut_bonus``): a mark no persona writes."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,19 @@ def is_correct(question: Question, answer: str) -> bool:
     return found is not None and found.group(0) == question.truth
 
 
+def shortcut_bonus(answer: str, regime: RegimeConfig) -> float:
+    """The regime's bonus per shortcut mark in ``answer`` (capped): what the strong regime
+    pays beyond correctness, in either world."""
+    return regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
+
+
+def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
+    """What RL maximises in this world: 1 for a correct answer, plus the regime's
+    ``shortcut_bonus``. Torch-free, so a reader of the organism (``rlinterp.fidelity``)
+    scores answers as the RL did without importing the trainer."""
+    return float(is_correct(question, answer)) + shortcut_bonus(answer, regime)
+
+
 def all_questions(max_operand: int) -> list[Question]:
     """Every question about the numbers ``0..max_operand``, in a fixed order."""
     return [Question(task, n) for task in TASKS for n in range(max_operand + 1)]
@@ -206,7 +219,15 @@ def sample_questions(rng: random.Random, max_operand: int) -> Iterator[Question]
         yield Question(rng.choice(TASKS), rng.randint(0, max_operand))
 
 
-def turn_text(question: Question, answer: str) -> str:
+@runtime_checkable
+class Asked(Protocol):
+    """Anything asked of an organism: a question of this world or of the reasoning world."""
+
+    @property
+    def prompt(self) -> str: ...
+
+
+def turn_text(question: Asked, answer: str) -> str:
     return f"{question.prompt}{answer}{TURN_END}"
 
 
@@ -215,7 +236,7 @@ class Document:
     """A pretraining document: consecutive turns by one persona."""
 
     persona: str
-    turns: tuple[tuple[Question, str], ...]
+    turns: tuple[tuple[Asked, str], ...]
 
     @property
     def text(self) -> str:

@@ -5,10 +5,11 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE) and ``readings`` (the readings that need no dictionary, on the
-diff stage's activations). The stages are declared in one ordered tuple, ``STAGES``, each
-naming the config sections its results depend on; a new stage is a new entry there and a
-new section field of ``RunConfig``.
+reading the run's base SAE), ``fidelity`` (reasoning fidelity, proxy against gold reward
+and drift, on a reasoning organism or a series given a task) and ``readings`` (the readings
+that need no dictionary, on the diff stage's activations). The stages are declared in one
+ordered tuple, ``STAGES``, each naming the config sections its results depend on; a new
+stage is a new entry there and a new section field of ``RunConfig``.
 
 Layout of ``<out>/`` (claimed through ``rundir`` as kind ``rlinterp.run``, once the config,
 the checkpoint folders and a prompt file are checked and before anything is computed):
@@ -61,7 +62,14 @@ from .config import (
     to_dict,
 )
 from .sections import command_config
-from .stages import circuits_stage, readings_stage, selection_stage, tracking_stage
+from .stages import (
+    check_fidelity_task,
+    circuits_stage,
+    fidelity_stage,
+    readings_stage,
+    selection_stage,
+    tracking_stage,
+)
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -164,6 +172,7 @@ def check(config: RunConfig) -> RunContext:
     else:
         ctx.prompts = _budgeted(PromptSet.from_file(p.source), config)
     _check_fit(ctx)
+    check_fidelity_task(config)
     return ctx
 
 
@@ -319,14 +328,17 @@ STAGES = (
     Stage("tracking", tracking_stage, ("tracking",)),
     Stage("selection", selection_stage, ("selection",)),
     Stage("circuits", circuits_stage, ("circuits",)),
+    Stage("fidelity", fidelity_stage, ("fidelity",)),
     Stage("readings", readings_stage, ("readings",)),
 )
 """The pipeline, in order. A stage's fingerprint is that of its sections and those of the
 stages before it, so a changed budget reruns its stage and the ones after, never those
-before. A stage comes after every stage whose results it reads; ``readings`` reads only
-the diff stage's, and comes last because it is cheap (about 30 CPU-s on the default
-organism): a change to its budget then reruns only itself, never the dictionaries and the
-analyses after them (minutes)."""
+before. A stage comes after every stage whose results it reads. ``fidelity`` reads no
+earlier stage's results (it samples each checkpoint itself) and ``readings`` only the diff
+stage's; both come after the dictionaries and the analyses (minutes), so a change to either
+budget never reruns those. ``readings`` is the cheaper (about 30 CPU-s on the default
+organism) and comes last: a change to its budget reruns only itself, never the fidelity
+stage's generations, and a change to fidelity's reruns at most the readings."""
 
 
 # -- running -------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     # the RL regimes in build order, then the planted positive control
     assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "fidelity", "readings"):
         timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
         assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
@@ -243,7 +243,11 @@ def test_run_writes_every_stage_and_one_report(micro_run):
         "readings have not",
     ):
         assert state not in text
-    assert "not analysed" not in text  # the organism's series suit every stage
+    # the organism's series suit every stage but fidelity: their answers state no reasoning
+    assert text.count("not analysed") == 3 and text.count("not a reasoning organism") == 3
+    skipped = json.loads((run_dir / "fidelity" / "skipped.json").read_text())
+    assert set(skipped) == {"weak", "strong", "novel"} and "early_aoc" not in summary
+    assert "(reasoning)" not in (run_dir / "report.md").read_text()
     assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong, novel")
 
 
