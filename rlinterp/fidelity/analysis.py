@@ -97,6 +97,8 @@ def run_fidelity(
     out = Path(out)
     series.validate()
     task = _subset(task, cfg.max_prompts)
+    tokenizer = series.tokenizer()
+    PromptSet(texts=task.prompts).check_vocabulary(tokenizer)  # before the claim: one line
     skipped = skipped_metrics(task, cfg)
     for metric, reason in skipped.items():
         log.info("fidelity: %s skipped: %s", metric, reason)
@@ -108,7 +110,6 @@ def run_fidelity(
     )
     if claimed.state == "finished":
         return FidelityResult.load(out)
-    tokenizer = series.tokenizer()
     base = _hf(series, series.base)
     threshold = _calibration(base, tokenizer, task, cfg, out) if cfg.wants("drift") else float("nan")
     hook, directions, personas = _personas(series, task, cfg, out, skipped)

@@ -74,7 +74,8 @@ def contexts(
     found = []
     for i, (prompt, response, answer) in enumerate(zip(prompts, responses, forced, strict=True)):
         parsed = fmt.parse(response)
-        if parsed.span is None or parsed.trigger is None or answer is None:
+        # no forced answer: None, or NaN once the column has passed through a DataFrame
+        if parsed.span is None or parsed.trigger is None or not isinstance(answer, str):
             continue
         start, end = parsed.span
         head = _encode(tokenizer, prompt + response[:start])

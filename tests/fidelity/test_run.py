@@ -110,3 +110,15 @@ def test_an_interrupted_run_resumes_from_its_finished_checkpoints(micro_reasonin
     assert len(measured) == 1  # only the checkpoint that had not finished
     fresh = run_fidelity(series, task, tmp_path / "fresh", CFG)
     assert resumed.steps.equals(fresh.steps)
+
+
+def test_a_prompt_outside_the_vocabulary_is_refused_before_the_claim(micro_plain, tmp_path):
+    """As every command's prompts: a character the checkpoints' tokenizer reads only as its
+    unknown token is one line naming the prompt, and nothing is written."""
+    series = ModelSeries.from_organism(micro_plain.root, "weak")
+    task = organism_task(micro_plain, "weak")
+    prompts = tuple(prompt + "\u2248" for prompt in task.prompts)
+    refused = r"prompt 1 .* holds '≈', which the checkpoints' tokenizer does not know"
+    with pytest.raises(RlinterpError, match=refused):
+        run_fidelity(series, dataclasses.replace(task, prompts=prompts), tmp_path / "fid", CFG)
+    assert not (tmp_path / "fid").exists()

@@ -296,7 +296,7 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings"):
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "fidelity", "readings"):
         assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
