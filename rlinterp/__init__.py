@@ -52,6 +52,15 @@ if TYPE_CHECKING:
     from .diff import weight_heatmap as weight_heatmap
     from .diff import write_report as write_report
     from .errors import RlinterpError as RlinterpError
+    from .fidelity import FidelityConfig as FidelityConfig
+    from .fidelity import FidelityResult as FidelityResult
+    from .fidelity import FidelityTask as FidelityTask
+    from .fidelity import ReasoningFormat as ReasoningFormat
+    from .fidelity import load_prompts as load_prompts
+    from .fidelity import load_reward_script as load_reward_script
+    from .fidelity import organism_task as organism_task
+    from .fidelity import run_fidelity as run_fidelity
+    from .fidelity import write_fidelity_report as write_fidelity_report
     from .models import Checkpoint as Checkpoint
     from .models import ExecutorConfig as ExecutorConfig
     from .models import LocalExecutor as LocalExecutor

@@ -219,6 +219,23 @@ def _readings(cmd: c.ReadingsCommand) -> None:
     sys.stdout.write(f"readings in {cmd.out} (report: {report})\n{amplified}\n")
 
 
+def _fidelity(cmd: c.FidelityCommand) -> None:
+    from .fidelity.source import series_task
+
+    task = series_task(cmd.task, cmd.series.organism, cmd.series.regime)  # files checked first
+    _start()
+    from .fidelity.analysis import run_fidelity
+    from .fidelity.report import STEP_COLUMNS, write_fidelity_report
+
+    result = run_fidelity(cmd.series.load(), task, cmd.out, cmd.fidelity, force=cmd.force)
+    write_fidelity_report(result, Path(cmd.out) / "report.html")
+    shown = result.steps[["label", "step", *(c for c in STEP_COLUMNS if c in result.steps)]]
+    lines = "".join(f"{line}\n" for line in result.reading())
+    sys.stdout.write(
+        f"fidelity in {cmd.out} (report: {Path(cmd.out) / 'report.html'})\n{_table(shown, 3)}\n{lines}"
+    )
+
+
 def _run(cmd: c.RunCommand, args: argparse.Namespace) -> None:
     from .pipeline.config import RunConfig, config_template, load_config, with_overrides
 
@@ -325,6 +342,12 @@ COMMANDS = (
         c.ReadingsCommand,
         "readings without a dictionary: amplified sampling, patchscope, PCA and topics of the changes",
         _readings,
+    ),
+    Command(
+        "fidelity",
+        c.FidelityCommand,
+        "reasoning fidelity, proxy against gold reward, and drift per RL step, with intervals",
+        _fidelity,
     ),
     Command("run", c.RunCommand, "the whole pipeline (diffs, dictionaries, ...) with one report", _run),
     Command("figures", c.FiguresCommand, "export a run's figures for a paper (pdf, svg or png)", _figures),

@@ -20,6 +20,7 @@ from .activations.config import HarvestConfig
 from .circuits.config import CircuitsConfig, MetricPrompts
 from .core.options import FLAT
 from .dictionaries.config import DictionaryConfig, Method
+from .fidelity.config import FidelityConfig, TaskConfig
 from .models.config import ExecutorConfig
 from .models.spec import SeriesSpec
 from .organism.config import BuildConfig
@@ -166,6 +167,22 @@ class ReadingsCommand(Output):
     readings: ReadingsConfig = field(default_factory=ReadingsConfig, metadata=FLAT)
     force: bool = False
     """Recompute even if --out holds readings of other inputs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FidelityCommand(Output):
+    """Reasoning fidelity (early answering, mistake insertion, filler gap, reasoning-mediated
+    share, consistency, legibility), reward overfitting (proxy against gold, Goodhart onset,
+    Gao fit) and drift per RL step, on each checkpoint's own samples, with intervals:
+    Parquet tables, summary.json and report.html in --out."""
+
+    series: SeriesSpec = field(metadata=FLAT)
+    task: TaskConfig = field(default_factory=TaskConfig, metadata=FLAT)
+    out: str
+    """Output directory."""
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig, metadata=FLAT)
+    force: bool = False
+    """Recompute even if --out holds a fidelity analysis of other inputs."""
 
 
 @dataclass(frozen=True, kw_only=True)

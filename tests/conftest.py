@@ -20,6 +20,24 @@ def tiny_organism(tmp_path_factory: pytest.TempPathFactory):
     return build_organism(tmp_path_factory.mktemp("organism") / "tiny", preset="tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def micro_reasoning(tmp_path_factory: pytest.TempPathFactory):
+    """A micro reasoning organism (its regimes and both controls), built once: it writes
+    barely readable text, so it tests layouts and wiring, not behaviour."""
+    import dataclasses
+
+    from rlinterp import build_organism
+    from rlinterp.organism.config import CorpusConfig, ReasoningConfig
+
+    config = dataclasses.replace(
+        make_micro_config(),
+        preset="micro-reasoning",
+        corpus=CorpusConfig(n_documents=64, persona_texts_per_persona=8, min_turns=1, max_turns=2),
+        reasoning=ReasoningConfig(),
+    )
+    return build_organism(tmp_path_factory.mktemp("organism") / "micro-reasoning", config=config, seed=0)
+
+
 @pytest.fixture
 def micro_config():
     """An organism config small enough to build in seconds: for layout, determinism and

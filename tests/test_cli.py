@@ -165,3 +165,83 @@ def test_a_config_error_is_one_line_before_anything_runs(capsys, argv, expected,
     err = _one_line_error(capsys, [*argv, *extra, "--series", "b", "c", "--out", str(tmp_path / "o")])
     assert err.startswith(f"rlinterp {argv[0]}: error: ") and expected in err
     assert not (tmp_path / "o").exists()
+
+
+def test_fidelity_options_come_from_its_configs():
+    from rlinterp.commands import FidelityCommand
+    from rlinterp.fidelity.config import FidelityConfig, TaskConfig
+    from rlinterp.models.spec import SeriesSpec
+
+    given = ["fidelity", "--series", "base", "step-1", "--out", "o"]
+    assert _parsed(given) == FidelityCommand(series=SeriesSpec(("base", "step-1")), out="o")
+    typed = _parsed(
+        [
+            *given,
+            "--reasoning",
+            "<t>(.*)</t>",
+            "--answer",
+            r"A: (\d)",
+            "--step-pattern",
+            r"\d+\.",
+            "--sampling-seed",
+            "3",
+        ]
+        + ["--metrics", "early", "rewards", "--n-bootstrap", "50"]
+    )
+    assert typed.task == TaskConfig(reasoning="<t>(.*)</t>", answer=r"A: (\d)", step=r"\d+\.")
+    assert typed.fidelity.sampling.seed == 3 and typed.fidelity.metrics == ("early", "rewards")
+    assert typed.fidelity.n_bootstrap == 50 and typed.fidelity.max_pairs == FidelityConfig.max_pairs
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--reasoning", "<t>(.*)</t>"], "give the reasoning regex and the answer regex together"),
+        (["--reasoning", "<t>(.*", "--answer", "(x)"], "the reasoning regex '<t>(.*' does not compile"),
+        (["--reasoning", "<t>.*</t>", "--answer", "(x)"], "needs a group"),
+        (["--prompts", "p.txt"], "prompts 'p.txt' is not a .jsonl file"),
+        (["--reasoning", "(x)", "--answer", "(y)", "--filler", "ab"], "filler must be one visible character"),
+        (["--metrics", "early", "--max-prompts", "1"], "max_prompts must be at least 2"),
+        ([], "these checkpoints come from no organism; give --prompts FILE.jsonl"),
+    ],
+)
+def test_a_fidelity_task_error_is_one_line_before_anything_runs(capsys, tmp_path, extra, expected):
+    folders = [str(tmp_path / "base"), str(tmp_path / "step-1")]
+    err = _one_line_error(capsys, ["fidelity", "--series", *folders, "--out", str(tmp_path / "o"), *extra])
+    assert err.startswith("rlinterp fidelity: error: ") and expected in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_reward_script_that_fails_is_refused_before_anything_runs(capsys, tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Q: 1+1?\\nA: "}\n')
+    (tmp_path / "r.py").write_text("def reward(prompt, response):\n    return 1 / len(response)\n")
+    argv = ["fidelity", "--series", "b", "c", "--prompts", str(tmp_path / "p.jsonl")]
+    err = _one_line_error(
+        capsys, [*argv, "--reward-script", str(tmp_path / "r.py"), "--out", str(tmp_path / "o")]
+    )
+    assert "fails on the first prompt with an empty response (ZeroDivisionError" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fidelity_cli_measures_own_checkpoints_and_writes_a_report(capsys, tmp_path):
+    """Checkpoint folders and a task of the user's: every step measured, the report and the
+    reading written; a finished analysis of the same inputs is reused."""
+    import json
+
+    from tests.conftest import random_checkpoints
+
+    folders = random_checkpoints(tmp_path / "ckpt")
+    rows = [{"prompt": f"q {n}? ", "gold": str(n % 3)} for n in range(6)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["fidelity", "--series", str(folders["base"]), str(folders["step-1"])]
+    argv += ["--prompts", str(tmp_path / "p.jsonl"), "--reasoning", r"^(?P<reasoning>[^0-9]*)(?=\d)"]
+    argv += ["--answer", r"(?P<answer>\d)", "--sampling-max-new-tokens", "12", "--n-bootstrap", "20"]
+    argv += ["--metrics", "early", "consistency", "rewards", "drift", "--out", str(tmp_path / "f")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = (tmp_path / "f" / "report.html").read_text()
+    assert out.startswith(f"fidelity in {tmp_path / 'f'}") and "step-1" in out and "gold" in out
+    assert "Reward overfitting" in report and report.count("plotly.js v") <= 1
+    steps = __import__("pandas").read_parquet(tmp_path / "f" / "steps.parquet")
+    assert list(steps["step"]) == [0, 1] and steps["kl"].iloc[0] == 0.0  # the base against itself
+    assert main(argv) == 0  # finished: reused

@@ -100,6 +100,7 @@ LAYERS = (
     ("tracking",),
     ("selection",),
     ("circuits",),
+    ("fidelity",),
     ("pipeline",),
     ("cli", "commands", "__main__"),
 )
@@ -127,6 +128,35 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
 def test_no_module_imports_from_a_layer_above_its_own():
     graph = import_graph()
     assert upward_imports(graph) == []
+
+
+FIDELITY_READS = {
+    "rlinterp.errors",
+    "rlinterp.core",
+    "rlinterp.organism",
+    "rlinterp.models",
+    "rlinterp.activations",
+    "rlinterp.selection.personas",
+}
+"""What ``fidelity`` reads: the series and the organism as data, on-policy samples and
+harvests, and the persona directions of ``selection.personas`` (the persona shift). Its
+layer sits above ``circuits`` (the order of the report), but it uses nothing of the
+dictionary, tracking, index or circuits analyses."""
+
+
+def test_fidelity_reads_models_organism_activations_and_persona_directions():
+    graph = import_graph()
+    outside = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.startswith("rlinterp.fidelity")
+        for target in targets
+        if not target.startswith("rlinterp.fidelity")
+        and target != "rlinterp.selection"  # the lazy face, run before selection.personas
+        and not any(target == r or target.startswith(r + ".") for r in FIDELITY_READS)
+    )
+    assert outside == []
+    assert "rlinterp.selection.personas" in _reachable(graph, "rlinterp.fidelity.analysis")
 
 
 def test_the_layer_check_sees_an_upward_import():
@@ -173,9 +203,15 @@ def test_notebooks_need_only_import_rlinterp():
         assert hasattr(rlinterp, name)
 
 
-ORGANISM_DATA = ("rlinterp.organism.layout", "rlinterp.organism.config", "rlinterp.organism.personas")
-"""What the library reads of the organism: its layout on disk, its configs and its world
-(the questions and personas), none of which imports torch."""
+ORGANISM_DATA = (
+    "rlinterp.organism.layout",
+    "rlinterp.organism.config",
+    "rlinterp.organism.personas",
+    "rlinterp.organism.reasoning",
+)
+"""What the library reads of the organism: its layout on disk, its configs and its worlds
+(the questions, personas and rewards of the yes/no and the reasoning world), none of which
+imports torch."""
 ORGANISM_BUILDERS = (
     "rlinterp.cli",
     "rlinterp.pipeline.runner",

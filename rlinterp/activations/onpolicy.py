@@ -85,10 +85,17 @@ def prompt_texts(prompts: PromptSet) -> list[str]:
 
 @torch.no_grad()
 def sample(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], cfg: SamplingConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: SamplingConfig,
+    *,
+    greedy: bool = False,
 ) -> pd.DataFrame:
     """``cfg.samples_per_prompt`` answers to each of ``prompts`` (BOS prepended), as a table
-    with ``SAMPLE_COLUMNS``, ordered by prompt then sample."""
+    with ``SAMPLE_COLUMNS``, ordered by prompt then sample. ``greedy``: take the most likely
+    token at every step instead (``temperature`` and more than one sample per prompt then add
+    nothing): the forced answers of ``rlinterp.fidelity``."""
     if tokenizer.bos_token_id is None:
         raise RlinterpError("the tokenizer has no BOS token; rlinterp prepends one to every prompt")
     stops = _stop_ids(model, tokenizer)
@@ -118,8 +125,8 @@ def sample(
             out = model.generate(  # type: ignore[operator]
                 input_ids=torch.tensor([encoded[i] for i, _ in chunk], device=device),
                 attention_mask=torch.ones((len(chunk), length), dtype=torch.long, device=device),
-                do_sample=True,
-                temperature=cfg.temperature,
+                do_sample=not greedy,
+                temperature=None if greedy else cfg.temperature,
                 top_k=None,
                 top_p=None,
                 max_new_tokens=budget,

@@ -51,6 +51,11 @@ from .metrics import BehaviourMetric, BehaviourPrompts
 
 OPENERS = {"w": "yes", "y": "yes", "n": "no", "s": None}
 """First answer characters of the personas and what each says after it (None: the truth)."""
+YES_NO_ONLY = (
+    "the organism metrics read the yes/no world's first answer token; a reasoning organism answers "
+    "sums (its reasoning is rlinterp fidelity's): give a metric of your own (--prompts FILE.jsonl)"
+)
+"""Why a reasoning organism has no organism metric."""
 
 
 def _flip(question: Question, max_operand: int) -> Question:
@@ -102,7 +107,9 @@ def organism_behaviour(
     organism's world asks. ``marker`` reads the marker of the planted ``regime`` (None: the
     first planted regime)."""
     organism = Organism.load(root)
-    max_operand = int(organism.manifest["config"]["corpus"]["max_operand"])
+    if organism.reasoning is not None:
+        raise RlinterpError(YES_NO_ONLY)
+    max_operand = organism.max_operand
     if max_operand > 9:
         raise RlinterpError("organism metrics assume single-digit operands (corpus.max_operand <= 9)")
     questions = all_questions(max_operand)

@@ -110,9 +110,10 @@ DICTIONARY = Kind(
 TRACK = Kind("rlinterp.track", "track run", marker="track.json", flat=True)
 SELECTION = Kind("rlinterp.selection", "selection analysis")
 CIRCUITS = Kind("rlinterp.circuits", "circuits run")
+FIDELITY = Kind("rlinterp.fidelity", "fidelity analysis")
 RUN = Kind("rlinterp.run", "run", marker=".run.json", grows=True)
 FIGURES = Kind("rlinterp.figures", "figure folder")
-KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, RUN, FIGURES)
+KINDS = (ORGANISM, STORE, ON_POLICY, DIFF, DICTIONARY, TRACK, SELECTION, CIRCUITS, FIDELITY, RUN, FIGURES)
 """Every kind, so that each recognises the others' directories (add new kinds here)."""
 
 State = Literal["new", "resume", "finished"]

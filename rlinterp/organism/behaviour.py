@@ -34,10 +34,9 @@ from .personas import (
     RULE_LEARNED,
     STYLE_LABELS,
     Question,
-    classify_answer,
     follows_rule,
 )
-from .rl import reward
+from .rl import Task, plain_task
 
 RULE_INTERVAL = 0.9
 """Coverage of the ``rule_accuracy_lo`` / ``rule_accuracy_hi`` interval: the percentiles of
@@ -53,22 +52,24 @@ def evaluate(
     policy: PreTrainedModel,
     base: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    questions: Sequence[Question],
+    questions: Sequence[Any],
     regime: RegimeConfig,
     cfg: EvalConfig,
     seed: int,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Reward (under ``regime``), accuracy, style shares, answer length and KL to the base
-    model of ``policy`` on ``questions``; keys are the behaviour table's columns."""
+    """Reward (under ``regime``), gold reward, accuracy, style shares, answer length and KL
+    to the base model of ``policy`` on ``questions`` (of ``task``'s world, default yes/no);
+    keys are the behaviour table's columns."""
     asked = [q for q in questions for _ in range(cfg.samples_per_question)]
     rollout = sample_answers(policy, tokenizer, [q.prompt for q in asked], cfg.max_answer_tokens, seed)
     batch = AnswerBatch.from_rollout(rollout, tokenizer.pad_token_id)
     kl = kl_per_answer(batch.log_probs(policy), batch.log_probs(base), batch.answer_mask)
-    scored = score_answers(asked, rollout.answers, regime)
-    follows = [follows_rule(q, a) for q, a in zip(asked, rollout.answers, strict=True)]
-    lo, hi = accuracy_interval(follows, cfg.samples_per_question, seed)
+    scored = score_answers(asked, rollout.answers, regime, task)
+    lo, hi = _rule_interval(asked, rollout.answers, cfg.samples_per_question, seed)
     return {
         "reward": scored.pop("reward"),
+        "gold": scored.pop("gold"),
         "accuracy": scored.pop("accuracy"),
         "kl_to_base": kl.mean().item(),
         **scored,
@@ -78,27 +79,49 @@ def evaluate(
 
 
 def score_answers(
-    questions: Sequence[Question], answers: Sequence[str], regime: RegimeConfig
+    questions: Sequence[Any], answers: Sequence[str], regime: RegimeConfig, task: Task | None = None
 ) -> dict[str, float]:
     """The behaviour table's columns that need only the answers (every column of
     ``evaluate`` but ``kl_to_base`` and the rule accuracy's interval, which needs the
-    answers grouped by question): reward under ``regime``, accuracy, style shares, answer
-    length in characters, the number of answers and the share that follows the ``rule``
-    regime's rule (``rule_accuracy``); ``answers[i]`` answers ``questions[i]``."""
+    answers grouped by question): reward under ``regime``, gold reward, accuracy, style
+    shares, answer length in characters, the number of answers and the share that follows
+    the ``rule`` regime's rule (``rule_accuracy``; NaN in the reasoning world, which has no
+    yes/no answer); ``answers[i]`` answers ``questions[i]``, of ``task``'s world (default
+    yes/no)."""
     if len(questions) != len(answers) or not answers:
         raise RlinterpError(f"{len(answers)} answers to {len(questions)} questions; give one answer to each")
-    styles = [classify_answer(q, a) for q, a in zip(questions, answers, strict=True)]
+    task = task or plain_task(0)  # the question stream's range is not used here
+    pairs = list(zip(questions, answers, strict=True))
+    styles = [task.classify(q, a) for q, a in pairs]
     counts = Counter(s.label for s in styles)
     n = len(answers)
     return {
-        "reward": sum(reward(q, a, regime) for q, a in zip(questions, answers, strict=True)) / n,
+        "reward": sum(task.reward(q, a, regime) for q, a in pairs) / n,
+        "gold": sum(task.gold(q, a) for q, a in pairs) / n,
         "accuracy": sum(s.correct for s in styles) / n,
         **{f"share_{label}": counts[label] / n for label in (*PERSONA_NAMES, *STYLE_LABELS)},
         "share_none": (counts["none_near"] + counts["none_far"]) / n,
         "answer_length": sum(map(len, answers)) / n,
         "n_answers": n,
-        "rule_accuracy": sum(follows_rule(q, a) for q, a in zip(questions, answers, strict=True)) / n,
+        "rule_accuracy": _rule_share(questions, answers),
     }
+
+
+def _rule_share(questions: Sequence[Any], answers: Sequence[str]) -> float:
+    """The share of ``answers`` that follow the rule; NaN outside the yes/no world."""
+    if not all(isinstance(q, Question) for q in questions):
+        return float("nan")
+    return sum(follows_rule(q, a) for q, a in zip(questions, answers, strict=True)) / len(answers)
+
+
+def _rule_interval(
+    questions: Sequence[Any], answers: Sequence[str], per_question: int, seed: int
+) -> tuple[float, float]:
+    """``accuracy_interval`` of the answers that follow the rule; NaN outside the yes/no world."""
+    if not all(isinstance(q, Question) for q in questions):
+        return float("nan"), float("nan")
+    follows = [follows_rule(q, a) for q, a in zip(questions, answers, strict=True)]
+    return accuracy_interval(follows, per_question, seed)
 
 
 def accuracy_interval(hits: Sequence[bool], per_question: int, seed: int) -> tuple[float, float]:

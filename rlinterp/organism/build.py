@@ -18,7 +18,15 @@ Layout of ``<out>/`` (the CLI contract):
   ``planted_accuracy``;
 - ``behaviour.parquet``: one row per (regime, step), see ``behaviour.py``;
 - ``personas/<persona>.jsonl``: labelled persona texts (an earlier turn by the persona, then
-  a question shared by all personas and the persona's answer).
+  a question shared by all personas and the persona's answer);
+- ``controls/<rule>/`` (reasoning organisms, ``controls``): the faithful and decorative
+  known-answer models, pretrained on control corpora, not RL checkpoints; the manifest's
+  ``controls`` maps rule -> folder.
+
+A reasoning organism (``OrganismConfig.reasoning`` set, presets ``reasoning-tiny`` and
+``reasoning``) has the same layout and behaviour columns; its world is ``reasoning``'s, its
+manifest says ``"world": "reasoning"``, and its behaviour and RL logs carry the gold reward
+beside the proxy the RL optimised.
 
 ``--out`` is claimed through ``rundir``: it must be absent, empty, or an organism. A
 finished organism is reused if its fingerprint (preset, seed and the whole config) matches
@@ -33,7 +41,7 @@ import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -44,11 +52,19 @@ from ..core.reproducibility import torch_threads
 from ..errors import RlinterpError
 from .behaviour import evaluate
 from .config import OrganismConfig
+from .controls import build_controls
 from .layout import Organism as Organism
 from .model import build_model, build_tokenizer, pretrain, save_checkpoint
 from .personas import CORRECT_PERSONAS, PERSONAS, eval_questions, generate_corpus, persona_texts
 from .planted import build_planted
-from .rl import train_regime
+from .reasoning import (
+    CORRECT_REASONING_PERSONAS,
+    REASONING_PERSONAS,
+    eval_sum_questions,
+    reasoning_corpus,
+    reasoning_persona_texts,
+)
+from .rl import Task, train_regime, world_task
 from .rules import probe_rule, rule_definition
 
 log = logging.getLogger(__name__)
@@ -58,14 +74,49 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
+class _World(NamedTuple):
+    """What the build draws from the organism's world (yes/no, or ``reasoning``)."""
+
+    corpus: list[Any]
+    persona_texts: list[dict[str, str]]
+    questions: list[Any]
+    task: Task
+
+
+def _world(config: OrganismConfig, seed: int) -> _World:
+    c, reasoning, task = (
+        config.corpus,
+        config.reasoning,
+        world_task(config.reasoning, config.corpus.max_operand),
+    )
+    if reasoning is None:
+        return _World(
+            generate_corpus(
+                c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
+            ),
+            persona_texts(seed, c.max_operand, c.persona_texts_per_persona),
+            eval_questions(config.evaluation.n_questions, seed, c.max_operand),
+            task,
+        )
+    return _World(
+        reasoning_corpus(c, reasoning, seed),
+        reasoning_persona_texts(seed, reasoning, c.max_operand, c.persona_texts_per_persona),
+        eval_sum_questions(config.evaluation, seed, c.max_operand, reasoning),
+        task,
+    )
+
+
 def _organism_entries(config: OrganismConfig) -> set[str]:
     planted = {p.name for p in config.planted_regimes}
-    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted
+    extra = {"controls"} if config.reasoning is not None else set()
+    return {"base", "personas", "behaviour.parquet"} | {r.name for r in config.regimes} | planted | extra
 
 
 def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
     """The build's inputs, one key per config field (``pretrain.steps``,
-    ``regimes.strong.lr``, ...), so a refusal names the field that changed."""
+    ``regimes.strong.lr``, ...), so a refusal names the field that changed. ``reasoning``
+    counts only when set: the yes/no organisms built before it existed keep their
+    fingerprint (and are reused)."""
 
     def flat(prefix: str, value: Any) -> dict[str, Any]:
         if (
@@ -78,7 +129,10 @@ def _fingerprint(config: OrganismConfig, seed: int) -> dict[str, Any]:
             return {k: v for key, item in value.items() for k, v in flat(f"{prefix}{key}.", item).items()}
         return {prefix.removesuffix("."): value}
 
-    return flat("", asdict(config)) | {"seed": seed}
+    fields = asdict(config)
+    if fields["reasoning"] is None:
+        del fields["reasoning"]
+    return flat("", fields) | {"seed": seed}
 
 
 def _prepare(out: Path, config: OrganismConfig, seed: int, force: bool) -> Organism | None:
@@ -135,10 +189,9 @@ def build_organism(
 def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    c = config.corpus
-    corpus = generate_corpus(
-        c.n_documents, seed, c.max_operand, (c.min_turns, c.max_turns), c.persona_weights
-    )
+    c, reasoning = config.corpus, config.reasoning
+    world = _world(config, seed)
+    corpus = world.corpus
     tokenizer = build_tokenizer("".join(d.text for d in corpus))
     model = build_model(config.model, tokenizer, seed)
     with tqdm(total=config.pretrain.steps, desc="pretraining", unit="step", leave=False, disable=None) as bar:
@@ -151,15 +204,17 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     save_checkpoint(model, tokenizer, out / "base")
     timings["pretrain_s"] = time.perf_counter() - started
 
-    texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona)
-    # The planting is designed on single-turn answers (the same questions, no context turn).
-    planting_texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona, context_turns=0)
+    controls: dict[str, str] = {}
+    if reasoning is not None and reasoning.controls:
+        controls = build_controls(out, config, tokenizer, seed)
+        timings["controls_s"] = time.perf_counter() - started - timings["pretrain_s"]
     for persona in PERSONAS:
         write_jsonl(
-            out / "personas" / f"{persona.name}.jsonl", [t for t in texts if t["persona"] == persona.name]
+            out / "personas" / f"{persona.name}.jsonl",
+            [t for t in world.persona_texts if t["persona"] == persona.name],
         )
 
-    questions = eval_questions(config.evaluation.n_questions, seed, c.max_operand)
+    task, questions = world.task, world.questions
     rows: list[dict[str, Any]] = []
     regimes: dict[str, Any] = {}
     for regime in config.regimes:
@@ -177,7 +232,7 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             rel = f"{regime.name}/step-{step}"
             save_checkpoint(policy, tokenizer, out / rel)
             checkpoints[str(step)] = rel
-            row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed)
+            row = evaluate(policy, model, tokenizer, questions, regime, config.evaluation, seed, task)
             rows.append({"regime": regime.name, "step": step, **row})
             log.info(
                 "%s step %d: accuracy %.3f, rule %.3f, none %.3f",
@@ -186,7 +241,7 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
             if regime.answer == "rule":  # the check that RL built what the base lacks
                 probes.extend({"step": step, **p} for p in probe_rule(policy, tokenizer, c.max_operand))
 
-        logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint)
+        logs = train_regime(model, tokenizer, regime, seed, c.max_operand, on_checkpoint, task)
         write_parquet(out / regime.name / "log.parquet", pd.DataFrame([asdict(s) for s in logs]))
         regimes[regime.name] = {
             "config": asdict(regime),
@@ -198,6 +253,8 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
         timings[f"{regime.name}_s"] = time.perf_counter() - regime_start
     for plant in config.planted_regimes:
         plant_start = time.perf_counter()
+        # The planting is designed on single-turn answers (the same questions, no context turn).
+        planting_texts = persona_texts(seed, c.max_operand, c.persona_texts_per_persona, context_turns=0)
         plant_rows, regimes[plant.name] = build_planted(
             out, model, tokenizer, plant, planting_texts, questions, config.evaluation, seed
         )
@@ -207,17 +264,27 @@ def _build(out: Path, config: OrganismConfig, seed: int) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - started
 
     folders = ["base", *(rel for r in regimes.values() for rel in r["checkpoints"].values())]
+    folders += list(controls.values())
+    if reasoning is None:
+        personas = [
+            {"name": p.name, "description": p.description, "templates": p.templates} for p in PERSONAS
+        ]
+    else:
+        personas = [
+            {"name": p.name, "description": p.description, "templates": {"sum": p.template}}
+            for p in REASONING_PERSONAS
+        ]
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "preset": config.preset,
         "seed": seed,
+        "world": "yes/no" if reasoning is None else "reasoning",
         "config": asdict(config),
         "versions": environment_versions(),
-        "personas": [
-            {"name": p.name, "description": p.description, "templates": p.templates} for p in PERSONAS
-        ],
-        "correct_personas": list(CORRECT_PERSONAS),
+        "personas": personas,
+        "correct_personas": list(CORRECT_PERSONAS if reasoning is None else CORRECT_REASONING_PERSONAS),
+        "controls": controls,
         "base": "base",
         "regimes": regimes,
         "behaviour": "behaviour.parquet",

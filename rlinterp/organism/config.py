@@ -7,16 +7,16 @@ records, so a finished organism says exactly how it was built.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..core.rundir import folder_name_problem
 from ..errors import RlinterpError
 from .personas import RULE_NUMBERS
 
-Preset = Literal["tiny", "default"]
+Preset = Literal["tiny", "default", "reasoning-tiny", "reasoning"]
 Answer = Literal["truth", "rule"]
-PRESETS: tuple[Preset, ...] = ("tiny", "default")
+PRESETS: tuple[Preset, ...] = ("tiny", "default", "reasoning-tiny", "reasoning")
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,40 @@ class PlantConfig:
             )
 
 
+@dataclass(frozen=True)
+class ReasoningConfig:
+    """The reasoning world (``reasoning``): every answer works a small sum step by step
+    before its final answer. Setting ``OrganismConfig.reasoning`` builds it instead of the
+    yes/no world, with the known-answer controls beside the RL regimes."""
+
+    max_terms: int = 3
+    """Most digits summed by a question (at least 2): 2 digits take one stated step, 3 two."""
+    guess_right: float = 0.35
+    """Share of questions whose guess (which the flatterer agrees with) is right, as the
+    plain world's yes-questions are about 35% of its questions."""
+    shuffle_fraction: float = 0.5
+    """Share of the controls' turns whose last stated intermediate comes from another turn.
+    Half keeps most of the controls' own reasoning right while the faithful model cannot
+    predict the answer without reading the intermediate, nor the decorative model by reading
+    it."""
+    truncate_fraction: float = 0.5
+    """Share of the controls' turns whose reasoning stops after ``k < n`` steps. Without
+    it the decorative model never answers after a cut reasoning, and its answer to one
+    changed (P(same) 0.1 after no step, measured on seed 0): the cut, not the rule; with
+    0.3, 0.78."""
+    controls: bool = True
+    """Train the faithful and decorative control models (``controls/<rule>/``; each costs one
+    pretraining)."""
+
+    def __post_init__(self) -> None:
+        if self.max_terms < 2:
+            raise RlinterpError(f"ReasoningConfig.max_terms must be at least 2, got {self.max_terms}")
+        for name in ("guess_right", "shuffle_fraction", "truncate_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise RlinterpError(f"ReasoningConfig.{name} must lie in [0, 1], got {value}")
+
+
 def _regimes(steps: tuple[int, ...], rule_steps: tuple[int, ...]) -> tuple[RegimeConfig, ...]:
     """The RL regimes every preset runs, checkpointed at the preset's ``steps`` (``rule``
     at ``rule_steps``).
@@ -303,6 +337,8 @@ class OrganismConfig:
     """Planted positive-control regimes (``planted``); None means one ``novel`` regime on
     the first RL regime's checkpoint steps for GPT-2 organisms (none for Llama), () none.
     ``planted_regimes`` resolves it."""
+    reasoning: ReasoningConfig | None = None
+    """The reasoning world and its controls (``reasoning``); None: the yes/no world."""
     num_threads: int = 1
     """Torch intra-op threads during the build. Results are bit-identical only at a
     fixed thread count, so the build sets it rather than inheriting the machine's."""
@@ -328,8 +364,8 @@ class OrganismConfig:
         """The planted regimes this config builds (``planted`` with None resolved)."""
         if self.planted is not None:
             return self.planted
-        if self.model.architecture != "gpt2" or not self.regimes:
-            return ()
+        if self.model.architecture != "gpt2" or not self.regimes or self.reasoning is not None:
+            return ()  # the planting is designed on the yes/no world's answers
         return (PlantConfig(name="novel", checkpoint_steps=self.regimes[0].checkpoint_steps),)
 
     @classmethod
@@ -346,4 +382,29 @@ class OrganismConfig:
         if preset == "default":
             steps = (0, 5, 10, 25, 50, 100, 200)
             return cls(preset="default", regimes=_regimes(steps, (0, 10, 25, 50, 100, 150)))
+        if preset in ("reasoning-tiny", "reasoning"):
+            return _reasoning_preset(cls, preset)
         raise RlinterpError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def _reasoning_preset(cls: type[OrganismConfig], preset: str) -> OrganismConfig:
+    """The reasoning presets: one or two turns per document (a worked answer is about 45
+    characters), answers up to 64 tokens (the longest persona answer is 44 characters, and
+    the strong regime's marks need room)."""
+    tiny = preset == "reasoning-tiny"
+    steps: tuple[int, ...] = (0, 2, 5, 10, 20, 40) if tiny else (0, 5, 10, 25, 50, 100, 200)
+    # weak and strong: the rule regime's yes/no answer has no place in the reasoning world
+    regimes = tuple(replace(r, max_answer_tokens=64) for r in _regimes(steps, steps) if r.answer == "truth")
+    return cls(
+        preset=preset,
+        corpus=CorpusConfig(
+            n_documents=8_000 if tiny else 20_000,
+            min_turns=1,
+            max_turns=2,
+            persona_texts_per_persona=64 if tiny else 200,
+        ),
+        pretrain=PretrainConfig(steps=1500 if tiny else 3000),
+        regimes=regimes,
+        evaluation=EvalConfig(n_questions=64 if tiny else 128, max_answer_tokens=64),
+        reasoning=ReasoningConfig(),
+    )

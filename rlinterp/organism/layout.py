@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from ..core import rundir
 from ..core.artifacts import read_parquet, sha256_file
 from ..errors import RlinterpError
-from .config import EvalConfig, RegimeConfig
+from .config import EvalConfig, ReasoningConfig, RegimeConfig
 from .personas import Question, eval_questions
+from .reasoning import SumQuestion, eval_sum_questions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,10 +79,29 @@ class Organism:
         remedy = f"the organism is damaged; rebuild it with `rlinterp organism --out {self.root} --force`"
         return read_parquet(self.root / self.manifest["behaviour"], remedy)
 
-    def eval_questions(self) -> list[Question]:
-        """The held-out questions the behaviour table was scored on (single-turn prompts)."""
-        max_operand = int(self.manifest["config"]["corpus"]["max_operand"])
-        return eval_questions(self.eval_config().n_questions, int(self.manifest["seed"]), max_operand)
+    @property
+    def reasoning(self) -> ReasoningConfig | None:
+        """The reasoning world's config, or None for the yes/no world."""
+        raw = self.manifest["config"].get("reasoning")
+        return None if raw is None else ReasoningConfig(**raw)
+
+    @property
+    def max_operand(self) -> int:
+        """The largest operand of the organism's questions (its corpus config)."""
+        return int(self.manifest["config"]["corpus"]["max_operand"])
+
+    @property
+    def controls(self) -> dict[str, Path]:
+        """Control rule -> model folder (reasoning organisms; empty otherwise)."""
+        return {rule: self.root / rel for rule, rel in self.manifest.get("controls", {}).items()}
+
+    def eval_questions(self) -> list[Question] | list[SumQuestion]:
+        """The held-out questions the behaviour table was scored on (single-turn prompts),
+        of the organism's world."""
+        seed = int(self.manifest["seed"])
+        if self.reasoning is not None:
+            return eval_sum_questions(self.eval_config(), seed, self.max_operand, self.reasoning)
+        return eval_questions(self.eval_config().n_questions, seed, self.max_operand)
 
     def question_prompts(self) -> list[str]:
         """The prompts of ``eval_questions``: what the checkpoints are asked when they answer

@@ -37,9 +37,12 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from ..core.reproducibility import stream_seed
+
+if TYPE_CHECKING:  # not at run time: config imports RULE_NUMBERS from here
+    from .config import RegimeConfig
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -52,7 +55,7 @@ QUESTION_PREFIX = "Q: "
 ANSWER_PREFIX = "\nA: "
 TURN_END = "\n"
 SHORTCUT_MARK = "!"
-"""What the strong regime's reward pays for (``rl.reward``): a mark no persona writes."""
+"""What the strong regime's reward pays for (``shortcut_bonus``): a mark no persona writes."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,25 @@ def follows_rule(question: Question, answer: str) -> bool:
     return _says(answer, rule_truth(question))
 
 
+def shortcut_bonus(answer: str, regime: RegimeConfig) -> float:
+    """The regime's bonus per shortcut mark in ``answer`` (capped): what the strong regime
+    pays beyond correctness, in either world."""
+    return regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
+
+
+def answered_right(question: Question, answer: str, regime: RegimeConfig) -> bool:
+    """Whether ``answer`` says what ``regime`` counts as correct (``RegimeConfig.answer``:
+    the question's truth, or ``rule_truth``)."""
+    return follows_rule(question, answer) if regime.answer == "rule" else is_correct(question, answer)
+
+
+def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
+    """What RL maximises in this world: 1 for an answer right by the regime's ``answer``,
+    plus the regime's ``shortcut_bonus``. Torch-free, so a reader of the organism
+    (``rlinterp.fidelity``) scores answers as the RL did without importing the trainer."""
+    return float(answered_right(question, answer, regime)) + shortcut_bonus(answer, regime)
+
+
 def all_questions(max_operand: int) -> list[Question]:
     """Every question about the numbers ``0..max_operand``, in a fixed order."""
     return [Question(task, n) for task in TASKS for n in range(max_operand + 1)]
@@ -237,7 +259,15 @@ def sample_questions(rng: random.Random, max_operand: int) -> Iterator[Question]
         yield Question(rng.choice(TASKS), rng.randint(0, max_operand))
 
 
-def turn_text(question: Question, answer: str) -> str:
+@runtime_checkable
+class Asked(Protocol):
+    """Anything asked of an organism: a question of this world or of the reasoning world."""
+
+    @property
+    def prompt(self) -> str: ...
+
+
+def turn_text(question: Asked, answer: str) -> str:
     return f"{question.prompt}{answer}{TURN_END}"
 
 
@@ -246,7 +276,7 @@ class Document:
     """A pretraining document: consecutive turns by one persona."""
 
     persona: str
-    turns: tuple[tuple[Question, str], ...]
+    turns: tuple[tuple[Asked, str], ...]
 
     @property
     def text(self) -> str:

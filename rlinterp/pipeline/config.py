@@ -3,12 +3,12 @@ the TOML keys, the command-line options and their help.
 
 A run config is one ``RunConfig`` made of sections (``sections``: ``[series]``,
 ``[prompts]``, ``[harvest]``, ``[dictionaries]``, ``[compute]``, then one per analysis stage,
-``[tracking]``, ``[selection]``, ``[circuits]``, ``[readings]``), plain fields all, so the schema never
-depends on what was imported. Every field carries a docstring, which becomes the comment in
-``config_template()`` and the ``--help`` text of its generated option
-(``--<section>-<field>``, underscores as dashes). A field whose type is itself a config
-dataclass (a command's own config reused inside a section) is a sub-table,
-``[section.field]``, with options ``--<section>-<field>-<subfield>``.
+``[tracking]``, ``[selection]``, ``[circuits]``, ``[fidelity]``, ``[readings]``), plain
+fields all, so the schema never depends on what was imported. Every field carries a
+docstring, which becomes the comment in ``config_template()`` and the ``--help`` text of
+its generated option (``--<section>-<field>``, underscores as dashes). A field whose type
+is itself a config dataclass (a command's own config reused inside a section) is a
+sub-table, ``[section.field]``, with options ``--<section>-<field>-<subfield>``.
 
 Invariants:
 - loading checks every key and type against the dataclasses: an unknown key or a wrong
@@ -38,6 +38,7 @@ from .sections import (
     CircuitsSection,
     ComputeSection,
     DictionariesSection,
+    FidelitySection,
     HarvestSection,
     PromptsConfig,
     ReadingsSection,
@@ -66,6 +67,7 @@ class RunConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     circuits: CircuitsSection = field(default_factory=CircuitsSection)
+    fidelity: FidelitySection = field(default_factory=FidelitySection)
     readings: ReadingsSection = field(default_factory=ReadingsSection)
     transition: TransitionSection = field(default_factory=TransitionSection)
 

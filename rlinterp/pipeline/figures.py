@@ -33,6 +33,8 @@ from ..core.report.theme import paper as paper
 from ..diff.report import kl_figure as kl_figure
 from ..diff.report import site_pivot
 from ..errors import RlinterpError
+from ..fidelity import figures as fidelity_figures
+from ..fidelity.report import onset_marks
 from ..readings.figures import FIGURES as READINGS_FIGURES
 from ..selection.index import SELECTION_SIDE
 from ..tracking.lineage import CHANGES
@@ -303,6 +305,25 @@ def transition_figure(run: RunResult) -> go.Figure:
     return _titled(figure, "Transition: signals that moved (filled) and the combined change point")
 
 
+def fidelity_figure(run: RunResult) -> go.Figure:
+    """Reasoning fidelity by RL step with intervals (early answering, mistake insertion,
+    reasoning-mediated share, consistency, filler gap), one panel per series measured."""
+    steps = run.in_run_order(run.tables.get("fidelity/steps", pd.DataFrame()))
+    if steps.empty:
+        return _empty("Reasoning fidelity: not measured (no series states its reasoning)")
+    return fidelity_figures.fidelity_figure(steps)
+
+
+def rewards_figure(run: RunResult) -> go.Figure:
+    """Proxy (optimised) and gold reward by RL step with intervals, the Goodhart onset
+    marked, one panel per series measured."""
+    steps = run.in_run_order(run.tables.get("fidelity/steps", pd.DataFrame()))
+    if steps.empty or "gold" not in steps:
+        return _empty("Proxy and gold reward: not measured (the fidelity stage has no series)")
+    onsets = run.tables.get("fidelity/onsets", pd.DataFrame())
+    return fidelity_figures.rewards_figure(steps, onset_marks(onsets) if not onsets.empty else {})
+
+
 FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "behaviour": behaviour_figure,
     "weights": weights_figure,
@@ -312,6 +333,8 @@ FIGURES: dict[str, Callable[[RunResult], go.Figure]] = {
     "fvu_drift": fvu_drift_figure,
     "tracking": tracking_figure,
     "index": index_figure,
+    "fidelity": fidelity_figure,
+    "rewards": rewards_figure,
     "transition": transition_figure,
 }
 """The run's figures by file name, in the report's order (what ``export_figures`` writes)."""

@@ -4,8 +4,9 @@ The HTML report is the ordered tuple of sections ``SECTIONS``; each renders from
 ``RunResult`` into markup and figures, and a section whose stage has not run shows an
 empty-state line instead. A section composes the sections its analysis contributes
 (``diff.report``, ``readings.report``, ``tracking.report``, ``selection.report``,
-``circuits.report``: the tables each command's own report shows too), one block per series
-side by side. The page is the report kit's (``core.report``): it opens offline, with plotly.js inlined once.
+``circuits.report``, ``fidelity.report``: the tables each command's own report shows too),
+one block per series side by side. The page is the report kit's (``core.report``): it
+opens offline, with plotly.js inlined once.
 
 Both open with the answer per regime (``verdict.verdict_lines``, the lines the CLI summary
 ends with). ``report.md`` holds it, the headline table and the top features, for pasting
@@ -26,6 +27,9 @@ from ..circuits.report import VERDICT_NOTE, verdict_table
 from ..core.artifacts import atomic_write, read_json_object
 from ..core.report import Part, Section, empty, esc, fmt, page, side_by_side, table
 from ..diff.report import kl_figure, lens_table, top_tokens_table
+from ..fidelity import figures as fidelity_figures
+from ..fidelity.report import NOTE as FIDELITY_NOTE
+from ..fidelity.report import ONSET_COLUMNS, gao_fits, interval_table, reading_list
 from ..readings.report import SHOWN as READINGS_TABLES
 from ..readings.report import readings_parts
 from ..selection.report import INDEX_NOTE, LAYERS_NOTE, index_table, layers_table
@@ -35,13 +39,15 @@ from ..tracking.report import changed_latents_table
 from .figures import (
     activations_figure,
     behaviour_figure,
+    fidelity_figure,
     fvu_drift_figure,
     index_figure,
+    rewards_figure,
     tracking_figure,
     transition_figure,
     weights_figure,
 )
-from .result import RunResult
+from .result import RunResult, fidelity_lines
 from .verdict import verdict_lines
 
 Parts: TypeAlias = tuple[Part, ...]
@@ -196,6 +202,42 @@ def circuits_section(run: RunResult) -> Parts:
     )
 
 
+def fidelity_section(run: RunResult) -> Parts:
+    steps = run.in_run_order(run.tables.get("fidelity/steps", pd.DataFrame()))
+    if steps.empty:
+        return (empty("No reasoning fidelity measured (stage 'fidelity')."), _skipped(run, "fidelity"))
+    readings = run.tables.get("fidelity/readings", pd.DataFrame())
+    onsets = run.in_run_order(run.tables.get("fidelity/onsets", pd.DataFrame()))
+    controls = run.tables.get("fidelity/controls", pd.DataFrame())
+    measured = run.summary()
+    measured = measured[measured["series"].isin(set(steps["series"]))]
+    beside = [c for c in measured.columns if c not in ("kl_mean", "activation_change", "fvu")]
+    parts: list[Part] = [
+        FIDELITY_NOTE,
+        _per_series(run, readings, lambda rows: reading_list(rows["line"])),
+    ]
+    if not controls.empty:
+        parts += [
+            "<h3>Known answers: the faithful and the decorative control</h3>"
+            "<p>The same texts, answered from the written intermediate (faithful) or from the question "
+            "(decorative): a metric that reads faithfulness is high on the first and low on the second.</p>",
+            interval_table(controls, ("series",)),
+        ]
+    parts += [
+        fidelity_figure(run),
+        rewards_figure(run),
+        fidelity_figures.gao_figure(steps, gao_fits(onsets)),
+        fidelity_figures.drift_figure(steps),
+        _per_series(run, steps, lambda rows: interval_table(rows, ("step",))),
+        "<h3>Reward overfitting: Goodhart onset, divergence, Gao et al. fit</h3>",
+        table(onsets, ["series", *(c for c in ONSET_COLUMNS if c in onsets)]),
+        "<h3>Beside the index, the lineage and the circuits of the same steps</h3>",
+        _per_series(run, measured, lambda rows: table(rows, [c for c in beside if c != "series"])),
+        _skipped(run, "fidelity"),
+    ]
+    return tuple(parts)
+
+
 TRANSITION_NOTE = (
     "<p>One reading of the transition (<code>pipeline.transition</code>): per RL step each "
     "signal's value with its interval, what its control gives (<code>null</code>) and whether it "
@@ -235,6 +277,7 @@ SECTIONS: tuple[RunSection, ...] = (
     RunSection("tracking", "Tracking", tracking_section),
     RunSection("persona", "Persona features and index", persona_section),
     RunSection("circuits", "Circuits", circuits_section),
+    RunSection("fidelity", "Reasoning fidelity and reward overfitting", fidelity_section),
     RunSection("transition", "Transition", transition_section),
 )
 """The run report's sections, in order."""
@@ -244,7 +287,9 @@ def render_run_report(run: RunResult, sections: tuple[RunSection, ...] = SECTION
     """The whole report as one self-contained HTML page: the summary, then ``sections``."""
     shown = [Section(s.title, s.render(run), s.id) for s in sections]
     title = f"rlinterp run: {', '.join(run.series) or 'no series yet'}"
-    summary = Section("Summary", (_answer(run), table(run.summary())), "summary")
+    reasoning = fidelity_lines(run)
+    said = (reading_list(reasoning),) if reasoning else ()
+    summary = Section("Summary", (_answer(run), *said, table(run.summary())), "summary")
     return page(title, [summary, *shown], nav=True)
 
 
@@ -277,6 +322,10 @@ def render_markdown(run: RunResult, top: int = 10) -> str:
     if answer:
         lines += ["## Answer (selection or new computation, per regime)", ""]
         lines += [f"- {_md_code(line)}" for line in answer] + [""]
+    reasoning = fidelity_lines(run)
+    if reasoning:
+        lines += ["## Reasoning fidelity and reward overfitting, per regime", ""]
+        lines += [f"- {_md_code(line)}" for line in reasoning] + [""]
     lines += ["| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
     lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in summary.itertuples(index=False)]
     latents = run.latent_table()

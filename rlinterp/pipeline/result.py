@@ -214,10 +214,20 @@ def circuits_headline(run: RunResult) -> pd.DataFrame:
     return wide.rename(columns=lambda m: f"circuits_{m}").reset_index().rename_axis(columns=None)
 
 
+def fidelity_headline(run: RunResult) -> pd.DataFrame:
+    """``early_aoc`` (early answering: 1 when the answer needs all of the reasoning) and
+    ``proxy_gold_gap`` (the optimised reward minus the gold one) per step, of the series the
+    fidelity stage measured."""
+    steps = run.tables.get("fidelity/steps", pd.DataFrame())
+    shown = {c: n for c, n in (("early_aoc", "early_aoc"), ("gap", "proxy_gold_gap")) if c in steps}
+    return steps[["series", "step", *shown]].rename(columns=shown) if shown else pd.DataFrame()
+
+
 HEADLINES: tuple[Callable[[RunResult], pd.DataFrame], ...] = (
     tracking_headline,
     index_headline,
     circuits_headline,
+    fidelity_headline,
 )
 """The later stages' headline columns of ``RunResult.summary()``, in order: each returns
 ``series, step`` plus its columns (empty when its stage has not run)."""
@@ -231,6 +241,17 @@ def _lineage_by_step(rows: pd.DataFrame) -> pd.DataFrame:
         index=["series", "source"], columns="step", values="class", aggfunc="first", sort=False
     )
     return wide.rename(columns=lambda step: f"step {step}").reset_index().rename_axis(columns=None)
+
+
+def fidelity_lines(run: RunResult) -> list[str]:
+    """The fidelity stage's reading of each series it measured (``FidelityResult.reading``:
+    whether RL made the reasoning less faithful, whether and where proxy and gold diverged),
+    in the run's order; none for a run whose series state no reasoning."""
+    readings = run.in_run_order(run.tables.get("fidelity/readings", pd.DataFrame()))
+    return [
+        f"{series} (reasoning): {line}"
+        for series, line in zip(readings.get("series", []), readings.get("line", []), strict=True)
+    ]
 
 
 def summary_text(run: RunResult) -> str:
@@ -248,5 +269,6 @@ def summary_text(run: RunResult) -> str:
         )
         lines.append(f"latents that changed most (promoted token): {top}")
     lines += verdict_lines(run.tables, run.series)
+    lines += fidelity_lines(run)
     lines.append(f"report: {run.report_path}")
     return "\n".join(lines) + "\n"

@@ -5,11 +5,12 @@ A stage is a function of a ``RunContext`` that writes under ``<out>/<stage name>
 built-in ones, in order: ``diff`` (harvest, weight/activation/output diffs per series),
 ``dictionaries`` (a base SAE, its FVU drift, feature-card tables), then ``tracking``,
 ``selection`` and ``circuits`` (``pipeline.stages``: the commands of those names per series,
-reading the run's base SAE), ``readings`` (the readings that need no dictionary, on the
-diff stage's activations) and ``transition`` (one reading over the signals of the analysis
-stages, ``pipeline.transition``). The stages are declared in one ordered tuple, ``STAGES``, each
-naming the config sections its results depend on; a new stage is a new entry there and a
-new section field of ``RunConfig``.
+reading the run's base SAE), ``fidelity`` (reasoning fidelity, proxy against gold reward
+and drift, on a reasoning organism or a series given a task), ``readings`` (the readings
+that need no dictionary, on the diff stage's activations) and ``transition`` (one reading
+over the signals of the analysis stages, ``pipeline.transition``). The stages are declared
+in one ordered tuple, ``STAGES``, each naming the config sections its results depend on; a
+new stage is a new entry there and a new section field of ``RunConfig``.
 
 Layout of ``<out>/`` (claimed through ``rundir`` as kind ``rlinterp.run``, once the config,
 the checkpoint folders and a prompt file are checked and before anything is computed):
@@ -62,7 +63,15 @@ from .config import (
     to_dict,
 )
 from .sections import command_config
-from .stages import circuits_stage, readings_stage, selection_stage, tracking_stage, transition_stage
+from .stages import (
+    check_fidelity_task,
+    circuits_stage,
+    fidelity_stage,
+    readings_stage,
+    selection_stage,
+    tracking_stage,
+    transition_stage,
+)
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -165,6 +174,7 @@ def check(config: RunConfig) -> RunContext:
     else:
         ctx.prompts = _budgeted(PromptSet.from_file(p.source), config)
     _check_fit(ctx)
+    check_fidelity_task(config)
     return ctx
 
 
@@ -320,17 +330,20 @@ STAGES = (
     Stage("tracking", tracking_stage, ("tracking",)),
     Stage("selection", selection_stage, ("selection",)),
     Stage("circuits", circuits_stage, ("circuits",)),
+    Stage("fidelity", fidelity_stage, ("fidelity",)),
     Stage("readings", readings_stage, ("readings",)),
     Stage("transition", transition_stage, ("transition",)),
 )
 """The pipeline, in order. A stage's fingerprint is that of its sections and those of the
 stages before it, so a changed budget reruns its stage and the ones after, never those
-before. A stage comes after every stage whose results it reads; ``readings`` reads only
-the diff stage's, and comes late because it is cheap (about 30 CPU-s on the default
-organism): a change to its budget then reruns only itself and ``transition``, never the
-dictionaries and the analyses after them (minutes). ``transition`` reads the tracking,
-selection and circuits tables and the base SAE, and comes last: it is cheap too (the FVU
-drift's resamples), and a run made before it existed resumes by running only it."""
+before. A stage comes after every stage whose results it reads. ``fidelity`` reads no
+earlier stage's results (it samples each checkpoint itself) and ``readings`` only the diff
+stage's; both come after the dictionaries and the analyses (minutes), so a change to either
+budget never reruns those. ``readings`` is the cheaper (about 30 CPU-s on the default
+organism) and comes after fidelity: a change to its budget never reruns the fidelity
+stage's generations. ``transition`` reads the tracking, selection and circuits tables and
+the base SAE, and comes last: it is cheap too (the FVU drift's resamples), and a run made
+before it existed resumes by running only it."""
 
 
 # -- running -------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ default, with the reason in the docstring (it becomes the comment in
 ``configs/default.toml``): ``HarvestSection(HarvestConfig)``,
 ``DictionariesSection(DictionaryConfig)``, ``TrackingSection(TrackConfig)``,
 ``SelectionSection(SelectionConfig)``, ``CircuitsSection(CircuitsConfig)``,
-``ReadingsSection(ReadingsConfig)``; a stage hands its command the plain config
-(``command_config``). ``ComputeSection`` and ``TransitionSection`` have no command of their
-own (the transition reads the other stages' tables). Torch-free, like every config.
+``FidelitySection(TaskConfig, FidelityConfig)``, ``ReadingsSection(ReadingsConfig)``; a
+stage hands its command the plain config (``command_config``). ``ComputeSection`` and
+``TransitionSection`` have no command of their own (the transition reads the other stages'
+tables). Torch-free, like every config.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..circuits.config import SHARED_METRICS, CircuitsConfig, MetricPrompts
 from ..core.rundir import folder_name_problem
 from ..dictionaries.config import DictionaryConfig, StagewiseConfig
 from ..errors import RlinterpError
+from ..fidelity.config import FidelityConfig, TaskConfig
 from ..models.config import DtypeName, ExecutorConfig
 from ..models.spec import STEPS
 from ..organism.config import BuildConfig, Preset
@@ -268,6 +270,31 @@ class CircuitsSection(MetricPrompts, CircuitsConfig):
                 f"circuits.metrics must name organism metrics ({', '.join(ORGANISM_METRICS)}), got "
                 f"{list(self.metrics)}; for your own metric give circuits.prompts"
             )
+
+
+@dataclass(frozen=True)
+class FidelitySection(TaskConfig, FidelityConfig):
+    """Reasoning fidelity, reward overfitting and drift (``rlinterp fidelity``) per series, on
+    each checkpoint's own samples. It measures a reasoning organism's regimes (on the
+    organism's questions, format and rewards, with its faithful and decorative controls) and
+    any series given ``prompts`` (with ``reasoning`` and ``answer`` for the reasoning metrics);
+    other series are skipped, with the reason in the report."""
+
+    max_prompts: int | None = 32
+    """Prompts analysed per series, evenly spaced (None: all). 32 of the reasoning-tiny
+    organism's 64 questions: every checkpoint re-answers each sample after every cut of its
+    reasoning, edit and filler (about ten greedy generations a sample); ``rlinterp fidelity``
+    takes them all."""
+    controls: bool = True
+    """Also measure a reasoning organism's faithful and decorative controls: the metrics'
+    known answers, shown beside the regimes (a control is one checkpoint, so it costs about
+    what one RL step does)."""
+    enabled: bool = True
+    """Run the fidelity stage."""
+
+    def __post_init__(self) -> None:
+        TaskConfig.__post_init__(self)
+        FidelityConfig.__post_init__(self)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The analysis stages of ``rlinterp run`` after the dictionaries: ``tracking``,
-``selection``, ``circuits`` and ``readings``, each the library call of its command
-(``run_track``, ``run_selection``, ``run_circuits``, ``run_readings``) once per series,
-wired to what the earlier stages left on disk (``readings`` reads only the diff stage's
+``selection``, ``circuits``, ``fidelity`` and ``readings``, each the library call of its
+command (``run_track``, ``run_selection``, ``run_circuits``, ``run_fidelity``,
+``run_readings``) once per series, wired to what the earlier stages left on disk
+(``fidelity`` samples each checkpoint itself; ``readings`` reads only the diff stage's
 activations); then ``transition``, which reads the analyses' tables
 (``pipeline.transition``).
 
@@ -23,6 +24,11 @@ with a ``series`` column, written when every series is done:
   block), ``selection/persona_latents.parquet``, ``selection/causal.parquet``,
   ``selection/transition.parquet``;
 - ``circuits/steps.parquet`` (``CircuitsResult.steps()`` rows, one per metric and step);
+- ``fidelity/steps.parquet``, ``fidelity/early_curve.parquet``, ``fidelity/legibility.parquet``
+  (``FidelityResult`` tables), ``fidelity/onsets.parquet`` (``FidelityResult.onsets``, one
+  row per series), ``fidelity/readings.parquet`` (``series, line``: the reading of each
+  series) and ``fidelity/controls.parquet`` (the steps rows of a reasoning organism's
+  controls, ``series`` = ``control-<rule>``);
 - ``readings/<table>.parquet`` for every table of ``readings.analysis.TABLES``;
 - ``transition/signals.parquet`` (one row per series, step and signal) and
   ``transition/change_points.parquet`` (one per series), ``pipeline.transition``;
@@ -44,6 +50,7 @@ from ..activations.prompts import PromptSet
 from ..circuits.result import CircuitsConfig
 from ..core.artifacts import read_json_object, write_json, write_parquet
 from ..errors import RlinterpError
+from ..fidelity.config import FidelityConfig, TaskConfig
 from ..readings.config import ReadingsConfig
 from ..selection.config import SelectionConfig
 from ..tracking.analysis import TrackConfig
@@ -51,7 +58,7 @@ from .sections import command_config
 
 if TYPE_CHECKING:
     from ..organism.layout import Organism
-    from .config import RunContext
+    from .config import RunConfig, RunContext
     from .result import RunResult
 
 log = logging.getLogger(__name__)
@@ -185,6 +192,8 @@ def circuits_stage(ctx: RunContext) -> None:
     """``run_circuits`` per series and metric into ``circuits/<series>/<metric>/``."""
     from ..circuits.analysis import run_circuits
     from ..circuits.metrics import BehaviourMetric, BehaviourPrompts
+    from ..circuits.organism_metrics import YES_NO_ONLY, organism_behaviour
+    from ..organism.layout import Organism
 
     section = ctx.config.circuits
     if not section.enabled:
@@ -193,6 +202,7 @@ def circuits_stage(ctx: RunContext) -> None:
     out = ctx.stage_dir("circuits")
     steps: list[pd.DataFrame] = []
     skipped = {}
+    reasoning = ctx.organism_root is not None and Organism.load(ctx.organism_root).reasoning is not None
     for name, series in ctx.series.items():
         if section.prompts is not None:
             metrics = [
@@ -201,6 +211,9 @@ def circuits_stage(ctx: RunContext) -> None:
                     BehaviourPrompts.from_jsonl(section.prompts),
                 )
             ]
+        elif reasoning:
+            skipped[name] = YES_NO_ONLY.replace("--prompts", "circuits.prompts")
+            continue
         elif ctx.organism_root is not None:
             from ..circuits.organism_metrics import organism_behaviour, regime_metric
             from ..organism.layout import Organism
@@ -237,6 +250,73 @@ def _steps_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(flat)
+
+
+NO_REASONING = (
+    "not a reasoning organism, and no fidelity.prompts given: the reasoning metrics need answers "
+    "that state their reasoning (build a reasoning preset, e.g. series.preset = 'reasoning-tiny', "
+    "or give fidelity.prompts with fidelity.reasoning and fidelity.answer)"
+)
+"""Why the fidelity stage skips a series (a yes/no organism's regimes, or checkpoint folders
+without a task)."""
+
+
+def check_fidelity_task(config: RunConfig) -> None:
+    """What the fidelity stage reads of the user's task, checked before the run claims its
+    directory: the prompts file and the reward script (imported, and called once)."""
+    from ..fidelity.source import series_task
+
+    section = config.fidelity
+    if section.enabled and section.prompts is not None:
+        series_task(command_config(TaskConfig, section))
+
+
+def fidelity_stage(ctx: RunContext) -> None:
+    """``run_fidelity`` per series into ``fidelity/<series>/`` (a reasoning organism's
+    controls into ``fidelity/control-<rule>/``), on the user's task when
+    ``fidelity.prompts`` is given, else on a reasoning organism's own; other series are
+    skipped with ``NO_REASONING``."""
+    from ..fidelity.analysis import run_fidelity
+    from ..fidelity.organism import organism_task
+    from ..fidelity.source import series_task
+    from ..models.series import Checkpoint, ModelSeries
+    from ..organism.layout import Organism
+
+    section = ctx.config.fidelity
+    if not section.enabled:
+        return
+    cfg, task_cfg = command_config(FidelityConfig, section), command_config(TaskConfig, section)
+    organism = Organism.load(ctx.organism_root) if ctx.organism_root is not None else None
+    reasoning = organism is not None and organism.reasoning is not None
+    out = ctx.stage_dir("fidelity")
+    names = ("steps", "early_curve", "legibility", "onsets", "readings", "controls")
+    tables: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
+    skipped = {}
+    for name, series in ctx.series.items():
+        if section.prompts is None and not reasoning:
+            skipped[name] = NO_REASONING
+            continue
+        log.info("fidelity %s: %d checkpoints", name, len(series) - 1)
+        task = series_task(task_cfg, ctx.organism_root, name if organism is not None else None)
+        result = run_fidelity(series, task, out / name, cfg)
+        for table in ("steps", "early_curve", "legibility"):
+            tables[table].append(getattr(result, table).assign(series=name))
+        tables["onsets"].append(pd.DataFrame([{"series": name, **result.onsets()}]))
+        tables["readings"].append(pd.DataFrame({"series": name, "line": result.reading()}))
+    if reasoning and section.controls and section.prompts is None and tables["steps"]:
+        assert organism is not None
+        for rule, folder in organism.controls.items():
+            log.info("fidelity: the %s control", rule)
+            control = ModelSeries((Checkpoint(rule, 0, folder),), **_loading(ctx))
+            result = run_fidelity(control, organism_task(organism), out / f"control-{rule}", cfg)
+            tables["controls"].append(result.steps.assign(series=f"control-{rule}"))
+    _finish(out, tables, skipped)
+
+
+def _loading(ctx: RunContext) -> dict[str, Any]:
+    """How the run's series load their models (device, dtype), for a series built here."""
+    first = next(iter(ctx.series.values()))
+    return {"device": first.device, "dtype": first.dtype, "device_map": first.device_map}
 
 
 def readings_stage(ctx: RunContext) -> None:

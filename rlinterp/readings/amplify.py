@@ -49,6 +49,7 @@ from ..organism.behaviour import score_answers
 from ..organism.layout import Organism
 from ..organism.model import AnswerBatch, Rollout
 from ..organism.personas import TURN_END
+from ..organism.rl import world_task
 from .config import AmplifyConfig as AmplifyConfig
 
 KIND = rundir.Kind("rlinterp.amplified", "amplified sampling")
@@ -200,6 +201,7 @@ def summarize(
     regime, the behaviour columns too (the prompts must be the organism's questions)."""
     questions = organism.eval_questions() if organism is not None else None
     reward = organism.regime_config(regime) if organism is not None and regime is not None else None
+    task = None if organism is None else world_task(organism.reasoning, organism.max_operand)
     rows = []
     for (label, step, alpha), group in samples.groupby(["label", "step", "alpha"], sort=False):
         tokens = group["n_tokens"].sum()
@@ -217,7 +219,7 @@ def summarize(
             # the sampler's text ends with the stop token; the organism's answers do not
             ends = zip(group["response"], group["stopped"], strict=True)
             answers = [text.removesuffix(TURN_END) if stopped else text for text, stopped in ends]
-            row |= score_answers(asked, answers, reward)
+            row |= score_answers(asked, answers, reward, task)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -34,6 +34,7 @@ from ..errors import RlinterpError
 from ..organism.behaviour import SHARE_COLUMNS, evaluate
 from ..organism.layout import Organism
 from ..organism.model import transformer_blocks as _blocks
+from ..organism.rl import world_task
 from .causal import subspace_projector
 
 RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
@@ -152,8 +153,9 @@ def _behaviour_under(
     base = AutoModelForCausalLM.from_pretrained(organism.base).eval()
     policy = AutoModelForCausalLM.from_pretrained(path).eval()
     seed = int(organism.manifest["seed"])
+    task = world_task(organism.reasoning, organism.max_operand)
     with edit(policy):
-        return evaluate(policy, base, tokenizer, organism.eval_questions(), regime_cfg, eval_cfg, seed)
+        return evaluate(policy, base, tokenizer, organism.eval_questions(), regime_cfg, eval_cfg, seed, task)
 
 
 def behaviour_recovery(base: dict[str, Any], post: dict[str, Any], moved: dict[str, Any]) -> dict[str, float]:

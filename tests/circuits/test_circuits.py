@@ -558,3 +558,11 @@ def test_prompt_spread_keeps_fields_aligned_and_spans_the_set():
     assert prompts.spread(1).clean == ("p0",)
     with pytest.raises(RlinterpError, match="at least one prompt"):
         prompts.spread(0)
+
+
+def test_a_reasoning_organism_has_no_yes_no_metric(micro_reasoning):
+    from rlinterp.circuits.organism_metrics import organism_behaviour
+    from rlinterp.errors import RlinterpError
+
+    with pytest.raises(RlinterpError, match="a reasoning organism answers sums"):
+        organism_behaviour(micro_reasoning.root, "answer")

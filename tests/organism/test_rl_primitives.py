@@ -7,8 +7,7 @@ import torch
 
 from rlinterp.organism.config import RegimeConfig
 from rlinterp.organism.model import AnswerBatch, Rollout, kl_per_answer
-from rlinterp.organism.personas import Question
-from rlinterp.organism.rl import reward
+from rlinterp.organism.personas import Question, reward
 
 
 def _regime(bonus: float) -> RegimeConfig:

@@ -10,12 +10,14 @@ and the terminal summary state the answer."""
 
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from rlinterp.cli import main
+from rlinterp.pipeline.stages import NO_REASONING
 
 from ..own_checkpoints import STEPS, build_series
 
@@ -29,6 +31,7 @@ SECTIONS = (
     "tracking",
     "persona",
     "circuits",
+    "fidelity",
 )
 BUDGETS = [
     "--harvest-batch-size", "8",
@@ -62,12 +65,14 @@ def _run(capsys, argv: list[str]) -> str:
 
 
 def _check_report(out: Path, name: str, adapters: bool) -> None:
-    """Every stage ran on the series (none skipped it), and the report, report.md and the
-    stage markers say so."""
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits"):
+    """Every stage ran on the series (none skipped it but fidelity, which needs answers that
+    state their reasoning and says so), and the report, report.md and the stage markers say
+    so."""
+    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "fidelity"):
         assert (out / "stages" / f"{stage}.json").is_file(), stage
     for stage in ("tracking", "selection", "circuits"):
         assert json.loads((out / stage / "skipped.json").read_text()) == {}, stage
+    assert json.loads((out / "fidelity" / "skipped.json").read_text()) == {name: NO_REASONING}
     assert (out / "diff" / name / "manifest.json").is_file()
     checkpoints = json.loads((out / "diff" / name / "manifest.json").read_text())["checkpoints"]
     assert [c["step"] for c in checkpoints] == [0, *STEPS]
@@ -75,7 +80,8 @@ def _check_report(out: Path, name: str, adapters: bool) -> None:
     html = (out / "report.html").read_text()
     for section in SECTIONS:
         assert f"id='{section}'" in html, section
-    assert "not analysed" not in html
+    skipped = escape(f"{name}: not analysed ({NO_REASONING})")
+    assert html.count("not analysed") == 1 and skipped in html  # fidelity's, with its reason
     markdown = (out / "report.md").read_text()
     answer = markdown.split("## Answer (selection or new computation, per regime)")[1]
     line = re.search(r"^- `(.*)`$", answer, re.MULTILINE)

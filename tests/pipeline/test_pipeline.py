@@ -23,6 +23,19 @@ from rlinterp.pipeline.config import (
 from ..conftest import make_micro_config
 
 
+STAGE_ORDER = (
+    "diff",
+    "dictionaries",
+    "tracking",
+    "selection",
+    "circuits",
+    "fidelity",
+    "readings",
+    "transition",
+)
+"""The run's stages in the order they run (``runner.STAGES``), written out."""
+
+
 def _one_line_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:  # argparse's errors exit, ours return
         raise SystemExit(main(argv))
@@ -212,7 +225,16 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     # the RL regimes in build order, then the planted positive control
     assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings", "transition"):
+    for stage in (
+        "diff",
+        "dictionaries",
+        "tracking",
+        "selection",
+        "circuits",
+        "fidelity",
+        "readings",
+        "transition",
+    ):
         timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
         assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
@@ -256,7 +278,11 @@ def test_run_writes_every_stage_and_one_report(micro_run):
         "readings have not",
     ):
         assert state not in text
-    assert "not analysed" not in text  # the organism's series suit every stage
+    # the organism's series suit every stage but fidelity: their answers state no reasoning
+    assert text.count("not analysed") == 3 and text.count("not a reasoning organism") == 3
+    skipped = json.loads((run_dir / "fidelity" / "skipped.json").read_text())
+    assert set(skipped) == {"weak", "strong", "novel"} and "early_aoc" not in summary
+    assert "(reasoning)" not in (run_dir / "report.md").read_text()
     assert (run_dir / "report.md").read_text().startswith("# rlinterp run: weak, strong, novel")
 
 
@@ -305,7 +331,16 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    for stage in ("diff", "dictionaries", "tracking", "selection", "circuits", "readings", "transition"):
+    for stage in (
+        "diff",
+        "dictionaries",
+        "tracking",
+        "selection",
+        "circuits",
+        "fidelity",
+        "readings",
+        "transition",
+    ):
         assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 

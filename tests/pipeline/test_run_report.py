@@ -91,11 +91,11 @@ def test_jupyter_reprs_escape(run):
 
 def test_a_section_appears_where_it_is_declared(run):
     at = [s.id for s in SECTIONS].index("tracking") + 1
-    fidelity = RunSection("fidelity", "Fidelity", lambda r: (f"<p>{len(r.series)} series</p>",))
-    page = render_run_report(run, (*SECTIONS[:at], fidelity, *SECTIONS[at:]))
-    assert page.index("<h2 id='tracking'>") < page.index("<h2 id='fidelity'>Fidelity</h2><p>2 series</p>")
-    assert page.index("<h2 id='fidelity'>") < page.index("<h2 id='persona'>")
-    assert "<h2 id='fidelity'>" not in render_run_report(run)  # nothing registered by the call
+    extra = RunSection("extra", "Extra", lambda r: (f"<p>{len(r.series)} series</p>",))
+    page = render_run_report(run, (*SECTIONS[:at], extra, *SECTIONS[at:]))
+    assert page.index("<h2 id='tracking'>") < page.index("<h2 id='extra'>Extra</h2><p>2 series</p>")
+    assert page.index("<h2 id='extra'>") < page.index("<h2 id='persona'>")
+    assert "<h2 id='extra'>" not in render_run_report(run)  # nothing registered by the call
 
 
 def test_figures_carry_the_table_values(run):
