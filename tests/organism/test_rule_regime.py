@@ -18,10 +18,10 @@ from rlinterp.organism.personas import (
     all_questions,
     follows_rule,
     is_correct,
+    reward,
     rule_truth,
 )
 from rlinterp.organism.probe import probe_folds
-from rlinterp.organism.personas import reward
 from rlinterp.organism.rules import FEATURES, answer_position_residuals, number_folds, probe_prompts
 
 from ..conftest import make_micro_config, tiny_hf_config

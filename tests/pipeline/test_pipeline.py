@@ -22,7 +22,6 @@ from rlinterp.pipeline.config import (
 
 from ..conftest import make_micro_config
 
-
 STAGE_ORDER = (
     "diff",
     "dictionaries",
