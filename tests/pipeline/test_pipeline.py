@@ -224,16 +224,7 @@ def test_run_writes_every_stage_and_one_report(micro_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     # the RL regimes in build order, then the planted positive control
     assert manifest["kind"] == "rlinterp.run" and manifest["series"] == ["weak", "strong", "novel"]
-    for stage in (
-        "diff",
-        "dictionaries",
-        "tracking",
-        "selection",
-        "circuits",
-        "fidelity",
-        "readings",
-        "transition",
-    ):
+    for stage in STAGE_ORDER:
         timing = json.loads((run_dir / "stages" / f"{stage}.json").read_text())
         assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
     run = RunResult.load(run_dir)
@@ -330,16 +321,7 @@ def test_resume_skips_finished_stages(micro_run, caplog):
     before = (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="rlinterp.pipeline"):
         run_pipeline(config, progress=False)
-    for stage in (
-        "diff",
-        "dictionaries",
-        "tracking",
-        "selection",
-        "circuits",
-        "fidelity",
-        "readings",
-        "transition",
-    ):
+    for stage in STAGE_ORDER:
         assert f"stage {stage}: finished earlier, kept" in caplog.text
     assert (root / "run" / "dictionaries" / "latent_steps.parquet").stat().st_mtime_ns == before
 
