@@ -37,12 +37,23 @@ import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..core.reproducibility import stream_seed
 
-if TYPE_CHECKING:  # not at run time: config imports RULE_NUMBERS from here
-    from .config import RegimeConfig
+
+@runtime_checkable
+class RewardedRegime(Protocol):
+    """What the rewards read of a regime (``config.RegimeConfig``; a protocol here because
+    ``config`` imports ``RULE_NUMBERS`` from this module)."""
+
+    @property
+    def answer(self) -> str: ...
+    @property
+    def shortcut_bonus(self) -> float: ...
+    @property
+    def shortcut_cap(self) -> int: ...
+
 
 Task = Literal["even", "big"]
 TASKS: tuple[Task, ...] = ("even", "big")
@@ -229,19 +240,19 @@ def follows_rule(question: Question, answer: str) -> bool:
     return _says(answer, rule_truth(question))
 
 
-def shortcut_bonus(answer: str, regime: RegimeConfig) -> float:
+def shortcut_bonus(answer: str, regime: RewardedRegime) -> float:
     """The regime's bonus per shortcut mark in ``answer`` (capped): what the strong regime
     pays beyond correctness, in either world."""
     return regime.shortcut_bonus * min(answer.count(SHORTCUT_MARK), regime.shortcut_cap)
 
 
-def answered_right(question: Question, answer: str, regime: RegimeConfig) -> bool:
-    """Whether ``answer`` says what ``regime`` counts as correct (``RegimeConfig.answer``:
+def answered_right(question: Question, answer: str, regime: RewardedRegime) -> bool:
+    """Whether ``answer`` says what ``regime`` counts as correct (``RewardedRegime.answer``:
     the question's truth, or ``rule_truth``)."""
     return follows_rule(question, answer) if regime.answer == "rule" else is_correct(question, answer)
 
 
-def reward(question: Question, answer: str, regime: RegimeConfig) -> float:
+def reward(question: Question, answer: str, regime: RewardedRegime) -> float:
     """What RL maximises in this world: 1 for an answer right by the regime's ``answer``,
     plus the regime's ``shortcut_bonus``. Torch-free, so a reader of the organism
     (``rlinterp.fidelity``) scores answers as the RL did without importing the trainer."""

@@ -60,9 +60,15 @@ def test_peak_memory_does_not_grow_with_the_prompts(tmp_path, monkeypatch):
     cfg = HarvestConfig(hooks=tuple(default_hooks(N_LAYER)), batch_size=BATCH)
     harvest(series, prompts(BATCH), tmp_path / "warm-up", cfg)  # loads both models once
 
-    small = peak_growth(lambda: harvest(series, prompts(64), tmp_path / "x1", cfg))
-    large = peak_growth(lambda: harvest(series, prompts(256), tmp_path / "x4", cfg))
-    stored = sum(f.stat().st_size for f in (tmp_path / "x4").rglob("*.safetensors"))
+    # the least of two runs each: one run's peak varies by ~15 MiB with what the allocator
+    # holds from earlier tests in the process (measured 51.7 and 70.8 MiB in one suite run)
+    small = min(
+        peak_growth(lambda i=i: harvest(series, prompts(64), tmp_path / f"x1-{i}", cfg)) for i in (0, 1)
+    )
+    large = min(
+        peak_growth(lambda i=i: harvest(series, prompts(256), tmp_path / f"x4-{i}", cfg)) for i in (0, 1)
+    )
+    stored = sum(f.stat().st_size for f in (tmp_path / "x4-0").rglob("*.safetensors"))
     assert stored > 100 * MIB  # 256 prompts x 61 tokens x 4 hooks x 256 floats x 2 models
     assert large - small < 16 * MIB, (small / MIB, large / MIB)  # measured 55 to 69 MiB, both
 
