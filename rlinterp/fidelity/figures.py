@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from ..core.report import PALETTE
+from ..core.report import PALETTE, side_by_side_figure
 from .stats import curve
 
 FIDELITY_LINES = (
@@ -35,16 +34,6 @@ def _series(table: pd.DataFrame) -> list[str]:
 def _rows(table: pd.DataFrame, series: str) -> pd.DataFrame:
     rows = table[table["series"] == series] if "series" in table else table
     return rows.sort_values("step")
-
-
-def _panels(names: Sequence[str]) -> go.Figure:
-    return make_subplots(
-        rows=1,
-        cols=max(1, len(names)),
-        subplot_titles=list(names) or [""],
-        shared_yaxes=True,
-        horizontal_spacing=0.06,
-    )
 
 
 def _line(
@@ -73,7 +62,7 @@ def _line(
 
 def _lines(steps: pd.DataFrame, lines: Sequence[tuple[str, str]], title: str, y_title: str) -> go.Figure:
     names = _series(steps)
-    figure = _panels(names)
+    figure = side_by_side_figure(names)
     for col, series in enumerate(names, 1):
         rows = _rows(steps, series)
         for i, (column, label) in enumerate(lines):
@@ -130,7 +119,7 @@ def gao_figure(steps: pd.DataFrame, fits: Mapping[str, dict[str, Any]] | None = 
     """Change of gold and proxy reward from the first step against sqrt(KL(pi_t || pi_0)),
     with the fitted curves ``d (alpha - beta log d)`` (Gao et al. 2022)."""
     names = _series(steps)
-    figure = _panels(names)
+    figure = side_by_side_figure(names)
     for col, series in enumerate(names, 1):
         rows = _rows(steps, series)
         if "sqrt_kl" not in rows:
@@ -191,7 +180,7 @@ def early_curve_figure(curve_table: pd.DataFrame, series: str | None = None) -> 
     if table.empty:
         return go.Figure(layout={"title": "Early answering: no reasoning to cut"})
     lengths = sorted(table["n_steps"].unique())
-    figure = _panels([f"{n} step{'s' if n > 1 else ''}" for n in lengths])
+    figure = side_by_side_figure([f"{n} step{'s' if n > 1 else ''}" for n in lengths])
     steps = sorted(table["step"].unique())
     for col, n in enumerate(lengths, 1):
         for i, step in enumerate(steps):

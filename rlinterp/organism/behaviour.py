@@ -107,21 +107,25 @@ def score_answers(
     }
 
 
+def _follows_rule(questions: Sequence[Any], answers: Sequence[str]) -> list[bool] | None:
+    """Whether each answer follows the rule; None outside the yes/no world (no such answer)."""
+    if not all(isinstance(q, Question) for q in questions):
+        return None
+    return [follows_rule(q, a) for q, a in zip(questions, answers, strict=True)]
+
+
 def _rule_share(questions: Sequence[Any], answers: Sequence[str]) -> float:
     """The share of ``answers`` that follow the rule; NaN outside the yes/no world."""
-    if not all(isinstance(q, Question) for q in questions):
-        return float("nan")
-    return sum(follows_rule(q, a) for q, a in zip(questions, answers, strict=True)) / len(answers)
+    follows = _follows_rule(questions, answers)
+    return float("nan") if follows is None else sum(follows) / len(follows)
 
 
 def _rule_interval(
     questions: Sequence[Any], answers: Sequence[str], per_question: int, seed: int
 ) -> tuple[float, float]:
     """``accuracy_interval`` of the answers that follow the rule; NaN outside the yes/no world."""
-    if not all(isinstance(q, Question) for q in questions):
-        return float("nan"), float("nan")
-    follows = [follows_rule(q, a) for q, a in zip(questions, answers, strict=True)]
-    return accuracy_interval(follows, per_question, seed)
+    follows = _follows_rule(questions, answers)
+    return (float("nan"), float("nan")) if follows is None else accuracy_interval(follows, per_question, seed)
 
 
 def accuracy_interval(hits: Sequence[bool], per_question: int, seed: int) -> tuple[float, float]:
