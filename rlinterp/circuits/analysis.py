@@ -64,6 +64,7 @@ from .patching import (
     components,
     direct_logit_attribution,
     patched_logits,
+    patched_logits_each,
     residual_components,
     run_terms,
 )
@@ -92,6 +93,11 @@ class _Context:
         size = self.config.batch_size
         for start in range(0, n, size):
             yield list(range(start, min(start + size, n)))
+
+    def blocks(self, tokens: torch.Tensor) -> int:
+        """Patches run together in one stacked pass over ``tokens``: as many as fit in
+        ``batch_size`` rows."""
+        return max(1, self.config.batch_size // len(tokens))
 
     def device(self, batch: MetricBatch) -> MetricBatch:
         return MetricBatch(
@@ -244,7 +250,8 @@ def _patch_setting(
     for batch, receiver_tokens, donor_terms in _runs(ctx, donor, setting, exact_only=False):
         metric = partial(ctx.metric, batch=batch)  # clean targets score corrupted runs too
         steps, path = ctx.config.attribution_steps, ctx.config.attribution_interpolation
-        found = attribution(receiver, receiver_tokens, donor_terms, comps, metric, steps, path)
+        blocks = ctx.blocks(receiver_tokens)
+        found = attribution(receiver, receiver_tokens, donor_terms, comps, metric, steps, path, blocks)
         attributions.append(found.float().cpu())
         with torch.no_grad():
             gaps.append(ctx.score(donor_terms.logits, batch) - ctx.score(receiver(receiver_tokens), batch))
@@ -259,9 +266,14 @@ def _patch_setting(
         with torch.no_grad():
             own = ctx.score(receiver(receiver_tokens), batch)
             effects = torch.full((len(own), len(comps)), float("nan"))
-            for i in chosen:
-                patched = patched_logits(receiver, receiver_tokens, donor_terms, [comps[i]])
-                effects[:, i] = ctx.score(patched, batch) - own
+            size = ctx.blocks(receiver_tokens)
+            for start in range(0, len(chosen), size):
+                group = chosen[start : start + size]
+                patched = patched_logits_each(
+                    receiver, receiver_tokens, donor_terms, [[comps[i]] for i in group]
+                )
+                for i, logits in zip(group, patched, strict=True):
+                    effects[:, i] = ctx.score(logits, batch) - own
         exacts.append(effects)
     return _Patched(estimate, torch.cat(exacts), torch.cat(gaps))
 

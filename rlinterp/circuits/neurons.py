@@ -103,8 +103,9 @@ def neuron_attribution(
     block = Component(f"L{layer}.mlp", "mlp", layer)
     alphas = [0.0] if steps == 1 else [(k + 0.5) / steps for k in range(steps)]
     total = torch.zeros(tokens.shape[0], own.post[layer].shape[-1], device=tokens.device)
-    for alpha in alphas:
-        gradient = _gradients(receiver, tokens, metric, donor, [block], alpha)[f"mlp{layer}"]
+    # every interpolation point in one stacked pass (``patching.stacked_patch_hooks``)
+    gradients = _gradients(receiver, tokens, metric, donor, [[block]] * len(alphas), alphas)[f"mlp{layer}"]
+    for gradient in gradients.unflatten(0, (len(alphas), -1)):
         total += donor_neurons.term_change(own, layer, gradient).detach()
     return total / len(alphas)
 

@@ -60,6 +60,58 @@ def test_patching_every_component_reproduces_the_donor_exactly(tmp_path, arch):
     assert torch.allclose(P.patched_logits(base, tokens, donor, [final]), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stacked_patches_read_as_separate_runs(tmp_path, arch):
+    base = load_bridge(_random_model(arch, 0, tmp_path / "base"))
+    post = load_bridge(_random_model(arch, 1, tmp_path / "post"))
+    tokens = torch.randint(4, 48, (3, 10))
+    lengths = torch.tensor([10, 6, 8])  # right padding: the @last sites differ per row
+    donor, own = P.run_terms(post, tokens, lengths), P.run_terms(base, tokens, lengths)
+    comps = P.components(base)
+    names = [c.name for c in comps]
+    heads = [c for c in comps if c.kind == "head"]
+    patches = [
+        [],
+        list(comps),
+        heads[:1],
+        [heads[0], heads[-1], *P.resolve(base, [names[-1]])],  # two layers' heads and the readout
+        P.resolve(base, ["resid.L1@last", "L0.mlp"]),
+        P.resolve(base, ["embed", "resid.L1"]),
+    ]
+    each = P.patched_logits_each(base, tokens, donor, patches)
+    assert each.shape == (len(patches), *own.logits.shape)
+    # Known answers in the stack: nothing patched is the base, everything the donor.
+    assert torch.equal(each[0], P.patched_logits(base, tokens, donor, []))
+    assert torch.allclose(each[0], own.logits, atol=1e-5)
+    assert torch.allclose(each[1], donor.logits, atol=1e-5)
+    for patch, stacked in zip(patches, each, strict=True):
+        assert torch.allclose(stacked, P.patched_logits(base, tokens, donor, patch), atol=1e-5)
+    # Fractional moves (the integrated-gradient path) block by block, as alone.
+    alphas = [0.25, 1.0, 0.5, 0.0, 0.75, 0.5]
+    hooks = P.stacked_patch_hooks(base, donor, patches, alphas)
+    stacked = base.run_with_hooks(P.stack(tokens, len(patches)), fwd_hooks=hooks).unflatten(0, (6, -1))
+    for patch, alpha, block in zip(patches, alphas, stacked, strict=True):
+        alone = base.run_with_hooks(tokens, fwd_hooks=P.patch_hooks(base, donor, patch, alpha))
+        assert torch.allclose(block, alone, atol=1e-5)
+
+
+def test_stacked_attribution_matches_one_pass_per_point(tmp_path):
+    base = load_bridge(_random_model("gpt2", 0, tmp_path / "base"))
+    post = load_bridge(_random_model("gpt2", 1, tmp_path / "post"))
+    tokens = torch.randint(4, 48, (4, 9))
+    donor = P.run_terms(post, tokens)
+    comps = P.components(base) + P.residual_components(base)
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    for steps, interpolate in ((1, "site"), (2, "component"), (3, "site")):
+        alone = P.attribution(base, tokens, donor, comps, metric, steps, interpolate)
+        for blocks in (4, 1000):
+            stacked = P.attribution(base, tokens, donor, comps, metric, steps, interpolate, blocks)
+            assert torch.allclose(stacked, alone, rtol=1e-4, atol=1e-5), (steps, interpolate, blocks)
+
+
 def test_residual_patching_at_the_last_token_leaves_earlier_positions_alone(tmp_path):
     base = load_bridge(_random_model("gpt2", 0, tmp_path / "base"))
     post = load_bridge(_random_model("gpt2", 1, tmp_path / "post"))

@@ -316,6 +316,28 @@ def test_subspace_patch_along_the_planted_shift_recovers_it_and_its_complement_n
         patch_subspace(series, store, "step-1", HOOK, along, at="decision")
 
 
+def test_stacked_edits_read_as_separate_runs(shifted_series, monkeypatch):
+    """Edits of one batch run stacked in one pass; each block is what that edit alone gives,
+    also when the size cap splits the stack (one edit per pass)."""
+    from rlinterp.selection import causal
+
+    series, store, vector = shifted_series
+    model = series.load(series.base)
+    batch = next(causal._batches(store, "cpu", "kept"))
+    edits = [causal._offset(batch[1], scale * vector) for scale in (0.0, 1.0, -2.0)]
+
+    def alone(edit):
+        logits = model.run_with_hooks(batch[0], fwd_hooks=[(HOOK, edit)], return_type="logits")
+        return torch.log_softmax(logits.float()[batch[2]], dim=-1)
+
+    expected = [alone(edit) for edit in edits]
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the edits do differ
+    for cap in (causal.STACKED_LOGITS, 1):
+        monkeypatch.setattr(causal, "STACKED_LOGITS", cap)
+        for got, want in zip(causal._log_probs_each(model, batch, HOOK, edits), expected, strict=True):
+            assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_random_basis_and_projector():
     basis = random_basis(8, 3, seed=1)
     assert torch.allclose(basis.T @ basis, torch.eye(3), atol=1e-5)
