@@ -506,7 +506,7 @@ def _gradients(
             hooks.append((f"blocks.{layer}.hook_resid_pre", keep(f"resid{layer}")))
     with torch.enable_grad():
         logits = model.run_with_hooks(stack(tokens, len(patches)), fwd_hooks=hooks)
-        total = sum(metric(block).sum() for block in logits.unflatten(0, (len(patches), -1)))
+        total = torch.stack([metric(block).sum() for block in logits.unflatten(0, (len(patches), -1))]).sum()
         keys = list(values)
         grads = torch.autograd.grad(total, [values[k] for k in keys], allow_unused=True)
     return {k: torch.zeros_like(values[k]) if g is None else g for k, g in zip(keys, grads, strict=True)}

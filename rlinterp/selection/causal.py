@@ -163,6 +163,12 @@ def _checkpoint(series: ModelSeries, label: str) -> Any:
     return checkpoint
 
 
+Check = tuple[EditPair, list[EditPair], float]
+"""One check's edits on one batch: the real edit pair, its control edit pairs (their
+recoveries are averaged) and the summed norm of what the real edit moves over the measured
+positions."""
+
+
 def _measure(
     series: ModelSeries,
     store: ActivationStore,
@@ -170,51 +176,60 @@ def _measure(
     hook: str,
     at: str,
     intervention: str,
-    edits: Callable[[Batch, Tensor, Tensor], tuple[EditPair, list[EditPair], float]],
-) -> CausalResult:
+    edits: Callable[[Batch, Tensor, Tensor], list[Check]],
+) -> list[CausalResult]:
     """The KL bookkeeping shared by both interventions: ``edits(batch, h_base, h_post)``
-    (the two models' activations at ``hook``) gives one batch's real edit pair, its control
-    edit pairs (their recoveries are averaged) and the summed norm of what the real edit
-    moves over the measured positions."""
+    (the two models' activations at ``hook``) gives one batch's edits of each check (the
+    same number on every batch). The checks share the clean runs, and every edit of one
+    model on a batch runs in one stacked pass (``_log_probs_each``)."""
     checkpoint = _checkpoint(series, label)
     base_model, post_model = series.load(series.base), series.load(checkpoint)
-    sums = dict.fromkeys(("gap", "steered", "ablated", "random_steered", "random_ablated", "norm"), 0.0)
-    n = 0
+    names = ("steered", "ablated", "random_steered", "random_ablated", "norm")
+    sums: list[dict[str, float]] = []
+    gap, n = 0.0, 0
     for batch in _batches(store, str(post_model.cfg.device), at):
         base, h_base = _clean_run(base_model, batch, hook)
         post, h_post = _clean_run(post_model, batch, hook)
-        (steer, ablate), controls, norm = edits(batch, h_base, h_post)
-        steered, *random_steered = _log_probs_each(base_model, batch, hook, [steer, *(c[0] for c in controls)])
-        ablated, *random_ablated = _log_probs_each(post_model, batch, hook, [ablate, *(c[1] for c in controls)])
-        sums["gap"] += _kl(post, base).sum().item()
-        sums["steered"] += _kl(post, steered).sum().item()
-        sums["ablated"] += _kl(ablated, base).sum().item()
-        for random_steer, random_ablate in zip(random_steered, random_ablated, strict=True):
-            sums["random_steered"] += _kl(post, random_steer).sum().item() / len(controls)
-            sums["random_ablated"] += _kl(random_ablate, base).sum().item() / len(controls)
-        sums["norm"] += norm
+        checks = edits(batch, h_base, h_post)
+        sums = sums or [dict.fromkeys(names, 0.0) for _ in checks]
+        pairs = [pair for real, controls, _ in checks for pair in (real, *controls)]
+        steered = iter(_log_probs_each(base_model, batch, hook, [steer for steer, _ in pairs]))
+        ablated = iter(_log_probs_each(post_model, batch, hook, [ablate for _, ablate in pairs]))
+        gap += _kl(post, base).sum().item()
+        for total, (_, controls, norm) in zip(sums, checks, strict=True):
+            total["steered"] += _kl(post, next(steered)).sum().item()
+            total["ablated"] += _kl(next(ablated), base).sum().item()
+            for _ in controls:
+                total["random_steered"] += _kl(post, next(steered)).sum().item() / len(controls)
+                total["random_ablated"] += _kl(next(ablated), base).sum().item() / len(controls)
+            total["norm"] += norm
         n += int(batch[2].sum())
-    mean = {k: v / max(n, 1) for k, v in sums.items()}
-    gap = mean["gap"]
+    gap /= max(n, 1)
 
     def moved(kl: float) -> float:
         return 1 - kl / gap if gap > 0 else float("nan")
 
-    return CausalResult(
-        label=label,
-        step=checkpoint.step,
-        hook=hook,
-        intervention=intervention,
-        at=at,
-        vector_norm=mean["norm"],
-        kl_gap=gap,
-        kl_steered=mean["steered"],
-        kl_ablated=mean["ablated"],
-        steering_recovery=moved(mean["steered"]),
-        ablation_loss=moved(mean["ablated"]),
-        random_steering_recovery=moved(mean["random_steered"]),
-        random_ablation_loss=moved(mean["random_ablated"]),
-    )
+    results = []
+    for total in sums:
+        mean = {k: v / max(n, 1) for k, v in total.items()}
+        results.append(
+            CausalResult(
+                label=label,
+                step=checkpoint.step,
+                hook=hook,
+                intervention=intervention,
+                at=at,
+                vector_norm=mean["norm"],
+                kl_gap=gap,
+                kl_steered=mean["steered"],
+                kl_ablated=mean["ablated"],
+                steering_recovery=moved(mean["steered"]),
+                ablation_loss=moved(mean["ablated"]),
+                random_steering_recovery=moved(mean["random_steered"]),
+                random_ablation_loss=moved(mean["random_ablated"]),
+            )
+        )
+    return results
 
 
 @torch.no_grad()
@@ -230,20 +245,41 @@ def steer_and_ablate(
     """Adding ``vector`` at ``hook`` to the base and subtracting it from checkpoint
     ``label`` of ``series``, on ``store``'s tokens (``at``: see ``AT``), with a random vector
     of the same norm as the control."""
-    d_model = series.load(series.base).cfg.d_model
-    if vector.shape != (d_model,):
-        raise RlinterpError(f"the steering vector has shape {tuple(vector.shape)}, not ({d_model},)")
-    generator = torch.Generator().manual_seed(seed)
-    random = torch.randn(vector.shape, generator=generator)
-    random = random / random.norm() * vector.norm()
+    return steer_and_ablate_each(series, store, label, hook, [vector], seed, at)[0]
 
-    def edits(batch: Batch, _h_base: Tensor, _h_post: Tensor) -> tuple[EditPair, list[EditPair], float]:
+
+@torch.no_grad()
+def steer_and_ablate_each(
+    series: ModelSeries,
+    store: ActivationStore,
+    label: str,
+    hook: str,
+    vectors: list[Float[Tensor, " d_model"]],
+    seed: int = 0,
+    at: str = "kept",
+) -> list[CausalResult]:
+    """``steer_and_ablate`` for each of ``vectors``, on one set of clean runs (the same
+    numbers as one call per vector, up to float rounding; each vector's control is the same
+    seeded random direction at its norm)."""
+    d_model = series.load(series.base).cfg.d_model
+    for vector in vectors:
+        if vector.shape != (d_model,):
+            raise RlinterpError(f"the steering vector has shape {tuple(vector.shape)}, not ({d_model},)")
+    randoms = []
+    for vector in vectors:
+        random = torch.randn(vector.shape, generator=torch.Generator().manual_seed(seed))
+        randoms.append(random / random.norm() * vector.norm())
+
+    def edits(batch: Batch, _h_base: Tensor, _h_post: Tensor) -> list[Check]:
         edited = batch[1]
-        return (
-            (_offset(edited, vector), _offset(edited, -vector)),
-            [(_offset(edited, random), _offset(edited, -random))],
-            float(vector.norm()) * int(batch[2].sum()),
-        )
+        return [
+            (
+                (_offset(edited, vector), _offset(edited, -vector)),
+                [(_offset(edited, random), _offset(edited, -random))],
+                float(vector.norm()) * int(batch[2].sum()),
+            )
+            for vector, random in zip(vectors, randoms, strict=True)
+        ]
 
     return _measure(series, store, label, hook, at, "vector", edits)
 
@@ -289,18 +325,20 @@ def patch_subspace(
         raise RlinterpError(f"n_random must be at least 1, got {n_random}")
     randoms = [subspace_projector(random_basis(basis.shape[0], rank, seed + i)) for i in range(n_random)]
 
-    def edits(batch: Batch, h_base: Tensor, h_post: Tensor) -> tuple[EditPair, list[EditPair], float]:
+    def edits(batch: Batch, h_base: Tensor, h_post: Tensor) -> list[Check]:
         _, edited, measured = batch
         difference = h_post - h_base
         moved = difference @ projector
         controls = [difference @ random for random in randoms]
-        return (
-            (_offset(edited, moved), _offset(edited, -moved)),
-            [(_offset(edited, c), _offset(edited, -c)) for c in controls],
-            float(moved[measured].norm(dim=-1).sum()),
-        )
+        return [
+            (
+                (_offset(edited, moved), _offset(edited, -moved)),
+                [(_offset(edited, c), _offset(edited, -c)) for c in controls],
+                float(moved[measured].norm(dim=-1).sum()),
+            )
+        ]
 
-    return _measure(series, store, label, hook, at, "subspace", edits)
+    return _measure(series, store, label, hook, at, "subspace", edits)[0]
 
 
 def causal_table(results: list[CausalResult]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from ..activations.onpolicy import SamplingConfig, harvest_on_policy
 from ..activations.prompts import PromptSet
 from ..models.series import ModelSeries
 from ..organism.layout import Organism
-from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate
+from .causal import causal_table, patch_subspace, random_basis, steer_and_ablate_each
 from .explanation import StepParts
 from .personas import PersonaDirections
 from .steering import behaviour_recovery, patched_behaviour, steered_behaviour
@@ -66,10 +66,9 @@ def causal_checks(
     for part in parts:
         if part.label == series.base.label:
             continue
-        for edit in ("persona", "full"):
-            vector = checks.shift_edit(edit, mean_shift(part))
-            results.append(steer_and_ablate(series, store, part.label, checks.hook, vector, checks.seed))
-            edits.append(edit)
+        shifts = [checks.shift_edit(edit, mean_shift(part)) for edit in ("persona", "full")]
+        results += steer_and_ablate_each(series, store, part.label, checks.hook, shifts, checks.seed)
+        edits += ["persona", "full"]
         results.append(
             patch_subspace(
                 series,

@@ -11,7 +11,13 @@ from rlinterp.activations.harvest import HarvestConfig, harvest
 from rlinterp.activations.prompts import PromptSet
 from rlinterp.models.series import ModelSeries
 from rlinterp.organism.model import build_tokenizer
-from rlinterp.selection.causal import patch_subspace, random_basis, steer_and_ablate, subspace_projector
+from rlinterp.selection.causal import (
+    patch_subspace,
+    random_basis,
+    steer_and_ablate,
+    steer_and_ablate_each,
+    subspace_projector,
+)
 from rlinterp.selection.explanation import carriers, dictionary_share, step_parts
 from rlinterp.selection.index import IndexConfig, behavioural_transition, change_point
 from rlinterp.selection.personas import (
@@ -289,6 +295,23 @@ def test_steering_along_the_planted_shift_recovers_the_checkpoint(shifted_series
         steer_and_ablate(series, store, "step-1", HOOK, torch.zeros(3))
     with pytest.raises(RlinterpError, match="no checkpoint"):
         steer_and_ablate(series, store, "step-9", HOOK, vector)
+
+
+def test_steering_several_vectors_on_shared_runs_equals_one_call_each(shifted_series):
+    series, store, vector = shifted_series
+    vectors = [vector, 0.5 * vector, torch.zeros_like(vector)]
+    together = steer_and_ablate_each(series, store, "step-1", HOOK, vectors, seed=3)
+    for got, v in zip(together, vectors, strict=True):
+        alone = steer_and_ablate(series, store, "step-1", HOOK, v, seed=3)
+        for name, value in alone.__dict__.items():
+            if isinstance(value, float):
+                assert getattr(got, name) == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), name
+            else:
+                assert getattr(got, name) == value, name
+    assert together[0].steering_recovery > 0.999
+    assert together[2].steering_recovery == pytest.approx(0, abs=1e-6)
+    with pytest.raises(RlinterpError, match="shape"):
+        steer_and_ablate_each(series, store, "step-1", HOOK, [vector, torch.zeros(3)])
 
 
 def test_subspace_patch_along_the_planted_shift_recovers_it_and_its_complement_nothing(shifted_series):
