@@ -53,6 +53,7 @@ from ..core.artifacts import (
 from ..errors import RlinterpError
 from ..models.checkpoint import Checkpoint
 from ..models.series import ModelSeries
+from ..models.stacking import per_pass
 from .attention import attention_change
 from .metrics import BehaviourMetric, BehaviourPrompts, EncodedPrompts, MetricBatch
 from .neurons import carrier_neurons
@@ -94,10 +95,10 @@ class _Context:
         for start in range(0, n, size):
             yield list(range(start, min(start + size, n)))
 
-    def blocks(self, tokens: torch.Tensor) -> int:
-        """Patches run together in one stacked pass over ``tokens``: as many as fit in
-        ``batch_size`` rows."""
-        return max(1, self.config.batch_size // len(tokens))
+    def blocks(self, tokens: torch.Tensor, model: TransformerBridge) -> int:
+        """Patches (or interpolation points) run together in one stacked pass over
+        ``tokens`` (``models.stacking``): as many as the stack's logits allow."""
+        return per_pass(tokens, model.cfg.d_vocab)
 
     def device(self, batch: MetricBatch) -> MetricBatch:
         return MetricBatch(
@@ -250,7 +251,7 @@ def _patch_setting(
     for batch, receiver_tokens, donor_terms in _runs(ctx, donor, setting, exact_only=False):
         metric = partial(ctx.metric, batch=batch)  # clean targets score corrupted runs too
         steps, path = ctx.config.attribution_steps, ctx.config.attribution_interpolation
-        blocks = ctx.blocks(receiver_tokens)
+        blocks = ctx.blocks(receiver_tokens, receiver)
         found = attribution(receiver, receiver_tokens, donor_terms, comps, metric, steps, path, blocks)
         attributions.append(found.float().cpu())
         with torch.no_grad():
@@ -266,7 +267,7 @@ def _patch_setting(
         with torch.no_grad():
             own = ctx.score(receiver(receiver_tokens), batch)
             effects = torch.full((len(own), len(comps)), float("nan"))
-            size = ctx.blocks(receiver_tokens)
+            size = ctx.blocks(receiver_tokens, receiver)
             for start in range(0, len(chosen), size):
                 group = chosen[start : start + size]
                 patched = patched_logits_each(

@@ -19,9 +19,9 @@ class CircuitsConfig:
     """How ``run_circuits`` measures."""
 
     batch_size: int = 16
-    """Rows per forward pass; bounds memory. A row is a prompt; when a batch's prompts fill
-    fewer rows, the patching passes stack several exact patches (or interpolation points)
-    into one pass of up to this many rows: the same numbers, fewer passes."""
+    """Prompts per forward pass; bounds memory. The patching passes stack several exact
+    patches (or interpolation points) of one batch into one pass while its logits stay
+    within ``models.stacking.STACKED_LOGITS``: the same numbers, fewer passes."""
     exact_prompts: int | None = 64
     """Prompts (the first ones) on which exact patching runs; ``None``: all. Attribution
     patching runs on all prompts and is compared with exact patching on these."""

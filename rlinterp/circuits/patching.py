@@ -43,6 +43,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from ..errors import RlinterpError
+from ..models.stacking import stack
 
 Kind = Literal["embed", "head", "attn_bias", "mlp", "unembed", "resid"]
 EMBED = "blocks.0.hook_resid_pre"
@@ -262,11 +263,6 @@ def _readout_hooks(donor: Terms, w: Tensor) -> list[Hook]:
         return _toward(x, value.to(x.dtype), w)
 
     return [(FINAL, _stash(final, "resid")), (LOGITS, readout)]
-
-
-def stack(tokens: Int[Tensor, "batch pos"], n: int) -> Int[Tensor, "n_batch pos"]:
-    """``tokens`` repeated block after block, ``n`` times (the rows of a stacked run)."""
-    return tokens.repeat(n, *([1] * (tokens.ndim - 1)))
 
 
 def _toward(x: Tensor, value: Tensor, w: Tensor, last: Tensor | None = None) -> Tensor:

@@ -42,6 +42,7 @@ from torch import Tensor
 from ..activations.harvest import ActivationStore
 from ..errors import RlinterpError
 from ..models.series import ModelSeries
+from ..models.stacking import per_pass, stack
 from .personas import decision_batches
 
 
@@ -100,26 +101,17 @@ def _batches(store: ActivationStore, device: str, at: str) -> Iterator[Batch]:
         yield batch.tokens.to(device), real.to(device), batch.keep.to(device)
 
 
-STACKED_LOGITS = 2**27
-"""Most logits (rows x positions x vocabulary, about 512 MiB in float32) one stacked pass of
-``_log_probs_each`` holds: edits of one batch run together up to this size, one at a time
-beyond it."""
-
-
 def _log_probs_each(model: Any, batch: Batch, hook: str, edits: list[Edit]) -> list[Tensor]:
     """Log-probs at the measured positions of ``model`` on ``batch`` under each of ``edits``
-    alone. Edits run stacked (the batch repeated once per edit, each edit applied to its own
-    block of rows; rows of a transformer run do not interact, so each block reads what a
-    run with that edit alone reads, up to float rounding): on small models, where a pass is
-    mostly fixed overhead, several edits cost about one pass."""
+    alone, the edits run stacked (``models.stacking``; each applied to its own block of
+    rows)."""
     tokens, _, keep = batch
-    size = tokens.numel() * model.cfg.d_vocab
-    per_pass = max(1, min(len(edits), STACKED_LOGITS // max(size, 1)))
+    size = per_pass(tokens, model.cfg.d_vocab, len(edits))
     out: list[Tensor] = []
-    for start in range(0, len(edits), per_pass):
-        chunk = edits[start : start + per_pass]
-        stacked = tokens.repeat(len(chunk), *([1] * (tokens.ndim - 1)))
-        logits = model.run_with_hooks(stacked, fwd_hooks=[(hook, _each(chunk))], return_type="logits")
+    for start in range(0, len(edits), size):
+        chunk = edits[start : start + size]
+        hooks = [(hook, _each(chunk))]
+        logits = model.run_with_hooks(stack(tokens, len(chunk)), fwd_hooks=hooks, return_type="logits")
         out += [F.log_softmax(block.float()[keep], dim=-1) for block in logits.unflatten(0, (len(chunk), -1))]
     return out
 

@@ -342,6 +342,7 @@ def test_subspace_patch_along_the_planted_shift_recovers_it_and_its_complement_n
 def test_stacked_edits_read_as_separate_runs(shifted_series, monkeypatch):
     """Edits of one batch run stacked in one pass; each block is what that edit alone gives,
     also when the size cap splits the stack (one edit per pass)."""
+    from rlinterp.models import stacking
     from rlinterp.selection import causal
 
     series, store, vector = shifted_series
@@ -355,8 +356,8 @@ def test_stacked_edits_read_as_separate_runs(shifted_series, monkeypatch):
 
     expected = [alone(edit) for edit in edits]
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the edits do differ
-    for cap in (causal.STACKED_LOGITS, 1):
-        monkeypatch.setattr(causal, "STACKED_LOGITS", cap)
+    for cap in (stacking.STACKED_LOGITS, 1):
+        monkeypatch.setattr(stacking, "STACKED_LOGITS", cap)
         for got, want in zip(causal._log_probs_each(model, batch, HOOK, edits), expected, strict=True):
             assert torch.allclose(got, want, atol=1e-5)
 
