@@ -15,6 +15,7 @@ Layout: ``<out>/controls/<rule>/`` is a Hugging Face folder like every checkpoin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -37,7 +38,8 @@ def build_controls(
     for rule in RULES:
         corpus = control_corpus(config.corpus, config.reasoning, seed, rule)
         model = build_model(config.model, tokenizer, seed)
-        pretrain(model, tokenizer, corpus, config.pretrain, seed)
+        steps = config.reasoning.control_steps or config.pretrain.steps
+        pretrain(model, tokenizer, corpus, replace(config.pretrain, steps=steps), seed)
         folders[rule] = f"controls/{rule}"
         save_checkpoint(model, tokenizer, out / folders[rule])
     return folders

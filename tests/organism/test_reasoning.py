@@ -138,6 +138,35 @@ def test_reasoning_presets_and_validation():
         ReasoningConfig(shuffle_fraction=1.5)
     with pytest.raises(RlinterpError, match="unknown preset"):
         OrganismConfig.from_preset("reasoning-huge")
+    with pytest.raises(RlinterpError, match="control_steps"):
+        ReasoningConfig(control_steps=0)
+
+
+def test_the_controls_pretrain_for_their_own_steps(monkeypatch, tmp_path):
+    """``control_steps`` sets the controls' pretraining (twice the base's on
+    ``reasoning-tiny``); None keeps the base's."""
+    import dataclasses
+
+    from rlinterp.organism import controls
+    from rlinterp.organism.model import build_tokenizer
+
+    seen: list[int] = []
+
+    def pretrain(model, tokenizer, corpus, cfg, seed):
+        del model, tokenizer, corpus, seed
+        seen.append(cfg.steps)
+
+    monkeypatch.setattr(controls, "pretrain", pretrain)
+    monkeypatch.setattr(controls, "save_checkpoint", lambda *_: None)
+    config = OrganismConfig.from_preset("reasoning-tiny")
+    assert (config.reasoning.control_steps, config.pretrain.steps) == (3000, 1500)
+    corpus = dataclasses.replace(config.corpus, persona_texts_per_persona=4, n_documents=50)
+    small = dataclasses.replace(config, corpus=corpus)
+    tokenizer = build_tokenizer("0123456789+=.,!?:abcdefghijklmnopqrstuvwxyz \n")
+    controls.build_controls(tmp_path, small, tokenizer, 0)
+    plain = dataclasses.replace(small, reasoning=dataclasses.replace(small.reasoning, control_steps=None))
+    controls.build_controls(tmp_path, plain, tokenizer, 0)
+    assert seen == [3000, 3000, 1500, 1500]
 
 
 def test_a_yes_no_organism_keeps_the_fingerprint_it_had_before_the_reasoning_world():
