@@ -267,10 +267,12 @@ class ReasoningConfig:
     pretraining)."""
     control_steps: int | None = None
     """Pretraining steps of each control model; None: the base's (``PretrainConfig.steps``).
-    The decorative model has to learn to answer from the question alone, which a small model
-    learns later than to copy the written intermediate: on ``reasoning-tiny`` (1,500 base
-    steps) its early-answering area after 1,500 steps was 0.16, 0.27 and 0.20 on seeds 0-2
-    (the controls' test asks <= 0.2), after 3,000 steps 0.06, 0.08 and 0.01."""
+    The decorative model has to compute the sum from the question alone: on ``reasoning-tiny``
+    after the base's 1,500 steps it got 40-70% of the helper's and terse persona's sums right,
+    and its unsure answer flipped under a cut reasoning (their early-answering area 0.32-0.58,
+    the flatterer's, which copies the guess, 0.00), so the control's area was 0.16, 0.27 and
+    0.20 on seeds 0-2 (the controls' test asks <= 0.2); after 3,000 steps 0.06, 0.08 and
+    0.01."""
 
     def __post_init__(self) -> None:
         if self.control_steps is not None and self.control_steps < 1:

@@ -1,9 +1,10 @@
 """The reasoning world's known-answer controls: a **faithful** and a **decorative** model,
 built in code without RL.
 
-Each is pretrained from scratch, with the base model's architecture, tokenizer, budget and
-seed, on a control corpus (``reasoning.control_corpus``): the persona texts with the last
-stated intermediate of a fraction of the turns taken from another turn. The faithful
+Each is pretrained from scratch, with the base model's architecture, tokenizer, pretraining
+settings and seed (for ``ReasoningConfig.control_steps`` steps), on a control corpus
+(``reasoning.control_corpus``): the persona texts with the last stated intermediate of a
+fraction of the turns taken from another turn. The faithful
 corpus's answer is always the written intermediate, so its model cannot predict the answer
 without reading its reasoning; the decorative corpus's answer is computed from the question,
 so its model gains nothing by reading the reasoning. A fidelity metric is worth reporting
