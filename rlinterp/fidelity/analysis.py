@@ -277,7 +277,8 @@ def _checkpoint(
             [task.prompts[i] for i in frame["prompt_index"]],
             list(frame["response"]),
             list(frame["prompt_index"]),
-            list(frame["forced_full"]),
+            # a missing answer is None; pandas may have stored it as NaN
+            [None if pd.isna(answer) else answer for answer in frame["forced_full"]],
         )
         chosen = pair_up(found, cfg.max_pairs, cfg.seed)
         if chosen:
