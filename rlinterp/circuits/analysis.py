@@ -97,8 +97,8 @@ class _Context:
 
     def blocks(self, tokens: torch.Tensor, model: TransformerBridge) -> int:
         """Patches (or interpolation points) run together in one stacked pass over
-        ``tokens`` (``models.stacking``): as many as the stack's logits allow."""
-        return per_pass(tokens, model.cfg.d_vocab)
+        ``tokens`` (``models.stacking``): as many as the stack's size allows."""
+        return per_pass(tokens, model.cfg)
 
     def device(self, batch: MetricBatch) -> MetricBatch:
         return MetricBatch(

@@ -20,8 +20,9 @@ class CircuitsConfig:
 
     batch_size: int = 16
     """Prompts per forward pass; bounds memory. The patching passes stack several exact
-    patches (or interpolation points) of one batch into one pass while its logits stay
-    within ``models.stacking.STACKED_LOGITS``: the same numbers, fewer passes."""
+    patches (or interpolation points) of one batch into one pass while its logits and
+    activations stay within ``models.stacking.STACKED_VALUES``: the same numbers, fewer
+    passes."""
     exact_prompts: int | None = 64
     """Prompts (the first ones) on which exact patching runs; ``None``: all. Attribution
     patching runs on all prompts and is compared with exact patching on these."""

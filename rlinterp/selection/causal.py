@@ -106,7 +106,7 @@ def _log_probs_each(model: Any, batch: Batch, hook: str, edits: list[Edit]) -> l
     alone, the edits run stacked (``models.stacking``; each applied to its own block of
     rows)."""
     tokens, _, keep = batch
-    size = per_pass(tokens, model.cfg.d_vocab, len(edits))
+    size = per_pass(tokens, model.cfg, len(edits))
     out: list[Tensor] = []
     for start in range(0, len(edits), size):
         chunk = edits[start : start + size]

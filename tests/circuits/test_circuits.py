@@ -293,7 +293,7 @@ def test_results_do_not_depend_on_the_batch_size(planted, monkeypatch):
     assert max(seen) <= 5  # memory is bounded by the batch
     large = run_circuits(series, metric, corrupted, None, CircuitsConfig(batch_size=64, exact_prompts=10))
     # nor on stacking: with room for one variant per pass, every patch runs alone
-    monkeypatch.setattr("rlinterp.models.stacking.STACKED_LOGITS", 1)
+    monkeypatch.setattr("rlinterp.models.stacking.STACKED_VALUES", 1)
     alone = run_circuits(series, metric, corrupted, None, CircuitsConfig(batch_size=64, exact_prompts=10))
     for other in (large, alone):
         for name in ("within", "cross", "dla"):

@@ -356,8 +356,8 @@ def test_stacked_edits_read_as_separate_runs(shifted_series, monkeypatch):
 
     expected = [alone(edit) for edit in edits]
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the edits do differ
-    for cap in (stacking.STACKED_LOGITS, 1):
-        monkeypatch.setattr(stacking, "STACKED_LOGITS", cap)
+    for cap in (stacking.STACKED_VALUES, 1):
+        monkeypatch.setattr(stacking, "STACKED_VALUES", cap)
         for got, want in zip(causal._log_probs_each(model, batch, HOOK, edits), expected, strict=True):
             assert torch.allclose(got, want, atol=1e-5)
 
